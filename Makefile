@@ -1,0 +1,40 @@
+# Every target that needs Python creates .venv from requirements.txt first, so `make study`
+# and `make test` are the only commands a new user needs.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+
+MODEL ?= digits
+STEPS ?= 4
+TRIALS ?=
+STORAGE ?=
+NAME ?=
+
+STUDY_ARGS := --model $(MODEL) --steps $(STEPS) \
+	$(if $(TRIALS),--trials $(TRIALS)) $(if $(STORAGE),--storage $(STORAGE)) $(if $(NAME),--name $(NAME))
+
+.PHONY: study best test bench train-digits clean-venv
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $@
+
+study: $(VENV)/.installed
+	$(PY) -m autodiff_optuna study $(STUDY_ARGS)
+
+best: $(VENV)/.installed
+	$(PY) -m autodiff_optuna best --name $(or $(NAME),$(MODEL)-k$(STEPS)) $(if $(STORAGE),--storage $(STORAGE))
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q
+
+bench: $(VENV)/.installed
+	$(PY) -m bench.run
+
+train-digits: $(VENV)/.installed
+	$(PY) -m autodiff_optuna.models.train_digits --part all
+
+clean-venv:
+	rm -rf $(VENV)

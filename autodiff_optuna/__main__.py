@@ -1,0 +1,5 @@
+import sys
+
+from autodiff_optuna.cli import main
+
+sys.exit(main())

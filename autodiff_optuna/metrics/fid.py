@@ -1,0 +1,87 @@
+"""FID through clean-fid: its batch feature extraction and Frechet distance, any feature network.
+
+A ``FIDScorer`` holds one feature network and one set of reference statistics; build it once per
+process (``scorer_for`` caches it) and call it once per candidate.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from autodiff_optuna.errors import UsageError
+
+
+class FIDError(RuntimeError):
+    """FID could not be computed for these samples (non-finite features, a singular covariance)."""
+
+
+@dataclass
+class FIDScorer:
+    feature_net: Callable[[torch.Tensor], torch.Tensor]  # uint8 images -> (n, d) features
+    ref_mu: np.ndarray
+    ref_sigma: np.ndarray
+    name: str  # which features and statistics: recorded with every score
+    batch_size: int = 1000
+    device: torch.device = torch.device("cpu")
+
+    def features(self, images_uint8: torch.Tensor) -> np.ndarray:
+        from cleanfid.fid import get_batch_features
+
+        chunks = [get_batch_features(images_uint8[i:i + self.batch_size], self.feature_net,
+                                     self.device)
+                  for i in range(0, len(images_uint8), self.batch_size)]
+        return np.concatenate(chunks).astype(np.float64)
+
+    def __call__(self, images_uint8: torch.Tensor) -> float:
+        return fid_from_features(self.features(images_uint8), self.ref_mu, self.ref_sigma)
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """Samples in [-1, 1] to uint8, as saving them to a PNG would: clean-fid scores images as
+    they are stored, so quantisation is part of the metric."""
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def fid_from_features(feats: np.ndarray, ref_mu: np.ndarray, ref_sigma: np.ndarray) -> float:
+    from cleanfid.fid import frechet_distance
+
+    if not np.isfinite(feats).all():
+        raise FIDError("features are not finite (the samples hold NaN or inf)")
+    if len(feats) < 2:
+        raise FIDError("FID needs at least 2 samples")
+    mu, sigma = feats.mean(0), np.cov(feats, rowvar=False)
+    try:
+        value = float(frechet_distance(mu, sigma, ref_mu, ref_sigma))
+    except ValueError as err:  # clean-fid refuses a covariance root with a large imaginary part
+        raise FIDError(str(err)) from err
+    if not np.isfinite(value):
+        raise FIDError(f"FID is {value}")
+    return value
+
+
+def load_reference_stats(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """``mu`` and ``sigma`` from an .npz, as clean-fid and ADM's reference batches store them."""
+    if not path.is_file():
+        raise UsageError(f"FID reference statistics not found: {path}")
+    with np.load(path) as stats:
+        if "mu" not in stats or "sigma" not in stats:
+            raise UsageError(f"{path} holds no 'mu' and 'sigma' arrays")
+        return stats["mu"].astype(np.float64), stats["sigma"].astype(np.float64)
+
+
+@lru_cache(maxsize=None)
+def digits_scorer(bundle_dir: Path) -> FIDScorer:
+    """The bundled digits feature network and the statistics of all 1,797 real digits."""
+    from safetensors.torch import load_file
+
+    from autodiff_optuna.metrics.digits_features import DigitsFeatureNet
+
+    net = DigitsFeatureNet()
+    net.load_state_dict(load_file(bundle_dir / "features.safetensors"))
+    net.eval()
+    mu, sigma = load_reference_stats(bundle_dir / "reference_stats.npz")
+    return FIDScorer(net.features, mu, sigma, name="digits-cnn64:sklearn-digits-all")

@@ -1,0 +1,34 @@
+"""The one interface every model family sits behind.
+
+A search only needs three things from a network: its noise prediction at an integer training time
+step, the training noise schedule (to build solvers over any subset of its steps), and the shape
+of what it generates. Adapters for each family (diffusers UNets, ADM) implement exactly that.
+"""
+
+import abc
+from typing import Any
+
+import torch
+
+
+class DiffusionModel(abc.ABC):
+    """An epsilon-predicting diffusion model with a discrete training schedule."""
+
+    name: str
+    sample_shape: tuple[int, int, int]  # (channels, height, width)
+    num_classes: int | None = None  # class-conditional models draw labels per sample
+    device: torch.device = torch.device("cpu")
+
+    @property
+    @abc.abstractmethod
+    def scheduler_config(self) -> dict[str, Any]:
+        """The training noise schedule as a diffusers scheduler config (betas, T, ...)."""
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return int(self.scheduler_config["num_train_timesteps"])
+
+    @abc.abstractmethod
+    def predict_noise(self, x: torch.Tensor, t: torch.Tensor,
+                      labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Epsilon for a batch ``x`` at training time step ``t`` (a 0-d integer tensor)."""

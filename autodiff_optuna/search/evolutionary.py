@@ -1,0 +1,185 @@
+"""``EvolutionarySampler``: AutoDiffusion's evolutionary search as an Optuna sampler.
+
+Generations, parents and the population all live in the study's storage (through
+``BaseGASampler``'s generation attribute and parent cache), and every random draw is seeded by
+(sampler seed, trial number). Any process that opens the study, a resumed one or a second worker,
+therefore continues the same evolution; nothing is held only in memory.
+
+Per trial:
+- generation 0 proposes the standard spacings first (uniform, trailing, ...), then mutated copies
+  of them and random immigrants;
+- later generations draw parents by binary tournament from the elites, chosen by NSGA-II
+  (non-dominated sorting and crowding distance; plain ranking for one objective) from the previous
+  generation together with its own parents, so the best candidates survive;
+- a child comes from crossover, mutation or is a random immigrant, and is redrawn while the study
+  already holds it: no trial is spent on a candidate the study has scored.
+"""
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.distributions import BaseDistribution
+from optuna.samplers import BaseGASampler, RandomSampler
+# NSGA-II's own elite selection (ranks, crowding distance, constraint handling): reused, not rewritten
+from optuna.samplers.nsgaii._elite_population_selection_strategy import (
+    NSGAIIElitePopulationSelectionStrategy,
+)
+from optuna.trial import FrozenTrial, TrialState
+
+from autodiff_optuna.sampling.schedules import Schedule
+from autodiff_optuna.search.encoding import StepSpace
+
+MAX_REDRAWS = 100  # a child already in the study is redrawn up to this many times
+
+
+class EvolutionarySampler(BaseGASampler):
+    """Evolutionary search over K-step schedules.
+
+    Args:
+        space: the encoding (K steps out of T).
+        population_size: trials per generation.
+        initial: candidates generation 0 proposes first, in order (the standard spacings).
+        elite_size: survivors per generation; parents are drawn from them.
+        crossover_prob, mutation_prob: how a child is made; the rest are random immigrants.
+        gene_mutation_prob: chance that mutation touches each step (AutoDiffusion uses 0.25).
+        seed: makes the whole search reproducible.
+    """
+
+    def __init__(self, space: StepSpace, *, population_size: int = 20,
+                 initial: Sequence[Schedule] = (), elite_size: int | None = None,
+                 crossover_prob: float = 0.3, mutation_prob: float = 0.5,
+                 gene_mutation_prob: float = 0.25, seed: int = 0,
+                 constraints_func=None) -> None:
+        if population_size < 2:
+            raise ValueError("population_size must be at least 2")
+        if crossover_prob + mutation_prob > 1:
+            raise ValueError("crossover_prob + mutation_prob must not exceed 1")
+        super().__init__(population_size)
+        self._space = space
+        self._initial = [space.repair(s) for s in initial]
+        self._elite_size = elite_size or max(2, population_size // 2)
+        self._crossover_prob = crossover_prob
+        self._mutation_prob = mutation_prob
+        self._gene_mutation_prob = gene_mutation_prob
+        self._seed = seed
+        self._constraints_func = constraints_func
+        self._select_elites = NSGAIIElitePopulationSelectionStrategy(
+            population_size=self._elite_size, constraints_func=constraints_func)
+        self._random_sampler = RandomSampler(seed=seed)
+
+    # -- Optuna hooks ---------------------------------------------------------------------------
+
+    def infer_relative_search_space(self, study, trial) -> dict[str, BaseDistribution]:
+        return self._space.distributions()
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        # Enqueued trials with every parameter fixed never reach sample_relative: give them
+        # their generation here so they count as members of the population all the same.
+        self.get_trial_generation(study, trial)
+
+    def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
+                        search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+        if not search_space:
+            return {}
+        rng = np.random.default_rng([self._seed, trial.number])
+        generation = self.get_trial_generation(study, trial)
+        seen = self.candidates_in(study)
+        return self._space.encode(self._propose(study, generation, seen, rng))
+
+    def sample_independent(self, study, trial, param_name, param_distribution) -> Any:
+        return self._random_sampler.sample_independent(study, trial, param_name,
+                                                       param_distribution)
+
+    def select_parent(self, study: optuna.Study, generation: int) -> list[FrozenTrial]:
+        """The elites that generation ``generation`` breeds from (cached in the storage)."""
+        previous = self.get_population(study, generation - 1)
+        previous_parents = self.get_parent_population(study, generation - 1)
+        pool = {t.number: t for t in previous + previous_parents
+                if t.state == TrialState.COMPLETE}
+        return self._select_elites(study, list(pool.values()))
+
+    # -- proposals ------------------------------------------------------------------------------
+
+    def candidates_in(self, study: optuna.Study) -> set[Schedule]:
+        """Every candidate the study has scored, is scoring or has queued."""
+        names = self._space.names
+        seen = set()
+        for t in study._get_trials(deepcopy=False, use_cache=False):
+            params = t.params if all(n in t.params for n in names) else \
+                t.system_attrs.get("fixed_params", {})
+            if all(n in params for n in names):
+                seen.add(self._space.decode(params))
+        return seen
+
+    def _propose(self, study, generation: int, seen: set[Schedule],
+                 rng: np.random.Generator) -> Schedule:
+        if generation == 0:
+            for candidate in self._initial:
+                if candidate not in seen:
+                    return candidate
+        parents = self._parents_for(study, generation)
+        for _ in range(MAX_REDRAWS):
+            child = self._child(parents, rng)
+            if child not in seen:
+                return child
+        return self._immigrant(seen, rng)
+
+    def _parents_for(self, study, generation: int) -> list[Schedule]:
+        """Ranked parents (best first); generation 0 breeds from its initial spacings."""
+        if generation == 0:
+            return list(self._initial)
+        # the storage keeps parents in trial order: rank them again (best front first)
+        ranked = self._select_elites(study, self.get_parent_population(study, generation))
+        return [self._space.decode(t.params) for t in ranked]
+
+    def _child(self, parents: list[Schedule], rng: np.random.Generator) -> Schedule:
+        draw = rng.random()
+        if not parents or draw >= self._crossover_prob + self._mutation_prob:
+            return self._space.random(rng)
+        if draw < self._crossover_prob and len(parents) >= 2:
+            return self.crossover(self._tournament(parents, rng), self._tournament(parents, rng),
+                                  rng)
+        return self.mutate(self._tournament(parents, rng), rng)
+
+    def _immigrant(self, seen: set[Schedule], rng: np.random.Generator) -> Schedule:
+        while True:
+            candidate = self._space.random(rng)
+            if candidate not in seen:
+                return candidate
+
+    @staticmethod
+    def _tournament(ranked: list[Schedule], rng: np.random.Generator) -> Schedule:
+        """Binary tournament: of two random parents, the better ranked one wins."""
+        a, b = rng.integers(len(ranked), size=2)
+        return ranked[min(a, b)]
+
+    # -- operators ------------------------------------------------------------------------------
+
+    def mutate(self, parent: Schedule, rng: np.random.Generator) -> Schedule:
+        """Each step, with probability ``gene_mutation_prob`` (at least one step), is either
+        replaced by an unused step anywhere, or shifted to a new place between its neighbours."""
+        steps = list(parent)
+        k, top = len(steps), self._space.num_train_timesteps
+        chosen = rng.random(k) < self._gene_mutation_prob
+        if not chosen.any():
+            chosen[rng.integers(k)] = True
+        for i in np.flatnonzero(chosen):
+            taken = set(steps) - {steps[i]}
+            upper = steps[i - 1] if i > 0 else top  # exclusive bounds: keep the order
+            lower = steps[i + 1] if i < k - 1 else -1
+            if rng.random() < 0.5 and upper - lower > 2:
+                new = int(rng.integers(lower + 1, upper))
+                if new == steps[i]:
+                    new = self._space.random_free(rng, taken | {steps[i]})
+            else:
+                new = self._space.random_free(rng, taken | {steps[i]})
+            steps[i] = new
+        return self._space.repair(steps, rng)
+
+    def crossover(self, a: Schedule, b: Schedule, rng: np.random.Generator) -> Schedule:
+        """Uniform crossover position by position: the child's steps come from the union of
+        both parents' steps; a step both would contribute twice is refilled at random."""
+        picks = [x if take_a else y for x, y, take_a in zip(a, b, rng.random(len(a)) < 0.5)]
+        return self._space.repair(picks, rng)

@@ -1,0 +1,16 @@
+"""Scoring one candidate: sample from the model on fixed noise, then FID."""
+
+import torch
+
+from autodiff_optuna.metrics.fid import FIDError, FIDScorer, to_uint8
+from autodiff_optuna.models.base import DiffusionModel
+from autodiff_optuna.sampling import NoiseBatch, Schedule, sample
+
+
+def score_schedule(model: DiffusionModel, scorer: FIDScorer, timesteps: Schedule,
+                   batch: NoiseBatch, solver: str, batch_size: int | None = None) -> float:
+    """FID of the samples ``timesteps`` produces from ``batch``; FIDError if it has none."""
+    images = sample(model, timesteps, batch, solver, batch_size)
+    if not torch.isfinite(images).all():
+        raise FIDError("samples are not finite (NaN or inf)")
+    return scorer(to_uint8(images))

@@ -1,0 +1,79 @@
+"""Opening a study database: Optuna's RDB storage on any SQLAlchemy URL, SQLite by default.
+
+Every way a database can be wrong (a missing directory, a file that is not SQLite, a server that
+does not answer, a schema from another Optuna) becomes one ``UsageError`` line, and nothing is
+written to a database that could not be opened cleanly.
+"""
+
+from pathlib import Path
+
+import optuna
+from optuna.storages import RDBStorage
+
+from autodiff_optuna.errors import UsageError
+
+DEFAULT_STORAGE = "sqlite:///studies/autodiff.db"
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def open_storage(url: str | None = None) -> RDBStorage:
+    url = url or DEFAULT_STORAGE
+    shown = redact(url)
+    engine_kwargs = {}
+    if url.startswith("sqlite"):
+        _check_sqlite_file(url, default=(url == DEFAULT_STORAGE))
+        # several processes on one SQLite file wait for the lock instead of failing at once
+        engine_kwargs = {"connect_args": {"timeout": 60}}
+    else:
+        # an unreachable server must fail fast, not hang a study
+        engine_kwargs = {"connect_args": {"connect_timeout": 10}, "pool_pre_ping": True}
+    try:
+        return RDBStorage(url, engine_kwargs=engine_kwargs)
+    except ModuleNotFoundError as err:
+        raise UsageError(f"storage {shown}: the database driver is not installed ({err.name})")
+    except Exception as err:  # SQLAlchemy's and Optuna's errors for a bad or unreachable database
+        raise UsageError(f"cannot open storage {shown}: {_first_line(err)}") from err
+
+
+def redact(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url
+
+
+def _check_sqlite_file(url: str, default: bool) -> None:
+    from sqlalchemy.engine import make_url
+
+    try:
+        database = make_url(url).database
+    except Exception as err:
+        raise UsageError(f"not a valid storage URL: {url} ({_first_line(err)})") from err
+    if not database or database == ":memory:":
+        return
+    path = Path(database)
+    if default:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.parent.is_dir():
+        raise UsageError(f"storage {url}: directory {path.parent} does not exist")
+    if path.exists():
+        with path.open("rb") as f:
+            header = f.read(len(SQLITE_MAGIC))
+        if header and header != SQLITE_MAGIC:
+            raise UsageError(f"storage {url}: {path} is not an SQLite database")
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(getattr(err, "orig", None) or err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def load_existing_study(name: str, storage: RDBStorage) -> optuna.Study:
+    """Load a study, or say which studies the database does hold."""
+    names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+    if name not in names:
+        known = ", ".join(sorted(names)) or "none"
+        raise UsageError(f"no study named {name!r} in {redact(storage.url)}; studies there: {known}")
+    return optuna.load_study(study_name=name, storage=storage)

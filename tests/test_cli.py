@@ -1,0 +1,101 @@
+"""The CLI contract: exit codes, one-line errors, nothing half-created."""
+
+import json
+import subprocess
+import sys
+
+import optuna
+import pytest
+
+from autodiff_optuna.cli import main
+
+FAST = ["--samples", "32", "--population", "3", "--quiet"]
+
+
+def _err(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err  # one clear line, no traceback
+    return err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["study", "--model", "digits", "--steps", "0"], "--steps"),
+    (["study", "--model", "digits", "--steps", "1000"], "[1, 999]"),
+    (["study", "--model", "digits", "--steps", "four"], "invalid int"),
+    (["study", "--model", "nope", "--steps", "4"], "known models: digits"),
+    (["study", "--model", "digits", "--steps", "4", "--samples", "1"], "--samples"),
+    (["study", "--model", "digits", "--steps", "4", "--solver", "euler"], "invalid choice"),
+    (["evaluate", "--model", "digits", "--timesteps", "999,999,10"], "distinct"),
+    (["evaluate", "--model", "digits", "--timesteps", "1200,10"], "outside"),
+    (["evaluate", "--model", "digits", "--timesteps", "9x,3"], "comma-separated integers"),
+    (["best", "--name", "x", "--storage", "sqlite:////no/such/dir/a.db"], "does not exist"),
+])
+def test_bad_input_is_one_line_and_exit_2(argv, message, capsys, tmp_path):
+    if argv[0] == "study":
+        argv = argv + ["--storage", f"sqlite:///{tmp_path}/s.db"]
+    assert main(argv) == 2
+    assert message in _err(capsys)
+    if argv[0] == "study":  # no half-created study left behind
+        assert not (tmp_path / "s.db").exists() or not optuna.get_all_study_names(
+            f"sqlite:///{tmp_path}/s.db")
+
+
+def test_unreachable_and_foreign_storage(capsys, tmp_path):
+    junk = tmp_path / "junk.db"
+    junk.write_text("not a database at all\n" * 10)
+    before = junk.read_bytes()
+    assert main(["study", "--model", "digits", "--steps", "4", "--storage",
+                 f"sqlite:///{junk}"]) == 2
+    assert "not an SQLite database" in _err(capsys)
+    assert junk.read_bytes() == before
+    assert main(["study", "--model", "digits", "--steps", "4", "--storage",
+                 "nosuchdialect://x/y"]) == 2
+    assert "storage" in _err(capsys)
+
+
+def test_best_lists_the_studies_that_exist(capsys, tmp_path):
+    url = f"sqlite:///{tmp_path}/s.db"
+    assert main(["study", "--model", "digits", "--steps", "2", "--trials", "2", "--storage", url]
+                + FAST) == 0
+    capsys.readouterr()
+    assert main(["best", "--name", "missing", "--storage", url]) == 2
+    assert "studies there: digits-k2" in _err(capsys)
+
+
+def test_resume_and_configuration_mismatch(capsys, tmp_path):
+    url = f"sqlite:///{tmp_path}/s.db"
+    base = ["study", "--model", "digits", "--steps", "3", "--storage", url] + FAST
+    assert main(base + ["--trials", "4"]) == 0
+    first = optuna.load_study(study_name="digits-k3", storage=url).trials
+    assert main(base + ["--trials", "6"]) == 0  # the same command, a larger total: resumes
+    study = optuna.load_study(study_name="digits-k3", storage=url)
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 6
+    assert [(t.params, t.value) for t in study.trials[:4]] == [(t.params, t.value) for t in first]
+    capsys.readouterr()
+    mismatched = ["study", "--model", "digits", "--steps", "3", "--storage", url,
+                  "--samples", "64", "--population", "3", "--name", "digits-k3"]
+    assert main(mismatched) == 2
+    assert "samples: stored 32, requested 64" in _err(capsys)
+    assert len(optuna.load_study(study_name="digits-k3", storage=url).trials) == len(study.trials)
+
+
+def test_end_to_end_study_best_and_evaluate(tmp_path):
+    url = f"sqlite:///{tmp_path}/s.db"
+    run = lambda *args: subprocess.run([sys.executable, "-m", "autodiff_optuna", *args],
+                                       capture_output=True, text=True, timeout=300)
+    study = run("study", "--model", "digits", "--steps", "4", "--trials", "7", "--samples", "64",
+                "--population", "5", "--storage", url)
+    assert study.returncode == 0, study.stderr
+    assert study.stdout.count("FID") >= 7  # a progress line per trial
+    best = run("best", "--name", "digits-k4", "--storage", url, "--json")
+    assert best.returncode == 0, best.stderr
+    summary = json.loads(best.stdout)
+    assert summary["n_complete"] == 7 and summary["steps"] == 4
+    assert summary["timesteps"] == sorted(set(summary["timesteps"]), reverse=True)
+    assert summary["baseline_timesteps"] == [750, 500, 250, 0]
+    assert summary["fid"] <= summary["baseline_fid"]
+    evaluate = run("evaluate", "--model", "digits", "--timesteps",
+                   ",".join(map(str, summary["timesteps"])), "--samples", "64", "--json")
+    assert evaluate.returncode == 0, evaluate.stderr
+    assert json.loads(evaluate.stdout)["fid"] > 0

@@ -1,0 +1,35 @@
+import numpy as np
+import pytest
+import torch
+
+from autodiff_optuna.metrics.fid import FIDError, fid_from_features
+from autodiff_optuna.models import load_scorer
+from autodiff_optuna.models.digits_data import load_digits_uint8, split_halves
+
+
+def test_real_digits_against_their_own_statistics_is_zero():
+    scorer = load_scorer("digits")
+    images, _ = load_digits_uint8()
+    assert scorer(torch.from_numpy(images)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_half_against_half_is_small_but_positive():
+    scorer = load_scorer("digits")
+    images, _ = load_digits_uint8()
+    a, b = split_halves(len(images))
+    fa, fb = scorer.features(torch.from_numpy(images[a])), scorer.features(torch.from_numpy(images[b]))
+    floor = fid_from_features(fa, fb.mean(0), np.cov(fb, rowvar=False))
+    noise = torch.randint(0, 256, (900, 1, 8, 8), generator=torch.Generator().manual_seed(0),
+                          dtype=torch.uint8)
+    assert 0 < floor < 0.05 * scorer(noise)
+
+
+def test_scorer_is_built_once_per_process():
+    assert load_scorer("digits") is load_scorer("digits")
+
+
+def test_non_finite_features_fail_clearly():
+    feats = np.ones((10, 4))
+    feats[3, 1] = np.nan
+    with pytest.raises(FIDError, match="not finite"):
+        fid_from_features(feats, np.zeros(4), np.eye(4))
