@@ -9,6 +9,7 @@ import os
 import sys
 
 from autodiff_optuna.errors import UsageError
+from autodiff_optuna.storage import load_existing_study, open_storage
 
 
 class _Parser(argparse.ArgumentParser):
@@ -43,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--seed", type=int)
     study.add_argument("--solver", choices=["ddim", "dpmpp2m"])
     study.add_argument("--population", type=int, help="trials per generation")
+    study.add_argument("--stage", choices=["1", "2", "both"], default="both",
+                       help="1: time steps; 2: steps and layer skips (needs stage 1); both")
+    study.add_argument("--stage2-trials", type=int, help="COMPLETE stage-2 trials to reach")
+    study.add_argument("--max-gflops", type=float, help="stage-2 budget, GFLOPs per image")
     study.add_argument("--storage", help="SQLAlchemy URL (default sqlite:///studies/autodiff.db)")
     study.add_argument("--name", help="study name (default <model>-k<steps>)")
     study.add_argument("--device")
@@ -60,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seed", type=int, default=0,
                           help="held-out noise stream; no study ever searches on it")
     evaluate.add_argument("--solver", choices=["ddim", "dpmpp2m"], default="ddim")
+    evaluate.add_argument("--skip", help="JSON file whose 'skip' holds one list of layer names "
+                                         "per step")
     evaluate.add_argument("--device")
     evaluate.add_argument("--json", action="store_true")
     return parser
@@ -67,65 +74,111 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_study(args) -> None:
     from autodiff_optuna.search import config as search_config
-    from autodiff_optuna.search import stage1
+    from autodiff_optuna.search import study as search
 
-    if args.steps is not None and args.steps < 1:
+    if args.steps < 1:
         raise UsageError(f"--steps must be at least 1, got {args.steps}")
     preset = search_config.load_preset(args.model, args.steps)
     values = {key: getattr(args, key) if getattr(args, key) is not None else preset.get(key)
               for key in ("samples", "seed", "solver", "population")}
     config = search_config.SearchConfig(args.model, args.steps,
                                         **{k: v for k, v in values.items() if v is not None})
-    trials = args.trials if args.trials is not None else int(preset.get("trials", 100))
-    if trials < 1:
-        raise UsageError(f"--trials must be at least 1, got {trials}")
-    ctx = stage1.SearchContext.build(config, args.device or _default_device())
+    trials = _positive("--trials", args.trials, preset.get("trials", 100))
+    stage2_trials = _positive("--stage2-trials", args.stage2_trials,
+                              preset.get("stage2_trials", trials))
+    if args.max_gflops is not None and args.max_gflops <= 0:
+        raise UsageError(f"--max-gflops must be positive, got {args.max_gflops}")
+    if args.max_gflops is not None and args.stage == "1":
+        raise UsageError("--max-gflops applies to stage 2; use --stage 2 or both")
+    ctx = search.SearchContext.build(config, args.device or _default_device())
     name = args.name or config.default_name
-    study = stage1.open_study(ctx, name, args.storage)
+    storage = open_storage(args.storage)
+    if args.stage == "2":  # stage 2 alone continues from an existing stage-1 study
+        stage1 = load_existing_study(name, storage, hint="run --stage 1 first")
+    else:
+        stage1 = search.open_stage1(ctx, name, storage)
     print(f"study {name!r}: {config.model}, {config.steps} steps, {config.solver}, "
-          f"{config.samples} samples/candidate, target {trials} complete trials", flush=True)
+          f"{config.samples} samples/candidate; stage {args.stage}", flush=True)
     try:
-        stage1.run(ctx, study, trials, progress=not args.quiet)
+        if args.stage in ("1", "both"):
+            search.run(ctx, stage1, trials, progress=not args.quiet)
+        if args.stage in ("2", "both"):
+            stage2 = search.open_stage2(ctx, stage1, args.max_gflops)
+            search.run(ctx, stage2, stage2_trials, progress=not args.quiet)
     except KeyboardInterrupt:
         print(f"\ninterrupted; rerun the same command to resume study {name!r}", file=sys.stderr)
         raise SystemExit(130)
-    summary = stage1.best_summary(study)
-    print(f"best: {summary['timesteps']}  FID {summary['fid']:.3f}  "
-          f"(uniform {summary['baseline_timesteps']}: FID {summary['baseline_fid']:.3f})")
+    _print_summary(search.best_summary(stage1))
+
+
+def _positive(flag: str, value, default) -> int:
+    value = int(value if value is not None else default)
+    if value < 1:
+        raise UsageError(f"{flag} must be at least 1, got {value}")
+    return value
+
+
+def _print_summary(summary: dict) -> None:
+    baseline = summary["baseline_fid"]
+    print(f"{summary['study']}: best {summary['timesteps']} FID {summary['fid']:.3f} "
+          f"(trial {summary['trial']}, {summary['n_complete']} complete); uniform "
+          f"{summary['baseline_timesteps']} FID {'n/a' if baseline is None else f'{baseline:.3f}'}")
+    if "pareto" in summary:
+        print(f"stage 2 Pareto front (full network: {summary['full_gflops']:.4f} GFLOPs/image):")
+        for point in summary["pareto"]:
+            skipped = sum(len(s) for s in point["skip"])
+            print(f"  GFLOPs {point['gflops']:.4f}  FID {point['fid']:8.3f}  "
+                  f"{point['timesteps']}  {skipped} layer-steps skipped")
 
 
 def cmd_best(args) -> None:
-    from autodiff_optuna.search.stage1 import best_summary
-    from autodiff_optuna.storage import load_existing_study, open_storage
+    from autodiff_optuna.search.study import best_summary
 
-    study = load_existing_study(args.name, open_storage(args.storage))
-    summary = best_summary(study)
+    summary = best_summary(load_existing_study(args.name, open_storage(args.storage)))
     if args.json:
         print(json.dumps(summary, indent=1))
     else:
-        baseline = summary["baseline_fid"]
-        print(f"{summary['study']}: best {summary['timesteps']} FID {summary['fid']:.3f} "
-              f"(trial {summary['trial']}, {summary['n_complete']} complete); uniform "
-              f"{summary['baseline_timesteps']} FID "
-              f"{'n/a' if baseline is None else f'{baseline:.3f}'}")
+        _print_summary(summary)
 
 
 def cmd_evaluate(args) -> None:
+    from autodiff_optuna.metrics.flops import layer_costs
     from autodiff_optuna.models import load_model, load_scorer
     from autodiff_optuna.sampling import HELDOUT, draw, validate
+    from autodiff_optuna.sampling.skipping import check_skip
     from autodiff_optuna.search.config import SearchConfig
     from autodiff_optuna.search.objective import score_schedule
 
     model = load_model(args.model, args.device or _default_device())
     timesteps = validate(args.timesteps, model.num_train_timesteps)
+    skip = None
+    if args.skip is not None:
+        skip = check_skip(_read_json(args.skip).get("skip"), len(timesteps),
+                          model.skippable_layers())
     samples = args.samples or SearchConfig(args.model, len(timesteps)).samples
     if samples < 2:
         raise UsageError(f"--samples must be at least 2, got {samples}")
     batch = draw(model, samples, args.seed, HELDOUT)
-    fid = score_schedule(model, load_scorer(args.model), timesteps, batch, args.solver)
+    fid = score_schedule(model, load_scorer(args.model), timesteps, batch, args.solver, skip=skip)
     result = {"model": args.model, "timesteps": list(timesteps), "solver": args.solver,
               "samples": samples, "seed": args.seed, "noise": HELDOUT, "fid": fid}
+    if skip is not None:
+        result["skip"] = [list(s) for s in skip]
+        result["gflops"] = layer_costs(model).gflops(skip)
     print(json.dumps(result, indent=1) if args.json else f"FID {fid:.3f}")
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except OSError as err:
+        raise UsageError(f"cannot read {path}: {err.strerror}")
+    except json.JSONDecodeError as err:
+        raise UsageError(f"{path} is not valid JSON: {err}")
+    if not isinstance(data, dict):
+        raise UsageError(f"{path} must hold a JSON object")
+    return data
 
 
 COMMANDS = {"study": cmd_study, "best": cmd_best, "evaluate": cmd_evaluate}

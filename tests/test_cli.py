@@ -9,7 +9,7 @@ import pytest
 
 from autodiff_optuna.cli import main
 
-FAST = ["--samples", "32", "--population", "3", "--quiet"]
+FAST = ["--samples", "32", "--population", "3", "--quiet", "--stage", "1"]
 
 
 def _err(capsys) -> str:
@@ -74,7 +74,7 @@ def test_resume_and_configuration_mismatch(capsys, tmp_path):
     assert [(t.params, t.value) for t in study.trials[:4]] == [(t.params, t.value) for t in first]
     capsys.readouterr()
     mismatched = ["study", "--model", "digits", "--steps", "3", "--storage", url,
-                  "--samples", "64", "--population", "3", "--name", "digits-k3"]
+                  "--samples", "64", "--population", "3", "--name", "digits-k3", "--stage", "1"]
     assert main(mismatched) == 2
     assert "samples: stored 32, requested 64" in _err(capsys)
     assert len(optuna.load_study(study_name="digits-k3", storage=url).trials) == len(study.trials)
@@ -85,7 +85,7 @@ def test_end_to_end_study_best_and_evaluate(tmp_path):
     run = lambda *args: subprocess.run([sys.executable, "-m", "autodiff_optuna", *args],
                                        capture_output=True, text=True, timeout=300)
     study = run("study", "--model", "digits", "--steps", "4", "--trials", "7", "--samples", "64",
-                "--population", "5", "--storage", url)
+                "--population", "5", "--storage", url, "--stage", "1")
     assert study.returncode == 0, study.stderr
     assert study.stdout.count("FID") >= 7  # a progress line per trial
     best = run("best", "--name", "digits-k4", "--storage", url, "--json")
@@ -99,3 +99,30 @@ def test_end_to_end_study_best_and_evaluate(tmp_path):
                    ",".join(map(str, summary["timesteps"])), "--samples", "64", "--json")
     assert evaluate.returncode == 0, evaluate.stderr
     assert json.loads(evaluate.stdout)["fid"] > 0
+
+
+def test_stage_two_needs_stage_one(capsys, tmp_path):
+    url = f"sqlite:///{tmp_path}/s.db"
+    assert main(["study", "--model", "digits", "--steps", "3", "--stage", "2", "--storage", url]
+                + FAST[:-2]) == 2
+    assert "no study named 'digits-k3'" in _err(capsys)
+
+
+def test_evaluate_with_masks(capsys, tmp_path):
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({"skip": [["mid_block.attentions.0"], []]}))
+    assert main(["evaluate", "--model", "digits", "--timesteps", "900,300", "--samples", "16",
+                 "--skip", str(good), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["skip"] == [["mid_block.attentions.0"], []] and result["gflops"] > 0
+    for payload, message in [({"skip": [["nope"], []]}, "no layer named 'nope'"),
+                             ({"skip": [[]]}, "1 masks for 2 time steps")]:
+        bad = tmp_path / "bad.json"
+        bad.write_text(json.dumps(payload))
+        assert main(["evaluate", "--model", "digits", "--timesteps", "900,300",
+                     "--skip", str(bad)]) == 2
+        assert message in _err(capsys)
+    (tmp_path / "broken.json").write_text("{not json")
+    assert main(["evaluate", "--model", "digits", "--timesteps", "900,300",
+                 "--skip", str(tmp_path / "broken.json")]) == 2
+    assert "not valid JSON" in _err(capsys)

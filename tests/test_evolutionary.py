@@ -7,11 +7,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from autodiff_optuna.sampling import schedules
-from autodiff_optuna.search.encoding import StepSpace
+from autodiff_optuna.search.encoding import Candidate, CandidateSpace
 from autodiff_optuna.search.evolutionary import EvolutionarySampler
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 T = 1000
+
+
+LAYERS = ("a", "b", "c")
 
 
 def _schedule(k):
@@ -19,58 +22,83 @@ def _schedule(k):
         lambda s: tuple(sorted(s, reverse=True)))
 
 
-def _valid(candidate, k, t=T):
-    return (len(candidate) == k and list(candidate) == sorted(set(candidate), reverse=True)
-            and all(0 <= x < t for x in candidate))
+def _candidate(k, layers=()):
+    masks = st.lists(st.frozensets(st.sampled_from(layers)) if layers else st.just(frozenset()),
+                     min_size=k, max_size=k)
+    return st.tuples(_schedule(k), masks).map(
+        lambda sm: CandidateSpace(k, T, layers).candidate(sm[0], sm[1]))
+
+
+def _valid(candidate, k, t=T, layers=()):
+    steps = candidate.timesteps if isinstance(candidate, Candidate) else candidate
+    ok = (len(steps) == k and list(steps) == sorted(set(steps), reverse=True)
+          and all(0 <= x < t for x in steps))
+    if isinstance(candidate, Candidate):
+        ok &= len(candidate.skip) == k and all(set(s) <= set(layers) for s in candidate.skip)
+    return ok
 
 
 @settings(max_examples=200, deadline=None)
-@given(k=st.integers(1, 10), data=st.data(), seed=st.integers(0, 2**32 - 1))
-def test_mutation_makes_valid_neighbours(k, data, seed):
-    space = StepSpace(k, T)
-    sampler = EvolutionarySampler(space, population_size=4)
-    parent = data.draw(_schedule(k))
-    rng = np.random.default_rng(seed)
-    child = sampler.mutate(parent, rng)
-    assert _valid(child, k)
-    assert child != parent  # at least one step replaced or shifted
+@given(k=st.integers(1, 10), layers=st.sampled_from([(), LAYERS]), data=st.data(),
+       seed=st.integers(0, 2**32 - 1))
+def test_mutation_makes_valid_neighbours(k, layers, data, seed):
+    space = CandidateSpace(k, T, layers)
+    parent = data.draw(_candidate(k, layers))
+    child = space.mutate(parent, np.random.default_rng(seed))
+    assert _valid(child, k, layers=layers)
+    assert child != parent  # at least one step replaced or shifted, or one mask bit flipped
+    if not layers:
+        changed = set(child.timesteps) - set(parent.timesteps)
+        assert changed  # stage 1: the steps themselves moved
 
 
 @settings(max_examples=200, deadline=None)
-@given(k=st.integers(1, 10), data=st.data(), seed=st.integers(0, 2**32 - 1))
-def test_crossover_draws_from_the_union(k, data, seed):
-    space = StepSpace(k, T)
-    sampler = EvolutionarySampler(space, population_size=4)
-    a, b = data.draw(_schedule(k)), data.draw(_schedule(k))
-    child = sampler.crossover(a, b, np.random.default_rng(seed))
-    assert _valid(child, k)
-    union = set(a) | set(b)
+@given(k=st.integers(1, 10), layers=st.sampled_from([(), LAYERS]), data=st.data(),
+       seed=st.integers(0, 2**32 - 1))
+def test_crossover_draws_from_the_union(k, layers, data, seed):
+    space = CandidateSpace(k, T, layers)
+    a, b = data.draw(_candidate(k, layers)), data.draw(_candidate(k, layers))
+    child = space.crossover(a, b, np.random.default_rng(seed))
+    assert _valid(child, k, layers=layers)
+    union = set(a.timesteps) | set(b.timesteps)
     # every step comes from a parent, but for refills of a step both parents gave (a step
     # only repeats among the picks when both parents hold it)
-    outside = [t for t in child if t not in union]
-    assert len(outside) <= len(set(a) & set(b))
+    outside = [t for t in child.timesteps if t not in union]
+    assert len(outside) <= len(set(a.timesteps) & set(b.timesteps))
+    # a step keeps a mask crossed from the two parents' masks at the position it came from
+    # (checked where no refill happens: parents without a common step)
+    for t, mask in zip(child.timesteps, child.skip):
+        if not set(a.timesteps) & set(b.timesteps):
+            assert any(t in (a.timesteps[i], b.timesteps[i])
+                       and set(mask) <= set(a.skip[i]) | set(b.skip[i]) for i in range(k))
 
 
 @settings(max_examples=100, deadline=None)
-@given(k=st.integers(1, 6), params=st.lists(st.integers(0, 9), min_size=6, max_size=6))
-def test_decode_repairs_any_encoding(k, params):
-    space = StepSpace(k, 10)
-    candidate = space.decode({f"t{i}": p for i, p in enumerate(params[:k])})
-    assert _valid(candidate, k, 10)
+@given(k=st.integers(1, 6), params=st.lists(st.integers(0, 9), min_size=6, max_size=6),
+       bits=st.lists(st.integers(0, 1), min_size=18, max_size=18))
+def test_decode_repairs_any_encoding(k, params, bits):
+    space = CandidateSpace(k, 10, LAYERS)
+    encoded = {f"t{i}": p for i, p in enumerate(params[:k])}
+    encoded.update({space.mask_name(i, l): bits[3 * i + j] for i in range(k)
+                    for j, l in enumerate(LAYERS)})
+    candidate = space.decode(encoded)
+    assert _valid(candidate, k, 10, LAYERS)
+    assert space.decode(space.encode(candidate)) == candidate
 
 
 def _synthetic_study(storage, k=3, t=60, seed=0, population=8):
-    space = StepSpace(k, t)
+    space = CandidateSpace(k, t)
     target = np.array([41, 17, 3][:k])
     sampler = EvolutionarySampler(space, population_size=population, seed=seed,
-                                  initial=[schedules.uniform(k, t), schedules.trailing(k, t)])
+                                  initial=[space.candidate(schedules.uniform(k, t)),
+                                           space.candidate(schedules.trailing(k, t))])
     study = optuna.create_study(storage=storage, sampler=sampler, study_name="synthetic",
                                 load_if_exists=True)
 
     def objective(trial):
         cand = space.decode({n: trial.suggest_int(n, 0, t - 1) for n in space.names})
-        trial.set_user_attr("timesteps", list(cand))
-        return float(np.abs(np.array(cand) - target).sum())
+        trial.set_user_attr("timesteps", list(cand.timesteps))
+        return float(np.abs(np.array(cand.timesteps) - target).sum())
 
     return study, objective, sampler
 

@@ -28,6 +28,16 @@ class DiffusionModel(abc.ABC):
     def num_train_timesteps(self) -> int:
         return int(self.scheduler_config["num_train_timesteps"])
 
+    def skippable_layers(self) -> dict:
+        """Name -> ``SkippableLayer`` for every layer a candidate may skip (built once)."""
+        if getattr(self, "_skippable", None) is None:
+            self._skippable = self._find_skippable_layers()
+        return self._skippable
+
+    @abc.abstractmethod
+    def _find_skippable_layers(self) -> dict:
+        """The family's ResBlocks and attention layers, each with its bypass."""
+
     @abc.abstractmethod
     def predict_noise(self, x: torch.Tensor, t: torch.Tensor,
                       labels: torch.Tensor | None = None) -> torch.Tensor:

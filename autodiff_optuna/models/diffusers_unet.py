@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from autodiff_optuna.models.base import DiffusionModel
+from autodiff_optuna.sampling.skipping import SkippableLayer
 
 
 class DiffusersUNetModel(DiffusionModel):
@@ -29,3 +30,43 @@ class DiffusersUNetModel(DiffusionModel):
 
     def predict_noise(self, x, t, labels=None):
         return self.unet(x, t).sample
+
+    def _find_skippable_layers(self) -> dict[str, SkippableLayer]:
+        from diffusers.models.attention_processor import Attention
+        from diffusers.models.resnet import ResnetBlock2D
+
+        layers = {}
+        for name, module in self.unet.named_modules():
+            if not name.startswith(("down_blocks.", "mid_block.", "up_blocks.")):
+                continue
+            if isinstance(module, ResnetBlock2D):
+                layers[name] = SkippableLayer(name, module, _resnet_bypass(module))
+            elif isinstance(module, Attention) and module.residual_connection:
+                layers[name] = SkippableLayer(name, module, _attention_bypass(module))
+        return layers
+
+
+def _resnet_bypass(block):
+    """A skipped ResnetBlock2D returns its shortcut path: the input, resampled where the block
+    resamples, through ``conv_shortcut`` where it has one, with the block's output scale."""
+
+    def forward(input_tensor, temb=None, *args, **kwargs):
+        x = input_tensor
+        if block.upsample is not None:
+            x = block.upsample(x)
+        elif block.downsample is not None:
+            x = block.downsample(x)
+        if block.conv_shortcut is not None:
+            x = block.conv_shortcut(x)
+        return x / block.output_scale_factor
+
+    return forward
+
+
+def _attention_bypass(attn):
+    """A skipped residual Attention is the identity, with its output rescale."""
+
+    def forward(hidden_states, *args, **kwargs):
+        return hidden_states / attn.rescale_output_factor
+
+    return forward

@@ -126,7 +126,7 @@ def train_ddpm(out_dir: Path, steps: int, seed: int = 0, batch: int = 256, lr: f
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", choices=["features", "ddpm", "all"], default="all")
-    parser.add_argument("--steps", type=int, default=7000)
+    parser.add_argument("--steps", type=int, default=12000)
     parser.add_argument("--out", type=Path, default=BUNDLE_DIR)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()

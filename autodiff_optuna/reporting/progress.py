@@ -10,8 +10,9 @@ from optuna.trial import FrozenTrial, TrialState
 class ProgressPrinter:
     """An Optuna callback; ``target`` is the number of COMPLETE trials the study should reach."""
 
-    def __init__(self, target: int, stream=None):
+    def __init__(self, target: int, stream=None, label: str = ""):
         self._target = target
+        self._label = f"{label} " if label else ""
         self._stream = stream or sys.stdout
         self._started = time.monotonic()
         self._finished_here = 0
@@ -22,11 +23,16 @@ class ProgressPrinter:
         per_trial = (time.monotonic() - self._started) / self._finished_here
         eta = _duration(per_trial * max(0, self._target - n_complete))
         steps = trial.user_attrs.get("timesteps")
-        if trial.state == TrialState.COMPLETE:
-            result = f"FID {trial.value:8.3f}  best {study.best_value:8.3f}"
-        else:
+        if trial.state != TrialState.COMPLETE:
             result = f"{trial.state.name}: {trial.user_attrs.get('fail_reason', '')}"
-        print(f"[{n_complete:>4}/{self._target}] trial {trial.number:>4}  {steps}  {result}  "
+        elif len(trial.values) == 1:
+            result = f"FID {trial.value:8.3f}  best {study.best_value:8.3f}"
+        else:  # stage 2: FID and GFLOPs
+            skipped = sum(len(s) for s in trial.user_attrs.get("skip", []))
+            result = (f"skips {skipped:>2}  FID {trial.values[0]:8.3f}  "
+                      f"GFLOPs {trial.values[1]:.4f}  front {len(study.best_trials)}")
+        print(f"{self._label}[{n_complete:>4}/{self._target}] trial {trial.number:>4}  {steps}  "
+              f"{result}  "
               f"({trial.duration.total_seconds() if trial.duration else 0:.1f}s, ETA {eta})",
               file=self._stream, flush=True)
 

@@ -12,6 +12,7 @@ from autodiff_optuna.errors import UsageError
 from autodiff_optuna.models.base import DiffusionModel
 from autodiff_optuna.sampling.noise import NoiseBatch
 from autodiff_optuna.sampling.schedules import Schedule
+from autodiff_optuna.sampling.skipping import skipping
 
 SOLVER_ORDERS = {"ddim": 1, "dpmpp2m": 2}
 
@@ -36,9 +37,14 @@ def make_scheduler(model: DiffusionModel, solver: str, timesteps: Schedule):
 
 @torch.inference_mode()
 def sample(model: DiffusionModel, timesteps: Schedule, batch: NoiseBatch, solver: str = "ddim",
-           batch_size: int | None = None) -> torch.Tensor:
-    """Run the solver from ``batch.noise`` over ``timesteps``; returns samples in model range."""
+           batch_size: int | None = None, skip=None) -> torch.Tensor:
+    """Run the solver from ``batch.noise`` over ``timesteps``; returns samples in model range.
+
+    ``skip`` holds, per step, the names of the layers bypassed at that step (None: full network).
+    """
     n = len(batch.noise)
+    skip = skip or [()] * len(timesteps)
+    layers = model.skippable_layers() if any(skip) else {}
     batch_size = batch_size or n
     outputs = []
     for start in range(0, n, batch_size):
@@ -46,8 +52,9 @@ def sample(model: DiffusionModel, timesteps: Schedule, batch: NoiseBatch, solver
         labels = None if batch.labels is None else batch.labels[start:start + batch_size].to(model.device)
         # a multistep solver keeps history: one fresh scheduler per batch
         scheduler = make_scheduler(model, solver, timesteps)
-        for t in scheduler.timesteps:
-            eps = model.predict_noise(x, t, labels)
+        for t, skipped in zip(scheduler.timesteps, skip):
+            with skipping(layers, skipped):
+                eps = model.predict_noise(x, t, labels)
             x = scheduler.step(eps, t, x).prev_sample
         outputs.append(x.cpu())
     return torch.cat(outputs)

@@ -11,6 +11,8 @@ from autodiff_optuna.errors import UsageError
 from autodiff_optuna.sampling.solvers import SOLVER_ORDERS
 
 PRESETS_DIR = Path(__file__).resolve().parents[2] / "studies"
+PRESET_KEYS = {"model", "steps", "trials", "stage2_trials", "population", "samples", "solver",
+               "seed"}
 
 
 @dataclass(frozen=True)
@@ -21,7 +23,6 @@ class SearchConfig:
     samples: int = 1000
     seed: int = 0
     population: int = 20
-    stage: int = 1
 
     @property
     def default_name(self) -> str:
@@ -41,11 +42,6 @@ class SearchConfig:
     def as_attrs(self) -> dict:
         return dataclasses.asdict(self)
 
-    def differences(self, stored: dict) -> list[str]:
-        """Fields whose stored value differs from this config, as 'field: stored -> requested'."""
-        return [f"{key}: stored {stored.get(key)!r}, requested {value!r}"
-                for key, value in self.as_attrs().items() if stored.get(key) != value]
-
 
 def load_preset(model: str, steps: int, directory: Path = PRESETS_DIR) -> dict:
     """Defaults from ``studies/<model>-k<steps>.yaml`` when the file exists."""
@@ -58,6 +54,10 @@ def load_preset(model: str, steps: int, directory: Path = PRESETS_DIR) -> dict:
         raise UsageError(f"study preset {path} is not valid YAML: {err}") from err
     if not isinstance(values, dict):
         raise UsageError(f"study preset {path} must be a mapping")
+    unknown = set(values) - PRESET_KEYS
+    if unknown:
+        raise UsageError(f"study preset {path}: unknown keys {sorted(unknown)}; "
+                         f"allowed: {sorted(PRESET_KEYS)}")
     return values
 
 

@@ -28,8 +28,9 @@ from optuna.samplers.nsgaii._elite_population_selection_strategy import (
 )
 from optuna.trial import FrozenTrial, TrialState
 
-from autodiff_optuna.sampling.schedules import Schedule
-from autodiff_optuna.search.encoding import StepSpace
+from optuna.samplers._base import _process_constraints_after_trial
+
+from autodiff_optuna.search.encoding import Candidate, CandidateSpace
 
 MAX_REDRAWS = 100  # a child already in the study is redrawn up to this many times
 
@@ -38,7 +39,7 @@ class EvolutionarySampler(BaseGASampler):
     """Evolutionary search over K-step schedules.
 
     Args:
-        space: the encoding (K steps out of T).
+        space: the encoding (K steps out of T, and in stage 2 the skippable layers).
         population_size: trials per generation.
         initial: candidates generation 0 proposes first, in order (the standard spacings).
         elite_size: survivors per generation; parents are drawn from them.
@@ -47,8 +48,8 @@ class EvolutionarySampler(BaseGASampler):
         seed: makes the whole search reproducible.
     """
 
-    def __init__(self, space: StepSpace, *, population_size: int = 20,
-                 initial: Sequence[Schedule] = (), elite_size: int | None = None,
+    def __init__(self, space: CandidateSpace, *, population_size: int = 20,
+                 initial: Sequence[Candidate] = (), elite_size: int | None = None,
                  crossover_prob: float = 0.3, mutation_prob: float = 0.5,
                  gene_mutation_prob: float = 0.25, seed: int = 0,
                  constraints_func=None) -> None:
@@ -58,7 +59,7 @@ class EvolutionarySampler(BaseGASampler):
             raise ValueError("crossover_prob + mutation_prob must not exceed 1")
         super().__init__(population_size)
         self._space = space
-        self._initial = [space.repair(s) for s in initial]
+        self._initial = list(initial)
         self._elite_size = elite_size or max(2, population_size // 2)
         self._crossover_prob = crossover_prob
         self._mutation_prob = mutation_prob
@@ -102,7 +103,12 @@ class EvolutionarySampler(BaseGASampler):
 
     # -- proposals ------------------------------------------------------------------------------
 
-    def candidates_in(self, study: optuna.Study) -> set[Schedule]:
+    def after_trial(self, study, trial, state, values) -> None:
+        # records constraint values where NSGA-II's selection looks for them
+        if self._constraints_func is not None:
+            _process_constraints_after_trial(self._constraints_func, study, trial, state)
+
+    def candidates_in(self, study: optuna.Study) -> set[Candidate]:
         """Every candidate the study has scored, is scoring or has queued."""
         names = self._space.names
         seen = set()
@@ -113,8 +119,8 @@ class EvolutionarySampler(BaseGASampler):
                 seen.add(self._space.decode(params))
         return seen
 
-    def _propose(self, study, generation: int, seen: set[Schedule],
-                 rng: np.random.Generator) -> Schedule:
+    def _propose(self, study, generation: int, seen: set[Candidate],
+                 rng: np.random.Generator) -> Candidate:
         if generation == 0:
             for candidate in self._initial:
                 if candidate not in seen:
@@ -126,7 +132,7 @@ class EvolutionarySampler(BaseGASampler):
                 return child
         return self._immigrant(seen, rng)
 
-    def _parents_for(self, study, generation: int) -> list[Schedule]:
+    def _parents_for(self, study, generation: int) -> list[Candidate]:
         """Ranked parents (best first); generation 0 breeds from its initial spacings."""
         if generation == 0:
             return list(self._initial)
@@ -134,52 +140,23 @@ class EvolutionarySampler(BaseGASampler):
         ranked = self._select_elites(study, self.get_parent_population(study, generation))
         return [self._space.decode(t.params) for t in ranked]
 
-    def _child(self, parents: list[Schedule], rng: np.random.Generator) -> Schedule:
+    def _child(self, parents: list[Candidate], rng: np.random.Generator) -> Candidate:
         draw = rng.random()
         if not parents or draw >= self._crossover_prob + self._mutation_prob:
             return self._space.random(rng)
         if draw < self._crossover_prob and len(parents) >= 2:
-            return self.crossover(self._tournament(parents, rng), self._tournament(parents, rng),
-                                  rng)
-        return self.mutate(self._tournament(parents, rng), rng)
+            return self._space.crossover(self._tournament(parents, rng),
+                                         self._tournament(parents, rng), rng)
+        return self._space.mutate(self._tournament(parents, rng), rng, self._gene_mutation_prob)
 
-    def _immigrant(self, seen: set[Schedule], rng: np.random.Generator) -> Schedule:
+    def _immigrant(self, seen: set[Candidate], rng: np.random.Generator) -> Candidate:
         while True:
             candidate = self._space.random(rng)
             if candidate not in seen:
                 return candidate
 
     @staticmethod
-    def _tournament(ranked: list[Schedule], rng: np.random.Generator) -> Schedule:
+    def _tournament(ranked: list[Candidate], rng: np.random.Generator) -> Candidate:
         """Binary tournament: of two random parents, the better ranked one wins."""
         a, b = rng.integers(len(ranked), size=2)
         return ranked[min(a, b)]
-
-    # -- operators ------------------------------------------------------------------------------
-
-    def mutate(self, parent: Schedule, rng: np.random.Generator) -> Schedule:
-        """Each step, with probability ``gene_mutation_prob`` (at least one step), is either
-        replaced by an unused step anywhere, or shifted to a new place between its neighbours."""
-        steps = list(parent)
-        k, top = len(steps), self._space.num_train_timesteps
-        chosen = rng.random(k) < self._gene_mutation_prob
-        if not chosen.any():
-            chosen[rng.integers(k)] = True
-        for i in np.flatnonzero(chosen):
-            taken = set(steps) - {steps[i]}
-            upper = steps[i - 1] if i > 0 else top  # exclusive bounds: keep the order
-            lower = steps[i + 1] if i < k - 1 else -1
-            if rng.random() < 0.5 and upper - lower > 2:
-                new = int(rng.integers(lower + 1, upper))
-                if new == steps[i]:
-                    new = self._space.random_free(rng, taken | {steps[i]})
-            else:
-                new = self._space.random_free(rng, taken | {steps[i]})
-            steps[i] = new
-        return self._space.repair(steps, rng)
-
-    def crossover(self, a: Schedule, b: Schedule, rng: np.random.Generator) -> Schedule:
-        """Uniform crossover position by position: the child's steps come from the union of
-        both parents' steps; a step both would contribute twice is refilled at random."""
-        picks = [x if take_a else y for x, y, take_a in zip(a, b, rng.random(len(a)) < 0.5)]
-        return self._space.repair(picks, rng)

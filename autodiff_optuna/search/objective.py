@@ -8,9 +8,11 @@ from autodiff_optuna.sampling import NoiseBatch, Schedule, sample
 
 
 def score_schedule(model: DiffusionModel, scorer: FIDScorer, timesteps: Schedule,
-                   batch: NoiseBatch, solver: str, batch_size: int | None = None) -> float:
-    """FID of the samples ``timesteps`` produces from ``batch``; FIDError if it has none."""
-    images = sample(model, timesteps, batch, solver, batch_size)
+                   batch: NoiseBatch, solver: str, batch_size: int | None = None,
+                   skip=None) -> float:
+    """FID of the samples ``timesteps`` (skipping ``skip``'s layers per step) produces from
+    ``batch``; FIDError if it has none."""
+    images = sample(model, timesteps, batch, solver, batch_size, skip)
     if not torch.isfinite(images).all():
         raise FIDError("samples are not finite (NaN or inf)")
     return scorer(to_uint8(images))

@@ -70,10 +70,11 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-def load_existing_study(name: str, storage: RDBStorage) -> optuna.Study:
+def load_existing_study(name: str, storage: RDBStorage, hint: str = "") -> optuna.Study:
     """Load a study, or say which studies the database does hold."""
-    names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+    names = optuna.get_all_study_names(storage)
     if name not in names:
         known = ", ".join(sorted(names)) or "none"
-        raise UsageError(f"no study named {name!r} in {redact(storage.url)}; studies there: {known}")
+        raise UsageError(f"no study named {name!r} in {redact(storage.url)}; studies there: "
+                         f"{known}" + (f"; {hint}" if hint else ""))
     return optuna.load_study(study_name=name, storage=storage)

@@ -1,0 +1,107 @@
+"""Layer skipping on real diffusers UNets: exact when empty, shape-preserving, and cheaper by
+exactly the FLOPs the profile says."""
+
+import json
+
+import pytest
+import torch
+
+from autodiff_optuna.errors import UsageError
+from autodiff_optuna.metrics.flops import count_flops, layer_costs
+from autodiff_optuna.models import load_model
+from autodiff_optuna.models.diffusers_unet import DiffusersUNetModel
+from autodiff_optuna.sampling import draw, sample
+from autodiff_optuna.sampling.skipping import check_skip, skipping
+
+DIGITS_LAYERS = [name for name in load_model("digits").skippable_layers()]
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_unet_dir):
+    return DiffusersUNetModel("tiny", tiny_unet_dir)
+
+
+def test_layers_are_enumerated_in_a_stable_order(digits, tiny):
+    costs = layer_costs(digits)
+    assert set(costs.layers) == set(digits.skippable_layers())
+    assert costs.layers == layer_costs(digits).layers
+    assert costs.layers[0] == "down_blocks.0.resnets.0"  # execution order
+    assert costs.layers[-1] == "up_blocks.1.resnets.1"
+    assert len(costs.layers) == 12  # 8 ResBlocks and 4 attention layers
+    assert sum("attentions" in name for name in costs.layers) == 4
+
+
+def test_empty_mask_reproduces_the_full_network(digits):
+    batch = draw(digits, 16, seed=0)
+    steps = (900, 500, 200, 30)
+    full = sample(digits, steps, batch, "dpmpp2m")
+    assert torch.equal(sample(digits, steps, batch, "dpmpp2m", skip=[(), (), (), ()]), full)
+
+
+@pytest.mark.parametrize("layer", DIGITS_LAYERS)
+def test_skipping_one_layer_keeps_shapes_and_saves_its_flops(digits, layer):
+    layers = digits.skippable_layers()
+    x = torch.randn(3, *digits.sample_shape, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor(500)
+    shapes = {}
+
+    def record(name):
+        return lambda module, args, out: shapes.setdefault(name, []).append(out.shape)
+
+    with torch.inference_mode():
+        hooks = [l.module.register_forward_hook(record(n)) for n, l in layers.items()]
+        full = digits.predict_noise(x, t)
+        full_shapes, shapes = shapes, {}
+        with skipping(layers, [layer]):
+            skipped = digits.predict_noise(x, t)
+        for hook in hooks:
+            hook.remove()
+    assert skipped.shape == full.shape and torch.isfinite(skipped).all()
+    assert shapes == full_shapes  # every layer's output keeps its shape
+    assert not torch.equal(skipped, full)  # the layer really was bypassed
+    costs = layer_costs(digits)
+    total, per_module = count_flops(digits, skip=[layer])
+    assert total == costs.full - costs.saving[layer]
+    assert costs.saving[layer] > 0
+    # the saving is the layer's own count, less its bypass (a 1x1 shortcut at most)
+    _, full_modules = count_flops(digits)
+    assert costs.saving[layer] <= full_modules[layer]
+    assert costs.saving[layer] >= 0.8 * full_modules[layer]
+
+
+def test_skipped_layer_does_not_run(digits):
+    layer = digits.skippable_layers()["mid_block.attentions.0"]
+    calls = []
+    hook = layer.module.to_q.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        with torch.inference_mode(), skipping(digits.skippable_layers(), [layer.name]):
+            digits.predict_noise(torch.zeros(1, 1, 8, 8), torch.tensor(10))
+    finally:
+        hook.remove()
+    assert calls == []
+    assert "forward" not in vars(layer.module)  # restored afterwards
+
+
+def test_candidate_gflops(digits):
+    costs = layer_costs(digits)
+    full = costs.gflops([(), (), ()])
+    assert full == pytest.approx(3 * costs.full / 1e9)
+    one = costs.gflops([("mid_block.resnets.0",), (), ()])
+    assert full - one == pytest.approx(costs.saving["mid_block.resnets.0"] / 1e9)
+
+
+def test_tiny_random_unet_skips_too(tiny):
+    costs = layer_costs(tiny)
+    batch = draw(tiny, 4, seed=0)
+    out = sample(tiny, (999, 400), batch, skip=[costs.layers[:3], costs.layers[3:]])
+    assert out.shape == (4, 1, 8, 8) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("skip, message", [
+    ([["nope"], []], "no layer named 'nope'"),
+    ([[]], "1 masks for 2 time steps"),
+    ("mid_block.resnets.0", "one list of layer names per step"),
+])
+def test_bad_masks(skip, message):
+    with pytest.raises(UsageError, match=message):
+        check_skip(skip, 2, DIGITS_LAYERS)
