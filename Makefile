@@ -10,10 +10,12 @@ TRIALS ?=
 STORAGE ?=
 NAME ?=
 
-STUDY_ARGS := --model $(MODEL) --steps $(STEPS) \
+STAGE ?=
+
+STUDY_ARGS := --model $(MODEL) --steps $(STEPS) $(if $(STAGE),--stage $(STAGE)) \
 	$(if $(TRIALS),--trials $(TRIALS)) $(if $(STORAGE),--storage $(STORAGE)) $(if $(NAME),--name $(NAME))
 
-.PHONY: study best test bench train-digits clean-venv
+.PHONY: study worker best test bench train-digits clean-venv
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +25,11 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 
 study: $(VENV)/.installed
 	$(PY) -m autodiff_optuna study $(STUDY_ARGS)
+
+# One more worker on the same study: run it once per GPU or machine, against a shared
+# PostgreSQL STORAGE (e.g. postgresql+psycopg://user:pass@host/db). Each stops at the total.
+worker: $(VENV)/.installed
+	$(PY) -m autodiff_optuna study $(STUDY_ARGS) --quiet
 
 best: $(VENV)/.installed
 	$(PY) -m autodiff_optuna best --name $(or $(NAME),$(MODEL)-k$(STEPS)) $(if $(STORAGE),--storage $(STORAGE))

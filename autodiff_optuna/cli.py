@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--max-gflops", type=float, help="stage-2 budget, GFLOPs per image")
     study.add_argument("--storage", help="SQLAlchemy URL (default sqlite:///studies/autodiff.db)")
     study.add_argument("--name", help="study name (default <model>-k<steps>)")
+    study.add_argument("--heartbeat", type=int, default=10,
+                       help="seconds between a running trial's heartbeats; a trial whose worker "
+                            "died is retried after two missed beats")
     study.add_argument("--device")
     study.add_argument("--quiet", action="store_true", help="no line per trial")
 
@@ -90,9 +93,12 @@ def cmd_study(args) -> None:
         raise UsageError(f"--max-gflops must be positive, got {args.max_gflops}")
     if args.max_gflops is not None and args.stage == "1":
         raise UsageError("--max-gflops applies to stage 2; use --stage 2 or both")
+    if args.heartbeat < 1:
+        raise UsageError(f"--heartbeat must be at least 1 second, got {args.heartbeat}")
     ctx = search.SearchContext.build(config, args.device or _default_device())
     name = args.name or config.default_name
-    storage = open_storage(args.storage)
+    storage = open_storage(args.storage, heartbeat=args.heartbeat,
+                           on_stale_trial=search.retry_trial, writable=True)
     if args.stage == "2":  # stage 2 alone continues from an existing stage-1 study
         stage1 = load_existing_study(name, storage, hint="run --stage 1 first")
     else:
@@ -203,7 +209,8 @@ def _quiet_libraries() -> None:
 
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # our progress lines report failed trials; Optuna's own warning would add a traceback
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 

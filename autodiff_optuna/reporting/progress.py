@@ -24,7 +24,9 @@ class ProgressPrinter:
         eta = _duration(per_trial * max(0, self._target - n_complete))
         steps = trial.user_attrs.get("timesteps")
         if trial.state != TrialState.COMPLETE:
-            result = f"{trial.state.name}: {trial.user_attrs.get('fail_reason', '')}"
+            reason = (trial.user_attrs.get("fail_reason") or trial.user_attrs.get("surplus")
+                      or f"duplicate of trial {trial.user_attrs.get('duplicate_of')}")
+            result = f"{trial.state.name}: {reason}"
         elif len(trial.values) == 1:
             result = f"FID {trial.value:8.3f}  best {study.best_value:8.3f}"
         else:  # stage 2: FID and GFLOPs

@@ -6,6 +6,7 @@ mask on two objectives, FID and GFLOPs per image, and starts from stage 1's elit
 as real members of its first generation. Both are driven by the ``EvolutionarySampler``.
 """
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -128,6 +129,7 @@ def _open(ctx, name, storage, stage, sampler, directions, max_gflops=None, extra
                                     directions=directions)
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
+        _wait_for_config(study)
         _check_stored(study, wanted, stage, storage)
         return study
     try:
@@ -145,6 +147,14 @@ def _open(ctx, name, storage, stage, sampler, directions, max_gflops=None, extra
     return study
 
 
+def _wait_for_config(study: optuna.Study, seconds: float = 30.0) -> None:
+    """Another worker may have created the study a moment ago and still be writing its
+    configuration; a study without one after that is not ours."""
+    deadline = time.monotonic() + seconds
+    while CONFIG_ATTR not in study.user_attrs and not study.trials and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
 def _check_stored(study: optuna.Study, wanted: dict, stage: int, storage) -> None:
     stored = study.user_attrs.get(CONFIG_ATTR)
     where = f"study {study.study_name!r} in {redact(storage.url)}"
@@ -160,14 +170,30 @@ def _check_stored(study: optuna.Study, wanted: dict, stage: int, storage) -> Non
                          + "); rerun with the stored values or choose a new --name")
 
 
-def make_objective(ctx: SearchContext, stage: int, batch_size: int | None = None):
+def make_objective(ctx: SearchContext, stage: int, target: int | None = None,
+                   batch_size: int | None = None):
     batch = draw(ctx.model, ctx.config.samples, ctx.config.seed, SEARCH)
     space = ctx.space(stage)
 
     def objective(trial: optuna.Trial):
+        if target is not None and _is_surplus(trial.study, trial, target):
+            trial.set_user_attr("surplus", "the target was reached by other workers")
+            trial.study.stop()
+            raise optuna.TrialPruned("surplus")
+        try:
+            return _evaluate(trial)
+        except KeyboardInterrupt:
+            trial.set_user_attr("fail_reason", "interrupted")
+            raise
+
+    def _evaluate(trial: optuna.Trial):
         dists = space.distributions()
         params = {name: trial.suggest_int(name, d.low, d.high) for name, d in dists.items()}
         candidate = space.decode(params)
+        twin = _earlier_twin(trial.study, trial.number, space, candidate)
+        if twin is not None:  # two workers drew the same child at the same moment
+            trial.set_user_attr("duplicate_of", twin)
+            raise optuna.TrialPruned(f"duplicate of trial {twin}")
         gflops = ctx.costs.gflops(candidate.skip)
         trial.set_user_attr("timesteps", list(candidate.timesteps))
         if stage == 2:
@@ -182,6 +208,47 @@ def make_objective(ctx: SearchContext, stage: int, batch_size: int | None = None
         return (fid, gflops) if stage == 2 else fid
 
     return objective
+
+
+MAX_RETRIES = 3
+
+
+def retry_trial(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Queue a failed trial's candidate again, in the same generation (its system attrs travel
+    with it), unless it has been retried MAX_RETRIES times. Used for trials whose worker died
+    (the storage's heartbeat finds them) and for the trial a Ctrl-C interrupted."""
+    history = list(trial.system_attrs.get("retry_history", [])) + [trial.number]
+    if len(history) > MAX_RETRIES or not trial.params:
+        return
+    user_attrs = {k: v for k, v in trial.user_attrs.items() if k != "fail_reason"}
+    study.add_trial(optuna.trial.create_trial(
+        state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
+        user_attrs={**user_attrs, "retry_of": trial.number},
+        system_attrs={**trial.system_attrs, "failed_trial": trial.number,
+                      "retry_history": history}))
+
+
+def _is_surplus(study: optuna.Study, trial: optuna.Trial, target: int) -> bool:
+    """Several workers on one study: a trial is surplus when the trials numbered before it,
+    finished or still running, already make up the target. Trial numbers come from the storage,
+    so exactly ``target`` trials complete whatever the workers' timing (unless one fails, and
+    then the loop goes on)."""
+    earlier = [t for t in study.get_trials(deepcopy=False,
+                                           states=(TrialState.COMPLETE, TrialState.RUNNING))
+               if t.number < trial.number]
+    return len(earlier) >= target
+
+
+def _earlier_twin(study: optuna.Study, number: int, space: CandidateSpace,
+                  candidate: Candidate) -> int | None:
+    """An earlier trial, finished or running, with the same candidate. Each trial writes its
+    parameters before it looks, so of two racing twins the later-numbered one always sees the
+    other: no candidate is scored twice, and the race costs a trial number, not a sampling run."""
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)):
+        if t.number < number and len(t.params) == len(space.names) \
+                and space.decode(t.params) == candidate:
+            return t.number
+    return None
 
 
 class _StopOnFailures:
@@ -205,8 +272,20 @@ def run(ctx: SearchContext, study: optuna.Study, trials: int, progress: bool = T
     callbacks = [MaxTrialsCallback(trials, states=(TrialState.COMPLETE,)), _StopOnFailures()]
     if progress:
         callbacks.append(ProgressPrinter(trials, label=f"stage {stage}"))
-    study.optimize(make_objective(ctx, stage, batch_size), callbacks=callbacks,
-                   catch=(FIDError,))
+    try:
+        study.optimize(make_objective(ctx, stage, trials, batch_size), callbacks=callbacks,
+                       catch=(FIDError,))
+    except KeyboardInterrupt:
+        # Optuna has failed the interrupted trial; queue its candidate for the resumed run
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+            if trial.user_attrs.get("fail_reason") == "interrupted" and not _retried(study, trial):
+                retry_trial(study, trial)
+        raise
+
+
+def _retried(study: optuna.Study, trial: FrozenTrial) -> bool:
+    return any(t.system_attrs.get("failed_trial") == trial.number
+               for t in study.get_trials(deepcopy=False))
 
 
 def _complete(study: optuna.Study) -> list[FrozenTrial]:

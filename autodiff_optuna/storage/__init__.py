@@ -16,7 +16,15 @@ DEFAULT_STORAGE = "sqlite:///studies/autodiff.db"
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
-def open_storage(url: str | None = None) -> RDBStorage:
+def open_storage(url: str | None = None, heartbeat: int | None = None,
+                 on_stale_trial=None, writable: bool = False) -> RDBStorage:
+    """Open (creating the tables if needed) an Optuna RDB storage.
+
+    With ``heartbeat`` (seconds), a running trial beats that often; one whose process died
+    (SIGKILL, a lost machine) is failed after two missed beats by whichever process runs the next
+    trial, and handed to ``on_stale_trial`` (which retries it). ``writable`` checks up front that
+    the database accepts writes, so a search never starts on a read-only one.
+    """
     url = url or DEFAULT_STORAGE
     shown = redact(url)
     engine_kwargs = {}
@@ -27,8 +35,17 @@ def open_storage(url: str | None = None) -> RDBStorage:
     else:
         # an unreachable server must fail fast, not hang a study
         engine_kwargs = {"connect_args": {"connect_timeout": 10}, "pool_pre_ping": True}
+    beats = {}
+    if heartbeat:
+        beats = dict(heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
+                     heartbeat_stale_trial_callback=on_stale_trial)
     try:
-        return RDBStorage(url, engine_kwargs=engine_kwargs)
+        storage = RDBStorage(url, engine_kwargs=engine_kwargs, **beats)
+        if writable and url.startswith("sqlite"):
+            with storage.engine.connect() as conn:  # rewrites a header field with its own value
+                version = conn.exec_driver_sql("PRAGMA user_version").scalar()
+                conn.exec_driver_sql(f"PRAGMA user_version = {int(version)}")
+        return storage
     except ModuleNotFoundError as err:
         raise UsageError(f"storage {shown}: the database driver is not installed ({err.name})")
     except Exception as err:  # SQLAlchemy's and Optuna's errors for a bad or unreachable database
@@ -53,6 +70,8 @@ def _check_sqlite_file(url: str, default: bool) -> None:
         raise UsageError(f"not a valid storage URL: {url} ({_first_line(err)})") from err
     if not database or database == ":memory:":
         return
+    if database.startswith("file:"):  # an SQLite URI filename (file:PATH?mode=ro&uri=true)
+        database = database[len("file:"):].split("?", 1)[0]
     path = Path(database)
     if default:
         path.parent.mkdir(parents=True, exist_ok=True)
