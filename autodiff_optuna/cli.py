@@ -100,7 +100,7 @@ def cmd_study(args) -> None:
     storage = open_storage(args.storage, heartbeat=args.heartbeat,
                            on_stale_trial=search.retry_trial, writable=True)
     if args.stage == "2":  # stage 2 alone continues from an existing stage-1 study
-        stage1 = load_existing_study(name, storage, hint="run --stage 1 first")
+        stage1 = search.load_stage1(ctx, name, storage)
     else:
         stage1 = search.open_stage1(ctx, name, storage)
     print(f"study {name!r}: {config.model}, {config.steps} steps, {config.solver}, "

@@ -5,6 +5,7 @@ go to ``bench/results.json``. Every FID here is on held-out noise unless it says
 """
 
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 
 from autodiff_optuna.metrics.fid import fid_from_features, to_uint8
+from autodiff_optuna.metrics.flops import layer_costs
 from autodiff_optuna.models import load_model, load_scorer
 from autodiff_optuna.models.digits_data import load_digits_uint8, split_halves
 from autodiff_optuna.sampling import HELDOUT, SEARCH, draw, sample, standard_spacings
@@ -74,15 +76,16 @@ def trial_time(steps: int = 4) -> float:
     return float(np.median(times))
 
 
-def heldout_fid(schedule, samples: int) -> tuple[float, float]:
+def heldout_fid(schedule, samples: int, skip=None) -> tuple[float, float]:
     model, scorer = load_model("digits"), load_scorer("digits")
-    fids = [score_schedule(model, scorer, tuple(schedule), draw(model, samples, s, HELDOUT), "ddim")
-            for s in HELDOUT_SEEDS]
+    fids = [score_schedule(model, scorer, tuple(schedule), draw(model, samples, s, HELDOUT), "ddim",
+                           skip=skip) for s in HELDOUT_SEEDS]
     return float(np.mean(fids)), float(np.std(fids))
 
 
 def default_study(steps: int = 4) -> dict:
-    """`make study` as a user runs it (the preset's defaults), timed end to end."""
+    """`make study` as a user runs it (preset defaults, both stages), timed end to end, then
+    every result re-scored on held-out noise."""
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{tmp}/bench.db"
         started = time.perf_counter()
@@ -95,45 +98,44 @@ def default_study(steps: int = 4) -> dict:
     samples = SearchConfig("digits", steps).samples
     best_mean, best_std = heldout_fid(best["timesteps"], samples)
     base_mean, base_std = heldout_fid(best["baseline_timesteps"], samples)
-    return {"steps": steps, "trials": best["n_complete"], "wall_s": wall,
+    front = []
+    for point in best["pareto"]:
+        mean, std = heldout_fid(point["timesteps"], samples, point["skip"])
+        front.append({**point, "fid_heldout": mean, "fid_heldout_std": std})
+    cheapest_good = min((p for p in front if p["fid_heldout"] <= 1.10 * best_mean),
+                        key=lambda p: p["gflops"], default=None)
+    return {"steps": steps, "trials": best["n_complete"],
+            "stage2_trials": best["stage2_n_complete"], "wall_s": wall,
             "best_timesteps": best["timesteps"], "best_fid_search": best["fid"],
             "uniform_timesteps": best["baseline_timesteps"], "uniform_fid_search": best["baseline_fid"],
             "best_fid_heldout": best_mean, "best_fid_heldout_std": best_std,
             "uniform_fid_heldout": base_mean, "uniform_fid_heldout_std": base_std,
+            "full_gflops": best["full_gflops"], "pareto": front,
+            "cheapest_within_10pct": cheapest_good,
             "preset": load_preset("digits", steps)}
 
 
-def render(results: dict) -> dict[str, str]:
-    q, s = results["model_quality"], results["default_study"]
-    quality = "\n".join([
-        f"Machine: {results['machine']}.",
-        "",
-        f"| what ({q['n']} images, against the statistics of one held-out half of the real digits) | FID |",
-        "|---|---|",
-        f"| the data's own floor: the other half of the real digits | {q['floor_half_vs_half']:.3f} |",
-        f"| bundled model, uniform DDIM, 100 steps | {q['ddim100_vs_half']:.3f} |",
-        f"| bundled model, uniform DDIM, 20 steps | {q['ddim20_vs_half']:.3f} |",
-    ])
-    study = "\n".join([
-        f"Machine: {results['machine']}.",
-        "",
-        f"One digits trial (4 steps, {SearchConfig('digits', 4).samples} samples, sampling + FID): "
-        f"**{results['trial_time_s']:.2f} s** (median of 5).",
-        "",
-        f"`make study` (MODEL=digits STEPS=4, preset defaults: {s['trials']} trials): "
-        f"**{s['wall_s']:.0f} s** wall, start-up included.",
-        "",
-        f"| schedule | time steps | FID on search noise | held-out FID (mean ± std over {len(HELDOUT_SEEDS)} held-out seeds) |",
-        "|---|---|---|---|",
-        f"| uniform DDIM | {s['uniform_timesteps']} | {s['uniform_fid_search']:.2f} | "
-        f"{s['uniform_fid_heldout']:.2f} ± {s['uniform_fid_heldout_std']:.2f} |",
-        f"| searched | {s['best_timesteps']} | {s['best_fid_search']:.2f} | "
-        f"{s['best_fid_heldout']:.2f} ± {s['best_fid_heldout_std']:.2f} |",
-        "",
-        f"Held-out ratio searched / uniform: **{s['best_fid_heldout'] / s['uniform_fid_heldout']:.3f}** "
-        "(target <= 0.5).",
-    ])
-    return {"digits-model": quality, "stage1": study}
+def masked_speed(timesteps, skip, repeats: int = 7) -> dict:
+    """Wall-clock saving of masked sampling against its GFLOPs saving, same steps and noise."""
+    model = load_model("digits")
+    costs = layer_costs(model)
+    batch = draw(model, SearchConfig("digits", len(timesteps)).samples, 0, HELDOUT)
+
+    def timed(mask):
+        sample(model, timesteps, batch, "ddim", skip=mask)  # warm-up
+        runs = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            sample(model, timesteps, batch, "ddim", skip=mask)
+            runs.append(time.perf_counter() - started)
+        return float(np.median(runs))
+
+    full_s, masked_s = timed(None), timed(skip)
+    full_g, masked_g = costs.gflops([()] * len(timesteps)), costs.gflops(skip)
+    time_saving, flop_saving = 1 - masked_s / full_s, 1 - masked_g / full_g
+    return {"timesteps": list(timesteps), "skip": skip, "full_s": full_s, "masked_s": masked_s,
+            "gflops_saving": flop_saving, "time_saving": time_saving,
+            "time_over_gflops_saving": time_saving / flop_saving if flop_saving else None}
 
 
 def write_sections(sections: dict[str, str], path: Path = ROOT / "BENCHMARKS.md") -> None:
@@ -149,14 +151,90 @@ def write_sections(sections: dict[str, str], path: Path = ROOT / "BENCHMARKS.md"
     path.write_text(text)
 
 
+def storage_overhead() -> dict:
+    from bench.storage import per_trial_overhead
+
+    out = {"sqlite": per_trial_overhead(f"sqlite:///{tempfile.mkdtemp()}/overhead.db")}
+    postgres = os.environ.get("AUTODIFF_BENCH_POSTGRES_URL")
+    if postgres:
+        out["postgresql"] = per_trial_overhead(postgres)
+    return out
+
+
+def render(results: dict) -> dict[str, str]:
+    q, s = results["model_quality"], results["default_study"]
+    head = [f"Machine: {results['machine']}.", ""]
+    quality = "\n".join(head + [
+        f"| what ({q['n']} images, against the statistics of one held-out half of the real digits) | FID |",
+        "|---|---|",
+        f"| the data's own floor: the other half of the real digits | {q['floor_half_vs_half']:.3f} |",
+        f"| bundled model, uniform DDIM, 100 steps | {q['ddim100_vs_half']:.3f} |",
+        f"| bundled model, uniform DDIM, 20 steps | {q['ddim20_vs_half']:.3f} |",
+    ])
+    stage1 = "\n".join(head + [
+        f"One digits trial (4 steps, {SearchConfig('digits', 4).samples} samples, sampling + FID): "
+        f"**{results['trial_time_s']:.2f} s** (median of 5).",
+        "",
+        f"`make study` (MODEL=digits STEPS=4, preset defaults: {s['trials']} stage-1 and "
+        f"{s['stage2_trials']} stage-2 trials): **{s['wall_s']:.0f} s** wall for both stages, "
+        "start-up included.",
+        "",
+        f"| schedule | time steps | FID on search noise | held-out FID (mean ± std, {len(HELDOUT_SEEDS)} held-out seeds) |",
+        "|---|---|---|---|",
+        f"| uniform DDIM | {s['uniform_timesteps']} | {s['uniform_fid_search']:.2f} | "
+        f"{s['uniform_fid_heldout']:.2f} ± {s['uniform_fid_heldout_std']:.2f} |",
+        f"| stage-1 search | {s['best_timesteps']} | {s['best_fid_search']:.2f} | "
+        f"{s['best_fid_heldout']:.2f} ± {s['best_fid_heldout_std']:.2f} |",
+        "",
+        f"Held-out ratio searched / uniform: **{s['best_fid_heldout'] / s['uniform_fid_heldout']:.3f}** "
+        "(target <= 0.5).",
+    ])
+    rows = [f"| {p['gflops']:.4f} | {1 - p['gflops'] / s['full_gflops']:.1%} | "
+            f"{sum(len(m) for m in p['skip'])} | {p['timesteps']} | {p['fid']:.2f} | "
+            f"{p['fid_heldout']:.2f} ± {p['fid_heldout_std']:.2f} |" for p in s["pareto"]]
+    pick, speed = s["cheapest_within_10pct"], results["masked_speed"]
+    stage2 = "\n".join(head + [
+        f"Stage-2 Pareto front of the same `make study` run (full network at 4 steps: "
+        f"{s['full_gflops']:.4f} GFLOPs per image):",
+        "",
+        "| GFLOPs/image | saved | layer-steps skipped | time steps | FID (search noise) | held-out FID |",
+        "|---|---|---|---|---|---|",
+        *rows,
+        "",
+        ("No front point is within 10% of the stage-1 best's held-out FID." if pick is None else
+         f"Cheapest point within 10% of the stage-1 best's held-out FID "
+         f"({s['best_fid_heldout']:.2f}): **{1 - pick['gflops'] / s['full_gflops']:.1%} fewer "
+         f"GFLOPs**, held-out FID {pick['fid_heldout']:.2f} (target: >= 25% fewer)."),
+        "",
+        f"Masked sampling, wall clock on this CPU ({speed['timesteps']}, median of 7): full "
+        f"{speed['full_s']:.3f} s, masked {speed['masked_s']:.3f} s: time saved "
+        f"{speed['time_saving']:.1%} for {speed['gflops_saving']:.1%} of GFLOPs saved, "
+        f"**{speed['time_over_gflops_saving']:.0%}** of the GFLOPs saving (target >= 80%).",
+    ])
+    st = results["storage_overhead"]
+    storage = "\n".join(head + [
+        "Per-trial overhead of everything but sampling and FID (sampler, objective bookkeeping, "
+        "Optuna RDB storage with heartbeat, callbacks), median over the 50 trials before the "
+        "study holds 1,000 (`bench/storage.py`):",
+        "",
+        "| storage | first 50 trials | trials 950-1000 |",
+        "|---|---|---|",
+        *[f"| {name} | {r['median_ms_first']:.1f} ms | {r['median_ms_last']:.1f} ms |"
+          for name, r in st.items()],
+    ])
+    return {"digits-model": quality, "stage1": stage1, "stage2": stage2, "storage": storage}
+
+
 def main() -> None:
     results = {"machine": machine()}
-    print("model quality ...", flush=True)
-    results["model_quality"] = model_quality()
-    print("trial time ...", flush=True)
-    results["trial_time_s"] = trial_time()
-    print("default study ...", flush=True)
-    results["default_study"] = default_study()
+    steps = [("model_quality", model_quality), ("trial_time_s", trial_time),
+             ("default_study", default_study), ("storage_overhead", storage_overhead)]
+    for key, measure in steps:
+        print(f"{key} ...", flush=True)
+        results[key] = measure()
+    pick = results["default_study"]["cheapest_within_10pct"] or \
+        min(results["default_study"]["pareto"], key=lambda p: p["gflops"])
+    results["masked_speed"] = masked_speed(tuple(pick["timesteps"]), pick["skip"])
     RESULTS.write_text(json.dumps(results, indent=1) + "\n")
     write_sections(render(results))
     print(json.dumps(results, indent=1))

@@ -1,4 +1,3 @@
-import json
 from pathlib import Path
 
 import pytest
@@ -25,7 +24,3 @@ def tiny_unet_dir(tmp_path_factory) -> Path:
                 up_block_types=("AttnUpBlock2D", "UpBlock2D")).save_pretrained(root / "unet")
     DDPMScheduler(num_train_timesteps=1000).save_pretrained(root / "scheduler")
     return root
-
-
-def read_json(text: str) -> dict:
-    return json.loads(text)

@@ -2,7 +2,6 @@
 
 import numpy as np
 import optuna
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

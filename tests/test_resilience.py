@@ -10,7 +10,6 @@ import uuid
 
 import optuna
 import pytest
-import torch
 from optuna.trial import TrialState
 
 from autodiff_optuna.cli import main

@@ -1,7 +1,6 @@
 """Layer skipping on real diffusers UNets: exact when empty, shape-preserving, and cheaper by
 exactly the FLOPs the profile says."""
 
-import json
 
 import pytest
 import torch

@@ -95,6 +95,15 @@ def open_stage1(ctx: SearchContext, name: str, storage_url: str | None) -> optun
                  first_trials=first_trials)
 
 
+def load_stage1(ctx: SearchContext, name: str, storage) -> optuna.Study:
+    """An existing stage-1 study, for ``--stage 2`` alone; its configuration must match."""
+    from autodiff_optuna.storage import load_existing_study
+
+    study = load_existing_study(name, storage, hint="run stage 1 first (--stage 1 or both)")
+    _check_stored(study, stage_config(ctx, 1, None), 1, storage)
+    return study
+
+
 def open_stage2(ctx: SearchContext, stage1: optuna.Study, max_gflops: float | None) -> optuna.Study:
     """Stage 2, seeded with the best distinct candidates of stage 1 (full network)."""
     if stage1.user_attrs.get("stage", 1) != 1:
@@ -171,15 +180,19 @@ def _check_stored(study: optuna.Study, wanted: dict, stage: int, storage) -> Non
 
 
 def make_objective(ctx: SearchContext, stage: int, target: int | None = None,
-                   batch_size: int | None = None):
+                   batch_size: int | None = None, score=None):
+    """The trial function. ``score(candidate) -> FID`` defaults to sampling the model on the
+    study's fixed noise and scoring it (the storage benchmark passes a synthetic one)."""
     batch = draw(ctx.model, ctx.config.samples, ctx.config.seed, SEARCH)
     space = ctx.space(stage)
 
+    def sample_and_score(candidate: Candidate) -> float:
+        return score_schedule(ctx.model, ctx.scorer, candidate.timesteps, batch,
+                              ctx.config.solver, batch_size, skip=candidate.skip)
+
+    score = score or sample_and_score
+
     def objective(trial: optuna.Trial):
-        if target is not None and _is_surplus(trial.study, trial, target):
-            trial.set_user_attr("surplus", "the target was reached by other workers")
-            trial.study.stop()
-            raise optuna.TrialPruned("surplus")
         try:
             return _evaluate(trial)
         except KeyboardInterrupt:
@@ -190,18 +203,14 @@ def make_objective(ctx: SearchContext, stage: int, target: int | None = None,
         dists = space.distributions()
         params = {name: trial.suggest_int(name, d.low, d.high) for name, d in dists.items()}
         candidate = space.decode(params)
-        twin = _earlier_twin(trial.study, trial.number, space, candidate)
-        if twin is not None:  # two workers drew the same child at the same moment
-            trial.set_user_attr("duplicate_of", twin)
-            raise optuna.TrialPruned(f"duplicate of trial {twin}")
+        _check_concurrent_workers(trial, space, candidate, target)
         gflops = ctx.costs.gflops(candidate.skip)
         trial.set_user_attr("timesteps", list(candidate.timesteps))
         if stage == 2:
             trial.set_user_attr("skip", [list(s) for s in candidate.skip])
             trial.set_user_attr("gflops", gflops)
         try:
-            fid = score_schedule(ctx.model, ctx.scorer, candidate.timesteps, batch,
-                                 ctx.config.solver, batch_size, skip=candidate.skip)
+            fid = score(candidate)
         except FIDError as err:
             trial.set_user_attr("fail_reason", str(err))
             raise
@@ -228,27 +237,28 @@ def retry_trial(study: optuna.Study, trial: FrozenTrial) -> None:
                       "retry_history": history}))
 
 
-def _is_surplus(study: optuna.Study, trial: optuna.Trial, target: int) -> bool:
-    """Several workers on one study: a trial is surplus when the trials numbered before it,
-    finished or still running, already make up the target. Trial numbers come from the storage,
-    so exactly ``target`` trials complete whatever the workers' timing (unless one fails, and
-    then the loop goes on)."""
-    earlier = [t for t in study.get_trials(deepcopy=False,
-                                           states=(TrialState.COMPLETE, TrialState.RUNNING))
+def _check_concurrent_workers(trial: optuna.Trial, space: CandidateSpace, candidate: Candidate,
+                              target: int | None) -> None:
+    """Prune a trial that another worker makes redundant, before any sampling.
+
+    - Surplus: the trials numbered before it, finished or running, already make up the target.
+      Trial numbers come from the storage, so exactly ``target`` trials complete whatever the
+      workers' timing (unless one fails, and then the loop goes on).
+    - Duplicate: an earlier trial, finished or running, holds the same candidate (two workers
+      drew the same child at the same moment). Each trial writes its parameters before it looks,
+      so of two racing twins the later-numbered one always sees the other.
+    """
+    earlier = [t for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,
+                                                                         TrialState.RUNNING))
                if t.number < trial.number]
-    return len(earlier) >= target
-
-
-def _earlier_twin(study: optuna.Study, number: int, space: CandidateSpace,
-                  candidate: Candidate) -> int | None:
-    """An earlier trial, finished or running, with the same candidate. Each trial writes its
-    parameters before it looks, so of two racing twins the later-numbered one always sees the
-    other: no candidate is scored twice, and the race costs a trial number, not a sampling run."""
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)):
-        if t.number < number and len(t.params) == len(space.names) \
-                and space.decode(t.params) == candidate:
-            return t.number
-    return None
+    if target is not None and len(earlier) >= target:
+        trial.set_user_attr("surplus", "the target was reached by other workers")
+        trial.study.stop()
+        raise optuna.TrialPruned("surplus")
+    for t in earlier:
+        if len(t.params) == len(space.names) and space.decode(t.params) == candidate:
+            trial.set_user_attr("duplicate_of", t.number)
+            raise optuna.TrialPruned(f"duplicate of trial {t.number}")
 
 
 class _StopOnFailures:
@@ -264,17 +274,18 @@ class _StopOnFailures:
 
 
 def run(ctx: SearchContext, study: optuna.Study, trials: int, progress: bool = True,
-        batch_size: int | None = None) -> None:
+        batch_size: int | None = None, score=None, callbacks=()) -> None:
     """Run until the study holds ``trials`` COMPLETE trials (a rerun resumes)."""
     if len(_complete(study)) >= trials:
         return
     stage = study.user_attrs.get("stage", 1)
-    callbacks = [MaxTrialsCallback(trials, states=(TrialState.COMPLETE,)), _StopOnFailures()]
+    callbacks = [MaxTrialsCallback(trials, states=(TrialState.COMPLETE,)), _StopOnFailures(),
+                 *callbacks]
     if progress:
         callbacks.append(ProgressPrinter(trials, label=f"stage {stage}"))
     try:
-        study.optimize(make_objective(ctx, stage, trials, batch_size), callbacks=callbacks,
-                       catch=(FIDError,))
+        study.optimize(make_objective(ctx, stage, trials, batch_size, score),
+                       callbacks=callbacks, catch=(FIDError,))
     except KeyboardInterrupt:
         # Optuna has failed the interrupted trial; queue its candidate for the resumed run
         for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
