@@ -15,7 +15,7 @@ STAGE ?=
 STUDY_ARGS := --model $(MODEL) --steps $(STEPS) $(if $(STAGE),--stage $(STAGE)) \
 	$(if $(TRIALS),--trials $(TRIALS)) $(if $(STORAGE),--storage $(STORAGE)) $(if $(NAME),--name $(NAME))
 
-.PHONY: study worker best test bench train-digits clean-venv
+.PHONY: study worker best export sample test bench train-digits clean-venv
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,16 @@ worker: $(VENV)/.installed
 
 best: $(VENV)/.installed
 	$(PY) -m autodiff_optuna best --name $(or $(NAME),$(MODEL)-k$(STEPS)) $(if $(STORAGE),--storage $(STORAGE))
+
+OUT ?=
+export: $(VENV)/.installed
+	$(PY) -m autodiff_optuna export --name $(or $(NAME),$(MODEL)-k$(STEPS)) \
+		--out $(or $(OUT),schedule.json) $(if $(STORAGE),--storage $(STORAGE))
+
+SCHEDULE ?= schedule.json
+N ?= 64
+sample: $(VENV)/.installed
+	$(PY) -m autodiff_optuna sample --schedule $(SCHEDULE) --n $(N) --out $(or $(OUT),samples.png)
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q

@@ -1,4 +1,4 @@
-"""Command line: ``python -m autodiff_optuna {study,best,evaluate}``.
+"""Command line: ``python -m autodiff_optuna {study,best,evaluate,export,sample}``.
 
 Exit codes: 0 done, 2 bad input or a missing resource (one line, no traceback), 1 a bug.
 """
@@ -72,6 +72,19 @@ def build_parser() -> argparse.ArgumentParser:
                                          "per step")
     evaluate.add_argument("--device")
     evaluate.add_argument("--json", action="store_true")
+    export = sub.add_parser("export", help="write a study's best schedule to a JSON file")
+    export.add_argument("--name", required=True)
+    export.add_argument("--storage")
+    export.add_argument("--out", required=True)
+    export.add_argument("--max-gflops", type=float,
+                        help="the lowest-FID candidate within this budget (stage 2)")
+
+    sample = sub.add_parser("sample", help="sample a PNG grid with an exported schedule")
+    sample.add_argument("--schedule", required=True)
+    sample.add_argument("--n", type=int, default=64)
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--out", default="samples.png")
+    sample.add_argument("--device")
     return parser
 
 
@@ -174,6 +187,31 @@ def cmd_evaluate(args) -> None:
     print(json.dumps(result, indent=1) if args.json else f"FID {fid:.3f}")
 
 
+def cmd_export(args) -> None:
+    from autodiff_optuna.export import from_summary
+    from autodiff_optuna.search.study import best_summary
+
+    summary = best_summary(load_existing_study(args.name, open_storage(args.storage)))
+    schedule = from_summary(summary, args.max_gflops)
+    try:
+        with open(args.out, "w") as f:
+            f.write(schedule.to_json())
+    except OSError as err:
+        raise UsageError(f"cannot write {args.out}: {err.strerror}") from None
+    print(f"wrote {args.out}: {schedule.timesteps}, FID {schedule.fid:.3f}"
+          + (f", {schedule.gflops:.4f} GFLOPs/image" if schedule.gflops else ""))
+
+
+def cmd_sample(args) -> None:
+    from autodiff_optuna.export import load_schedule, sample, save_grid
+
+    if args.n < 1:
+        raise UsageError(f"--n must be at least 1, got {args.n}")
+    schedule = load_schedule(args.schedule)
+    save_grid(sample(schedule, args.n, args.seed, args.device or _default_device()), args.out)
+    print(f"wrote {args.out}: {args.n} samples of {schedule.model} at {schedule.timesteps}")
+
+
 def _read_json(path: str) -> dict:
     try:
         with open(path) as f:
@@ -187,7 +225,8 @@ def _read_json(path: str) -> dict:
     return data
 
 
-COMMANDS = {"study": cmd_study, "best": cmd_best, "evaluate": cmd_evaluate}
+COMMANDS = {"study": cmd_study, "best": cmd_best, "evaluate": cmd_evaluate,
+            "export": cmd_export, "sample": cmd_sample}
 
 
 def main(argv=None) -> int:

@@ -126,3 +126,28 @@ def test_evaluate_with_masks(capsys, tmp_path):
     assert main(["evaluate", "--model", "digits", "--timesteps", "900,300",
                  "--skip", str(tmp_path / "broken.json")]) == 2
     assert "not valid JSON" in _err(capsys)
+
+
+def test_export_and_sample_in_one_line(capsys, tmp_path):
+    import autodiff_optuna
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    assert main(["study", "--model", "digits", "--steps", "3", "--trials", "3", "--storage", url,
+                 "--stage2-trials", "4", "--samples", "32", "--population", "3", "--quiet"]) == 0
+    out = tmp_path / "schedule.json"
+    assert main(["export", "--name", "digits-k3", "--storage", url, "--out", str(out)]) == 0
+    schedule = autodiff_optuna.load_schedule(out)
+    summary = json.loads(out.read_text())
+    assert schedule.model == "digits" and len(schedule.timesteps) == 3
+    assert summary["provenance"]["study"].startswith("digits-k3")
+    images = autodiff_optuna.sample(schedule, n=5)
+    assert images.shape == (5, 1, 8, 8) and images.dtype.is_floating_point is False
+    assert main(["sample", "--schedule", str(out), "--n", "9", "--out", str(tmp_path / "g.png")]) == 0
+    assert (tmp_path / "g.png").read_bytes()[:4] == b"\x89PNG"
+    capsys.readouterr()
+    (tmp_path / "bad.json").write_text('{"format": "something else"}')
+    assert main(["sample", "--schedule", str(tmp_path / "bad.json")]) == 2
+    assert "not an autodiff-optuna schedule" in _err(capsys)
+    assert main(["export", "--name", "digits-k3", "--storage", url, "--out", str(out),
+                 "--max-gflops", "0.000001"]) == 2
+    assert "costs <=" in _err(capsys)

@@ -1,0 +1,117 @@
+"""A searched schedule as a file, and sampling with it in one call.
+
+    schedule = autodiff_optuna.load_schedule("schedule.json")
+    images = autodiff_optuna.sample(schedule, n=64)          # uint8, (64, C, H, W)
+"""
+
+import datetime
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from autodiff_optuna.errors import UsageError
+
+FORMAT = "autodiff-optuna-schedule/1"
+
+
+@dataclass(frozen=True)
+class SearchedSchedule:
+    model: str
+    solver: str
+    timesteps: list[int]
+    skip: list[list[str]]  # per step, the layers skipped there (empty lists: full network)
+    fid: float | None = None
+    gflops: float | None = None
+    full_gflops: float | None = None
+    provenance: dict = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps({"format": FORMAT, **asdict(self)}, indent=1) + "\n"
+
+
+def from_summary(summary: dict, max_gflops: float | None = None) -> SearchedSchedule:
+    """Pick from ``best --json``'s summary: the lowest-FID candidate, or with ``max_gflops`` the
+    lowest-FID one within that budget (stage 1's best counts at the full network's cost)."""
+    steps = summary["steps"]
+    full = {"timesteps": summary["timesteps"], "skip": [[] for _ in range(steps)],
+            "fid": summary["fid"], "gflops": summary.get("full_gflops"),
+            "trial": summary["trial"], "stage": 1}
+    options = [full] + [{**p, "stage": 2} for p in summary.get("pareto", [])]
+    if max_gflops is not None:
+        if summary.get("full_gflops") is None:
+            raise UsageError(f"study {summary['study']!r} has no stage 2: no GFLOPs to choose by")
+        options = [o for o in options if o["gflops"] <= max_gflops]
+        if not options:
+            raise UsageError(f"no candidate of {summary['study']!r} costs <= {max_gflops} GFLOPs")
+    pick = min(options, key=lambda o: o["fid"])
+    return SearchedSchedule(
+        model=summary["model"], solver=summary["solver"], timesteps=pick["timesteps"],
+        skip=pick["skip"], fid=pick["fid"], gflops=pick["gflops"],
+        full_gflops=summary.get("full_gflops"),
+        provenance={"study": summary["study"] if pick["stage"] == 1 else summary["stage2_study"],
+                    "trial": pick["trial"], "stage": pick["stage"],
+                    "samples": summary["samples"], "seed": summary["seed"],
+                    "fid_features": summary["fid_features"],
+                    "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat()})
+
+
+def load_schedule(path) -> SearchedSchedule:
+    """Read and check an exported schedule; a corrupt file is one UsageError line."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except OSError as err:
+        raise UsageError(f"cannot read schedule {path}: {err.strerror}") from None
+    except json.JSONDecodeError as err:
+        raise UsageError(f"schedule {path} is not valid JSON: {err}") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise UsageError(f"{path} is not an autodiff-optuna schedule (format {FORMAT!r})")
+    data.pop("format")
+    try:
+        schedule = SearchedSchedule(**data)
+    except TypeError as err:
+        raise UsageError(f"schedule {path} is malformed: {err}") from None
+    _check(schedule, path)
+    return schedule
+
+
+def _check(schedule: SearchedSchedule, path) -> None:
+    from autodiff_optuna.models import load_model
+    from autodiff_optuna.sampling import SOLVER_ORDERS, validate
+    from autodiff_optuna.sampling.skipping import check_skip
+
+    if schedule.solver not in SOLVER_ORDERS:
+        raise UsageError(f"schedule {path}: unknown solver {schedule.solver!r}")
+    model = load_model(schedule.model)
+    validate(schedule.timesteps, model.num_train_timesteps)
+    if list(schedule.timesteps) != sorted(schedule.timesteps, reverse=True):
+        raise UsageError(f"schedule {path}: time steps must be descending")
+    check_skip(schedule.skip, len(schedule.timesteps), model.skippable_layers())
+
+
+def sample(schedule: SearchedSchedule, n: int = 64, seed: int = 0, device: str = "cpu",
+           batch_size: int | None = None) -> torch.Tensor:
+    """``n`` images (uint8, (n, C, H, W)) from the schedule's model, time steps and masks."""
+    from autodiff_optuna.metrics.fid import to_uint8
+    from autodiff_optuna.models import load_model
+    from autodiff_optuna.sampling import HELDOUT, draw
+    from autodiff_optuna.sampling import sample as run_solver
+
+    model = load_model(schedule.model, device)
+    batch = draw(model, n, seed, HELDOUT)
+    x = run_solver(model, tuple(schedule.timesteps), batch, schedule.solver, batch_size,
+                   skip=[tuple(s) for s in schedule.skip])
+    return to_uint8(x)
+
+
+def save_grid(images: torch.Tensor, path, upscale: int = 4) -> None:
+    """A PNG grid; small images are enlarged (nearest neighbour) so the grid can be seen."""
+    from torchvision.utils import save_image
+
+    x = images.float() / 255.0
+    if upscale > 1:
+        x = torch.nn.functional.interpolate(x, scale_factor=upscale, mode="nearest")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    save_image(x, str(path), nrow=int(max(1, round(len(x) ** 0.5))), padding=2, pad_value=1.0)
