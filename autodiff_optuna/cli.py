@@ -5,6 +5,7 @@ Exit codes: 0 done, 2 bad input or a missing resource (one line, no traceback), 
 
 import argparse
 import json
+import math
 import os
 import sys
 
@@ -88,7 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _first_line(err: BaseException) -> str:
+    text = str(getattr(err, "orig", None) or err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def cmd_study(args) -> None:
+    import optuna
+    import sqlalchemy
+
     from autodiff_optuna.search import config as search_config
     from autodiff_optuna.search import study as search
 
@@ -102,8 +111,8 @@ def cmd_study(args) -> None:
     trials = _positive("--trials", args.trials, preset.get("trials", 100))
     stage2_trials = _positive("--stage2-trials", args.stage2_trials,
                               preset.get("stage2_trials", trials))
-    if args.max_gflops is not None and args.max_gflops <= 0:
-        raise UsageError(f"--max-gflops must be positive, got {args.max_gflops}")
+    if args.max_gflops is not None and not (math.isfinite(args.max_gflops) and args.max_gflops > 0):
+        raise UsageError(f"--max-gflops must be a positive number, got {args.max_gflops}")
     if args.max_gflops is not None and args.stage == "1":
         raise UsageError("--max-gflops applies to stage 2; use --stage 2 or both")
     if args.heartbeat < 1:
@@ -111,7 +120,7 @@ def cmd_study(args) -> None:
     ctx = search.SearchContext.build(config, args.device or _default_device())
     name = args.name or config.default_name
     storage = open_storage(args.storage, heartbeat=args.heartbeat,
-                           on_stale_trial=search.retry_trial, writable=True)
+                           on_stale_trial=search.retry_stale_trial, writable=True)
     if args.stage == "2":  # stage 2 alone continues from an existing stage-1 study
         stage1 = search.load_stage1(ctx, name, storage)
     else:
@@ -122,11 +131,15 @@ def cmd_study(args) -> None:
         if args.stage in ("1", "both"):
             search.run(ctx, stage1, trials, progress=not args.quiet)
         if args.stage in ("2", "both"):
-            stage2 = search.open_stage2(ctx, stage1, args.max_gflops)
-            search.run(ctx, stage2, stage2_trials, progress=not args.quiet)
+            stage2 = search.open_stage2(ctx, stage1, storage, args.max_gflops)
+            search.run(ctx, stage2, stage2_trials, progress=not args.quiet,
+                       max_gflops=args.max_gflops)
     except KeyboardInterrupt:
         print(f"\ninterrupted; rerun the same command to resume study {name!r}", file=sys.stderr)
         raise SystemExit(130)
+    except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError) as err:
+        raise UsageError(f"the study database failed during the search ({_first_line(err)}); "
+                         "completed trials are kept: rerun the same command to resume") from None
     _print_summary(search.best_summary(stage1))
 
 
@@ -174,11 +187,14 @@ def cmd_evaluate(args) -> None:
     if args.skip is not None:
         skip = check_skip(_read_json(args.skip).get("skip"), len(timesteps),
                           model.skippable_layers())
-    samples = args.samples or SearchConfig(args.model, len(timesteps)).samples
-    if samples < 2:
-        raise UsageError(f"--samples must be at least 2, got {samples}")
+    samples = args.samples if args.samples is not None else \
+        SearchConfig(args.model, len(timesteps)).samples
+    scorer = load_scorer(args.model)
+    if samples <= scorer.feature_dim:
+        raise UsageError(f"--samples must exceed the FID feature dimension "
+                         f"({scorer.feature_dim}), got {samples}")
     batch = draw(model, samples, args.seed, HELDOUT)
-    fid = score_schedule(model, load_scorer(args.model), timesteps, batch, args.solver, skip=skip)
+    fid = score_schedule(model, scorer, timesteps, batch, args.solver, skip=skip)
     result = {"model": args.model, "timesteps": list(timesteps), "solver": args.solver,
               "samples": samples, "seed": args.seed, "noise": HELDOUT, "fid": fid}
     if skip is not None:
@@ -208,7 +224,11 @@ def cmd_sample(args) -> None:
     if args.n < 1:
         raise UsageError(f"--n must be at least 1, got {args.n}")
     schedule = load_schedule(args.schedule)
-    save_grid(sample(schedule, args.n, args.seed, args.device or _default_device()), args.out)
+    images = sample(schedule, args.n, args.seed, args.device or _default_device())
+    try:
+        save_grid(images, args.out)
+    except (OSError, ValueError) as err:  # unwritable path, unknown image extension
+        raise UsageError(f"cannot write {args.out}: {err}") from None
     print(f"wrote {args.out}: {args.n} samples of {schedule.model} at {schedule.timesteps}")
 
 

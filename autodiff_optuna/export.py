@@ -73,6 +73,11 @@ def load_schedule(path) -> SearchedSchedule:
         schedule = SearchedSchedule(**data)
     except TypeError as err:
         raise UsageError(f"schedule {path} is malformed: {err}") from None
+    if not isinstance(schedule.model, str) or not isinstance(schedule.solver, str) \
+            or not isinstance(schedule.timesteps, list) \
+            or not all(isinstance(t, int) and not isinstance(t, bool) for t in schedule.timesteps):
+        raise UsageError(f"schedule {path} is malformed: 'model' and 'solver' must be strings, "
+                         "'timesteps' a list of integers")
     _check(schedule, path)
     return schedule
 

@@ -19,9 +19,9 @@ optuna.logging.set_verbosity(optuna.logging.ERROR)
 
 
 def per_trial_overhead(url: str, n: int = 1000, window: int = 50) -> dict:
-    ctx = search.SearchContext.build(SearchConfig("digits", 4, samples=2, population=20))
+    ctx = search.SearchContext.build(SearchConfig("digits", 4, samples=65, population=20))
     name = f"overhead-{uuid.uuid4().hex[:8]}"
-    storage = search.open_storage(url, heartbeat=10, on_stale_trial=search.retry_trial,
+    storage = search.open_storage(url, heartbeat=10, on_stale_trial=search.retry_stale_trial,
                                   writable=True)  # as `study` opens it
     study = search.open_stage1(ctx, name, storage)
     target = np.array([900, 600, 300, 100])

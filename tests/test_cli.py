@@ -9,7 +9,7 @@ import pytest
 
 from autodiff_optuna.cli import main
 
-FAST = ["--samples", "32", "--population", "3", "--quiet", "--stage", "1"]
+FAST = ["--samples", "80", "--population", "3", "--quiet", "--stage", "1"]
 
 
 def _err(capsys) -> str:
@@ -23,7 +23,9 @@ def _err(capsys) -> str:
     (["study", "--model", "digits", "--steps", "1000"], "[1, 999]"),
     (["study", "--model", "digits", "--steps", "four"], "invalid int"),
     (["study", "--model", "nope", "--steps", "4"], "known models: digits"),
-    (["study", "--model", "digits", "--steps", "4", "--samples", "1"], "--samples"),
+    (["study", "--model", "digits", "--steps", "4", "--samples", "64"], "feature dimension"),
+    (["study", "--model", "digits", "--steps", "4", "--max-gflops", "nan"], "--max-gflops"),
+    (["evaluate", "--model", "digits", "--timesteps", "9,3", "--samples", "0"], "--samples"),
     (["study", "--model", "digits", "--steps", "4", "--solver", "euler"], "invalid choice"),
     (["evaluate", "--model", "digits", "--timesteps", "999,999,10"], "distinct"),
     (["evaluate", "--model", "digits", "--timesteps", "1200,10"], "outside"),
@@ -66,17 +68,20 @@ def test_resume_and_configuration_mismatch(capsys, tmp_path):
     url = f"sqlite:///{tmp_path}/s.db"
     base = ["study", "--model", "digits", "--steps", "3", "--storage", url] + FAST
     assert main(base + ["--trials", "4"]) == 0
-    first = optuna.load_study(study_name="digits-k3", storage=url).trials
+    first = optuna.load_study(study_name="digits-k3", storage=url).get_trials(
+        states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(first) == 4
     assert main(base + ["--trials", "6"]) == 0  # the same command, a larger total: resumes
     study = optuna.load_study(study_name="digits-k3", storage=url)
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(complete) == 6
-    assert [(t.params, t.value) for t in study.trials[:4]] == [(t.params, t.value) for t in first]
+    assert [(t.params, t.value) for t in study.trials if t.number in {f.number for f in first}] \
+        == [(t.params, t.value) for t in first]
     capsys.readouterr()
     mismatched = ["study", "--model", "digits", "--steps", "3", "--storage", url,
-                  "--samples", "64", "--population", "3", "--name", "digits-k3", "--stage", "1"]
+                  "--samples", "96", "--population", "3", "--name", "digits-k3", "--stage", "1"]
     assert main(mismatched) == 2
-    assert "samples: stored 32, requested 64" in _err(capsys)
+    assert "samples: stored 80, requested 96" in _err(capsys)
     assert len(optuna.load_study(study_name="digits-k3", storage=url).trials) == len(study.trials)
 
 
@@ -84,7 +89,7 @@ def test_end_to_end_study_best_and_evaluate(tmp_path):
     url = f"sqlite:///{tmp_path}/s.db"
     run = lambda *args: subprocess.run([sys.executable, "-m", "autodiff_optuna", *args],
                                        capture_output=True, text=True, timeout=300)
-    study = run("study", "--model", "digits", "--steps", "4", "--trials", "7", "--samples", "64",
+    study = run("study", "--model", "digits", "--steps", "4", "--trials", "7", "--samples", "80",
                 "--population", "5", "--storage", url, "--stage", "1")
     assert study.returncode == 0, study.stderr
     assert study.stdout.count("FID") >= 7  # a progress line per trial
@@ -94,11 +99,21 @@ def test_end_to_end_study_best_and_evaluate(tmp_path):
     assert summary["n_complete"] == 7 and summary["steps"] == 4
     assert summary["timesteps"] == sorted(set(summary["timesteps"]), reverse=True)
     assert summary["baseline_timesteps"] == [750, 500, 250, 0]
-    assert summary["fid"] <= summary["baseline_fid"]
-    evaluate = run("evaluate", "--model", "digits", "--timesteps",
-                   ",".join(map(str, summary["timesteps"])), "--samples", "64", "--json")
+    # common random numbers: the stored baseline is exactly the uniform schedule on the
+    # study's noise, and the search noise is not evaluate's held-out noise
+    from autodiff_optuna.models import load_model, load_scorer
+    from autodiff_optuna.sampling import draw
+    from autodiff_optuna.search.objective import score_schedule
+
+    model = load_model("digits")
+    again = score_schedule(model, load_scorer("digits"), (750, 500, 250, 0),
+                           draw(model, 80, seed=0), "ddim")
+    assert again == pytest.approx(summary["baseline_fid"], rel=1e-9)
+    evaluate = run("evaluate", "--model", "digits", "--timesteps", "750,500,250,0",
+                   "--samples", "80", "--json")
     assert evaluate.returncode == 0, evaluate.stderr
-    assert json.loads(evaluate.stdout)["fid"] > 0
+    held_out = json.loads(evaluate.stdout)["fid"]
+    assert held_out > 0 and held_out != pytest.approx(summary["baseline_fid"], rel=1e-6)
 
 
 def test_stage_two_needs_stage_one(capsys, tmp_path):
@@ -111,7 +126,7 @@ def test_stage_two_needs_stage_one(capsys, tmp_path):
 def test_evaluate_with_masks(capsys, tmp_path):
     good = tmp_path / "good.json"
     good.write_text(json.dumps({"skip": [["mid_block.attentions.0"], []]}))
-    assert main(["evaluate", "--model", "digits", "--timesteps", "900,300", "--samples", "16",
+    assert main(["evaluate", "--model", "digits", "--timesteps", "900,300", "--samples", "80",
                  "--skip", str(good), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["skip"] == [["mid_block.attentions.0"], []] and result["gflops"] > 0
@@ -133,7 +148,7 @@ def test_export_and_sample_in_one_line(capsys, tmp_path):
 
     url = f"sqlite:///{tmp_path}/s.db"
     assert main(["study", "--model", "digits", "--steps", "3", "--trials", "3", "--storage", url,
-                 "--stage2-trials", "4", "--samples", "32", "--population", "3", "--quiet"]) == 0
+                 "--stage2-trials", "4", "--samples", "80", "--population", "3", "--quiet"]) == 0
     out = tmp_path / "schedule.json"
     assert main(["export", "--name", "digits-k3", "--storage", url, "--out", str(out)]) == 0
     schedule = autodiff_optuna.load_schedule(out)
@@ -151,3 +166,14 @@ def test_export_and_sample_in_one_line(capsys, tmp_path):
     assert main(["export", "--name", "digits-k3", "--storage", url, "--out", str(out),
                  "--max-gflops", "0.000001"]) == 2
     assert "costs <=" in _err(capsys)
+
+
+def test_stage_two_resumes(tmp_path):
+    url = f"sqlite:///{tmp_path}/s.db"
+    base = ["study", "--model", "digits", "--steps", "2", "--storage", url, "--samples", "80",
+            "--population", "3", "--quiet", "--trials", "3"]
+    assert main(base + ["--stage2-trials", "4"]) == 0
+    assert main(base + ["--stage2-trials", "6"]) == 0  # the same command, larger: resumes
+    stage2 = optuna.load_study(study_name="digits-k2-stage2", storage=url)
+    assert len(stage2.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 6
+    assert main(base + ["--stage", "2", "--stage2-trials", "6"]) == 0  # stage 2 alone

@@ -4,6 +4,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from autodiff_optuna.errors import UsageError
 from autodiff_optuna.search.config import SearchConfig
 from autodiff_optuna.search import study as search
 
@@ -13,10 +14,10 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory):
     url = f"sqlite:///{tmp_path_factory.mktemp('s2')}/s.db"
-    ctx = search.SearchContext.build(SearchConfig("digits", 3, samples=48, population=4))
+    ctx = search.SearchContext.build(SearchConfig("digits", 3, samples=80, population=4))
     stage1 = search.open_stage1(ctx, "digits-k3", url)
     search.run(ctx, stage1, 8, progress=False)
-    stage2 = search.open_stage2(ctx, stage1, max_gflops=None)
+    stage2 = search.open_stage2(ctx, stage1, url, max_gflops=None)
     search.run(ctx, stage2, 14, progress=False)
     return ctx, stage1, stage2
 
@@ -69,14 +70,18 @@ def test_best_json_has_the_pareto_front(searched):
 
 def test_budget_makes_expensive_candidates_infeasible(searched, tmp_path):
     ctx, stage1, _ = searched
-    budget = 0.9 * ctx.full_gflops
-    optuna.copy_study(from_study_name=stage1.study_name,
-                             from_storage=stage1._storage,
-                             to_storage=f"sqlite:///{tmp_path}/b.db")
-    limited = search.open_stage2(ctx, optuna.load_study(study_name=stage1.study_name,
-                                                        storage=f"sqlite:///{tmp_path}/b.db"),
-                                 max_gflops=budget)
-    search.run(ctx, limited, 10, progress=False)
+    # anything that skips the costliest layer once (or several cheaper ones) fits
+    budget = ctx.full_gflops - max(ctx.costs.saving.values()) / 1e9
+    url = f"sqlite:///{tmp_path}/b.db"
+    optuna.copy_study(from_study_name=stage1.study_name, from_storage=stage1._storage,
+                      to_storage=url)
+    copied = optuna.load_study(study_name=stage1.study_name, storage=url)
+    limited = search.open_stage2(ctx, copied, url, max_gflops=budget)
+    search.run(ctx, limited, 12, progress=False, max_gflops=budget)
     summary = search.stage2_summary(limited)
     assert summary["max_gflops"] == budget
-    assert all(p["gflops"] <= budget for p in summary["pareto"])
+    assert summary["pareto"] and all(p["gflops"] <= budget for p in summary["pareto"])
+    infeasible = [t for t in limited.trials if t.values and t.values[1] > budget]
+    assert infeasible and all(t.constraints["gflops"] > 0 for t in infeasible)
+    with pytest.raises(UsageError, match="below what any candidate can cost"):
+        search.open_stage2(ctx, copied, url, max_gflops=ctx.min_gflops / 2)

@@ -24,7 +24,7 @@ class FIDScorer:
     feature_net: Callable[[torch.Tensor], torch.Tensor]  # uint8 images -> (n, d) features
     ref_mu: np.ndarray
     ref_sigma: np.ndarray
-    name: str  # which features and statistics: recorded with every score
+    name: str  # which features and statistics (with their digest): recorded with every study
     batch_size: int = 1000
     device: torch.device = torch.device("cpu")
 
@@ -35,6 +35,10 @@ class FIDScorer:
                                      self.device)
                   for i in range(0, len(images_uint8), self.batch_size)]
         return np.concatenate(chunks).astype(np.float64)
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.ref_mu.shape[0])
 
     def __call__(self, images_uint8: torch.Tensor) -> float:
         return fid_from_features(self.features(images_uint8), self.ref_mu, self.ref_sigma)
@@ -80,8 +84,16 @@ def digits_scorer(bundle_dir: Path) -> FIDScorer:
 
     from autodiff_optuna.metrics.digits_features import DigitsFeatureNet
 
+    from autodiff_optuna.models.base import files_digest
+
+    weights = bundle_dir / "features.safetensors"
+    if not weights.is_file():
+        raise UsageError(f"the digits FID feature network {weights} is missing; "
+                         "`make train-digits` rebuilds it")
     net = DigitsFeatureNet()
-    net.load_state_dict(load_file(bundle_dir / "features.safetensors"))
+    net.load_state_dict(load_file(weights))
     net.eval()
-    mu, sigma = load_reference_stats(bundle_dir / "reference_stats.npz")
-    return FIDScorer(net.features, mu, sigma, name="digits-cnn64:sklearn-digits-all")
+    stats = bundle_dir / "reference_stats.npz"
+    mu, sigma = load_reference_stats(stats)
+    return FIDScorer(net.features, mu, sigma,
+                     name=f"digits-cnn64:sklearn-digits-all@{files_digest([weights, stats])}")

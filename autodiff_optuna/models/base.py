@@ -6,9 +6,22 @@ of what it generates. Adapters for each family (diffusers UNets, ADM) implement 
 """
 
 import abc
+import hashlib
+from pathlib import Path
 from typing import Any
 
 import torch
+
+
+def files_digest(paths) -> str:
+    """A short SHA-256 over files' contents: which weights a result came from."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(p) for p in paths):
+        digest.update(path.name.encode())
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()[:12]
 
 
 class DiffusionModel(abc.ABC):
@@ -18,6 +31,7 @@ class DiffusionModel(abc.ABC):
     sample_shape: tuple[int, int, int]  # (channels, height, width)
     num_classes: int | None = None  # class-conditional models draw labels per sample
     device: torch.device = torch.device("cpu")
+    fingerprint: str = ""  # digest of the weights: a study refuses to mix results across them
 
     @property
     @abc.abstractmethod

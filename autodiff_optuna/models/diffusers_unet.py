@@ -6,7 +6,8 @@ from typing import Any
 
 import torch
 
-from autodiff_optuna.models.base import DiffusionModel
+from autodiff_optuna.errors import UsageError
+from autodiff_optuna.models.base import DiffusionModel, files_digest
 from autodiff_optuna.sampling.skipping import SkippableLayer
 
 
@@ -16,11 +17,20 @@ class DiffusersUNetModel(DiffusionModel):
     def __init__(self, name: str, directory: Path, device: str | torch.device = "cpu"):
         from diffusers import UNet2DModel
 
+        scheduler_file = directory / "scheduler" / "scheduler_config.json"
+        weights = sorted((directory / "unet").glob("diffusion_pytorch_model*"))
+        for needed in [directory / "unet" / "config.json", scheduler_file]:
+            if not needed.is_file():
+                raise UsageError(f"model {name!r}: {needed} is missing (a diffusers "
+                                 "save_pretrained directory holds unet/ and scheduler/)")
+        if not weights:
+            raise UsageError(f"model {name!r}: no weights (diffusion_pytorch_model.*) in "
+                             f"{directory / 'unet'}")
         self.name = name
         self.device = torch.device(device)
         self.unet = UNet2DModel.from_pretrained(directory / "unet").to(self.device).eval()
-        self._scheduler_config = json.loads(
-            (directory / "scheduler" / "scheduler_config.json").read_text())
+        self._scheduler_config = json.loads(scheduler_file.read_text())
+        self.fingerprint = files_digest(weights + [scheduler_file])
         cfg = self.unet.config
         self.sample_shape = (cfg.in_channels, cfg.sample_size, cfg.sample_size)
 

@@ -112,7 +112,7 @@ class EvolutionarySampler(BaseGASampler):
         """Every candidate the study has scored, is scoring or has queued."""
         names = self._space.names
         seen = set()
-        for t in study._get_trials(deepcopy=False, use_cache=False):
+        for t in study.get_trials(deepcopy=False):
             params = t.params if all(n in t.params for n in names) else \
                 t.system_attrs.get("fixed_params", {})
             if all(n in params for n in names):

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import optuna
+from optuna.storages import RetryFailedTrialCallback, RetryHeartbeatStaleTrialCallback
 from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
 
@@ -28,6 +29,10 @@ from autodiff_optuna.storage import open_storage, redact
 
 CONFIG_ATTR = "config"
 MAX_CONSECUTIVE_FAILURES = 20
+MAX_RETRIES = 3
+# for the storage: a trial whose worker died is queued again, in its generation (its system
+# attrs travel with it), up to MAX_RETRIES times
+retry_stale_trial = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)
 
 
 @dataclass
@@ -44,9 +49,14 @@ class SearchContext:
     def build(cls, config: SearchConfig, device: str = "cpu") -> "SearchContext":
         model = load_model(config.model, device)
         config.check(model.num_train_timesteps)
+        scorer = load_scorer(config.model)
+        if config.samples <= scorer.feature_dim:
+            raise UsageError(f"--samples must exceed the FID feature dimension "
+                             f"({scorer.feature_dim}) for a full-rank covariance, "
+                             f"got {config.samples}")
         spacings = standard_spacings(config.steps, model.num_train_timesteps,
                                      alphas_cumprod(model))
-        return cls(config, model, load_scorer(config.model), spacings, layer_costs(model))
+        return cls(config, model, scorer, spacings, layer_costs(model))
 
     def space(self, stage: int) -> CandidateSpace:
         layers = self.costs.layers if stage == 2 else ()
@@ -56,6 +66,11 @@ class SearchContext:
     def full_gflops(self) -> float:
         return self.costs.gflops([()] * self.config.steps)
 
+    @property
+    def min_gflops(self) -> float:
+        """Every layer skipped at every step: what no candidate can go below."""
+        return self.costs.gflops([self.costs.layers] * self.config.steps)
+
 
 def alphas_cumprod(model) -> np.ndarray:
     from diffusers import DDPMScheduler
@@ -64,35 +79,28 @@ def alphas_cumprod(model) -> np.ndarray:
 
 
 def stage_config(ctx: SearchContext, stage: int, max_gflops: float | None) -> dict:
-    attrs = ctx.config.as_attrs()
+    """What defines a stage's study: a rerun must match it to continue the study."""
+    attrs = {**ctx.config.as_attrs(), "stage": stage,
+             "model_weights": ctx.model.fingerprint, "fid_features": ctx.scorer.name}
     if stage == 2:
         attrs["max_gflops"] = max_gflops
     return attrs
 
 
-def _sampler(ctx: SearchContext, stage: int, initial: list[Candidate],
-             max_gflops: float | None = None) -> EvolutionarySampler:
-    constraints = None
-    if stage == 2 and max_gflops is not None:
-        def constraints(trial: FrozenTrial):  # <= 0 is feasible
-            return (trial.user_attrs.get("gflops", float("inf")) - max_gflops,)
+def _sampler(ctx: SearchContext, stage: int, initial: list[Candidate]) -> EvolutionarySampler:
     return EvolutionarySampler(ctx.space(stage), population_size=ctx.config.population,
-                               initial=initial, seed=ctx.config.seed + 1000 * (stage - 1),
-                               constraints_func=constraints)
+                               initial=initial, seed=ctx.config.seed + 1000 * (stage - 1))
 
 
-def open_stage1(ctx: SearchContext, name: str, storage_url: str | None) -> optuna.Study:
+def open_stage1(ctx: SearchContext, name: str, storage) -> optuna.Study:
+    """Create or resume the stage-1 study. Its first trials are the standard spacings, queued
+    once by whichever process creates the study, uniform (the baseline) first."""
     space = ctx.space(1)
     initial = [space.candidate(s) for s in ctx.spacings.values()]
-    uniform = space.candidate(ctx.spacings["uniform"])
-
-    def first_trials(study):
-        # the baseline every result is compared with, scored on the same noise
-        study.enqueue_trial(space.encode(uniform), user_attrs={"spacing": "uniform"})
-
-    return _open(ctx, name, storage_url, 1, _sampler(ctx, 1, initial), ["minimize"],
-                 extra_attrs={"spacings": {k: list(v) for k, v in ctx.spacings.items()}},
-                 first_trials=first_trials)
+    return _open(ctx, name, storage, 1, _sampler(ctx, 1, initial), ["minimize"],
+                 first_trials=[(space.encode(c), {"spacing": spacing})
+                               for spacing, c in zip(ctx.spacings, initial)],
+                 extra_attrs={"spacings": {k: list(v) for k, v in ctx.spacings.items()}})
 
 
 def load_stage1(ctx: SearchContext, name: str, storage) -> optuna.Study:
@@ -104,10 +112,13 @@ def load_stage1(ctx: SearchContext, name: str, storage) -> optuna.Study:
     return study
 
 
-def open_stage2(ctx: SearchContext, stage1: optuna.Study, max_gflops: float | None) -> optuna.Study:
-    """Stage 2, seeded with the best distinct candidates of stage 1 (full network)."""
-    if stage1.user_attrs.get("stage", 1) != 1:
-        raise UsageError(f"study {stage1.study_name!r} is not a stage-1 study")
+def open_stage2(ctx: SearchContext, stage1: optuna.Study, storage,
+                max_gflops: float | None) -> optuna.Study:
+    """Create or resume stage 2. Its first trials are stage 1's best distinct candidates (full
+    network), queued once when the study is created."""
+    if max_gflops is not None and not ctx.min_gflops <= max_gflops:
+        raise UsageError(f"--max-gflops {max_gflops} is below what any candidate can cost "
+                         f"({ctx.min_gflops:.4f} GFLOPs/image with every layer skipped)")
     ranked = sorted(_complete(stage1), key=lambda t: t.value)
     if not ranked:
         raise UsageError(f"stage-1 study {stage1.study_name!r} has no complete trial: "
@@ -116,8 +127,9 @@ def open_stage2(ctx: SearchContext, stage1: optuna.Study, max_gflops: float | No
     elites = list(dict.fromkeys(space.candidate(t.user_attrs["timesteps"]) for t in ranked))
     elites = elites[: max(2, ctx.config.population // 2)]
     name = f"{stage1.study_name}-stage2"
-    study = _open(ctx, name, stage1._storage, 2, _sampler(ctx, 2, elites, max_gflops),
-                  ["minimize", "minimize"], max_gflops=max_gflops,
+    study = _open(ctx, name, storage, 2, _sampler(ctx, 2, elites), ["minimize", "minimize"],
+                  max_gflops=max_gflops,
+                  first_trials=[(space.encode(c), {"stage1_elite": True}) for c in elites],
                   extra_attrs={"stage1_study": stage1.study_name,
                                "full_gflops": ctx.full_gflops,
                                "layers": list(ctx.costs.layers),
@@ -128,8 +140,11 @@ def open_stage2(ctx: SearchContext, stage1: optuna.Study, max_gflops: float | No
 
 
 def _open(ctx, name, storage, stage, sampler, directions, max_gflops=None, extra_attrs=None,
-          first_trials=None) -> optuna.Study:
-    """Create the study, or load it and refuse a configuration that differs from the stored one."""
+          first_trials=()) -> optuna.Study:
+    """Create the study, or load it and refuse a configuration that differs from the stored one.
+
+    The configuration is written last: a second worker that finds the study waits for it, and
+    then sees the study complete (its attributes and queued first trials)."""
     if isinstance(storage, str) or storage is None:
         storage = open_storage(storage)
     wanted = stage_config(ctx, stage, max_gflops)
@@ -142,14 +157,14 @@ def _open(ctx, name, storage, stage, sampler, directions, max_gflops=None, extra
         _check_stored(study, wanted, stage, storage)
         return study
     try:
-        study.set_user_attr(CONFIG_ATTR, wanted)
         study.set_user_attr("stage", stage)
         study.set_user_attr("code_version", code_version())
         study.set_user_attr("fid_features", ctx.scorer.name)
         for key, value in (extra_attrs or {}).items():
             study.set_user_attr(key, value)
-        if first_trials:
-            first_trials(study)
+        for params, user_attrs in first_trials:
+            study.enqueue_trial(params, user_attrs=user_attrs)
+        study.set_user_attr(CONFIG_ATTR, wanted)
     except BaseException:
         optuna.delete_study(study_name=name, storage=storage)  # no half-created study
         raise
@@ -157,10 +172,9 @@ def _open(ctx, name, storage, stage, sampler, directions, max_gflops=None, extra
 
 
 def _wait_for_config(study: optuna.Study, seconds: float = 30.0) -> None:
-    """Another worker may have created the study a moment ago and still be writing its
-    configuration; a study without one after that is not ours."""
+    """Another worker may have created the study a moment ago and still be writing it."""
     deadline = time.monotonic() + seconds
-    while CONFIG_ATTR not in study.user_attrs and not study.trials and time.monotonic() < deadline:
+    while CONFIG_ATTR not in study.user_attrs and time.monotonic() < deadline:
         time.sleep(0.2)
 
 
@@ -169,9 +183,6 @@ def _check_stored(study: optuna.Study, wanted: dict, stage: int, storage) -> Non
     where = f"study {study.study_name!r} in {redact(storage.url)}"
     if stored is None:
         raise UsageError(f"{where} was not made by autodiff_optuna; choose another --name")
-    if study.user_attrs.get("stage", 1) != stage:
-        raise UsageError(f"{where} is a stage-{study.user_attrs.get('stage')} study, "
-                         f"not stage {stage}")
     diffs = [f"{key}: stored {stored.get(key)!r}, requested {value!r}"
              for key, value in wanted.items() if stored.get(key) != value]
     if diffs:
@@ -180,11 +191,14 @@ def _check_stored(study: optuna.Study, wanted: dict, stage: int, storage) -> Non
 
 
 def make_objective(ctx: SearchContext, stage: int, target: int | None = None,
-                   batch_size: int | None = None, score=None):
+                   batch_size: int | None = None, score=None, max_gflops: float | None = None,
+                   running: dict | None = None):
     """The trial function. ``score(candidate) -> FID`` defaults to sampling the model on the
-    study's fixed noise and scoring it (the storage benchmark passes a synthetic one)."""
+    study's fixed noise and scoring it (the storage benchmark passes a synthetic one).
+    ``running["trial"]`` names the trial in progress, for the Ctrl-C handler."""
     batch = draw(ctx.model, ctx.config.samples, ctx.config.seed, SEARCH)
     space = ctx.space(stage)
+    running = running if running is not None else {}
 
     def sample_and_score(candidate: Candidate) -> float:
         return score_schedule(ctx.model, ctx.scorer, candidate.timesteps, batch,
@@ -193,13 +207,7 @@ def make_objective(ctx: SearchContext, stage: int, target: int | None = None,
     score = score or sample_and_score
 
     def objective(trial: optuna.Trial):
-        try:
-            return _evaluate(trial)
-        except KeyboardInterrupt:
-            trial.set_user_attr("fail_reason", "interrupted")
-            raise
-
-    def _evaluate(trial: optuna.Trial):
+        running["trial"] = trial.number
         dists = space.distributions()
         params = {name: trial.suggest_int(name, d.low, d.high) for name, d in dists.items()}
         candidate = space.decode(params)
@@ -209,94 +217,111 @@ def make_objective(ctx: SearchContext, stage: int, target: int | None = None,
         if stage == 2:
             trial.set_user_attr("skip", [list(s) for s in candidate.skip])
             trial.set_user_attr("gflops", gflops)
+            if max_gflops is not None:  # <= 0 is feasible; NSGA-II ranks infeasible ones last
+                trial.set_constraint("gflops", gflops - max_gflops)
         try:
             fid = score(candidate)
         except FIDError as err:
             trial.set_user_attr("fail_reason", str(err))
             raise
+        _check_concurrent_workers(trial, space, candidate, target=None)  # a twin may have won
+        running.pop("trial", None)
         return (fid, gflops) if stage == 2 else fid
 
     return objective
 
 
-MAX_RETRIES = 3
-
-
-def retry_trial(study: optuna.Study, trial: FrozenTrial) -> None:
-    """Queue a failed trial's candidate again, in the same generation (its system attrs travel
-    with it), unless it has been retried MAX_RETRIES times. Used for trials whose worker died
-    (the storage's heartbeat finds them) and for the trial a Ctrl-C interrupted."""
-    history = list(trial.system_attrs.get("retry_history", [])) + [trial.number]
-    if len(history) > MAX_RETRIES or not trial.params:
-        return
-    user_attrs = {k: v for k, v in trial.user_attrs.items() if k != "fail_reason"}
-    study.add_trial(optuna.trial.create_trial(
-        state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
-        user_attrs={**user_attrs, "retry_of": trial.number},
-        system_attrs={**trial.system_attrs, "failed_trial": trial.number,
-                      "retry_history": history}))
-
-
 def _check_concurrent_workers(trial: optuna.Trial, space: CandidateSpace, candidate: Candidate,
                               target: int | None) -> None:
-    """Prune a trial that another worker makes redundant, before any sampling.
+    """Prune a trial that another worker makes redundant.
 
-    - Surplus: the trials numbered before it, finished or running, already make up the target.
-      Trial numbers come from the storage, so exactly ``target`` trials complete whatever the
-      workers' timing (unless one fails, and then the loop goes on).
-    - Duplicate: an earlier trial, finished or running, holds the same candidate (two workers
-      drew the same child at the same moment). Each trial writes its parameters before it looks,
-      so of two racing twins the later-numbered one always sees the other.
+    - Surplus (checked before sampling): the trials numbered before it that are finished,
+      running or queued already make up the target. Trial numbers come from the storage, so the
+      study ends with exactly ``target`` complete trials whatever the workers' timing.
+    - Duplicate (checked before and after sampling): another trial with the same candidate is
+      complete, or running with a lower number. Every trial writes its parameters before its
+      first check, so of two racing twins at most one completes.
     """
-    earlier = [t for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,
-                                                                         TrialState.RUNNING))
-               if t.number < trial.number]
-    if target is not None and len(earlier) >= target:
+    live = trial.study.get_trials(deepcopy=False, states=(
+        TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING))
+    if target is not None and sum(t.number < trial.number for t in live) >= target:
         trial.set_user_attr("surplus", "the target was reached by other workers")
         trial.study.stop()
         raise optuna.TrialPruned("surplus")
-    for t in earlier:
-        if len(t.params) == len(space.names) and space.decode(t.params) == candidate:
+    for t in live:
+        if t.number == trial.number or t.state == TrialState.WAITING:
+            continue
+        if (t.state == TrialState.COMPLETE or t.number < trial.number) \
+                and len(t.params) == len(space.names) and space.decode(t.params) == candidate:
             trial.set_user_attr("duplicate_of", t.number)
             raise optuna.TrialPruned(f"duplicate of trial {t.number}")
 
 
 class _StopOnFailures:
-    """A bug that fails every trial must not loop forever."""
+    """A model or metric that fails every trial must not loop forever."""
 
     def __init__(self):
         self.count = 0
+        self.last_reason = ""
 
     def __call__(self, study, trial):
         self.count = self.count + 1 if trial.state == TrialState.FAIL else 0
+        self.last_reason = trial.user_attrs.get("fail_reason", self.last_reason)
         if self.count >= MAX_CONSECUTIVE_FAILURES:
             study.stop()
 
 
 def run(ctx: SearchContext, study: optuna.Study, trials: int, progress: bool = True,
-        batch_size: int | None = None, score=None, callbacks=()) -> None:
-    """Run until the study holds ``trials`` COMPLETE trials (a rerun resumes)."""
-    if len(_complete(study)) >= trials:
-        return
+        batch_size: int | None = None, score=None, callbacks=(),
+        max_gflops: float | None = None) -> None:
+    """Run until the study holds ``trials`` COMPLETE trials (a rerun resumes).
+
+    Other workers may stop this one early (their running trials make up the target); it then
+    waits for them, and goes on if a trial of theirs failed or its worker died."""
     stage = study.user_attrs.get("stage", 1)
-    callbacks = [MaxTrialsCallback(trials, states=(TrialState.COMPLETE,)), _StopOnFailures(),
-                 *callbacks]
+    failures = _StopOnFailures()
+    callbacks = [MaxTrialsCallback(trials, states=(TrialState.COMPLETE,)), failures, *callbacks]
     if progress:
         callbacks.append(ProgressPrinter(trials, label=f"stage {stage}"))
-    try:
-        study.optimize(make_objective(ctx, stage, trials, batch_size, score),
-                       callbacks=callbacks, catch=(FIDError,))
-    except KeyboardInterrupt:
-        # Optuna has failed the interrupted trial; queue its candidate for the resumed run
-        for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
-            if trial.user_attrs.get("fail_reason") == "interrupted" and not _retried(study, trial):
-                retry_trial(study, trial)
-        raise
+    running: dict = {}
+    objective = make_objective(ctx, stage, trials, batch_size, score, max_gflops, running)
+    while len(_complete(study)) < trials:
+        try:
+            study.optimize(objective, callbacks=callbacks, catch=(FIDError,))
+        except KeyboardInterrupt:
+            _requeue_interrupted(study, running.get("trial"), ctx.space(stage).names)
+            raise
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # another worker's heartbeat check failed this (slow) trial and queued it again
+        if failures.count >= MAX_CONSECUTIVE_FAILURES:
+            raise UsageError(f"{failures.count} trials in a row failed (last: "
+                             f"{failures.last_reason or 'see the trials'}); the study is kept")
+        _wait_for_other_workers(study, progress)
 
 
-def _retried(study: optuna.Study, trial: FrozenTrial) -> bool:
-    return any(t.system_attrs.get("failed_trial") == trial.number
-               for t in study.get_trials(deepcopy=False))
+def _wait_for_other_workers(study: optuna.Study, progress: bool, poll: float = 1.0) -> None:
+    """Wait while trials of other workers run; a dead worker's trial is failed (and queued
+    again) by the heartbeat check once its beats stop."""
+    import sys
+
+    from optuna.storages import fail_stale_trials
+
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    if running and progress:
+        print(f"waiting for {len(running)} running trial(s) of other workers (a killed worker's "
+              "trial is retried once its heartbeat expires)", file=sys.stderr, flush=True)
+    while study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        fail_stale_trials(study)
+        time.sleep(poll)
+
+
+def _requeue_interrupted(study: optuna.Study, number: int | None, names) -> None:
+    """Optuna has failed the trial Ctrl-C interrupted: queue its candidate for the resume."""
+    if number is None:
+        return
+    trial = study.get_trials(deepcopy=False)[number]
+    if trial.state == TrialState.FAIL and all(n in trial.params for n in names):
+        RetryFailedTrialCallback(max_retry=MAX_RETRIES)(study, trial)
 
 
 def _complete(study: optuna.Study) -> list[FrozenTrial]:
@@ -339,8 +364,8 @@ def best_summary(study: optuna.Study) -> dict:
 
 
 def stage2_summary(stage2: optuna.Study) -> dict:
+    # best_trials holds the feasible front only
     front = sorted(stage2.best_trials, key=lambda t: (t.values[1], t.values[0]))
-    feasible = [t for t in front if _feasible(t)]
     return {
         "stage2_study": stage2.study_name,
         "full_gflops": stage2.user_attrs.get("full_gflops"),
@@ -348,11 +373,5 @@ def stage2_summary(stage2: optuna.Study) -> dict:
         "stage2_n_complete": len(_complete(stage2)),
         "pareto": [{"timesteps": t.user_attrs["timesteps"], "skip": t.user_attrs["skip"],
                     "fid": t.values[0], "gflops": t.values[1], "trial": t.number}
-                   for t in feasible],
+                   for t in front],
     }
-
-
-def _feasible(trial: FrozenTrial) -> bool:
-    from optuna.samplers._base import _CONSTRAINTS_KEY
-
-    return all(c <= 0 for c in trial.system_attrs.get(_CONSTRAINTS_KEY, ()))

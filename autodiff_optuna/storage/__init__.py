@@ -21,8 +21,8 @@ def open_storage(url: str | None = None, heartbeat: int | None = None,
     """Open (creating the tables if needed) an Optuna RDB storage.
 
     With ``heartbeat`` (seconds), a running trial beats that often; one whose process died
-    (SIGKILL, a lost machine) is failed after two missed beats by whichever process runs the next
-    trial, and handed to ``on_stale_trial`` (which retries it). ``writable`` checks up front that
+    (SIGKILL, a lost machine) is failed after three missed beats by whichever process runs the
+    next trial, and handed to ``on_stale_trial`` (which retries it). ``writable`` checks up front that
     the database accepts writes, so a search never starts on a read-only one.
     """
     url = url or DEFAULT_STORAGE
@@ -43,7 +43,7 @@ def open_storage(url: str | None = None, heartbeat: int | None = None,
             engine_kwargs["connect_args"]["options"] = "-c synchronous_commit=off"
     beats = {}
     if heartbeat:
-        beats = dict(heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
+        beats = dict(heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
                      heartbeat_stale_trial_callback=on_stale_trial)
     try:
         storage = RDBStorage(url, engine_kwargs=engine_kwargs, **beats)
