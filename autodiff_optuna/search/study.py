@@ -7,6 +7,7 @@ as real members of its first generation. Both are driven by the ``EvolutionarySa
 """
 
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,7 +33,9 @@ MAX_CONSECUTIVE_FAILURES = 20
 MAX_RETRIES = 3
 # for the storage: a trial whose worker died is queued again, in its generation (its system
 # attrs travel with it), up to MAX_RETRIES times
-retry_stale_trial = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)
+with warnings.catch_warnings():  # experimental in Optuna; relied on knowingly
+    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    retry_stale_trial = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)
 
 
 @dataclass

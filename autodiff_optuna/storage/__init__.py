@@ -5,6 +5,7 @@ does not answer, a schema from another Optuna) becomes one ``UsageError`` line, 
 written to a database that could not be opened cleanly.
 """
 
+import warnings
 from pathlib import Path
 
 import optuna
@@ -46,7 +47,9 @@ def open_storage(url: str | None = None, heartbeat: int | None = None,
         beats = dict(heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
                      heartbeat_stale_trial_callback=on_stale_trial)
     try:
-        storage = RDBStorage(url, engine_kwargs=engine_kwargs, **beats)
+        with warnings.catch_warnings():  # heartbeats are experimental in Optuna
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            storage = RDBStorage(url, engine_kwargs=engine_kwargs, **beats)
         if writable and url.startswith("sqlite"):
             with storage.engine.connect() as conn:  # rewrites a header field with its own value
                 version = conn.exec_driver_sql("PRAGMA user_version").scalar()
