@@ -69,6 +69,9 @@ class EvolutionarySampler(BaseGASampler):
         self._select_elites = NSGAIIElitePopulationSelectionStrategy(
             population_size=self._elite_size, constraints_func=constraints_func)
         self._random_sampler = RandomSampler(seed=seed)
+        # a cache of what the storage holds, never state of its own: decoded candidates by
+        # (study, trial number), filled only from trials whose parameters are all written
+        self._decoded: dict[tuple[str, int], Candidate] = {}
 
     # -- Optuna hooks ---------------------------------------------------------------------------
 
@@ -113,10 +116,17 @@ class EvolutionarySampler(BaseGASampler):
         names = self._space.names
         seen = set()
         for t in study.get_trials(deepcopy=False):
-            params = t.params if all(n in t.params for n in names) else \
-                t.system_attrs.get("fixed_params", {})
+            key = (study.study_name, t.number)
+            if key in self._decoded:
+                seen.add(self._decoded[key])
+                continue
+            complete = all(n in t.params for n in names)
+            params = t.params if complete else t.system_attrs.get("fixed_params", {})
             if all(n in params for n in names):
-                seen.add(self._space.decode(params))
+                candidate = self._space.decode(params)
+                seen.add(candidate)
+                if complete:  # a trial's parameters never change once written
+                    self._decoded[key] = candidate
         return seen
 
     def _propose(self, study, generation: int, seen: set[Candidate],

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import numpy as np
 import optuna
 from optuna.storages import RetryFailedTrialCallback, RetryHeartbeatStaleTrialCallback
-from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from autodiff_optuna.errors import UsageError
@@ -227,7 +226,9 @@ def make_objective(ctx: SearchContext, stage: int, target: int | None = None,
         except FIDError as err:
             trial.set_user_attr("fail_reason", str(err))
             raise
-        _check_concurrent_workers(trial, space, candidate, target=None)  # a twin may have won
+        live = _check_concurrent_workers(trial, space, candidate, target=None)  # a twin won?
+        if target is not None and sum(t.state == TrialState.COMPLETE for t in live) + 1 >= target:
+            trial.study.stop()  # this trial completes the study (MaxTrialsCallback's job, no re-read)
         running.pop("trial", None)
         return (fid, gflops) if stage == 2 else fid
 
@@ -235,7 +236,7 @@ def make_objective(ctx: SearchContext, stage: int, target: int | None = None,
 
 
 def _check_concurrent_workers(trial: optuna.Trial, space: CandidateSpace, candidate: Candidate,
-                              target: int | None) -> None:
+                              target: int | None) -> list[FrozenTrial]:
     """Prune a trial that another worker makes redundant.
 
     - Surplus (checked before sampling): the trials numbered before it that are finished,
@@ -243,7 +244,9 @@ def _check_concurrent_workers(trial: optuna.Trial, space: CandidateSpace, candid
       study ends with exactly ``target`` complete trials whatever the workers' timing.
     - Duplicate (checked before and after sampling): another trial with the same candidate is
       complete, or running with a lower number. Every trial writes its parameters before its
-      first check, so of two racing twins at most one completes.
+      first check, so of two racing twins at most one completes. (Twins are found by their
+      canonical parameters, which the EvolutionarySampler always writes; a generic sampler's
+      non-canonical twin of a candidate is not caught.)
     """
     live = trial.study.get_trials(deepcopy=False, states=(
         TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING))
@@ -251,13 +254,16 @@ def _check_concurrent_workers(trial: optuna.Trial, space: CandidateSpace, candid
         trial.set_user_attr("surplus", "the target was reached by other workers")
         trial.study.stop()
         raise optuna.TrialPruned("surplus")
+    # the sampler writes canonical parameters, so a twin's are equal to the letter (a dict
+    # comparison: this runs twice per trial over the whole study)
+    params = space.encode(candidate)
     for t in live:
         if t.number == trial.number or t.state == TrialState.WAITING:
             continue
-        if (t.state == TrialState.COMPLETE or t.number < trial.number) \
-                and len(t.params) == len(space.names) and space.decode(t.params) == candidate:
+        if (t.state == TrialState.COMPLETE or t.number < trial.number) and t.params == params:
             trial.set_user_attr("duplicate_of", t.number)
             raise optuna.TrialPruned(f"duplicate of trial {t.number}")
+    return live
 
 
 class _StopOnFailures:
@@ -283,7 +289,7 @@ def run(ctx: SearchContext, study: optuna.Study, trials: int, progress: bool = T
     waits for them, and goes on if a trial of theirs failed or its worker died."""
     stage = study.user_attrs.get("stage", 1)
     failures = _StopOnFailures()
-    callbacks = [MaxTrialsCallback(trials, states=(TrialState.COMPLETE,)), failures, *callbacks]
+    callbacks = [failures, *callbacks]  # the objective stops the study at the target
     if progress:
         callbacks.append(ProgressPrinter(trials, label=f"stage {stage}"))
     running: dict = {}

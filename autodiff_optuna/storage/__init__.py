@@ -35,7 +35,7 @@ def open_storage(url: str | None = None, heartbeat: int | None = None,
         engine_kwargs = {"connect_args": {"timeout": 60}}
     else:
         # an unreachable server must fail fast, not hang a study
-        engine_kwargs = {"connect_args": {"connect_timeout": 10}, "pool_pre_ping": True}
+        engine_kwargs = {"connect_args": {"connect_timeout": 10}}
         if url.startswith("postgresql"):
             # A trial makes a dozen small commits; waiting for each one's WAL flush costs more
             # than the trial's bookkeeping itself. Without the wait a crash of the *server* can
