@@ -72,6 +72,8 @@ class EvolutionarySampler(BaseGASampler):
         # a cache of what the storage holds, never state of its own: decoded candidates by
         # (study, trial number), filled only from trials whose parameters are all written
         self._decoded: dict[tuple[str, int], Candidate] = {}
+        self._generations: dict[tuple[str, int], int] = {}  # written once per trial
+        self._parents: dict[tuple[str, int], list[FrozenTrial]] = {}  # fixed once stored
 
     # -- Optuna hooks ---------------------------------------------------------------------------
 
@@ -96,6 +98,19 @@ class EvolutionarySampler(BaseGASampler):
         return self._random_sampler.sample_independent(study, trial, param_name,
                                                        param_distribution)
 
+    def get_trial_generation(self, study: optuna.Study, trial: FrozenTrial) -> int:
+        # before_trial stores it; sample_relative then gets a trial snapshot taken earlier
+        key = (study.study_name, trial.number)
+        if key not in self._generations:
+            self._generations[key] = super().get_trial_generation(study, trial)
+        return self._generations[key]
+
+    def get_parent_population(self, study: optuna.Study, generation: int) -> list[FrozenTrial]:
+        key = (study.study_name, generation)
+        if key not in self._parents:
+            self._parents[key] = super().get_parent_population(study, generation)
+        return self._parents[key]
+
     def select_parent(self, study: optuna.Study, generation: int) -> list[FrozenTrial]:
         """The elites that generation ``generation`` breeds from (cached in the storage)."""
         previous = self.get_population(study, generation - 1)
@@ -115,7 +130,9 @@ class EvolutionarySampler(BaseGASampler):
         """Every candidate the study has scored, is scoring or has queued."""
         names = self._space.names
         seen = set()
-        for t in study.get_trials(deepcopy=False):
+        # The storage's cached view (as BaseGASampler reads it): at most one trial behind, and a
+        # twin that slips through is pruned by the objective's duplicate check.
+        for t in study._get_trials(deepcopy=False, use_cache=True):
             key = (study.study_name, t.number)
             if key in self._decoded:
                 seen.add(self._decoded[key])
