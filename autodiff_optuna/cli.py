@@ -10,7 +10,7 @@ import os
 import sys
 
 from autodiff_optuna.errors import UsageError
-from autodiff_optuna.storage import load_existing_study, open_storage
+from autodiff_optuna.storage import first_line, load_existing_study, open_storage
 
 
 class _Parser(argparse.ArgumentParser):
@@ -89,11 +89,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(getattr(err, "orig", None) or err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
 def cmd_study(args) -> None:
     import optuna
     import sqlalchemy
@@ -138,7 +133,7 @@ def cmd_study(args) -> None:
         print(f"\ninterrupted; rerun the same command to resume study {name!r}", file=sys.stderr)
         raise SystemExit(130)
     except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError) as err:
-        raise UsageError(f"the study database failed during the search ({_first_line(err)}); "
+        raise UsageError(f"the study database failed during the search ({first_line(err)}); "
                          "completed trials are kept: rerun the same command to resume") from None
     _print_summary(search.best_summary(stage1))
 
@@ -174,6 +169,7 @@ def cmd_best(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
+    from autodiff_optuna.export import read_json
     from autodiff_optuna.metrics.flops import layer_costs
     from autodiff_optuna.models import load_model, load_scorer
     from autodiff_optuna.sampling import HELDOUT, draw, validate
@@ -185,14 +181,12 @@ def cmd_evaluate(args) -> None:
     timesteps = validate(args.timesteps, model.num_train_timesteps)
     skip = None
     if args.skip is not None:
-        skip = check_skip(_read_json(args.skip).get("skip"), len(timesteps),
+        skip = check_skip(read_json(args.skip).get("skip"), len(timesteps),
                           model.skippable_layers())
     samples = args.samples if args.samples is not None else \
         SearchConfig(args.model, len(timesteps)).samples
     scorer = load_scorer(args.model)
-    if samples <= scorer.feature_dim:
-        raise UsageError(f"--samples must exceed the FID feature dimension "
-                         f"({scorer.feature_dim}), got {samples}")
+    scorer.check_sample_count(samples)
     batch = draw(model, samples, args.seed, HELDOUT)
     fid = score_schedule(model, scorer, timesteps, batch, args.solver, skip=skip)
     result = {"model": args.model, "timesteps": list(timesteps), "solver": args.solver,
@@ -230,19 +224,6 @@ def cmd_sample(args) -> None:
     except (OSError, ValueError) as err:  # unwritable path, unknown image extension
         raise UsageError(f"cannot write {args.out}: {err}") from None
     print(f"wrote {args.out}: {args.n} samples of {schedule.model} at {schedule.timesteps}")
-
-
-def _read_json(path: str) -> dict:
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except OSError as err:
-        raise UsageError(f"cannot read {path}: {err.strerror}")
-    except json.JSONDecodeError as err:
-        raise UsageError(f"{path} is not valid JSON: {err}")
-    if not isinstance(data, dict):
-        raise UsageError(f"{path} must hold a JSON object")
-    return data
 
 
 COMMANDS = {"study": cmd_study, "best": cmd_best, "evaluate": cmd_evaluate,

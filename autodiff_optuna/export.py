@@ -57,16 +57,24 @@ def from_summary(summary: dict, max_gflops: float | None = None) -> SearchedSche
                     "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat()})
 
 
+def read_json(path) -> dict:
+    """A JSON object from a file; an unreadable or corrupt file is one UsageError line."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as err:
+        raise UsageError(f"cannot read {path}: {err.strerror}") from None
+    except json.JSONDecodeError as err:
+        raise UsageError(f"{path} is not valid JSON: {err}") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{path} must hold a JSON object")
+    return data
+
+
 def load_schedule(path) -> SearchedSchedule:
     """Read and check an exported schedule; a corrupt file is one UsageError line."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except OSError as err:
-        raise UsageError(f"cannot read schedule {path}: {err.strerror}") from None
-    except json.JSONDecodeError as err:
-        raise UsageError(f"schedule {path} is not valid JSON: {err}") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
+    data = read_json(path)
+    if data.get("format") != FORMAT:
         raise UsageError(f"{path} is not an autodiff-optuna schedule (format {FORMAT!r})")
     data.pop("format")
     try:

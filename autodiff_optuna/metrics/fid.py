@@ -40,6 +40,12 @@ class FIDScorer:
     def feature_dim(self) -> int:
         return int(self.ref_mu.shape[0])
 
+    def check_sample_count(self, n: int) -> None:
+        """Fewer samples than feature dimensions give a singular covariance and a noisy FID."""
+        if n <= self.feature_dim:
+            raise UsageError(f"--samples must exceed the FID feature dimension "
+                             f"({self.feature_dim}), got {n}")
+
     def __call__(self, images_uint8: torch.Tensor) -> float:
         return fid_from_features(self.features(images_uint8), self.ref_mu, self.ref_sigma)
 

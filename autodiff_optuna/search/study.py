@@ -52,10 +52,7 @@ class SearchContext:
         model = load_model(config.model, device)
         config.check(model.num_train_timesteps)
         scorer = load_scorer(config.model)
-        if config.samples <= scorer.feature_dim:
-            raise UsageError(f"--samples must exceed the FID feature dimension "
-                             f"({scorer.feature_dim}) for a full-rank covariance, "
-                             f"got {config.samples}")
+        scorer.check_sample_count(config.samples)
         spacings = standard_spacings(config.steps, model.num_train_timesteps,
                                      alphas_cumprod(model))
         return cls(config, model, scorer, spacings, layer_costs(model))
@@ -194,13 +191,13 @@ def _check_stored(study: optuna.Study, wanted: dict, stage: int, storage) -> Non
 
 def make_objective(ctx: SearchContext, stage: int, target: int | None = None,
                    batch_size: int | None = None, score=None, max_gflops: float | None = None,
-                   running: dict | None = None):
+                   interrupted: dict | None = None):
     """The trial function. ``score(candidate) -> FID`` defaults to sampling the model on the
     study's fixed noise and scoring it (the storage benchmark passes a synthetic one).
-    ``running["trial"]`` names the trial in progress, for the Ctrl-C handler."""
+    A Ctrl-C inside a trial leaves its number in ``interrupted["trial"]``."""
     batch = draw(ctx.model, ctx.config.samples, ctx.config.seed, SEARCH)
     space = ctx.space(stage)
-    running = running if running is not None else {}
+    interrupted = interrupted if interrupted is not None else {}
 
     def sample_and_score(candidate: Candidate) -> float:
         return score_schedule(ctx.model, ctx.scorer, candidate.timesteps, batch,
@@ -209,7 +206,13 @@ def make_objective(ctx: SearchContext, stage: int, target: int | None = None,
     score = score or sample_and_score
 
     def objective(trial: optuna.Trial):
-        running["trial"] = trial.number
+        try:
+            return evaluate(trial)
+        except KeyboardInterrupt:
+            interrupted["trial"] = trial.number
+            raise
+
+    def evaluate(trial: optuna.Trial):
         dists = space.distributions()
         params = {name: trial.suggest_int(name, d.low, d.high) for name, d in dists.items()}
         candidate = space.decode(params)
@@ -229,7 +232,6 @@ def make_objective(ctx: SearchContext, stage: int, target: int | None = None,
         live = _check_concurrent_workers(trial, space, candidate, target=None)  # a twin won?
         if target is not None and sum(t.state == TrialState.COMPLETE for t in live) + 1 >= target:
             trial.study.stop()  # this trial completes the study (MaxTrialsCallback's job, no re-read)
-        running.pop("trial", None)
         return (fid, gflops) if stage == 2 else fid
 
     return objective
@@ -292,13 +294,13 @@ def run(ctx: SearchContext, study: optuna.Study, trials: int, progress: bool = T
     callbacks = [failures, *callbacks]  # the objective stops the study at the target
     if progress:
         callbacks.append(ProgressPrinter(trials, label=f"stage {stage}"))
-    running: dict = {}
-    objective = make_objective(ctx, stage, trials, batch_size, score, max_gflops, running)
+    interrupted: dict = {}
+    objective = make_objective(ctx, stage, trials, batch_size, score, max_gflops, interrupted)
     while len(_complete(study)) < trials:
         try:
             study.optimize(objective, callbacks=callbacks, catch=(FIDError,))
         except KeyboardInterrupt:
-            _requeue_interrupted(study, running.get("trial"), ctx.space(stage).names)
+            _requeue_interrupted(study, interrupted.get("trial"), ctx.space(stage).names)
             raise
         except optuna.exceptions.UpdateFinishedTrialError:
             pass  # another worker's heartbeat check failed this (slow) trial and queued it again

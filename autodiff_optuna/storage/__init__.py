@@ -59,7 +59,7 @@ def open_storage(url: str | None = None, heartbeat: int | None = None,
     except ModuleNotFoundError as err:
         raise UsageError(f"storage {shown}: the database driver is not installed ({err.name})")
     except Exception as err:  # SQLAlchemy's and Optuna's errors for a bad or unreachable database
-        raise UsageError(f"cannot open storage {shown}: {_first_line(err)}") from err
+        raise UsageError(f"cannot open storage {shown}: {first_line(err)}") from err
 
 
 def _fast_sqlite_commits(storage: RDBStorage) -> None:
@@ -94,7 +94,7 @@ def _check_sqlite_file(url: str, default: bool) -> None:
     try:
         database = make_url(url).database
     except Exception as err:
-        raise UsageError(f"not a valid storage URL: {url} ({_first_line(err)})") from err
+        raise UsageError(f"not a valid storage URL: {url} ({first_line(err)})") from err
     if not database or database == ":memory:":
         return
     if database.startswith("file:"):  # an SQLite URI filename (file:PATH?mode=ro&uri=true)
@@ -111,7 +111,8 @@ def _check_sqlite_file(url: str, default: bool) -> None:
             raise UsageError(f"storage {url}: {path} is not an SQLite database")
 
 
-def _first_line(err: BaseException) -> str:
+def first_line(err: BaseException) -> str:
+    """A database error's message in one line (SQLAlchemy wraps the driver's in ``orig``)."""
     text = str(getattr(err, "orig", None) or err).strip()
     return text.splitlines()[0] if text else type(err).__name__
 
