@@ -25,6 +25,24 @@ GENERATION = "EvolutionarySampler:generation"
 POSTGRES = os.environ.get("AUTODIFF_TEST_POSTGRES_URL")
 
 
+@pytest.fixture
+def fresh_postgres():
+    """A new, empty database on the test server, dropped afterwards."""
+    from sqlalchemy import create_engine, make_url
+
+    server = make_url(POSTGRES)
+    database = f"autodiff_test_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {database}")
+    try:
+        yield server.set(database=database).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+        admin.dispose()
+
+
 def _study_cmd(url, trials, name="digits-k3", extra=()):
     return [sys.executable, "-m", "autodiff_optuna", "study", "--model", "digits", "--steps", "3",
             "--stage", "1", "--trials", str(trials), "--samples", "400", "--population", "4",
@@ -96,15 +114,15 @@ def test_ctrl_c_marks_the_trial_and_says_how_to_resume(tmp_path):
 
 
 @pytest.mark.skipif(not POSTGRES, reason="AUTODIFF_TEST_POSTGRES_URL not set (.ci/run sets it)")
-def test_three_workers_share_one_study_on_postgresql():
-    name = f"workers-{uuid.uuid4().hex[:8]}"
-    trials = 14
-    workers = [subprocess.Popen(_study_cmd(POSTGRES, trials, name), stdout=subprocess.DEVNULL,
+def test_three_workers_share_one_study_on_postgresql(fresh_postgres):
+    # an empty database each time: the three workers also race to create Optuna's tables
+    url, name, trials = fresh_postgres, "workers", 14
+    workers = [subprocess.Popen(_study_cmd(url, trials, name), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True) for _ in range(3)]
     for w in workers:
         _, err = w.communicate(timeout=600)
         assert w.returncode == 0, err
-    study = optuna.load_study(study_name=name, storage=POSTGRES)
+    study = optuna.load_study(study_name=name, storage=url)
     complete = study.get_trials(states=(TrialState.COMPLETE,))
     assert len(complete) == trials  # exactly the total, whichever worker got there
     assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
@@ -116,7 +134,6 @@ def test_three_workers_share_one_study_on_postgresql():
     assert generations == list(range(len(generations)))
     for g in generations[:-1]:  # every finished generation is full before the next begins
         assert sum(t.system_attrs[GENERATION] == g for t in complete) >= 4
-    optuna.delete_study(study_name=name, storage=POSTGRES)
 
 
 def _err(capsys):

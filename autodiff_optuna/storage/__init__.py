@@ -6,6 +6,7 @@ written to a database that could not be opened cleanly.
 """
 
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import optuna
@@ -15,6 +16,7 @@ from autodiff_optuna.errors import UsageError
 
 DEFAULT_STORAGE = "sqlite:///studies/autodiff.db"
 SQLITE_MAGIC = b"SQLite format 3\x00"
+SCHEMA_LOCK_KEY = 0x0AD1FF  # any fixed number; only this program's workers take it
 
 
 def open_storage(url: str | None = None, heartbeat: int | None = None,
@@ -49,7 +51,8 @@ def open_storage(url: str | None = None, heartbeat: int | None = None,
     try:
         with warnings.catch_warnings():  # heartbeats are experimental in Optuna
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            storage = RDBStorage(url, engine_kwargs=engine_kwargs, **beats)
+            with _schema_lock(url, engine_kwargs):
+                storage = RDBStorage(url, engine_kwargs=engine_kwargs, **beats)
         if writable and url.startswith("sqlite"):
             with storage.engine.connect() as conn:  # rewrites a header field with its own value
                 version = conn.exec_driver_sql("PRAGMA user_version").scalar()
@@ -60,6 +63,32 @@ def open_storage(url: str | None = None, heartbeat: int | None = None,
         raise UsageError(f"storage {shown}: the database driver is not installed ({err.name})")
     except Exception as err:  # SQLAlchemy's and Optuna's errors for a bad or unreachable database
         raise UsageError(f"cannot open storage {shown}: {first_line(err)}") from err
+
+
+@contextmanager
+def _schema_lock(url: str, engine_kwargs: dict):
+    """Hold a PostgreSQL advisory lock while Optuna creates or checks its tables.
+
+    Workers started together on an empty database would otherwise all run ``CREATE TABLE`` at
+    once and all but one fail on PostgreSQL's catalog constraints. SQLite serialises this
+    through its file lock already.
+    """
+    if not url.startswith("postgresql"):
+        yield
+        return
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import NullPool
+
+    engine = create_engine(url, poolclass=NullPool, **engine_kwargs)
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql(f"SELECT pg_advisory_lock({SCHEMA_LOCK_KEY})")
+            try:
+                yield
+            finally:
+                conn.exec_driver_sql(f"SELECT pg_advisory_unlock({SCHEMA_LOCK_KEY})")
+    finally:
+        engine.dispose()
 
 
 def _fast_sqlite_commits(storage: RDBStorage) -> None:
