@@ -13,9 +13,11 @@ NAME ?=
 STAGE ?=
 
 STUDY_ARGS := --model $(MODEL) --steps $(STEPS) $(if $(STAGE),--stage $(STAGE)) \
-	$(if $(TRIALS),--trials $(TRIALS)) $(if $(STORAGE),--storage $(STORAGE)) $(if $(NAME),--name $(NAME))
+	$(if $(TRIALS),--trials $(TRIALS)) $(if $(STORAGE),--storage $(STORAGE)) $(if $(NAME),--name $(NAME)) \
+	$(ARGS)
+# ARGS: any other study flags, e.g. ARGS="--checkpoint ~/64x64_diffusion.pt --compile"
 
-.PHONY: study worker best export sample test bench train-digits clean-venv
+.PHONY: study worker best export sample report dashboard test bench train-digits clean-venv
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -44,11 +46,24 @@ N ?= 64
 sample: $(VENV)/.installed
 	$(PY) -m autodiff_optuna sample --schedule $(SCHEDULE) --n $(N) --out $(or $(OUT),samples.png)
 
+# reports/<NAME>/index.html: Optuna's plots, the schedules, masks, sample grids, top candidates
+report: $(VENV)/.installed
+	$(PY) -m autodiff_optuna report --name $(or $(NAME),$(MODEL)-k$(STEPS)) \
+		$(if $(STORAGE),--storage $(STORAGE)) $(if $(ARTIFACTS),--artifacts $(ARTIFACTS))
+
+# optuna-dashboard on 127.0.0.1:$(PORT), showing the report's sample grids under their trials
+PORT ?= 8080
+dashboard: $(VENV)/.installed
+	$(PY) -m autodiff_optuna dashboard --port $(PORT) $(if $(STORAGE),--storage $(STORAGE)) \
+		$(if $(ARTIFACTS),--artifacts $(ARTIFACTS))
+
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
 
+# PARTS re-measures only the named parts (see bench/run.py), e.g. PARTS="samplers multifidelity"
+PARTS ?=
 bench: $(VENV)/.installed
-	$(PY) -m bench.run
+	$(PY) -m bench.run $(PARTS)
 
 train-digits: $(VENV)/.installed
 	$(PY) -m autodiff_optuna.models.train_digits --part all

@@ -1,4 +1,4 @@
-"""Command line: ``python -m autodiff_optuna {study,best,evaluate,export,sample}``.
+"""Command line: ``python -m autodiff_optuna {study,best,evaluate,export,sample,report,dashboard,download}``.
 
 Exit codes: 0 done, 2 bad input or a missing resource (one line, no traceback), 1 a bug.
 """
@@ -40,8 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     study = sub.add_parser("study", help="run (or resume) a schedule search")
     study.add_argument("--model", required=True)
     study.add_argument("--steps", type=int, required=True)
-    study.add_argument("--trials", type=int, help="COMPLETE trials the study should reach")
+    study.add_argument("--trials", type=int, help="candidates to evaluate in stage 1 (complete "
+                       "trials plus those multi-fidelity pruning stopped early)")
     study.add_argument("--samples", type=int, help="images per candidate")
+    study.add_argument("--min-samples", type=int,
+                       help="multi-fidelity: report FID at this many images, then twice as "
+                       "many, ... and prune candidates in the worse half (stage 1); 0: off")
     study.add_argument("--seed", type=int)
     study.add_argument("--solver", choices=["ddim", "dpmpp2m"])
     study.add_argument("--population", type=int, help="trials per generation")
@@ -55,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="seconds between a running trial's heartbeats; a trial whose worker "
                             "died is retried after two missed beats")
     study.add_argument("--device")
+    _add_model_flags(study)
     study.add_argument("--quiet", action="store_true", help="no line per trial")
 
     best = sub.add_parser("best", help="the best schedule a study found")
@@ -72,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--skip", help="JSON file whose 'skip' holds one list of layer names "
                                          "per step")
     evaluate.add_argument("--device")
+    _add_model_flags(evaluate)
     evaluate.add_argument("--json", action="store_true")
     export = sub.add_parser("export", help="write a study's best schedule to a JSON file")
     export.add_argument("--name", required=True)
@@ -86,7 +92,61 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--out", default="samples.png")
     sample.add_argument("--device")
+
+    report = sub.add_parser("report", help="an HTML report of a study: reports/<name>/index.html")
+    report.add_argument("--name", required=True)
+    report.add_argument("--storage")
+    report.add_argument("--out", help="directory of the page (default reports/<name>)")
+    report.add_argument("--artifacts", help="artifact store of the sample grids (default: "
+                        "beside an SQLite file, else studies/artifacts)")
+    report.add_argument("--top", type=int, default=5, help="stage-1 candidates in the table")
+    report.add_argument("--heldout-samples", type=int,
+                        help="images per held-out FID (default: the study's; 0: none)")
+    report.add_argument("--grid", type=int, default=64, help="images per sample grid")
+    report.add_argument("--seed", type=int, default=0, help="held-out noise of grids and FIDs")
+    report.add_argument("--schedule", help="an exported schedule file to show beside the rest")
+    report.add_argument("--no-png", action="store_true", help="no PNG copies of the plots")
+    report.add_argument("--device")
+
+    dashboard = sub.add_parser("dashboard", help="optuna-dashboard on 127.0.0.1, with the "
+                                                 "report's sample grids")
+    dashboard.add_argument("--storage")
+    dashboard.add_argument("--artifacts")
+    dashboard.add_argument("--port", type=int, default=8080)
+
+    download = sub.add_parser("download", help="fetch a real model's files (needs internet)")
+    download.add_argument("model")
+    download.add_argument("--dir", help="where to put them (default: $AUTODIFF_MODELS_DIR, "
+                                        "else ~/.cache/autodiff-optuna)")
+    download.add_argument("--timeout", type=float, default=60.0,
+                          help="seconds without data before a download is abandoned")
     return parser
+
+
+def _add_model_flags(parser) -> None:
+    """Where a real model's files are and how it runs (models/registry.py ModelOptions)."""
+    parser.add_argument("--checkpoint", help="model weights: a file (ADM), a diffusers "
+                                             "directory or hub id (google/ddpm-*)")
+    parser.add_argument("--classifier", help="ADM-G classifier file (64x64_classifier.pt)")
+    parser.add_argument("--classifier-scale", type=float,
+                        help="classifier guidance scale (adm64 default 1.0; 0: unguided)")
+    parser.add_argument("--ref-stats", help="FID reference statistics: an .npz with mu, sigma")
+    parser.add_argument("--inception", help="clean-fid's inception-2015-12-05.pt")
+    parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"],
+                        help="network autocast (default: bf16 on CUDA, fp32 on CPU)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile each skippable block (GPU)")
+    parser.add_argument("--batch-size", type=int,
+                        help="images per network call (default: sized to the device)")
+
+
+def _model_options(args):
+    from autodiff_optuna.models import ModelOptions
+
+    return ModelOptions(checkpoint=args.checkpoint, classifier=args.classifier,
+                        classifier_scale=args.classifier_scale, ref_stats=args.ref_stats,
+                        inception=args.inception, precision=args.precision,
+                        compile=args.compile, batch_size=args.batch_size)
 
 
 def cmd_study(args) -> None:
@@ -100,7 +160,9 @@ def cmd_study(args) -> None:
         raise UsageError(f"--steps must be at least 1, got {args.steps}")
     preset = search_config.load_preset(args.model, args.steps)
     values = {key: getattr(args, key) if getattr(args, key) is not None else preset.get(key)
-              for key in ("samples", "seed", "solver", "population")}
+              for key in ("samples", "seed", "solver", "population", "min_samples")}
+    if values["min_samples"] == 0:  # --min-samples 0 turns a preset's pruning off
+        values["min_samples"] = None
     config = search_config.SearchConfig(args.model, args.steps,
                                         **{k: v for k, v in values.items() if v is not None})
     trials = _positive("--trials", args.trials, preset.get("trials", 100))
@@ -112,7 +174,8 @@ def cmd_study(args) -> None:
         raise UsageError("--max-gflops applies to stage 2; use --stage 2 or both")
     if args.heartbeat < 1:
         raise UsageError(f"--heartbeat must be at least 1 second, got {args.heartbeat}")
-    ctx = search.SearchContext.build(config, args.device or _default_device())
+    ctx = search.SearchContext.build(config, args.device or _default_device(),
+                                     _model_options(args))
     name = args.name or config.default_name
     storage = open_storage(args.storage, heartbeat=args.heartbeat,
                            on_stale_trial=search.retry_stale_trial, writable=True)
@@ -177,7 +240,9 @@ def cmd_evaluate(args) -> None:
     from autodiff_optuna.search.config import SearchConfig
     from autodiff_optuna.search.objective import score_schedule
 
-    model = load_model(args.model, args.device or _default_device())
+    device = args.device or _default_device()
+    options = _model_options(args)
+    model = load_model(args.model, device, options)
     timesteps = validate(args.timesteps, model.num_train_timesteps)
     skip = None
     if args.skip is not None:
@@ -185,7 +250,7 @@ def cmd_evaluate(args) -> None:
                           model.skippable_layers())
     samples = args.samples if args.samples is not None else \
         SearchConfig(args.model, len(timesteps)).samples
-    scorer = load_scorer(args.model)
+    scorer = load_scorer(args.model, options, device)
     scorer.check_sample_count(samples)
     batch = draw(model, samples, args.seed, HELDOUT)
     fid = score_schedule(model, scorer, timesteps, batch, args.solver, skip=skip)
@@ -226,8 +291,46 @@ def cmd_sample(args) -> None:
     print(f"wrote {args.out}: {args.n} samples of {schedule.model} at {schedule.timesteps}")
 
 
+def cmd_report(args) -> None:
+    from autodiff_optuna.reporting.report import Options, build
+
+    options = Options(out=args.out, artifacts=args.artifacts, top=args.top,
+                      heldout_samples=args.heldout_samples, grid=args.grid, seed=args.seed,
+                      png=not args.no_png, schedule=args.schedule,
+                      device=args.device or _default_device())
+    path = build(args.name, open_storage(args.storage, writable=True), options)
+    print(f"wrote {path}")
+
+
+def cmd_dashboard(args) -> None:
+    from autodiff_optuna.reporting.dashboard import command
+
+    argv = command(args.storage, args.artifacts, args.port)
+    print(f"optuna-dashboard on http://{argv[3]}:{args.port}/ (artifacts in {argv[-1]})",
+          file=sys.stderr, flush=True)
+    os.execv(argv[0], argv)  # Ctrl-C reaches the dashboard itself
+
+
+def cmd_download(args) -> None:
+    from pathlib import Path
+
+    from autodiff_optuna.models import get_preset
+    from autodiff_optuna.models.files import download
+    from autodiff_optuna.models.registry import INCEPTION
+
+    preset = get_preset(args.model)
+    if preset.directory is not None:
+        print(f"{preset.name} is bundled: nothing to download")
+        return
+    remotes = [r for r in (preset.weights, preset.classifier, preset.ref_stats) if r]
+    remotes.append(INCEPTION)
+    for path in download(remotes, Path(args.dir) if args.dir else None, args.timeout):
+        print(f"ready: {path}")
+
+
 COMMANDS = {"study": cmd_study, "best": cmd_best, "evaluate": cmd_evaluate,
-            "export": cmd_export, "sample": cmd_sample}
+            "export": cmd_export, "sample": cmd_sample, "report": cmd_report,
+            "dashboard": cmd_dashboard, "download": cmd_download}
 
 
 def main(argv=None) -> int:

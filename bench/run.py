@@ -1,4 +1,6 @@
-"""``make bench``: measure the bundled model and the stage-1 search; update BENCHMARKS.md.
+"""``make bench``: measure the bundled model, both search stages, the storage, the search
+against standard spacings and Optuna's samplers, multi-fidelity pruning and a trial's profile;
+update BENCHMARKS.md.
 
 Sections between ``<!-- bench:NAME -->`` markers in BENCHMARKS.md are rewritten; the raw numbers
 go to ``bench/results.json``. Every FID here is on held-out noise unless it says otherwise.
@@ -138,6 +140,21 @@ def masked_speed(timesteps, skip, repeats: int = 7) -> dict:
             "time_over_gflops_saving": time_saving / flop_saving if flop_saving else None}
 
 
+def write_sampler_plot(samplers: dict, path: Path = ROOT / "bench" / "samplers.html") -> None:
+    """Best search FID against evaluated trials, mean over seeds, one line per sampler."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for name, r in samplers.items():
+        curves = [run["best_so_far"] for run in r["runs"]]
+        length = min(len(c) for c in curves)
+        mean = np.mean([c[:length] for c in curves], axis=0)
+        fig.add_trace(go.Scatter(x=list(range(1, length + 1)), y=mean, name=name))
+    fig.update_layout(title="Best FID (search noise) against trials, mean of 3 seeds",
+                      xaxis_title="evaluated trials", yaxis_title="best FID", yaxis_type="log")
+    fig.write_html(path, include_plotlyjs=True)
+
+
 def write_sections(sections: dict[str, str], path: Path = ROOT / "BENCHMARKS.md") -> None:
     text = path.read_text()
     for name, body in sections.items():
@@ -223,22 +240,121 @@ def render(results: dict) -> dict[str, str]:
         *[f"| {name} | {r['median_ms_first']:.1f} ms | {r['median_ms_last']:.1f} ms |"
           for name, r in st.items()],
     ])
-    return {"digits-model": quality, "stage1": stage1, "stage2": stage2, "storage": storage}
+    sections = {"digits-model": quality, "stage1": stage1, "stage2": stage2, "storage": storage}
+    for key, part in (("spacings_table", render_spacings), ("samplers", render_samplers),
+                      ("multifidelity", render_multifidelity), ("profile", render_profile)):
+        if key in results:
+            sections[key.replace("_", "-")] = "\n".join(head + part(results[key]))
+    return sections
+
+
+def _pm(mean_std) -> str:
+    return f"{mean_std[0]:.2f} ± {mean_std[1]:.2f}"
+
+
+def render_spacings(table: dict) -> list[str]:
+    rows = []
+    for k, row in table.items():
+        fixed = row["fixed"]
+        runs = row["searches"]
+        saving = np.mean([r["stage2_point"]["saving"] for r in runs])
+        rows.append(
+            f"| {k} | " + " | ".join(f"{fixed[label]['fid_heldout']:.2f}" for label in fixed)
+            + f" | {_pm(row['stage1_heldout'])} | {_pm(row['stage2_heldout'])} ({saving:.0%}) | "
+            f"{np.mean([r['trials'] + r['stage2_trials'] for r in runs]):.0f} | "
+            f"{np.mean([r['images'] for r in runs]):,.0f} | "
+            f"{np.mean([r['cpu_s'] for r in runs]):.0f} |")
+    labels = list(next(iter(table.values()))["fixed"])
+    samples = next(iter(table.values()))["samples"]
+    return [
+        f"Held-out FID ({len(HELDOUT_SEEDS)} held-out noise seeds, {samples} images each; "
+        "searched rows: mean ± std over 3 search seeds, each a full `make study` with preset "
+        "defaults). Stage 2 is its front's best-FID point, at no more GFLOPs than the full "
+        "network (its mean GFLOPs saving in brackets). Cost: evaluated candidates of both "
+        "stages, images sampled, CPU seconds (all threads), per search.",
+        "",
+        "| K | " + " | ".join(labels) + " | stage-1 search | stage-2 search | candidates | "
+        "images | CPU s |",
+        "|---" * (len(labels) + 6) + "|",
+        *rows,
+    ]
+
+
+def render_samplers(samplers: dict) -> list[str]:
+    first = next(iter(samplers.values()))
+    rows = [f"| {name} | {r['budget_trials']} | {r['best_fid_heldout_mean']:.2f} ± "
+            f"{r['best_fid_heldout_std']:.2f} | "
+            + ", ".join(f"{run['best_fid_heldout']:.2f}" for run in r["runs"]) + " | "
+            f"{np.mean([run['cpu_s'] for run in r['runs']]):.0f} |"
+            for name, r in samplers.items()]
+    return [
+        f"Stage 1 on digits, K={first['steps']}, the same encoding, the same first trials (the "
+        f"standard spacings) and the same budget of {first['budget_trials']} evaluated "
+        "candidates for every sampler; the best candidate (by search FID) re-scored on "
+        "held-out noise. 3 search seeds each. Best FID against trials: `bench/samplers.html`.",
+        "",
+        "| sampler | budget (trials) | best held-out FID (mean ± std) | per seed | CPU s per search |",
+        "|---|---|---|---|---|",
+        *rows,
+    ]
+
+
+def render_multifidelity(mf: dict) -> list[str]:
+    full, pruned = mf["heldout_fid_full"], mf["heldout_fid_pruned"]
+    return [
+        f"Stage 1 on digits, K={mf['steps']}, {mf['budget_trials']} evaluated candidates per "
+        f"search, 3 seeds; multi-fidelity reports FID at {mf['min_samples']}, "
+        f"{2 * mf['min_samples']}, ... images and prunes with Optuna's SuccessiveHalvingPruner "
+        f"(values compared at equal image counts only); complete trials use all "
+        f"{mf['samples']}.",
+        "",
+        "| search | images sampled (3 seeds) | CPU s (3 seeds) | final best, held-out FID |",
+        "|---|---|---|---|",
+        f"| without pruning | {sum(r['images'] for r in mf['runs']['full']):,} | "
+        f"{mf['cpu_s_full']:.0f} | {_pm(full)} |",
+        f"| multi-fidelity | {sum(r['images'] for r in mf['runs']['pruned']):,} | "
+        f"{mf['cpu_s_pruned']:.0f} | {_pm(pruned)} |",
+        "",
+        f"Images saved: **{mf['image_reduction']:.0%}** (target >= 40%); held-out FID of the final "
+        f"best, pruned over unpruned: **{mf['heldout_fid_ratio']:.3f}**.",
+    ]
+
+
+def render_profile(p: dict) -> list[str]:
+    rows = [f"| {group} | {seconds * 1e3:.0f} ms | {seconds / p['trial_s']:.0%} |"
+            for group, seconds in p["groups_s"].items()]
+    return [
+        f"cProfile of {p['trials']} stage-1 trials (K={p['steps']}, {p['samples']} images, SQLite "
+        f"study; `bench/profile.py`): {p['trial_s']:.2f} s per trial.",
+        "",
+        "| where | per trial | share |",
+        "|---|---|---|",
+        *rows,
+    ]
 
 
 def main() -> None:
     """``python -m bench.run [PART ...]``: all parts, or re-measure only the named ones
-    (model_quality, trial_time_s, default_study, storage_overhead, masked_speed) and keep the
-    other numbers of bench/results.json."""
+    (model_quality, trial_time_s, default_study, storage_overhead, masked_speed,
+    spacings_table, samplers, multifidelity, profile) and keep the other numbers of
+    bench/results.json."""
+    from bench import search
+    from bench.profile import profile_trials
+
     parts = {"model_quality": model_quality, "trial_time_s": trial_time,
              "default_study": default_study, "storage_overhead": storage_overhead,
-             "masked_speed": None}
+             "masked_speed": None, "spacings_table": search.spacings_table,
+             "samplers": search.sampler_comparison, "multifidelity": search.multifidelity,
+             "profile": profile_trials}
     wanted = sys.argv[1:] or list(parts)
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() and sys.argv[1:] else {}
     results["machine"] = machine()
     for key in wanted:
         print(f"{key} ...", flush=True)
-        if key == "masked_speed":
+        if key == "multifidelity" and "samplers" in results:
+            # its unpruned searches are the sampler comparison's EvolutionarySampler runs
+            results[key] = search.multifidelity(unpruned=results["samplers"]["evolutionary"]["runs"])
+        elif key == "masked_speed":
             # wall clock is checked on the front point that skips the most compute
             pick = min(results["default_study"]["pareto"], key=lambda p: p["gflops"])
             results[key] = masked_speed(tuple(pick["timesteps"]), pick["skip"])
@@ -246,7 +362,9 @@ def main() -> None:
             results[key] = parts[key]()
     RESULTS.write_text(json.dumps(results, indent=1) + "\n")
     write_sections(render(results))
-    print(json.dumps({k: v for k, v in results.items() if k != "default_study"}, indent=1))
+    if "samplers" in results:
+        write_sampler_plot(results["samplers"])
+    print(f"updated {RESULTS.relative_to(ROOT)} and BENCHMARKS.md ({', '.join(wanted)})")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """Model adapters behind one interface, and the registry of presets."""
 
 from autodiff_optuna.models.base import DiffusionModel
-from autodiff_optuna.models.registry import PRESETS, get_preset, load_model, load_scorer
+from autodiff_optuna.models.registry import (PRESETS, ModelOptions, get_preset, load_model,
+                                             load_scorer)
 
-__all__ = ["DiffusionModel", "PRESETS", "get_preset", "load_model", "load_scorer"]
+__all__ = ["DiffusionModel", "ModelOptions", "PRESETS", "get_preset", "load_model",
+           "load_scorer"]

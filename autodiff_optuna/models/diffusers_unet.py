@@ -12,34 +12,86 @@ from autodiff_optuna.sampling.skipping import SkippableLayer
 
 
 class DiffusersUNetModel(DiffusionModel):
-    """A ``save_pretrained`` directory with ``unet/`` and ``scheduler/`` inside."""
+    """A diffusers ``UNet2DModel`` with its scheduler config, in either layout diffusers writes:
+    a pipeline's ``save_pretrained`` directory (``unet/`` and ``scheduler/`` inside: the bundled
+    digits model) or a flat model repository (``config.json``, ``scheduler_config.json`` and the
+    weights side by side: google/ddpm-*)."""
 
-    def __init__(self, name: str, directory: Path, device: str | torch.device = "cpu"):
-        from diffusers import UNet2DModel
+    def __init__(self, name: str, directory: Path, device: str | torch.device = "cpu",
+                 clip_denoised: bool = False, precision: str | None = "fp32",
+                 compile: bool = False, batch_size: int | None = None,
+                 batch_size_cpu: int | None = None):
+        from diffusers import DDPMScheduler, UNet2DModel
 
-        scheduler_file = directory / "scheduler" / "scheduler_config.json"
-        weights = sorted((directory / "unet").glob("diffusion_pytorch_model*"))
-        for needed in [directory / "unet" / "config.json", scheduler_file]:
-            if not needed.is_file():
-                raise UsageError(f"model {name!r}: {needed} is missing (a diffusers "
-                                 "save_pretrained directory holds unet/ and scheduler/)")
+        directory = Path(directory)
+        nested = (directory / "unet" / "config.json").is_file()
+        unet_dir = directory / "unet" if nested else directory
+        scheduler_file = (directory / "scheduler" / "scheduler_config.json" if nested
+                          else directory / "scheduler_config.json")
+        if not (unet_dir / "config.json").is_file() or not scheduler_file.is_file():
+            raise UsageError(f"model {name!r}: {directory} is not a diffusers model directory "
+                             "(it needs unet/config.json and scheduler/scheduler_config.json, or "
+                             "config.json and scheduler_config.json side by side)")
+        weights = sorted(unet_dir.glob("diffusion_pytorch_model*"))
         if not weights:
             raise UsageError(f"model {name!r}: no weights (diffusion_pytorch_model.*) in "
-                             f"{directory / 'unet'}")
+                             f"{unet_dir}")
         self.name = name
-        self.device = torch.device(device)
-        self.unet = UNet2DModel.from_pretrained(directory / "unet").to(self.device).eval()
-        self._scheduler_config = json.loads(scheduler_file.read_text())
-        self.fingerprint = files_digest(weights + [scheduler_file])
+        self._configure_runtime(device, precision, compile, batch_size, batch_size_cpu)
+        try:
+            unet = UNet2DModel.from_pretrained(unet_dir, local_files_only=True)
+        except (OSError, ValueError) as err:
+            raise UsageError(f"model {name!r}: cannot load {unet_dir}: "
+                             f"{str(err).splitlines()[0]}") from None
+        self.unet = unet.to(self.device).eval()
+        config = json.loads(scheduler_file.read_text())
+        if "num_train_timesteps" not in config:  # an old hub config: diffusers' defaults fill in
+            config = {k: v for k, v in DDPMScheduler.from_config(config).config.items()
+                      if not k.startswith("_")}
+        self._scheduler_config = config
+        self.clip_denoised = clip_denoised
+        self.fingerprint = files_digest(weights + [scheduler_file]) + self._runtime_fingerprint()
         cfg = self.unet.config
         self.sample_shape = (cfg.in_channels, cfg.sample_size, cfg.sample_size)
+        if cfg.num_class_embeds:
+            raise UsageError(f"model {name!r}: class-conditional diffusers UNets are not "
+                             "supported")
+
+    @classmethod
+    def from_preset(cls, preset, options, device) -> "DiffusersUNetModel":
+        from autodiff_optuna.models.files import resolve
+
+        if options.classifier or options.classifier_scale:
+            raise UsageError(f"model {preset.name!r} has no classifier guidance")
+        if preset.directory is not None:  # bundled
+            if options.checkpoint:
+                raise UsageError(f"model {preset.name!r} is bundled: --checkpoint does not "
+                                 "apply")
+            directory = preset.directory
+        else:
+            directory = resolve(preset.weights, options.checkpoint, preset=preset.name)
+        precision = options.precision or ("fp32" if preset.directory is not None else None)
+        return cls(preset.name, directory, device, clip_denoised=preset.clip_denoised,
+                   precision=precision, compile=options.compile,
+                   batch_size=options.batch_size, batch_size_cpu=preset.batch_size_cpu)
 
     @property
     def scheduler_config(self) -> dict[str, Any]:
         return self._scheduler_config
 
+    @property
+    def network(self) -> torch.nn.Module:
+        return self.unet
+
     def predict_noise(self, x, t, labels=None):
-        return self.unet(x, t).sample
+        def run(x, labels):
+            with self._autocast():
+                return self.unet(x, t).sample.float()
+
+        eps = self._padded(run, x, None)
+        if self.clip_denoised:
+            eps = self._clip_eps(x, t, eps)
+        return eps
 
     def _find_skippable_layers(self) -> dict[str, SkippableLayer]:
         from diffusers.models.attention_processor import Attention

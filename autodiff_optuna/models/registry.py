@@ -1,54 +1,167 @@
-"""The one registry of model presets: which network, which adapter, which FID features."""
+"""The one registry of model presets: which network, which adapter, which files, which FID.
 
-from dataclasses import dataclass
+Every fact about a preset lives here once: its family (which adapter loads it), the files it needs
+with their public URLs, its architecture flags, its default FID reference statistics. Where the
+files are looked for is ``models/files.py``; ``--checkpoint`` and friends override it per run
+(``ModelOptions``).
+"""
+
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
 from autodiff_optuna.errors import UsageError
 from autodiff_optuna.models.base import DiffusionModel
+from autodiff_optuna.models.files import RemoteFile
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
+ADM_URL = "https://openaipublic.blob.core.windows.net/diffusion/jul-2021"
+CLEANFID_STATS_URL = "https://www.cs.cmu.edu/~clean-fid/stats"
 
-@dataclass(frozen=True)
+# clean-fid's Inception-V3 (the TF FID network as TorchScript); the URL is
+# cleanfid.downloads_helper.inception_url (a test checks it)
+INCEPTION = RemoteFile(
+    "inception-2015-12-05.pt",
+    "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/"
+    "inception-2015-12-05.pt",
+    flag="--inception", what="Inception-V3 FID network")
+
+
+def cleanfid_stats(dataset: str, res: int, split: str, mode: str = "clean") -> RemoteFile:
+    """One of clean-fid's precomputed statistics, named as ``get_reference_statistics`` names
+    it (clean-fid keeps the ones it downloads in its package's ``stats/`` folder)."""
+    name = f"{dataset}_{mode}_{split}_{res}.npz".lower()
+    return RemoteFile(name, f"{CLEANFID_STATS_URL}/{name}", flag="--ref-stats",
+                      what="FID reference statistics")
+
+
+@dataclass(frozen=True, eq=False)
 class ModelPreset:
     name: str
-    family: str  # which adapter loads it
-    directory: Path
-    fid: str  # which FIDScorer scores it
+    family: str  # which adapter loads it: "diffusers-unet" | "adm"
+    fid: str  # which scorer: "digits" (bundled) | "inception" (clean-fid's Inception-V3)
     description: str
+    resolution: int
+    directory: Path | None = None  # bundled weights (digits)
+    weights: RemoteFile | None = None  # ADM: the .pt state dict; diffusers: the hub repo
+    flags: dict = field(default_factory=dict)  # ADM: guided-diffusion's create_model flags
+    diffusion: dict = field(default_factory=dict)  # ADM: diffusion_steps, noise_schedule
+    classifier: RemoteFile | None = None  # ADM-G: the noisy-image classifier
+    classifier_flags: dict = field(default_factory=dict)  # create_classifier flags
+    classifier_scale: float = 0.0  # default guidance scale (0: unguided)
+    ref_stats: RemoteFile | None = None  # default FID reference statistics
+    fid_mode: str = "clean"  # clean-fid mode the features are computed in
+    clip_denoised: bool = False  # clip the x0 prediction to [-1, 1] at every step
+    batch_size_cpu: int | None = None  # images per network call on the CPU (None: all)
+
+
+# openai/guided-diffusion's README, "ImageNet 64x64" (MODEL_FLAGS / CLASSIFIER_FLAGS)
+ADM64_FLAGS = dict(image_size=64, num_channels=192, num_res_blocks=3, num_head_channels=64,
+                   attention_resolutions="32,16,8", class_cond=True, learn_sigma=True,
+                   resblock_updown=True, use_new_attention_order=True,
+                   use_scale_shift_norm=True, dropout=0.1, use_fp16=True)
+ADM64_CLASSIFIER_FLAGS = dict(image_size=64, classifier_attention_resolutions="32,16,8",
+                              classifier_depth=4, classifier_width=128,
+                              classifier_pool="attention", classifier_resblock_updown=True,
+                              classifier_use_scale_shift_norm=True, classifier_use_fp16=True)
+
+
+def _ddpm(name: str, hub_id: str, res: int, stats: RemoteFile | None, what: str) -> ModelPreset:
+    return ModelPreset(
+        name, "diffusers-unet", "inception", f"{hub_id} ({what}), through diffusers", res,
+        weights=RemoteFile(hub_id.split("/")[1], f"https://huggingface.co/{hub_id}",
+                           flag="--checkpoint", what="diffusers model", hub_id=hub_id,
+                           files=("config.json", "diffusion_pytorch_model.safetensors",
+                                  "scheduler_config.json")),
+        ref_stats=stats, clip_denoised=True, batch_size_cpu=64)
 
 
 PRESETS = {
     preset.name: preset
     for preset in [
-        ModelPreset("digits", "diffusers-unet", WEIGHTS_DIR / "digits", "digits",
-                    "bundled 8x8 DDPM trained on scikit-learn's handwritten digits"),
+        ModelPreset("digits", "diffusers-unet", "digits",
+                    "bundled 8x8 DDPM trained on scikit-learn's handwritten digits", 8,
+                    directory=WEIGHTS_DIR / "digits"),
+        ModelPreset(
+            "adm64", "adm", "inception",
+            "openai/guided-diffusion ImageNet 64x64 (ADM; ADM-G with its classifier)", 64,
+            weights=RemoteFile("64x64_diffusion.pt", f"{ADM_URL}/64x64_diffusion.pt",
+                               flag="--checkpoint", what="ADM weights"),
+            flags=ADM64_FLAGS,
+            diffusion=dict(diffusion_steps=1000, noise_schedule="cosine"),
+            classifier=RemoteFile("64x64_classifier.pt", f"{ADM_URL}/64x64_classifier.pt",
+                                  flag="--classifier", what="ADM-G classifier"),
+            classifier_flags=ADM64_CLASSIFIER_FLAGS,
+            classifier_scale=1.0,  # guided-diffusion's README for 64x64 ADM-G
+            # ADM's reference batch; its mu/sigma were computed by ADM's TensorFlow evaluator
+            # (Inception resizing inside the graph), which is clean-fid's legacy_tensorflow mode
+            ref_stats=RemoteFile(
+                "VIRTUAL_imagenet64_labeled.npz",
+                f"{ADM_URL}/ref_batches/imagenet/64/VIRTUAL_imagenet64_labeled.npz",
+                flag="--ref-stats", what="FID reference statistics"),
+            fid_mode="legacy_tensorflow", clip_denoised=True, batch_size_cpu=64),
+        _ddpm("ddpm-cifar10", "google/ddpm-cifar10-32", 32,
+              cleanfid_stats("cifar10", 32, "train"), "CIFAR-10 32x32"),
+        _ddpm("ddpm-church256", "google/ddpm-church-256", 256,
+              cleanfid_stats("lsun_church", 256, "train"), "LSUN church 256x256"),
+        # clean-fid has no LSUN-bedroom statistics: pass --ref-stats
+        _ddpm("ddpm-bedroom256", "google/ddpm-bedroom-256", 256, None, "LSUN bedroom 256x256"),
     ]
 }
 
 
+@dataclass(frozen=True)
+class ModelOptions:
+    """Per-run overrides of a preset (the command line's flags); hashable, so a model and a
+    scorer are built once per process and options."""
+
+    checkpoint: str | None = None  # weights file, diffusers directory or hub id
+    classifier: str | None = None  # ADM-G classifier file
+    classifier_scale: float | None = None  # None: the preset's default
+    ref_stats: str | None = None  # FID reference statistics (.npz with mu, sigma)
+    inception: str | None = None  # clean-fid's inception-2015-12-05.pt
+    precision: str | None = None  # fp32 | bf16 | fp16; None: bf16 on CUDA, fp32 on CPU
+    compile: bool = False  # torch.compile each skippable block
+    batch_size: int | None = None  # images per network call; None: sized to the device
+
+
 def get_preset(name: str) -> ModelPreset:
     if name not in PRESETS:
-        raise UsageError(f"unknown model {name!r}; known models: {', '.join(sorted(PRESETS))}")
+        raise UsageError(f"unknown model {name!r}; known models: {', '.join(PRESETS)}")
     return PRESETS[name]
 
 
 @lru_cache(maxsize=None)
-def load_model(name: str, device: str = "cpu") -> DiffusionModel:
+def load_model(name: str, device: str = "cpu", options: ModelOptions | None = None
+               ) -> DiffusionModel:
     preset = get_preset(name)
+    options = options or ModelOptions()
     if preset.family == "diffusers-unet":
         from autodiff_optuna.models.diffusers_unet import DiffusersUNetModel
 
-        return DiffusersUNetModel(name, preset.directory, device)
+        return DiffusersUNetModel.from_preset(preset, options, device)
+    if preset.family == "adm":
+        from autodiff_optuna.models.adm import AdmModel
+
+        return AdmModel.from_preset(preset, options, device)
     raise AssertionError(f"no adapter for family {preset.family!r}")
 
 
-def load_scorer(name: str):
-    """The FID scorer for a model preset, built once per process."""
+@lru_cache(maxsize=None)
+def load_scorer(name: str, options: ModelOptions | None = None, device: str = "cpu"):
+    """The FID scorer for a model preset, built once per process (and options)."""
     preset = get_preset(name)
+    options = options or ModelOptions()
     if preset.fid == "digits":
         from autodiff_optuna.metrics.fid import digits_scorer
 
+        if options.ref_stats or options.inception:
+            raise UsageError(f"model {name!r} is scored by its bundled digits network: "
+                             "--ref-stats and --inception do not apply")
         return digits_scorer(preset.directory)
+    if preset.fid == "inception":
+        from autodiff_optuna.metrics.inception import inception_scorer_for
+
+        return inception_scorer_for(preset, options, device)
     raise AssertionError(f"no FID scorer {preset.fid!r}")

@@ -6,6 +6,8 @@ import time
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from autodiff_optuna.search.fidelity import PRUNED_AT, is_evaluated
+
 
 class ProgressPrinter:
     """An Optuna callback; ``target`` is the number of COMPLETE trials the study should reach."""
@@ -19,11 +21,15 @@ class ProgressPrinter:
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         self._finished_here += 1
-        n_complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+        trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+        n_complete = sum(is_evaluated(t) for t in trials)  # what counts towards the target
         per_trial = (time.monotonic() - self._started) / self._finished_here
         eta = _duration(per_trial * max(0, self._target - n_complete))
         steps = trial.user_attrs.get("timesteps")
-        if trial.state != TrialState.COMPLETE:
+        if PRUNED_AT in trial.user_attrs:
+            fid = trial.intermediate_values.get(trial.user_attrs[PRUNED_AT], float("nan"))
+            result = f"stopped at {trial.user_attrs[PRUNED_AT]} images, FID there {fid:.3f}"
+        elif trial.state != TrialState.COMPLETE:
             reason = (trial.user_attrs.get("fail_reason") or trial.user_attrs.get("surplus")
                       or f"duplicate of trial {trial.user_attrs.get('duplicate_of')}")
             result = f"{trial.state.name}: {reason}"

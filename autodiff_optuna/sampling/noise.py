@@ -18,6 +18,10 @@ class NoiseBatch:
     noise: torch.Tensor  # (n, C, H, W), the x_T every candidate starts from
     labels: torch.Tensor | None  # (n,) class labels for class-conditional models
 
+    def subset(self, start: int, stop: int) -> "NoiseBatch":
+        labels = None if self.labels is None else self.labels[start:stop]
+        return NoiseBatch(self.noise[start:stop], labels)
+
 
 def draw(model: DiffusionModel, n: int, seed: int, purpose: str = SEARCH) -> NoiseBatch:
     if purpose not in (SEARCH, HELDOUT):

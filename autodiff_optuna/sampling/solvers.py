@@ -45,7 +45,8 @@ def sample(model: DiffusionModel, timesteps: Schedule, batch: NoiseBatch, solver
     n = len(batch.noise)
     skip = skip or [()] * len(timesteps)
     layers = model.skippable_layers() if any(skip) else {}
-    batch_size = batch_size or n
+    # default: what the model says its device takes (real models: measured on CUDA), else all
+    batch_size = batch_size or getattr(model, "batch_size", None) or n
     outputs = []
     for start in range(0, n, batch_size):
         x = batch.noise[start:start + batch_size].to(model.device)

@@ -12,7 +12,7 @@ from autodiff_optuna.sampling.solvers import SOLVER_ORDERS
 
 PRESETS_DIR = Path(__file__).resolve().parents[2] / "studies"
 PRESET_KEYS = {"model", "steps", "trials", "stage2_trials", "population", "samples", "solver",
-               "seed"}
+               "seed", "min_samples"}
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,7 @@ class SearchConfig:
     samples: int = 1000
     seed: int = 0
     population: int = 20
+    min_samples: int | None = None  # first rung of multi-fidelity pruning (stage 1); None: off
 
     @property
     def default_name(self) -> str:

@@ -31,6 +31,7 @@ from optuna.trial import FrozenTrial, TrialState
 from optuna.samplers._base import _process_constraints_after_trial
 
 from autodiff_optuna.search.encoding import Candidate, CandidateSpace
+from autodiff_optuna.search.fidelity import is_evaluated
 
 MAX_REDRAWS = 100  # a child already in the study is redrawn up to this many times
 
@@ -102,8 +103,30 @@ class EvolutionarySampler(BaseGASampler):
         # before_trial stores it; sample_relative then gets a trial snapshot taken earlier
         key = (study.study_name, trial.number)
         if key not in self._generations:
-            self._generations[key] = super().get_trial_generation(study, trial)
+            self._generations[key] = self._generation_of(study, trial)
         return self._generations[key]
+
+    def _generation_of(self, study: optuna.Study, trial: FrozenTrial) -> int:
+        """``BaseGASampler``'s rule (a generation is full at ``population_size`` members), with
+        every evaluated trial a member: one that multi-fidelity pruning stopped after part of
+        its images is a rejected child of its generation, so pruning filters each generation
+        instead of slowing the evolution down."""
+        attr = self._get_generation_key()
+        stored = trial.system_attrs.get(attr)
+        if stored is not None:
+            return stored
+        newest, members = 0, 0
+        for t in study._get_trials(deepcopy=False, use_cache=True,
+                                   states=(TrialState.COMPLETE, TrialState.PRUNED)):
+            generation = t.system_attrs.get(attr, -1)
+            if not is_evaluated(t) or generation < newest:
+                continue
+            if generation > newest:
+                newest, members = generation, 0
+            members += 1
+        generation = newest if members < self._population_size else newest + 1
+        study._storage.set_trial_system_attr(trial._trial_id, attr, generation)
+        return generation
 
     def get_parent_population(self, study: optuna.Study, generation: int) -> list[FrozenTrial]:
         key = (study.study_name, generation)

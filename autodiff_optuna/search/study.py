@@ -22,6 +22,7 @@ from autodiff_optuna.models import load_model, load_scorer
 from autodiff_optuna.reporting.progress import ProgressPrinter
 from autodiff_optuna.sampling import SEARCH, draw, standard_spacings
 from autodiff_optuna.search.config import SearchConfig, code_version
+from autodiff_optuna.search import fidelity
 from autodiff_optuna.search.encoding import Candidate, CandidateSpace
 from autodiff_optuna.search.evolutionary import EvolutionarySampler
 from autodiff_optuna.search.objective import score_schedule
@@ -48,11 +49,14 @@ class SearchContext:
     costs: LayerCosts
 
     @classmethod
-    def build(cls, config: SearchConfig, device: str = "cpu") -> "SearchContext":
-        model = load_model(config.model, device)
+    def build(cls, config: SearchConfig, device: str = "cpu",
+              options=None) -> "SearchContext":
+        """``options``: a ``models.ModelOptions`` (--checkpoint, --ref-stats, ...), or None."""
+        model = load_model(config.model, device, options)
         config.check(model.num_train_timesteps)
-        scorer = load_scorer(config.model)
+        scorer = load_scorer(config.model, options, device)
         scorer.check_sample_count(config.samples)
+        fidelity.check(config.samples, config.min_samples, scorer)
         spacings = standard_spacings(config.steps, model.num_train_timesteps,
                                      alphas_cumprod(model))
         return cls(config, model, scorer, spacings, layer_costs(model))
@@ -91,12 +95,14 @@ def _sampler(ctx: SearchContext, stage: int, initial: list[Candidate]) -> Evolut
                                initial=initial, seed=ctx.config.seed + 1000 * (stage - 1))
 
 
-def open_stage1(ctx: SearchContext, name: str, storage) -> optuna.Study:
+def open_stage1(ctx: SearchContext, name: str, storage,
+                sampler: optuna.samplers.BaseSampler | None = None) -> optuna.Study:
     """Create or resume the stage-1 study. Its first trials are the standard spacings, queued
-    once by whichever process creates the study, uniform (the baseline) first."""
+    once by whichever process creates the study, uniform (the baseline) first. ``sampler``
+    replaces the EvolutionarySampler (the benchmark compares Optuna's own on this encoding)."""
     space = ctx.space(1)
     initial = [space.candidate(s) for s in ctx.spacings.values()]
-    return _open(ctx, name, storage, 1, _sampler(ctx, 1, initial), ["minimize"],
+    return _open(ctx, name, storage, 1, sampler or _sampler(ctx, 1, initial), ["minimize"],
                  first_trials=[(space.encode(c), {"spacing": spacing})
                                for spacing, c in zip(ctx.spacings, initial)],
                  extra_attrs={"spacings": {k: list(v) for k, v in ctx.spacings.items()}})
@@ -147,11 +153,14 @@ def _open(ctx, name, storage, stage, sampler, directions, max_gflops=None, extra
     if isinstance(storage, str) or storage is None:
         storage = open_storage(storage)
     wanted = stage_config(ctx, stage, max_gflops)
+    # multi-fidelity pruning needs one objective (Optuna's pruners rank a single value)
+    pruner = fidelity.make_pruner(ctx.config.min_samples if stage == 1 else None)
     try:
         study = optuna.create_study(study_name=name, storage=storage, sampler=sampler,
-                                    directions=directions)
+                                    directions=directions, pruner=pruner)
     except optuna.exceptions.DuplicatedStudyError:
-        study = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
+        study = optuna.load_study(study_name=name, storage=storage, sampler=sampler,
+                                  pruner=pruner)
         _wait_for_config(study)
         _check_stored(study, wanted, stage, storage)
         return study
@@ -198,12 +207,19 @@ def make_objective(ctx: SearchContext, stage: int, target: int | None = None,
     batch = draw(ctx.model, ctx.config.samples, ctx.config.seed, SEARCH)
     space = ctx.space(stage)
     interrupted = interrupted if interrupted is not None else {}
+    rungs = fidelity.rungs(ctx.config.samples, ctx.config.min_samples) if stage == 1 else []
 
-    def sample_and_score(candidate: Candidate) -> float:
+    def sample_and_score(candidate: Candidate, trial: optuna.Trial) -> float:
+        if rungs:
+            return fidelity.score_in_rungs(trial, ctx.model, ctx.scorer, candidate, batch,
+                                           ctx.config.solver, rungs, batch_size)
         return score_schedule(ctx.model, ctx.scorer, candidate.timesteps, batch,
                               ctx.config.solver, batch_size, skip=candidate.skip)
 
-    score = score or sample_and_score
+    def given_score(candidate: Candidate, trial: optuna.Trial) -> float:
+        return score(candidate)
+
+    scorer = sample_and_score if score is None else given_score
 
     def objective(trial: optuna.Trial):
         try:
@@ -225,16 +241,26 @@ def make_objective(ctx: SearchContext, stage: int, target: int | None = None,
             if max_gflops is not None:  # <= 0 is feasible; NSGA-II ranks infeasible ones last
                 trial.set_constraint("gflops", gflops - max_gflops)
         try:
-            fid = score(candidate)
+            fid = scorer(candidate, trial)
         except FIDError as err:
             trial.set_user_attr("fail_reason", str(err))
             raise
+        except optuna.TrialPruned:  # stopped early by the pruner: it counts towards the target
+            _stop_at_target(trial, trial.study.get_trials(deepcopy=False), target)
+            raise
         live = _check_concurrent_workers(trial, space, candidate, target=None)  # a twin won?
-        if target is not None and sum(t.state == TrialState.COMPLETE for t in live) + 1 >= target:
-            trial.study.stop()  # this trial completes the study (MaxTrialsCallback's job, no re-read)
+        _stop_at_target(trial, live, target)
         return (fid, gflops) if stage == 2 else fid
 
     return objective
+
+
+def _stop_at_target(trial: optuna.Trial, trials: list[FrozenTrial], target: int | None) -> None:
+    """Stop the study when this trial completes its target (MaxTrialsCallback's job, without
+    another read of the study)."""
+    others = sum(fidelity.is_evaluated(t) for t in trials if t.number != trial.number)
+    if target is not None and others + 1 >= target:
+        trial.study.stop()
 
 
 def _check_concurrent_workers(trial: optuna.Trial, space: CandidateSpace, candidate: Candidate,
@@ -250,8 +276,9 @@ def _check_concurrent_workers(trial: optuna.Trial, space: CandidateSpace, candid
       canonical parameters, which the EvolutionarySampler always writes; a generic sampler's
       non-canonical twin of a candidate is not caught.)
     """
-    live = trial.study.get_trials(deepcopy=False, states=(
-        TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING))
+    live = [t for t in trial.study.get_trials(deepcopy=False, states=(
+        TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING, TrialState.PRUNED))
+        if t.state != TrialState.PRUNED or fidelity.is_evaluated(t)]
     if target is not None and sum(t.number < trial.number for t in live) >= target:
         trial.set_user_attr("surplus", "the target was reached by other workers")
         trial.study.stop()
@@ -262,7 +289,7 @@ def _check_concurrent_workers(trial: optuna.Trial, space: CandidateSpace, candid
     for t in live:
         if t.number == trial.number or t.state == TrialState.WAITING:
             continue
-        if (t.state == TrialState.COMPLETE or t.number < trial.number) and t.params == params:
+        if (fidelity.is_evaluated(t) or t.number < trial.number) and t.params == params:
             trial.set_user_attr("duplicate_of", t.number)
             raise optuna.TrialPruned(f"duplicate of trial {t.number}")
     return live
@@ -285,7 +312,8 @@ class _StopOnFailures:
 def run(ctx: SearchContext, study: optuna.Study, trials: int, progress: bool = True,
         batch_size: int | None = None, score=None, callbacks=(),
         max_gflops: float | None = None) -> None:
-    """Run until the study holds ``trials`` COMPLETE trials (a rerun resumes).
+    """Run until ``trials`` candidates are evaluated: COMPLETE trials, plus those the
+    multi-fidelity pruner stopped early (a rerun resumes).
 
     Other workers may stop this one early (their running trials make up the target); it then
     waits for them, and goes on if a trial of theirs failed or its worker died."""
@@ -296,7 +324,7 @@ def run(ctx: SearchContext, study: optuna.Study, trials: int, progress: bool = T
         callbacks.append(ProgressPrinter(trials, label=f"stage {stage}"))
     interrupted: dict = {}
     objective = make_objective(ctx, stage, trials, batch_size, score, max_gflops, interrupted)
-    while len(_complete(study)) < trials:
+    while _n_evaluated(study) < trials:
         try:
             study.optimize(objective, callbacks=callbacks, catch=(FIDError,))
         except KeyboardInterrupt:
@@ -337,6 +365,11 @@ def _requeue_interrupted(study: optuna.Study, number: int | None, names) -> None
 
 def _complete(study: optuna.Study) -> list[FrozenTrial]:
     return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+
+
+def _n_evaluated(study: optuna.Study) -> int:
+    return sum(fidelity.is_evaluated(t) for t in study.get_trials(
+        deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
 
 
 def best_summary(study: optuna.Study) -> dict:

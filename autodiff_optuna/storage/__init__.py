@@ -154,3 +154,26 @@ def load_existing_study(name: str, storage: RDBStorage, hint: str = "") -> optun
         raise UsageError(f"no study named {name!r} in {redact(storage.url)}; studies there: "
                          f"{known}" + (f"; {hint}" if hint else ""))
     return optuna.load_study(study_name=name, storage=storage)
+
+
+DEFAULT_ARTIFACTS = "studies/artifacts"
+
+
+def artifacts_dir(url: str | None, override: str | None = None) -> Path:
+    """Where a storage's artifact files (sample grids) live; the report and the dashboard both
+    ask here, so they agree. An SQLite file keeps them beside it (``<db dir>/artifacts``); any
+    other database in ``override`` or ``studies/artifacts``."""
+    if override:
+        return Path(override)
+    from sqlalchemy.engine import make_url
+
+    url = url or DEFAULT_STORAGE
+    try:
+        database = make_url(url).database if url.startswith("sqlite") else None
+    except Exception:
+        database = None
+    if database and database != ":memory:":
+        if database.startswith("file:"):  # an SQLite URI filename (file:PATH?mode=ro&uri=true)
+            database = database[len("file:"):].split("?", 1)[0]
+        return Path(database).parent / "artifacts"
+    return Path(DEFAULT_ARTIFACTS)

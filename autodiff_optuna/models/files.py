@@ -1,0 +1,147 @@
+"""Where the files of a real model come from; nothing is ever downloaded behind the user's back.
+
+A file is looked for, in order:
+
+1. the path its flag names (``--checkpoint``, ``--classifier``, ``--ref-stats``, ``--inception``);
+2. ``$AUTODIFF_MODELS_DIR/<name>``;
+3. the default models directory, ``$XDG_CACHE_HOME/autodiff-optuna`` (``~/.cache/autodiff-optuna``);
+4. where its own library keeps it, read-only: clean-fid's ``/tmp/inception-2015-12-05.pt`` and
+   ``cleanfid/stats/``, the Hugging Face cache for a hub model (offline).
+
+A file found nowhere is one ``UsageError`` line naming it, its public URL and the directory to put
+it in. ``python -m autodiff_optuna download MODEL`` fetches a preset's files where there is
+internet (``download`` below), with a timeout, into the first of those directories.
+"""
+
+import os
+import shutil
+import sys
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from autodiff_optuna.errors import UsageError
+
+ENV_DIR = "AUTODIFF_MODELS_DIR"
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    name: str  # file name (a directory name for a hub model)
+    url: str  # where it is published
+    flag: str  # the command-line flag that points at it directly
+    what: str  # for messages: "ADM weights", ...
+    hub_id: str | None = None  # a Hugging Face model repository (a directory of ``files``)
+    files: tuple[str, ...] = ()  # for a hub model: the files the directory needs
+
+
+def default_models_dir() -> Path:
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "autodiff-optuna"
+
+
+def models_dirs() -> list[Path]:
+    """The directories searched, in order; the first is where a missing file should go."""
+    env = os.environ.get(ENV_DIR)
+    return ([Path(env).expanduser()] if env else []) + [default_models_dir()]
+
+
+def missing_message(remote: RemoteFile, preset: str | None = None) -> str:
+    where = models_dirs()[0]
+    fetch = f"; `python -m autodiff_optuna download {preset}` fetches it" if preset else ""
+    if remote.hub_id:
+        return (f"missing {remote.hub_id}: download {remote.url} ({', '.join(remote.files)}) "
+                f"into {where / remote.name} (or pass {remote.flag} DIR|HUB_ID{fetch})")
+    return (f"missing {remote.name}: download {remote.url} and put it in {where} "
+            f"(or pass {remote.flag} PATH{fetch})")
+
+
+def resolve(remote: RemoteFile, override: str | None = None, extra_dirs=(),
+            preset: str | None = None) -> Path:
+    """The local path of ``remote``: the override, else the first directory holding it."""
+    if override:
+        path = Path(override).expanduser()
+        if path.exists():
+            _check_complete(remote, path)
+            return path
+        if remote.hub_id and _looks_like_hub_id(override):
+            cached = _hub_cache(override)
+            if cached is not None:
+                return cached
+            raise UsageError(f"{remote.flag} {override}: not a local directory, and the hub "
+                             f"model is not in the Hugging Face cache (offline); download "
+                             f"https://huggingface.co/{override} first")
+        raise UsageError(f"{remote.flag} {override}: no such file")
+    for directory in [*models_dirs(), *extra_dirs]:
+        path = directory / remote.name
+        if path.exists():
+            _check_complete(remote, path)
+            return path
+    if remote.hub_id:
+        cached = _hub_cache(remote.hub_id)
+        if cached is not None:
+            return cached
+    raise UsageError(missing_message(remote, preset))
+
+
+def _looks_like_hub_id(text: str) -> bool:
+    parts = text.split("/")
+    return len(parts) == 2 and all(parts) and not text.startswith((".", "~"))
+
+
+def _check_complete(remote: RemoteFile, path: Path) -> None:
+    if remote.hub_id and path.is_dir():
+        return  # the adapter names what a directory lacks (two layouts are accepted)
+    if remote.hub_id or path.is_dir():
+        raise UsageError(f"{path} should be a {'directory' if remote.hub_id else 'file'}")
+
+
+def _hub_cache(hub_id: str) -> Path | None:
+    """A hub model already in the Hugging Face cache; never a network request."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(hub_id, local_files_only=True))
+    except Exception:  # not cached, or no huggingface_hub: the caller reports it missing
+        return None
+
+
+def download(remotes: list[RemoteFile], directory: Path | None = None,
+             timeout: float = 60.0) -> list[Path]:
+    """Fetch each file (or hub model's files) that is not already in ``directory`` (default:
+    the first models directory). A failed fetch is one UsageError line; a partial file never
+    stays behind."""
+    directory = directory or models_dirs()[0]
+    done = []
+    for remote in remotes:
+        target = directory / remote.name
+        if remote.hub_id:
+            for name in remote.files:
+                url = f"https://huggingface.co/{remote.hub_id}/resolve/main/{name}"
+                _fetch(url, target / name, timeout)
+        else:
+            _fetch(remote.url, target, timeout)
+        done.append(target)
+    return done
+
+
+def _fetch(url: str, target: Path, timeout: float) -> None:
+    if target.exists():
+        print(f"have {target}", flush=True)
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".part")
+    print(f"downloading {url} -> {target}", flush=True)
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response, partial.open("wb") as f:
+            shutil.copyfileobj(response, f, length=1 << 20)
+    except (urllib.error.URLError, OSError, TimeoutError) as err:
+        partial.unlink(missing_ok=True)
+        reason = getattr(err, "reason", None) or err
+        raise UsageError(f"cannot download {url}: {reason}") from None
+    except KeyboardInterrupt:
+        partial.unlink(missing_ok=True)
+        print(f"\ninterrupted; {partial} removed", file=sys.stderr)
+        raise
+    partial.rename(target)

@@ -1,0 +1,40 @@
+"""Held-out FID of the table's candidates, as ``evaluate`` computes it, cached in the study.
+
+The search scores every candidate on one fixed noise batch, so the best of many candidates is
+biased towards that batch; the held-out noise stream (``sampling.noise.HELDOUT``) is one no study
+searches on. Each value is stored in the stage-1 study's user attribute ``heldout_fid`` with
+what it was computed from, so a rerun of the report does not sample again.
+"""
+
+from autodiff_optuna.metrics.fid import FIDError
+from autodiff_optuna.sampling import HELDOUT, draw
+from autodiff_optuna.search.objective import score_schedule
+
+CACHE_ATTR = "heldout_fid"
+
+
+def fill(rows, study, model, scorer, solver: str, samples: int, seed: int, log) -> None:
+    """Set ``heldout_fid`` on every row: from the cache, or sampled on held-out noise."""
+    cached = list(study.user_attrs.get(CACHE_ATTR, []))
+    batch = None
+    for i, row in enumerate(rows, 1):
+        key = {"timesteps": row.timesteps, "skip": row.skip, "solver": solver,
+               "samples": samples, "seed": seed, "model_weights": model.fingerprint}
+        hit = next((c for c in cached if {k: c.get(k) for k in key} == key), None)
+        if hit is None:
+            log(f"held-out FID {i}/{len(rows)}: {row.timesteps}, {row.skipped} layer-steps "
+                f"skipped, {samples} samples")
+            batch = batch or draw(model, samples, seed, HELDOUT)  # one batch: common noise
+            hit = {**key, "fid": _score(model, scorer, row, batch, solver)}
+            cached.append(hit)
+        row.heldout_fid = hit["fid"]
+    if cached != study.user_attrs.get(CACHE_ATTR, []):
+        study.set_user_attr(CACHE_ATTR, cached)
+
+
+def _score(model, scorer, row, batch, solver: str) -> float | None:
+    try:
+        return score_schedule(model, scorer, tuple(row.timesteps), batch, solver,
+                              skip=[tuple(s) for s in row.skip])
+    except FIDError:  # non-finite samples: the table says n/a, as the search records FAIL
+        return None

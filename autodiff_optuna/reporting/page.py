@@ -1,0 +1,81 @@
+"""The report as one HTML page that opens offline: plotly.js is inlined once in the head, each
+figure adds only its data, and images are files beside the page."""
+
+import html
+import math
+
+import plotly.graph_objects as go
+from plotly.offline import get_plotlyjs
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1150px;
+       color: #222; padding: 0 1em; }
+h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ccc; margin-top: 1.8em; }
+.meta, .note { color: #555; } .note { font-style: italic; }
+.panel { margin: 1.2em 0; }
+.grids { display: flex; flex-wrap: wrap; gap: 1.5em; }
+.grids figure { margin: 0; } .grids img { image-rendering: pixelated; border: 1px solid #ddd; }
+table { border-collapse: collapse; font-size: 0.92em; }
+th, td { border: 1px solid #ddd; padding: 0.3em 0.6em; text-align: right; }
+td.text, th.text { text-align: left; }
+"""
+
+
+def page(title: str, meta: list[str], sections: list[tuple[str, list[str]]]) -> str:
+    """``sections``: (heading, HTML blocks) in page order."""
+    body = [f"<h1>{html.escape(title)}</h1>"]
+    body += [f'<p class="meta">{line}</p>' for line in meta]
+    for heading, blocks in sections:
+        body.append(f"<h2>{html.escape(heading)}</h2>")
+        body += blocks
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f"<title>{html.escape(title)}</title><style>{STYLE}</style>"
+            f'<script type="text/javascript">{get_plotlyjs()}</script></head>'
+            f"<body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+def figure(slug: str, title: str, fig: go.Figure | None, note: str = "") -> str:
+    """A plot (its data only: plotly.js is in the head) or, without one, its note."""
+    if fig is None:
+        return (f'<div class="panel" id="{slug}"><h3>{html.escape(title)}</h3>'
+                f'<p class="note">{html.escape(note)}</p></div>')
+    div = fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"plot-{slug}",
+                      config={"displaylogo": False, "responsive": True})
+    return f'<div class="panel" id="{slug}">{div}</div>'
+
+
+def note(text: str) -> str:
+    return f'<p class="note">{html.escape(text)}</p>'
+
+
+def grids(images: list[tuple[str, str]]) -> str:
+    """(file name beside the page, caption) pairs, side by side."""
+    cells = [f'<figure><img src="{html.escape(src)}" alt="{html.escape(caption)}">'
+             f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+             for src, caption in images]
+    return '<div class="grids">' + "".join(cells) + "</div>"
+
+
+def table(rows) -> str:
+    """The top-candidates table (``candidates.Row``s)."""
+    head = ("<tr><th class='text'>candidate</th><th class='text'>study</th><th>trial</th>"
+            "<th class='text'>time steps</th><th>layer-steps skipped</th><th>FID (search)</th>"
+            "<th>GFLOPs/image</th><th>held-out FID</th></tr>")
+    lines = []
+    for r in rows:
+        skipped = "; ".join(f"step {k + 1}: {', '.join(s)}" for k, s in enumerate(r.skip) if s)
+        lines.append(
+            f"<tr><td class='text'>{html.escape(r.label)}</td>"
+            f"<td class='text'>{html.escape(r.study or '-')}</td>"
+            f"<td>{'-' if r.trial is None else r.trial}</td>"
+            f"<td class='text'>{r.timesteps}</td>"
+            f"<td title='{html.escape(skipped)}'>{r.skipped}</td>"
+            f"<td>{_number(r.fid, 3)}</td><td>{_number(r.gflops, 4)}</td>"
+            f"<td>{_number(r.heldout_fid, 3)}</td></tr>")
+    return f"<table>{head}{''.join(lines)}</table>"
+
+
+def _number(value, digits: int) -> str:
+    if value is None or not math.isfinite(value):
+        return "n/a"
+    return f"{value:.{digits}f}"

@@ -1,0 +1,245 @@
+"""``report``: one HTML page per study under ``reports/<study>/index.html``.
+
+The page holds Optuna's plots of each study it covers (see ``studies`` for which), where the
+chosen schedules put their steps (time and log-SNR axes), stage 2's skip masks, sample grids of
+the uniform and the chosen schedules on the same held-out noise, and a table of the top
+candidates with search FID, GFLOPs and held-out FID. The grids are also attached to their
+trials as artifacts, for optuna-dashboard.
+"""
+
+import html
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from autodiff_optuna.errors import UsageError
+from autodiff_optuna.reporting import (
+    artifacts,
+    candidates,
+    heldout,
+    optuna_plots,
+    page,
+    plots,
+    png,
+    studies,
+)
+from autodiff_optuna.storage import artifacts_dir
+
+
+@dataclass
+class Options:
+    out: Path | None = None  # default reports/<study>
+    artifacts: str | None = None  # default: storage.artifacts_dir's rule
+    top: int = 5  # stage-1 candidates in the table
+    heldout_samples: int | None = None  # None: the study's own count per candidate; 0: none
+    grid: int = 64  # images per sample grid
+    seed: int = 0  # held-out noise seed of the grids and held-out FIDs (as ``evaluate --seed``)
+    png: bool = True
+    schedule: str | None = None  # an exported schedule file to show beside the others
+    device: str = "cpu"
+
+
+@dataclass
+class Chosen:
+    """A schedule the page singles out: it gets a sample grid and a row in the schedule plot."""
+
+    key: str  # file-name part: uniform, best, stage2, file
+    label: str  # its name in the schedule plot
+    caption: str
+    model: str
+    solver: str
+    timesteps: list[int]
+    skip: list[list[str]]
+    study: object = None  # the study and trial the grid is attached to (None: a file)
+    trial: object = None
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def build(name: str, storage, options: Options) -> Path:
+    """Write the report of study ``name``; returns the page's path."""
+    from autodiff_optuna.export import load_schedule
+    from autodiff_optuna.metrics.flops import layer_costs
+    from autodiff_optuna.models import load_model
+
+    _check_options(options)
+    reported = studies.load(name, storage)
+    config = reported.config
+    schedule = load_schedule(options.schedule) if options.schedule else None
+    if schedule is not None and schedule.model != config["model"]:
+        raise UsageError(f"schedule {options.schedule} is for model {schedule.model!r}, "
+                         f"the study for {config['model']!r}")
+    scorer, samples = _heldout_scorer(config, options)  # refuse a bad count before any work
+    out = Path(options.out or Path("reports") / name)
+    out.mkdir(parents=True, exist_ok=True)
+    log(f"report {name!r}: {', '.join(s.study_name for s in reported.shown)} -> {out}")
+
+    model = load_model(config["model"], options.device)
+    full_gflops = layer_costs(model).gflops([()] * config["steps"])
+    chosen, shown_trial = _chosen(reported, schedule, options.schedule)
+    rows = _rows(reported, options.top, full_gflops, shown_trial, schedule)
+    if scorer is not None:
+        heldout.fill(rows, reported.stage1, model, scorer, config["solver"], samples,
+                     options.seed, log)
+    grid_blocks = _grids(chosen, out, storage, options)
+    figures, blocks = _figures(reported, chosen, model, shown_trial)
+    png_notice = ""
+    if options.png:
+        log(f"rendering {len(figures)} plots to PNG")
+        png_notice = png.write_pngs(figures, out / "png")
+        if png_notice:
+            log(png_notice)
+    sections = [("Schedules", [blocks.pop("schedule"), grid_blocks]),
+                ("Top candidates", [page.table(rows), page.note(_heldout_note(samples, options))])]
+    sections += blocks.pop("studies")
+    meta = _meta(reported, config) + ([html.escape(png_notice)] if png_notice else [])
+    path = out / "index.html"
+    path.write_text(page.page(f"Study {name}", meta, sections), encoding="utf-8")
+    return path
+
+
+def _check_options(options: Options) -> None:
+    for flag, value, low in (("--top", options.top, 1), ("--grid", options.grid, 1),
+                             ("--heldout-samples", options.heldout_samples or 0, 0)):
+        if value < low:
+            raise UsageError(f"{flag} must be at least {low}, got {value}")
+
+
+def _chosen(reported, schedule, schedule_path) -> tuple[list[Chosen], object]:
+    """Uniform, stage 1's best, stage 2's shown trade-off, the schedule file: those present."""
+    config = reported.config
+    model, solver, full = config["model"], config["solver"], [[] for _ in range(config["steps"])]
+    out = []
+    uniform = studies.uniform_trial(reported.stage1)
+    if uniform is not None:
+        out.append(Chosen("uniform", "uniform", f"uniform: FID {uniform.value:.3f} (trial "
+                          f"{uniform.number})", model, solver, uniform.user_attrs["timesteps"],
+                          full, reported.stage1, uniform))
+    if reported.stage1 in reported.shown:
+        best = min(studies.complete(reported.stage1), key=lambda t: t.value)
+        out.append(Chosen("best", "stage 1 best", f"stage 1 best: FID {best.value:.3f} (trial "
+                          f"{best.number})", model, solver, best.user_attrs["timesteps"], full,
+                          reported.stage1, best))
+    shown_trial = None
+    if reported.stage2 is not None and reported.stage2 in reported.shown:
+        shown_trial = studies.stage2_pick(studies.front(reported.stage2),
+                                          uniform.value if uniform is not None else None)
+        if shown_trial is not None:
+            fid, gflops = shown_trial.values
+            out.append(Chosen("stage2", "stage 2 trade-off", f"stage 2 trade-off: FID {fid:.3f} "
+                              f"at {gflops:.4f} GFLOPs (trial {shown_trial.number})", model,
+                              solver, shown_trial.user_attrs["timesteps"],
+                              shown_trial.user_attrs["skip"], reported.stage2, shown_trial))
+    if schedule is not None:
+        fid = "" if schedule.fid is None else f": FID {schedule.fid:.3f} in its study"
+        out.append(Chosen("file", "schedule file", f"{Path(schedule_path).name}{fid}",
+                          schedule.model, schedule.solver, list(schedule.timesteps),
+                          [list(s) for s in schedule.skip]))
+    return out, shown_trial
+
+
+def _rows(reported, top: int, full_gflops: float, shown_trial, schedule) -> list:
+    rows = []
+    if reported.stage1 in reported.shown:
+        rows += candidates.stage1_rows(reported.stage1, top, full_gflops)
+    else:  # a stage-2 page still compares against the uniform baseline
+        rows += candidates.uniform_rows(reported.stage1, full_gflops)
+    if reported.stage2 is not None and reported.stage2 in reported.shown:
+        rows += candidates.stage2_rows(reported.stage2, shown_trial)
+    if schedule is not None:
+        gflops = schedule.gflops if schedule.gflops is not None else full_gflops
+        rows.append(candidates.Row("schedule file", None, None, list(schedule.timesteps),
+                                   [list(s) for s in schedule.skip], schedule.fid, gflops))
+    return rows
+
+
+def _heldout_scorer(config: dict, options: Options):
+    """The FID scorer and sample count of the held-out FIDs; (None, 0) with --heldout-samples 0."""
+    if options.heldout_samples == 0:
+        return None, 0
+    from autodiff_optuna.models import load_scorer
+
+    samples = options.heldout_samples or config["samples"]
+    scorer = load_scorer(config["model"])
+    if samples <= scorer.feature_dim:  # a singular covariance: no FID at all
+        raise UsageError(f"--heldout-samples must exceed the FID feature dimension "
+                         f"({scorer.feature_dim}), got {samples}")
+    return scorer, samples
+
+
+def _heldout_note(samples: int, options: Options) -> str:
+    if not samples:
+        return "Held-out FID was not computed (--heldout-samples 0)."
+    return (f"Held-out FID: {samples} samples per candidate on held-out noise seed {options.seed}"
+            f" (as `evaluate --samples {samples} --seed {options.seed}` computes it).")
+
+
+def _grids(chosen: list[Chosen], out: Path, storage, options: Options) -> str:
+    """One grid per chosen schedule, all from the same held-out noise, each attached to its
+    trial as an artifact (once: a rerun finds it there)."""
+    from autodiff_optuna.export import SearchedSchedule, sample, save_grid
+
+    store = artifacts.store(artifacts_dir(storage.url, options.artifacts))
+    name = f"samples-n{options.grid}-seed{options.seed}.png"
+    images = []
+    for c in chosen:
+        log(f"sample grid: {c.caption}")
+        schedule = SearchedSchedule(model=c.model, solver=c.solver, timesteps=c.timesteps,
+                                    skip=c.skip)
+        path = out / f"samples-{c.key}.png"
+        save_grid(sample(schedule, options.grid, options.seed, options.device), path)
+        if c.trial is not None:
+            artifacts.attach(storage, c.study, c.trial, path, store, filename=name)
+        images.append((path.name, c.caption))
+    return page.grids(images)
+
+
+def _figures(reported, chosen, model, shown_trial) -> tuple[dict, dict]:
+    """Every figure by slug (for the PNGs), and the page blocks they make up."""
+    from autodiff_optuna.search.study import alphas_cumprod
+
+    log("plots")
+    figures = {"schedules": plots.schedule_figure(
+        {c.label: c.timesteps for c in chosen}, alphas_cumprod(model))}
+    blocks = {"schedule": page.figure("schedules", "Schedules", figures["schedules"])}
+    sections = []
+    for study in reported.shown:
+        stage = study.user_attrs.get("stage", 1)
+        heading = f"Stage {stage}: {study.study_name} ({len(studies.complete(study))} complete)"
+        if not studies.complete(study):
+            sections.append((heading, [page.note("No complete trial yet.")]))
+            continue
+        items = []
+        panels = optuna_plots.panels(study)
+        if stage == 2 and shown_trial is not None:
+            panels.insert(2, _mask_panel(study, shown_trial))
+        for panel in panels:
+            if panel.figure is not None:
+                figures[panel.slug] = panel.figure
+            items.append(page.figure(panel.slug, panel.title, panel.figure, panel.note))
+        sections.append((heading, items))
+    blocks["studies"] = sections
+    return figures, blocks
+
+
+def _mask_panel(stage2, shown_trial) -> optuna_plots.Panel:
+    front = studies.front(stage2)
+    points = [{"timesteps": t.user_attrs["timesteps"], "skip": t.user_attrs["skip"],
+               "fid": t.values[0], "gflops": t.values[1], "trial": t.number} for t in front]
+    shown = [t.number for t in front].index(shown_trial.number)
+    figure = plots.mask_figure(points, stage2.user_attrs["layers"], shown)
+    return optuna_plots.Panel("stage2-masks", "Skipped layers per step", figure)
+
+
+def _meta(reported, config: dict) -> list[str]:
+    lines = [html.escape(f"{config['model']}, {config['steps']} steps, {config['solver']}, "
+                         f"{config['samples']} samples per candidate, seed {config['seed']}")]
+    if reported.stage1 not in reported.shown:
+        stage1 = reported.stage1.study_name
+        lines.append(f'Stage 2 of <a href="../{html.escape(stage1)}/index.html">'
+                     f"{html.escape(stage1)}</a> (its report covers both stages).")
+    elif reported.stage2 is not None:
+        lines.append(f"With its stage 2, {html.escape(reported.stage2.study_name)}, below.")
+    return lines

@@ -1,0 +1,86 @@
+"""The studies one report covers, and the trials it singles out.
+
+A report is asked for by one study name. A stage-1 name covers that study and, when it has one,
+its linked stage-2 study (``stage2_study``), on one page. A stage-2 name covers the stage-2 study
+alone; its stage-1 study (``stage1_study``) is still loaded, because the uniform baseline every
+comparison is made against is a trial there.
+"""
+
+from dataclasses import dataclass
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from autodiff_optuna.errors import UsageError
+from autodiff_optuna.storage import load_existing_study
+
+
+@dataclass
+class ReportedStudies:
+    name: str  # the study the user asked for
+    stage1: optuna.Study
+    stage2: optuna.Study | None
+
+    @property
+    def config(self) -> dict:
+        return self.stage1.user_attrs.get("config", {})
+
+    @property
+    def shown(self) -> list[optuna.Study]:
+        """The studies whose own plots the page shows."""
+        if self.name != self.stage1.study_name:
+            return [self.stage2]
+        return [self.stage1] + ([self.stage2] if self.stage2 is not None else [])
+
+
+def load(name: str, storage) -> ReportedStudies:
+    """The studies behind ``name``; a missing, foreign or empty study is one UsageError line."""
+    study = load_existing_study(name, storage)
+    if "config" not in study.user_attrs:
+        raise UsageError(f"study {name!r} was not made by autodiff_optuna: nothing to report")
+    if not complete(study):
+        raise UsageError(f"study {name!r} has no complete trial yet: nothing to report")
+    if study.user_attrs.get("stage", 1) == 2:
+        stage1 = load_existing_study(study.user_attrs.get("stage1_study", ""), storage)
+        return ReportedStudies(name, stage1, study)
+    linked = study.user_attrs.get("stage2_study")
+    stage2 = None
+    if linked and linked in optuna.get_all_study_names(storage):
+        stage2 = optuna.load_study(study_name=linked, storage=storage)
+    return ReportedStudies(name, study, stage2)
+
+
+def complete(study: optuna.Study) -> list[FrozenTrial]:
+    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+
+
+def uniform_trial(stage1: optuna.Study) -> FrozenTrial | None:
+    """The queued uniform-spacing trial: the baseline of every comparison (None if it failed)."""
+    uniform = stage1.user_attrs.get("spacings", {}).get("uniform")
+    return next((t for t in complete(stage1) if t.user_attrs.get("timesteps") == uniform), None)
+
+
+def best_trials(stage1: optuna.Study, top: int) -> list[FrozenTrial]:
+    """The ``top`` lowest-FID complete trials, one per distinct schedule."""
+    seen, ranked = set(), []
+    for trial in sorted(complete(stage1), key=lambda t: t.value):
+        key = tuple(trial.user_attrs.get("timesteps", ()))
+        if key not in seen:
+            seen.add(key)
+            ranked.append(trial)
+    return ranked[:top]
+
+
+def front(stage2: optuna.Study) -> list[FrozenTrial]:
+    """The feasible Pareto front of FID against GFLOPs, cheapest first."""
+    return sorted(stage2.best_trials, key=lambda t: (t.values[1], t.values[0]))
+
+
+def stage2_pick(points: list[FrozenTrial], baseline_fid: float | None) -> FrozenTrial | None:
+    """The front's trade-off the page shows in samples and as the mask: the cheapest candidate
+    whose FID is no worse than the uniform schedule's with the full network; without such a
+    candidate (or a baseline), the front's lowest-FID one."""
+    if not points:
+        return None
+    good = [t for t in points if baseline_fid is not None and t.values[0] <= baseline_fid]
+    return good[0] if good else min(points, key=lambda t: t.values[0])

@@ -1,0 +1,82 @@
+"""Multi-fidelity scoring: stop a bad candidate after a fraction of its images.
+
+A candidate is sampled on growing prefixes of the study's fixed noise (``min_samples``, twice
+that, ... up to ``samples``); after each prefix its FID is reported to the trial, and Optuna's
+``SuccessiveHalvingPruner`` stops it when it is not in the better half of the trials that reached
+the same sample count. FID is biased upward at small sample counts, so values are only ever
+compared at equal counts (the pruner's rungs are sample counts), and a trial that finishes is
+scored on all ``samples`` images exactly like one without pruning (the prefixes are the same
+noise), so complete trials stay comparable whatever the pruner did.
+"""
+
+import numpy as np
+import optuna
+import torch
+from optuna.trial import FrozenTrial, TrialState
+
+from autodiff_optuna.errors import UsageError
+from autodiff_optuna.metrics.fid import FIDError, FIDScorer, fid_from_features, to_uint8
+from autodiff_optuna.sampling import NoiseBatch, sample
+from autodiff_optuna.search.encoding import Candidate
+
+REDUCTION_FACTOR = 2
+PRUNED_AT = "pruned_at_samples"  # user attr of a trial the pruner stopped: images it cost
+
+
+def is_evaluated(trial: FrozenTrial) -> bool:
+    """A candidate that was scored: in full (COMPLETE), or on part of its images before the
+    pruner stopped it (PRUNED with reports). Surplus and duplicate trials are pruned before any
+    image is sampled and are not."""
+    return trial.state == TrialState.COMPLETE or (
+        trial.state == TrialState.PRUNED and bool(trial.intermediate_values))
+
+
+def rungs(samples: int, min_samples: int | None) -> list[int]:
+    """Sample counts at which a candidate's FID is reported, before the full count."""
+    if not min_samples:
+        return []
+    counts, n = [], min_samples
+    while n < samples:
+        counts.append(n)
+        n *= REDUCTION_FACTOR
+    return counts
+
+
+def check(samples: int, min_samples: int | None, scorer: FIDScorer) -> None:
+    if min_samples is None:
+        return
+    if not 0 < min_samples < samples:
+        raise UsageError(f"--min-samples must be between 1 and --samples ({samples}), "
+                         f"got {min_samples}")
+    scorer.check_sample_count(min_samples)
+
+
+def make_pruner(min_samples: int | None) -> optuna.pruners.BasePruner:
+    if not min_samples:
+        return optuna.pruners.NopPruner()
+    # rung k of the pruner sits at min_samples * REDUCTION_FACTOR**k images: one per report
+    return optuna.pruners.SuccessiveHalvingPruner(
+        min_resource=min_samples, reduction_factor=REDUCTION_FACTOR, min_early_stopping_rate=0)
+
+
+def score_in_rungs(trial: optuna.Trial, model, scorer: FIDScorer, candidate: Candidate,
+                   batch: NoiseBatch, solver: str, counts: list[int],
+                   batch_size: int | None = None) -> float:
+    """FID on all of ``batch``, reporting it at each of ``counts`` images first; raises
+    ``TrialPruned`` (after recording how many images were spent) when the pruner says so."""
+    total = len(batch.noise)
+    features, done = [], 0
+    for n in [*counts, total]:
+        images = sample(model, candidate.timesteps, batch.subset(done, n), solver, batch_size,
+                        candidate.skip)
+        if not torch.isfinite(images).all():
+            raise FIDError("samples are not finite (NaN or inf)")
+        features.append(scorer.features(to_uint8(images)))
+        done = n
+        fid = fid_from_features(np.concatenate(features), scorer.ref_mu, scorer.ref_sigma)
+        if n < total:
+            trial.report(fid, n)
+            if trial.should_prune():
+                trial.set_user_attr(PRUNED_AT, n)
+                raise optuna.TrialPruned(f"FID {fid:.3f} at {n} images")
+    return fid

@@ -1,0 +1,197 @@
+"""What the search buys and what it costs, on digits (issue 7).
+
+- ``spacings_table``: for each K, the standard spacings and both searched stages, every FID on
+  held-out noise, the searches repeated over 3 seeds (mean and std), with their cost.
+- ``sampler_comparison``: the EvolutionarySampler against Optuna's Random, TPE, NSGA-II and
+  CMA-ES samplers on the same encoding, the same first trials (the standard spacings) and the
+  same budget of evaluated candidates, 3 seeds each.
+- ``multifidelity``: the stage-1 search with and without multi-fidelity pruning, same budget of
+  evaluated candidates: images sampled and held-out FID of the final best.
+
+Each search runs in this process on a fresh SQLite study, exactly through the library's
+``open_stage1`` / ``run``; CPU seconds are this process's (all threads).
+"""
+
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+import numpy as np
+import optuna
+from optuna.trial import TrialState
+
+from autodiff_optuna.models import load_model, load_scorer
+from autodiff_optuna.sampling import HELDOUT, draw, standard_spacings
+from autodiff_optuna.search import study as search
+from autodiff_optuna.search.config import SearchConfig, load_preset
+from autodiff_optuna.search.fidelity import PRUNED_AT
+from autodiff_optuna.search.objective import score_schedule
+
+optuna.logging.set_verbosity(optuna.logging.ERROR)
+
+SEEDS = (0, 1, 2)
+HELDOUT_SEEDS = (0, 1, 2)  # held-out noise streams: no study ever searches on them
+SAMPLERS = ("evolutionary", "random", "tpe", "nsgaii", "cmaes")
+
+
+def heldout_fid(timesteps, samples: int, solver: str = "ddim", skip=None) -> float:
+    """Mean FID over the held-out noise streams (each ``samples`` images)."""
+    model, scorer = load_model("digits"), load_scorer("digits")
+    return float(np.mean([score_schedule(model, scorer, tuple(timesteps),
+                                         draw(model, samples, s, HELDOUT), solver, skip=skip)
+                          for s in HELDOUT_SEEDS]))
+
+
+def make_sampler(name: str, seed: int, population: int):
+    """Optuna's samplers, configured like ours where they have the same knob."""
+    if name == "evolutionary":
+        return None  # open_stage1's own
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    if name == "nsgaii":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=population)
+    if name == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed)
+    raise ValueError(f"unknown sampler {name!r}")
+
+
+def run_search(config: SearchConfig, trials: int, sampler: str = "evolutionary") -> dict:
+    """One stage-1 search; its best-so-far FID after each evaluated candidate, its cost."""
+    with tempfile.TemporaryDirectory() as tmp:
+        ctx = search.SearchContext.build(config)
+        storage = search.open_storage(f"sqlite:///{tmp}/bench.db")
+        study = search.open_stage1(ctx, f"bench-{uuid.uuid4().hex[:8]}", storage,
+                                   sampler=make_sampler(sampler, config.seed, config.population))
+        cpu, wall = time.process_time(), time.perf_counter()
+        search.run(ctx, study, trials, progress=False)
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        evaluated = [t for t in study.get_trials(deepcopy=False)
+                     if t.state == TrialState.COMPLETE or PRUNED_AT in t.user_attrs]
+        complete = [t for t in evaluated if t.state == TrialState.COMPLETE]
+        best = min(complete, key=lambda t: t.value)
+        history, so_far = [], float("inf")
+        for t in evaluated:
+            so_far = min(so_far, t.value if t.state == TrialState.COMPLETE else so_far)
+            history.append(so_far)
+        images = sum(config.samples if t.state == TrialState.COMPLETE else t.user_attrs[PRUNED_AT]
+                     for t in evaluated)
+        return {"sampler": sampler, "seed": config.seed, "trials": len(evaluated),
+                "complete": len(complete), "images": images, "cpu_s": cpu, "wall_s": wall,
+                "best_timesteps": best.user_attrs["timesteps"], "best_fid_search": best.value,
+                "best_so_far": history}
+
+
+def _mean_std(values) -> tuple[float, float]:
+    return float(np.mean(values)), float(np.std(values))
+
+
+def sampler_comparison(steps: int = 4, trials: int = 100) -> dict:
+    base = load_preset("digits", steps)
+    out = {}
+    for name in SAMPLERS:
+        runs = []
+        for seed in SEEDS:
+            config = SearchConfig("digits", steps, samples=base.get("samples", 1000), seed=seed,
+                                  population=base.get("population", 20))
+            run = run_search(config, trials, name)
+            run["best_fid_heldout"] = heldout_fid(run["best_timesteps"], config.samples)
+            print(f"  {name} seed {seed}: search {run['best_fid_search']:.2f} held-out "
+                  f"{run['best_fid_heldout']:.2f} {run['best_timesteps']}", flush=True)
+            runs.append(run)
+        mean, std = _mean_std([r["best_fid_heldout"] for r in runs])
+        out[name] = {"budget_trials": trials, "steps": steps, "best_fid_heldout_mean": mean,
+                     "best_fid_heldout_std": std, "runs": runs}
+    return out
+
+
+def multifidelity(steps: int = 4, trials: int = 100, min_samples: int = 250,
+                  unpruned: list[dict] | None = None) -> dict:
+    """``unpruned``: the same searches without pruning where they were run already (the
+    sampler comparison's EvolutionarySampler runs are exactly those)."""
+    base = load_preset("digits", steps)
+    samples, population = base.get("samples", 1000), base.get("population", 20)
+    modes = {"full": unpruned} if unpruned else {}
+    for label, first in (("full", None), ("pruned", min_samples)):
+        if label in modes:
+            continue
+        runs = []
+        for seed in SEEDS:
+            config = SearchConfig("digits", steps, samples=samples, seed=seed,
+                                  population=population, min_samples=first)
+            run = run_search(config, trials)
+            run["best_fid_heldout"] = heldout_fid(run["best_timesteps"], samples)
+            print(f"  {label} seed {seed}: {run['images']} images, held-out "
+                  f"{run['best_fid_heldout']:.2f} {run['best_timesteps']}", flush=True)
+            runs.append(run)
+        modes[label] = runs
+    images = {k: sum(r["images"] for r in v) for k, v in modes.items()}
+    heldout = {k: _mean_std([r["best_fid_heldout"] for r in v]) for k, v in modes.items()}
+    return {"steps": steps, "budget_trials": trials, "min_samples": min_samples,
+            "samples": samples, "image_reduction": 1 - images["pruned"] / images["full"],
+            "heldout_fid_ratio": heldout["pruned"][0] / heldout["full"][0],
+            "heldout_fid_full": heldout["full"], "heldout_fid_pruned": heldout["pruned"],
+            "cpu_s_full": sum(r["cpu_s"] for r in modes["full"]),
+            "cpu_s_pruned": sum(r["cpu_s"] for r in modes["pruned"]),
+            "runs": {k: [{key: r[key] for key in r if key != "best_so_far"} for r in v]
+                     for k, v in modes.items()}}
+
+
+def _study_both_stages(steps: int, seed: int) -> dict:
+    """``make study`` for one K and seed (preset defaults, both stages), as a user runs it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        url = f"sqlite:///{tmp}/bench.db"
+        started, children = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
+        subprocess.run([sys.executable, "-m", "autodiff_optuna", "study", "--model", "digits",
+                        "--steps", str(steps), "--seed", str(seed), "--storage", url, "--quiet"],
+                       check=True, capture_output=True)
+        wall = time.perf_counter() - started
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime)
+        best = json.loads(subprocess.run(
+            [sys.executable, "-m", "autodiff_optuna", "best", "--name", f"digits-k{steps}",
+             "--storage", url, "--json"], check=True, capture_output=True, text=True).stdout)
+        stage1 = optuna.load_study(study_name=f"digits-k{steps}", storage=url)
+        images = sum(best["samples"] if t.state == TrialState.COMPLETE else
+                     t.user_attrs.get(PRUNED_AT, 0) for t in stage1.trials)
+        images += best["stage2_n_complete"] * best["samples"]
+    return {"best": best, "wall_s": wall, "cpu_s": cpu, "images": images}
+
+
+def spacings_table(ks=(3, 4, 6, 8)) -> dict:
+    model = load_model("digits")
+    out = {}
+    for k in ks:
+        samples = load_preset("digits", k).get("samples", 1000)
+        spacings = standard_spacings(k, model.num_train_timesteps, search.alphas_cumprod(model))
+        row = {"samples": samples, "fixed": {}}
+        for label, spacing, solver in (("uniform DDIM", "uniform", "ddim"),
+                                       ("uniform DPM-Solver++(2M)", "uniform", "dpmpp2m"),
+                                       ("quadratic DDIM", "quadratic", "ddim"),
+                                       ("trailing DDIM", "trailing", "ddim")):
+            row["fixed"][label] = {"timesteps": list(spacings[spacing]),
+                                   "fid_heldout": heldout_fid(spacings[spacing], samples, solver)}
+        stage1, stage2, cost = [], [], []
+        for seed in SEEDS:
+            run = _study_both_stages(k, seed)
+            best = run["best"]
+            stage1.append(heldout_fid(best["timesteps"], samples))
+            # stage 2 at no more GFLOPs than the full network: its best-FID front point
+            point = min(best["pareto"], key=lambda p: p["fid"])
+            stage2.append(heldout_fid(point["timesteps"], samples, skip=point["skip"]))
+            cost.append({"trials": best["n_complete"], "stage2_trials": best["stage2_n_complete"],
+                         "images": run["images"], "wall_s": run["wall_s"], "cpu_s": run["cpu_s"],
+                         "stage1_timesteps": best["timesteps"],
+                         "stage2_point": {**point, "saving": 1 - point["gflops"] / best["full_gflops"]}})
+            print(f"  K={k} seed {seed}: stage 1 {stage1[-1]:.2f}, stage 2 {stage2[-1]:.2f}, "
+                  f"{run['wall_s']:.0f} s", flush=True)
+        row["stage1_heldout"] = _mean_std(stage1)
+        row["stage2_heldout"] = _mean_std(stage2)
+        row["searches"] = cost
+        out[str(k)] = row
+    return out

@@ -1,0 +1,394 @@
+"""Real model families on tiny randomly initialised models saved in the real formats.
+
+Each tiny model goes through exactly the loading, sampling, skipping, FLOP and study code the real
+checkpoints use: its preset is the real one (``adm64``, ``ddpm-cifar10``) with small architecture
+flags, registered for the test. Nothing of guided-diffusion, diffusers or clean-fid is mocked.
+"""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from autodiff_optuna.cli import main
+from autodiff_optuna.errors import UsageError
+from autodiff_optuna.metrics.flops import count_flops, layer_costs
+from autodiff_optuna.models import PRESETS, ModelOptions, load_model
+from autodiff_optuna.sampling import draw, sample
+from autodiff_optuna.sampling.skipping import skipping
+
+from realmodel_standins import (TINY_ADM_FLAGS, TINY_CLASSIFIER_FLAGS, save_standin_inception,
+                                save_stats, save_tiny_adm, save_tiny_ddpm, tiny_adm_preset,
+                                tiny_ddpm_preset)
+
+pytest.importorskip("guided_diffusion", reason="the adm extra (guided-diffusion-sdk) is needed")
+
+STEPS_FROM_900 = (900, 600, 300, 50)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("real")
+    checkpoint, classifier = save_tiny_adm(root / "adm")
+    ddpm = save_tiny_ddpm(root / "ddpm")
+    inception = save_standin_inception(root / "inception" / "inception-2015-12-05.pt")
+    stats = save_stats(root / "stats.npz", np.random.default_rng(0).normal(size=(64, 16)))
+    return dict(checkpoint=checkpoint, classifier=classifier, ddpm=ddpm, inception=inception,
+                stats=stats, root=root)
+
+
+@pytest.fixture(autouse=True)
+def tiny_presets(monkeypatch, tmp_path):
+    monkeypatch.setitem(PRESETS, "adm-tiny", tiny_adm_preset())
+    monkeypatch.setitem(PRESETS, "ddpm-tiny", tiny_ddpm_preset())
+    # nothing found by accident in a real models directory or cache of this machine
+    monkeypatch.setenv("AUTODIFF_MODELS_DIR", str(tmp_path / "models"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr("autodiff_optuna.metrics.inception.CLEANFID_INCEPTION_DIR",
+                        tmp_path / "tmp")
+    monkeypatch.setattr("autodiff_optuna.metrics.inception.cleanfid_stats_dir",
+                        lambda: tmp_path / "cleanfid-stats")
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+
+
+def _adm(files, scale=0.0):
+    options = ModelOptions(checkpoint=str(files["checkpoint"]), classifier_scale=scale,
+                           classifier=str(files["classifier"]) if scale else None)
+    return load_model("adm-tiny", "cpu", options)
+
+
+def _gd_reference(files, scale=0.0):
+    """guided-diffusion's own network, classifier and DDIM sampler on the same files."""
+    import guided_diffusion.gaussian_diffusion as gd
+    from guided_diffusion import script_util
+    from guided_diffusion.respace import SpacedDiffusion
+
+    unet = script_util.create_model(**{**TINY_ADM_FLAGS, "use_fp16": False})  # its fp32 forward
+    unet.load_state_dict(torch.load(files["checkpoint"]))
+    unet.eval()
+    classifier = script_util.create_classifier(**{**TINY_CLASSIFIER_FLAGS,
+                                                  "classifier_use_fp16": False})
+    classifier.load_state_dict(torch.load(files["classifier"]))
+    classifier.eval()
+
+    def cond_fn(x, t, y=None):  # guided-diffusion's scripts/classifier_sample.py
+        with torch.enable_grad():
+            x_in = x.detach().requires_grad_(True)
+            log_probs = torch.log_softmax(classifier(x_in, t), dim=-1)
+            selected = log_probs[range(len(log_probs)), y.view(-1)]
+            return torch.autograd.grad(selected.sum(), x_in)[0] * scale
+
+    def ddim(steps, batch):
+        diffusion = SpacedDiffusion(
+            use_timesteps=set(steps), betas=gd.get_named_beta_schedule("cosine", 1000),
+            model_mean_type=gd.ModelMeanType.EPSILON,
+            model_var_type=gd.ModelVarType.LEARNED_RANGE, loss_type=gd.LossType.MSE)
+        with torch.no_grad():
+            return diffusion.ddim_sample_loop(
+                unet, tuple(batch.noise.shape), noise=batch.noise.clone(), clip_denoised=True,
+                model_kwargs={"y": batch.labels}, cond_fn=cond_fn if scale else None)
+
+    return unet, ddim
+
+
+# ---- ADM -------------------------------------------------------------------------------------
+
+def test_adm_empty_mask_reproduces_guided_diffusions_forward(files):
+    model = _adm(files)
+    unet, _ = _gd_reference(files)
+    x = torch.randn(4, *model.sample_shape, generator=torch.Generator().manual_seed(1))
+    labels = torch.tensor([0, 7, 999, 421])
+    t = torch.tensor(613)
+    with torch.inference_mode():
+        reference = unet(x, t.expand(4), labels)
+        with skipping(model.skippable_layers(), []):
+            ours = model.network_eps(x, t, labels)
+    assert reference.shape[1] == 6  # learned sigma: epsilon is the first half
+    assert torch.equal(ours, reference[:, :3])
+
+
+def test_adm_ddim_matches_guided_diffusions_sampler(files):
+    model = _adm(files)
+    _, ddim = _gd_reference(files)
+    batch = draw(model, 6, seed=0)
+    ours = sample(model, STEPS_FROM_900, batch)
+    assert torch.allclose(ours, ddim(STEPS_FROM_900, batch), atol=1e-5)
+    assert torch.equal(sample(model, STEPS_FROM_900, batch, skip=[()] * 4), ours)
+    # from t = 999, alpha_bar is ~1e-9 and diffusers' float32 alphas_cumprod (guided-diffusion's
+    # are float64) shifts the first x0 by about 1e-3 before clipping; nothing more
+    steps = (999, 600, 300, 50)
+    assert torch.allclose(sample(model, steps, batch), ddim(steps, batch), atol=5e-3)
+
+
+def test_adm_g_matches_guided_diffusions_classifier_guidance(files):
+    guided = _adm(files, scale=4.0)
+    _, ddim = _gd_reference(files, scale=4.0)
+    batch = draw(guided, 6, seed=0)
+    ours = sample(guided, STEPS_FROM_900, batch)
+    assert torch.allclose(ours, ddim(STEPS_FROM_900, batch), atol=1e-4)
+    assert not torch.allclose(ours, sample(_adm(files), STEPS_FROM_900, batch), atol=1e-2)
+    assert "classifier@" in guided.fingerprint and guided.fingerprint.endswith("*4")
+    assert guided.fingerprint != _adm(files).fingerprint  # a study refuses to mix the two
+
+
+def test_adm_labels_are_uniform_and_fixed_by_the_seed(files):
+    model = _adm(files)
+    assert model.num_classes == 1000
+    a, b = draw(model, 4000, seed=3), draw(model, 4000, seed=3)
+    assert torch.equal(a.labels, b.labels) and torch.equal(a.noise, b.noise)
+    assert not torch.equal(draw(model, 4000, seed=4).labels, a.labels)
+    counts = torch.bincount(a.labels, minlength=1000)
+    assert a.labels.min() >= 0 and a.labels.max() <= 999 and (counts > 0).sum() > 950
+
+
+def test_adm_layers_skip_to_their_bypass(files):
+    from guided_diffusion.unet import AttentionBlock, ResBlock
+
+    model = _adm(files)
+    layers = model.skippable_layers()
+    costs = layer_costs(model)
+    # every ResBlock and attention block of input/middle/output blocks, in execution order
+    assert costs.layers == tuple(layers) == (
+        "input_blocks.1.0", "input_blocks.2.0", "input_blocks.3.0", "input_blocks.3.1",
+        "middle_block.0", "middle_block.1", "middle_block.2",
+        "output_blocks.0.0", "output_blocks.0.1", "output_blocks.1.0", "output_blocks.1.1",
+        "output_blocks.1.2", "output_blocks.2.0", "output_blocks.3.0")
+    x = torch.randn(2, *model.sample_shape, generator=torch.Generator().manual_seed(0))
+    labels, t = torch.tensor([1, 2]), torch.tensor(400)
+    for name, layer in layers.items():
+        seen = {}
+        hook = layer.module.register_forward_hook(
+            lambda m, args, out: seen.update(x=args[0], out=out))
+        with torch.inference_mode():
+            full = model.network_eps(x, t, labels)
+            full_shape = seen["out"].shape
+            with skipping(layers, [name]):
+                skipped = model.network_eps(x, t, labels)
+        hook.remove()
+        module = layer.module
+        if isinstance(module, ResBlock):  # the skip path, resampled in up/down blocks
+            with torch.inference_mode():
+                expected = module.skip_connection(module.x_upd(seen["x"]))
+        else:
+            assert isinstance(module, AttentionBlock)
+            expected = seen["x"]
+        assert torch.equal(seen["out"], expected) and seen["out"].shape == full_shape
+        assert not torch.equal(skipped, full)
+        total, _ = count_flops(model, skip=[name])
+        assert costs.saving[name] > 0 and total == costs.full - costs.saving[name]
+    assert any(layers[n].module.updown for n in layers if isinstance(layers[n].module, ResBlock))
+
+
+def test_adm_g_counts_the_classifier_but_not_in_the_layers(files):
+    plain, guided = layer_costs(_adm(files)), layer_costs(_adm(files, scale=1.0))
+    assert guided.saving == plain.saving  # the network's layers only
+    assert guided.full > plain.full  # the classifier's forward and backward cost every step
+
+
+def test_adm64_flags_give_the_papers_network():
+    """The real preset's flags: 296 M parameters, 58 skippable layers, 219 GFLOP per image
+    (built on the meta device: no memory, no arithmetic)."""
+    from autodiff_optuna.models.adm import AdmModel
+
+    preset = PRESETS["adm64"]
+    with torch.device("meta"):
+        model = AdmModel("adm64", preset.flags, preset.diffusion, None, device="meta")
+    model.clip_denoised = False  # the clip reads alpha_bar at a concrete step
+    assert sum(p.numel() for p in model.unet.parameters()) == pytest.approx(296e6, rel=0.01)
+    assert len(model.skippable_layers()) == 58
+    assert model.sample_shape == (3, 64, 64) and model.num_classes == 1000
+    assert layer_costs(model).full / 1e9 == pytest.approx(219, rel=0.01)
+
+
+def test_adm_checkpoint_errors_are_one_line(files, tmp_path):
+    from autodiff_optuna.models.registry import load_model as uncached
+
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(UsageError, match="cannot read ADM weights"):
+        uncached.__wrapped__("adm-tiny", "cpu", ModelOptions(checkpoint=str(tmp_path / "junk.pt"),
+                                                             classifier_scale=0))
+    wrong = {k: v for k, v in torch.load(files["checkpoint"]).items() if "out." not in k}
+    torch.save(wrong, tmp_path / "wrong.pt")
+    with pytest.raises(UsageError, match="does not fit the preset's architecture"):
+        uncached.__wrapped__("adm-tiny", "cpu", ModelOptions(checkpoint=str(tmp_path / "wrong.pt"),
+                                                             classifier_scale=0))
+
+
+def test_adm_without_the_extra_says_how_to_install(monkeypatch, files):
+    import sys
+
+    from autodiff_optuna.models.registry import load_model as uncached
+
+    monkeypatch.setitem(sys.modules, "guided_diffusion", None)  # as if not installed
+    with pytest.raises(UsageError, match=r"pip install '\.\[adm\]'"):
+        uncached.__wrapped__("adm-tiny", "cpu", ModelOptions(checkpoint=str(files["checkpoint"])))
+
+
+# ---- google/ddpm-* through diffusers --------------------------------------------------------
+
+def test_ddpm_flat_directory_loads_samples_and_skips(files):
+    model = load_model("ddpm-tiny", "cpu", ModelOptions(checkpoint=str(files["ddpm"])))
+    assert model.sample_shape == (3, 16, 16) and model.num_classes is None
+    assert model.clip_denoised and model.num_train_timesteps == 1000
+    costs = layer_costs(model)
+    batch = draw(model, 4, seed=0)
+    full = sample(model, (999, 500, 100), batch)
+    assert torch.equal(sample(model, (999, 500, 100), batch, skip=[(), (), ()]), full)
+    skipped = sample(model, (999, 500, 100), batch, skip=[costs.layers[:2], (), costs.layers[-2:]])
+    assert skipped.shape == full.shape and not torch.equal(skipped, full)
+    assert full.abs().max() <= 1.0 + 1e-5  # x0 clipped, as diffusers' DDPM pipeline samples
+
+
+def test_ddpm_old_hub_scheduler_config(tmp_path):
+    from autodiff_optuna.models.diffusers_unet import DiffusersUNetModel
+
+    model = DiffusersUNetModel("old", save_tiny_ddpm(tmp_path / "d", old_scheduler_config=True))
+    assert model.num_train_timesteps == 1000
+    assert model.scheduler_config["beta_schedule"] == "linear"
+
+
+def test_ddpm_hub_id_from_the_offline_cache(files, tmp_path):
+    """A hub id resolves through the Hugging Face cache only (HF_HUB_CACHE is this test's)."""
+    import shutil
+
+    import huggingface_hub.constants
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hf" / "models--google--ddpm-cifar10-32"
+    shutil.copytree(files["ddpm"], repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    assert huggingface_hub.constants.HF_HUB_CACHE == str(tmp_path / "hf")
+    model = load_model("ddpm-cifar10", "cpu", ModelOptions(checkpoint="google/ddpm-cifar10-32"))
+    assert model.sample_shape == (3, 16, 16)
+    # and without --checkpoint, the preset's hub id is found in the cache too
+    assert load_model("ddpm-tiny", "cpu").fingerprint == model.fingerprint is not None
+
+
+# ---- studies through the CLI -----------------------------------------------------------------
+
+def _study_args(files, tmp_path, model, *extra):
+    return ["study", "--model", model, "--steps", "3", "--trials", "3", "--stage2-trials", "3",
+            "--population", "3", "--samples", "20", "--device", "cpu", "--quiet",
+            "--storage", f"sqlite:///{tmp_path}/s.db", "--ref-stats", str(files["stats"]),
+            "--inception", str(files["inception"]), *extra]
+
+
+def _stored_config(tmp_path, name):
+    import optuna
+
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path}/s.db").user_attrs
+
+
+def test_short_study_on_tiny_adm_g(files, tmp_path, capsys):
+    argv = _study_args(files, tmp_path, "adm-tiny", "--checkpoint", str(files["checkpoint"]),
+                       "--classifier", str(files["classifier"]))
+    assert main(argv) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    assert main(["best", "--name", "adm-tiny-k3", "--storage", f"sqlite:///{tmp_path}/s.db",
+                 "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["n_complete"] == 3 and len(summary["pareto"]) >= 1
+    attrs = _stored_config(tmp_path, "adm-tiny-k3")
+    # which network and statistics scored every trial, with their digests
+    assert attrs["fid_features"].startswith("inception-v3:inception-2015-12-05.pt@")
+    assert ":legacy_tensorflow|stats.npz@" in attrs["fid_features"]
+    assert "classifier@" in attrs["config"]["model_weights"]
+    # another guidance scale is another network: the rerun is refused, naming the field
+    assert main(argv + ["--classifier-scale", "2"]) == 2
+    assert "model_weights" in capsys.readouterr().err
+
+
+def test_short_study_on_tiny_ddpm(files, tmp_path, capsys):
+    argv = _study_args(files, tmp_path, "ddpm-tiny", "--checkpoint", str(files["ddpm"]),
+                       "--stage", "1")
+    assert main(argv) == 0, capsys.readouterr().err
+    attrs = _stored_config(tmp_path, "ddpm-tiny-k3")
+    assert ":clean|stats.npz@" in attrs["fid_features"]
+    capsys.readouterr()
+    assert main(["evaluate", "--model", "ddpm-tiny", "--timesteps", "800,400,50", "--samples",
+                 "20", "--device", "cpu", "--checkpoint", str(files["ddpm"]), "--ref-stats",
+                 str(files["stats"]), "--inception", str(files["inception"]), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["samples"] == 20 and np.isfinite(result["fid"])
+
+
+# ---- missing files: one line, the file, its URL, where to put it, exit 2 --------------------
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+@pytest.mark.parametrize("model, extra, needles", [
+    ("adm64", [], ["missing 64x64_diffusion.pt",
+                   "https://openaipublic.blob.core.windows.net/diffusion/jul-2021/"
+                   "64x64_diffusion.pt", "--checkpoint"]),
+    ("adm-tiny", ["--checkpoint", "CKPT"],
+     ["missing 64x64_classifier.pt", "/jul-2021/64x64_classifier.pt", "--classifier",
+      "--classifier-scale 0"]),
+    ("adm-tiny", ["--checkpoint", "CKPT", "--classifier-scale", "0"],
+     ["missing VIRTUAL_imagenet64_labeled.npz",
+      "/ref_batches/imagenet/64/VIRTUAL_imagenet64_labeled.npz", "--ref-stats"]),
+    ("adm-tiny", ["--checkpoint", "CKPT", "--classifier-scale", "0", "--ref-stats", "STATS"],
+     ["missing inception-2015-12-05.pt", "https://nvlabs-fi-cdn.nvidia.com/", "--inception"]),
+    ("ddpm-cifar10", [], ["missing google/ddpm-cifar10-32", "https://huggingface.co/google/"
+                          "ddpm-cifar10-32", "ddpm-cifar10-32", "--checkpoint"]),
+    ("ddpm-tiny", ["--checkpoint", "DDPM", "--inception", "INCEPTION"],
+     ["missing cifar10_clean_train_32.npz",
+      "https://www.cs.cmu.edu/~clean-fid/stats/cifar10_clean_train_32.npz"]),
+])
+def test_missing_files_are_one_line_with_url_and_directory(model, extra, needles, files,
+                                                          tmp_path, capsys):
+    subst = {"CKPT": str(files["checkpoint"]), "STATS": str(files["stats"]),
+             "DDPM": str(files["ddpm"]), "INCEPTION": str(files["inception"])}
+    argv = ["study", "--model", model, "--steps", "3", "--device", "cpu",
+            "--storage", f"sqlite:///{tmp_path}/s.db", *[subst.get(a, a) for a in extra]]
+    assert main(argv) == 2
+    err = _one_line_error(capsys)
+    for needle in needles + [str(tmp_path / "models")]:  # $AUTODIFF_MODELS_DIR: where it goes
+        assert needle in err, (needle, err)
+
+
+def test_files_are_found_in_the_models_directory(files, tmp_path):
+    import shutil
+
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copy(files["checkpoint"], models / "64x64_diffusion.pt")
+    from autodiff_optuna.models.files import resolve
+
+    assert resolve(PRESETS["adm64"].weights) == models / "64x64_diffusion.pt"
+    with pytest.raises(UsageError, match="--checkpoint /nope: no such file"):
+        resolve(PRESETS["adm64"].weights, "/nope")
+
+
+def test_bedroom_has_no_default_statistics(files, tmp_path, capsys):
+    import dataclasses
+
+    PRESETS["ddpm-tiny"] = dataclasses.replace(tiny_ddpm_preset(), ref_stats=None)
+    argv = ["study", "--model", "ddpm-tiny", "--steps", "3", "--device", "cpu",
+            "--storage", f"sqlite:///{tmp_path}/s.db", "--checkpoint", str(files["ddpm"])]
+    assert main(argv) == 2
+    assert "pass --ref-stats" in _one_line_error(capsys)
+    assert PRESETS["ddpm-bedroom256"].ref_stats is None
+
+
+def test_download_fetches_files_and_leaves_nothing_partial(tmp_path, capsys):
+    from autodiff_optuna.models.files import RemoteFile, download
+
+    source = tmp_path / "published.pt"
+    source.write_bytes(b"weights")
+    good = RemoteFile("w.pt", source.as_uri(), "--checkpoint", "weights")
+    assert download([good], tmp_path / "dest") == [tmp_path / "dest" / "w.pt"]
+    assert (tmp_path / "dest" / "w.pt").read_bytes() == b"weights"
+    bad = RemoteFile("x.pt", (tmp_path / "absent.pt").as_uri(), "--checkpoint", "weights")
+    with pytest.raises(UsageError, match="cannot download"):
+        download([bad], tmp_path / "dest")
+    assert sorted(p.name for p in (tmp_path / "dest").iterdir()) == ["w.pt"]
+    assert main(["download", "digits"]) == 0
+    assert "bundled" in capsys.readouterr().out

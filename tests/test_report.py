@@ -1,0 +1,396 @@
+"""`report`, `dashboard` and the inspection notebook, on one small two-stage digits study."""
+
+import json
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+from PIL import Image
+
+from autodiff_optuna.cli import main
+from autodiff_optuna.reporting import artifacts, optuna_plots, png
+from autodiff_optuna.storage import artifacts_dir, open_storage
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))
+                 if p), None)
+needs_chromium = pytest.mark.skipif(
+    CHROMIUM is None, reason="no chromium binary (CI installs Debian's: apt-get install chromium)")
+GRID = 16
+ARTIFACT = f"samples-n{GRID}-seed0.png"
+STAGE1_SLUGS = ["stage1-history", "stage1-timeline", "stage1-parallel"]
+STAGE2_SLUGS = ["stage2-pareto", "stage2-hypervolume", "stage2-masks", "stage2-history",
+                "stage2-timeline", "stage2-parallel"]
+
+
+def _err(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err  # one clear line, no traceback
+    return err
+
+
+@pytest.fixture(scope="module")
+def url(tmp_path_factory) -> str:
+    """Stage 1 (6 trials) and stage 2 (6 trials) of a 3-step digits search: ~15 s."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('study')}/s.db"
+    assert main(["study", "--model", "digits", "--steps", "3", "--trials", "6",
+                 "--stage2-trials", "6", "--samples", "80", "--population", "4", "--quiet",
+                 "--storage", url]) == 0
+    return url
+
+
+@pytest.fixture(scope="module")
+def report(url, tmp_path_factory) -> dict:
+    """The stage-1 report, with PNG copies where a browser is present."""
+    out = tmp_path_factory.mktemp("report") / "digits-k3"
+    argv = ["report", "--name", "digits-k3", "--storage", url, "--out", str(out),
+            "--grid", str(GRID), "--heldout-samples", "80", "--top", "3", "--device", "cpu"]
+    started = time.monotonic()
+    code, stdout, stderr = _run_main(argv)
+    assert code == 0, stderr
+    return {"out": out, "html": (out / "index.html").read_text(), "stderr": stderr,
+            "stdout": stdout, "argv": argv, "seconds": time.monotonic() - started}
+
+
+def _run_main(argv) -> tuple[int, str, str]:
+    """main() in this process, with its stdout and stderr (capsys is function-scoped)."""
+    import contextlib
+    import io
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+def _study(url, name="digits-k3") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=url)
+
+
+def _uniform_and_best(url):
+    stage1 = _study(url)
+    complete = stage1.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    uniform = next(t for t in complete
+                   if t.user_attrs["timesteps"] == stage1.user_attrs["spacings"]["uniform"])
+    return stage1, uniform, min(complete, key=lambda t: t.value)
+
+
+# -- the page ------------------------------------------------------------------------------------
+
+def test_page_holds_every_part_and_opens_offline(report, url):
+    html, out = report["html"], report["out"]
+    assert report["stdout"].strip() == f"wrote {out / 'index.html'}"
+    for slug in ["schedules"] + STAGE1_SLUGS + STAGE2_SLUGS:
+        assert f'id="plot-{slug}"' in html, slug
+    assert 'id="stage1-importances"' in html and 'id="stage2-importances"' in html
+    # plotly.js inlined exactly once; nothing fetched from elsewhere
+    from plotly.offline import get_plotlyjs
+
+    assert html.count(get_plotlyjs()[:500]) == 1
+    assert not re.search(r"<script[^>]*\bsrc=", html) and "<link" not in html
+    images = re.findall(r'<img src="([^"]+)"', html)
+    assert images == ["samples-uniform.png", "samples-best.png", "samples-stage2.png"]
+    assert all((out / src).is_file() for src in images)
+    assert "Stage 1: digits-k3" in html and "Stage 2: digits-k3-stage2" in html
+    # progress lines on stderr for the long parts
+    assert "held-out FID 1/" in report["stderr"] and "sample grid: uniform" in report["stderr"]
+
+
+def test_table_has_search_and_heldout_fid_as_evaluate_computes_it(report, url, capsys):
+    stage1, uniform, best = _uniform_and_best(url)
+    table = report["html"].split("<table>")[1].split("</table>")[0]
+    assert f"<td>{best.value:.3f}</td>" in table and str(best.user_attrs["timesteps"]) in table
+    assert "n/a" not in table  # every row has FID, GFLOPs and held-out FID
+    cached = {json.dumps(c["timesteps"]): c["fid"] for c in stage1.user_attrs["heldout_fid"]
+              if not any(c["skip"])}
+    assert f"<td>{cached[json.dumps(uniform.user_attrs['timesteps'])]:.3f}</td>" in table
+    # the same number as `evaluate` on held-out noise: one code path
+    steps = ",".join(map(str, uniform.user_attrs["timesteps"]))
+    assert main(["evaluate", "--model", "digits", "--timesteps", steps, "--samples", "80",
+                 "--json"]) == 0
+    held_out = json.loads(capsys.readouterr().out)["fid"]
+    assert cached[json.dumps(uniform.user_attrs["timesteps"])] == pytest.approx(held_out)
+    assert held_out != pytest.approx(uniform.value)  # not the search noise
+    front = _study(url, "digits-k3-stage2").best_trials
+    assert table.count(">front") == len(front) and table.count(">front (shown)<") == 1
+
+
+def test_grids_are_the_schedules_on_the_same_noise(report, url, tmp_path):
+    from autodiff_optuna.export import SearchedSchedule, sample, save_grid
+
+    _, uniform, best = _uniform_and_best(url)
+    for name, trial in (("uniform", uniform), ("best", best)):
+        again = tmp_path / f"{name}.png"
+        schedule = SearchedSchedule("digits", "ddim", trial.user_attrs["timesteps"],
+                                    [[], [], []])
+        save_grid(sample(schedule, GRID, seed=0), again)
+        assert np.array_equal(np.asarray(Image.open(again)),
+                              np.asarray(Image.open(report["out"] / f"samples-{name}.png")))
+    assert not np.array_equal(np.asarray(Image.open(report["out"] / "samples-uniform.png")),
+                              np.asarray(Image.open(report["out"] / "samples-best.png")))
+
+
+def test_grids_are_artifacts_of_their_trials_once(report, url):
+    storage = open_storage(url)
+    stage1, uniform, best = _uniform_and_best(url)
+    stage2 = _study(url, "digits-k3-stage2")
+    store_dir = artifacts_dir(url)
+    assert store_dir == Path(url[len("sqlite:///"):]).parent / "artifacts"
+    files_before = sorted(store_dir.iterdir())
+    with_grids = {(s.study_name, t.number) for s in (stage1, stage2) for t in s.trials
+                  if ARTIFACT in artifacts.filenames(storage, s, t)}
+    assert {("digits-k3", uniform.number), ("digits-k3", best.number)} <= with_grids
+    assert len([k for k in with_grids if k[0] == "digits-k3-stage2"]) == 1
+    assert artifacts.filenames(storage, stage1, uniform) == [ARTIFACT]
+    # a rerun uploads nothing again and samples no held-out FID again (cached in the study)
+    code, _, stderr = _run_main(report["argv"][:-2] + ["--no-png"])
+    assert code == 0, stderr
+    assert "held-out FID 1/" not in stderr
+    assert sorted(store_dir.iterdir()) == files_before
+    assert artifacts.filenames(storage, stage1, uniform) == [ARTIFACT]
+    assert len(files_before) == len(with_grids)
+
+
+def test_dashboard_serves_each_grid_under_its_trial(report, url):
+    with socket.socket() as s:  # a free loopback port
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "autodiff_optuna", "dashboard", "--storage",
+                             url, "--port", str(port)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        summaries = _get_json(f"{base}/api/studies", deadline=time.monotonic() + 60)
+        ids = {s["study_name"]: s["study_id"] for s in summaries["study_summaries"]}
+        stage1 = _get_json(f"{base}/api/studies/{ids['digits-k3']}?after=0")
+        _, uniform, _ = _uniform_and_best(url)
+        trial = next(t for t in stage1["trials"] if t["number"] == uniform.number)
+        [meta] = trial["artifacts"]
+        assert meta["filename"] == ARTIFACT and meta["mimetype"] == "image/png"
+        with urllib.request.urlopen(f"{base}/artifacts/{ids['digits-k3']}/{trial['trial_id']}/"
+                                    f"{meta['artifact_id']}", timeout=10) as response:
+            assert response.read() == (report["out"] / "samples-uniform.png").read_bytes()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def _get_json(url: str, deadline: float | None = None):
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return json.load(response)
+        except OSError:
+            if deadline is None or time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)
+
+
+@needs_chromium
+def test_png_copies_of_every_plot(report):
+    pngs = sorted(p.stem for p in (report["out"] / "png").glob("*.png"))
+    assert {"schedules", *STAGE1_SLUGS, *STAGE2_SLUGS} <= set(pngs)
+    for name in pngs:
+        image = Image.open(report["out"] / "png" / f"{name}.png").convert("RGB")
+        assert image.width == png.WIDTH and len(image.getcolors(1 << 24)) > 20
+
+
+def test_without_a_browser_the_page_alone_and_one_notice(url, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(png, "find_browser", lambda: None)
+    assert main(["report", "--name", "digits-k3", "--storage", url, "--out", str(tmp_path),
+                 "--grid", "4", "--heldout-samples", "0", "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    notices = [line for line in err.splitlines() if line.startswith("PNG copies")]
+    assert notices == [("PNG copies of the plots were skipped: kaleido found no Chrome or "
+                        "Chromium (on Debian: apt-get install chromium).")]
+    assert not (tmp_path / "png").exists()
+    assert "kaleido found no Chrome or Chromium" in (tmp_path / "index.html").read_text()
+
+
+def test_a_browser_that_fails_is_a_notice_not_a_crash(tmp_path, monkeypatch):
+    import plotly.graph_objects as go
+
+    monkeypatch.setenv("BROWSER_PATH", "/bin/false")  # kaleido's own override: it exits at once
+    notice = png.write_pngs({"a": go.Figure(go.Scatter(x=[1, 2], y=[2, 1]))}, tmp_path)
+    assert notice.startswith("PNG copies of the plots failed (") and "\n" not in notice
+    assert "the page has every plot" in notice and not list(tmp_path.glob("*.png"))
+
+
+def test_stage2_name_reports_stage2_and_links_stage1(report, url, tmp_path):
+    out = tmp_path / "digits-k3-stage2"
+    code, _, stderr = _run_main(["report", "--name", "digits-k3-stage2", "--storage", url,
+                                 "--out", str(out), "--grid", str(GRID), "--heldout-samples",
+                                 "80", "--no-png", "--device", "cpu"])
+    assert code == 0, stderr
+    html = (out / "index.html").read_text()
+    assert all(f'id="plot-{slug}"' in html for slug in STAGE2_SLUGS)
+    assert not any(f'id="plot-{slug}"' in html for slug in STAGE1_SLUGS)
+    assert 'href="../digits-k3/index.html"' in html
+    assert re.findall(r'<img src="([^"]+)"', html) == ["samples-uniform.png",
+                                                       "samples-stage2.png"]
+
+
+def test_an_exported_schedule_joins_the_page(report, url, tmp_path):
+    schedule = tmp_path / "schedule.json"
+    assert main(["export", "--name", "digits-k3", "--storage", url, "--out", str(schedule)]) == 0
+    code, _, stderr = _run_main(["report", "--name", "digits-k3", "--storage", url, "--out",
+                                 str(tmp_path / "r"), "--grid", "4", "--heldout-samples", "0",
+                                 "--no-png", "--schedule", str(schedule), "--device", "cpu"])
+    assert code == 0, stderr
+    html = (tmp_path / "r" / "index.html").read_text()
+    assert "samples-file.png" in html and "schedule file" in html
+
+
+# -- bad input -----------------------------------------------------------------------------------
+
+def test_bad_input_is_one_line_and_exit_2(url, tmp_path, capsys):
+    base = ["report", "--storage", url, "--out", str(tmp_path / "r"), "--no-png"]
+    assert main(base + ["--name", "nope"]) == 2
+    assert "no study named 'nope'" in (err := _err(capsys))
+    assert "studies there: digits-k3, digits-k3-stage2" in err
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    assert main(base + ["--name", "digits-k3", "--schedule", str(broken)]) == 2
+    assert "not valid JSON" in _err(capsys)
+    foreign = tmp_path / "foreign.json"
+    foreign.write_text(json.dumps({"format": "something else"}))
+    assert main(base + ["--name", "digits-k3", "--schedule", str(foreign)]) == 2
+    assert "not an autodiff-optuna schedule" in _err(capsys)
+    assert main(base + ["--name", "digits-k3", "--top", "0"]) == 2
+    assert "--top must be at least 1" in _err(capsys)
+    assert main(base + ["--name", "digits-k3", "--heldout-samples", "10"]) == 2
+    assert "--heldout-samples must exceed the FID feature dimension" in _err(capsys)
+    assert not (tmp_path / "r").exists()  # nothing written for bad input
+
+
+def test_empty_study_is_one_line_and_exit_2(url, tmp_path, capsys):
+    empty_url = f"sqlite:///{tmp_path}/empty.db"
+    empty = optuna.create_study(study_name="digits-k3", storage=empty_url)
+    empty.set_user_attr("config", _study(url).user_attrs["config"])
+    empty.enqueue_trial({"t0": 666, "t1": 333, "t2": 0})  # queued, never run
+    assert main(["report", "--name", "digits-k3", "--storage", empty_url, "--no-png"]) == 2
+    assert "has no complete trial yet" in _err(capsys)
+    assert main(["report", "--name", "digits-k3", "--storage", f"sqlite:///{tmp_path}/new.db",
+                 "--no-png"]) == 2
+    err = _err(capsys)
+    assert "no study named 'digits-k3'" in err and "studies there: none" in err
+
+
+def test_a_stage2_not_run_yet_is_a_note_on_the_stage1_page(url, tmp_path, capsys):
+    from autodiff_optuna.search import study as search
+    from autodiff_optuna.search.config import SearchConfig
+
+    copy_url = f"sqlite:///{tmp_path}/copy.db"
+    optuna.copy_study(from_study_name="digits-k3", from_storage=url, to_storage=copy_url)
+    stage1 = _study(copy_url)
+    config = SearchConfig("digits", 3, samples=80, population=4)
+    search.open_stage2(search.SearchContext.build(config), stage1, copy_url, None)  # queued only
+    base = ["report", "--storage", copy_url, "--grid", "4", "--heldout-samples", "0", "--no-png"]
+    assert main(base + ["--name", "digits-k3", "--out", str(tmp_path / "r")]) == 0
+    html = (tmp_path / "r" / "index.html").read_text()
+    assert "Stage 2: digits-k3-stage2 (0 complete)" in html and "No complete trial yet." in html
+    capsys.readouterr()
+    assert main(base + ["--name", "digits-k3-stage2"]) == 2
+    assert "'digits-k3-stage2' has no complete trial yet" in _err(capsys)
+
+
+def test_importances_of_a_degenerate_study_are_a_note():
+    study = optuna.create_study()
+    study.set_user_attr("config", {"steps": 2})
+    study.optimize(lambda t: 0.0 * t.suggest_int("t0", 0, 9) + 0.0 * t.suggest_int("t1", 0, 9)
+                   + 1.0, n_trials=4)  # every FID equal: fANOVA has no variance to split
+    panel = {p.slug: p for p in optuna_plots.panels(study)}["stage1-importances"]
+    assert panel.figure is None and "could not be computed" in panel.note
+    assert len(panel.note.splitlines()) == 1
+
+
+def test_artifacts_dir_rule():
+    assert artifacts_dir("sqlite:////data/runs/s.db") == Path("/data/runs/artifacts")
+    assert artifacts_dir(None) == Path("studies/artifacts")  # beside studies/autodiff.db
+    assert artifacts_dir("postgresql+psycopg://u@h/db") == Path("studies/artifacts")
+    assert artifacts_dir("postgresql+psycopg://u@h/db", "/srv/art") == Path("/srv/art")
+
+
+# -- headless Chromium ---------------------------------------------------------------------------
+
+def _open_in_chromium(page: Path, tmp_path: Path, height: int = 9000) -> dict:
+    """Load ``page`` from file:// in headless Chromium: a screenshot, the console messages and
+    uncaught errors it logged, and the DOM after its scripts ran."""
+    common = [CHROMIUM, "--headless=new", "--no-sandbox", "--hide-scrollbars",
+              "--no-first-run", "--virtual-time-budget=15000",
+              f"--user-data-dir={tmp_path / 'chromium-profile'}"]
+    shot = tmp_path / "screenshot.png"
+    run = subprocess.run(common + ["--enable-logging=stderr", "--v=0",
+                                   f"--window-size=1280,{height}", f"--screenshot={shot}",
+                                   page.as_uri()], capture_output=True, text=True, timeout=120,
+                         check=False)
+    assert shot.is_file(), run.stderr[-2000:]
+    dom = subprocess.run(common + ["--dump-dom", page.as_uri()], capture_output=True, text=True,
+                         timeout=120, check=True).stdout
+    # Chromium logs every console message and uncaught exception of the page as CONSOLE
+    console = [line for line in run.stderr.splitlines() if re.search(r"\bCONSOLE[:(]", line)]
+    return {"screenshot": Image.open(shot).convert("RGB"), "console": console, "dom": dom}
+
+
+def _coloured_fraction(image: Image.Image) -> float:
+    """Share of strongly coloured pixels: plot marks, not text, grid lines or background."""
+    hsv = np.asarray(image.convert("HSV"))
+    return float(((hsv[..., 1] > 100) & (hsv[..., 2] > 60)).mean())
+
+
+def _rendered_plots(dom: str) -> set[str]:
+    """Plot divs that Plotly drew into (it adds js-plotly-plot and an SVG)."""
+    return set(re.findall(r'id="plot-([\w-]+)" class="[^"]*js-plotly-plot[^"]*"[^>]*>'
+                          r'.{0,600}?class="main-svg"', dom))
+
+
+@needs_chromium
+def test_the_checks_catch_a_broken_page(tmp_path):
+    """The harness itself: an error and a blank page must fail its checks."""
+    broken = tmp_path / "broken.html"
+    broken.write_text('<html><body><div id="plot-x" class="plotly-graph-div"></div><script>'
+                      'console.error("boom"); undefined_function();</script></body></html>')
+    seen = _open_in_chromium(broken, tmp_path, height=600)
+    assert any("boom" in line for line in seen["console"])
+    assert any("undefined_function" in line for line in seen["console"])
+    assert _coloured_fraction(seen["screenshot"]) < 0.001 and not _rendered_plots(seen["dom"])
+
+
+@needs_chromium
+def test_page_renders_in_headless_chromium(report, tmp_path):
+    seen = _open_in_chromium(report["out"] / "index.html", tmp_path)
+    assert seen["console"] == []
+    assert {"schedules", *STAGE1_SLUGS, *STAGE2_SLUGS} <= _rendered_plots(seen["dom"])
+    image = seen["screenshot"]
+    assert _coloured_fraction(image) > 0.005, "the plots drew (almost) nothing"
+    assert len(image.getcolors(1 << 24)) > 500
+
+
+# -- the notebook --------------------------------------------------------------------------------
+
+def test_notebook_runs_against_a_study(url, tmp_path):
+    import nbformat
+    from nbclient import NotebookClient
+
+    path = ROOT / "notebooks" / "inspect_study.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(not c.outputs and c.execution_count is None for c in code)  # committed clean
+    assert "parameters" in code[0].metadata.get("tags", [])
+    code[0].source = f"STUDY = 'digits-k3'\nSTORAGE = {url!r}"
+    NotebookClient(nb, timeout=180, kernel_name="python3",
+                   resources={"metadata": {"path": str(tmp_path)}}).execute()
+    text = "".join(o.get("text", "") for c in code for o in c.outputs)
+    _, uniform, _ = _uniform_and_best(url)
+    assert "best: [" in text and f"uniform: {uniform.user_attrs['timesteps']}" in text
+    kinds = [k for c in code for o in c.outputs for k in o.get("data", {})]
+    assert kinds.count("application/vnd.plotly.v1+json") >= 8 and "image/png" in kinds
+    assert list(tmp_path.iterdir()) == []  # it leaves nothing behind in its folder
