@@ -70,7 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("evaluate", help="FID of one schedule on held-out noise")
     evaluate.add_argument("--model", required=True)
     evaluate.add_argument("--timesteps", type=_int_list, required=True)
-    evaluate.add_argument("--samples", type=int, default=None)
+    evaluate.add_argument("--samples", type=int, default=None,
+                          help="images (default: the study preset's, else 1000 or twice the "
+                               "FID feature dimension)")
     evaluate.add_argument("--seed", type=int, default=0,
                           help="held-out noise stream; no study ever searches on it")
     evaluate.add_argument("--solver", choices=["ddim", "dpmpp2m"], default="ddim")
@@ -92,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--out", default="samples.png")
     sample.add_argument("--device")
+    _add_model_flags(sample)  # a real model's files, as the study was given them
 
     report = sub.add_parser("report", help="an HTML report of a study: reports/<name>/index.html")
     report.add_argument("--name", required=True)
@@ -107,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--schedule", help="an exported schedule file to show beside the rest")
     report.add_argument("--no-png", action="store_true", help="no PNG copies of the plots")
     report.add_argument("--device")
+    _add_model_flags(report)  # a real model's files, as the study was given them
 
     dashboard = sub.add_parser("dashboard", help="optuna-dashboard on 127.0.0.1, with the "
                                                  "report's sample grids")
@@ -161,7 +165,10 @@ def cmd_study(args) -> None:
     preset = search_config.load_preset(args.model, args.steps)
     values = {key: getattr(args, key) if getattr(args, key) is not None else preset.get(key)
               for key in ("samples", "seed", "solver", "population", "min_samples")}
-    if values["min_samples"] == 0:  # --min-samples 0 turns a preset's pruning off
+    samples = values["samples"] or search_config.SearchConfig.samples
+    preset_pruning_too_big = args.min_samples is None and (values["min_samples"] or 0) >= samples
+    if values["min_samples"] == 0 or preset_pruning_too_big:
+        # --min-samples 0 turns a preset's pruning off; so does a --samples below its first rung
         values["min_samples"] = None
     config = search_config.SearchConfig(args.model, args.steps,
                                         **{k: v for k, v in values.items() if v is not None})
@@ -237,7 +244,6 @@ def cmd_evaluate(args) -> None:
     from autodiff_optuna.models import load_model, load_scorer
     from autodiff_optuna.sampling import HELDOUT, draw, validate
     from autodiff_optuna.sampling.skipping import check_skip
-    from autodiff_optuna.search.config import SearchConfig
     from autodiff_optuna.search.objective import score_schedule
 
     device = args.device or _default_device()
@@ -248,10 +254,10 @@ def cmd_evaluate(args) -> None:
     if args.skip is not None:
         skip = check_skip(read_json(args.skip).get("skip"), len(timesteps),
                           model.skippable_layers())
+    scorer = load_scorer(args.model, device, options)
     samples = args.samples if args.samples is not None else \
-        SearchConfig(args.model, len(timesteps)).samples
-    scorer = load_scorer(args.model, options, device)
-    scorer.check_sample_count(samples)
+        evaluate_samples(args.model, len(timesteps), scorer)
+    scorer.check_sample_count(samples)  # too few for the features: one line, the minimum
     batch = draw(model, samples, args.seed, HELDOUT)
     fid = score_schedule(model, scorer, timesteps, batch, args.solver, skip=skip)
     result = {"model": args.model, "timesteps": list(timesteps), "solver": args.solver,
@@ -260,6 +266,14 @@ def cmd_evaluate(args) -> None:
         result["skip"] = [list(s) for s in skip]
         result["gflops"] = layer_costs(model).gflops(skip)
     print(json.dumps(result, indent=1) if args.json else f"FID {fid:.3f}")
+
+
+def evaluate_samples(model: str, steps: int, scorer) -> int:
+    """``evaluate``'s default image count: the study preset's (``studies/<model>-k<steps>.yaml``),
+    else one the scorer can compute FID from (``FIDScorer.default_samples``)."""
+    from autodiff_optuna.search.config import load_preset
+
+    return int(load_preset(model, steps).get("samples") or scorer.default_samples)
 
 
 def cmd_export(args) -> None:
@@ -282,8 +296,9 @@ def cmd_sample(args) -> None:
 
     if args.n < 1:
         raise UsageError(f"--n must be at least 1, got {args.n}")
-    schedule = load_schedule(args.schedule)
-    images = sample(schedule, args.n, args.seed, args.device or _default_device())
+    device, options = args.device or _default_device(), _model_options(args)
+    schedule = load_schedule(args.schedule, options, device)
+    images = sample(schedule, args.n, args.seed, device, options=options)
     try:
         save_grid(images, args.out)
     except (OSError, ValueError) as err:  # unwritable path, unknown image extension
@@ -297,7 +312,7 @@ def cmd_report(args) -> None:
     options = Options(out=args.out, artifacts=args.artifacts, top=args.top,
                       heldout_samples=args.heldout_samples, grid=args.grid, seed=args.seed,
                       png=not args.no_png, schedule=args.schedule,
-                      device=args.device or _default_device())
+                      device=args.device or _default_device(), model=_model_options(args))
     path = build(args.name, open_storage(args.storage, writable=True), options)
     print(f"wrote {path}")
 

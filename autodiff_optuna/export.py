@@ -2,6 +2,10 @@
 
     schedule = autodiff_optuna.load_schedule("schedule.json")
     images = autodiff_optuna.sample(schedule, n=64)          # uint8, (64, C, H, W)
+
+A real model's files are given as the study was given them (``options``, a
+``models.ModelOptions``); the weights must be the ones the schedule was searched with (its
+provenance's ``model_weights``).
 """
 
 import datetime
@@ -53,6 +57,7 @@ def from_summary(summary: dict, max_gflops: float | None = None) -> SearchedSche
         provenance={"study": summary["study"] if pick["stage"] == 1 else summary["stage2_study"],
                     "trial": pick["trial"], "stage": pick["stage"],
                     "samples": summary["samples"], "seed": summary["seed"],
+                    "model_weights": summary.get("model_weights"),
                     "fid_features": summary["fid_features"],
                     "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat()})
 
@@ -70,8 +75,9 @@ def read_json(path) -> dict:
     return data
 
 
-def load_schedule(path) -> SearchedSchedule:
-    """Read and check an exported schedule; a corrupt file is one UsageError line."""
+def load_schedule(path, options=None, device: str = "cpu") -> SearchedSchedule:
+    """Read and check an exported schedule against its model (loaded with ``options`` on
+    ``device``, as ``sample`` will); a corrupt file or another model is one UsageError line."""
     path = Path(path)
     data = read_json(path)
     if data.get("format") != FORMAT:
@@ -86,18 +92,29 @@ def load_schedule(path) -> SearchedSchedule:
             or not all(isinstance(t, int) and not isinstance(t, bool) for t in schedule.timesteps):
         raise UsageError(f"schedule {path} is malformed: 'model' and 'solver' must be strings, "
                          "'timesteps' a list of integers")
-    _check(schedule, path)
+    if not isinstance(schedule.provenance, dict):
+        raise UsageError(f"schedule {path} is malformed: 'provenance' must be an object")
+    _check(schedule, path, options, device)
     return schedule
 
 
-def _check(schedule: SearchedSchedule, path) -> None:
+def _model(schedule: SearchedSchedule, options, device: str, what: str):
+    """The schedule's model, refused when its weights are not the ones it was searched with."""
     from autodiff_optuna.models import load_model
+    from autodiff_optuna.models.registry import check_same_model
+
+    model = load_model(schedule.model, device, options)
+    check_same_model(model, schedule.provenance.get("model_weights"), what)
+    return model
+
+
+def _check(schedule: SearchedSchedule, path, options, device: str) -> None:
     from autodiff_optuna.sampling import SOLVER_ORDERS, validate
     from autodiff_optuna.sampling.skipping import check_skip
 
     if schedule.solver not in SOLVER_ORDERS:
         raise UsageError(f"schedule {path}: unknown solver {schedule.solver!r}")
-    model = load_model(schedule.model)
+    model = _model(schedule, options, device, f"schedule {path}")
     validate(schedule.timesteps, model.num_train_timesteps)
     if list(schedule.timesteps) != sorted(schedule.timesteps, reverse=True):
         raise UsageError(f"schedule {path}: time steps must be descending")
@@ -105,14 +122,16 @@ def _check(schedule: SearchedSchedule, path) -> None:
 
 
 def sample(schedule: SearchedSchedule, n: int = 64, seed: int = 0, device: str = "cpu",
-           batch_size: int | None = None) -> torch.Tensor:
-    """``n`` images (uint8, (n, C, H, W)) from the schedule's model, time steps and masks."""
+           batch_size: int | None = None, options=None) -> torch.Tensor:
+    """``n`` images (uint8, (n, C, H, W)) from the schedule's model, time steps and masks;
+    ``options`` (a ``models.ModelOptions``) locate a real model's files."""
     from autodiff_optuna.metrics.fid import to_uint8
-    from autodiff_optuna.models import load_model
     from autodiff_optuna.sampling import HELDOUT, draw
     from autodiff_optuna.sampling import sample as run_solver
 
-    model = load_model(schedule.model, device)
+    study = schedule.provenance.get("study")
+    what = f"the schedule from study {study!r}" if study else "the schedule"
+    model = _model(schedule, options, device, what)
     batch = draw(model, n, seed, HELDOUT)
     x = run_solver(model, tuple(schedule.timesteps), batch, schedule.solver, batch_size,
                    skip=[tuple(s) for s in schedule.skip])

@@ -9,7 +9,6 @@ go to ``bench/results.json``. Every FID here is on held-out noise unless it says
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,11 +24,11 @@ from autodiff_optuna.models.digits_data import load_digits_uint8, split_halves
 from autodiff_optuna.sampling import HELDOUT, SEARCH, draw, sample, standard_spacings
 from autodiff_optuna.search.config import SearchConfig, load_preset
 from autodiff_optuna.search.objective import score_schedule
+from bench.search import HELDOUT_SEEDS
 from autodiff_optuna.search.study import alphas_cumprod as _alphas_cumprod
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results.json"
-HELDOUT_SEEDS = (0, 1, 2)
 
 
 def machine() -> str:
@@ -78,36 +77,24 @@ def trial_time(steps: int = 4) -> float:
     return float(np.median(times))
 
 
-def heldout_fid(schedule, samples: int, skip=None) -> tuple[float, float]:
-    model, scorer = load_model("digits"), load_scorer("digits")
-    fids = [score_schedule(model, scorer, tuple(schedule), draw(model, samples, s, HELDOUT), "ddim",
-                           skip=skip) for s in HELDOUT_SEEDS]
-    return float(np.mean(fids)), float(np.std(fids))
-
-
 def default_study(steps: int = 4) -> dict:
     """`make study` as a user runs it (preset defaults, both stages), timed end to end, then
     every result re-scored on held-out noise."""
-    with tempfile.TemporaryDirectory() as tmp:
-        url = f"sqlite:///{tmp}/bench.db"
-        started = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "autodiff_optuna", "study", "--model", "digits",
-                        "--steps", str(steps), "--storage", url, "--quiet"], check=True)
-        wall = time.perf_counter() - started
-        best = json.loads(subprocess.run(
-            [sys.executable, "-m", "autodiff_optuna", "best", "--name", f"digits-k{steps}",
-             "--storage", url, "--json"], check=True, capture_output=True, text=True).stdout)
-    samples = SearchConfig("digits", steps).samples
-    best_mean, best_std = heldout_fid(best["timesteps"], samples)
-    base_mean, base_std = heldout_fid(best["baseline_timesteps"], samples)
+    from bench.search import heldout_fids, study_both_stages
+
+    run = study_both_stages(steps, seed=0)
+    best, samples = run["best"], run["best"]["samples"]
+    best_mean, best_std = heldout_fids(best["timesteps"], samples)
+    base_mean, base_std = heldout_fids(best["baseline_timesteps"], samples)
     front = []
     for point in best["pareto"]:
-        mean, std = heldout_fid(point["timesteps"], samples, point["skip"])
+        mean, std = heldout_fids(point["timesteps"], samples, skip=point["skip"])
         front.append({**point, "fid_heldout": mean, "fid_heldout_std": std})
     cheapest_good = min((p for p in front if p["fid_heldout"] <= 1.10 * best_mean),
                         key=lambda p: p["gflops"], default=None)
-    return {"steps": steps, "trials": best["n_complete"],
-            "stage2_trials": best["stage2_n_complete"], "wall_s": wall,
+    return {"steps": steps, "trials": run["trials"], "complete": best["n_complete"],
+            "stage2_trials": best["stage2_n_complete"], "wall_s": run["wall_s"],
+            "images": run["images"],
             "best_timesteps": best["timesteps"], "best_fid_search": best["fid"],
             "uniform_timesteps": best["baseline_timesteps"], "uniform_fid_search": best["baseline_fid"],
             "best_fid_heldout": best_mean, "best_fid_heldout_std": best_std,
@@ -140,8 +127,9 @@ def masked_speed(timesteps, skip, repeats: int = 7) -> dict:
             "time_over_gflops_saving": time_saving / flop_saving if flop_saving else None}
 
 
-def write_sampler_plot(samplers: dict, path: Path = ROOT / "bench" / "samplers.html") -> None:
-    """Best search FID against evaluated trials, mean over seeds, one line per sampler."""
+def write_sampler_plot(samplers: dict, path: Path = ROOT / "bench" / "samplers.png") -> None:
+    """Best search FID against evaluated trials, mean over seeds, one line per sampler (a PNG
+    through kaleido, which needs Chrome or Chromium)."""
     import plotly.graph_objects as go
 
     fig = go.Figure()
@@ -151,8 +139,12 @@ def write_sampler_plot(samplers: dict, path: Path = ROOT / "bench" / "samplers.h
         mean = np.mean([c[:length] for c in curves], axis=0)
         fig.add_trace(go.Scatter(x=list(range(1, length + 1)), y=mean, name=name))
     fig.update_layout(title="Best FID (search noise) against trials, mean of 3 seeds",
-                      xaxis_title="evaluated trials", yaxis_title="best FID", yaxis_type="log")
-    fig.write_html(path, include_plotlyjs=True)
+                      xaxis_title="evaluated trials", yaxis_title="best FID", yaxis_type="log",
+                      width=900, height=500)
+    try:
+        fig.write_image(path)
+    except Exception as err:  # no browser for kaleido: the table still has the numbers
+        print(f"no {path.name}: {str(err).splitlines()[0] if str(err) else type(err).__name__}")
 
 
 def write_sections(sections: dict[str, str], path: Path = ROOT / "BENCHMARKS.md") -> None:
@@ -192,9 +184,10 @@ def render(results: dict) -> dict[str, str]:
         f"One digits trial (4 steps, {SearchConfig('digits', 4).samples} samples, sampling + FID): "
         f"**{results['trial_time_s']:.2f} s** (median of 5).",
         "",
-        f"`make study` (MODEL=digits STEPS=4, preset defaults: {s['trials']} stage-1 and "
-        f"{s['stage2_trials']} stage-2 trials): **{s['wall_s']:.0f} s** wall for both stages, "
-        "start-up included.",
+        f"`make study` (MODEL=digits STEPS=4, preset defaults: {s['trials']} stage-1 candidates, "
+        f"{s.get('complete', s['trials'])} of them complete and the rest stopped early by "
+        f"multi-fidelity pruning, then {s['stage2_trials']} stage-2 trials): "
+        f"**{s['wall_s']:.0f} s** wall for both stages, start-up included.",
         "",
         f"| schedule | time steps | FID on search noise | held-out FID (mean ± std, {len(HELDOUT_SEEDS)} held-out seeds) |",
         "|---|---|---|---|",
@@ -254,7 +247,7 @@ def _pm(mean_std) -> str:
 
 def render_spacings(table: dict) -> list[str]:
     rows = []
-    for k, row in table.items():
+    for k, row in sorted(table.items(), key=lambda item: int(item[0])):
         fixed = row["fixed"]
         runs = row["searches"]
         saving = np.mean([r["stage2_point"]["saving"] for r in runs])
@@ -291,7 +284,7 @@ def render_samplers(samplers: dict) -> list[str]:
         f"Stage 1 on digits, K={first['steps']}, the same encoding, the same first trials (the "
         f"standard spacings) and the same budget of {first['budget_trials']} evaluated "
         "candidates for every sampler; the best candidate (by search FID) re-scored on "
-        "held-out noise. 3 search seeds each. Best FID against trials: `bench/samplers.html`.",
+        "held-out noise. 3 search seeds each. Best FID against trials: `bench/samplers.png`.",
         "",
         "| sampler | budget (trials) | best held-out FID (mean ± std) | per seed | CPU s per search |",
         "|---|---|---|---|---|",
@@ -304,7 +297,7 @@ def render_multifidelity(mf: dict) -> list[str]:
     return [
         f"Stage 1 on digits, K={mf['steps']}, {mf['budget_trials']} evaluated candidates per "
         f"search, 3 seeds; multi-fidelity reports FID at {mf['min_samples']}, "
-        f"{2 * mf['min_samples']}, ... images and prunes with Optuna's SuccessiveHalvingPruner "
+        f"{2 * mf['min_samples']}, ... images and prunes with Optuna's MedianPruner "
         f"(values compared at equal image counts only); complete trials use all "
         f"{mf['samples']}.",
         "",

@@ -28,7 +28,7 @@ from autodiff_optuna.models import load_model, load_scorer
 from autodiff_optuna.sampling import HELDOUT, draw, standard_spacings
 from autodiff_optuna.search import study as search
 from autodiff_optuna.search.config import SearchConfig, load_preset
-from autodiff_optuna.search.fidelity import PRUNED_AT
+from autodiff_optuna.search.fidelity import PRUNED_AT, is_evaluated
 from autodiff_optuna.search.objective import score_schedule
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -38,12 +38,17 @@ HELDOUT_SEEDS = (0, 1, 2)  # held-out noise streams: no study ever searches on t
 SAMPLERS = ("evolutionary", "random", "tpe", "nsgaii", "cmaes")
 
 
-def heldout_fid(timesteps, samples: int, solver: str = "ddim", skip=None) -> float:
-    """Mean FID over the held-out noise streams (each ``samples`` images)."""
+def heldout_fids(timesteps, samples: int, solver: str = "ddim", skip=None
+                 ) -> tuple[float, float]:
+    """Mean and std of FID over the held-out noise streams (each ``samples`` images)."""
     model, scorer = load_model("digits"), load_scorer("digits")
-    return float(np.mean([score_schedule(model, scorer, tuple(timesteps),
-                                         draw(model, samples, s, HELDOUT), solver, skip=skip)
-                          for s in HELDOUT_SEEDS]))
+    return _mean_std([score_schedule(model, scorer, tuple(timesteps),
+                                     draw(model, samples, s, HELDOUT), solver, skip=skip)
+                      for s in HELDOUT_SEEDS])
+
+
+def heldout_fid(timesteps, samples: int, solver: str = "ddim", skip=None) -> float:
+    return heldout_fids(timesteps, samples, solver, skip)[0]
 
 
 def make_sampler(name: str, seed: int, population: int):
@@ -71,20 +76,23 @@ def run_search(config: SearchConfig, trials: int, sampler: str = "evolutionary")
         cpu, wall = time.process_time(), time.perf_counter()
         search.run(ctx, study, trials, progress=False)
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-        evaluated = [t for t in study.get_trials(deepcopy=False)
-                     if t.state == TrialState.COMPLETE or PRUNED_AT in t.user_attrs]
+        evaluated = [t for t in study.get_trials(deepcopy=False) if is_evaluated(t)]
         complete = [t for t in evaluated if t.state == TrialState.COMPLETE]
         best = min(complete, key=lambda t: t.value)
         history, so_far = [], float("inf")
         for t in evaluated:
             so_far = min(so_far, t.value if t.state == TrialState.COMPLETE else so_far)
             history.append(so_far)
-        images = sum(config.samples if t.state == TrialState.COMPLETE else t.user_attrs[PRUNED_AT]
-                     for t in evaluated)
+        images = sum(_images(t, config.samples) for t in evaluated)
         return {"sampler": sampler, "seed": config.seed, "trials": len(evaluated),
                 "complete": len(complete), "images": images, "cpu_s": cpu, "wall_s": wall,
                 "best_timesteps": best.user_attrs["timesteps"], "best_fid_search": best.value,
                 "best_so_far": history}
+
+
+def _images(trial, samples: int) -> int:
+    """Images a trial sampled: all of them, or those before the pruner stopped it."""
+    return samples if trial.state == TrialState.COMPLETE else trial.user_attrs.get(PRUNED_AT, 0)
 
 
 def _mean_std(values) -> tuple[float, float]:
@@ -110,17 +118,18 @@ def sampler_comparison(steps: int = 4, trials: int = 100) -> dict:
     return out
 
 
-def multifidelity(steps: int = 4, trials: int = 100, min_samples: int = 250,
-                  unpruned: list[dict] | None = None) -> dict:
-    """``unpruned``: the same searches without pruning where they were run already (the
-    sampler comparison's EvolutionarySampler runs are exactly those)."""
+def multifidelity(steps: int = 4, trials: int = 100, unpruned: list[dict] | None = None) -> dict:
+    """The preset's multi-fidelity search against the same search without pruning.
+    ``unpruned``: those searches where they were run already (the sampler comparison's
+    EvolutionarySampler runs are exactly them)."""
     base = load_preset("digits", steps)
     samples, population = base.get("samples", 1000), base.get("population", 20)
-    modes = {"full": unpruned} if unpruned else {}
+    min_samples = base["min_samples"]
+    runs = {"full": unpruned, "pruned": None}
     for label, first in (("full", None), ("pruned", min_samples)):
-        if label in modes:
+        if runs[label]:
             continue
-        runs = []
+        runs[label] = []
         for seed in SEEDS:
             config = SearchConfig("digits", steps, samples=samples, seed=seed,
                                   population=population, min_samples=first)
@@ -128,70 +137,94 @@ def multifidelity(steps: int = 4, trials: int = 100, min_samples: int = 250,
             run["best_fid_heldout"] = heldout_fid(run["best_timesteps"], samples)
             print(f"  {label} seed {seed}: {run['images']} images, held-out "
                   f"{run['best_fid_heldout']:.2f} {run['best_timesteps']}", flush=True)
-            runs.append(run)
-        modes[label] = runs
-    images = {k: sum(r["images"] for r in v) for k, v in modes.items()}
-    heldout = {k: _mean_std([r["best_fid_heldout"] for r in v]) for k, v in modes.items()}
+            runs[label].append(run)
+    return compare_fidelity(runs["full"], runs["pruned"], steps, trials, min_samples, samples)
+
+
+def compare_fidelity(full: list[dict], pruned: list[dict], steps: int, trials: int,
+                     min_samples: int, samples: int) -> dict:
+    images = {"full": sum(r["images"] for r in full), "pruned": sum(r["images"] for r in pruned)}
+    heldout = {"full": _mean_std([r["best_fid_heldout"] for r in full]),
+               "pruned": _mean_std([r["best_fid_heldout"] for r in pruned])}
     return {"steps": steps, "budget_trials": trials, "min_samples": min_samples,
             "samples": samples, "image_reduction": 1 - images["pruned"] / images["full"],
             "heldout_fid_ratio": heldout["pruned"][0] / heldout["full"][0],
             "heldout_fid_full": heldout["full"], "heldout_fid_pruned": heldout["pruned"],
-            "cpu_s_full": sum(r["cpu_s"] for r in modes["full"]),
-            "cpu_s_pruned": sum(r["cpu_s"] for r in modes["pruned"]),
-            "runs": {k: [{key: r[key] for key in r if key != "best_so_far"} for r in v]
-                     for k, v in modes.items()}}
+            "cpu_s_full": sum(r["cpu_s"] for r in full),
+            "cpu_s_pruned": sum(r["cpu_s"] for r in pruned),
+            "runs": {"full": [_without_history(r) for r in full],
+                     "pruned": [_without_history(r) for r in pruned]}}
 
 
-def _study_both_stages(steps: int, seed: int) -> dict:
+def _without_history(run: dict) -> dict:
+    return {key: value for key, value in run.items() if key != "best_so_far"}
+
+
+def _cli(*args: str) -> str:
+    """The command line, as a user runs it; its stdout, or its stderr in the error."""
+    proc = subprocess.run([sys.executable, "-m", "autodiff_optuna", *args], capture_output=True,
+                          text=True)
+    if proc.returncode:
+        raise RuntimeError(f"autodiff_optuna {args[0]} exited {proc.returncode}: {proc.stderr}")
+    return proc.stdout
+
+
+def study_both_stages(steps: int, seed: int) -> dict:
     """``make study`` for one K and seed (preset defaults, both stages), as a user runs it."""
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{tmp}/bench.db"
         started, children = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
-        subprocess.run([sys.executable, "-m", "autodiff_optuna", "study", "--model", "digits",
-                        "--steps", str(steps), "--seed", str(seed), "--storage", url, "--quiet"],
-                       check=True, capture_output=True)
+        _cli("study", "--model", "digits", "--steps", str(steps), "--seed", str(seed),
+             "--storage", url, "--quiet")
         wall = time.perf_counter() - started
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = (after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime)
-        best = json.loads(subprocess.run(
-            [sys.executable, "-m", "autodiff_optuna", "best", "--name", f"digits-k{steps}",
-             "--storage", url, "--json"], check=True, capture_output=True, text=True).stdout)
-        stage1 = optuna.load_study(study_name=f"digits-k{steps}", storage=url)
-        images = sum(best["samples"] if t.state == TrialState.COMPLETE else
-                     t.user_attrs.get(PRUNED_AT, 0) for t in stage1.trials)
+        best = json.loads(_cli("best", "--name", f"digits-k{steps}", "--storage", url, "--json"))
+        stage1 = optuna.load_study(study_name=f"digits-k{steps}", storage=url).trials
+        images = sum(_images(t, best["samples"]) for t in stage1 if is_evaluated(t))
         images += best["stage2_n_complete"] * best["samples"]
-    return {"best": best, "wall_s": wall, "cpu_s": cpu, "images": images}
+    return {"best": best, "wall_s": wall, "cpu_s": cpu, "images": images,
+            "trials": sum(map(is_evaluated, stage1))}
 
 
-def spacings_table(ks=(3, 4, 6, 8)) -> dict:
-    model = load_model("digits")
+def spacings_table(ks=(4, 3, 6, 8), on_row=None) -> dict:
+    """One row per K (K=4 first: the headline); ``on_row(table)`` after each, so a long run
+    keeps what it measured."""
     out = {}
     for k in ks:
-        samples = load_preset("digits", k).get("samples", 1000)
-        spacings = standard_spacings(k, model.num_train_timesteps, search.alphas_cumprod(model))
-        row = {"samples": samples, "fixed": {}}
-        for label, spacing, solver in (("uniform DDIM", "uniform", "ddim"),
-                                       ("uniform DPM-Solver++(2M)", "uniform", "dpmpp2m"),
-                                       ("quadratic DDIM", "quadratic", "ddim"),
-                                       ("trailing DDIM", "trailing", "ddim")):
-            row["fixed"][label] = {"timesteps": list(spacings[spacing]),
-                                   "fid_heldout": heldout_fid(spacings[spacing], samples, solver)}
-        stage1, stage2, cost = [], [], []
-        for seed in SEEDS:
-            run = _study_both_stages(k, seed)
-            best = run["best"]
-            stage1.append(heldout_fid(best["timesteps"], samples))
-            # stage 2 at no more GFLOPs than the full network: its best-FID front point
-            point = min(best["pareto"], key=lambda p: p["fid"])
-            stage2.append(heldout_fid(point["timesteps"], samples, skip=point["skip"]))
-            cost.append({"trials": best["n_complete"], "stage2_trials": best["stage2_n_complete"],
-                         "images": run["images"], "wall_s": run["wall_s"], "cpu_s": run["cpu_s"],
-                         "stage1_timesteps": best["timesteps"],
-                         "stage2_point": {**point, "saving": 1 - point["gflops"] / best["full_gflops"]}})
-            print(f"  K={k} seed {seed}: stage 1 {stage1[-1]:.2f}, stage 2 {stage2[-1]:.2f}, "
-                  f"{run['wall_s']:.0f} s", flush=True)
-        row["stage1_heldout"] = _mean_std(stage1)
-        row["stage2_heldout"] = _mean_std(stage2)
-        row["searches"] = cost
-        out[str(k)] = row
+        out[str(k)] = _spacings_row(k)
+        if on_row:
+            on_row(out)
     return out
+
+
+def _spacings_row(k: int) -> dict:
+    model = load_model("digits")
+    samples = load_preset("digits", k).get("samples", 1000)
+    spacings = standard_spacings(k, model.num_train_timesteps, search.alphas_cumprod(model))
+    row = {"samples": samples, "fixed": {}}
+    for label, spacing, solver in (("uniform DDIM", "uniform", "ddim"),
+                                   ("uniform DPM-Solver++(2M)", "uniform", "dpmpp2m"),
+                                   ("quadratic DDIM", "quadratic", "ddim"),
+                                   ("trailing DDIM", "trailing", "ddim")):
+        row["fixed"][label] = {"timesteps": list(spacings[spacing]),
+                               "fid_heldout": heldout_fid(spacings[spacing], samples, solver)}
+    stage1, stage2, cost = [], [], []
+    for seed in SEEDS:
+        run = study_both_stages(k, seed)
+        best = run["best"]
+        stage1.append(heldout_fid(best["timesteps"], samples))
+        # stage 2 at no more GFLOPs than the full network: its best-FID front point
+        point = min(best["pareto"], key=lambda p: p["fid"])
+        stage2.append(heldout_fid(point["timesteps"], samples, skip=point["skip"]))
+        cost.append({"trials": run["trials"], "stage2_trials": best["stage2_n_complete"],
+                     "images": run["images"], "wall_s": run["wall_s"], "cpu_s": run["cpu_s"],
+                     "stage1_timesteps": best["timesteps"],
+                     "stage2_point": {**point,
+                                      "saving": 1 - point["gflops"] / best["full_gflops"]}})
+        print(f"  K={k} seed {seed}: stage 1 {stage1[-1]:.2f}, stage 2 {stage2[-1]:.2f}, "
+              f"{run['wall_s']:.0f} s", flush=True)
+    row["stage1_heldout"] = _mean_std(stage1)
+    row["stage2_heldout"] = _mean_std(stage2)
+    row["searches"] = cost
+    return row

@@ -56,7 +56,7 @@ def save_tiny_adm(directory, seed: int = 0):
 def tiny_adm_preset(name: str = "adm-tiny"):
     """The real adm64 preset (files, URLs, guidance, FID mode, clipping) with small flags."""
     return dataclasses.replace(PRESETS["adm64"], name=name, flags=TINY_ADM_FLAGS,
-                               classifier_flags=TINY_CLASSIFIER_FLAGS, resolution=16)
+                               classifier_flags=TINY_CLASSIFIER_FLAGS)
 
 
 def save_tiny_ddpm(directory, seed: int = 0, old_scheduler_config: bool = False):
@@ -79,7 +79,7 @@ def save_tiny_ddpm(directory, seed: int = 0, old_scheduler_config: bool = False)
 
 
 def tiny_ddpm_preset(name: str = "ddpm-tiny"):
-    return dataclasses.replace(PRESETS["ddpm-cifar10"], name=name, resolution=16)
+    return dataclasses.replace(PRESETS["ddpm-cifar10"], name=name)
 
 
 class _Layers(nn.Module):

@@ -7,7 +7,7 @@ from optuna.trial import TrialState
 from autodiff_optuna.cli import main
 from autodiff_optuna.models import load_model, load_scorer
 from autodiff_optuna.sampling import SEARCH, draw
-from autodiff_optuna.search import fidelity
+from autodiff_optuna.search import EvolutionarySampler, fidelity
 from autodiff_optuna.search import study as search
 from autodiff_optuna.search.config import SearchConfig
 from autodiff_optuna.search.objective import score_schedule
@@ -28,15 +28,15 @@ def pruned_study(tmp_path_factory):
     ctx = search.SearchContext.build(CONFIG)
     study = search.open_stage1(ctx, "digits-k3", url)
     search.run(ctx, study, 14, progress=False)
-    return ctx, study
+    return ctx, study, study.trials  # the trials as they stood at 14 (a later test adds more)
 
 
 def test_pruned_trials_count_towards_the_budget(pruned_study):
-    _, study = pruned_study
-    stopped = [t for t in study.trials if fidelity.PRUNED_AT in t.user_attrs]
-    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    _, _, trials = pruned_study
+    stopped = [t for t in trials if fidelity.PRUNED_AT in t.user_attrs]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
     assert stopped, "the pruner stopped no candidate"
-    assert len(stopped) + len(complete) == 14
+    assert len(stopped) + len(complete) == sum(map(fidelity.is_evaluated, trials)) == 14
     for t in stopped:
         assert t.state == TrialState.PRUNED
         assert t.user_attrs[fidelity.PRUNED_AT] in (80, 160)
@@ -46,10 +46,10 @@ def test_pruned_trials_count_towards_the_budget(pruned_study):
 def test_complete_trials_are_scored_like_unpruned_ones(pruned_study):
     """The prefixes are the study's own noise: a finished trial's FID is the plain FID on all
     of it, and its reports are the FIDs of the prefixes."""
-    ctx, study = pruned_study
+    _, _, trials = pruned_study
     model, scorer = load_model("digits"), load_scorer("digits")
     batch = draw(model, CONFIG.samples, CONFIG.seed, SEARCH)
-    trial = study.get_trials(states=(TrialState.COMPLETE,))[-1]
+    trial = [t for t in trials if t.state == TrialState.COMPLETE][-1]
     steps = tuple(trial.user_attrs["timesteps"])
     assert sorted(trial.intermediate_values) == [80, 160]
     assert trial.value == pytest.approx(score_schedule(model, scorer, steps, batch, "ddim"),
@@ -60,10 +60,9 @@ def test_complete_trials_are_scored_like_unpruned_ones(pruned_study):
 
 
 def test_a_rerun_resumes_the_pruned_study(pruned_study):
-    ctx, study = pruned_study
+    ctx, study, _ = pruned_study
     search.run(ctx, study, 17, progress=False)
-    evaluated = [t for t in study.trials
-                 if t.state == TrialState.COMPLETE or fidelity.PRUNED_AT in t.user_attrs]
+    evaluated = [t for t in study.trials if fidelity.is_evaluated(t)]
     assert len(evaluated) == 17
     candidates = [tuple(t.user_attrs["timesteps"]) for t in evaluated]
     assert len(set(candidates)) == len(candidates)
@@ -75,15 +74,15 @@ def test_bad_min_samples_is_one_line(capsys, tmp_path):
     assert main([*args, "--min-samples", "200"]) == 2
     assert "--min-samples must be between" in capsys.readouterr().err
     assert main([*args, "--min-samples", "30"]) == 2  # below the FID feature dimension
-    assert "feature dimension" in capsys.readouterr().err
+    assert "--min-samples must exceed the FID feature dimension" in capsys.readouterr().err
 
 
 def test_pruned_children_are_members_of_their_generation(pruned_study):
     """Pruning filters a generation; it does not make generations longer in candidates."""
-    _, study = pruned_study
-    generation = "EvolutionarySampler:generation"
+    _, _, trials = pruned_study
+    generation = EvolutionarySampler._get_generation_key()
     members = {}
-    for t in study.trials:
+    for t in trials:
         if fidelity.is_evaluated(t):
             members.setdefault(t.system_attrs[generation], []).append(t)
     finished = sorted(members)[:-1]

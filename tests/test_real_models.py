@@ -38,8 +38,7 @@ def files(tmp_path_factory):
                 stats=stats, root=root)
 
 
-@pytest.fixture(autouse=True)
-def tiny_presets(monkeypatch, tmp_path):
+def _isolate(monkeypatch, tmp_path):
     monkeypatch.setitem(PRESETS, "adm-tiny", tiny_adm_preset())
     monkeypatch.setitem(PRESETS, "ddpm-tiny", tiny_ddpm_preset())
     # nothing found by accident in a real models directory or cache of this machine
@@ -52,6 +51,11 @@ def tiny_presets(monkeypatch, tmp_path):
     import huggingface_hub.constants
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+
+
+@pytest.fixture(autouse=True)
+def tiny_presets(monkeypatch, tmp_path):
+    _isolate(monkeypatch, tmp_path)
 
 
 def _adm(files, scale=0.0):
@@ -227,6 +231,72 @@ def test_adm_without_the_extra_says_how_to_install(monkeypatch, files):
         uncached.__wrapped__("adm-tiny", "cpu", ModelOptions(checkpoint=str(files["checkpoint"])))
 
 
+def test_compiled_blocks_equal_eager_with_masks_and_a_short_last_batch(files):
+    """--compile on the public path (the sampler prepares the model, even when its caller
+    passes a batch size): every skippable block compiled, full and bypassed variants, and a
+    short last batch padded to the compiled shape; the samples are the eager ones."""
+    graphs, batch_sizes = [], []
+
+    def backend(gm, example_inputs):  # torch.compile's eager backend, counting the graphs
+        graphs.append(gm)
+        return gm.forward
+
+    options = ModelOptions(checkpoint=str(files["checkpoint"]), classifier_scale=0,
+                           compile=True, batch_size=4)
+    model = load_model.__wrapped__("adm-tiny", "cpu", options)  # not kept in the cache
+    model.compile_backend = backend
+    layers = model.skippable_layers()
+    names = tuple(layers)
+    skip = [names[:4], names[-2:]]  # ResBlocks and attention, full and bypassed
+    batch = draw(model, 6, seed=0)  # batches of 4 and 2
+    hook = model.unet.register_forward_pre_hook(lambda m, args: batch_sizes.append(len(args[0])))
+    try:
+        compiled = sample(model, (900, 100), batch, batch_size=4, skip=skip)
+        assert graphs and all(layer.module._compiled_call_impl is not None
+                              for layer in layers.values())
+        assert set(batch_sizes) == {4}  # the short batch ran padded to the compiled shape
+        batch_sizes.clear()
+        with model.eager():
+            eager = sample(model, (900, 100), batch, batch_size=4, skip=skip)
+        assert sorted(set(batch_sizes)) == [2, 4]
+    finally:
+        hook.remove()
+        torch._dynamo.reset()
+    torch.testing.assert_close(compiled, eager, rtol=0, atol=1e-5)
+
+
+def test_fingerprints_hash_the_loaded_files_by_content(files, tmp_path):
+    """Renaming a checkpoint keeps its fingerprint (a study resumes); for diffusers only the
+    weights file from_pretrained reads counts, not other variants beside it."""
+    import shutil
+
+    from diffusers import UNet2DModel
+
+    uncached = load_model.__wrapped__
+    renamed = tmp_path / "renamed.pt"
+    shutil.copy(files["checkpoint"], renamed)
+    assert uncached("adm-tiny", "cpu", ModelOptions(checkpoint=str(renamed),
+                                                    classifier_scale=0)).fingerprint \
+        == _adm(files).fingerprint
+    ddpm = lambda path: uncached("ddpm-tiny", "cpu", ModelOptions(checkpoint=str(path)))
+    reference = ddpm(files["ddpm"]).fingerprint
+    with_variant = shutil.copytree(files["ddpm"], tmp_path / "with-variant")
+    (with_variant / "diffusion_pytorch_model.fp16.safetensors").write_bytes(b"another file")
+    (with_variant / "diffusion_pytorch_model.bin").write_bytes(b"a stale file")
+    assert ddpm(with_variant).fingerprint == reference
+    # a repository published as .bin only (the older google/ddpm-*): that file is the one
+    bin_only = tmp_path / "bin-only"
+    UNet2DModel.from_pretrained(files["ddpm"]).save_pretrained(bin_only, safe_serialization=False)
+    shutil.copy(files["ddpm"] / "scheduler_config.json", bin_only)
+    assert sorted(p.name for p in bin_only.glob("diffusion_pytorch_model*")) == \
+        ["diffusion_pytorch_model.bin"]
+    model = ddpm(bin_only)
+    assert model.fingerprint != reference
+    batch = draw(model, 2, seed=0)
+    assert torch.equal(sample(model, (900, 100), batch), sample(ddpm(files["ddpm"]),
+                                                                (900, 100), batch))
+
+
 # ---- google/ddpm-* through diffusers --------------------------------------------------------
 
 def test_ddpm_flat_directory_loads_samples_and_skips(files):
@@ -262,10 +332,12 @@ def test_ddpm_hub_id_from_the_offline_cache(files, tmp_path):
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(commit)
     assert huggingface_hub.constants.HF_HUB_CACHE == str(tmp_path / "hf")
-    model = load_model("ddpm-cifar10", "cpu", ModelOptions(checkpoint="google/ddpm-cifar10-32"))
+    # uncached: the real preset's name must not hold this tiny model for later tests
+    uncached = load_model.__wrapped__
+    model = uncached("ddpm-cifar10", "cpu", ModelOptions(checkpoint="google/ddpm-cifar10-32"))
     assert model.sample_shape == (3, 16, 16)
     # and without --checkpoint, the preset's hub id is found in the cache too
-    assert load_model("ddpm-tiny", "cpu").fingerprint == model.fingerprint is not None
+    assert uncached("ddpm-tiny", "cpu").fingerprint == model.fingerprint is not None
 
 
 # ---- studies through the CLI -----------------------------------------------------------------
@@ -283,23 +355,116 @@ def _stored_config(tmp_path, name):
     return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path}/s.db").user_attrs
 
 
-def test_short_study_on_tiny_adm_g(files, tmp_path, capsys):
-    argv = _study_args(files, tmp_path, "adm-tiny", "--checkpoint", str(files["checkpoint"]),
-                       "--classifier", str(files["classifier"]))
-    assert main(argv) == 0, capsys.readouterr().err
-    capsys.readouterr()
+@pytest.fixture(scope="module")
+def adm_g_study(files, tmp_path_factory):
+    """One short two-stage study of the tiny ADM-G (its guidance scale: the preset's 1.0),
+    shared by the tests that read it: (its directory, its command line)."""
+    root = tmp_path_factory.mktemp("adm-g-study")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        _isolate(monkeypatch, root)
+        argv = _study_args(files, root, "adm-tiny", "--checkpoint", str(files["checkpoint"]),
+                           "--classifier", str(files["classifier"]))
+        assert main(argv) == 0
+    return root, argv
+
+
+def test_short_study_on_tiny_adm_g(adm_g_study, capsys):
+    tmp_path, argv = adm_g_study
     assert main(["best", "--name", "adm-tiny-k3", "--storage", f"sqlite:///{tmp_path}/s.db",
                  "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["n_complete"] == 3 and len(summary["pareto"]) >= 1
     attrs = _stored_config(tmp_path, "adm-tiny-k3")
-    # which network and statistics scored every trial, with their digests
-    assert attrs["fid_features"].startswith("inception-v3:inception-2015-12-05.pt@")
-    assert ":legacy_tensorflow|stats.npz@" in attrs["fid_features"]
+    # which network and statistics scored every trial, by their digests
+    assert attrs["fid_features"].startswith("inception-v3@")
+    assert ":legacy_tensorflow|ref-stats@" in attrs["fid_features"]
     assert "classifier@" in attrs["config"]["model_weights"]
+    assert summary["model_weights"] == attrs["config"]["model_weights"]
     # another guidance scale is another network: the rerun is refused, naming the field
     assert main(argv + ["--classifier-scale", "2"]) == 2
     assert "model_weights" in capsys.readouterr().err
+
+
+def test_report_export_and_sample_need_the_studys_model_flags(adm_g_study, files, tmp_path,
+                                                              capsys):
+    """``report`` and ``sample`` load the model the study searched with, from the same flags,
+    and refuse in one line, naming the flag, any other network or FID features."""
+    import optuna
+
+    study_dir, argv = adm_g_study
+    url = f"sqlite:///{study_dir}/s.db"
+    flags = ["--device", "cpu", "--checkpoint", str(files["checkpoint"]), "--classifier",
+             str(files["classifier"]), "--ref-stats", str(files["stats"]), "--inception",
+             str(files["inception"])]
+    report = ["report", "--name", "adm-tiny-k3", "--storage", url, "--out", str(tmp_path / "r"),
+              "--artifacts", str(tmp_path / "a"), "--top", "1", "--grid", "4",
+              "--heldout-samples", "17", "--no-png"]
+    assert main(report + flags) == 0, capsys.readouterr().err
+    assert (tmp_path / "r" / "index.html").is_file()
+    assert (tmp_path / "r" / "samples-stage2.png").read_bytes()[:4] == b"\x89PNG"
+    attrs = optuna.load_study(study_name="adm-tiny-k3", storage=url).user_attrs
+    cached = attrs["heldout_fid"]
+    assert cached and all(c["fid_features"] == attrs["fid_features"]
+                          and c["model_weights"] == attrs["config"]["model_weights"]
+                          for c in cached)
+    capsys.readouterr()
+    # another guidance scale is another network: one line that names the study's scale
+    assert main(report + flags + ["--classifier-scale", "2"]) == 2
+    err = _one_line_error(capsys)
+    assert "study 'adm-tiny-k3' was made with model weights" in err
+    assert "pass --classifier-scale 1" in err
+    other = save_stats(tmp_path / "other.npz", np.random.default_rng(1).normal(size=(64, 16)))
+    assert main(report + flags + ["--ref-stats", str(other)]) == 2
+    err = _one_line_error(capsys)
+    assert "was scored with FID features" in err and "the --ref-stats whose digest is" in err
+    assert "--inception" not in err  # the network is the study's: only the statistics differ
+    # the schedule file records the weights; sampling it takes the same flags
+    schedule = tmp_path / "schedule.json"
+    assert main(["export", "--name", "adm-tiny-k3", "--storage", url, "--out",
+                 str(schedule)]) == 0
+    provenance = json.loads(schedule.read_text())["provenance"]
+    assert provenance["model_weights"] == attrs["config"]["model_weights"]
+    sample = ["sample", "--schedule", str(schedule), "--n", "4", "--out", str(tmp_path / "g.png")]
+    model_flags = flags[:6]
+    assert main(sample + model_flags) == 0, capsys.readouterr().err
+    assert (tmp_path / "g.png").read_bytes()[:4] == b"\x89PNG"
+    capsys.readouterr()
+    assert main(sample + model_flags + ["--classifier-scale", "3"]) == 2
+    err = _one_line_error(capsys)
+    assert f"schedule {schedule} was made with model weights" in err
+    assert "pass --classifier-scale 1" in err
+    # without flags the files are looked for where the preset's are, and named when missing
+    assert main(sample + ["--device", "cpu"]) == 2
+    assert "missing 64x64_diffusion.pt (ADM weights)" in _one_line_error(capsys)
+
+
+def test_mismatch_messages_name_the_flag():
+    from types import SimpleNamespace
+
+    from autodiff_optuna.models.registry import check_same_model, check_same_scorer
+
+    def refused(stored, loaded):
+        with pytest.raises(UsageError) as err:
+            check_same_model(SimpleNamespace(fingerprint=loaded, name="adm64"), stored,
+                             "study 's'")
+        return str(err.value).split(": pass ", 1)[1]
+
+    check_same_model(SimpleNamespace(fingerprint="abc", name="adm64"), "abc", "study 's'")
+    check_same_model(SimpleNamespace(fingerprint="abc", name="adm64"), None, "old")  # unrecorded
+    assert refused("abc", "def") == "the --checkpoint whose digest is abc"
+    assert refused("abc+bf16", "abc") == "--precision bf16"
+    assert refused("abc+classifier@c1*4+bf16", "abc+bf16") == "--classifier-scale 4"
+    assert refused("abc", "abc+classifier@c1*1") == "--classifier-scale 0"
+    assert refused("abc+classifier@c1*1", "abc+classifier@c2*1") == \
+        "the --classifier whose digest is c1"
+    assert refused("abc+classifier@c1*1", "xyz+classifier@c1*1+fp16") == \
+        "the --checkpoint whose digest is abc and --precision fp32"
+    with pytest.raises(UsageError, match="pass the --inception whose digest is n1 and the "
+                                         "--ref-stats whose digest is s1$"):
+        check_same_scorer(SimpleNamespace(name="inception-v3@n2:clean|ref-stats@s2"),
+                          "inception-v3@n1:clean|ref-stats@s1", "study 's'")
+    with pytest.raises(UsageError, match="the bundled weights are not the ones"):
+        check_same_model(SimpleNamespace(fingerprint="new", name="digits"), "old", "study 's'")
 
 
 def test_short_study_on_tiny_ddpm(files, tmp_path, capsys):
@@ -307,7 +472,7 @@ def test_short_study_on_tiny_ddpm(files, tmp_path, capsys):
                        "--stage", "1")
     assert main(argv) == 0, capsys.readouterr().err
     attrs = _stored_config(tmp_path, "ddpm-tiny-k3")
-    assert ":clean|stats.npz@" in attrs["fid_features"]
+    assert ":clean|ref-stats@" in attrs["fid_features"]
     capsys.readouterr()
     assert main(["evaluate", "--model", "ddpm-tiny", "--timesteps", "800,400,50", "--samples",
                  "20", "--device", "cpu", "--checkpoint", str(files["ddpm"]), "--ref-stats",
@@ -392,3 +557,51 @@ def test_download_fetches_files_and_leaves_nothing_partial(tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "dest").iterdir()) == ["w.pt"]
     assert main(["download", "digits"]) == 0
     assert "bundled" in capsys.readouterr().out
+
+
+def test_junk_reference_statistics_are_one_line(files, tmp_path, capsys):
+    junk = tmp_path / "junk.npz"
+    junk.write_bytes(b"PK\x03\x04 this is not a zip archive")
+    assert main(["evaluate", "--model", "ddpm-tiny", "--timesteps", "800,50", "--samples", "20",
+                 "--device", "cpu", "--checkpoint", str(files["ddpm"]), "--ref-stats", str(junk),
+                 "--inception", str(files["inception"])]) == 2
+    err = _one_line_error(capsys)
+    assert f"cannot read FID reference statistics {junk}" in err
+
+
+def test_evaluate_refuses_too_few_samples_naming_the_minimum(files, capsys):
+    assert main(["evaluate", "--model", "ddpm-tiny", "--timesteps", "800,50", "--samples", "10",
+                 "--device", "cpu", "--checkpoint", str(files["ddpm"]), "--ref-stats",
+                 str(files["stats"]), "--inception", str(files["inception"])]) == 2
+    assert "--samples must exceed the FID feature dimension (16): at least 17, got 10" in \
+        _one_line_error(capsys)
+
+
+def test_download_timeout_must_be_positive(capsys):
+    for timeout in ("-1", "0", "nan"):
+        assert main(["download", "adm64", "--timeout", timeout]) == 2
+        assert "--timeout must be a positive number of seconds" in _one_line_error(capsys)
+
+
+def test_download_falls_back_to_bin_weights_where_a_hub_repository_has_no_safetensors(
+        tmp_path, capsys):
+    """The older google/ddpm-* repositories publish diffusion_pytorch_model.bin alone."""
+    from autodiff_optuna.models.files import RemoteFile, download
+
+    published = tmp_path / "hub" / "resolve" / "main"  # the hub's URL layout, as file:// URLs
+    published.mkdir(parents=True)
+    for name in ("config.json", "diffusion_pytorch_model.bin", "scheduler_config.json"):
+        (published / name).write_text(name)
+    remote = PRESETS["ddpm-cifar10"].weights
+    assert "diffusion_pytorch_model.safetensors" in remote.files
+    local = RemoteFile(remote.name, (tmp_path / "hub").as_uri(), remote.flag, remote.what,
+                       hub_id=remote.hub_id, files=remote.files)
+    [target] = download([local], tmp_path / "dest")
+    assert sorted(p.name for p in target.iterdir()) == [
+        "config.json", "diffusion_pytorch_model.bin", "scheduler_config.json"]
+    assert "has no diffusion_pytorch_model.safetensors: fetching" in capsys.readouterr().out
+    download([local], tmp_path / "dest")  # a rerun finds the .bin and fetches nothing
+    assert "downloading" not in capsys.readouterr().out
+    (published / "config.json").unlink()  # any other missing file is still an error
+    with pytest.raises(UsageError, match="cannot download .*config.json"):
+        download([local], tmp_path / "dest2")

@@ -53,11 +53,10 @@ def report(url, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("report") / "digits-k3"
     argv = ["report", "--name", "digits-k3", "--storage", url, "--out", str(out),
             "--grid", str(GRID), "--heldout-samples", "80", "--top", "3", "--device", "cpu"]
-    started = time.monotonic()
     code, stdout, stderr = _run_main(argv)
     assert code == 0, stderr
     return {"out": out, "html": (out / "index.html").read_text(), "stderr": stderr,
-            "stdout": stdout, "argv": argv, "seconds": time.monotonic() - started}
+            "stdout": stdout, "argv": argv}
 
 
 def _run_main(argv) -> tuple[int, str, str]:
@@ -159,13 +158,15 @@ def test_grids_are_artifacts_of_their_trials_once(report, url):
     assert len(files_before) == len(with_grids)
 
 
-def test_dashboard_serves_each_grid_under_its_trial(report, url):
+def test_dashboard_serves_each_grid_under_its_trial(report, url, tmp_path):
     with socket.socket() as s:  # a free loopback port
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "autodiff_optuna", "dashboard", "--storage",
-                             url, "--port", str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "dashboard.log"  # a file, not a pipe nobody reads (a full one blocks it)
+    with log.open("w") as stderr:
+        proc = subprocess.Popen([sys.executable, "-m", "autodiff_optuna", "dashboard",
+                                 "--storage", url, "--port", str(port)],
+                                stdout=subprocess.DEVNULL, stderr=stderr)
     base = f"http://127.0.0.1:{port}"
     try:
         summaries = _get_json(f"{base}/api/studies", deadline=time.monotonic() + 60)
@@ -181,6 +182,7 @@ def test_dashboard_serves_each_grid_under_its_trial(report, url):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+        print(f"dashboard stderr:\n{log.read_text()[-4000:]}")  # pytest shows it on a failure
 
 
 def _get_json(url: str, deadline: float | None = None):
@@ -247,6 +249,65 @@ def test_an_exported_schedule_joins_the_page(report, url, tmp_path):
     assert code == 0, stderr
     html = (tmp_path / "r" / "index.html").read_text()
     assert "samples-file.png" in html and "schedule file" in html
+
+
+def test_heldout_fids_are_stored_one_by_one():
+    """A report stopped partway (Ctrl-C, out of memory) keeps the held-out FIDs it finished."""
+    from autodiff_optuna.models import load_model, load_scorer
+    from autodiff_optuna.reporting import candidates, heldout
+
+    model, scorer = load_model("digits"), load_scorer("digits")
+    study = optuna.create_study()
+    schedules = [[666, 333, 0], [900, 500, 100]]
+
+    def rows():
+        return [candidates.Row(f"row {i}", None, None, timesteps, [[], [], []], None, 0.0)
+                for i, timesteps in enumerate(schedules)]
+
+    def ctrl_c_at_the_second(line):
+        if line.startswith("held-out FID 2/"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        heldout.fill(rows(), study, model, scorer, "ddim", 65, 0, ctrl_c_at_the_second)
+    [first] = study.user_attrs[heldout.CACHE_ATTR]
+    assert first["timesteps"] == schedules[0] and np.isfinite(first["fid"])
+    lines, again = [], rows()
+    heldout.fill(again, study, model, scorer, "ddim", 65, 0, lines.append)
+    assert [line.split(":")[0] for line in lines] == ["held-out FID 2/2"]  # 1 from the cache
+    stored = study.user_attrs[heldout.CACHE_ATTR]
+    assert [c["timesteps"] for c in stored] == schedules and stored[0] == first
+    assert [row.heldout_fid for row in again] == [c["fid"] for c in stored]
+
+
+def test_trials_the_pruner_stopped_are_counted_not_ranked(url, tmp_path):
+    """Multi-fidelity pruning: a trial stopped early has a value (its FID on fewer images) but
+    no place in the table; the page counts it as evaluated. A surplus trial is neither."""
+    from autodiff_optuna.search.fidelity import PRUNED_AT
+
+    copy_url = f"sqlite:///{tmp_path}/copy.db"
+    optuna.copy_study(from_study_name="digits-k3", from_storage=url, to_storage=copy_url)
+    stage1 = _study(copy_url)
+    base = stage1.best_trial
+    stopped = [999, 998, 0]  # lower than any FID: it would top the table if it were ranked
+    stage1.add_trial(optuna.trial.create_trial(
+        state=optuna.trial.TrialState.PRUNED, value=1.0, params=base.params,
+        distributions=base.distributions, intermediate_values={40: 1.0},
+        user_attrs={"timesteps": stopped, PRUNED_AT: 40}))
+    stage1.add_trial(optuna.trial.create_trial(
+        state=optuna.trial.TrialState.PRUNED, params=base.params,
+        distributions=base.distributions, user_attrs={"surplus": "the target was reached"}))
+    n = len(stage1.get_trials(states=(optuna.trial.TrialState.COMPLETE,)))
+    out = tmp_path / "r"
+    code, _, stderr = _run_main(["report", "--name", "digits-k3", "--storage", copy_url,
+                                 "--out", str(out), "--grid", "4", "--heldout-samples", "0",
+                                 "--no-png", "--device", "cpu"])
+    assert code == 0, stderr
+    html = (out / "index.html").read_text()
+    assert f"Stage 1: digits-k3 ({n + 1} evaluated: {n} complete, 1 stopped early)" in html
+    table = html.split("<table>")[1].split("</table>")[0]
+    assert str(stopped) not in table and f"<td>{base.value:.3f}</td>" in table
+    assert 'id="plot-stage1-history"' in html
 
 
 # -- bad input -----------------------------------------------------------------------------------
@@ -376,9 +437,14 @@ def test_page_renders_in_headless_chromium(report, tmp_path):
 
 # -- the notebook --------------------------------------------------------------------------------
 
-def test_notebook_runs_against_a_study(url, tmp_path):
+def test_notebook_runs_against_a_study(url, tmp_path, monkeypatch):
     import nbformat
     from nbclient import NotebookClient
+
+    cwd, tmp = tmp_path / "cwd", tmp_path / "tmp"
+    cwd.mkdir()
+    tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp))  # the kernel's temporary files go here
 
     path = ROOT / "notebooks" / "inspect_study.ipynb"
     nb = nbformat.read(path, as_version=4)
@@ -387,10 +453,10 @@ def test_notebook_runs_against_a_study(url, tmp_path):
     assert "parameters" in code[0].metadata.get("tags", [])
     code[0].source = f"STUDY = 'digits-k3'\nSTORAGE = {url!r}"
     NotebookClient(nb, timeout=180, kernel_name="python3",
-                   resources={"metadata": {"path": str(tmp_path)}}).execute()
+                   resources={"metadata": {"path": str(cwd)}}).execute()
     text = "".join(o.get("text", "") for c in code for o in c.outputs)
     _, uniform, _ = _uniform_and_best(url)
     assert "best: [" in text and f"uniform: {uniform.user_attrs['timesteps']}" in text
     kinds = [k for c in code for o in c.outputs for k in o.get("data", {})]
     assert kinds.count("application/vnd.plotly.v1+json") >= 8 and "image/png" in kinds
-    assert list(tmp_path.iterdir()) == []  # it leaves nothing behind in its folder
+    assert list(cwd.iterdir()) == [] and list(tmp.iterdir()) == []  # it leaves nothing behind

@@ -19,6 +19,7 @@ from autodiff_optuna.metrics.flops import layer_costs
 from autodiff_optuna.models import load_scorer
 from autodiff_optuna.models.diffusers_unet import DiffusersUNetModel
 from autodiff_optuna.search import study as search
+from autodiff_optuna.search.fidelity import is_evaluated
 from autodiff_optuna.search.config import SearchConfig
 
 GENERATION = "EvolutionarySampler:generation"
@@ -73,18 +74,19 @@ def test_sigkilled_worker_is_resumed_without_loss(tmp_path):
     worker.wait()
     before = {t.number: (t.params, t.values, t.user_attrs) for t in
               optuna.load_study(study_name="digits-k3", storage=url).trials
-              if t.state == TrialState.COMPLETE}
+              if is_evaluated(t)}
     time.sleep(3.5)  # past the grace period of three missed heartbeats
     resumed = subprocess.run(_study_cmd(url, 8), capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     study = optuna.load_study(study_name="digits-k3", storage=url)
     by_state = {s: [t for t in study.trials if t.state == s] for s in TrialState}
-    assert len(by_state[TrialState.COMPLETE]) == 8
+    # the preset prunes with multi-fidelity: evaluated = complete + stopped early
+    assert sum(is_evaluated(t) for t in study.trials) == 8
     assert not by_state[TrialState.RUNNING] and not by_state[TrialState.WAITING]
     dead = study.trials[killed]
     assert dead.state == TrialState.FAIL
     retry = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed]
-    assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE
+    assert len(retry) == 1 and is_evaluated(retry[0])
     assert retry[0].params == dead.params  # the same candidate
     assert retry[0].system_attrs[GENERATION] == dead.system_attrs[GENERATION]
     for number, (params, values, _) in before.items():  # nothing completed was touched
@@ -110,7 +112,7 @@ def test_ctrl_c_marks_the_trial_and_says_how_to_resume(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     study = optuna.load_study(study_name="digits-k3", storage=url)
     retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == interrupted]
-    assert retried[0].state == TrialState.COMPLETE
+    assert is_evaluated(retried[0])
 
 
 @pytest.mark.skipif(not POSTGRES, reason="AUTODIFF_TEST_POSTGRES_URL not set (.ci/run sets it)")
@@ -123,17 +125,18 @@ def test_three_workers_share_one_study_on_postgresql(fresh_postgres):
         _, err = w.communicate(timeout=600)
         assert w.returncode == 0, err
     study = optuna.load_study(study_name=name, storage=url)
-    complete = study.get_trials(states=(TrialState.COMPLETE,))
-    assert len(complete) == trials  # exactly the total, whichever worker got there
+    # the preset prunes with multi-fidelity: evaluated = complete + stopped early by the pruner
+    evaluated = [t for t in study.trials if is_evaluated(t)]
+    assert len(evaluated) == trials  # exactly the total, whichever worker got there
     assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
-    candidates = [tuple(t.user_attrs["timesteps"]) for t in complete]
+    candidates = [tuple(t.user_attrs["timesteps"]) for t in evaluated]
     assert len(set(candidates)) == len(candidates)  # no candidate scored twice
-    pruned = study.get_trials(states=(TrialState.PRUNED,))
-    assert all("surplus" in t.user_attrs or "duplicate_of" in t.user_attrs for t in pruned)
-    generations = sorted({t.system_attrs[GENERATION] for t in complete})
+    unscored = [t for t in study.get_trials(states=(TrialState.PRUNED,)) if not is_evaluated(t)]
+    assert all("surplus" in t.user_attrs or "duplicate_of" in t.user_attrs for t in unscored)
+    generations = sorted({t.system_attrs[GENERATION] for t in evaluated})
     assert generations == list(range(len(generations)))
     for g in generations[:-1]:  # every finished generation is full before the next begins
-        assert sum(t.system_attrs[GENERATION] == g for t in complete) >= 4
+        assert sum(t.system_attrs[GENERATION] == g for t in evaluated) >= 4
 
 
 def _err(capsys):

@@ -4,6 +4,8 @@ A ``FIDScorer`` holds one feature network and one set of reference statistics; b
 process (``scorer_for`` caches it) and call it once per candidate.
 """
 
+import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -40,11 +42,21 @@ class FIDScorer:
     def feature_dim(self) -> int:
         return int(self.ref_mu.shape[0])
 
-    def check_sample_count(self, n: int) -> None:
-        """Fewer samples than feature dimensions give a singular covariance and a noisy FID."""
-        if n <= self.feature_dim:
-            raise UsageError(f"--samples must exceed the FID feature dimension "
-                             f"({self.feature_dim}), got {n}")
+    @property
+    def min_samples(self) -> int:
+        """Fewer samples than feature dimensions give a singular covariance: no FID."""
+        return self.feature_dim + 1
+
+    @property
+    def default_samples(self) -> int:
+        """Images per FID where nothing else says: 1000, or twice the feature dimension where
+        that is more (4096 for Inception's 2048 features)."""
+        return max(1000, 2 * self.feature_dim)
+
+    def check_sample_count(self, n: int, flag: str = "--samples") -> None:
+        if n < self.min_samples:
+            raise UsageError(f"{flag} must exceed the FID feature dimension "
+                             f"({self.feature_dim}): at least {self.min_samples}, got {n}")
 
     def __call__(self, images_uint8: torch.Tensor) -> float:
         return fid_from_features(self.features(images_uint8), self.ref_mu, self.ref_sigma)
@@ -74,13 +86,27 @@ def fid_from_features(feats: np.ndarray, ref_mu: np.ndarray, ref_sigma: np.ndarr
 
 
 def load_reference_stats(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """``mu`` and ``sigma`` from an .npz, as clean-fid and ADM's reference batches store them."""
+    """``mu`` (d,) and ``sigma`` (d, d) from an .npz, as clean-fid and ADM's reference batches
+    store them; a missing, corrupt or malformed file is one UsageError line naming it."""
     if not path.is_file():
         raise UsageError(f"FID reference statistics not found: {path}")
-    with np.load(path) as stats:
-        if "mu" not in stats or "sigma" not in stats:
-            raise UsageError(f"{path} holds no 'mu' and 'sigma' arrays")
-        return stats["mu"].astype(np.float64), stats["sigma"].astype(np.float64)
+    what = f"FID reference statistics {path}"
+    try:
+        stats = np.load(path)  # allow_pickle=False: a pickle is refused, never run
+        if not isinstance(stats, np.lib.npyio.NpzFile):
+            raise UsageError(f"{what}: not an .npz archive (of 'mu' and 'sigma' arrays)")
+        with stats:
+            if "mu" not in stats or "sigma" not in stats:
+                raise UsageError(f"{what} holds no 'mu' and 'sigma' arrays")
+            mu, sigma = stats["mu"].astype(np.float64), stats["sigma"].astype(np.float64)
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, TypeError, zlib.error) as err:
+        detail = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise UsageError(f"cannot read {what} (an .npz of 'mu' and 'sigma'): {detail}") \
+            from None
+    if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)) or not len(mu):
+        raise UsageError(f"{what}: 'mu' must be a vector of d values and 'sigma' d x d, got "
+                         f"shapes {mu.shape} and {sigma.shape}")
+    return mu, sigma
 
 
 @lru_cache(maxsize=None)

@@ -7,7 +7,6 @@ so the two passes see the same tensors everywhere else. The first pass also reco
 which the layers run, the stable order of their names.
 """
 
-import contextlib
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -53,13 +52,12 @@ def count_flops(model: DiffusionModel, skip=()) -> tuple[int, dict[str, int]]:
     t = torch.tensor(model.num_train_timesteps - 1, device=model.device)
     labels = torch.zeros(1, dtype=torch.long, device=model.device) if model.num_classes else None
     counter = FlopCounterMode(display=False, depth=None, custom_mapping=_custom_mapping())
-    eager = getattr(model, "eager", contextlib.nullcontext)
-    with torch.inference_mode(), eager(), skipping(model.skippable_layers(), skip), counter:
+    with torch.inference_mode(), model.eager(), skipping(model.skippable_layers(), skip), counter:
         model.predict_noise(x, t, labels)
     # the total counts everything (an ADM-G classifier's forward and backward included); the
     # per-module counts are the skippable network's own (the counter names modules by their
     # root's class name, and a classifier's modules would share the network's paths)
-    network = getattr(model, "network", None)
+    network = model.network
     root = type(network).__name__ + "." if network is not None else None
     per_module = {}
     for name, ops in counter.get_flop_counts().items():

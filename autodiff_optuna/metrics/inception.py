@@ -95,17 +95,15 @@ class InceptionFeatures:
 
 def inception_scorer(weights: Path, stats: Path, mode: str = "clean",
                      device: str | torch.device = "cpu") -> FIDScorer:
-    """A scorer whose name records the network, the mode and the statistics, with digests."""
+    """A scorer whose name records the network, the mode and the statistics (by digest)."""
     net = InceptionFeatures(weights, mode, device)
     mu, sigma = load_reference_stats(stats)
     probe = net(torch.zeros((2, 3, 16, 16), dtype=torch.uint8))
     if probe.shape[1] != mu.shape[0]:
         raise UsageError(f"{stats} holds {mu.shape[0]}-dimensional statistics, but the "
                          f"Inception network {weights} gives {probe.shape[1]} features")
-    if sigma.shape != (mu.shape[0], mu.shape[0]):
-        raise UsageError(f"{stats}: sigma has shape {sigma.shape}, mu {mu.shape}")
-    name = (f"inception-v3:{weights.name}@{files_digest([weights])}:{mode}"
-            f"|{stats.name}@{files_digest([stats])}")
+    # by contents alone: a renamed or moved file is the same network and statistics
+    name = f"inception-v3@{files_digest([weights])}:{mode}|ref-stats@{files_digest([stats])}"
     return FIDScorer(net, mu, sigma, name=name, batch_size=10_000)
 
 

@@ -80,14 +80,17 @@ class AdmModel(DiffusionModel):
                  classifier_flags: dict | None = None, classifier_scale: float = 0.0,
                  clip_denoised: bool = True, precision: str | None = None,
                  compile: bool = False, batch_size: int | None = None,
-                 batch_size_cpu: int | None = None):
-        """``checkpoint=None`` keeps guided-diffusion's random initialisation (benchmarks)."""
+                 batch_size_cpu: int | None = None, weights_what: str = "weights",
+                 classifier_what: str = "classifier"):
+        """``checkpoint=None`` keeps guided-diffusion's random initialisation (benchmarks).
+        ``weights_what`` / ``classifier_what`` name the files in messages (the presets'
+        ``RemoteFile.what``)."""
         self.name = name
         self._configure_runtime(device, precision, compile, batch_size, batch_size_cpu)
         self.flags = dict(flags)
         self.unet = build_unet(flags)
         if checkpoint is not None:
-            load_state(self.unet, checkpoint, "ADM weights")
+            load_state(self.unet, checkpoint, weights_what)
         self.unet.to(self.device).eval()
         self.num_classes = self.unet.num_classes
         self.learn_sigma = self.unet.out_channels == 2 * self.unet.in_channels
@@ -106,7 +109,7 @@ class AdmModel(DiffusionModel):
                 raise UsageError(f"model {name!r} is not class-conditional: no classifier "
                                  "guidance")
             self.classifier = build_classifier(classifier_flags or {})
-            load_state(self.classifier, classifier, "ADM-G classifier")
+            load_state(self.classifier, classifier, classifier_what)
             self.classifier.to(self.device).eval().requires_grad_(False)
             fingerprint.append(f"classifier@{files_digest([classifier])}"
                                f"*{self.classifier_scale:g}")
@@ -136,7 +139,9 @@ class AdmModel(DiffusionModel):
                    classifier=classifier, classifier_flags=preset.classifier_flags,
                    classifier_scale=scale, clip_denoised=preset.clip_denoised,
                    precision=options.precision, compile=options.compile,
-                   batch_size=options.batch_size, batch_size_cpu=preset.batch_size_cpu)
+                   batch_size=options.batch_size, batch_size_cpu=preset.batch_size_cpu,
+                   weights_what=preset.weights.what,
+                   classifier_what=preset.classifier.what if preset.classifier else "classifier")
 
     @property
     def scheduler_config(self) -> dict[str, Any]:

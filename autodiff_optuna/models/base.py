@@ -19,14 +19,16 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def files_digest(paths) -> str:
-    """A short SHA-256 over files' contents: which weights a result came from."""
-    digest = hashlib.sha256()
-    for path in sorted(Path(p) for p in paths):
-        digest.update(path.name.encode())
-        with path.open("rb") as f:
+    """A short SHA-256 of files' contents, whatever they are named or in which order they come:
+    which weights a result came from (renaming or moving a checkpoint does not change it)."""
+    per_file = []
+    for path in paths:
+        digest = hashlib.sha256()
+        with Path(path).open("rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 digest.update(chunk)
-    return digest.hexdigest()[:12]
+        per_file.append(digest.digest())
+    return hashlib.sha256(b"".join(sorted(per_file))).hexdigest()[:12]
 
 
 class DiffusionModel(abc.ABC):
@@ -41,8 +43,10 @@ class DiffusionModel(abc.ABC):
     fingerprint: str = ""
     clip_denoised: bool = False  # the x0 prediction is clipped to [-1, 1] at every step
     precision: str = "fp32"  # autocast dtype of the network (PRECISIONS)
-    compiled: bool = False  # torch.compile each skippable block (and the glue around them)
+    compiled: bool = False  # torch.compile each skippable block (the rest of the network is eager)
+    compile_backend = "inductor"  # torch.compile backend of those blocks (a callable will do)
     _batch_size: int | None = None  # images per network call; None: all at once
+    _blocks_compiled: bool = False  # _compile_blocks has run
 
     @property
     def network(self) -> torch.nn.Module | None:
@@ -54,9 +58,16 @@ class DiffusionModel(abc.ABC):
         """Images per network call, sized to the device on first use (CUDA: measured)."""
         if self._batch_size is None and self.device.type == "cuda":
             self._batch_size = self._measure_batch_size()
-        if self.compiled and not getattr(self, "_compile_done", False):
-            self._compile_blocks()
         return self._batch_size
+
+    def prepare(self) -> None:
+        """Ready the model for sampling, once: size its batch to the device and, with
+        ``compiled``, compile its skippable blocks. The sampler calls it before every run
+        (``sampling.sample``), whatever batch size its caller passes; once done, it does
+        nothing."""
+        _ = self.batch_size  # measured on first use
+        if self.compiled and not self._blocks_compiled:
+            self._compile_blocks()
 
     @property
     @abc.abstractmethod
@@ -136,11 +147,12 @@ class DiffusionModel(abc.ABC):
             for module, impl in saved.items():
                 module._compiled_call_impl = impl
 
-    def _compile_blocks(self, backend: str = "inductor") -> None:
-        """``torch.compile`` each skippable block on its own (plus the network's other direct
-        children): a skipped block swaps its ``forward`` for its bypass, which compiles as a
-        second variant of that block, so every mask runs compiled without a whole-network
-        recompile per mask."""
+    def _compile_blocks(self, backend=None) -> None:
+        """``torch.compile`` each skippable block on its own, and nothing else: the glue between
+        them (embeddings, resampling, the skip-connection stack, the output head) runs eager. A
+        skipped block swaps its ``forward`` for its bypass, which compiles as a second variant
+        of that block, so every mask runs compiled without a whole-network recompile per mask.
+        ``backend``: ``compile_backend`` unless given."""
         import torch._dynamo.config as dynamo_config
 
         layers = self.skippable_layers()
@@ -150,8 +162,8 @@ class DiffusionModel(abc.ABC):
             dynamo_config.accumulated_recompile_limit = max(
                 dynamo_config.accumulated_recompile_limit, 64 * len(layers))
         for layer in layers.values():
-            layer.module.compile(dynamic=False, backend=backend)
-        self._compile_done = True
+            layer.module.compile(dynamic=False, backend=backend or self.compile_backend)
+        self._blocks_compiled = True
 
     def _measure_batch_size(self, budget: float = 0.8, cap: int = 1024) -> int:
         """The largest batch whose peak memory fits ``budget`` of the free GPU memory, from the

@@ -32,14 +32,15 @@ class DiffusersUNetModel(DiffusionModel):
             raise UsageError(f"model {name!r}: {directory} is not a diffusers model directory "
                              "(it needs unet/config.json and scheduler/scheduler_config.json, or "
                              "config.json and scheduler_config.json side by side)")
-        weights = sorted(unet_dir.glob("diffusion_pytorch_model*"))
+        weights, use_safetensors = loaded_weights(unet_dir)
         if not weights:
-            raise UsageError(f"model {name!r}: no weights (diffusion_pytorch_model.*) in "
-                             f"{unet_dir}")
+            raise UsageError(f"model {name!r}: no weights (diffusion_pytorch_model.safetensors "
+                             f"or .bin) in {unet_dir}")
         self.name = name
         self._configure_runtime(device, precision, compile, batch_size, batch_size_cpu)
-        try:
-            unet = UNet2DModel.from_pretrained(unet_dir, local_files_only=True)
+        try:  # exactly the files hashed into the fingerprint below
+            unet = UNet2DModel.from_pretrained(unet_dir, local_files_only=True,
+                                               use_safetensors=use_safetensors)
         except (OSError, ValueError) as err:
             raise UsageError(f"model {name!r}: cannot load {unet_dir}: "
                              f"{str(err).splitlines()[0]}") from None
@@ -106,6 +107,28 @@ class DiffusersUNetModel(DiffusionModel):
             elif isinstance(module, Attention) and module.residual_connection:
                 layers[name] = SkippableLayer(name, module, _attention_bypass(module))
         return layers
+
+
+WEIGHTS = "diffusion_pytorch_model"
+
+
+def loaded_weights(unet_dir: Path) -> tuple[list[Path], bool]:
+    """The weight files ``from_pretrained`` reads from ``unet_dir`` (no variant), and whether
+    they are safetensors: a sharded safetensors index's shards, else the single safetensors
+    file, else the single ``.bin`` (diffusers' own order). Other files beside them (fp16 or
+    other variants, a stale ``.bin``) are not read, so they are not part of the fingerprint."""
+    index = unet_dir / f"{WEIGHTS}.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise UsageError(f"{index} is not a diffusers weight index") from None
+        return [unet_dir / shard for shard in shards], True
+    for suffix, safetensors in (("safetensors", True), ("bin", False)):
+        single = unet_dir / f"{WEIGHTS}.{suffix}"
+        if single.is_file():
+            return [single], safetensors
+    return [], True
 
 
 def _resnet_bypass(block):

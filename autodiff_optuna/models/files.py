@@ -13,6 +13,7 @@ it in. ``python -m autodiff_optuna download MODEL`` fetches a preset's files whe
 internet (``download`` below), with a timeout, into the first of those directories.
 """
 
+import math
 import os
 import shutil
 import sys
@@ -51,9 +52,10 @@ def missing_message(remote: RemoteFile, preset: str | None = None) -> str:
     where = models_dirs()[0]
     fetch = f"; `python -m autodiff_optuna download {preset}` fetches it" if preset else ""
     if remote.hub_id:
-        return (f"missing {remote.hub_id}: download {remote.url} ({', '.join(remote.files)}) "
-                f"into {where / remote.name} (or pass {remote.flag} DIR|HUB_ID{fetch})")
-    return (f"missing {remote.name}: download {remote.url} and put it in {where} "
+        return (f"missing {remote.hub_id} ({remote.what}): download {remote.url} "
+                f"({', '.join(remote.files)}) into {where / remote.name} (or pass {remote.flag} "
+                f"DIR|HUB_ID{fetch})")
+    return (f"missing {remote.name} ({remote.what}): download {remote.url} and put it in {where} "
             f"(or pass {remote.flag} PATH{fetch})")
 
 
@@ -107,19 +109,40 @@ def _hub_cache(hub_id: str) -> Path | None:
         return None
 
 
+# a hub file that may be published in another format: diffusers reads either (the older
+# google/ddpm-* repositories hold only the .bin)
+HUB_ALTERNATIVES = {"diffusion_pytorch_model.safetensors": "diffusion_pytorch_model.bin"}
+
+
+class NotPublished(UsageError):
+    """The server has no such file (HTTP 404)."""
+
+
 def download(remotes: list[RemoteFile], directory: Path | None = None,
              timeout: float = 60.0) -> list[Path]:
     """Fetch each file (or hub model's files) that is not already in ``directory`` (default:
     the first models directory). A failed fetch is one UsageError line; a partial file never
-    stays behind."""
+    stays behind. A hub model's ``.safetensors`` weights that the repository does not publish
+    are fetched as its ``.bin`` instead (``HUB_ALTERNATIVES``)."""
+    if not (math.isfinite(timeout) and timeout > 0):
+        raise UsageError(f"--timeout must be a positive number of seconds, got {timeout}")
     directory = directory or models_dirs()[0]
     done = []
     for remote in remotes:
         target = directory / remote.name
         if remote.hub_id:
             for name in remote.files:
-                url = f"https://huggingface.co/{remote.hub_id}/resolve/main/{name}"
-                _fetch(url, target / name, timeout)
+                alternative = HUB_ALTERNATIVES.get(name)
+                if alternative and (target / alternative).exists():
+                    name = alternative  # fetched as the alternative before
+                try:
+                    _fetch(f"{remote.url}/resolve/main/{name}", target / name, timeout)
+                except NotPublished:
+                    if not alternative or name == alternative:
+                        raise
+                    print(f"{remote.hub_id} has no {name}: fetching {alternative}", flush=True)
+                    _fetch(f"{remote.url}/resolve/main/{alternative}", target / alternative,
+                           timeout)
         else:
             _fetch(remote.url, target, timeout)
         done.append(target)
@@ -139,7 +162,11 @@ def _fetch(url: str, target: Path, timeout: float) -> None:
     except (urllib.error.URLError, OSError, TimeoutError) as err:
         partial.unlink(missing_ok=True)
         reason = getattr(err, "reason", None) or err
-        raise UsageError(f"cannot download {url}: {reason}") from None
+        # HTTP 404, or (file:// URLs, the tests) no such file: the file is not published
+        absent = (isinstance(err, urllib.error.HTTPError) and err.code == 404) \
+            or isinstance(reason, FileNotFoundError)
+        raise (NotPublished if absent else UsageError)(
+            f"cannot download {url}: {reason}") from None
     except KeyboardInterrupt:
         partial.unlink(missing_ok=True)
         print(f"\ninterrupted; {partial} removed", file=sys.stderr)

@@ -10,8 +10,10 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+from cleanfid.downloads_helper import inception_url
+
 from autodiff_optuna.errors import UsageError
-from autodiff_optuna.models.base import DiffusionModel
+from autodiff_optuna.models.base import PRECISIONS, DiffusionModel
 from autodiff_optuna.models.files import RemoteFile
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -19,13 +21,9 @@ WEIGHTS_DIR = Path(__file__).parent / "weights"
 ADM_URL = "https://openaipublic.blob.core.windows.net/diffusion/jul-2021"
 CLEANFID_STATS_URL = "https://www.cs.cmu.edu/~clean-fid/stats"
 
-# clean-fid's Inception-V3 (the TF FID network as TorchScript); the URL is
-# cleanfid.downloads_helper.inception_url (a test checks it)
-INCEPTION = RemoteFile(
-    "inception-2015-12-05.pt",
-    "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/"
-    "inception-2015-12-05.pt",
-    flag="--inception", what="Inception-V3 FID network")
+# clean-fid's Inception-V3 (the TF FID network as TorchScript), from where clean-fid fetches it
+INCEPTION = RemoteFile(inception_url.rsplit("/", 1)[1], inception_url, flag="--inception",
+                       what="Inception-V3 FID network")
 
 
 def cleanfid_stats(dataset: str, res: int, split: str, mode: str = "clean") -> RemoteFile:
@@ -41,8 +39,6 @@ class ModelPreset:
     name: str
     family: str  # which adapter loads it: "diffusers-unet" | "adm"
     fid: str  # which scorer: "digits" (bundled) | "inception" (clean-fid's Inception-V3)
-    description: str
-    resolution: int
     directory: Path | None = None  # bundled weights (digits)
     weights: RemoteFile | None = None  # ADM: the .pt state dict; diffusers: the hub repo
     flags: dict = field(default_factory=dict)  # ADM: guided-diffusion's create_model flags
@@ -67,9 +63,9 @@ ADM64_CLASSIFIER_FLAGS = dict(image_size=64, classifier_attention_resolutions="3
                               classifier_use_scale_shift_norm=True, classifier_use_fp16=True)
 
 
-def _ddpm(name: str, hub_id: str, res: int, stats: RemoteFile | None, what: str) -> ModelPreset:
+def _ddpm(name: str, hub_id: str, stats: RemoteFile | None) -> ModelPreset:
     return ModelPreset(
-        name, "diffusers-unet", "inception", f"{hub_id} ({what}), through diffusers", res,
+        name, "diffusers-unet", "inception",
         weights=RemoteFile(hub_id.split("/")[1], f"https://huggingface.co/{hub_id}",
                            flag="--checkpoint", what="diffusers model", hub_id=hub_id,
                            files=("config.json", "diffusion_pytorch_model.safetensors",
@@ -80,12 +76,11 @@ def _ddpm(name: str, hub_id: str, res: int, stats: RemoteFile | None, what: str)
 PRESETS = {
     preset.name: preset
     for preset in [
-        ModelPreset("digits", "diffusers-unet", "digits",
-                    "bundled 8x8 DDPM trained on scikit-learn's handwritten digits", 8,
-                    directory=WEIGHTS_DIR / "digits"),
+        # the bundled 8x8 DDPM trained on scikit-learn's handwritten digits
+        ModelPreset("digits", "diffusers-unet", "digits", directory=WEIGHTS_DIR / "digits"),
+        # openai/guided-diffusion ImageNet 64x64 (ADM; ADM-G with its classifier)
         ModelPreset(
             "adm64", "adm", "inception",
-            "openai/guided-diffusion ImageNet 64x64 (ADM; ADM-G with its classifier)", 64,
             weights=RemoteFile("64x64_diffusion.pt", f"{ADM_URL}/64x64_diffusion.pt",
                                flag="--checkpoint", what="ADM weights"),
             flags=ADM64_FLAGS,
@@ -101,12 +96,12 @@ PRESETS = {
                 f"{ADM_URL}/ref_batches/imagenet/64/VIRTUAL_imagenet64_labeled.npz",
                 flag="--ref-stats", what="FID reference statistics"),
             fid_mode="legacy_tensorflow", clip_denoised=True, batch_size_cpu=64),
-        _ddpm("ddpm-cifar10", "google/ddpm-cifar10-32", 32,
-              cleanfid_stats("cifar10", 32, "train"), "CIFAR-10 32x32"),
-        _ddpm("ddpm-church256", "google/ddpm-church-256", 256,
-              cleanfid_stats("lsun_church", 256, "train"), "LSUN church 256x256"),
+        # google's DDPMs through diffusers: CIFAR-10 32x32, LSUN church and bedroom 256x256
+        _ddpm("ddpm-cifar10", "google/ddpm-cifar10-32", cleanfid_stats("cifar10", 32, "train")),
+        _ddpm("ddpm-church256", "google/ddpm-church-256",
+              cleanfid_stats("lsun_church", 256, "train")),
         # clean-fid has no LSUN-bedroom statistics: pass --ref-stats
-        _ddpm("ddpm-bedroom256", "google/ddpm-bedroom-256", 256, None, "LSUN bedroom 256x256"),
+        _ddpm("ddpm-bedroom256", "google/ddpm-bedroom-256", None),
     ]
 }
 
@@ -149,8 +144,9 @@ def load_model(name: str, device: str = "cpu", options: ModelOptions | None = No
 
 
 @lru_cache(maxsize=None)
-def load_scorer(name: str, options: ModelOptions | None = None, device: str = "cpu"):
-    """The FID scorer for a model preset, built once per process (and options)."""
+def load_scorer(name: str, device: str = "cpu", options: ModelOptions | None = None):
+    """The FID scorer for a model preset, built once per process (and device and options);
+    the same arguments as ``load_model``."""
     preset = get_preset(name)
     options = options or ModelOptions()
     if preset.fid == "digits":
@@ -165,3 +161,67 @@ def load_scorer(name: str, options: ModelOptions | None = None, device: str = "c
 
         return inception_scorer_for(preset, options, device)
     raise AssertionError(f"no FID scorer {preset.fid!r}")
+
+
+# ---- the model and scorer a study (or an exported schedule) was made with -----------------
+
+def check_same_model(model: DiffusionModel, stored: str | None, what: str) -> None:
+    """Refuse, in one line naming the flag to pass, a model other than the one ``what`` (a
+    study, a schedule file) recorded as ``model_weights``; nothing recorded: nothing to check."""
+    if stored is None or model.fingerprint == stored:
+        return
+    preset = PRESETS.get(model.name)
+    bundled = preset is not None and preset.directory is not None
+    raise UsageError(f"{what} was made with model weights {stored}, but these flags load "
+                     f"{model.fingerprint}: {_weights_hint(stored, model.fingerprint, bundled)}")
+
+
+def check_same_scorer(scorer, stored: str | None, what: str) -> None:
+    """The same for the FID features and reference statistics (``fid_features``)."""
+    if stored is None or scorer.name == stored:
+        return
+    raise UsageError(f"{what} was scored with FID features {stored}, but these flags load "
+                     f"{scorer.name}: {_features_hint(stored, scorer.name)}")
+
+
+def _fingerprint_parts(fingerprint: str) -> dict:
+    """``DiffusionModel.fingerprint``: ``<weights>[+classifier@<digest>*<scale>][+<precision>]``."""
+    weights, *rest = fingerprint.split("+")
+    parts = {"weights": weights, "classifier": None, "scale": "0", "precision": "fp32"}
+    for part in rest:
+        if part.startswith("classifier@"):
+            parts["classifier"], _, parts["scale"] = part[len("classifier@"):].partition("*")
+        elif part in PRECISIONS:
+            parts["precision"] = part
+    return parts
+
+
+def _weights_hint(stored: str, loaded: str, bundled: bool = False) -> str:
+    want, have = _fingerprint_parts(stored), _fingerprint_parts(loaded)
+    hints = []
+    if want["weights"] != have["weights"]:
+        if bundled:  # no flag brings them back
+            return "the bundled weights are not the ones it was made with: make a new study"
+        hints.append(f"the --checkpoint whose digest is {want['weights']}")
+    if want["scale"] != have["scale"]:
+        hints.append(f"--classifier-scale {want['scale']}")
+    if want["classifier"] and have["classifier"] and want["classifier"] != have["classifier"]:
+        hints.append(f"the --classifier whose digest is {want['classifier']}")
+    if want["precision"] != have["precision"]:
+        hints.append(f"--precision {want['precision']}")
+    return "pass " + (" and ".join(hints) or "the --checkpoint, --classifier, "
+                      "--classifier-scale and --precision it was made with")
+
+
+def _features_hint(stored: str, loaded: str) -> str:
+    """``inception_scorer``'s names: ``inception-v3@<digest>:<mode>|ref-stats@<digest>``."""
+    (want_net, _, want_stats), (have_net, _, have_stats) = (
+        stored.partition("|"), loaded.partition("|"))
+    want_net, have_net = want_net.split(":")[0], have_net.split(":")[0]  # less the mode
+    hints = []
+    if stored.startswith("inception-v3@") and loaded.startswith("inception-v3@"):
+        if want_net != have_net:
+            hints.append(f"the --inception whose digest is {want_net.split('@', 1)[1]}")
+        if want_stats != have_stats:
+            hints.append(f"the --ref-stats whose digest is {want_stats.split('@')[-1]}")
+    return "pass " + (" and ".join(hints) or "the --ref-stats and --inception it was made with")

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 import optuna
 
 from autodiff_optuna.reporting import studies as pick
+from autodiff_optuna.search.study import CONFIG_ATTR, pareto_front, uniform_trial
 
 
 @dataclass
@@ -26,9 +27,9 @@ class Row:
 
 def stage1_rows(stage1: optuna.Study, top: int, full_gflops: float) -> list[Row]:
     """The ``top`` best schedules and, wherever it ranks, the uniform baseline."""
-    steps = stage1.user_attrs.get("config", {}).get("steps")
+    steps = stage1.user_attrs.get(CONFIG_ATTR, {}).get("steps")
     best = pick.best_trials(stage1, top)
-    uniform = pick.uniform_trial(stage1)
+    uniform = uniform_trial(stage1)
     rows = []
     uniform_number = uniform.number if uniform is not None else None
     for rank, trial in enumerate(best, 1):
@@ -42,8 +43,8 @@ def stage1_rows(stage1: optuna.Study, top: int, full_gflops: float) -> list[Row]
 
 def uniform_rows(stage1: optuna.Study, full_gflops: float) -> list[Row]:
     """The uniform baseline's row (none if its trial did not complete)."""
-    uniform = pick.uniform_trial(stage1)
-    steps = stage1.user_attrs.get("config", {}).get("steps")
+    uniform = uniform_trial(stage1)
+    steps = stage1.user_attrs.get(CONFIG_ATTR, {}).get("steps")
     return [] if uniform is None else [_row("uniform", stage1, uniform,
                                             [[] for _ in range(steps)], uniform.value,
                                             full_gflops)]
@@ -54,7 +55,7 @@ def stage2_rows(stage2: optuna.Study, chosen) -> list[Row]:
     shown = chosen.number if chosen is not None else None
     return [_row("front (shown)" if t.number == shown else "front", stage2, t,
                  t.user_attrs["skip"], t.values[0], t.values[1])
-            for t in pick.front(stage2)]
+            for t in pareto_front(stage2)]
 
 
 def _row(label, study, trial, skip, fid, gflops) -> Row:

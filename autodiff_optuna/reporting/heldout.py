@@ -3,7 +3,8 @@
 The search scores every candidate on one fixed noise batch, so the best of many candidates is
 biased towards that batch; the held-out noise stream (``sampling.noise.HELDOUT``) is one no study
 searches on. Each value is stored in the stage-1 study's user attribute ``heldout_fid`` with
-what it was computed from, so a rerun of the report does not sample again.
+what it was computed from, as soon as it is computed (an interrupted report keeps the values it
+finished), so a rerun of the report does not sample again.
 """
 
 from autodiff_optuna.metrics.fid import FIDError
@@ -19,7 +20,8 @@ def fill(rows, study, model, scorer, solver: str, samples: int, seed: int, log) 
     batch = None
     for i, row in enumerate(rows, 1):
         key = {"timesteps": row.timesteps, "skip": row.skip, "solver": solver,
-               "samples": samples, "seed": seed, "model_weights": model.fingerprint}
+               "samples": samples, "seed": seed, "model_weights": model.fingerprint,
+               "fid_features": scorer.name}
         hit = next((c for c in cached if {k: c.get(k) for k in key} == key), None)
         if hit is None:
             log(f"held-out FID {i}/{len(rows)}: {row.timesteps}, {row.skipped} layer-steps "
@@ -27,9 +29,14 @@ def fill(rows, study, model, scorer, solver: str, samples: int, seed: int, log) 
             batch = batch or draw(model, samples, seed, HELDOUT)  # one batch: common noise
             hit = {**key, "fid": _score(model, scorer, row, batch, solver)}
             cached.append(hit)
+            _store(study, hit)
         row.heldout_fid = hit["fid"]
-    if cached != study.user_attrs.get(CACHE_ATTR, []):
-        study.set_user_attr(CACHE_ATTR, cached)
+
+
+def _store(study, hit: dict) -> None:
+    """Add one value to the study's cache, onto what is stored now (another report may have
+    added values since this one read it)."""
+    study.set_user_attr(CACHE_ATTR, [*study.user_attrs.get(CACHE_ATTR, []), hit])
 
 
 def _score(model, scorer, row, batch, solver: str) -> float | None:

@@ -8,8 +8,8 @@ import optuna
 import plotly.graph_objects as go
 from optuna import visualization as vis
 from optuna.importance import FanovaImportanceEvaluator
-from optuna.trial import TrialState
 
+from autodiff_optuna.search.study import CONFIG_ATTR, complete_trials
 from autodiff_optuna.storage import first_line
 
 
@@ -63,7 +63,7 @@ def _stage2(study: optuna.Study) -> list[Panel]:
 
 def _step_params(study: optuna.Study) -> list[str]:
     """The time-step parameters t0..t{K-1}; stage 2's per-layer mask bits would bury them."""
-    return [f"t{i}" for i in range(study.user_attrs.get("config", {}).get("steps", 0))]
+    return [f"t{i}" for i in range(study.user_attrs.get(CONFIG_ATTR, {}).get("steps", 0))]
 
 
 def _importances(study: optuna.Study, **target) -> Panel:
@@ -81,7 +81,7 @@ def _importances(study: optuna.Study, **target) -> Panel:
 def _hypervolume(study: optuna.Study) -> Panel:
     """Reference point: 10% beyond the worst FID and GFLOPs any complete trial reached, so every
     trial of the study adds volume."""
-    values = [t.values for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    values = [t.values for t in complete_trials(study)]
     reference = [max(v[i] for v in values) * 1.1 for i in range(2)]
     figure = vis.plot_hypervolume_history(study, reference_point=reference)
     return Panel("hypervolume", f"Hypervolume history (reference FID {reference[0]:.1f}, "

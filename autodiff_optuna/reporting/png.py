@@ -15,13 +15,16 @@ WIDTH, HEIGHT = 1000, 600
 
 
 def find_browser() -> str | None:
-    """The browser kaleido would use (its own search: BROWSER_PATH, PATH, the usual places)."""
+    """The browser kaleido would use (its own search, through choreographer, kaleido's browser
+    driver: BROWSER_PATH, PATH, the usual places). None where there is none, or where
+    choreographer is absent or its API has changed: the caller prints its one-line notice."""
     try:
         from choreographer.browsers.chromium import Chromium
-    except ImportError:
+
+        path = Chromium.find_browser(skip_local=False)
+    except Exception:  # noqa: BLE001 (not installed, or another choreographer API)
         return None
-    path = Chromium.find_browser(skip_local=False)
-    return path if path and os.access(path, os.X_OK) else None
+    return path if isinstance(path, (str, os.PathLike)) and os.access(path, os.X_OK) else None
 
 
 def write_pngs(figures: dict[str, go.Figure], directory: Path) -> str:

@@ -23,6 +23,8 @@ from autodiff_optuna.reporting import (
     png,
     studies,
 )
+from autodiff_optuna.search.fidelity import is_evaluated
+from autodiff_optuna.search.study import complete_trials, pareto_front, pareto_point, uniform_trial
 from autodiff_optuna.storage import artifacts_dir
 
 
@@ -37,6 +39,7 @@ class Options:
     png: bool = True
     schedule: str | None = None  # an exported schedule file to show beside the others
     device: str = "cpu"
+    model: object = None  # models.ModelOptions: a real model's files, as the study had them
 
 
 @dataclass
@@ -63,20 +66,32 @@ def build(name: str, storage, options: Options) -> Path:
     from autodiff_optuna.export import load_schedule
     from autodiff_optuna.metrics.flops import layer_costs
     from autodiff_optuna.models import load_model
+    from autodiff_optuna.models.registry import check_same_model, check_same_scorer
 
     _check_options(options)
     reported = studies.load(name, storage)
     config = reported.config
-    schedule = load_schedule(options.schedule) if options.schedule else None
-    if schedule is not None and schedule.model != config["model"]:
-        raise UsageError(f"schedule {options.schedule} is for model {schedule.model!r}, "
-                         f"the study for {config['model']!r}")
+    # the network the study searched with, or one line naming the flag that loads it
+    model = load_model(config["model"], options.device, options.model)
+    check_same_model(model, config.get("model_weights"), f"study {name!r}")
+    schedule = None
+    if options.schedule:
+        schedule = load_schedule(options.schedule, options.model, options.device)
+        if schedule.model != config["model"]:
+            raise UsageError(f"schedule {options.schedule} is for model {schedule.model!r}, "
+                             f"the study for {config['model']!r}")
+        features = schedule.provenance.get("fid_features")
+        if features is not None and features != config.get("fid_features"):
+            raise UsageError(f"schedule {options.schedule} was scored with FID features "
+                             f"{features}, study {name!r} with {config.get('fid_features')}: "
+                             "their FIDs cannot share a table")
     scorer, samples = _heldout_scorer(config, options)  # refuse a bad count before any work
+    if scorer is not None:
+        check_same_scorer(scorer, config.get("fid_features"), f"study {name!r}")
     out = Path(options.out or Path("reports") / name)
     out.mkdir(parents=True, exist_ok=True)
     log(f"report {name!r}: {', '.join(s.study_name for s in reported.shown)} -> {out}")
 
-    model = load_model(config["model"], options.device)
     full_gflops = layer_costs(model).gflops([()] * config["steps"])
     chosen, shown_trial = _chosen(reported, schedule, options.schedule)
     rows = _rows(reported, options.top, full_gflops, shown_trial, schedule)
@@ -112,19 +127,19 @@ def _chosen(reported, schedule, schedule_path) -> tuple[list[Chosen], object]:
     config = reported.config
     model, solver, full = config["model"], config["solver"], [[] for _ in range(config["steps"])]
     out = []
-    uniform = studies.uniform_trial(reported.stage1)
+    uniform = uniform_trial(reported.stage1)
     if uniform is not None:
         out.append(Chosen("uniform", "uniform", f"uniform: FID {uniform.value:.3f} (trial "
                           f"{uniform.number})", model, solver, uniform.user_attrs["timesteps"],
                           full, reported.stage1, uniform))
     if reported.stage1 in reported.shown:
-        best = min(studies.complete(reported.stage1), key=lambda t: t.value)
+        best = min(complete_trials(reported.stage1), key=lambda t: t.value)
         out.append(Chosen("best", "stage 1 best", f"stage 1 best: FID {best.value:.3f} (trial "
                           f"{best.number})", model, solver, best.user_attrs["timesteps"], full,
                           reported.stage1, best))
     shown_trial = None
     if reported.stage2 is not None and reported.stage2 in reported.shown:
-        shown_trial = studies.stage2_pick(studies.front(reported.stage2),
+        shown_trial = studies.stage2_pick(pareto_front(reported.stage2),
                                           uniform.value if uniform is not None else None)
         if shown_trial is not None:
             fid, gflops = shown_trial.values
@@ -162,10 +177,8 @@ def _heldout_scorer(config: dict, options: Options):
     from autodiff_optuna.models import load_scorer
 
     samples = options.heldout_samples or config["samples"]
-    scorer = load_scorer(config["model"])
-    if samples <= scorer.feature_dim:  # a singular covariance: no FID at all
-        raise UsageError(f"--heldout-samples must exceed the FID feature dimension "
-                         f"({scorer.feature_dim}), got {samples}")
+    scorer = load_scorer(config["model"], options.device, options.model)
+    scorer.check_sample_count(samples, "--heldout-samples")  # else a singular covariance
     return scorer, samples
 
 
@@ -189,7 +202,8 @@ def _grids(chosen: list[Chosen], out: Path, storage, options: Options) -> str:
         schedule = SearchedSchedule(model=c.model, solver=c.solver, timesteps=c.timesteps,
                                     skip=c.skip)
         path = out / f"samples-{c.key}.png"
-        save_grid(sample(schedule, options.grid, options.seed, options.device), path)
+        save_grid(sample(schedule, options.grid, options.seed, options.device,
+                         options=options.model), path)
         if c.trial is not None:
             artifacts.attach(storage, c.study, c.trial, path, store, filename=name)
         images.append((path.name, c.caption))
@@ -207,8 +221,8 @@ def _figures(reported, chosen, model, shown_trial) -> tuple[dict, dict]:
     sections = []
     for study in reported.shown:
         stage = study.user_attrs.get("stage", 1)
-        heading = f"Stage {stage}: {study.study_name} ({len(studies.complete(study))} complete)"
-        if not studies.complete(study):
+        heading = f"Stage {stage}: {study.study_name} ({_counts(study)})"
+        if not complete_trials(study):
             sections.append((heading, [page.note("No complete trial yet.")]))
             continue
         items = []
@@ -224,12 +238,21 @@ def _figures(reported, chosen, model, shown_trial) -> tuple[dict, dict]:
     return figures, blocks
 
 
+def _counts(study) -> str:
+    """How many candidates a study scored: on all its images, and stopped early by the
+    multi-fidelity pruner (those count towards --trials too)."""
+    complete = len(complete_trials(study))
+    evaluated = sum(is_evaluated(t) for t in study.get_trials(deepcopy=False))
+    if evaluated == complete:
+        return f"{complete} complete"
+    return f"{evaluated} evaluated: {complete} complete, {evaluated - complete} stopped early"
+
+
 def _mask_panel(stage2, shown_trial) -> optuna_plots.Panel:
-    front = studies.front(stage2)
-    points = [{"timesteps": t.user_attrs["timesteps"], "skip": t.user_attrs["skip"],
-               "fid": t.values[0], "gflops": t.values[1], "trial": t.number} for t in front]
+    front = pareto_front(stage2)
     shown = [t.number for t in front].index(shown_trial.number)
-    figure = plots.mask_figure(points, stage2.user_attrs["layers"], shown)
+    figure = plots.mask_figure([pareto_point(t) for t in front], stage2.user_attrs["layers"],
+                               shown)
     return optuna_plots.Panel("stage2-masks", "Skipped layers per step", figure)
 
 

@@ -9,9 +9,10 @@ comparison is made against is a trial there.
 from dataclasses import dataclass
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 from autodiff_optuna.errors import UsageError
+from autodiff_optuna.search.study import CONFIG_ATTR, complete_trials
 from autodiff_optuna.storage import load_existing_study
 
 
@@ -23,7 +24,7 @@ class ReportedStudies:
 
     @property
     def config(self) -> dict:
-        return self.stage1.user_attrs.get("config", {})
+        return self.stage1.user_attrs.get(CONFIG_ATTR, {})
 
     @property
     def shown(self) -> list[optuna.Study]:
@@ -36,9 +37,9 @@ class ReportedStudies:
 def load(name: str, storage) -> ReportedStudies:
     """The studies behind ``name``; a missing, foreign or empty study is one UsageError line."""
     study = load_existing_study(name, storage)
-    if "config" not in study.user_attrs:
+    if CONFIG_ATTR not in study.user_attrs:
         raise UsageError(f"study {name!r} was not made by autodiff_optuna: nothing to report")
-    if not complete(study):
+    if not complete_trials(study):
         raise UsageError(f"study {name!r} has no complete trial yet: nothing to report")
     if study.user_attrs.get("stage", 1) == 2:
         stage1 = load_existing_study(study.user_attrs.get("stage1_study", ""), storage)
@@ -50,30 +51,16 @@ def load(name: str, storage) -> ReportedStudies:
     return ReportedStudies(name, study, stage2)
 
 
-def complete(study: optuna.Study) -> list[FrozenTrial]:
-    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-
-
-def uniform_trial(stage1: optuna.Study) -> FrozenTrial | None:
-    """The queued uniform-spacing trial: the baseline of every comparison (None if it failed)."""
-    uniform = stage1.user_attrs.get("spacings", {}).get("uniform")
-    return next((t for t in complete(stage1) if t.user_attrs.get("timesteps") == uniform), None)
-
-
 def best_trials(stage1: optuna.Study, top: int) -> list[FrozenTrial]:
-    """The ``top`` lowest-FID complete trials, one per distinct schedule."""
+    """The ``top`` lowest-FID complete trials, one per distinct schedule (a trial the pruner
+    stopped early has no FID on all the images, so it is not ranked)."""
     seen, ranked = set(), []
-    for trial in sorted(complete(stage1), key=lambda t: t.value):
+    for trial in sorted(complete_trials(stage1), key=lambda t: t.value):
         key = tuple(trial.user_attrs.get("timesteps", ()))
         if key not in seen:
             seen.add(key)
             ranked.append(trial)
     return ranked[:top]
-
-
-def front(stage2: optuna.Study) -> list[FrozenTrial]:
-    """The feasible Pareto front of FID against GFLOPs, cheapest first."""
-    return sorted(stage2.best_trials, key=lambda t: (t.values[1], t.values[0]))
 
 
 def stage2_pick(points: list[FrozenTrial], baseline_fid: float | None) -> FrozenTrial | None:

@@ -45,8 +45,9 @@ def sample(model: DiffusionModel, timesteps: Schedule, batch: NoiseBatch, solver
     n = len(batch.noise)
     skip = skip or [()] * len(timesteps)
     layers = model.skippable_layers() if any(skip) else {}
+    model.prepare()  # batch sizing and --compile, once, whatever batch size is passed here
     # default: what the model says its device takes (real models: measured on CUDA), else all
-    batch_size = batch_size or getattr(model, "batch_size", None) or n
+    batch_size = batch_size or model.batch_size or n
     outputs = []
     for start in range(0, n, batch_size):
         x = batch.noise[start:start + batch_size].to(model.device)

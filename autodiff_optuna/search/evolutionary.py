@@ -51,7 +51,7 @@ class EvolutionarySampler(BaseGASampler):
 
     def __init__(self, space: CandidateSpace, *, population_size: int = 20,
                  initial: Sequence[Candidate] = (), elite_size: int | None = None,
-                 crossover_prob: float = 0.3, mutation_prob: float = 0.5,
+                 crossover_prob: float = 0.5, mutation_prob: float = 0.5,
                  gene_mutation_prob: float = 0.25, seed: int = 0,
                  constraints_func=None) -> None:
         if population_size < 2:

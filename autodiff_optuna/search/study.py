@@ -54,7 +54,7 @@ class SearchContext:
         """``options``: a ``models.ModelOptions`` (--checkpoint, --ref-stats, ...), or None."""
         model = load_model(config.model, device, options)
         config.check(model.num_train_timesteps)
-        scorer = load_scorer(config.model, options, device)
+        scorer = load_scorer(config.model, device, options)
         scorer.check_sample_count(config.samples)
         fidelity.check(config.samples, config.min_samples, scorer)
         spacings = standard_spacings(config.steps, model.num_train_timesteps,
@@ -124,7 +124,7 @@ def open_stage2(ctx: SearchContext, stage1: optuna.Study, storage,
     if max_gflops is not None and not ctx.min_gflops <= max_gflops:
         raise UsageError(f"--max-gflops {max_gflops} is below what any candidate can cost "
                          f"({ctx.min_gflops:.4f} GFLOPs/image with every layer skipped)")
-    ranked = sorted(_complete(stage1), key=lambda t: t.value)
+    ranked = sorted(complete_trials(stage1), key=lambda t: t.value)
     if not ranked:
         raise UsageError(f"stage-1 study {stage1.study_name!r} has no complete trial: "
                          "run stage 1 first")
@@ -363,8 +363,34 @@ def _requeue_interrupted(study: optuna.Study, number: int | None, names) -> None
         RetryFailedTrialCallback(max_retry=MAX_RETRIES)(study, trial)
 
 
-def _complete(study: optuna.Study) -> list[FrozenTrial]:
+def complete_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """The trials scored on all of the study's images (not those the pruner stopped early:
+    their FIDs are on fewer images, and not comparable)."""
     return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+
+
+def uniform_timesteps(stage1: optuna.Study) -> list[int]:
+    """The uniform spacing the stage-1 study queued first: the baseline of every comparison."""
+    return stage1.user_attrs.get("spacings", {}).get("uniform", [])
+
+
+def uniform_trial(stage1: optuna.Study) -> FrozenTrial | None:
+    """The complete trial of the uniform spacing (None if it did not complete)."""
+    uniform = uniform_timesteps(stage1)
+    return next((t for t in complete_trials(stage1)
+                 if t.user_attrs.get("timesteps") == uniform), None)
+
+
+def pareto_front(stage2: optuna.Study) -> list[FrozenTrial]:
+    """Stage 2's feasible Pareto front of FID against GFLOPs, cheapest first."""
+    # best_trials holds the feasible front only
+    return sorted(stage2.best_trials, key=lambda t: (t.values[1], t.values[0]))
+
+
+def pareto_point(trial: FrozenTrial) -> dict:
+    """A stage-2 trial as ``best --json`` lists it in its ``pareto`` front."""
+    return {"timesteps": trial.user_attrs["timesteps"], "skip": trial.user_attrs["skip"],
+            "fid": trial.values[0], "gflops": trial.values[1], "trial": trial.number}
 
 
 def _n_evaluated(study: optuna.Study) -> int:
@@ -378,13 +404,12 @@ def best_summary(study: optuna.Study) -> dict:
     if study.user_attrs.get("stage", 1) == 2:
         raise UsageError(f"{study.study_name!r} is a stage-2 study; ask for its stage-1 study "
                          f"{study.user_attrs.get('stage1_study')!r}")
-    complete = _complete(study)
+    complete = complete_trials(study)
     if not complete:
         raise UsageError(f"study {study.study_name!r} has no complete trial yet")
     config = study.user_attrs.get(CONFIG_ATTR, {})
     best = min(complete, key=lambda t: t.value)
-    uniform = study.user_attrs.get("spacings", {}).get("uniform", [])
-    baseline = [t.value for t in complete if t.user_attrs.get("timesteps") == uniform]
+    baseline = uniform_trial(study)
     summary = {
         "study": study.study_name,
         "model": config.get("model"),
@@ -393,11 +418,12 @@ def best_summary(study: optuna.Study) -> dict:
         "timesteps": best.user_attrs["timesteps"],
         "fid": best.value,
         "trial": best.number,
-        "baseline_timesteps": uniform,
-        "baseline_fid": baseline[0] if baseline else None,
+        "baseline_timesteps": uniform_timesteps(study),
+        "baseline_fid": baseline.value if baseline is not None else None,
         "n_complete": len(complete),
         "samples": config.get("samples"),
         "seed": config.get("seed"),
+        "model_weights": config.get("model_weights"),
         "fid_features": study.user_attrs.get("fid_features"),
     }
     stage2_name = study.user_attrs.get("stage2_study")
@@ -408,14 +434,10 @@ def best_summary(study: optuna.Study) -> dict:
 
 
 def stage2_summary(stage2: optuna.Study) -> dict:
-    # best_trials holds the feasible front only
-    front = sorted(stage2.best_trials, key=lambda t: (t.values[1], t.values[0]))
     return {
         "stage2_study": stage2.study_name,
         "full_gflops": stage2.user_attrs.get("full_gflops"),
         "max_gflops": stage2.user_attrs.get(CONFIG_ATTR, {}).get("max_gflops"),
-        "stage2_n_complete": len(_complete(stage2)),
-        "pareto": [{"timesteps": t.user_attrs["timesteps"], "skip": t.user_attrs["skip"],
-                    "fid": t.values[0], "gflops": t.values[1], "trial": t.number}
-                   for t in front],
+        "stage2_n_complete": len(complete_trials(stage2)),
+        "pareto": [pareto_point(t) for t in pareto_front(stage2)],
     }
