@@ -12,8 +12,12 @@ import pstats
 import tempfile
 import time
 
+import optuna
+
 from autodiff_optuna.search import study as search
 from autodiff_optuna.search.config import SearchConfig, load_preset
+
+optuna.logging.set_verbosity(optuna.logging.ERROR)
 
 # group -> (module path fragment, function name) pairs whose cumulative time it sums; none of
 # them calls another group's functions, so the groups do not overlap

@@ -237,7 +237,8 @@ def render(results: dict) -> dict[str, str]:
     for key, part in (("spacings_table", render_spacings), ("samplers", render_samplers),
                       ("multifidelity", render_multifidelity), ("profile", render_profile)):
         if key in results:
-            sections[key.replace("_", "-")] = "\n".join(head + part(results[key]))
+            extra = ([results.get("samplers_evolutionary_before")] if key == "samplers" else [])
+            sections[key.replace("_", "-")] = "\n".join(head + part(results[key], *extra))
     return sections
 
 
@@ -249,11 +250,15 @@ def render_spacings(table: dict) -> list[str]:
     rows = []
     for k, row in sorted(table.items(), key=lambda item: int(item[0])):
         fixed = row["fixed"]
-        runs = row["searches"]
+        cells = " | ".join(f"{fixed[label]['fid_heldout']:.2f}" for label in fixed)
+        runs = row.get("searches")
+        if not runs:  # searches not run (they take the longest)
+            rows.append(f"| {k} | {cells} | not run | not run | | | |")
+            continue
         saving = np.mean([r["stage2_point"]["saving"] for r in runs])
         rows.append(
-            f"| {k} | " + " | ".join(f"{fixed[label]['fid_heldout']:.2f}" for label in fixed)
-            + f" | {_pm(row['stage1_heldout'])} | {_pm(row['stage2_heldout'])} ({saving:.0%}) | "
+            f"| {k} | {cells} | {_pm(row['stage1_heldout'])} | {_pm(row['stage2_heldout'])} "
+            f"({saving:.0%}) | "
             f"{np.mean([r['trials'] + r['stage2_trials'] for r in runs]):.0f} | "
             f"{np.mean([r['images'] for r in runs]):,.0f} | "
             f"{np.mean([r['cpu_s'] for r in runs]):.0f} |")
@@ -270,10 +275,12 @@ def render_spacings(table: dict) -> list[str]:
         "images | CPU s |",
         "|---" * (len(labels) + 6) + "|",
         *rows,
-    ]
+    ] + (["", "*not run*: the searches at that K were not part of the last run (`python -m "
+          "bench.run spacings_table` runs them all; each K takes 3 full `make study` runs)."]
+         if any("searches" not in row for row in table.values()) else [])
 
 
-def render_samplers(samplers: dict) -> list[str]:
+def render_samplers(samplers: dict, before: dict | None = None) -> list[str]:
     first = next(iter(samplers.values()))
     rows = [f"| {name} | {r['budget_trials']} | {r['best_fid_heldout_mean']:.2f} ± "
             f"{r['best_fid_heldout_std']:.2f} | "
@@ -289,7 +296,16 @@ def render_samplers(samplers: dict) -> list[str]:
         "| sampler | budget (trials) | best held-out FID (mean ± std) | per seed | CPU s per search |",
         "|---|---|---|---|---|",
         *rows,
-    ]
+    ] + _sampler_change(before)
+
+
+def _sampler_change(before: dict | None) -> list[str]:
+    if not before:
+        return []
+    return ["", f"EvolutionarySampler change in this round: {before['change']}; before it, "
+                f"{before['best_fid_heldout_mean']:.2f} ± {before['best_fid_heldout_std']:.2f} "
+                f"(per seed " + ", ".join(f"{v:.2f}" for v in before["per_seed"]) + "). "
+                f"Also tried: {before['also_tried']}."]
 
 
 def render_multifidelity(mf: dict) -> list[str]:
@@ -310,6 +326,8 @@ def render_multifidelity(mf: dict) -> list[str]:
         "",
         f"Images saved: **{mf['image_reduction']:.0%}** (target >= 40%); held-out FID of the final "
         f"best, pruned over unpruned: **{mf['heldout_fid_ratio']:.3f}**.",
+        *(["", "Pruners tried before this one (same budget, K=4):", "",
+            *[f"- {line}" for line in mf["pruners_tried"]]] if mf.get("pruners_tried") else []),
     ]
 
 
@@ -344,6 +362,8 @@ def main() -> None:
     results["machine"] = machine()
     for key in wanted:
         print(f"{key} ...", flush=True)
+        if key == "samplers":
+            results.pop("samplers_evolutionary_before", None)  # a note about an older run
         if key == "multifidelity" and "samplers" in results:
             # its unpruned searches are the sampler comparison's EvolutionarySampler runs
             results[key] = search.multifidelity(unpruned=results["samplers"]["evolutionary"]["runs"])

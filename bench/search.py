@@ -198,7 +198,8 @@ def spacings_table(ks=(4, 3, 6, 8), on_row=None) -> dict:
     return out
 
 
-def _spacings_row(k: int) -> dict:
+def fixed_spacings_row(k: int) -> dict:
+    """The standard spacings at K steps, on held-out noise (no search)."""
     model = load_model("digits")
     samples = load_preset("digits", k).get("samples", 1000)
     spacings = standard_spacings(k, model.num_train_timesteps, search.alphas_cumprod(model))
@@ -209,6 +210,12 @@ def _spacings_row(k: int) -> dict:
                                    ("trailing DDIM", "trailing", "ddim")):
         row["fixed"][label] = {"timesteps": list(spacings[spacing]),
                                "fid_heldout": heldout_fid(spacings[spacing], samples, solver)}
+    return row
+
+
+def _spacings_row(k: int) -> dict:
+    row = fixed_spacings_row(k)
+    samples = row["samples"]
     stage1, stage2, cost = [], [], []
     for seed in SEEDS:
         run = study_both_stages(k, seed)

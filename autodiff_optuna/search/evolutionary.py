@@ -6,13 +6,16 @@ Generations, parents and the population all live in the study's storage (through
 therefore continues the same evolution; nothing is held only in memory.
 
 Per trial:
-- generation 0 proposes the standard spacings first (uniform, trailing, ...), then mutated copies
-  of them and random immigrants;
+- generation 0 proposes the standard spacings first (uniform, trailing, ...), then children of
+  them;
 - later generations draw parents by binary tournament from the elites, chosen by NSGA-II
   (non-dominated sorting and crowding distance; plain ranking for one objective) from the previous
   generation together with its own parents, so the best candidates survive;
-- a child comes from crossover, mutation or is a random immigrant, and is redrawn while the study
-  already holds it: no trial is spent on a candidate the study has scored.
+- a child comes from crossover or mutation, half and half as in AutoDiffusion (a share of random
+  immigrants is available, off by default: on digits the half-and-half split did as well or
+  slightly better, see BENCHMARKS.md), and is redrawn
+  while the study already holds it (a random immigrant after ``MAX_REDRAWS``): no trial is spent
+  on a candidate the study has scored.
 """
 
 from collections.abc import Sequence
