@@ -147,14 +147,20 @@ def main(argv=None) -> int:
             return None
         return fn()
 
+    def full_and_masked(kind):
+        """Timed sampling with the full network and with the masks, each reported."""
+        out = []
+        for label, mask, gflops in (("full", None, full_gflops), ("masked", masks, masked_gflops)):
+            seconds = phase(f"{kind} {label}",
+                            lambda: timed(model, batch, steps, mask, args.repeats))
+            if seconds:
+                report(f"{kind} {label}", seconds, gflops)
+            out.append(seconds)
+        return out
+
     # eager
     phase("warmup", lambda: timed(model, batch, steps, None, 1))
-    full = phase("eager full", lambda: timed(model, batch, steps, None, args.repeats))
-    if full:
-        report("eager full", full, full_gflops)
-    masked = phase("eager masked", lambda: timed(model, batch, steps, masks, args.repeats))
-    if masked:
-        report("eager masked", masked, masked_gflops)
+    full, masked = full_and_masked("eager")
 
     # the adapter's own batch sizing (CUDA only: two small eager probes of peak memory)
     if device == "cuda":
@@ -173,12 +179,7 @@ def main(argv=None) -> int:
         return time.monotonic() - start
 
     results["compile_s"] = phase("compile", compile_model)
-    cfull = phase("compiled full", lambda: timed(model, batch, steps, None, args.repeats))
-    if cfull:
-        report("compiled full", cfull, full_gflops)
-    cmasked = phase("compiled masked", lambda: timed(model, batch, steps, masks, args.repeats))
-    if cmasked:
-        report("compiled masked", cmasked, masked_gflops)
+    cfull, cmasked = full_and_masked("compiled")
 
     for kind, f, m in (("eager", full, masked), ("compiled", cfull, cmasked)):
         if f and m:

@@ -22,7 +22,6 @@ import torch
 
 from autodiff_optuna.errors import UsageError
 from autodiff_optuna.models.base import DiffusionModel, files_digest
-from autodiff_optuna.sampling.skipping import SkippableLayer
 
 EXTRA_HINT = "pip install '.[adm]' (or pip install -r requirements-adm.txt)"
 
@@ -188,18 +187,16 @@ class AdmModel(DiffusionModel):
             selected.sum().backward()
         return x_in.grad * self.classifier_scale
 
-    def _find_skippable_layers(self) -> dict[str, SkippableLayer]:
+    SKIPPABLE_PREFIXES = ("input_blocks.", "middle_block.", "output_blocks.")
+
+    def _bypass_for(self, module):
         from guided_diffusion.unet import AttentionBlock, ResBlock
 
-        layers = {}
-        for name, module in self.unet.named_modules():
-            if not name.startswith(("input_blocks.", "middle_block.", "output_blocks.")):
-                continue
-            if isinstance(module, ResBlock):
-                layers[name] = SkippableLayer(name, module, _resblock_bypass(module))
-            elif isinstance(module, AttentionBlock):
-                layers[name] = SkippableLayer(name, module, _attention_bypass(module))
-        return layers
+        if isinstance(module, ResBlock):
+            return _resblock_bypass(module)
+        if isinstance(module, AttentionBlock):
+            return _attention_bypass(module)
+        return None
 
 
 def _resblock_bypass(block):

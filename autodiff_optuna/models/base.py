@@ -84,9 +84,25 @@ class DiffusionModel(abc.ABC):
             self._skippable = self._find_skippable_layers()
         return self._skippable
 
-    @abc.abstractmethod
+    # the network's blocks whose layers may be skipped (each family names its own)
+    SKIPPABLE_PREFIXES: tuple[str, ...] = ()
+
     def _find_skippable_layers(self) -> dict:
-        """The family's ResBlocks and attention layers, each with its bypass."""
+        """The family's ResBlocks and attention layers under ``SKIPPABLE_PREFIXES``, each with
+        its bypass, in ``named_modules`` order (stable names in a stable order)."""
+        from autodiff_optuna.sampling.skipping import SkippableLayer
+
+        layers = {}
+        for name, module in self.network.named_modules():
+            bypass = self._bypass_for(module) if name.startswith(self.SKIPPABLE_PREFIXES) else None
+            if bypass is not None:
+                layers[name] = SkippableLayer(name, module, bypass)
+        return layers
+
+    @abc.abstractmethod
+    def _bypass_for(self, module):
+        """What a skipped ``module`` computes instead (same call signature), or None when the
+        module is not a skippable layer."""
 
     @abc.abstractmethod
     def predict_noise(self, x: torch.Tensor, t: torch.Tensor,

@@ -8,7 +8,6 @@ import torch
 
 from autodiff_optuna.errors import UsageError
 from autodiff_optuna.models.base import DiffusionModel, files_digest
-from autodiff_optuna.sampling.skipping import SkippableLayer
 
 
 class DiffusersUNetModel(DiffusionModel):
@@ -94,19 +93,17 @@ class DiffusersUNetModel(DiffusionModel):
             eps = self._clip_eps(x, t, eps)
         return eps
 
-    def _find_skippable_layers(self) -> dict[str, SkippableLayer]:
+    SKIPPABLE_PREFIXES = ("down_blocks.", "mid_block.", "up_blocks.")
+
+    def _bypass_for(self, module):
         from diffusers.models.attention_processor import Attention
         from diffusers.models.resnet import ResnetBlock2D
 
-        layers = {}
-        for name, module in self.unet.named_modules():
-            if not name.startswith(("down_blocks.", "mid_block.", "up_blocks.")):
-                continue
-            if isinstance(module, ResnetBlock2D):
-                layers[name] = SkippableLayer(name, module, _resnet_bypass(module))
-            elif isinstance(module, Attention) and module.residual_connection:
-                layers[name] = SkippableLayer(name, module, _attention_bypass(module))
-        return layers
+        if isinstance(module, ResnetBlock2D):
+            return _resnet_bypass(module)
+        if isinstance(module, Attention) and module.residual_connection:
+            return _attention_bypass(module)
+        return None
 
 
 WEIGHTS = "diffusion_pytorch_model"

@@ -6,7 +6,7 @@ import time
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from autodiff_optuna.search.fidelity import PRUNED_AT, is_evaluated
+from autodiff_optuna.search.fidelity import PRUNED_AT, n_evaluated
 
 
 class ProgressPrinter:
@@ -21,8 +21,7 @@ class ProgressPrinter:
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         self._finished_here += 1
-        trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
-        n_complete = sum(is_evaluated(t) for t in trials)  # what counts towards the target
+        n_complete = n_evaluated(study)  # what counts towards the target
         per_trial = (time.monotonic() - self._started) / self._finished_here
         eta = _duration(per_trial * max(0, self._target - n_complete))
         steps = trial.user_attrs.get("timesteps")

@@ -23,7 +23,7 @@ from autodiff_optuna.reporting import (
     png,
     studies,
 )
-from autodiff_optuna.search.fidelity import is_evaluated
+from autodiff_optuna.search.fidelity import n_evaluated
 from autodiff_optuna.search.study import complete_trials, pareto_front, pareto_point, uniform_trial
 from autodiff_optuna.storage import artifacts_dir
 
@@ -242,7 +242,7 @@ def _counts(study) -> str:
     """How many candidates a study scored: on all its images, and stopped early by the
     multi-fidelity pruner (those count towards --trials too)."""
     complete = len(complete_trials(study))
-    evaluated = sum(is_evaluated(t) for t in study.get_trials(deepcopy=False))
+    evaluated = n_evaluated(study)
     if evaluated == complete:
         return f"{complete} complete"
     return f"{evaluated} evaluated: {complete} complete, {evaluated - complete} stopped early"

@@ -209,17 +209,14 @@ def make_objective(ctx: SearchContext, stage: int, target: int | None = None,
     interrupted = interrupted if interrupted is not None else {}
     rungs = fidelity.rungs(ctx.config.samples, ctx.config.min_samples) if stage == 1 else []
 
-    def sample_and_score(candidate: Candidate, trial: optuna.Trial) -> float:
+    def score_candidate(candidate: Candidate, trial: optuna.Trial) -> float:
+        if score is not None:
+            return score(candidate)
         if rungs:
             return fidelity.score_in_rungs(trial, ctx.model, ctx.scorer, candidate, batch,
                                            ctx.config.solver, rungs, batch_size)
         return score_schedule(ctx.model, ctx.scorer, candidate.timesteps, batch,
                               ctx.config.solver, batch_size, skip=candidate.skip)
-
-    def given_score(candidate: Candidate, trial: optuna.Trial) -> float:
-        return score(candidate)
-
-    scorer = sample_and_score if score is None else given_score
 
     def objective(trial: optuna.Trial):
         try:
@@ -241,7 +238,7 @@ def make_objective(ctx: SearchContext, stage: int, target: int | None = None,
             if max_gflops is not None:  # <= 0 is feasible; NSGA-II ranks infeasible ones last
                 trial.set_constraint("gflops", gflops - max_gflops)
         try:
-            fid = scorer(candidate, trial)
+            fid = score_candidate(candidate, trial)
         except FIDError as err:
             trial.set_user_attr("fail_reason", str(err))
             raise
@@ -324,7 +321,7 @@ def run(ctx: SearchContext, study: optuna.Study, trials: int, progress: bool = T
         callbacks.append(ProgressPrinter(trials, label=f"stage {stage}"))
     interrupted: dict = {}
     objective = make_objective(ctx, stage, trials, batch_size, score, max_gflops, interrupted)
-    while _n_evaluated(study) < trials:
+    while fidelity.n_evaluated(study) < trials:
         try:
             study.optimize(objective, callbacks=callbacks, catch=(FIDError,))
         except KeyboardInterrupt:
@@ -392,10 +389,6 @@ def pareto_point(trial: FrozenTrial) -> dict:
     return {"timesteps": trial.user_attrs["timesteps"], "skip": trial.user_attrs["skip"],
             "fid": trial.values[0], "gflops": trial.values[1], "trial": trial.number}
 
-
-def _n_evaluated(study: optuna.Study) -> int:
-    return sum(fidelity.is_evaluated(t) for t in study.get_trials(
-        deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
 
 
 def best_summary(study: optuna.Study) -> dict:
