@@ -39,6 +39,13 @@ def per_trial_overhead(url: str, n: int = 1000, window: int = 50) -> dict:
 
 
 if __name__ == "__main__":
-    import sys
+    import argparse
+    import json
 
-    print(per_trial_overhead(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 1000))
+    parser = argparse.ArgumentParser(description="per-trial storage overhead")
+    parser.add_argument("url")
+    parser.add_argument("trials", type=int, nargs="?", default=1000)
+    parser.add_argument("--json", action="store_true", help="one JSON line (for bench.run)")
+    args = parser.parse_args()
+    result = per_trial_overhead(args.url, args.trials)
+    print(json.dumps(result) if args.json else result)

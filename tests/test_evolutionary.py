@@ -121,6 +121,27 @@ def test_first_generation_holds_the_initial_spacings():
     assert gens == {0}
 
 
+def test_first_generation_fills_with_random_candidates_or_children():
+    """Stage 1's generation 0 is the initial spacings, then the seeded random population;
+    stage 2's varies its initial candidates (stage 1's elites) instead."""
+    study, objective, sampler = _synthetic_study(None)
+    study.optimize(objective, n_trials=8)
+    space = CandidateSpace(3, 60)
+    for t in study.trials[2:]:
+        assert tuple(t.user_attrs["timesteps"]) == space.random(
+            np.random.default_rng([0, t.number])).timesteps
+
+    initial = [space.candidate(schedules.uniform(3, 60)), space.candidate((40, 20, 5))]
+    sampler = EvolutionarySampler(space, population_size=8, initial=initial,
+                                  first_generation="children", gene_mutation_prob=0.2)
+    study = optuna.create_study(sampler=sampler)
+    study.optimize(objective, n_trials=8)
+    parents = {step for c in initial for step in c.timesteps}
+    children = [set(t.user_attrs["timesteps"]) for t in study.trials[2:]]
+    # a child of crossover and mutation keeps most of its steps from its parents
+    assert sum(len(c & parents) >= 2 for c in children) >= 4
+
+
 def test_state_lives_in_the_storage(tmp_path):
     """A study resumed by a fresh process (new sampler, same database) continues the very same
     evolution as one that was never interrupted."""

@@ -6,16 +6,18 @@ Generations, parents and the population all live in the study's storage (through
 therefore continues the same evolution; nothing is held only in memory.
 
 Per trial:
-- generation 0 proposes the standard spacings first (uniform, trailing, ...), then children of
-  them;
+- generation 0 proposes the standard spacings first (uniform, trailing, ...), then random
+  candidates (stage 1, as AutoDiffusion's random first population) or variations of the initial
+  candidates (stage 2, whose initial candidates are stage 1's elites);
 - later generations draw parents by binary tournament from the elites, chosen by NSGA-II
   (non-dominated sorting and crowding distance; plain ranking for one objective) from the previous
   generation together with its own parents, so the best candidates survive;
-- a child comes from crossover or mutation, half and half as in AutoDiffusion (a share of random
-  immigrants is available, off by default: on digits the half-and-half split did as well or
-  slightly better, see BENCHMARKS.md), and is redrawn
-  while the study already holds it (a random immigrant after ``MAX_REDRAWS``): no trial is spent
-  on a candidate the study has scored.
+- a child is made as NSGA-II makes one: crossover of two parents (``crossover_prob``, else a
+  copy of one), then mutation of each step with probability 1/K (and bit flips of the masks in
+  stage 2), so every child differs from its parents. It is redrawn while the study already holds
+  it (a random candidate after ``MAX_REDRAWS``): no trial is spent on a candidate the study has
+  scored. (AutoDiffusion's own recipe, crossover or mutation half and half, found worse
+  schedules at the same budget on digits: see BENCHMARKS.md.)
 """
 
 from collections.abc import Sequence
@@ -47,27 +49,33 @@ class EvolutionarySampler(BaseGASampler):
         population_size: trials per generation.
         initial: candidates generation 0 proposes first, in order (the standard spacings).
         elite_size: survivors per generation; parents are drawn from them.
-        crossover_prob, mutation_prob: how a child is made; the rest are random immigrants.
-        gene_mutation_prob: chance that mutation touches each step (AutoDiffusion uses 0.25).
+        crossover_prob: chance that a child is a crossover of two parents (else a copy of one)
+            before it is mutated.
+        gene_mutation_prob: chance that mutation touches each step (default 1/K; at least one
+            step, or one mask bit, always changes).
+        first_generation: what generation 0 holds after ``initial``: "random" candidates or
+            "children" of ``initial``.
         seed: makes the whole search reproducible.
     """
 
     def __init__(self, space: CandidateSpace, *, population_size: int = 20,
                  initial: Sequence[Candidate] = (), elite_size: int | None = None,
-                 crossover_prob: float = 0.5, mutation_prob: float = 0.5,
-                 gene_mutation_prob: float = 0.25, seed: int = 0,
-                 constraints_func=None) -> None:
+                 crossover_prob: float = 0.9, gene_mutation_prob: float | None = None,
+                 first_generation: str = "random",
+                 seed: int = 0, constraints_func=None) -> None:
         if population_size < 2:
             raise ValueError("population_size must be at least 2")
-        if crossover_prob + mutation_prob > 1:
-            raise ValueError("crossover_prob + mutation_prob must not exceed 1")
+        if not 0 <= crossover_prob <= 1:
+            raise ValueError("crossover_prob must be between 0 and 1")
+        if first_generation not in ("random", "children"):
+            raise ValueError("first_generation must be 'random' or 'children'")
         super().__init__(population_size)
         self._space = space
         self._initial = list(initial)
         self._elite_size = elite_size or max(2, population_size // 2)
         self._crossover_prob = crossover_prob
-        self._mutation_prob = mutation_prob
-        self._gene_mutation_prob = gene_mutation_prob
+        self._gene_mutation_prob = gene_mutation_prob or 1.0 / space.steps
+        self._first_generation = first_generation
         self._seed = seed
         self._constraints_func = constraints_func
         self._select_elites = NSGAIIElitePopulationSelectionStrategy(
@@ -178,6 +186,8 @@ class EvolutionarySampler(BaseGASampler):
             for candidate in self._initial:
                 if candidate not in seen:
                     return candidate
+            if self._first_generation == "random":
+                return self._immigrant(seen, rng)
         parents = self._parents_for(study, generation)
         for _ in range(MAX_REDRAWS):
             child = self._child(parents, rng)
@@ -194,13 +204,14 @@ class EvolutionarySampler(BaseGASampler):
         return [self._space.decode(t.params) for t in ranked]
 
     def _child(self, parents: list[Candidate], rng: np.random.Generator) -> Candidate:
-        draw = rng.random()
-        if not parents or draw >= self._crossover_prob + self._mutation_prob:
+        if not parents:
             return self._space.random(rng)
-        if draw < self._crossover_prob and len(parents) >= 2:
-            return self._space.crossover(self._tournament(parents, rng),
-                                         self._tournament(parents, rng), rng)
-        return self._space.mutate(self._tournament(parents, rng), rng, self._gene_mutation_prob)
+        if len(parents) >= 2 and rng.random() < self._crossover_prob:
+            child = self._space.crossover(self._tournament(parents, rng),
+                                          self._tournament(parents, rng), rng)
+        else:
+            child = self._tournament(parents, rng)
+        return self._space.mutate(child, rng, self._gene_mutation_prob)
 
     def _immigrant(self, seen: set[Candidate], rng: np.random.Generator) -> Candidate:
         while True:

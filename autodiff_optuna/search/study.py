@@ -91,8 +91,11 @@ def stage_config(ctx: SearchContext, stage: int, max_gflops: float | None) -> di
 
 
 def _sampler(ctx: SearchContext, stage: int, initial: list[Candidate]) -> EvolutionarySampler:
+    # stage 1 starts from the textbook spacings and random candidates (AutoDiffusion's random
+    # first population); stage 2 from variations of stage 1's elites
     return EvolutionarySampler(ctx.space(stage), population_size=ctx.config.population,
-                               initial=initial, seed=ctx.config.seed + 1000 * (stage - 1))
+                               initial=initial, seed=ctx.config.seed + 1000 * (stage - 1),
+                               first_generation="random" if stage == 1 else "children")
 
 
 def open_stage1(ctx: SearchContext, name: str, storage,
@@ -229,7 +232,11 @@ def make_objective(ctx: SearchContext, stage: int, target: int | None = None,
         dists = space.distributions()
         params = {name: trial.suggest_int(name, d.low, d.high) for name, d in dists.items()}
         candidate = space.decode(params)
-        _check_concurrent_workers(trial, space, candidate, target)
+        # before sampling, the study as the sampler just read it: saves a storage read per
+        # trial. The snapshot can only be behind (a trial it shows running may have stopped
+        # since, never the reverse), so the surplus check is at worst stricter; the check after
+        # sampling reads afresh, and alone keeps racing twins from both completing.
+        _check_concurrent_workers(trial, space, candidate, target, fresh=False)
         gflops = ctx.costs.gflops(candidate.skip)
         trial.set_user_attr("timesteps", list(candidate.timesteps))
         if stage == 2:
@@ -255,13 +262,14 @@ def make_objective(ctx: SearchContext, stage: int, target: int | None = None,
 def _stop_at_target(trial: optuna.Trial, trials: list[FrozenTrial], target: int | None) -> None:
     """Stop the study when this trial completes its target (MaxTrialsCallback's job, without
     another read of the study)."""
-    others = sum(fidelity.is_evaluated(t) for t in trials if t.number != trial.number)
+    number = trial.number
+    others = sum(fidelity.is_evaluated(t) for t in trials if t.number != number)
     if target is not None and others + 1 >= target:
         trial.study.stop()
 
 
 def _check_concurrent_workers(trial: optuna.Trial, space: CandidateSpace, candidate: Candidate,
-                              target: int | None) -> list[FrozenTrial]:
+                              target: int | None, fresh: bool = True) -> list[FrozenTrial]:
     """Prune a trial that another worker makes redundant.
 
     - Surplus (checked before sampling): the trials numbered before it that are finished,
@@ -273,20 +281,24 @@ def _check_concurrent_workers(trial: optuna.Trial, space: CandidateSpace, candid
       canonical parameters, which the EvolutionarySampler always writes; a generic sampler's
       non-canonical twin of a candidate is not caught.)
     """
-    live = [t for t in trial.study.get_trials(deepcopy=False, states=(
-        TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING, TrialState.PRUNED))
-        if t.state != TrialState.PRUNED or fidelity.is_evaluated(t)]
-    if target is not None and sum(t.number < trial.number for t in live) >= target:
+    states = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING, TrialState.PRUNED)
+    # not fresh: the snapshot Optuna caches for this trial's sampler (read after the trial was
+    # created, so it holds every trial numbered before it), or a fresh read if there is none
+    trials = (trial.study.get_trials(deepcopy=False, states=states) if fresh else
+              trial.study._get_trials(deepcopy=False, states=states, use_cache=True))
+    live = [t for t in trials if t.state != TrialState.PRUNED or fidelity.is_evaluated(t)]
+    number = trial.number  # a property chain: read once, not once per stored trial
+    if target is not None and sum(t.number < number for t in live) >= target:
         trial.set_user_attr("surplus", "the target was reached by other workers")
         trial.study.stop()
         raise optuna.TrialPruned("surplus")
     # the sampler writes canonical parameters, so a twin's are equal to the letter (a dict
-    # comparison: this runs twice per trial over the whole study)
+    # comparison first: this runs twice per trial over the whole study, and twins are rare)
     params = space.encode(candidate)
     for t in live:
-        if t.number == trial.number or t.state == TrialState.WAITING:
+        if t.params != params or t.number == number or t.state == TrialState.WAITING:
             continue
-        if (fidelity.is_evaluated(t) or t.number < trial.number) and t.params == params:
+        if fidelity.is_evaluated(t) or t.number < number:
             trial.set_user_attr("duplicate_of", t.number)
             raise optuna.TrialPruned(f"duplicate of trial {t.number}")
     return live
