@@ -9,6 +9,7 @@ go to ``bench/results.json``. Every FID here is on held-out noise unless it says
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -224,8 +225,6 @@ def storage_overhead(runs: int = 3) -> dict:
     """Each storage ``runs`` times, each in a fresh interpreter (in this process, after the other
     parts, the same bookkeeping measured up to 40% slower: the harness's own models and studies
     in memory); the run-to-run spread on this shared machine is reported with the median."""
-    import subprocess
-
     def measured(url: str) -> dict:
         out = subprocess.run([sys.executable, "-m", "bench.storage", url, "--json"], cwd=ROOT,
                              check=True, capture_output=True, text=True).stdout

@@ -7,8 +7,9 @@ therefore continues the same evolution; nothing is held only in memory.
 
 Per trial:
 - generation 0 proposes the standard spacings first (uniform, trailing, ...), then random
-  candidates (stage 1, as AutoDiffusion's random first population) or variations of the initial
-  candidates (stage 2, whose initial candidates are stage 1's elites);
+  candidates (stage 1, as NSGA-II starts; AutoDiffusion starts from mutated copies of uniform
+  DDIM and random candidates, about half each) or variations of the initial candidates (stage 2,
+  whose initial candidates are stage 1's elites);
 - later generations draw parents by binary tournament from the elites, chosen by NSGA-II
   (non-dominated sorting and crowding distance; plain ranking for one objective) from the previous
   generation together with its own parents, so the best candidates survive;
@@ -74,7 +75,8 @@ class EvolutionarySampler(BaseGASampler):
         self._initial = list(initial)
         self._elite_size = elite_size or max(2, population_size // 2)
         self._crossover_prob = crossover_prob
-        self._gene_mutation_prob = gene_mutation_prob or 1.0 / space.steps
+        self._gene_mutation_prob = (1.0 / space.steps if gene_mutation_prob is None
+                                    else gene_mutation_prob)
         self._first_generation = first_generation
         self._seed = seed
         self._constraints_func = constraints_func

@@ -91,8 +91,8 @@ def stage_config(ctx: SearchContext, stage: int, max_gflops: float | None) -> di
 
 
 def _sampler(ctx: SearchContext, stage: int, initial: list[Candidate]) -> EvolutionarySampler:
-    # stage 1 starts from the textbook spacings and random candidates (AutoDiffusion's random
-    # first population); stage 2 from variations of stage 1's elites
+    # stage 1 starts from the textbook spacings and random candidates (as NSGA-II starts);
+    # stage 2 from variations of stage 1's elites
     return EvolutionarySampler(ctx.space(stage), population_size=ctx.config.population,
                                initial=initial, seed=ctx.config.seed + 1000 * (stage - 1),
                                first_generation="random" if stage == 1 else "children")
