@@ -11,10 +11,13 @@ STORAGE ?=
 NAME ?=
 
 STAGE ?=
+SAMPLER ?=
 
 STUDY_ARGS := --model $(MODEL) --steps $(STEPS) $(if $(STAGE),--stage $(STAGE)) \
+	$(if $(SAMPLER),--sampler $(SAMPLER)) \
 	$(if $(TRIALS),--trials $(TRIALS)) $(if $(STORAGE),--storage $(STORAGE)) $(if $(NAME),--name $(NAME)) \
 	$(ARGS)
+# SAMPLER: stage 1's (evolutionary, tpe, cmaes, nsgaii, random; see BENCHMARKS.md)
 # ARGS: any other study flags, e.g. ARGS="--checkpoint ~/64x64_diffusion.pt --compile"
 
 .PHONY: study worker best export sample report dashboard test bench train-digits clean-venv

@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--seed", type=int)
     study.add_argument("--solver", choices=["ddim", "dpmpp2m"])
     study.add_argument("--population", type=int, help="trials per generation")
+    study.add_argument("--sampler", help="stage 1's sampler: evolutionary (ours, the default) "
+                       "or Optuna's tpe, cmaes, nsgaii or random on the same encoding "
+                       "(compared in BENCHMARKS.md); stage 2 is always ours")
     study.add_argument("--stage", choices=["1", "2", "both"], default="both",
                        help="1: time steps; 2: steps and layer skips (needs stage 1); both")
     study.add_argument("--stage2-trials", type=int, help="COMPLETE stage-2 trials to reach")
@@ -164,7 +167,7 @@ def cmd_study(args) -> None:
         raise UsageError(f"--steps must be at least 1, got {args.steps}")
     preset = search_config.load_preset(args.model, args.steps)
     values = {key: getattr(args, key) if getattr(args, key) is not None else preset.get(key)
-              for key in ("samples", "seed", "solver", "population", "min_samples")}
+              for key in ("samples", "seed", "solver", "population", "min_samples", "sampler")}
     samples = values["samples"] or search_config.SearchConfig.samples
     preset_pruning_too_big = args.min_samples is None and (values["min_samples"] or 0) >= samples
     if values["min_samples"] == 0 or preset_pruning_too_big:

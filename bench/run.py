@@ -194,12 +194,13 @@ def write_sampler_plot(samplers: dict, path: Path = ROOT / "bench" / "samplers.p
     import plotly.graph_objects as go
 
     fig = go.Figure()
+    seeds = len(next(iter(samplers.values()))["runs"])
     for name, r in samplers.items():
         curves = [run["best_so_far"] for run in r["runs"]]
         length = min(len(c) for c in curves)
         mean = np.mean([c[:length] for c in curves], axis=0)
         fig.add_trace(go.Scatter(x=list(range(1, length + 1)), y=mean, name=name))
-    fig.update_layout(title="Best FID (search noise) against trials, mean of 3 seeds",
+    fig.update_layout(title=f"Best FID (search noise) against trials, mean of {seeds} seeds",
                       xaxis_title="evaluated trials", yaxis_title="best FID", yaxis_type="log",
                       width=900, height=500)
     try:
@@ -325,8 +326,7 @@ def render(results: dict) -> dict[str, str]:
     for key, part in (("spacings_table", render_spacings), ("samplers", render_samplers),
                       ("multifidelity", render_multifidelity), ("profile", render_profile)):
         if key in results:
-            extra = ([results.get("samplers_evolutionary_before")] if key == "samplers" else [])
-            sections[key.replace("_", "-")] = "\n".join(head + part(results[key], *extra))
+            sections[key.replace("_", "-")] = "\n".join(head + part(results[key]))
     return sections
 
 
@@ -393,11 +393,13 @@ def render_spacings(table: dict) -> list[str]:
          if any("searches" not in row for row in table.values()) else [])
 
 
-def render_samplers(samplers: dict, before: dict | None = None) -> list[str]:
+def render_samplers(samplers: dict) -> list[str]:
     first = next(iter(samplers.values()))
+    ours = {run["seed"]: run["best_fid_heldout"] for run in samplers["evolutionary"]["runs"]}
     rows = [f"| {name} | {r['budget_trials']} | "
             f"{np.mean([run['best_fid_search'] for run in r['runs']]):.2f} | "
             f"{r['best_fid_heldout_mean']:.2f} ± {r['best_fid_heldout_std']:.2f} | "
+            f"{_paired(r['runs'], ours)} | "
             + ", ".join(f"{run['best_fid_heldout']:.2f}" for run in r["runs"]) + " | "
             f"{np.mean([run['cpu_s'] for run in r['runs']]):.0f} |"
             for name, r in samplers.items()]
@@ -405,22 +407,22 @@ def render_samplers(samplers: dict, before: dict | None = None) -> list[str]:
         f"Stage 1 on digits, K={first['steps']}, the same encoding, the same first trials (the "
         f"standard spacings) and the same budget of {first['budget_trials']} evaluated "
         "candidates for every sampler; the best candidate (by search FID) re-scored on "
-        "held-out noise. 3 search seeds each. Best FID against trials: `bench/samplers.png`.",
+        f"held-out noise. {len(first['runs'])} search seeds each; a seed fixes the search noise, "
+        "so seeds pair up across samplers. Best FID against trials: `bench/samplers.png`.",
         "",
         "| sampler | budget (trials) | best search FID (mean) | best held-out FID (mean ± std) "
-        "| per seed | CPU s per search |",
-        "|---|---|---|---|---|---|",
+        "| minus evolutionary, paired (mean ± s.e.) | per seed | CPU s per search |",
+        "|---|---|---|---|---|---|---|",
         *rows,
-    ] + _sampler_change(before)
+    ]
 
 
-def _sampler_change(before: dict | None) -> list[str]:
-    if not before:
-        return []
-    return ["", f"EvolutionarySampler change in this round: {before['change']}; before it, "
-                f"{before['best_fid_heldout_mean']:.2f} ± {before['best_fid_heldout_std']:.2f} "
-                f"(per seed " + ", ".join(f"{v:.2f}" for v in before["per_seed"]) + "). "
-                f"Also tried: {before['also_tried']}."]
+def _paired(runs: list[dict], ours: dict[int, float]) -> str:
+    """Mean and standard error of this sampler's held-out best minus ours, seed by seed."""
+    diffs = [run["best_fid_heldout"] - ours[run["seed"]] for run in runs if run["seed"] in ours]
+    if len(diffs) < 2 or not any(diffs):
+        return "—"
+    return f"{np.mean(diffs):+.2f} ± {np.std(diffs, ddof=1) / np.sqrt(len(diffs)):.2f}"
 
 
 def render_multifidelity(mf: dict) -> list[str]:
@@ -478,8 +480,6 @@ def main() -> None:
     results["machine"] = machine()
     for key in wanted:
         print(f"{key} ...", flush=True)
-        if key == "samplers":
-            results.pop("samplers_evolutionary_before", None)  # a note about an older run
         if key == "multifidelity" and "samplers" in results:
             # its unpruned searches are the sampler comparison's EvolutionarySampler runs
             results[key] = search.multifidelity(unpruned=results["samplers"]["evolutionary"]["runs"])

@@ -3,8 +3,8 @@
 - ``spacings_table``: for each K, the standard spacings and both searched stages, every FID on
   held-out noise, the searches repeated over 3 seeds (mean and std), with their cost.
 - ``sampler_comparison``: the EvolutionarySampler against Optuna's Random, TPE, NSGA-II and
-  CMA-ES samplers on the same encoding, the same first trials (the standard spacings) and the
-  same budget of evaluated candidates, 3 seeds each.
+  CMA-ES samplers (``--sampler``) on the same encoding, the same first trials (the standard
+  spacings) and the same budget of evaluated candidates, 6 seeds each.
 - ``multifidelity``: the stage-1 search with and without multi-fidelity pruning, same budget of
   evaluated candidates: images sampled and held-out FID of the final best.
 
@@ -34,8 +34,11 @@ from autodiff_optuna.search.objective import score_schedule
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
 SEEDS = (0, 1, 2)
+# The sampler comparison needs more: the spread of one sampler's best FID between seeds is as
+# large as the gaps between samplers (with 3 seeds, one unlucky search decided the ranking).
+SAMPLER_SEEDS = (0, 1, 2, 3, 4, 5)
 HELDOUT_SEEDS = (0, 1, 2)  # held-out noise streams: no study ever searches on them
-SAMPLERS = ("evolutionary", "random", "tpe", "nsgaii", "cmaes")
+SAMPLERS = ("evolutionary", "random", "tpe", "nsgaii", "cmaes")  # the table's order
 
 
 def heldout_fids(timesteps, samples: int, solver: str = "ddim", skip=None
@@ -51,28 +54,13 @@ def heldout_fid(timesteps, samples: int, solver: str = "ddim", skip=None) -> flo
     return heldout_fids(timesteps, samples, solver, skip)[0]
 
 
-def make_sampler(name: str, seed: int, population: int):
-    """Optuna's samplers, configured like ours where they have the same knob."""
-    if name == "evolutionary":
-        return None  # open_stage1's own
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed)
-    if name == "nsgaii":
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=population)
-    if name == "cmaes":
-        return optuna.samplers.CmaEsSampler(seed=seed)
-    raise ValueError(f"unknown sampler {name!r}")
-
-
-def run_search(config: SearchConfig, trials: int, sampler: str = "evolutionary") -> dict:
-    """One stage-1 search; its best-so-far FID after each evaluated candidate, its cost."""
+def run_search(config: SearchConfig, trials: int) -> dict:
+    """One stage-1 search (with ``config.sampler``); its best-so-far FID after each evaluated
+    candidate, its cost."""
     with tempfile.TemporaryDirectory() as tmp:
         ctx = search.SearchContext.build(config)
         storage = search.open_storage(f"sqlite:///{tmp}/bench.db")
-        study = search.open_stage1(ctx, f"bench-{uuid.uuid4().hex[:8]}", storage,
-                                   sampler=make_sampler(sampler, config.seed, config.population))
+        study = search.open_stage1(ctx, f"bench-{uuid.uuid4().hex[:8]}", storage)
         cpu, wall = time.process_time(), time.perf_counter()
         search.run(ctx, study, trials, progress=False)
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
@@ -84,7 +72,7 @@ def run_search(config: SearchConfig, trials: int, sampler: str = "evolutionary")
             so_far = min(so_far, t.value if t.state == TrialState.COMPLETE else so_far)
             history.append(so_far)
         images = sum(_images(t, config.samples) for t in evaluated)
-        return {"sampler": sampler, "seed": config.seed, "trials": len(evaluated),
+        return {"sampler": config.sampler, "seed": config.seed, "trials": len(evaluated),
                 "complete": len(complete), "images": images, "cpu_s": cpu, "wall_s": wall,
                 "best_timesteps": best.user_attrs["timesteps"], "best_fid_search": best.value,
                 "best_so_far": history}
@@ -100,21 +88,33 @@ def _mean_std(values) -> tuple[float, float]:
 
 
 def sampler_comparison(steps: int = 4, trials: int = 100) -> dict:
+    return summarise_samplers([sampler_run(name, seed, steps, trials)
+                               for name in SAMPLERS for seed in SAMPLER_SEEDS])
+
+
+def sampler_run(name: str, seed: int, steps: int = 4, trials: int = 100) -> dict:
+    """One search of the sampler comparison, and the held-out FID of its best schedule."""
     base = load_preset("digits", steps)
+    config = SearchConfig("digits", steps, samples=base.get("samples", 1000), seed=seed,
+                          population=base.get("population", 20), sampler=name)
+    run = run_search(config, trials)
+    run["best_fid_heldout"] = heldout_fid(run["best_timesteps"], config.samples)
+    print(f"  {name} seed {seed}: search {run['best_fid_search']:.2f} held-out "
+          f"{run['best_fid_heldout']:.2f} {run['best_timesteps']}", flush=True)
+    return run
+
+
+def summarise_samplers(runs: list[dict]) -> dict:
+    """Per sampler: its budget, the mean and std of its held-out best FID, its runs by seed."""
     out = {}
     for name in SAMPLERS:
-        runs = []
-        for seed in SEEDS:
-            config = SearchConfig("digits", steps, samples=base.get("samples", 1000), seed=seed,
-                                  population=base.get("population", 20))
-            run = run_search(config, trials, name)
-            run["best_fid_heldout"] = heldout_fid(run["best_timesteps"], config.samples)
-            print(f"  {name} seed {seed}: search {run['best_fid_search']:.2f} held-out "
-                  f"{run['best_fid_heldout']:.2f} {run['best_timesteps']}", flush=True)
-            runs.append(run)
-        mean, std = _mean_std([r["best_fid_heldout"] for r in runs])
-        out[name] = {"budget_trials": trials, "steps": steps, "best_fid_heldout_mean": mean,
-                     "best_fid_heldout_std": std, "runs": runs}
+        mine = sorted((r for r in runs if r["sampler"] == name), key=lambda r: r["seed"])
+        if not mine:
+            continue
+        mean, std = _mean_std([r["best_fid_heldout"] for r in mine])
+        out[name] = {"budget_trials": mine[0]["trials"],
+                     "steps": len(mine[0]["best_timesteps"]), "best_fid_heldout_mean": mean,
+                     "best_fid_heldout_std": std, "runs": mine}
     return out
 
 
@@ -125,7 +125,8 @@ def multifidelity(steps: int = 4, trials: int = 100, unpruned: list[dict] | None
     base = load_preset("digits", steps)
     samples, population = base.get("samples", 1000), base.get("population", 20)
     min_samples = base["min_samples"]
-    runs = {"full": unpruned, "pruned": None}
+    # like for like: the unpruned searches on the same seeds as the pruned ones
+    runs = {"full": [r for r in unpruned or [] if r["seed"] in SEEDS], "pruned": None}
     for label, first in (("full", None), ("pruned", min_samples)):
         if runs[label]:
             continue
@@ -169,13 +170,14 @@ def _cli(*args: str) -> str:
     return proc.stdout
 
 
-def study_both_stages(steps: int, seed: int) -> dict:
-    """``make study`` for one K and seed (preset defaults, both stages), as a user runs it."""
+def study_both_stages(steps: int, seed: int, *flags: str) -> dict:
+    """``make study`` for one K and seed (preset defaults, both stages, any other ``flags``),
+    as a user runs it."""
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{tmp}/bench.db"
         started, children = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
         _cli("study", "--model", "digits", "--steps", str(steps), "--seed", str(seed),
-             "--storage", url, "--quiet")
+             "--storage", url, "--quiet", *flags)
         wall = time.perf_counter() - started
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = (after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime)

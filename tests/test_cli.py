@@ -27,6 +27,7 @@ def _err(capsys) -> str:
     (["study", "--model", "digits", "--steps", "4", "--max-gflops", "nan"], "--max-gflops"),
     (["evaluate", "--model", "digits", "--timesteps", "9,3", "--samples", "0"], "--samples"),
     (["study", "--model", "digits", "--steps", "4", "--solver", "euler"], "invalid choice"),
+    (["study", "--model", "digits", "--steps", "4", "--sampler", "gp"], "unknown sampler 'gp'"),
     (["evaluate", "--model", "digits", "--timesteps", "999,999,10"], "distinct"),
     (["evaluate", "--model", "digits", "--timesteps", "1200,10"], "outside"),
     (["evaluate", "--model", "digits", "--timesteps", "9x,3"], "comma-separated integers"),
@@ -83,6 +84,33 @@ def test_resume_and_configuration_mismatch(capsys, tmp_path):
     assert main(mismatched) == 2
     assert "samples: stored 80, requested 96" in _err(capsys)
     assert len(optuna.load_study(study_name="digits-k3", storage=url).trials) == len(study.trials)
+
+
+def test_stage1_with_an_optuna_sampler_resumes_and_keeps_its_sampler(capsys, tmp_path):
+    """``--sampler tpe``: Optuna's TPE drives stage 1 on the same encoding, after the same
+    standard spacings; the choice is stored, so a resume must name it again, and a study stored
+    before the choice existed resumes as the evolutionary one it was."""
+    url = f"sqlite:///{tmp_path}/s.db"
+    base = ["study", "--model", "digits", "--steps", "3", "--storage", url] + FAST
+    assert main(base + ["--trials", "7", "--sampler", "tpe"]) == 0
+    study = optuna.load_study(study_name="digits-k3", storage=url)
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 7
+    spacings = study.user_attrs["spacings"]
+    assert [t.user_attrs["timesteps"] for t in complete[:len(spacings)]] == list(
+        spacings.values())
+    assert main(base + ["--trials", "8", "--sampler", "tpe"]) == 0  # resumes
+    capsys.readouterr()
+    assert main(["best", "--name", "digits-k3", "--storage", url, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["sampler"] == "tpe"
+    assert main(base + ["--trials", "9"]) == 2  # the default sampler is another search
+    assert "sampler: stored 'tpe', requested 'evolutionary'" in _err(capsys)
+
+    old = optuna.create_study(study_name="old", storage=url)  # as made before --sampler
+    config = {k: v for k, v in study.user_attrs["config"].items() if k != "sampler"}
+    for key, value in {**study.user_attrs, "config": config}.items():
+        old.set_user_attr(key, value)
+    assert main(base + ["--trials", "1", "--name", "old"]) == 0
 
 
 def test_end_to_end_study_best_and_evaluate(tmp_path):

@@ -12,7 +12,9 @@ from autodiff_optuna.sampling.solvers import SOLVER_ORDERS
 
 PRESETS_DIR = Path(__file__).resolve().parents[2] / "studies"
 PRESET_KEYS = {"model", "steps", "trials", "stage2_trials", "population", "samples", "solver",
-               "seed", "min_samples"}
+               "seed", "min_samples", "sampler"}
+# stage 1's sampler: ours, or one of Optuna's on the same encoding (stage 2 is always ours)
+STAGE1_SAMPLERS = ("evolutionary", "tpe", "cmaes", "nsgaii", "random")
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,7 @@ class SearchConfig:
     seed: int = 0
     population: int = 20
     min_samples: int | None = None  # first rung of multi-fidelity pruning (stage 1); None: off
+    sampler: str = "evolutionary"  # stage 1's; one of STAGE1_SAMPLERS
 
     @property
     def default_name(self) -> str:
@@ -39,9 +42,18 @@ class SearchConfig:
             raise UsageError(f"--samples must be at least 2, got {self.samples}")
         if self.population < 2:
             raise UsageError(f"--population must be at least 2, got {self.population}")
+        if self.sampler not in STAGE1_SAMPLERS:
+            raise UsageError(f"unknown sampler {self.sampler!r}; known: "
+                             f"{', '.join(STAGE1_SAMPLERS)}")
 
     def as_attrs(self) -> dict:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def defaults(cls) -> dict:
+        """Field defaults: what a study stored before a field existed was run with."""
+        return {f.name: f.default for f in dataclasses.fields(cls)
+                if f.default is not dataclasses.MISSING}
 
 
 def load_preset(model: str, steps: int, directory: Path = PRESETS_DIR) -> dict:

@@ -98,14 +98,27 @@ def _sampler(ctx: SearchContext, stage: int, initial: list[Candidate]) -> Evolut
                                first_generation="random" if stage == 1 else "children")
 
 
-def open_stage1(ctx: SearchContext, name: str, storage,
-                sampler: optuna.samplers.BaseSampler | None = None) -> optuna.Study:
+def stage1_sampler(ctx: SearchContext, initial: list[Candidate]) -> optuna.samplers.BaseSampler:
+    """The configured stage-1 sampler: ours, or Optuna's own on the same encoding (configured
+    like ours where they have the same knob; BENCHMARKS.md compares them)."""
+    name, seed = ctx.config.sampler, ctx.config.seed
+    if name == "evolutionary":
+        return _sampler(ctx, 1, initial)
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    if name == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed)
+    if name == "nsgaii":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=ctx.config.population)
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def open_stage1(ctx: SearchContext, name: str, storage) -> optuna.Study:
     """Create or resume the stage-1 study. Its first trials are the standard spacings, queued
-    once by whichever process creates the study, uniform (the baseline) first. ``sampler``
-    replaces the EvolutionarySampler (the benchmark compares Optuna's own on this encoding)."""
+    once by whichever process creates the study, uniform (the baseline) first."""
     space = ctx.space(1)
     initial = [space.candidate(s) for s in ctx.spacings.values()]
-    return _open(ctx, name, storage, 1, sampler or _sampler(ctx, 1, initial), ["minimize"],
+    return _open(ctx, name, storage, 1, stage1_sampler(ctx, initial), ["minimize"],
                  first_trials=[(space.encode(c), {"spacing": spacing})
                                for spacing, c in zip(ctx.spacings, initial)],
                  extra_attrs={"spacings": {k: list(v) for k, v in ctx.spacings.items()}})
@@ -194,6 +207,8 @@ def _check_stored(study: optuna.Study, wanted: dict, stage: int, storage) -> Non
     where = f"study {study.study_name!r} in {redact(storage.url)}"
     if stored is None:
         raise UsageError(f"{where} was not made by autodiff_optuna; choose another --name")
+    # a key the study lacks was added since it was made: it ran with that key's default
+    stored = {**SearchConfig.defaults(), **stored}
     diffs = [f"{key}: stored {stored.get(key)!r}, requested {value!r}"
              for key, value in wanted.items() if stored.get(key) != value]
     if diffs:
@@ -428,6 +443,7 @@ def best_summary(study: optuna.Study) -> dict:
         "n_complete": len(complete),
         "samples": config.get("samples"),
         "seed": config.get("seed"),
+        "sampler": config.get("sampler", SearchConfig.sampler),
         "model_weights": config.get("model_weights"),
         "fid_features": study.user_attrs.get("fid_features"),
     }
