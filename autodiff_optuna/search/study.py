@@ -202,13 +202,18 @@ def _wait_for_config(study: optuna.Study, seconds: float = 30.0) -> None:
         time.sleep(0.2)
 
 
-def _check_stored(study: optuna.Study, wanted: dict, stage: int, storage) -> None:
+def stored_config(study: optuna.Study) -> dict | None:
+    """The configuration a study was made with (None: not made by autodiff_optuna). A field
+    it lacks was added since it was made: it ran with that field's default."""
     stored = study.user_attrs.get(CONFIG_ATTR)
+    return None if stored is None else {**SearchConfig.defaults(), **stored}
+
+
+def _check_stored(study: optuna.Study, wanted: dict, stage: int, storage) -> None:
+    stored = stored_config(study)
     where = f"study {study.study_name!r} in {redact(storage.url)}"
     if stored is None:
         raise UsageError(f"{where} was not made by autodiff_optuna; choose another --name")
-    # a key the study lacks was added since it was made: it ran with that key's default
-    stored = {**SearchConfig.defaults(), **stored}
     diffs = [f"{key}: stored {stored.get(key)!r}, requested {value!r}"
              for key, value in wanted.items() if stored.get(key) != value]
     if diffs:
@@ -427,7 +432,7 @@ def best_summary(study: optuna.Study) -> dict:
     complete = complete_trials(study)
     if not complete:
         raise UsageError(f"study {study.study_name!r} has no complete trial yet")
-    config = study.user_attrs.get(CONFIG_ATTR, {})
+    config = stored_config(study) or {}
     best = min(complete, key=lambda t: t.value)
     baseline = uniform_trial(study)
     summary = {
@@ -443,7 +448,7 @@ def best_summary(study: optuna.Study) -> dict:
         "n_complete": len(complete),
         "samples": config.get("samples"),
         "seed": config.get("seed"),
-        "sampler": config.get("sampler", SearchConfig.sampler),
+        "sampler": config.get("sampler"),
         "model_weights": config.get("model_weights"),
         "fid_features": study.user_attrs.get("fid_features"),
     }
