@@ -20,7 +20,7 @@ STUDY_ARGS := --model $(MODEL) --steps $(STEPS) $(if $(STAGE),--stage $(STAGE)) 
 # SAMPLER: stage 1's (evolutionary, tpe, cmaes, nsgaii, random; see BENCHMARKS.md)
 # ARGS: any other study flags, e.g. ARGS="--checkpoint ~/64x64_diffusion.pt --compile"
 
-.PHONY: study worker best export sample report dashboard test bench train-digits clean-venv
+.PHONY: study worker best export sample report dashboard test bench bench-jobs train-digits clean-venv
 
 $(VENV)/.installed: requirements.txt requirements-adm.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -67,6 +67,16 @@ test: $(VENV)/.installed
 PARTS ?=
 bench: $(VENV)/.installed
 	$(PY) -m bench.run $(PARTS)
+
+# The searches of PARTS (samplers, spacings_table, multifidelity; default all three) as jobs,
+# JOBS at a time, one torch thread each, then merged into bench/results.json and BENCHMARKS.md.
+# Finished jobs are kept under BENCH_JOBS (one folder per commit): rerun to continue.
+JOBS ?= 2
+BENCH_JOBS ?= .bench-jobs/$(shell git rev-parse --short HEAD 2>/dev/null || echo local)
+bench-jobs: $(VENV)/.installed
+	$(PY) -m bench.jobs list $(PARTS) | OMP_NUM_THREADS=1 xargs -P $(JOBS) -L1 \
+		$(PY) -m bench.jobs run $(BENCH_JOBS)
+	$(PY) -m bench.jobs merge $(BENCH_JOBS)
 
 train-digits: $(VENV)/.installed
 	$(PY) -m autodiff_optuna.models.train_digits --part all

@@ -443,8 +443,6 @@ def render_multifidelity(mf: dict) -> list[str]:
         "",
         f"Images saved: **{mf['image_reduction']:.0%}** (target >= 40%); held-out FID of the final "
         f"best, pruned over unpruned: **{mf['heldout_fid_ratio']:.3f}**.",
-        *(["", "Pruners tried before this one (same budget, K=4):", "",
-            *[f"- {line}" for line in mf["pruners_tried"]]] if mf.get("pruners_tried") else []),
     ]
 
 
@@ -459,6 +457,14 @@ def render_profile(p: dict) -> list[str]:
         "|---|---|---|",
         *rows,
     ]
+
+
+def save(results: dict) -> None:
+    """bench/results.json, the sections of BENCHMARKS.md and the sampler plot, from ``results``."""
+    RESULTS.write_text(json.dumps(results, indent=1) + "\n")
+    write_sections(render(results))
+    if "samplers" in results:
+        write_sampler_plot(results["samplers"])
 
 
 def main() -> None:
@@ -489,10 +495,7 @@ def main() -> None:
             results[key] = skip_sensitivity(results["default_study"]["best_timesteps"])
         else:
             results[key] = parts[key]()
-    RESULTS.write_text(json.dumps(results, indent=1) + "\n")
-    write_sections(render(results))
-    if "samplers" in results:
-        write_sampler_plot(results["samplers"])
+    save(results)
     print(f"updated {RESULTS.relative_to(ROOT)} and BENCHMARKS.md ({', '.join(wanted)})")
 
 

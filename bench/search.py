@@ -118,28 +118,32 @@ def summarise_samplers(runs: list[dict]) -> dict:
     return out
 
 
-def multifidelity(steps: int = 4, trials: int = 100, unpruned: list[dict] | None = None) -> dict:
-    """The preset's multi-fidelity search against the same search without pruning.
-    ``unpruned``: those searches where they were run already (the sampler comparison's
-    EvolutionarySampler runs are exactly them)."""
+def multifidelity(steps: int = 4, trials: int = 100, unpruned: list[dict] | None = None,
+                  pruned: list[dict] | None = None) -> dict:
+    """The preset's multi-fidelity search against the same search without pruning, over SEEDS.
+    ``unpruned``, ``pruned``: those searches where they were run already (the sampler
+    comparison's EvolutionarySampler runs are exactly the unpruned ones)."""
     base = load_preset("digits", steps)
-    samples, population = base.get("samples", 1000), base.get("population", 20)
-    min_samples = base["min_samples"]
     # like for like: the unpruned searches on the same seeds as the pruned ones
-    runs = {"full": [r for r in unpruned or [] if r["seed"] in SEEDS], "pruned": None}
-    for label, first in (("full", None), ("pruned", min_samples)):
-        if runs[label]:
-            continue
-        runs[label] = []
-        for seed in SEEDS:
-            config = SearchConfig("digits", steps, samples=samples, seed=seed,
-                                  population=population, min_samples=first)
-            run = run_search(config, trials)
-            run["best_fid_heldout"] = heldout_fid(run["best_timesteps"], samples)
-            print(f"  {label} seed {seed}: {run['images']} images, held-out "
-                  f"{run['best_fid_heldout']:.2f} {run['best_timesteps']}", flush=True)
-            runs[label].append(run)
-    return compare_fidelity(runs["full"], runs["pruned"], steps, trials, min_samples, samples)
+    full = ([r for r in unpruned or [] if r["seed"] in SEEDS]
+            or [fidelity_run(seed, False, steps, trials) for seed in SEEDS])
+    pruned = pruned or [fidelity_run(seed, True, steps, trials) for seed in SEEDS]
+    return compare_fidelity(full, pruned, steps, trials, base["min_samples"],
+                            base.get("samples", 1000))
+
+
+def fidelity_run(seed: int, pruned: bool, steps: int = 4, trials: int = 100) -> dict:
+    """One search of the multi-fidelity comparison: the preset's, with its pruning or without."""
+    base = load_preset("digits", steps)
+    samples = base.get("samples", 1000)
+    config = SearchConfig("digits", steps, samples=samples, seed=seed,
+                          population=base.get("population", 20),
+                          min_samples=base["min_samples"] if pruned else None)
+    run = run_search(config, trials)
+    run["best_fid_heldout"] = heldout_fid(run["best_timesteps"], samples)
+    print(f"  {'pruned' if pruned else 'full'} seed {seed}: {run['images']} images, held-out "
+          f"{run['best_fid_heldout']:.2f} {run['best_timesteps']}", flush=True)
+    return run
 
 
 def compare_fidelity(full: list[dict], pruned: list[dict], steps: int, trials: int,
@@ -194,7 +198,7 @@ def spacings_table(ks=(4, 3, 6, 8), on_row=None) -> dict:
     keeps what it measured."""
     out = {}
     for k in ks:
-        out[str(k)] = _spacings_row(k)
+        out[str(k)] = spacings_row(k)
         if on_row:
             on_row(out)
     return out
@@ -215,25 +219,30 @@ def fixed_spacings_row(k: int) -> dict:
     return row
 
 
-def _spacings_row(k: int) -> dict:
+def spacings_row(k: int, searches: list[dict] | None = None) -> dict:
+    """The standard spacings at K and the searches over SEEDS (``searches``: those already run,
+    as ``spacings_search`` returns them)."""
     row = fixed_spacings_row(k)
-    samples = row["samples"]
-    stage1, stage2, cost = [], [], []
-    for seed in SEEDS:
-        run = study_both_stages(k, seed)
-        best = run["best"]
-        stage1.append(heldout_fid(best["timesteps"], samples))
-        # stage 2 at no more GFLOPs than the full network: its best-FID front point
-        point = min(best["pareto"], key=lambda p: p["fid"])
-        stage2.append(heldout_fid(point["timesteps"], samples, skip=point["skip"]))
-        cost.append({"trials": run["trials"], "stage2_trials": best["stage2_n_complete"],
-                     "images": run["images"], "wall_s": run["wall_s"], "cpu_s": run["cpu_s"],
-                     "stage1_timesteps": best["timesteps"],
-                     "stage2_point": {**point,
-                                      "saving": 1 - point["gflops"] / best["full_gflops"]}})
-        print(f"  K={k} seed {seed}: stage 1 {stage1[-1]:.2f}, stage 2 {stage2[-1]:.2f}, "
-              f"{run['wall_s']:.0f} s", flush=True)
-    row["stage1_heldout"] = _mean_std(stage1)
-    row["stage2_heldout"] = _mean_std(stage2)
-    row["searches"] = cost
+    searches = searches or [spacings_search(k, seed) for seed in SEEDS]
+    row["stage1_heldout"] = _mean_std([s["stage1_heldout"] for s in searches])
+    row["stage2_heldout"] = _mean_std([s["stage2_heldout"] for s in searches])
+    row["searches"] = [s["cost"] for s in searches]
     return row
+
+
+def spacings_search(k: int, seed: int) -> dict:
+    """One search of the spacings table: ``make study`` at K, both stages on held-out noise
+    (stage 2 at no more GFLOPs than the full network: its best-FID front point), its cost."""
+    run = study_both_stages(k, seed)
+    best, samples = run["best"], run["best"]["samples"]
+    point = min(best["pareto"], key=lambda p: p["fid"])
+    out = {"k": k, "seed": seed, "stage1_heldout": heldout_fid(best["timesteps"], samples),
+           "stage2_heldout": heldout_fid(point["timesteps"], samples, skip=point["skip"]),
+           "cost": {"trials": run["trials"], "stage2_trials": best["stage2_n_complete"],
+                    "images": run["images"], "wall_s": run["wall_s"], "cpu_s": run["cpu_s"],
+                    "stage1_timesteps": best["timesteps"],
+                    "stage2_point": {**point,
+                                     "saving": 1 - point["gflops"] / best["full_gflops"]}}}
+    print(f"  K={k} seed {seed}: stage 1 {out['stage1_heldout']:.2f}, stage 2 "
+          f"{out['stage2_heldout']:.2f}, {run['wall_s']:.0f} s", flush=True)
+    return out

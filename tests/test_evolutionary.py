@@ -28,6 +28,11 @@ def _candidate(k, layers=()):
         lambda sm: CandidateSpace(k, T, layers).candidate(sm[0], sm[1]))
 
 
+# a stage-1 or stage-2 candidate space of 1-10 steps, a draw of candidates, an operator seed
+ANY_CANDIDATE = dict(k=st.integers(1, 10), layers=st.sampled_from([(), LAYERS]), data=st.data(),
+                     seed=st.integers(0, 2**32 - 1))
+
+
 def _valid(candidate, k, t=T, layers=()):
     steps = candidate.timesteps if isinstance(candidate, Candidate) else candidate
     ok = (len(steps) == k and list(steps) == sorted(set(steps), reverse=True)
@@ -38,8 +43,7 @@ def _valid(candidate, k, t=T, layers=()):
 
 
 @settings(max_examples=200, deadline=None)
-@given(k=st.integers(1, 10), layers=st.sampled_from([(), LAYERS]), data=st.data(),
-       seed=st.integers(0, 2**32 - 1))
+@given(**ANY_CANDIDATE)
 def test_mutation_makes_valid_neighbours(k, layers, data, seed):
     space = CandidateSpace(k, T, layers)
     parent = data.draw(_candidate(k, layers))
@@ -52,8 +56,7 @@ def test_mutation_makes_valid_neighbours(k, layers, data, seed):
 
 
 @settings(max_examples=200, deadline=None)
-@given(k=st.integers(1, 10), layers=st.sampled_from([(), LAYERS]), data=st.data(),
-       seed=st.integers(0, 2**32 - 1))
+@given(**ANY_CANDIDATE)
 def test_crossover_draws_from_the_union(k, layers, data, seed):
     space = CandidateSpace(k, T, layers)
     a, b = data.draw(_candidate(k, layers)), data.draw(_candidate(k, layers))
@@ -70,6 +73,35 @@ def test_crossover_draws_from_the_union(k, layers, data, seed):
         if not set(a.timesteps) & set(b.timesteps):
             assert any(t in (a.timesteps[i], b.timesteps[i])
                        and set(mask) <= set(a.skip[i]) | set(b.skip[i]) for i in range(k))
+
+
+@settings(max_examples=200, deadline=None)
+@given(**ANY_CANDIDATE)
+def test_shift_moves_each_step_with_its_mask(k, layers, data, seed):
+    space = CandidateSpace(k, T, layers)
+    parent = data.draw(_candidate(k, layers))
+    rng = np.random.default_rng(seed)
+    assert space.shift(parent, np.zeros(k), rng) == parent
+    child = space.shift(parent, rng.normal(0.0, 0.4, k), rng)  # moves of at most one step
+    assert _valid(child, k, layers=layers)
+    if len(set(child.timesteps)) == k and all(
+            abs(a - b) <= 1 for a, b in zip(child.timesteps, parent.timesteps)):
+        assert child.skip == parent.skip
+
+
+def test_parzen_children_sample_around_the_better_half():
+    """Children are drawn near the better half of the ranked elites, never near the worse
+    half, with a kernel that narrows to MIN_BANDWIDTH of T as the better half agrees."""
+    space = CandidateSpace(3, T)
+    good = [space.candidate((500 + d, 300 - d, 100 + d)) for d in range(5)]
+    bad = [space.candidate((900 - d, 800 - d, 700 - d)) for d in range(5)]
+    sampler = EvolutionarySampler(space, parzen_prob=1.0)
+    rng = np.random.default_rng(0)
+    children = [sampler._parzen_child(good + bad, rng) for _ in range(300)]
+    moved = np.array([c.timesteps for c in children]) - np.array([500, 300, 100])
+    assert all(_valid(c, 3) for c in children)
+    assert np.abs(moved).max() <= 5 * 0.02 * T + 4  # 5 kernel widths around the good half
+    assert 0.5 * 0.02 * T < moved.std(axis=0).min()  # and not collapsed onto it
 
 
 @settings(max_examples=100, deadline=None)

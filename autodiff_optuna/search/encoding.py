@@ -159,6 +159,12 @@ class CandidateSpace:
         return [(t, m ^ frozenset(np.asarray(self.layers)[row].tolist()))
                 for (t, m), row in zip(genes, flips)]
 
+    def shift(self, candidate: Candidate, offsets: Sequence[float],
+              rng: np.random.Generator) -> Candidate:
+        """Each step moved by its offset (rounded), with its mask; then repaired."""
+        genes = [(int(np.rint(t + d)), m) for (t, m), d in zip(candidate.genes, offsets)]
+        return self.repair(genes, rng)
+
     def crossover(self, a: Candidate, b: Candidate, rng: np.random.Generator) -> Candidate:
         """Uniform crossover position by position: each step, with its mask, comes from either
         parent (so all steps come from the union of both parents' steps; a step both would

@@ -13,12 +13,16 @@ Per trial:
 - later generations draw parents by binary tournament from the elites, chosen by NSGA-II
   (non-dominated sorting and crowding distance; plain ranking for one objective) from the previous
   generation together with its own parents, so the best candidates survive;
-- a child is made as NSGA-II makes one: crossover of two parents (``crossover_prob``, else a
-  copy of one), then mutation of each step with probability 1/K (and bit flips of the masks in
-  stage 2), so every child differs from its parents. It is redrawn while the study already holds
-  it (a random candidate after ``MAX_REDRAWS``): no trial is spent on a candidate the study has
-  scored. (AutoDiffusion's own recipe, crossover or mutation half and half, found worse
-  schedules at the same budget on digits: see BENCHMARKS.md.)
+- a child is either a Parzen child (``parzen_prob``): a random member of the better half of the
+  elites with every step moved by a Gaussian kernel whose width is that half's spread (TPE's
+  idea, sampling where good schedules are dense, inside the evolution), or made as NSGA-II makes
+  one: crossover of two parents (``crossover_prob``, else a copy of one), then mutation of each
+  step with probability 1/K (and bit flips of the masks in stage 2), so every child differs from
+  its parents. It is redrawn while the study already holds it (a random candidate after
+  ``MAX_REDRAWS``): no trial is spent on a candidate the study has scored. (AutoDiffusion's own
+  recipe, crossover or mutation half and half, found worse schedules at the same budget on
+  digits; crossover and mutation alone, without Parzen children, settle on worse schedules than
+  TPE: see BENCHMARKS.md.)
 """
 
 from collections.abc import Sequence
@@ -40,6 +44,9 @@ from autodiff_optuna.search.encoding import Candidate, CandidateSpace
 from autodiff_optuna.search.fidelity import is_evaluated
 
 MAX_REDRAWS = 100  # a child already in the study is redrawn up to this many times
+# The narrowest Parzen kernel, as a fraction of T: once the better half agrees on a step, its
+# spread (and Scott's bandwidth) shrinks to nothing, and children would only repeat it.
+MIN_BANDWIDTH = 0.02
 
 
 class EvolutionarySampler(BaseGASampler):
@@ -50,8 +57,11 @@ class EvolutionarySampler(BaseGASampler):
         population_size: trials per generation.
         initial: candidates generation 0 proposes first, in order (the standard spacings).
         elite_size: survivors per generation; parents are drawn from them.
-        crossover_prob: chance that a child is a crossover of two parents (else a copy of one)
-            before it is mutated.
+        parzen_prob: chance that a child is a Parzen child: a random member of the better half
+            of the ranked elites, each step moved by a Gaussian of that half's spread on the
+            step (Scott's rule, at least ``MIN_BANDWIDTH`` of T); masks move with their steps.
+        crossover_prob: chance that any other child is a crossover of two parents (else a copy
+            of one) before it is mutated.
         gene_mutation_prob: chance that mutation touches each step (default 1/K; at least one
             step, or one mask bit, always changes).
         first_generation: what generation 0 holds after ``initial``: "random" candidates or
@@ -61,19 +71,20 @@ class EvolutionarySampler(BaseGASampler):
 
     def __init__(self, space: CandidateSpace, *, population_size: int = 20,
                  initial: Sequence[Candidate] = (), elite_size: int | None = None,
-                 crossover_prob: float = 0.9, gene_mutation_prob: float | None = None,
-                 first_generation: str = "random",
+                 parzen_prob: float = 0.5, crossover_prob: float = 0.9,
+                 gene_mutation_prob: float | None = None, first_generation: str = "random",
                  seed: int = 0, constraints_func=None) -> None:
         if population_size < 2:
             raise ValueError("population_size must be at least 2")
-        if not 0 <= crossover_prob <= 1:
-            raise ValueError("crossover_prob must be between 0 and 1")
+        if not 0 <= crossover_prob <= 1 or not 0 <= parzen_prob <= 1:
+            raise ValueError("crossover_prob and parzen_prob must be between 0 and 1")
         if first_generation not in ("random", "children"):
             raise ValueError("first_generation must be 'random' or 'children'")
         super().__init__(population_size)
         self._space = space
         self._initial = list(initial)
         self._elite_size = elite_size or max(2, population_size // 2)
+        self._parzen_prob = parzen_prob
         self._crossover_prob = crossover_prob
         self._gene_mutation_prob = (1.0 / space.steps if gene_mutation_prob is None
                                     else gene_mutation_prob)
@@ -142,9 +153,12 @@ class EvolutionarySampler(BaseGASampler):
         return generation
 
     def get_parent_population(self, study: optuna.Study, generation: int) -> list[FrozenTrial]:
+        # in trial order, as the storage returns them to a resumed process: ranking breaks ties
+        # by input order, so the process that selected them must see the same order
         key = (study.study_name, generation)
         if key not in self._parents:
-            self._parents[key] = super().get_parent_population(study, generation)
+            self._parents[key] = sorted(super().get_parent_population(study, generation),
+                                        key=lambda t: t.number)
         return self._parents[key]
 
     def select_parent(self, study: optuna.Study, generation: int) -> list[FrozenTrial]:
@@ -201,19 +215,33 @@ class EvolutionarySampler(BaseGASampler):
         """Ranked parents (best first); generation 0 breeds from its initial spacings."""
         if generation == 0:
             return list(self._initial)
-        # the storage keeps parents in trial order: rank them again (best front first)
+        # parents are kept in trial order: rank them again (best front first)
         ranked = self._select_elites(study, self.get_parent_population(study, generation))
         return [self._space.decode(t.params) for t in ranked]
 
     def _child(self, parents: list[Candidate], rng: np.random.Generator) -> Candidate:
         if not parents:
             return self._space.random(rng)
+        if self._parzen_prob and len(parents) >= 2 and rng.random() < self._parzen_prob:
+            return self._parzen_child(parents, rng)
         if len(parents) >= 2 and rng.random() < self._crossover_prob:
             child = self._space.crossover(self._tournament(parents, rng),
                                           self._tournament(parents, rng), rng)
         else:
             child = self._tournament(parents, rng)
         return self._space.mutate(child, rng, self._gene_mutation_prob)
+
+    def _parzen_child(self, ranked: list[Candidate], rng: np.random.Generator) -> Candidate:
+        """A draw from a Parzen estimate over the better half of ``ranked`` (best first): one
+        member, each step moved by a Gaussian of Scott's bandwidth for that half. Crossover and
+        mutation alone recombine and jump; this samples the region the good schedules share, at
+        a scale that narrows as they agree."""
+        good = ranked[: max(2, len(ranked) // 2)]
+        steps = np.array([c.timesteps for c in good], dtype=float)
+        bandwidth = np.maximum(steps.std(axis=0) * len(good) ** (-1.0 / (self._space.steps + 4)),
+                               MIN_BANDWIDTH * self._space.num_train_timesteps)
+        centre = good[int(rng.integers(len(good)))]
+        return self._space.shift(centre, rng.normal(0.0, bandwidth), rng)
 
     def _immigrant(self, seen: set[Candidate], rng: np.random.Generator) -> Candidate:
         while True:

@@ -92,10 +92,13 @@ def stage_config(ctx: SearchContext, stage: int, max_gflops: float | None) -> di
 
 def _sampler(ctx: SearchContext, stage: int, initial: list[Candidate]) -> EvolutionarySampler:
     # stage 1 starts from the textbook spacings and random candidates (as NSGA-II starts);
-    # stage 2 from variations of stage 1's elites
+    # stage 2 from variations of stage 1's elites, and breeds without Parzen children: its
+    # masks are bits a kernel over steps does not model (and it was measured without them)
+    breeding = (dict(first_generation="random") if stage == 1
+                else dict(first_generation="children", parzen_prob=0.0))
     return EvolutionarySampler(ctx.space(stage), population_size=ctx.config.population,
                                initial=initial, seed=ctx.config.seed + 1000 * (stage - 1),
-                               first_generation="random" if stage == 1 else "children")
+                               **breeding)
 
 
 def stage1_sampler(ctx: SearchContext, initial: list[Candidate]) -> optuna.samplers.BaseSampler:

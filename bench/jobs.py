@@ -1,0 +1,110 @@
+"""The searches of ``make bench`` as independent jobs, so several cores run them at once.
+
+    python -m bench.jobs list [PART ...]      # one job per line: samplers, spacings_table,
+                                              # multifidelity (default: all three)
+    python -m bench.jobs run DIR JOB          # one job, its result as DIR/JOB.json
+    python -m bench.jobs merge DIR            # fold finished jobs into bench/results.json (a
+                                              # part, or one sampler, once all its jobs are
+                                              # done) and rewrite BENCHMARKS.md
+
+``make bench-jobs JOBS=N PARTS=...`` runs them N at a time, one torch thread each. A job's result
+is exactly what the serial ``make bench`` computes for it (the same ``bench.search`` function);
+only the wall times differ, since jobs share the machine. A finished job is not run again, so an
+interrupted run continues where it stopped.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+from bench import search
+
+PARTS = ("samplers", "spacings_table", "multifidelity")
+
+
+def jobs(part: str) -> list[str]:
+    if part == "samplers":
+        return [f"sampler-{name}-{seed}" for name in search.SAMPLERS
+                for seed in search.SAMPLER_SEEDS]
+    if part == "spacings_table":
+        return [f"spacings-{k}-{seed}" for k in (4, 3, 6, 8) for seed in search.SEEDS]
+    if part == "multifidelity":  # its unpruned searches are the evolutionary sampler runs
+        return [f"pruned-{seed}" for seed in search.SEEDS]
+    _bad_input(f"no searches in part {part!r} (one of {', '.join(PARTS)})")
+
+
+def run(job: str) -> dict:
+    kind, *args = job.split("-")
+    if kind == "sampler":
+        return search.sampler_run(args[0], int(args[1]))
+    if kind == "spacings":
+        return search.spacings_search(int(args[0]), int(args[1]))
+    if kind == "pruned":
+        return search.fidelity_run(int(args[0]), pruned=True)
+    _bad_input(f"unknown job {job!r} (see: python -m bench.jobs list)")
+
+
+def merge(folder: Path) -> list[str]:
+    """Every part whose jobs have all finished, recomputed from them into bench/results.json;
+    the parts it updated."""
+    from bench import run as bench_run
+
+    done = {p.stem: json.loads(p.read_text()) for p in folder.glob("*.json")}
+    results = json.loads(bench_run.RESULTS.read_text()) if bench_run.RESULTS.exists() else {}
+    merged = []
+    # a sampler whose seeds have all run replaces its entry; the others keep theirs
+    rerun = [name for name in search.SAMPLERS
+             if all(f"sampler-{name}-{seed}" in done for seed in search.SAMPLER_SEEDS)]
+    if rerun:
+        kept = [r for name, entry in results.get("samplers", {}).items() if name not in rerun
+                for r in entry["runs"]]
+        results["samplers"] = search.summarise_samplers(
+            kept + [done[f"sampler-{name}-{seed}"] for name in rerun
+                    for seed in search.SAMPLER_SEEDS])
+        merged.append(f"samplers ({', '.join(rerun)})")
+    if all(j in done for j in jobs("spacings_table")):
+        table = {}
+        for k in (4, 3, 6, 8):
+            table[str(k)] = search.spacings_row(k, [done[f"spacings-{k}-{s}"]
+                                                    for s in search.SEEDS])
+        results["spacings_table"] = table
+        merged.append("spacings_table")
+    if all(j in done for j in jobs("multifidelity")) and "samplers" in results:
+        results["multifidelity"] = search.multifidelity(
+            unpruned=results["samplers"]["evolutionary"]["runs"],
+            pruned=[done[j] for j in jobs("multifidelity")])
+        merged.append("multifidelity")
+    if merged:
+        results["machine"] = bench_run.machine()
+        bench_run.save(results)
+    return merged
+
+
+def _bad_input(message: str) -> None:
+    print(f"bench.jobs: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def main() -> None:
+    if (len(sys.argv) < 2 or sys.argv[1] not in ("list", "run", "merge")
+            or len(sys.argv) != {"list": len(sys.argv), "run": 4, "merge": 3}[sys.argv[1]]):
+        _bad_input("usage: list [PART ...] | run DIR JOB | merge DIR")
+    command, args = sys.argv[1], sys.argv[2:]
+    if command == "list":
+        print("\n".join(j for part in args or PARTS for j in jobs(part)))
+    elif command == "run":
+        folder, job = Path(args[0]), args[1]
+        out = folder / f"{job}.json"
+        if not out.exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            result = run(job)
+            partial = out.with_suffix(".part")
+            partial.write_text(json.dumps(result) + "\n")
+            partial.rename(out)  # a killed job leaves no half-written result
+    else:
+        merged = merge(Path(args[0]))
+        print(f"merged: {', '.join(merged) or 'nothing (no part has all its jobs)'}")
+
+
+if __name__ == "__main__":
+    main()
