@@ -74,6 +74,7 @@ bench: $(VENV)/.installed
 JOBS ?= 2
 BENCH_JOBS ?= .bench-jobs/$(shell git rev-parse --short HEAD 2>/dev/null || echo local)
 bench-jobs: $(VENV)/.installed
+	$(PY) -m bench.jobs list $(PARTS) > /dev/null  # a bad PARTS stops here, not in the pipe
 	$(PY) -m bench.jobs list $(PARTS) | OMP_NUM_THREADS=1 xargs -P $(JOBS) -L1 \
 		$(PY) -m bench.jobs run $(BENCH_JOBS)
 	$(PY) -m bench.jobs merge $(BENCH_JOBS)

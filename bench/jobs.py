@@ -27,7 +27,7 @@ def jobs(part: str) -> list[str]:
         return [f"sampler-{name}-{seed}" for name in search.SAMPLERS
                 for seed in search.SAMPLER_SEEDS]
     if part == "spacings_table":
-        return [f"spacings-{k}-{seed}" for k in (4, 3, 6, 8) for seed in search.SEEDS]
+        return [f"spacings-{k}-{seed}" for k in search.SPACINGS_KS for seed in search.SEEDS]
     if part == "multifidelity":  # its unpruned searches are the evolutionary sampler runs
         return [f"pruned-{seed}" for seed in search.SEEDS]
     _bad_input(f"no searches in part {part!r} (one of {', '.join(PARTS)})")
@@ -63,11 +63,9 @@ def merge(folder: Path) -> list[str]:
                     for seed in search.SAMPLER_SEEDS])
         merged.append(f"samplers ({', '.join(rerun)})")
     if all(j in done for j in jobs("spacings_table")):
-        table = {}
-        for k in (4, 3, 6, 8):
-            table[str(k)] = search.spacings_row(k, [done[f"spacings-{k}-{s}"]
-                                                    for s in search.SEEDS])
-        results["spacings_table"] = table
+        results["spacings_table"] = {
+            str(k): search.spacings_row(k, [done[f"spacings-{k}-{seed}"] for seed in search.SEEDS])
+            for k in search.SPACINGS_KS}
         merged.append("spacings_table")
     if all(j in done for j in jobs("multifidelity")) and "samplers" in results:
         results["multifidelity"] = search.multifidelity(
@@ -86,10 +84,10 @@ def _bad_input(message: str) -> None:
 
 
 def main() -> None:
-    if (len(sys.argv) < 2 or sys.argv[1] not in ("list", "run", "merge")
-            or len(sys.argv) != {"list": len(sys.argv), "run": 4, "merge": 3}[sys.argv[1]]):
+    command, args = sys.argv[1] if len(sys.argv) > 1 else "", sys.argv[2:]
+    arguments = {"list": len(args), "run": 2, "merge": 1}  # how many each command takes
+    if arguments.get(command) != len(args):
         _bad_input("usage: list [PART ...] | run DIR JOB | merge DIR")
-    command, args = sys.argv[1], sys.argv[2:]
     if command == "list":
         print("\n".join(j for part in args or PARTS for j in jobs(part)))
     elif command == "run":

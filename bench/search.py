@@ -39,6 +39,7 @@ SEEDS = (0, 1, 2)
 SAMPLER_SEEDS = (0, 1, 2, 3, 4, 5)
 HELDOUT_SEEDS = (0, 1, 2)  # held-out noise streams: no study ever searches on them
 SAMPLERS = ("evolutionary", "random", "tpe", "nsgaii", "cmaes")  # the table's order
+SPACINGS_KS = (4, 3, 6, 8)  # the spacings table's step counts (K=4 first: the headline)
 
 
 def heldout_fids(timesteps, samples: int, solver: str = "ddim", skip=None
@@ -94,13 +95,20 @@ def sampler_comparison(steps: int = 4, trials: int = 100) -> dict:
 
 def sampler_run(name: str, seed: int, steps: int = 4, trials: int = 100) -> dict:
     """One search of the sampler comparison, and the held-out FID of its best schedule."""
-    base = load_preset("digits", steps)
-    config = SearchConfig("digits", steps, samples=base.get("samples", 1000), seed=seed,
-                          population=base.get("population", 20), sampler=name)
-    run = run_search(config, trials)
-    run["best_fid_heldout"] = heldout_fid(run["best_timesteps"], config.samples)
+    run = preset_search(seed, steps, trials, sampler=name)
     print(f"  {name} seed {seed}: search {run['best_fid_search']:.2f} held-out "
           f"{run['best_fid_heldout']:.2f} {run['best_timesteps']}", flush=True)
+    return run
+
+
+def preset_search(seed: int, steps: int, trials: int, **fields) -> dict:
+    """One stage-1 search with the digits preset's samples and population (``fields``: other
+    SearchConfig fields, else their defaults), and the held-out FID of its best schedule."""
+    base = load_preset("digits", steps)
+    config = SearchConfig("digits", steps, samples=base.get("samples", 1000), seed=seed,
+                          population=base.get("population", 20), **fields)
+    run = run_search(config, trials)
+    run["best_fid_heldout"] = heldout_fid(run["best_timesteps"], config.samples)
     return run
 
 
@@ -134,13 +142,8 @@ def multifidelity(steps: int = 4, trials: int = 100, unpruned: list[dict] | None
 
 def fidelity_run(seed: int, pruned: bool, steps: int = 4, trials: int = 100) -> dict:
     """One search of the multi-fidelity comparison: the preset's, with its pruning or without."""
-    base = load_preset("digits", steps)
-    samples = base.get("samples", 1000)
-    config = SearchConfig("digits", steps, samples=samples, seed=seed,
-                          population=base.get("population", 20),
-                          min_samples=base["min_samples"] if pruned else None)
-    run = run_search(config, trials)
-    run["best_fid_heldout"] = heldout_fid(run["best_timesteps"], samples)
+    min_samples = load_preset("digits", steps)["min_samples"] if pruned else None
+    run = preset_search(seed, steps, trials, min_samples=min_samples)
     print(f"  {'pruned' if pruned else 'full'} seed {seed}: {run['images']} images, held-out "
           f"{run['best_fid_heldout']:.2f} {run['best_timesteps']}", flush=True)
     return run
@@ -193,9 +196,8 @@ def study_both_stages(steps: int, seed: int, *flags: str) -> dict:
             "trials": sum(map(is_evaluated, stage1))}
 
 
-def spacings_table(ks=(4, 3, 6, 8), on_row=None) -> dict:
-    """One row per K (K=4 first: the headline); ``on_row(table)`` after each, so a long run
-    keeps what it measured."""
+def spacings_table(ks=SPACINGS_KS, on_row=None) -> dict:
+    """One row per K; ``on_row(table)`` after each, so a long run keeps what it measured."""
     out = {}
     for k in ks:
         out[str(k)] = spacings_row(k)
