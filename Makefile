@@ -68,7 +68,7 @@ PARTS ?=
 bench: $(VENV)/.installed
 	$(PY) -m bench.run $(PARTS)
 
-# The searches of PARTS (samplers, spacings_table, multifidelity; default all three) as jobs,
+# The searches of PARTS (samplers, spacings_table, multifidelity, end_to_end; default all) as jobs,
 # JOBS at a time, one torch thread each, then merged into bench/results.json and BENCHMARKS.md.
 # Finished jobs are kept under BENCH_JOBS (one folder per commit): rerun to continue.
 JOBS ?= 2

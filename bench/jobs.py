@@ -1,7 +1,7 @@
 """The searches of ``make bench`` as independent jobs, so several cores run them at once.
 
     python -m bench.jobs list [PART ...]      # one job per line: samplers, spacings_table,
-                                              # multifidelity (default: all three)
+                                              # multifidelity, end_to_end (default: all)
     python -m bench.jobs run DIR JOB          # one job, its result as DIR/JOB.json
     python -m bench.jobs merge DIR            # fold finished jobs into bench/results.json (a
                                               # part, or one sampler, once all its jobs are
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from bench import search
 
-PARTS = ("samplers", "spacings_table", "multifidelity")
+PARTS = ("samplers", "spacings_table", "multifidelity", "end_to_end")
 
 
 def jobs(part: str) -> list[str]:
@@ -30,6 +30,9 @@ def jobs(part: str) -> list[str]:
         return [f"spacings-{k}-{seed}" for k in search.SPACINGS_KS for seed in search.SEEDS]
     if part == "multifidelity":  # its unpruned searches are the evolutionary sampler runs
         return [f"pruned-{seed}" for seed in search.SEEDS]
+    if part == "end_to_end":  # the default sampler's runs are the spacings table's at K=4
+        return [f"endtoend-{name}-{seed}" for name in search.END_TO_END_SAMPLERS
+                for seed in search.SEEDS]
     _bad_input(f"no searches in part {part!r} (one of {', '.join(PARTS)})")
 
 
@@ -41,6 +44,8 @@ def run(job: str) -> dict:
         return search.spacings_search(int(args[0]), int(args[1]))
     if kind == "pruned":
         return search.fidelity_run(int(args[0]), pruned=True)
+    if kind == "endtoend":
+        return search.spacings_search(4, int(args[1]), args[0])
     _bad_input(f"unknown job {job!r} (see: python -m bench.jobs list)")
 
 
@@ -72,6 +77,10 @@ def merge(folder: Path) -> list[str]:
             unpruned=results["samplers"]["evolutionary"]["runs"],
             pruned=[done[j] for j in jobs("multifidelity")])
         merged.append("multifidelity")
+    if all(j in done for j in jobs("end_to_end")):
+        results["end_to_end"] = search.end_to_end(
+            searches=[done[j] for j in jobs("end_to_end")])
+        merged.append("end_to_end")
     if merged:
         results["machine"] = bench_run.machine()
         bench_run.save(results)

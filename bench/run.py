@@ -327,6 +327,9 @@ def render(results: dict) -> dict[str, str]:
                       ("multifidelity", render_multifidelity), ("profile", render_profile)):
         if key in results:
             sections[key.replace("_", "-")] = "\n".join(head + part(results[key]))
+    if "end_to_end" in results:
+        sections["end-to-end"] = "\n".join(head + render_end_to_end(
+            results["end_to_end"], results.get("spacings_table", {})))
     return sections
 
 
@@ -393,6 +396,31 @@ def render_spacings(table: dict) -> list[str]:
          if any("searches" not in row for row in table.values()) else [])
 
 
+def render_end_to_end(rows: dict, spacings: dict) -> list[str]:
+    """Both stages after each stage-1 sampler; the default's row is the spacings table's."""
+    steps = next(iter(rows.values()))["steps"]
+    default = spacings.get(str(steps), {})
+    if "seed" in next(iter(default.get("searches", [])), {}):  # per-seed FIDs kept since then
+        rows = {"evolutionary (default; the spacings table's row)": default, **rows}
+
+    def cell(row, stage):
+        values = ", ".join(f"{s[stage]:.2f}" for s in sorted(row["searches"],
+                                                             key=lambda s: s["seed"]))
+        return f"{_pm(row[stage])} ({values})"
+
+    return [
+        f"`make study` at K={steps}, both stages with preset defaults (multi-fidelity on), "
+        f"seeds {', '.join(str(s['seed']) for s in next(iter(rows.values()))['searches'])}, "
+        "scored on held-out noise as in the spacings table; `--sampler` drives stage 1 only.",
+        "",
+        "| stage-1 sampler | stage-1 best | stage-2 best-FID point | CPU s per study |",
+        "|---|---|---|---|",
+        *[f"| {name} | {cell(row, 'stage1_heldout')} | {cell(row, 'stage2_heldout')} | "
+          f"{np.mean([s['cpu_s'] for s in row['searches']]):.0f} |"
+          for name, row in rows.items()],
+    ]
+
+
 def render_samplers(samplers: dict) -> list[str]:
     first = next(iter(samplers.values()))
     ours = {run["seed"]: run["best_fid_heldout"] for run in samplers["evolutionary"]["runs"]}
@@ -430,7 +458,7 @@ def render_multifidelity(mf: dict) -> list[str]:
     return [
         f"Stage 1 on digits, K={mf['steps']}, {mf['budget_trials']} evaluated candidates per "
         f"search, 3 seeds; multi-fidelity reports FID at {mf['min_samples']}, "
-        f"{2 * mf['min_samples']}, ... images and prunes with Optuna's MedianPruner "
+        f"{2 * mf['min_samples']}, ... images and prunes with Optuna's {mf.get('pruner', 'MedianPruner')} "
         f"(values compared at equal image counts only); complete trials use all "
         f"{mf['samples']}.",
         "",
@@ -470,8 +498,8 @@ def save(results: dict) -> None:
 def main() -> None:
     """``python -m bench.run [PART ...]``: all parts, or re-measure only the named ones
     (model_quality, trial_time_s, default_study, storage_overhead, masked_speed,
-    skip_sensitivity, spacings_table, samplers, multifidelity, profile) and keep the other
-    numbers of bench/results.json."""
+    skip_sensitivity, spacings_table, samplers, multifidelity, end_to_end, profile) and keep
+    the other numbers of bench/results.json."""
     from bench import search
     from bench.profile import profile_trials
 
@@ -480,6 +508,7 @@ def main() -> None:
              "masked_speed": None, "skip_sensitivity": None,
              "spacings_table": search.spacings_table,
              "samplers": search.sampler_comparison, "multifidelity": search.multifidelity,
+             "end_to_end": search.end_to_end,
              "profile": profile_trials}
     wanted = sys.argv[1:] or list(parts)
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() and sys.argv[1:] else {}

@@ -28,18 +28,20 @@ from autodiff_optuna.models import load_model, load_scorer
 from autodiff_optuna.sampling import HELDOUT, draw, standard_spacings
 from autodiff_optuna.search import study as search
 from autodiff_optuna.search.config import SearchConfig, load_preset
-from autodiff_optuna.search.fidelity import PRUNED_AT, is_evaluated
+from autodiff_optuna.search.fidelity import PRUNE_PERCENTILE, PRUNED_AT, is_evaluated
 from autodiff_optuna.search.objective import score_schedule
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
 SEEDS = (0, 1, 2)
+PRUNER = f"PercentilePruner ({PRUNE_PERCENTILE:.0f}th percentile)"  # as results.json names it
 # The sampler comparison needs more: the spread of one sampler's best FID between seeds is as
 # large as the gaps between samplers (with 3 seeds, one unlucky search decided the ranking).
 SAMPLER_SEEDS = (0, 1, 2, 3, 4, 5)
 HELDOUT_SEEDS = (0, 1, 2)  # held-out noise streams: no study ever searches on them
 SAMPLERS = ("evolutionary", "random", "tpe", "nsgaii", "cmaes")  # the table's order
 SPACINGS_KS = (4, 3, 6, 8)  # the spacings table's step counts (K=4 first: the headline)
+END_TO_END_SAMPLERS = ("tpe",)  # Optuna samplers also run through both stages, at K=4
 
 
 def heldout_fids(timesteps, samples: int, solver: str = "ddim", skip=None
@@ -155,7 +157,8 @@ def compare_fidelity(full: list[dict], pruned: list[dict], steps: int, trials: i
     heldout = {"full": _mean_std([r["best_fid_heldout"] for r in full]),
                "pruned": _mean_std([r["best_fid_heldout"] for r in pruned])}
     return {"steps": steps, "budget_trials": trials, "min_samples": min_samples,
-            "samples": samples, "image_reduction": 1 - images["pruned"] / images["full"],
+            "samples": samples, "pruner": PRUNER,
+            "image_reduction": 1 - images["pruned"] / images["full"],
             "heldout_fid_ratio": heldout["pruned"][0] / heldout["full"][0],
             "heldout_fid_full": heldout["full"], "heldout_fid_pruned": heldout["pruned"],
             "cpu_s_full": sum(r["cpu_s"] for r in full),
@@ -226,25 +229,41 @@ def spacings_row(k: int, searches: list[dict] | None = None) -> dict:
     as ``spacings_search`` returns them)."""
     row = fixed_spacings_row(k)
     searches = searches or [spacings_search(k, seed) for seed in SEEDS]
-    row["stage1_heldout"] = _mean_std([s["stage1_heldout"] for s in searches])
-    row["stage2_heldout"] = _mean_std([s["stage2_heldout"] for s in searches])
-    row["searches"] = [s["cost"] for s in searches]
-    return row
+    return {**row, **both_stages_summary(searches)}
 
 
-def spacings_search(k: int, seed: int) -> dict:
-    """One search of the spacings table: ``make study`` at K, both stages on held-out noise
-    (stage 2 at no more GFLOPs than the full network: its best-FID front point), its cost."""
-    run = study_both_stages(k, seed)
+def both_stages_summary(searches: list[dict]) -> dict:
+    """Held-out FID of both stages over the searches (mean, std), each search's own and cost."""
+    return {"stage1_heldout": _mean_std([s["stage1_heldout"] for s in searches]),
+            "stage2_heldout": _mean_std([s["stage2_heldout"] for s in searches]),
+            "searches": [{**s["cost"], "seed": s["seed"], "stage1_heldout": s["stage1_heldout"],
+                          "stage2_heldout": s["stage2_heldout"]} for s in searches]}
+
+
+def end_to_end(steps: int = 4, searches: list[dict] | None = None) -> dict:
+    """``make study --sampler NAME`` (both stages) over SEEDS, for each of END_TO_END_SAMPLERS;
+    the default sampler's runs are the spacings table's (``searches``: those already run)."""
+    searches = searches or [spacings_search(steps, seed, name)
+                            for name in END_TO_END_SAMPLERS for seed in SEEDS]
+    return {name: {"steps": steps,
+                   **both_stages_summary([s for s in searches if s["sampler"] == name])}
+            for name in END_TO_END_SAMPLERS}
+
+
+def spacings_search(k: int, seed: int, sampler: str | None = None) -> dict:
+    """One search of the spacings table: ``make study`` at K (``--sampler`` where given), both
+    stages on held-out noise (stage 2 at no more GFLOPs than the full network: its best-FID
+    front point), its cost."""
+    run = study_both_stages(k, seed, *(["--sampler", sampler] if sampler else []))
     best, samples = run["best"], run["best"]["samples"]
     point = min(best["pareto"], key=lambda p: p["fid"])
-    out = {"k": k, "seed": seed, "stage1_heldout": heldout_fid(best["timesteps"], samples),
+    out = {"k": k, "seed": seed, "sampler": sampler or "evolutionary", "stage1_heldout": heldout_fid(best["timesteps"], samples),
            "stage2_heldout": heldout_fid(point["timesteps"], samples, skip=point["skip"]),
            "cost": {"trials": run["trials"], "stage2_trials": best["stage2_n_complete"],
                     "images": run["images"], "wall_s": run["wall_s"], "cpu_s": run["cpu_s"],
                     "stage1_timesteps": best["timesteps"],
                     "stage2_point": {**point,
                                      "saving": 1 - point["gflops"] / best["full_gflops"]}}}
-    print(f"  K={k} seed {seed}: stage 1 {out['stage1_heldout']:.2f}, stage 2 "
+    print(f"  K={k} seed {seed} {out['sampler']}: stage 1 {out['stage1_heldout']:.2f}, stage 2 "
           f"{out['stage2_heldout']:.2f}, {run['wall_s']:.0f} s", flush=True)
     return out
