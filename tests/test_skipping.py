@@ -104,3 +104,23 @@ def test_tiny_random_unet_skips_too(tiny):
 def test_bad_masks(skip, message):
     with pytest.raises(UsageError, match=message):
         check_skip(skip, 2, DIGITS_LAYERS)
+
+
+def test_layerdrop_training_bypasses_layers_as_sampling_does(tmp_path):
+    """Fine-tuning with every layer dropped trains only what a skipped layer still computes:
+    the skippable layers' own weights come out as they went in; their shortcut convolutions
+    (the bypass path) and the layers no mask can skip move."""
+    from safetensors.torch import load_file
+
+    from autodiff_optuna.models.train_digits import BUNDLE_DIR, train_ddpm
+
+    train_ddpm(tmp_path, steps=2, batch=8, layerdrop=1.0, init=BUNDLE_DIR, ema_decay=0.0)
+    before = load_file(BUNDLE_DIR / "unet" / "diffusion_pytorch_model.safetensors")
+    after = load_file(tmp_path / "unet" / "diffusion_pytorch_model.safetensors")
+    skippable = tuple(f"{name}." for name in DIGITS_LAYERS)
+    own = [key for key in before if key.startswith(skippable) and ".conv_shortcut." not in key]
+    assert own and all(torch.equal(before[key], after[key]) for key in own)
+    assert not torch.equal(before["up_blocks.1.resnets.0.conv_shortcut.weight"],
+                           after["up_blocks.1.resnets.0.conv_shortcut.weight"])
+    assert not torch.equal(before["conv_out.weight"], after["conv_out.weight"])
+    assert not torch.equal(before["conv_in.weight"], after["conv_in.weight"])

@@ -90,14 +90,9 @@ class DiffusionModel(abc.ABC):
     def _find_skippable_layers(self) -> dict:
         """The family's ResBlocks and attention layers under ``SKIPPABLE_PREFIXES``, each with
         its bypass, in ``named_modules`` order (stable names in a stable order)."""
-        from autodiff_optuna.sampling.skipping import SkippableLayer
+        from autodiff_optuna.sampling.skipping import find_skippable_layers
 
-        layers = {}
-        for name, module in self.network.named_modules():
-            bypass = self._bypass_for(module) if name.startswith(self.SKIPPABLE_PREFIXES) else None
-            if bypass is not None:
-                layers[name] = SkippableLayer(name, module, bypass)
-        return layers
+        return find_skippable_layers(self.network, self.SKIPPABLE_PREFIXES, self._bypass_for)
 
     @abc.abstractmethod
     def _bypass_for(self, module):

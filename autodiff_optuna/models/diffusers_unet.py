@@ -39,7 +39,8 @@ class DiffusersUNetModel(DiffusionModel):
         self._configure_runtime(device, precision, compile, batch_size, batch_size_cpu)
         try:  # exactly the files hashed into the fingerprint below
             unet = UNet2DModel.from_pretrained(unet_dir, local_files_only=True,
-                                               use_safetensors=use_safetensors)
+                                               use_safetensors=use_safetensors,
+                                               low_cpu_mem_usage=low_cpu_mem_usage())
         except (OSError, ValueError) as err:
             raise UsageError(f"model {name!r}: cannot load {unet_dir}: "
                              f"{str(err).splitlines()[0]}") from None
@@ -96,17 +97,19 @@ class DiffusersUNetModel(DiffusionModel):
     SKIPPABLE_PREFIXES = ("down_blocks.", "mid_block.", "up_blocks.")
 
     def _bypass_for(self, module):
-        from diffusers.models.attention_processor import Attention
-        from diffusers.models.resnet import ResnetBlock2D
-
-        if isinstance(module, ResnetBlock2D):
-            return _resnet_bypass(module)
-        if isinstance(module, Attention) and module.residual_connection:
-            return _attention_bypass(module)
-        return None
+        return bypass_for(module)
 
 
 WEIGHTS = "diffusion_pytorch_model"
+
+
+def low_cpu_mem_usage() -> bool:
+    """diffusers' loading default where it can have it: without ``accelerate`` diffusers falls
+    back to the plain load anyway, after a multi-line warning on stderr that would break the
+    CLI's one-line errors."""
+    from diffusers.utils import is_accelerate_available
+
+    return is_accelerate_available()
 
 
 def loaded_weights(unet_dir: Path) -> tuple[list[Path], bool]:
@@ -126,6 +129,19 @@ def loaded_weights(unet_dir: Path) -> tuple[list[Path], bool]:
         if single.is_file():
             return [single], safetensors
     return [], True
+
+
+def bypass_for(module):
+    """The bypass of a diffusers UNet's skippable layer (ResnetBlock2D, residual Attention);
+    None for any other module. Module-level so training (LayerDrop) skips exactly like sampling."""
+    from diffusers.models.attention_processor import Attention
+    from diffusers.models.resnet import ResnetBlock2D
+
+    if isinstance(module, ResnetBlock2D):
+        return _resnet_bypass(module)
+    if isinstance(module, Attention) and module.residual_connection:
+        return _attention_bypass(module)
+    return None
 
 
 def _resnet_bypass(block):

@@ -77,12 +77,23 @@ def train_feature_net(out_dir: Path, seed: int = 0, epochs: int = 60) -> float:
 
 
 def train_ddpm(out_dir: Path, steps: int, seed: int = 0, batch: int = 256, lr: float = 2e-3,
-               ema_decay: float = 0.999, save_every: int = 1000) -> None:
+               ema_decay: float = 0.999, save_every: int = 1000, layerdrop: float = 0.0,
+               init: Path | None = None) -> None:
+    """Train the DDPM (from ``init``, a saved model directory, to fine-tune one). ``layerdrop``:
+    each batch, each skippable layer is bypassed with this probability, exactly as a stage-2
+    mask bypasses it, so the network learns to do without any of them (LayerDrop)."""
     from diffusers import DDPMScheduler, UNet2DModel
+
+    from autodiff_optuna.models.diffusers_unet import (DiffusersUNetModel, bypass_for,
+                                                       low_cpu_mem_usage)
+    from autodiff_optuna.sampling.skipping import find_skippable_layers, skipping
 
     torch.manual_seed(seed)
     data = uint8_to_model_range(load_digits_uint8()[0])
-    unet = UNet2DModel(**UNET_CONFIG)
+    unet = (UNet2DModel.from_pretrained(init / "unet", local_files_only=True,
+                                        low_cpu_mem_usage=low_cpu_mem_usage()) if init
+            else UNet2DModel(**UNET_CONFIG))
+    layers = find_skippable_layers(unet, DiffusersUNetModel.SKIPPABLE_PREFIXES, bypass_for)
     ema = copy.deepcopy(unet).eval().requires_grad_(False)
     scheduler = DDPMScheduler(**SCHEDULER_CONFIG)
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
@@ -101,7 +112,11 @@ def train_ddpm(out_dir: Path, steps: int, seed: int = 0, batch: int = 256, lr: f
         x0 = data[torch.randint(0, len(data), (batch,), generator=gen)]
         noise = torch.randn(x0.shape, generator=gen)
         t = torch.randint(0, SCHEDULER_CONFIG["num_train_timesteps"], (batch,), generator=gen)
-        loss = F.mse_loss(unet(scheduler.add_noise(x0, noise, t), t).sample, noise)
+        # no draws without LayerDrop, so the plain run reproduces the bundled model exactly
+        dropped = ([name for name, u in zip(layers, torch.rand(len(layers), generator=gen))
+                    if u < layerdrop] if layerdrop else [])
+        with skipping(layers, dropped):
+            loss = F.mse_loss(unet(scheduler.add_noise(x0, noise, t), t).sample, noise)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
@@ -120,7 +135,8 @@ def train_ddpm(out_dir: Path, steps: int, seed: int = 0, batch: int = 256, lr: f
             scheduler.save_pretrained(out_dir / "scheduler")
             (out_dir / "training.json").write_text(json.dumps(
                 {"steps_done": step, "steps": steps, "batch": batch, "lr": lr,
-                 "ema_decay": ema_decay, "seed": seed}, indent=1) + "\n")
+                 "ema_decay": ema_decay, "seed": seed, "layerdrop": layerdrop,
+                 "init": str(init) if init else None}, indent=1) + "\n")
 
 
 def main() -> None:
@@ -129,12 +145,18 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12000)
     parser.add_argument("--out", type=Path, default=BUNDLE_DIR)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--layerdrop", type=float, default=0.0,
+                        help="probability of bypassing each skippable layer per batch")
+    parser.add_argument("--init", type=Path, default=None,
+                        help="fine-tune this saved model directory instead of a fresh network")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     if args.part in ("features", "all"):
         train_feature_net(args.out, args.seed)
     if args.part in ("ddpm", "all"):
-        train_ddpm(args.out, args.steps, args.seed)
+        train_ddpm(args.out, args.steps, args.seed, lr=args.lr, layerdrop=args.layerdrop,
+                   init=args.init)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,18 @@ class SkippableLayer:
     bypass: Callable  # called with the module's own arguments in place of its forward
 
 
+def find_skippable_layers(network: nn.Module, prefixes: tuple[str, ...],
+                          bypass_for: Callable) -> dict[str, SkippableLayer]:
+    """Every module under ``prefixes`` that ``bypass_for`` gives a bypass, by name, in
+    ``named_modules`` order (stable names in a stable order)."""
+    layers = {}
+    for name, module in network.named_modules():
+        bypass = bypass_for(module) if name.startswith(prefixes) else None
+        if bypass is not None:
+            layers[name] = SkippableLayer(name, module, bypass)
+    return layers
+
+
 @contextmanager
 def skipping(layers: dict[str, SkippableLayer], names: Iterable[str]):
     """Within the block, the named layers run their bypass instead of their forward."""

@@ -21,7 +21,7 @@ from autodiff_optuna.metrics.flops import LayerCosts, layer_costs
 from autodiff_optuna.models import load_model, load_scorer
 from autodiff_optuna.reporting.progress import ProgressPrinter
 from autodiff_optuna.sampling import SEARCH, draw, standard_spacings
-from autodiff_optuna.search.config import SearchConfig, code_version
+from autodiff_optuna.search.config import OPTUNA_SAMPLERS, SearchConfig, code_version
 from autodiff_optuna.search import fidelity
 from autodiff_optuna.search.encoding import Candidate, CandidateSpace
 from autodiff_optuna.search.evolutionary import EvolutionarySampler
@@ -102,18 +102,10 @@ def _sampler(ctx: SearchContext, stage: int, initial: list[Candidate]) -> Evolut
 
 
 def stage1_sampler(ctx: SearchContext, initial: list[Candidate]) -> optuna.samplers.BaseSampler:
-    """The configured stage-1 sampler: ours, or Optuna's own on the same encoding (configured
-    like ours where they have the same knob; BENCHMARKS.md compares them)."""
-    name, seed = ctx.config.sampler, ctx.config.seed
-    if name == "evolutionary":
+    """The configured stage-1 sampler: ours, or one of ``OPTUNA_SAMPLERS``."""
+    if ctx.config.sampler == "evolutionary":
         return _sampler(ctx, 1, initial)
-    if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed)
-    if name == "cmaes":
-        return optuna.samplers.CmaEsSampler(seed=seed)
-    if name == "nsgaii":
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=ctx.config.population)
-    return optuna.samplers.RandomSampler(seed=seed)
+    return OPTUNA_SAMPLERS[ctx.config.sampler](ctx.config)
 
 
 def open_stage1(ctx: SearchContext, name: str, storage) -> optuna.Study:
