@@ -34,7 +34,7 @@ from autodiff_optuna.search.objective import score_schedule
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
 SEEDS = (0, 1, 2)
-PRUNER = f"PercentilePruner ({PRUNE_PERCENTILE:.0f}th percentile)"  # as results.json names it
+PRUNER = f"PercentilePruner at the {PRUNE_PERCENTILE:.0f}th percentile"  # as results.json names it
 # The sampler comparison needs more: the spread of one sampler's best FID between seeds is as
 # large as the gaps between samplers (with 3 seeds, one unlucky search decided the ranking).
 SAMPLER_SEEDS = (0, 1, 2, 3, 4, 5)

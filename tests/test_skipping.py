@@ -124,3 +124,17 @@ def test_layerdrop_training_bypasses_layers_as_sampling_does(tmp_path):
                            after["up_blocks.1.resnets.0.conv_shortcut.weight"])
     assert not torch.equal(before["conv_out.weight"], after["conv_out.weight"])
     assert not torch.equal(before["conv_in.weight"], after["conv_in.weight"])
+
+
+def test_layerdrop_full_share_keeps_whole_batches(tmp_path):
+    """Batches in the full share keep every layer: with all of them full, the layers train."""
+    from safetensors.torch import load_file
+
+    from autodiff_optuna.models.train_digits import BUNDLE_DIR, train_ddpm
+
+    train_ddpm(tmp_path, steps=2, batch=8, layerdrop=1.0, full_share=1.0, init=BUNDLE_DIR,
+               ema_decay=0.0)
+    before = load_file(BUNDLE_DIR / "unet" / "diffusion_pytorch_model.safetensors")
+    after = load_file(tmp_path / "unet" / "diffusion_pytorch_model.safetensors")
+    key = "mid_block.attentions.0.to_q.weight"
+    assert not torch.equal(before[key], after[key])

@@ -78,10 +78,12 @@ def train_feature_net(out_dir: Path, seed: int = 0, epochs: int = 60) -> float:
 
 def train_ddpm(out_dir: Path, steps: int, seed: int = 0, batch: int = 256, lr: float = 2e-3,
                ema_decay: float = 0.999, save_every: int = 1000, layerdrop: float = 0.0,
-               init: Path | None = None) -> None:
+               full_share: float = 0.0, init: Path | None = None) -> None:
     """Train the DDPM (from ``init``, a saved model directory, to fine-tune one). ``layerdrop``:
-    each batch, each skippable layer is bypassed with this probability, exactly as a stage-2
-    mask bypasses it, so the network learns to do without any of them (LayerDrop)."""
+    in each batch each skippable layer is bypassed with this probability, exactly as a stage-2
+    mask bypasses it, so the network learns to do without any of them (LayerDrop); a share
+    ``full_share`` of the batches keeps every layer, so the full network stays trained as such
+    (trained only on thinned networks, it sums more residuals than it ever saw)."""
     from diffusers import DDPMScheduler, UNet2DModel
 
     from autodiff_optuna.models.diffusers_unet import (DiffusersUNetModel, bypass_for,
@@ -113,8 +115,11 @@ def train_ddpm(out_dir: Path, steps: int, seed: int = 0, batch: int = 256, lr: f
         noise = torch.randn(x0.shape, generator=gen)
         t = torch.randint(0, SCHEDULER_CONFIG["num_train_timesteps"], (batch,), generator=gen)
         # no draws without LayerDrop, so the plain run reproduces the bundled model exactly
-        dropped = ([name for name, u in zip(layers, torch.rand(len(layers), generator=gen))
-                    if u < layerdrop] if layerdrop else [])
+        dropped = []
+        if layerdrop:  # one draw per layer, after one for the whole batch where it can keep all
+            draws = torch.rand(len(layers) + (1 if full_share else 0), generator=gen)
+            if not (full_share and draws[0] < full_share):
+                dropped = [name for name, u in zip(layers, draws[-len(layers):]) if u < layerdrop]
         with skipping(layers, dropped):
             loss = F.mse_loss(unet(scheduler.add_noise(x0, noise, t), t).sample, noise)
         opt.zero_grad()
@@ -136,6 +141,7 @@ def train_ddpm(out_dir: Path, steps: int, seed: int = 0, batch: int = 256, lr: f
             (out_dir / "training.json").write_text(json.dumps(
                 {"steps_done": step, "steps": steps, "batch": batch, "lr": lr,
                  "ema_decay": ema_decay, "seed": seed, "layerdrop": layerdrop,
+                 "full_share": full_share,
                  "init": str(init) if init else None}, indent=1) + "\n")
 
 
@@ -148,6 +154,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--layerdrop", type=float, default=0.0,
                         help="probability of bypassing each skippable layer per batch")
+    parser.add_argument("--full-share", type=float, default=0.0,
+                        help="share of LayerDrop batches that keep every layer")
     parser.add_argument("--init", type=Path, default=None,
                         help="fine-tune this saved model directory instead of a fresh network")
     args = parser.parse_args()
@@ -156,7 +164,7 @@ def main() -> None:
         train_feature_net(args.out, args.seed)
     if args.part in ("ddpm", "all"):
         train_ddpm(args.out, args.steps, args.seed, lr=args.lr, layerdrop=args.layerdrop,
-                   init=args.init)
+                   full_share=args.full_share, init=args.init)
 
 
 if __name__ == "__main__":
