@@ -458,7 +458,8 @@ def render_multifidelity(mf: dict) -> list[str]:
     return [
         f"Stage 1 on digits, K={mf['steps']}, {mf['budget_trials']} evaluated candidates per "
         f"search, 3 seeds; multi-fidelity reports FID at {mf['min_samples']}, "
-        f"{2 * mf['min_samples']}, ... images and prunes with Optuna's {mf.get('pruner', 'MedianPruner')} "
+        f"{2 * mf['min_samples']}, ... images and prunes with Optuna's "
+        f"{mf.get('pruner', 'MedianPruner')} "
         f"(values compared at equal image counts only); complete trials use all "
         f"{mf['samples']}.",
         "",

@@ -257,7 +257,8 @@ def spacings_search(k: int, seed: int, sampler: str | None = None) -> dict:
     run = study_both_stages(k, seed, *(["--sampler", sampler] if sampler else []))
     best, samples = run["best"], run["best"]["samples"]
     point = min(best["pareto"], key=lambda p: p["fid"])
-    out = {"k": k, "seed": seed, "sampler": sampler or "evolutionary", "stage1_heldout": heldout_fid(best["timesteps"], samples),
+    out = {"k": k, "seed": seed, "sampler": sampler or "evolutionary",
+           "stage1_heldout": heldout_fid(best["timesteps"], samples),
            "stage2_heldout": heldout_fid(point["timesteps"], samples, skip=point["skip"]),
            "cost": {"trials": run["trials"], "stage2_trials": best["stage2_n_complete"],
                     "images": run["images"], "wall_s": run["wall_s"], "cpu_s": run["cpu_s"],
