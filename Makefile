@@ -20,7 +20,7 @@ STUDY_ARGS := --model $(MODEL) --steps $(STEPS) $(if $(STAGE),--stage $(STAGE)) 
 # SAMPLER: stage 1's (evolutionary, tpe, cmaes, nsgaii, random; see BENCHMARKS.md)
 # ARGS: any other study flags, e.g. ARGS="--checkpoint ~/64x64_diffusion.pt --compile"
 
-.PHONY: study worker best export sample report dashboard test bench bench-jobs train-digits clean-venv
+.PHONY: study worker best export sample report dashboard test bench bench-jobs train-digits train-digits-deep clean-venv
 
 $(VENV)/.installed: requirements.txt requirements-adm.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -81,6 +81,9 @@ bench-jobs: $(VENV)/.installed
 
 train-digits: $(VENV)/.installed
 	$(PY) -m autodiff_optuna.models.train_digits --part all
+
+train-digits-deep: $(VENV)/.installed
+	$(PY) -m autodiff_optuna.models.train_digits --model digits-deep --part ddpm
 
 clean-venv:
 	rm -rf $(VENV)

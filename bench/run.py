@@ -30,6 +30,7 @@ from autodiff_optuna.search.study import alphas_cumprod as _alphas_cumprod
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results.json"
+DEEP = "digits-deep"  # the deeper bundled digits model, measured by the part deep_study
 
 
 def machine() -> str:
@@ -44,10 +45,10 @@ def machine() -> str:
     return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}, CPU only"
 
 
-def model_quality() -> dict:
-    """The digits model at 100 uniform DDIM steps against the data's own floor, like for like:
+def model_quality(name: str = "digits") -> dict:
+    """A digits model at 100 uniform DDIM steps against the data's own floor, like for like:
     898 images each, scored against the statistics of the same held-out half of the real digits."""
-    model, scorer = load_model("digits"), load_scorer("digits")
+    model, scorer = load_model(name), load_scorer(name)
     images, _ = load_digits_uint8()
     half_a, half_b = split_halves(len(images))
     feats_b = scorer.features(torch.from_numpy(images[half_b]))
@@ -78,18 +79,19 @@ def trial_time(steps: int = 4) -> float:
     return float(np.median(times))
 
 
-def default_study(steps: int = 4) -> dict:
+def default_study(steps: int = 4, name: str = "digits") -> dict:
     """`make study` as a user runs it (preset defaults, both stages), timed end to end, then
     every result re-scored on held-out noise."""
     from bench.search import heldout_fids, study_both_stages
 
-    run = study_both_stages(steps, seed=0)
+    run = study_both_stages(steps, 0, model=name)
     best, samples = run["best"], run["best"]["samples"]
-    best_mean, best_std = heldout_fids(best["timesteps"], samples)
-    base_mean, base_std = heldout_fids(best["baseline_timesteps"], samples)
+    best_mean, best_std = heldout_fids(best["timesteps"], samples, model_name=name)
+    base_mean, base_std = heldout_fids(best["baseline_timesteps"], samples, model_name=name)
     front = []
     for point in best["pareto"]:
-        mean, std = heldout_fids(point["timesteps"], samples, skip=point["skip"])
+        mean, std = heldout_fids(point["timesteps"], samples, skip=point["skip"],
+                                 model_name=name)
         front.append({**point, "fid_heldout": mean, "fid_heldout_std": std})
     cheapest_good = min((p for p in front if p["fid_heldout"] <= 1.10 * best_mean),
                         key=lambda p: p["gflops"], default=None)
@@ -102,17 +104,17 @@ def default_study(steps: int = 4) -> dict:
             "uniform_fid_heldout": base_mean, "uniform_fid_heldout_std": base_std,
             "full_gflops": best["full_gflops"], "pareto": front,
             "cheapest_within_10pct": cheapest_good,
-            "preset": load_preset("digits", steps)}
+            "preset": load_preset(name, steps)}
 
 
-def masked_speed(front: list[dict], repeats: int = 7) -> dict:
+def masked_speed(front: list[dict], repeats: int = 7, name: str = "digits") -> dict:
     """Wall-clock saving of masked sampling against its GFLOPs saving, for every point of a
     stage-2 front: each point sampled with its masks and with the full network, same steps and
     noise, the two timed alternately (so drifts of the machine hit both alike)."""
-    model = load_model("digits")
+    model = load_model(name)
     costs = layer_costs(model)
     k = len(front[0]["timesteps"])
-    batch = draw(model, SearchConfig("digits", k).samples, 0, HELDOUT)
+    batch = draw(model, SearchConfig(name, k).samples, 0, HELDOUT)
 
     def seconds(timesteps, mask):
         started = time.perf_counter()
@@ -222,6 +224,14 @@ def write_sections(sections: dict[str, str], path: Path = ROOT / "BENCHMARKS.md"
     path.write_text(text)
 
 
+def deep_study(steps: int = 4) -> dict:
+    """The deeper LayerDrop-trained digits model: its quality, a default study on it (front
+    re-scored on held-out noise), and the masked wall clock of that front."""
+    study = default_study(steps, DEEP)
+    return {"model_quality": model_quality(DEEP), "study": study,
+            "masked_speed": masked_speed(study["pareto"], name=DEEP)}
+
+
 def storage_overhead(runs: int = 3) -> dict:
     """Each storage ``runs`` times, each in a fresh interpreter (in this process, after the other
     parts, the same bookkeeping measured up to 40% slower: the harness's own models and studies
@@ -272,41 +282,8 @@ def render(results: dict) -> dict[str, str]:
         f"Held-out ratio searched / uniform: **{s['best_fid_heldout'] / s['uniform_fid_heldout']:.3f}** "
         "(target <= 0.5).",
     ])
-    speed = results["masked_speed"]
-    timed = {(tuple(p["timesteps"]), str(p["skip"])): p for p in speed.get("points", [])}
-
-    def wall(point) -> str:
-        t = timed.get((tuple(point["timesteps"]), str(point["skip"])))
-        if t is None or not t["time_over_gflops_saving"]:
-            return "| | |"
-        return f"| {t['time_saving']:.1%} | {t['time_over_gflops_saving']:.0%} |"
-
-    rows = [f"| {p['gflops']:.4f} | {1 - p['gflops'] / s['full_gflops']:.1%} | "
-            f"{sum(len(m) for m in p['skip'])} | {p['timesteps']} | {p['fid']:.2f} | "
-            f"{p['fid_heldout']:.2f} ± {p['fid_heldout_std']:.2f} {wall(p)}" for p in s["pareto"]]
-    ratios = [t["time_over_gflops_saving"] for t in timed.values()
-              if t["time_over_gflops_saving"]]
-    pick = s["cheapest_within_10pct"]
-    stage2 = "\n".join(head + [
-        f"Stage-2 Pareto front of the same `make study` run (full network at 4 steps: "
-        f"{s['full_gflops']:.4f} GFLOPs per image). Wall clock: each point's masked sampling of "
-        f"1000 images against the full network's on the same steps and noise, median of "
-        f"{speed.get('repeats', 7)} alternating runs on this CPU.",
-        "",
-        "| GFLOPs/image | GFLOPs saved | layer-steps skipped | time steps | FID (search noise) "
-        "| held-out FID | wall clock saved | wall clock / GFLOPs saving |",
-        "|---|---|---|---|---|---|---|---|",
-        *rows,
-        "",
-        ("No front point is within 10% of the stage-1 best's held-out FID." if pick is None else
-         f"Cheapest point within 10% of the stage-1 best's held-out FID "
-         f"({s['best_fid_heldout']:.2f}): **{1 - pick['gflops'] / s['full_gflops']:.1%} fewer "
-         f"GFLOPs**, held-out FID {pick['fid_heldout']:.2f} (target: >= 25% fewer)."),
-        "",
-        (f"Wall-clock saving over GFLOPs saving across the front's masked points: median "
-         f"**{np.median(ratios):.0%}**, from {min(ratios):.0%} to {max(ratios):.0%} "
-         f"(target >= 80%)." if ratios else ""),
-        *render_layer_shares(speed.get("layer_shares")),
+    stage2 = "\n".join(head + render_front(s, results["masked_speed"]) + [
+        *render_layer_shares(results["masked_speed"].get("layer_shares")),
         *render_skip_sensitivity(results.get("skip_sensitivity")),
     ])
     st = results["storage_overhead"]
@@ -327,10 +304,69 @@ def render(results: dict) -> dict[str, str]:
                       ("multifidelity", render_multifidelity), ("profile", render_profile)):
         if key in results:
             sections[key.replace("_", "-")] = "\n".join(head + part(results[key]))
+    if "deep_study" in results:
+        sections["stage2-deep"] = "\n".join(head + render_deep(results["deep_study"]))
     if "end_to_end" in results:
         sections["end-to-end"] = "\n".join(head + render_end_to_end(
             results["end_to_end"], results.get("spacings_table", {})))
     return sections
+
+
+def render_front(s: dict, speed: dict) -> list[str]:
+    """A default study's stage-2 front (``default_study``) with its masked wall clock."""
+    timed = {(tuple(p["timesteps"]), str(p["skip"])): p for p in speed.get("points", [])}
+
+    def wall(point) -> str:
+        t = timed.get((tuple(point["timesteps"]), str(point["skip"])))
+        if t is None or not t["time_over_gflops_saving"]:
+            return "| | |"
+        return f"| {t['time_saving']:.1%} | {t['time_over_gflops_saving']:.0%} |"
+
+    rows = [f"| {p['gflops']:.4f} | {1 - p['gflops'] / s['full_gflops']:.1%} | "
+            f"{sum(len(m) for m in p['skip'])} | {p['timesteps']} | {p['fid']:.2f} | "
+            f"{p['fid_heldout']:.2f} ± {p['fid_heldout_std']:.2f} {wall(p)}" for p in s["pareto"]]
+    ratios = [t["time_over_gflops_saving"] for t in timed.values()
+              if t["time_over_gflops_saving"]]
+    pick = s["cheapest_within_10pct"]
+    return [
+        f"Stage-2 Pareto front of the same `make study` run (full network at "
+        f"{len(s['best_timesteps'])} steps: {s['full_gflops']:.4f} GFLOPs per image). Wall clock: "
+        f"each point's masked sampling of 1000 images against the full network's on the same "
+        f"steps and noise, median of {speed.get('repeats', 7)} alternating runs on this CPU.",
+        "",
+        "| GFLOPs/image | GFLOPs saved | layer-steps skipped | time steps | FID (search noise) "
+        "| held-out FID | wall clock saved | wall clock / GFLOPs saving |",
+        "|---|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+        ("No front point is within 10% of the stage-1 best's held-out FID." if pick is None else
+         f"Cheapest point within 10% of the stage-1 best's held-out FID "
+         f"({s['best_fid_heldout']:.2f}): **{1 - pick['gflops'] / s['full_gflops']:.1%} fewer "
+         f"GFLOPs**, held-out FID {pick['fid_heldout']:.2f} (target: >= 25% fewer)."),
+        "",
+        (f"Wall-clock saving over GFLOPs saving across the front's masked points: median "
+         f"**{np.median(ratios):.0%}**, from {min(ratios):.0%} to {max(ratios):.0%} "
+         f"(target >= 80%)." if ratios else ""),
+    ]
+
+
+def render_deep(deep: dict) -> list[str]:
+    """The deeper digits model: its quality, then its default study and stage-2 front."""
+    q, s = deep["model_quality"], deep["study"]
+    return [
+        f"| {DEEP} (FID, {q['n']} images against one held-out half of the real digits) | DDIM "
+        "100 steps | DDIM 20 steps | K=4 uniform, held-out | K=4 stage-1 best, held-out |",
+        "|---|---|---|---|---|",
+        f"| this model | {q['ddim100_vs_half']:.3f} | {q['ddim20_vs_half']:.3f} | "
+        f"{s['uniform_fid_heldout']:.2f} ± {s['uniform_fid_heldout_std']:.2f} | "
+        f"{s['best_fid_heldout']:.2f} ± {s['best_fid_heldout_std']:.2f} "
+        f"{s['best_timesteps']} |",
+        "",
+        f"`make study MODEL={DEEP} STEPS={len(s['best_timesteps'])}` (preset defaults, as for "
+        f"digits): **{s['wall_s']:.0f} s** wall for both stages.",
+        "",
+        *render_front(s, deep["masked_speed"]),
+    ]
 
 
 def render_skip_sensitivity(sens: dict | None) -> list[str]:
@@ -499,8 +535,8 @@ def save(results: dict) -> None:
 def main() -> None:
     """``python -m bench.run [PART ...]``: all parts, or re-measure only the named ones
     (model_quality, trial_time_s, default_study, storage_overhead, masked_speed,
-    skip_sensitivity, spacings_table, samplers, multifidelity, end_to_end, profile) and keep
-    the other numbers of bench/results.json."""
+    skip_sensitivity, spacings_table, samplers, multifidelity, end_to_end, deep_study, profile)
+    and keep the other numbers of bench/results.json."""
     from bench import search
     from bench.profile import profile_trials
 
@@ -509,7 +545,7 @@ def main() -> None:
              "masked_speed": None, "skip_sensitivity": None,
              "spacings_table": search.spacings_table,
              "samplers": search.sampler_comparison, "multifidelity": search.multifidelity,
-             "end_to_end": search.end_to_end,
+             "end_to_end": search.end_to_end, "deep_study": deep_study,
              "profile": profile_trials}
     wanted = sys.argv[1:] or list(parts)
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() and sys.argv[1:] else {}

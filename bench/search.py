@@ -44,10 +44,10 @@ SPACINGS_KS = (4, 3, 6, 8)  # the spacings table's step counts (K=4 first: the h
 END_TO_END_SAMPLERS = ("tpe",)  # Optuna samplers also run through both stages, at K=4
 
 
-def heldout_fids(timesteps, samples: int, solver: str = "ddim", skip=None
+def heldout_fids(timesteps, samples: int, solver: str = "ddim", skip=None, model_name="digits"
                  ) -> tuple[float, float]:
     """Mean and std of FID over the held-out noise streams (each ``samples`` images)."""
-    model, scorer = load_model("digits"), load_scorer("digits")
+    model, scorer = load_model(model_name), load_scorer(model_name)
     return _mean_std([score_schedule(model, scorer, tuple(timesteps),
                                      draw(model, samples, s, HELDOUT), solver, skip=skip)
                       for s in HELDOUT_SEEDS])
@@ -180,19 +180,19 @@ def _cli(*args: str) -> str:
     return proc.stdout
 
 
-def study_both_stages(steps: int, seed: int, *flags: str) -> dict:
+def study_both_stages(steps: int, seed: int, *flags: str, model: str = "digits") -> dict:
     """``make study`` for one K and seed (preset defaults, both stages, any other ``flags``),
     as a user runs it."""
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{tmp}/bench.db"
         started, children = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
-        _cli("study", "--model", "digits", "--steps", str(steps), "--seed", str(seed),
+        _cli("study", "--model", model, "--steps", str(steps), "--seed", str(seed),
              "--storage", url, "--quiet", *flags)
         wall = time.perf_counter() - started
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = (after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime)
-        best = json.loads(_cli("best", "--name", f"digits-k{steps}", "--storage", url, "--json"))
-        stage1 = optuna.load_study(study_name=f"digits-k{steps}", storage=url).trials
+        best = json.loads(_cli("best", "--name", f"{model}-k{steps}", "--storage", url, "--json"))
+        stage1 = optuna.load_study(study_name=f"{model}-k{steps}", storage=url).trials
         images = sum(_images(t, best["samples"]) for t in stage1 if is_evaluated(t))
         images += best["stage2_n_complete"] * best["samples"]
     return {"best": best, "wall_s": wall, "cpu_s": cpu, "images": images,

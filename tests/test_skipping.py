@@ -13,6 +13,10 @@ from autodiff_optuna.sampling import draw, sample
 from autodiff_optuna.sampling.skipping import check_skip, skipping
 
 DIGITS_LAYERS = [name for name in load_model("digits").skippable_layers()]
+# every layer of both bundled networks: one resnet per level, and two (resnets without a
+# shortcut convolution, up blocks of three)
+EVERY_LAYER = [(model, name) for model in ("digits", "digits-deep")
+               for name in load_model(model).skippable_layers()]
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +32,9 @@ def test_layers_are_enumerated_in_a_stable_order(digits, tiny):
     assert costs.layers[-1] == "up_blocks.1.resnets.1"
     assert len(costs.layers) == 12  # 8 ResBlocks and 4 attention layers
     assert sum("attentions" in name for name in costs.layers) == 4
+    deep = layer_costs(load_model("digits-deep")).layers
+    assert len(deep) == 18 and sum("attentions" in name for name in deep) == 6
+    assert deep[:2] == ("down_blocks.0.resnets.0", "down_blocks.0.resnets.1")
 
 
 def test_empty_mask_reproduces_the_full_network(digits):
@@ -37,8 +44,9 @@ def test_empty_mask_reproduces_the_full_network(digits):
     assert torch.equal(sample(digits, steps, batch, "dpmpp2m", skip=[(), (), (), ()]), full)
 
 
-@pytest.mark.parametrize("layer", DIGITS_LAYERS)
-def test_skipping_one_layer_keeps_shapes_and_saves_its_flops(digits, layer):
+@pytest.mark.parametrize("model, layer", EVERY_LAYER)
+def test_skipping_one_layer_keeps_shapes_and_saves_its_flops(model, layer):
+    digits = load_model(model)
     layers = digits.skippable_layers()
     x = torch.randn(3, *digits.sample_shape, generator=torch.Generator().manual_seed(0))
     t = torch.tensor(500)
@@ -112,10 +120,11 @@ def test_layerdrop_training_bypasses_layers_as_sampling_does(tmp_path):
     (the bypass path) and the layers no mask can skip move."""
     from safetensors.torch import load_file
 
-    from autodiff_optuna.models.train_digits import BUNDLE_DIR, train_ddpm
+    from autodiff_optuna.models.registry import DIGITS_DIR
+    from autodiff_optuna.models.train_digits import train_ddpm
 
-    train_ddpm(tmp_path, steps=2, batch=8, layerdrop=1.0, init=BUNDLE_DIR, ema_decay=0.0)
-    before = load_file(BUNDLE_DIR / "unet" / "diffusion_pytorch_model.safetensors")
+    train_ddpm(tmp_path, steps=2, batch=8, layerdrop=1.0, init=DIGITS_DIR, ema_decay=0.0)
+    before = load_file(DIGITS_DIR / "unet" / "diffusion_pytorch_model.safetensors")
     after = load_file(tmp_path / "unet" / "diffusion_pytorch_model.safetensors")
     skippable = tuple(f"{name}." for name in DIGITS_LAYERS)
     own = [key for key in before if key.startswith(skippable) and ".conv_shortcut." not in key]
@@ -130,11 +139,26 @@ def test_layerdrop_full_share_keeps_whole_batches(tmp_path):
     """Batches in the full share keep every layer: with all of them full, the layers train."""
     from safetensors.torch import load_file
 
-    from autodiff_optuna.models.train_digits import BUNDLE_DIR, train_ddpm
+    from autodiff_optuna.models.registry import DIGITS_DIR
+    from autodiff_optuna.models.train_digits import train_ddpm
 
-    train_ddpm(tmp_path, steps=2, batch=8, layerdrop=1.0, full_share=1.0, init=BUNDLE_DIR,
+    train_ddpm(tmp_path, steps=2, batch=8, layerdrop=1.0, full_share=1.0, init=DIGITS_DIR,
                ema_decay=0.0)
-    before = load_file(BUNDLE_DIR / "unet" / "diffusion_pytorch_model.safetensors")
+    before = load_file(DIGITS_DIR / "unet" / "diffusion_pytorch_model.safetensors")
     after = load_file(tmp_path / "unet" / "diffusion_pytorch_model.safetensors")
     key = "mid_block.attentions.0.to_q.weight"
     assert not torch.equal(before[key], after[key])
+
+
+def test_deep_digits_is_its_recipe_scored_by_the_digits_network():
+    """The committed deeper model was trained by its recipe in train_digits (one place), and
+    is scored by the same digits feature network as the bundled one."""
+    import json
+
+    from autodiff_optuna.models import load_scorer
+    from autodiff_optuna.models.registry import PRESETS
+    from autodiff_optuna.models.train_digits import RECIPES
+
+    trained = json.loads((PRESETS["digits-deep"].directory / "training.json").read_text())
+    assert {k: trained[k] for k in RECIPES["digits-deep"]} == RECIPES["digits-deep"]
+    assert load_scorer("digits-deep").name == load_scorer("digits").name

@@ -17,6 +17,7 @@ from autodiff_optuna.models.base import PRECISIONS, DiffusionModel
 from autodiff_optuna.models.files import RemoteFile
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
+DIGITS_DIR = WEIGHTS_DIR / "digits"  # also the digits FID network, for every digits preset
 
 ADM_URL = "https://openaipublic.blob.core.windows.net/diffusion/jul-2021"
 CLEANFID_STATS_URL = "https://www.cs.cmu.edu/~clean-fid/stats"
@@ -77,7 +78,11 @@ PRESETS = {
     preset.name: preset
     for preset in [
         # the bundled 8x8 DDPM trained on scikit-learn's handwritten digits
-        ModelPreset("digits", "diffusers-unet", "digits", directory=WEIGHTS_DIR / "digits"),
+        ModelPreset("digits", "diffusers-unet", "digits", directory=DIGITS_DIR),
+        # the same data, a deeper UNet (two resnets per level: 18 skippable layers, 1.4x the
+        # FLOPs) trained with LayerDrop, so that stage 2 has layers it can do without
+        ModelPreset("digits-deep", "diffusers-unet", "digits",
+                    directory=WEIGHTS_DIR / "digits-deep"),
         # openai/guided-diffusion ImageNet 64x64 (ADM; ADM-G with its classifier)
         ModelPreset(
             "adm64", "adm", "inception",
@@ -155,7 +160,7 @@ def load_scorer(name: str, device: str = "cpu", options: ModelOptions | None = N
         if options.ref_stats or options.inception:
             raise UsageError(f"model {name!r} is scored by its bundled digits network: "
                              "--ref-stats and --inception do not apply")
-        return digits_scorer(preset.directory)
+        return digits_scorer(DIGITS_DIR)
     if preset.fid == "inception":
         from autodiff_optuna.metrics.inception import inception_scorer_for
 
