@@ -306,6 +306,11 @@ def render(results: dict) -> dict[str, str]:
             sections[key.replace("_", "-")] = "\n".join(head + part(results[key]))
     if "deep_study" in results:
         sections["stage2-deep"] = "\n".join(head + render_deep(results["deep_study"]))
+    if "stage2_budgets" in results:
+        budgets = results["stage2_budgets"]
+        # a run split over processes (one seed each) names its own machine and threads
+        own = [f"Machine: {budgets['machine']}.", ""] if budgets.get("machine") else head
+        sections["stage2-budgets"] = "\n".join(own + render_budgets(budgets))
     if "end_to_end" in results:
         sections["end-to-end"] = "\n".join(head + render_end_to_end(
             results["end_to_end"], results.get("spacings_table", {})))
@@ -362,10 +367,41 @@ def render_deep(deep: dict) -> list[str]:
         f"{s['best_fid_heldout']:.2f} ± {s['best_fid_heldout_std']:.2f} "
         f"{s['best_timesteps']} |",
         "",
-        f"`make study MODEL={DEEP} STEPS={len(s['best_timesteps'])}` (preset defaults, as for "
-        f"digits): **{s['wall_s']:.0f} s** wall for both stages.",
+        f"`make study MODEL={DEEP} STEPS={len(s['best_timesteps'])}` (preset defaults: "
+        f"{s['trials']} stage-1 candidates, {s['stage2_trials']} stage-2 trials): "
+        f"**{s['wall_s']:.0f} s** wall for both stages.",
         "",
         *render_front(s, deep["masked_speed"]),
+    ]
+
+
+def render_budgets(b: dict) -> list[str]:
+    """Stage 2's reach by budget: per seed, the cheapest front point within 10% of the stage-1
+    best's held-out FID, and the front's cheapest point whatever its FID."""
+    budgets = [str(n) for n in b["budgets"]]
+
+    def cell(run, budget) -> str:
+        r = run["budgets"][budget]
+        good = [p for p in r["front"] if p["saved"] == r["within10"] and r["within10"]]
+        fid = f" ({good[0]['heldout']:.2f})" if good else ""
+        return f"{r['within10']:.1%}{fid}; {max(p['saved'] for p in r['front']):.1%}"
+
+    rows = [f"| {run['seed']} | {run['stage1_heldout']:.2f} {run['stage1']} | "
+            + " | ".join(cell(run, n) for n in budgets) + " |" for run in b["runs"]]
+    means = [np.mean([run["budgets"][n]["within10"] for run in b["runs"]]) for n in budgets]
+    seconds = [np.mean([run["budgets"][n]["stage2_s"] for run in b["runs"]]) for n in budgets]
+    return [
+        f"`{b['model']}`, K={b['steps']}: one stage-1 study per seed (preset defaults), then stage "
+        "2 resumed to each budget of complete trials. Each cell: the cheapest front point within "
+        "10% of the stage-1 best's held-out FID (its held-out FID); the front's cheapest point.",
+        "",
+        "| seed | stage-1 best, held-out | " + " | ".join(f"{n} stage-2 trials" for n in budgets)
+        + " |",
+        "|---|---|" + "---|" * len(budgets),
+        *rows,
+        "| mean within 10% | | " + " | ".join(f"**{m:.1%}**" for m in means) + " |",
+        "| stage-2 wall clock added, mean | | "
+        + " | ".join(f"{s:.0f} s" for s in seconds) + " |",
     ]
 
 
@@ -535,7 +571,8 @@ def save(results: dict) -> None:
 def main() -> None:
     """``python -m bench.run [PART ...]``: all parts, or re-measure only the named ones
     (model_quality, trial_time_s, default_study, storage_overhead, masked_speed,
-    skip_sensitivity, spacings_table, samplers, multifidelity, end_to_end, deep_study, profile)
+    skip_sensitivity, spacings_table, samplers, multifidelity, end_to_end, deep_study, stage2_budgets,
+    profile)
     and keep the other numbers of bench/results.json."""
     from bench import search
     from bench.profile import profile_trials
@@ -546,6 +583,7 @@ def main() -> None:
              "spacings_table": search.spacings_table,
              "samplers": search.sampler_comparison, "multifidelity": search.multifidelity,
              "end_to_end": search.end_to_end, "deep_study": deep_study,
+             "stage2_budgets": search.stage2_budgets,
              "profile": profile_trials}
     wanted = sys.argv[1:] or list(parts)
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() and sys.argv[1:] else {}

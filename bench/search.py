@@ -7,9 +7,12 @@
   spacings) and the same budget of evaluated candidates, 6 seeds each.
 - ``multifidelity``: the stage-1 search with and without multi-fidelity pruning, same budget of
   evaluated candidates: images sampled and held-out FID of the final best.
+- ``stage2_budgets``: how far stage 2's front reaches (within 10% of the stage-1 best's held-out
+  FID) as its budget of trials grows, on ``digits-deep``, 3 seeds.
 
-Each search runs in this process on a fresh SQLite study, exactly through the library's
-``open_stage1`` / ``run``; CPU seconds are this process's (all threads).
+Each search runs on a fresh SQLite study, in this process through the library's ``open_stage1``
+/ ``run``, or as a user runs it through the CLI (``study_both_stages``, ``stage2_budgets``); CPU
+seconds are this process's (all threads) or its children's.
 """
 
 import json
@@ -197,6 +200,43 @@ def study_both_stages(steps: int, seed: int, *flags: str, model: str = "digits")
         images += best["stage2_n_complete"] * best["samples"]
     return {"best": best, "wall_s": wall, "cpu_s": cpu, "images": images,
             "trials": sum(map(is_evaluated, stage1))}
+
+
+def stage2_budgets(model: str = "digits-deep", budgets=(80, 160, 240), steps: int = 4) -> dict:
+    """How far stage 2's front reaches with its budget: per seed, one stage-1 study, then stage 2
+    resumed to each budget in turn (as a user raising ``--stage2-trials`` does), each front
+    re-scored on held-out noise."""
+    return {"model": model, "steps": steps, "budgets": list(budgets),
+            "runs": [stage2_budget_run(model, seed, budgets, steps) for seed in SEEDS]}
+
+
+def stage2_budget_run(model: str, seed: int, budgets, steps: int = 4) -> dict:
+    """One seed of ``stage2_budgets``; the cheapest front point within 10% of the stage-1 best's
+    held-out FID at each budget."""
+    with tempfile.TemporaryDirectory() as tmp:
+        url, name = f"sqlite:///{tmp}/bench.db", f"{model}-k{steps}"
+        common = ["--model", model, "--steps", str(steps), "--seed", str(seed), "--storage", url,
+                  "--quiet"]
+        _cli("study", *common, "--stage", "1")
+        best = json.loads(_cli("best", "--name", name, "--storage", url, "--json"))
+        limit, _ = heldout_fids(best["timesteps"], best["samples"], model_name=model)
+        run = {"seed": seed, "stage1": best["timesteps"], "stage1_heldout": limit, "budgets": {}}
+        for budget in budgets:
+            started = time.perf_counter()
+            _cli("study", *common, "--stage", "2", "--stage2-trials", str(budget))
+            wall = time.perf_counter() - started
+            best = json.loads(_cli("best", "--name", name, "--storage", url, "--json"))
+            front = [{**p, "saved": 1 - p["gflops"] / best["full_gflops"],
+                      **dict(zip(("heldout", "heldout_std"),
+                                 heldout_fids(p["timesteps"], best["samples"], skip=p["skip"],
+                                              model_name=model)))}
+                     for p in best["pareto"]]
+            good = [p["saved"] for p in front if p["heldout"] <= 1.10 * limit]
+            run["budgets"][str(budget)] = {"front": front, "within10": max(good, default=0.0),
+                                           "stage2_s": wall}
+            print(f"  {model} seed {seed}, {budget} stage-2 trials: "
+                  f"{max(good, default=0.0):.1%} fewer GFLOPs within 10%", flush=True)
+    return run
 
 
 def spacings_table(ks=SPACINGS_KS, on_row=None) -> dict:

@@ -262,7 +262,10 @@ def test_compiled_blocks_equal_eager_with_masks_and_a_short_last_batch(files):
     finally:
         hook.remove()
         torch._dynamo.reset()
-    torch.testing.assert_close(compiled, eager, rtol=0, atol=1e-5)
+    # The padded batch of 4 and the eager batch of 2 take different BLAS blockings, so sums come
+    # out in another order: a few float32 ulps (1.3e-5 seen on one CPU). A misplaced bypass or a
+    # wrong padding row moves samples by orders of magnitude more.
+    torch.testing.assert_close(compiled, eager, rtol=0, atol=1e-4)
 
 
 def test_fingerprints_hash_the_loaded_files_by_content(files, tmp_path):
