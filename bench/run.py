@@ -82,19 +82,14 @@ def trial_time(steps: int = 4) -> float:
 def default_study(steps: int = 4, name: str = "digits") -> dict:
     """`make study` as a user runs it (preset defaults, both stages), timed end to end, then
     every result re-scored on held-out noise."""
-    from bench.search import heldout_fids, study_both_stages
+    from bench.search import cheapest_within, heldout_fids, heldout_front, study_both_stages
 
     run = study_both_stages(steps, 0, model=name)
     best, samples = run["best"], run["best"]["samples"]
     best_mean, best_std = heldout_fids(best["timesteps"], samples, model_name=name)
     base_mean, base_std = heldout_fids(best["baseline_timesteps"], samples, model_name=name)
-    front = []
-    for point in best["pareto"]:
-        mean, std = heldout_fids(point["timesteps"], samples, skip=point["skip"],
-                                 model_name=name)
-        front.append({**point, "fid_heldout": mean, "fid_heldout_std": std})
-    cheapest_good = min((p for p in front if p["fid_heldout"] <= 1.10 * best_mean),
-                        key=lambda p: p["gflops"], default=None)
+    front = heldout_front(best, name)
+    cheapest_good = cheapest_within(front, best_mean)
     return {"steps": steps, "trials": run["trials"], "complete": best["n_complete"],
             "stage2_trials": best["stage2_n_complete"], "wall_s": run["wall_s"],
             "images": run["images"],
@@ -380,15 +375,19 @@ def render_budgets(b: dict) -> list[str]:
     best's held-out FID, and the front's cheapest point whatever its FID."""
     budgets = [str(n) for n in b["budgets"]]
 
+    def saved(run, budget) -> float:
+        pick = run["budgets"][budget]["cheapest_within_10pct"]
+        return pick["saved"] if pick else 0.0
+
     def cell(run, budget) -> str:
         r = run["budgets"][budget]
-        good = [p for p in r["front"] if p["saved"] == r["within10"] and r["within10"]]
-        fid = f" ({good[0]['heldout']:.2f})" if good else ""
-        return f"{r['within10']:.1%}{fid}; {max(p['saved'] for p in r['front']):.1%}"
+        pick = r["cheapest_within_10pct"]
+        fid = f" ({pick['fid_heldout']:.2f})" if pick else ""
+        return f"{saved(run, budget):.1%}{fid}; {max(p['saved'] for p in r['front']):.1%}"
 
     rows = [f"| {run['seed']} | {run['stage1_heldout']:.2f} {run['stage1']} | "
             + " | ".join(cell(run, n) for n in budgets) + " |" for run in b["runs"]]
-    means = [np.mean([run["budgets"][n]["within10"] for run in b["runs"]]) for n in budgets]
+    means = [np.mean([saved(run, n) for run in b["runs"]]) for n in budgets]
     seconds = [np.mean([run["budgets"][n]["stage2_s"] for run in b["runs"]]) for n in budgets]
     return [
         f"`{b['model']}`, K={b['steps']}: one stage-1 study per seed (preset defaults), then stage "
