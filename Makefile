@@ -20,7 +20,7 @@ STUDY_ARGS := --model $(MODEL) --steps $(STEPS) $(if $(STAGE),--stage $(STAGE)) 
 # SAMPLER: stage 1's (evolutionary, tpe, cmaes, nsgaii, random; see BENCHMARKS.md)
 # ARGS: any other study flags, e.g. ARGS="--checkpoint ~/64x64_diffusion.pt --compile"
 
-.PHONY: study worker best export sample report dashboard test bench bench-jobs train-digits train-digits-deep clean-venv
+.PHONY: study worker best export sample report dashboard test test-fast lint bench bench-jobs train-digits train-digits-deep clean-venv
 
 $(VENV)/.installed: requirements.txt requirements-adm.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -63,6 +63,14 @@ dashboard: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
 
+# the tests not marked slow (no worker processes, browser or notebook kernel): every module, ~1 min
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -q -m "not slow"
+
+# ruff's lint and import order (configured in pyproject.toml); CI runs it before the tests
+lint: $(VENV)/.installed
+	$(PY) -m ruff check autodiff_optuna bench tests
+
 # PARTS re-measures only the named parts (see bench/run.py), e.g. PARTS="samplers multifidelity"
 PARTS ?=
 bench: $(VENV)/.installed
@@ -80,10 +88,10 @@ bench-jobs: $(VENV)/.installed
 	$(PY) -m bench.jobs merge $(BENCH_JOBS)
 
 train-digits: $(VENV)/.installed
-	$(PY) -m autodiff_optuna.models.train_digits --part all
+	$(PY) -m autodiff_optuna.training.train_digits --part all
 
 train-digits-deep: $(VENV)/.installed
-	$(PY) -m autodiff_optuna.models.train_digits --model digits-deep --part ddpm
+	$(PY) -m autodiff_optuna.training.train_digits --model digits-deep --part ddpm
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,13 +1,18 @@
-"""Command line: ``python -m autodiff_optuna {study,best,evaluate,export,sample,report,dashboard,download}``.
+"""Command line: ``python -m autodiff_optuna COMMAND`` (study, best, evaluate, export, sample,
+report, dashboard, download).
 
-Exit codes: 0 done, 2 bad input or a missing resource (one line, no traceback), 1 a bug.
+Exit codes: 0 done, 2 bad input or a missing resource (one line, no traceback), 1 a bug (or
+output to a pipe whose reader has gone, as Python itself exits then), 130 Ctrl-C.
 """
 
 import argparse
+import contextlib
 import json
 import math
 import os
+import signal
 import sys
+import threading
 
 from autodiff_optuna.errors import UsageError
 from autodiff_optuna.storage import first_line, load_existing_study, open_storage
@@ -24,13 +29,59 @@ def _int_list(text: str) -> list[int]:
     try:
         return [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}") from None
 
 
-def _default_device() -> str:
+def _device(requested: str | None) -> str:
+    """``--device``, checked here: the CPU or a CUDA GPU this machine has (default: the GPU where
+    there is one). Anything else (a typo, ``meta``, a GPU that is not there) would otherwise
+    fail deep inside torch, with a traceback."""
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(requested)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"--device {requested!r} is not a device: use cpu or cuda[:N]") from None
+    if device.type == "cpu":
+        return str(device)
+    if device.type != "cuda":
+        raise UsageError(f"--device {requested!r}: only cpu and cuda[:N] run models here")
+    if not torch.cuda.is_available():
+        raise UsageError(f"--device {requested!r}: no CUDA GPU is available on this machine "
+                         "(or torch was built without CUDA); use --device cpu")
+    count = torch.cuda.device_count()
+    if device.index is not None and device.index >= count:
+        raise UsageError(f"--device {requested!r}: this machine has {count} CUDA GPU(s), "
+                         f"cuda:0 to cuda:{count - 1}")
+    return str(device)
+
+
+def use_available_cores() -> int:
+    """Set torch's intra-op threads to the cores this process may use: ``OMP_NUM_THREADS``
+    where it is set, else the CPUs it may run on (its affinity: taskset, a container's cpuset).
+    Torch's own default counts every core of the machine, so N workers started on one machine
+    would each run that many threads and oversubscribe it. Returns the count."""
+    import torch
+
+    threads = _omp_threads() or _affinity_cores()
+    torch.set_num_threads(threads)
+    return threads
+
+
+def _omp_threads() -> int | None:
+    """``OMP_NUM_THREADS`` as a positive count (its first level where it lists nested ones:
+    ``4,2``); None where it is unset or not a count."""
+    first = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    return int(first) if first.isdigit() and int(first) > 0 else None
+
+
+def _affinity_cores() -> int:
+    if hasattr(os, "sched_getaffinity"):  # Linux
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -160,32 +211,21 @@ def cmd_study(args) -> None:
     import optuna
     import sqlalchemy
 
-    from autodiff_optuna.search import config as search_config
-    from autodiff_optuna.search import study as search
+    from autodiff_optuna import search
 
-    if args.steps < 1:
-        raise UsageError(f"--steps must be at least 1, got {args.steps}")
-    preset = search_config.load_preset(args.model, args.steps)
-    values = {key: getattr(args, key) if getattr(args, key) is not None else preset.get(key)
-              for key in ("samples", "seed", "solver", "population", "min_samples", "sampler")}
-    samples = values["samples"] or search_config.SearchConfig.samples
-    preset_pruning_too_big = args.min_samples is None and (values["min_samples"] or 0) >= samples
-    if values["min_samples"] == 0 or preset_pruning_too_big:
-        # --min-samples 0 turns a preset's pruning off; so does a --samples below its first rung
-        values["min_samples"] = None
-    config = search_config.SearchConfig(args.model, args.steps,
-                                        **{k: v for k, v in values.items() if v is not None})
-    trials = _positive("--trials", args.trials, preset.get("trials", 100))
-    stage2_trials = _positive("--stage2-trials", args.stage2_trials,
-                              preset.get("stage2_trials", trials))
+    config, targets = search.configure(
+        args.model, args.steps, trials=args.trials, stage2_trials=args.stage2_trials,
+        **{key: getattr(args, key) for key in ("samples", "seed", "solver", "population",
+                                               "min_samples", "sampler")})
     if args.max_gflops is not None and not (math.isfinite(args.max_gflops) and args.max_gflops > 0):
         raise UsageError(f"--max-gflops must be a positive number, got {args.max_gflops}")
     if args.max_gflops is not None and args.stage == "1":
         raise UsageError("--max-gflops applies to stage 2; use --stage 2 or both")
-    if args.heartbeat < 1:
-        raise UsageError(f"--heartbeat must be at least 1 second, got {args.heartbeat}")
-    ctx = search.SearchContext.build(config, args.device or _default_device(),
-                                     _model_options(args))
+    if not 1 <= args.heartbeat <= MAX_HEARTBEAT:
+        raise UsageError(f"--heartbeat must be from 1 to {MAX_HEARTBEAT} seconds (a day), got "
+                         f"{args.heartbeat}")
+    # checked against the model and metric before any study is created
+    ctx = search.SearchContext.build(config, _device(args.device), _model_options(args))
     name = args.name or config.default_name
     storage = open_storage(args.storage, heartbeat=args.heartbeat,
                            on_stale_trial=search.retry_stale_trial, writable=True)
@@ -197,25 +237,23 @@ def cmd_study(args) -> None:
           f"{config.samples} samples/candidate; stage {args.stage}", flush=True)
     try:
         if args.stage in ("1", "both"):
-            search.run(ctx, stage1, trials, progress=not args.quiet)
+            search.run(ctx, stage1, targets.trials, progress=not args.quiet)
         if args.stage in ("2", "both"):
             stage2 = search.open_stage2(ctx, stage1, storage, args.max_gflops)
-            search.run(ctx, stage2, stage2_trials, progress=not args.quiet,
+            search.run(ctx, stage2, targets.stage2_trials, progress=not args.quiet,
                        max_gflops=args.max_gflops)
     except KeyboardInterrupt:
         print(f"\ninterrupted; rerun the same command to resume study {name!r}", file=sys.stderr)
-        raise SystemExit(130)
+        raise SystemExit(130) from None
     except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError) as err:
         raise UsageError(f"the study database failed during the search ({first_line(err)}); "
                          "completed trials are kept: rerun the same command to resume") from None
     _print_summary(search.best_summary(stage1))
 
 
-def _positive(flag: str, value, default) -> int:
-    value = int(value if value is not None else default)
-    if value < 1:
-        raise UsageError(f"{flag} must be at least 1, got {value}")
-    return value
+# the longest --heartbeat: beyond a day a dead worker's trial would wait days to be retried, and
+# far beyond it the number overflows the timers of Optuna's heartbeat thread
+MAX_HEARTBEAT = 24 * 3600
 
 
 def _print_summary(summary: dict) -> None:
@@ -232,7 +270,7 @@ def _print_summary(summary: dict) -> None:
 
 
 def cmd_best(args) -> None:
-    from autodiff_optuna.search.study import best_summary
+    from autodiff_optuna.search.results import best_summary
 
     summary = best_summary(load_existing_study(args.name, open_storage(args.storage)))
     if args.json:
@@ -242,14 +280,19 @@ def cmd_best(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    from autodiff_optuna.export import read_json
+    from autodiff_optuna.metrics import load_scorer
     from autodiff_optuna.metrics.flops import layer_costs
-    from autodiff_optuna.models import load_model, load_scorer
+    from autodiff_optuna.metrics.scoring import score_schedule
+    from autodiff_optuna.models import load_model
+    from autodiff_optuna.models.files import read_json
     from autodiff_optuna.sampling import HELDOUT, draw, validate
+    from autodiff_optuna.sampling.noise import check_count, check_fits, check_seed
     from autodiff_optuna.sampling.skipping import check_skip
-    from autodiff_optuna.search.objective import score_schedule
 
-    device = args.device or _default_device()
+    if args.samples is not None:
+        check_count(args.samples, "--samples")
+    check_seed(args.seed)
+    device = _device(args.device)
     options = _model_options(args)
     model = load_model(args.model, device, options)
     timesteps = validate(args.timesteps, model.num_train_timesteps)
@@ -261,6 +304,7 @@ def cmd_evaluate(args) -> None:
     samples = args.samples if args.samples is not None else \
         evaluate_samples(args.model, len(timesteps), scorer)
     scorer.check_sample_count(samples)  # too few for the features: one line, the minimum
+    check_fits(model, samples, "--samples")
     batch = draw(model, samples, args.seed, HELDOUT)
     fid = score_schedule(model, scorer, timesteps, batch, args.solver, skip=skip)
     result = {"model": args.model, "timesteps": list(timesteps), "solver": args.solver,
@@ -281,7 +325,7 @@ def evaluate_samples(model: str, steps: int, scorer) -> int:
 
 def cmd_export(args) -> None:
     from autodiff_optuna.export import from_summary
-    from autodiff_optuna.search.study import best_summary
+    from autodiff_optuna.search.results import best_summary
 
     summary = best_summary(load_existing_study(args.name, open_storage(args.storage)))
     schedule = from_summary(summary, args.max_gflops)
@@ -295,12 +339,17 @@ def cmd_export(args) -> None:
 
 
 def cmd_sample(args) -> None:
-    from autodiff_optuna.export import load_schedule, sample, save_grid
+    from autodiff_optuna.export import GRID_COPIES, MAX_GRID, load_schedule, sample, save_grid
+    from autodiff_optuna.models import load_model
+    from autodiff_optuna.sampling.noise import check_count, check_fits, check_seed
 
     if args.n < 1:
         raise UsageError(f"--n must be at least 1, got {args.n}")
-    device, options = args.device or _default_device(), _model_options(args)
+    check_count(args.n, "--n", MAX_GRID)
+    check_seed(args.seed)
+    device, options = _device(args.device), _model_options(args)
     schedule = load_schedule(args.schedule, options, device)
+    check_fits(load_model(schedule.model, device, options), args.n, "--n", GRID_COPIES)
     images = sample(schedule, args.n, args.seed, device, options=options)
     try:
         save_grid(images, args.out)
@@ -315,7 +364,7 @@ def cmd_report(args) -> None:
     options = Options(out=args.out, artifacts=args.artifacts, top=args.top,
                       heldout_samples=args.heldout_samples, grid=args.grid, seed=args.seed,
                       png=not args.no_png, schedule=args.schedule,
-                      device=args.device or _default_device(), model=_model_options(args))
+                      device=_device(args.device), model=_model_options(args))
     path = build(args.name, open_storage(args.storage, writable=True), options)
     print(f"wrote {path}")
 
@@ -353,16 +402,77 @@ COMMANDS = {"study": cmd_study, "best": cmd_best, "evaluate": cmd_evaluate,
 
 def main(argv=None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never a download that hangs
+    with _second_interrupt_exits():
+        try:
+            code = _run(argv)
+            sys.stdout.flush()  # a closed pipe shows here, not as a warning at exit
+            return code
+        except BrokenPipeError:
+            # the reader of the output went away (`best --json | head -1`): exit quietly, the
+            # way Python's documentation recommends (signal.SIGPIPE's notes)
+            _discard_stdout()
+            return 1
+
+
+def _run(argv) -> int:
     try:
         args = build_parser().parse_args(argv)
+        use_available_cores()
         _quiet_libraries()
         COMMANDS[args.command](args)
     except UsageError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {one_line(str(err))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
     return 0
+
+
+def one_line(text: str) -> str:
+    """A message as one line: a line break or other control character in it (a study name, a
+    layer name or a path may hold any) is shown escaped, as ``repr`` shows it."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                   for c in text)
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null, so that Python's flush at exit does not fail once more."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout without a descriptor (in-process)
+        pass
+
+
+@contextlib.contextmanager
+def _second_interrupt_exits():
+    """The first Ctrl-C raises KeyboardInterrupt as usual, so a search stops cleanly (Optuna
+    fails the running trial, and it is queued again for the resume). A second one, during that
+    cleanup or at exit, ends the process at once with the same exit code: raised inside Optuna's
+    or SQLAlchemy's cleanup, a KeyboardInterrupt leaves their traceback, and a trial the cleanup
+    did not finish is retried through its heartbeat all the same."""
+    if threading.current_thread() is not threading.main_thread():  # signals are the main's
+        yield
+        return
+    interrupted = False
+
+    def first(signum, frame):
+        nonlocal interrupted
+        interrupted = True
+        signal.signal(signal.SIGINT, again)
+        raise KeyboardInterrupt
+
+    def again(signum, frame):
+        with contextlib.suppress(OSError, ValueError, RuntimeError):  # RuntimeError: reentrant
+            print("\ninterrupted again: stopped at once", file=sys.stderr, flush=True)
+        os._exit(130)
+
+    previous = signal.signal(signal.SIGINT, first)
+    try:
+        yield
+    finally:
+        if not interrupted:  # after a Ctrl-C, `again` stays until the process has exited
+            signal.signal(signal.SIGINT, previous)
 
 
 def _quiet_libraries() -> None:
@@ -373,6 +483,10 @@ def _quiet_libraries() -> None:
     # our progress lines report failed trials; Optuna's own warning would add a traceback
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    # deprecation notices of the libraries' APIs this code calls are for its maintainers (the
+    # test suite shows them), not lines for a user to read after a Ctrl-C
+    warnings.filterwarnings("ignore", category=FutureWarning,
+                            module=r"(autodiff_optuna|optuna)(\.|$)")
 
 
 if __name__ == "__main__":

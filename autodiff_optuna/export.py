@@ -16,8 +16,19 @@ from pathlib import Path
 import torch
 
 from autodiff_optuna.errors import UsageError
+from autodiff_optuna.metrics.fid import to_uint8
+from autodiff_optuna.models import load_model
+from autodiff_optuna.models.files import read_json
+from autodiff_optuna.models.registry import check_same_model
+from autodiff_optuna.sampling import HELDOUT, SOLVER_ORDERS, draw, validate
+from autodiff_optuna.sampling import sample as run_solver
+from autodiff_optuna.sampling.skipping import check_skip
 
 FORMAT = "autodiff-optuna-schedule/1"
+MAX_GRID = 10_000  # images in one PNG grid (sample --n, report --grid): 100 x 100
+UPSCALE = 4  # save_grid's enlargement of small images
+# a grid's memory in float32 copies of its images: the sampling's, the enlarged copy and the grid
+GRID_COPIES = 3 + 2 * UPSCALE * UPSCALE
 
 
 @dataclass(frozen=True)
@@ -62,19 +73,6 @@ def from_summary(summary: dict, max_gflops: float | None = None) -> SearchedSche
                     "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat()})
 
 
-def read_json(path) -> dict:
-    """A JSON object from a file; an unreadable or corrupt file is one UsageError line."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except OSError as err:
-        raise UsageError(f"cannot read {path}: {err.strerror}") from None
-    except json.JSONDecodeError as err:
-        raise UsageError(f"{path} is not valid JSON: {err}") from None
-    if not isinstance(data, dict):
-        raise UsageError(f"{path} must hold a JSON object")
-    return data
-
-
 def load_schedule(path, options=None, device: str = "cpu") -> SearchedSchedule:
     """Read and check an exported schedule against its model (loaded with ``options`` on
     ``device``, as ``sample`` will); a corrupt file or another model is one UsageError line."""
@@ -94,24 +92,42 @@ def load_schedule(path, options=None, device: str = "cpu") -> SearchedSchedule:
                          "'timesteps' a list of integers")
     if not isinstance(schedule.provenance, dict):
         raise UsageError(f"schedule {path} is malformed: 'provenance' must be an object")
+    _check_field_types(schedule, path)
     _check(schedule, path, options, device)
     return schedule
 
 
+# the types of the optional fields, as ``from_summary`` writes them (None: not recorded)
+NUMBER_FIELDS = ("fid", "gflops", "full_gflops")
+PROVENANCE_TYPES = {"study": str, "trial": int, "stage": int, "samples": int, "seed": int,
+                    "model_weights": str, "fid_features": str, "exported_at": str}
+
+
+def _check_field_types(schedule: SearchedSchedule, path) -> None:
+    """A field of the wrong type (``"fid": "1.5"``, a number as ``model_weights``) is refused
+    here, in one line, rather than failing wherever it is first used."""
+    def is_a(value, kind) -> bool:
+        return value is None or (isinstance(value, kind) and not isinstance(value, bool))
+
+    for key in NUMBER_FIELDS:
+        if not is_a(getattr(schedule, key), (int, float)):
+            raise UsageError(f"schedule {path} is malformed: {key!r} must be a number, got "
+                             f"{getattr(schedule, key)!r}")
+    for key, kind in PROVENANCE_TYPES.items():
+        if not is_a(schedule.provenance.get(key), kind):
+            raise UsageError(f"schedule {path} is malformed: provenance {key!r} must be "
+                             f"{'a string' if kind is str else 'an integer'}, got "
+                             f"{schedule.provenance[key]!r}")
+
+
 def _model(schedule: SearchedSchedule, options, device: str, what: str):
     """The schedule's model, refused when its weights are not the ones it was searched with."""
-    from autodiff_optuna.models import load_model
-    from autodiff_optuna.models.registry import check_same_model
-
     model = load_model(schedule.model, device, options)
     check_same_model(model, schedule.provenance.get("model_weights"), what)
     return model
 
 
 def _check(schedule: SearchedSchedule, path, options, device: str) -> None:
-    from autodiff_optuna.sampling import SOLVER_ORDERS, validate
-    from autodiff_optuna.sampling.skipping import check_skip
-
     if schedule.solver not in SOLVER_ORDERS:
         raise UsageError(f"schedule {path}: unknown solver {schedule.solver!r}")
     model = _model(schedule, options, device, f"schedule {path}")
@@ -125,10 +141,6 @@ def sample(schedule: SearchedSchedule, n: int = 64, seed: int = 0, device: str =
            batch_size: int | None = None, options=None) -> torch.Tensor:
     """``n`` images (uint8, (n, C, H, W)) from the schedule's model, time steps and masks;
     ``options`` (a ``models.ModelOptions``) locate a real model's files."""
-    from autodiff_optuna.metrics.fid import to_uint8
-    from autodiff_optuna.sampling import HELDOUT, draw
-    from autodiff_optuna.sampling import sample as run_solver
-
     study = schedule.provenance.get("study")
     what = f"the schedule from study {study!r}" if study else "the schedule"
     model = _model(schedule, options, device, what)
@@ -138,7 +150,7 @@ def sample(schedule: SearchedSchedule, n: int = 64, seed: int = 0, device: str =
     return to_uint8(x)
 
 
-def save_grid(images: torch.Tensor, path, upscale: int = 4) -> None:
+def save_grid(images: torch.Tensor, path, upscale: int = UPSCALE) -> None:
     """A PNG grid; small images are enlarged (nearest neighbour) so the grid can be seen."""
     from torchvision.utils import save_image
 

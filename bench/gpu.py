@@ -107,7 +107,7 @@ def main(argv=None) -> int:
 
     from autodiff_optuna.metrics.flops import layer_costs
     from autodiff_optuna.sampling import draw, standard_spacings
-    from autodiff_optuna.search.study import alphas_cumprod
+    from autodiff_optuna.search.context import alphas_cumprod
 
     results = {"device": torch.cuda.get_device_name() if device == "cuda" else
                platform.processor() or platform.machine(), "torch": torch.__version__,
@@ -152,7 +152,7 @@ def main(argv=None) -> int:
         out = []
         for label, mask, gflops in (("full", None, full_gflops), ("masked", masks, masked_gflops)):
             seconds = phase(f"{kind} {label}",
-                            lambda: timed(model, batch, steps, mask, args.repeats))
+                            lambda mask=mask: timed(model, batch, steps, mask, args.repeats))
             if seconds:
                 report(f"{kind} {label}", seconds, gflops)
             out.append(seconds)
@@ -200,10 +200,10 @@ def main(argv=None) -> int:
 
 
 def inception(results, device, n):
+    from autodiff_optuna.errors import UsageError
     from autodiff_optuna.metrics.inception import CLEANFID_INCEPTION_DIR, InceptionFeatures
     from autodiff_optuna.models.files import resolve
     from autodiff_optuna.models.registry import INCEPTION
-    from autodiff_optuna.errors import UsageError
 
     images = torch.randint(0, 256, (n, 3, 64, 64), dtype=torch.uint8,
                            generator=torch.Generator().manual_seed(0))

@@ -12,11 +12,11 @@ import sys
 from pathlib import Path
 
 from autodiff_optuna.errors import UsageError
+from autodiff_optuna.metrics import load_scorer
 from autodiff_optuna.metrics.flops import layer_costs
-from autodiff_optuna.models import load_scorer
+from autodiff_optuna.metrics.scoring import score_schedule
 from autodiff_optuna.models.diffusers_unet import DiffusersUNetModel
 from autodiff_optuna.sampling import HELDOUT, draw
-from autodiff_optuna.search.objective import score_schedule
 from bench.search import HELDOUT_SEEDS
 
 SCHEDULE = (466, 318, 213, 98)  # the bundled model's K=4 stage-1 best of an earlier round

@@ -14,7 +14,7 @@ import time
 
 import optuna
 
-from autodiff_optuna.search import study as search
+from autodiff_optuna import search
 from autodiff_optuna.search.config import SearchConfig, load_preset
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)

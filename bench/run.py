@@ -18,15 +18,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from autodiff_optuna.metrics import load_scorer
 from autodiff_optuna.metrics.fid import fid_from_features, to_uint8
 from autodiff_optuna.metrics.flops import layer_costs
-from autodiff_optuna.models import load_model, load_scorer
+from autodiff_optuna.metrics.scoring import score_schedule
+from autodiff_optuna.models import load_model
 from autodiff_optuna.models.digits_data import load_digits_uint8, split_halves
 from autodiff_optuna.sampling import HELDOUT, SEARCH, draw, sample, standard_spacings
 from autodiff_optuna.search.config import SearchConfig, load_preset
-from autodiff_optuna.search.objective import score_schedule
+from autodiff_optuna.search.context import alphas_cumprod as _alphas_cumprod
 from bench.search import HELDOUT_SEEDS
-from autodiff_optuna.search.study import alphas_cumprod as _alphas_cumprod
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results.json"
@@ -69,7 +70,8 @@ def trial_time(steps: int = 4) -> float:
     model, scorer = load_model("digits"), load_scorer("digits")
     config = SearchConfig("digits", steps)
     batch = draw(model, config.samples, config.seed, SEARCH)
-    schedule = standard_spacings(steps, model.num_train_timesteps, _alphas_cumprod(model))["uniform"]
+    spacings = standard_spacings(steps, model.num_train_timesteps, _alphas_cumprod(model))
+    schedule = spacings["uniform"]
     score_schedule(model, scorer, schedule, batch, "ddim")  # warm-up
     times = []
     for _ in range(5):
@@ -94,7 +96,8 @@ def default_study(steps: int = 4, name: str = "digits") -> dict:
             "stage2_trials": best["stage2_n_complete"], "wall_s": run["wall_s"],
             "images": run["images"],
             "best_timesteps": best["timesteps"], "best_fid_search": best["fid"],
-            "uniform_timesteps": best["baseline_timesteps"], "uniform_fid_search": best["baseline_fid"],
+            "uniform_timesteps": best["baseline_timesteps"],
+            "uniform_fid_search": best["baseline_fid"],
             "best_fid_heldout": best_mean, "best_fid_heldout_std": best_std,
             "uniform_fid_heldout": base_mean, "uniform_fid_heldout_std": base_std,
             "full_gflops": best["full_gflops"], "pareto": front,
@@ -252,9 +255,11 @@ def render(results: dict) -> dict[str, str]:
     q, s = results["model_quality"], results["default_study"]
     head = [f"Machine: {results['machine']}.", ""]
     quality = "\n".join(head + [
-        f"| what ({q['n']} images, against the statistics of one held-out half of the real digits) | FID |",
+        f"| what ({q['n']} images, against the statistics of one held-out half of the real "
+        "digits) | FID |",
         "|---|---|",
-        f"| the data's own floor: the other half of the real digits | {q['floor_half_vs_half']:.3f} |",
+        "| the data's own floor: the other half of the real digits | "
+        f"{q['floor_half_vs_half']:.3f} |",
         f"| bundled model, uniform DDIM, 100 steps | {q['ddim100_vs_half']:.3f} |",
         f"| bundled model, uniform DDIM, 20 steps | {q['ddim20_vs_half']:.3f} |",
     ])
@@ -267,14 +272,16 @@ def render(results: dict) -> dict[str, str]:
         f"multi-fidelity pruning, then {s['stage2_trials']} stage-2 trials): "
         f"**{s['wall_s']:.0f} s** wall for both stages, start-up included.",
         "",
-        f"| schedule | time steps | FID on search noise | held-out FID (mean ± std, {len(HELDOUT_SEEDS)} held-out seeds) |",
+        "| schedule | time steps | FID on search noise | held-out FID (mean ± std, "
+        f"{len(HELDOUT_SEEDS)} held-out seeds) |",
         "|---|---|---|---|",
         f"| uniform DDIM | {s['uniform_timesteps']} | {s['uniform_fid_search']:.2f} | "
         f"{s['uniform_fid_heldout']:.2f} ± {s['uniform_fid_heldout_std']:.2f} |",
         f"| stage-1 search | {s['best_timesteps']} | {s['best_fid_search']:.2f} | "
         f"{s['best_fid_heldout']:.2f} ± {s['best_fid_heldout_std']:.2f} |",
         "",
-        f"Held-out ratio searched / uniform: **{s['best_fid_heldout'] / s['uniform_fid_heldout']:.3f}** "
+        "Held-out ratio searched / uniform: "
+        f"**{s['best_fid_heldout'] / s['uniform_fid_heldout']:.3f}** "
         "(target <= 0.5).",
     ])
     stage2 = "\n".join(head + render_front(s, results["masked_speed"]) + [
@@ -570,7 +577,8 @@ def save(results: dict) -> None:
 def main() -> None:
     """``python -m bench.run [PART ...]``: all parts, or re-measure only the named ones
     (model_quality, trial_time_s, default_study, storage_overhead, masked_speed,
-    skip_sensitivity, spacings_table, samplers, multifidelity, end_to_end, deep_study, stage2_budgets,
+    skip_sensitivity, spacings_table, samplers, multifidelity, end_to_end, deep_study,
+    stage2_budgets,
     profile)
     and keep the other numbers of bench/results.json."""
     from bench import search
@@ -591,7 +599,8 @@ def main() -> None:
         print(f"{key} ...", flush=True)
         if key == "multifidelity" and "samplers" in results:
             # its unpruned searches are the sampler comparison's EvolutionarySampler runs
-            results[key] = search.multifidelity(unpruned=results["samplers"]["evolutionary"]["runs"])
+            unpruned = results["samplers"]["evolutionary"]["runs"]
+            results[key] = search.multifidelity(unpruned=unpruned)
         elif key == "masked_speed":
             results[key] = masked_speed(results["default_study"]["pareto"])
         elif key == "skip_sensitivity":

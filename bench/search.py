@@ -27,12 +27,15 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from autodiff_optuna.models import load_model, load_scorer
+from autodiff_optuna import search
+from autodiff_optuna.metrics import load_scorer
+from autodiff_optuna.metrics.scoring import score_schedule
+from autodiff_optuna.models import load_model
 from autodiff_optuna.sampling import HELDOUT, draw, standard_spacings
-from autodiff_optuna.search import study as search
 from autodiff_optuna.search.config import SearchConfig, load_preset
+from autodiff_optuna.search.context import alphas_cumprod
 from autodiff_optuna.search.fidelity import PRUNE_PERCENTILE, PRUNED_AT, is_evaluated
-from autodiff_optuna.search.objective import score_schedule
+from autodiff_optuna.storage import open_storage
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
@@ -82,7 +85,7 @@ def run_search(config: SearchConfig, trials: int) -> dict:
     candidate, its cost."""
     with tempfile.TemporaryDirectory() as tmp:
         ctx = search.SearchContext.build(config)
-        storage = search.open_storage(f"sqlite:///{tmp}/bench.db")
+        storage = open_storage(f"sqlite:///{tmp}/bench.db")
         study = search.open_stage1(ctx, f"bench-{uuid.uuid4().hex[:8]}", storage)
         cpu, wall = time.process_time(), time.perf_counter()
         search.run(ctx, study, trials, progress=False)
@@ -267,7 +270,7 @@ def fixed_spacings_row(k: int) -> dict:
     """The standard spacings at K steps, on held-out noise (no search)."""
     model = load_model("digits")
     samples = load_preset("digits", k).get("samples", 1000)
-    spacings = standard_spacings(k, model.num_train_timesteps, search.alphas_cumprod(model))
+    spacings = standard_spacings(k, model.num_train_timesteps, alphas_cumprod(model))
     row = {"samples": samples, "fixed": {}}
     for label, spacing, solver in (("uniform DDIM", "uniform", "ddim"),
                                    ("uniform DPM-Solver++(2M)", "uniform", "dpmpp2m"),

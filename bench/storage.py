@@ -12,8 +12,9 @@ import uuid
 import numpy as np
 import optuna
 
-from autodiff_optuna.search import study as search
+from autodiff_optuna import search
 from autodiff_optuna.search.config import SearchConfig
+from autodiff_optuna.storage import open_storage
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
@@ -21,7 +22,7 @@ optuna.logging.set_verbosity(optuna.logging.ERROR)
 def per_trial_overhead(url: str, n: int = 1000, window: int = 50) -> dict:
     ctx = search.SearchContext.build(SearchConfig("digits", 4, samples=65, population=20))
     name = f"overhead-{uuid.uuid4().hex[:8]}"
-    storage = search.open_storage(url, heartbeat=10, on_stale_trial=search.retry_stale_trial,
+    storage = open_storage(url, heartbeat=10, on_stale_trial=search.retry_stale_trial,
                                   writable=True)  # as `study` opens it
     study = search.open_stage1(ctx, name, storage)
     target = np.array([900, 600, 300, 100])

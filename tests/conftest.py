@@ -1,3 +1,6 @@
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,3 +27,39 @@ def tiny_unet_dir(tmp_path_factory) -> Path:
                 up_block_types=("AttnUpBlock2D", "UpBlock2D")).save_pretrained(root / "unet")
     DDPMScheduler(num_train_timesteps=1000).save_pretrained(root / "scheduler")
     return root
+
+
+@pytest.fixture
+def error_line(capsys):
+    """Reads what a command printed on stderr and checks it is one line (no traceback)."""
+
+    def read() -> str:
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1, err
+        return err
+
+    return read
+
+
+@pytest.fixture
+def spawn(tmp_path):
+    """Starts ``python -m autodiff_optuna ARGS`` processes; every one still running when the
+    test ends, passed or failed, is killed and reaped. Each writes its stderr to a file
+    (``proc.err_path``): a pipe nobody reads could fill and stall it."""
+    started = []
+
+    def start(args: list[str]) -> subprocess.Popen:
+        err_path = tmp_path / f"worker-{len(started)}.err"
+        with open(err_path, "w") as err:
+            proc = subprocess.Popen([sys.executable, "-m", "autodiff_optuna", *args],
+                                    stdout=subprocess.DEVNULL, stderr=err,
+                                    env={**os.environ, "OMP_NUM_THREADS": "1"})
+        proc.err_path = err_path
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()

@@ -6,6 +6,7 @@ import sys
 
 import optuna
 import pytest
+from waiting import CEILING
 
 from autodiff_optuna.cli import main
 
@@ -113,34 +114,34 @@ def test_stage1_with_an_optuna_sampler_resumes_and_keeps_its_sampler(capsys, tmp
     assert main(base + ["--trials", "1", "--name", "old"]) == 0
 
 
-def test_end_to_end_study_best_and_evaluate(tmp_path):
+@pytest.mark.slow  # a worker process: `python -m autodiff_optuna` as a user runs it
+def test_end_to_end_study_best_and_evaluate(tmp_path, capsys):
     url = f"sqlite:///{tmp_path}/s.db"
-    run = lambda *args: subprocess.run([sys.executable, "-m", "autodiff_optuna", *args],
-                                       capture_output=True, text=True, timeout=300)
-    study = run("study", "--model", "digits", "--steps", "4", "--trials", "7", "--samples", "80",
-                "--population", "5", "--storage", url, "--stage", "1")
+    study = subprocess.run([sys.executable, "-m", "autodiff_optuna", "study", "--model", "digits",
+                            "--steps", "4", "--trials", "7", "--samples", "80", "--population",
+                            "5", "--storage", url, "--stage", "1"],
+                           capture_output=True, text=True, timeout=CEILING)
     assert study.returncode == 0, study.stderr
     assert study.stdout.count("FID") >= 7  # a progress line per trial
-    best = run("best", "--name", "digits-k4", "--storage", url, "--json")
-    assert best.returncode == 0, best.stderr
-    summary = json.loads(best.stdout)
+    assert main(["best", "--name", "digits-k4", "--storage", url, "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
     assert summary["n_complete"] == 7 and summary["steps"] == 4
     assert summary["timesteps"] == sorted(set(summary["timesteps"]), reverse=True)
     assert summary["baseline_timesteps"] == [750, 500, 250, 0]
     # common random numbers: the stored baseline is exactly the uniform schedule on the
     # study's noise, and the search noise is not evaluate's held-out noise
-    from autodiff_optuna.models import load_model, load_scorer
+    from autodiff_optuna.metrics import load_scorer
+    from autodiff_optuna.metrics.scoring import score_schedule
+    from autodiff_optuna.models import load_model
     from autodiff_optuna.sampling import draw
-    from autodiff_optuna.search.objective import score_schedule
 
     model = load_model("digits")
     again = score_schedule(model, load_scorer("digits"), (750, 500, 250, 0),
                            draw(model, 80, seed=0), "ddim")
     assert again == pytest.approx(summary["baseline_fid"], rel=1e-9)
-    evaluate = run("evaluate", "--model", "digits", "--timesteps", "750,500,250,0",
-                   "--samples", "80", "--json")
-    assert evaluate.returncode == 0, evaluate.stderr
-    held_out = json.loads(evaluate.stdout)["fid"]
+    assert main(["evaluate", "--model", "digits", "--timesteps", "750,500,250,0", "--samples",
+                 "80", "--json"]) == 0
+    held_out = json.loads(capsys.readouterr().out)["fid"]
     assert held_out > 0 and held_out != pytest.approx(summary["baseline_fid"], rel=1e-6)
 
 
@@ -185,7 +186,8 @@ def test_export_and_sample_in_one_line(capsys, tmp_path):
     assert summary["provenance"]["study"].startswith("digits-k3")
     images = autodiff_optuna.sample(schedule, n=5)
     assert images.shape == (5, 1, 8, 8) and images.dtype.is_floating_point is False
-    assert main(["sample", "--schedule", str(out), "--n", "9", "--out", str(tmp_path / "g.png")]) == 0
+    assert main(["sample", "--schedule", str(out), "--n", "9", "--out",
+                 str(tmp_path / "g.png")]) == 0
     assert (tmp_path / "g.png").read_bytes()[:4] == b"\x89PNG"
     capsys.readouterr()
     (tmp_path / "bad.json").write_text('{"format": "something else"}')

@@ -2,6 +2,7 @@
 
 import numpy as np
 import optuna
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -110,8 +111,8 @@ def test_parzen_children_sample_around_the_better_half():
 def test_decode_repairs_any_encoding(k, params, bits):
     space = CandidateSpace(k, 10, LAYERS)
     encoded = {f"t{i}": p for i, p in enumerate(params[:k])}
-    encoded.update({space.mask_name(i, l): bits[3 * i + j] for i in range(k)
-                    for j, l in enumerate(LAYERS)})
+    encoded.update({space.mask_name(i, layer): bits[3 * i + j] for i in range(k)
+                    for j, layer in enumerate(LAYERS)})
     candidate = space.decode(encoded)
     assert _valid(candidate, k, 10, LAYERS)
     assert space.decode(space.encode(candidate)) == candidate
@@ -174,6 +175,7 @@ def test_first_generation_fills_with_random_candidates_or_children():
     assert sum(len(c & parents) >= 2 for c in children) >= 4
 
 
+@pytest.mark.slow  # a search resumed in several processes' worth of samplers
 def test_state_lives_in_the_storage(tmp_path):
     """A study resumed by a fresh process (new sampler, same database) continues the very same
     evolution as one that was never interrupted."""
@@ -200,3 +202,49 @@ def test_enqueued_trials_join_the_population():
     assert study.trials[0].system_attrs["EvolutionarySampler:generation"] == 0
     cands = [tuple(t.user_attrs["timesteps"]) for t in study.trials]
     assert len(set(cands)) == 3
+
+
+@settings(max_examples=200, deadline=None)
+@given(**ANY_CANDIDATE)
+def test_encode_with_fits_the_proposal_around_fixed_steps(k, layers, data, seed):
+    """Fixed parameters stay; where the fixed steps descend and leave room, the other steps fit
+    between them, so the parameters are already canonical and decode keeps every fixed step at
+    its position."""
+    space = CandidateSpace(k, T, layers)
+    proposal = data.draw(_candidate(k, layers))
+    fixed_steps = data.draw(_schedule(data.draw(st.integers(1, k))))
+    positions = sorted(data.draw(st.lists(st.integers(0, k - 1), min_size=len(fixed_steps),
+                                          max_size=len(fixed_steps), unique=True)))
+    fixed = {f"t{i}": t for i, t in zip(positions, fixed_steps)}
+    if layers:
+        fixed[space.mask_name(positions[0], layers[0])] = 1
+    params = space.encode_with(proposal, fixed, np.random.default_rng(seed))
+    assert {n: params[n] for n in fixed} == fixed and params.keys() == set(space.names)
+    decoded = space.decode(params)
+    assert _valid(decoded, k, layers=layers)
+    room = all(fixed_steps[j] - fixed_steps[j + 1] > positions[j + 1] - positions[j]
+               for j in range(len(positions) - 1)) and \
+        T - 1 - fixed_steps[0] >= positions[0] and fixed_steps[-1] >= k - 1 - positions[-1]
+    if room:
+        assert space.encode(decoded) == params
+    assert space.encode_with(proposal, {}, np.random.default_rng(seed)) == \
+        space.encode(proposal)
+
+
+def test_suggest_is_the_hand_written_suggestion():
+    """``space.suggest(trial)`` suggests exactly what an objective suggesting each parameter of
+    ``space.distributions()`` by hand does, for the same trials."""
+    space = CandidateSpace(2, 40, LAYERS)
+
+    def run(suggest):
+        study = optuna.create_study(directions=["minimize", "minimize"],
+                                    sampler=EvolutionarySampler(space, population_size=4))
+        study.optimize(lambda t: (float(sum(suggest(t).timesteps)),
+                                  float(sum(map(len, suggest(t).skip)))), n_trials=16)
+        return [t.params for t in study.trials]
+
+    def by_hand(trial):
+        return space.decode({name: trial.suggest_int(name, d.low, d.high)
+                             for name, d in space.distributions().items()})
+
+    assert run(space.suggest) == run(by_hand)

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
+from autodiff_optuna.metrics import load_scorer
 from autodiff_optuna.metrics.fid import FIDError, fid_from_features
-from autodiff_optuna.models import load_scorer
 from autodiff_optuna.models.digits_data import load_digits_uint8, split_halves
 
 
@@ -17,7 +17,8 @@ def test_half_against_half_is_small_but_positive():
     scorer = load_scorer("digits")
     images, _ = load_digits_uint8()
     a, b = split_halves(len(images))
-    fa, fb = scorer.features(torch.from_numpy(images[a])), scorer.features(torch.from_numpy(images[b]))
+    fa = scorer.features(torch.from_numpy(images[a]))
+    fb = scorer.features(torch.from_numpy(images[b]))
     floor = fid_from_features(fa, fb.mean(0), np.cov(fb, rowvar=False))
     noise = torch.randint(0, 256, (900, 1, 8, 8), generator=torch.Generator().manual_seed(0),
                           dtype=torch.uint8)

@@ -4,13 +4,14 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from autodiff_optuna import search
 from autodiff_optuna.cli import main
-from autodiff_optuna.models import load_model, load_scorer
+from autodiff_optuna.metrics import load_scorer
+from autodiff_optuna.metrics.scoring import score_schedule
+from autodiff_optuna.models import load_model
 from autodiff_optuna.sampling import SEARCH, draw
 from autodiff_optuna.search import EvolutionarySampler, fidelity
-from autodiff_optuna.search import study as search
 from autodiff_optuna.search.config import SearchConfig
-from autodiff_optuna.search.objective import score_schedule
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 CONFIG = SearchConfig("digits", 3, samples=320, population=4, min_samples=80)
@@ -59,6 +60,7 @@ def test_complete_trials_are_scored_like_unpruned_ones(pruned_study):
         score_schedule(model, scorer, steps, first, "ddim"), rel=1e-4)
 
 
+@pytest.mark.slow  # resumes a pruned study
 def test_a_rerun_resumes_the_pruned_study(pruned_study):
     ctx, study, _ = pruned_study
     search.run(ctx, study, 17, progress=False)

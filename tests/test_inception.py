@@ -15,16 +15,18 @@ weights runs where they are found ($AUTODIFF_MODELS_DIR, ~/.cache/autodiff-optun
 import numpy as np
 import pytest
 import torch
+from realmodel_standins import save_standin_inception, save_stats
 from torch import nn
 
 from autodiff_optuna.errors import UsageError
 from autodiff_optuna.metrics.fid import FIDScorer, load_reference_stats
-from autodiff_optuna.metrics.inception import (CLEANFID_INCEPTION_DIR, InceptionFeatures,
-                                               inception_scorer)
+from autodiff_optuna.metrics.inception import (
+    CLEANFID_INCEPTION_DIR,
+    InceptionFeatures,
+    inception_scorer,
+)
 from autodiff_optuna.models.files import resolve
 from autodiff_optuna.models.registry import INCEPTION, PRESETS, cleanfid_stats
-
-from realmodel_standins import save_standin_inception, save_stats
 
 
 @pytest.fixture(scope="module")

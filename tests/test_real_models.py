@@ -10,6 +10,16 @@ import json
 import numpy as np
 import pytest
 import torch
+from realmodel_standins import (
+    TINY_ADM_FLAGS,
+    TINY_CLASSIFIER_FLAGS,
+    save_standin_inception,
+    save_stats,
+    save_tiny_adm,
+    save_tiny_ddpm,
+    tiny_adm_preset,
+    tiny_ddpm_preset,
+)
 
 from autodiff_optuna.cli import main
 from autodiff_optuna.errors import UsageError
@@ -17,10 +27,6 @@ from autodiff_optuna.metrics.flops import count_flops, layer_costs
 from autodiff_optuna.models import PRESETS, ModelOptions, load_model
 from autodiff_optuna.sampling import draw, sample
 from autodiff_optuna.sampling.skipping import skipping
-
-from realmodel_standins import (TINY_ADM_FLAGS, TINY_CLASSIFIER_FLAGS, save_standin_inception,
-                                save_stats, save_tiny_adm, save_tiny_ddpm, tiny_adm_preset,
-                                tiny_ddpm_preset)
 
 pytest.importorskip("guided_diffusion", reason="the adm extra (guided-diffusion-sdk) is needed")
 
@@ -165,7 +171,7 @@ def test_adm_layers_skip_to_their_bypass(files):
     for name, layer in layers.items():
         seen = {}
         hook = layer.module.register_forward_hook(
-            lambda m, args, out: seen.update(x=args[0], out=out))
+            lambda m, args, out, seen=seen: seen.update(x=args[0], out=out))
         with torch.inference_mode():
             full = model.network_eps(x, t, labels)
             full_shape = seen["out"].shape
@@ -231,6 +237,7 @@ def test_adm_without_the_extra_says_how_to_install(monkeypatch, files):
         uncached.__wrapped__("adm-tiny", "cpu", ModelOptions(checkpoint=str(files["checkpoint"])))
 
 
+@pytest.mark.slow  # torch.compile
 def test_compiled_blocks_equal_eager_with_masks_and_a_short_last_batch(files):
     """--compile on the public path (the sampler prepares the model, even when its caller
     passes a batch size): every skippable block compiled, full and bypassed variants, and a
@@ -281,7 +288,9 @@ def test_fingerprints_hash_the_loaded_files_by_content(files, tmp_path):
     assert uncached("adm-tiny", "cpu", ModelOptions(checkpoint=str(renamed),
                                                     classifier_scale=0)).fingerprint \
         == _adm(files).fingerprint
-    ddpm = lambda path: uncached("ddpm-tiny", "cpu", ModelOptions(checkpoint=str(path)))
+    def ddpm(path):
+        return uncached("ddpm-tiny", "cpu", ModelOptions(checkpoint=str(path)))
+
     reference = ddpm(files["ddpm"]).fingerprint
     with_variant = shutil.copytree(files["ddpm"], tmp_path / "with-variant")
     (with_variant / "diffusion_pytorch_model.fp16.safetensors").write_bytes(b"another file")
@@ -371,6 +380,7 @@ def adm_g_study(files, tmp_path_factory):
     return root, argv
 
 
+@pytest.mark.slow  # a whole study on ADM-G
 def test_short_study_on_tiny_adm_g(adm_g_study, capsys):
     tmp_path, argv = adm_g_study
     assert main(["best", "--name", "adm-tiny-k3", "--storage", f"sqlite:///{tmp_path}/s.db",
@@ -388,6 +398,7 @@ def test_short_study_on_tiny_adm_g(adm_g_study, capsys):
     assert "model_weights" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a whole study and report on ADM-G
 def test_report_export_and_sample_need_the_studys_model_flags(adm_g_study, files, tmp_path,
                                                               capsys):
     """``report`` and ``sample`` load the model the study searched with, from the same flags,
@@ -444,7 +455,8 @@ def test_report_export_and_sample_need_the_studys_model_flags(adm_g_study, files
 def test_mismatch_messages_name_the_flag():
     from types import SimpleNamespace
 
-    from autodiff_optuna.models.registry import check_same_model, check_same_scorer
+    from autodiff_optuna.metrics import check_same_scorer
+    from autodiff_optuna.models.registry import check_same_model
 
     def refused(stored, loaded):
         with pytest.raises(UsageError) as err:

@@ -14,6 +14,7 @@ import numpy as np
 import optuna
 import pytest
 from PIL import Image
+from waiting import CEILING
 
 from autodiff_optuna.cli import main
 from autodiff_optuna.reporting import artifacts, optuna_plots, png
@@ -84,6 +85,7 @@ def _uniform_and_best(url):
 
 # -- the page ------------------------------------------------------------------------------------
 
+@pytest.mark.slow  # builds a whole report (held-out FIDs, grids, PNGs)
 def test_page_holds_every_part_and_opens_offline(report, url):
     html, out = report["html"], report["out"]
     assert report["stdout"].strip() == f"wrote {out / 'index.html'}"
@@ -103,6 +105,7 @@ def test_page_holds_every_part_and_opens_offline(report, url):
     assert "held-out FID 1/" in report["stderr"] and "sample grid: uniform" in report["stderr"]
 
 
+@pytest.mark.slow  # builds a whole report
 def test_table_has_search_and_heldout_fid_as_evaluate_computes_it(report, url, capsys):
     stage1, uniform, best = _uniform_and_best(url)
     table = report["html"].split("<table>")[1].split("</table>")[0]
@@ -122,6 +125,7 @@ def test_table_has_search_and_heldout_fid_as_evaluate_computes_it(report, url, c
     assert table.count(">front") == len(front) and table.count(">front (shown)<") == 1
 
 
+@pytest.mark.slow  # builds a whole report
 def test_grids_are_the_schedules_on_the_same_noise(report, url, tmp_path):
     from autodiff_optuna.export import SearchedSchedule, sample, save_grid
 
@@ -137,6 +141,7 @@ def test_grids_are_the_schedules_on_the_same_noise(report, url, tmp_path):
                               np.asarray(Image.open(report["out"] / "samples-best.png")))
 
 
+@pytest.mark.slow  # builds a whole report
 def test_grids_are_artifacts_of_their_trials_once(report, url):
     storage = open_storage(url)
     stage1, uniform, best = _uniform_and_best(url)
@@ -158,6 +163,7 @@ def test_grids_are_artifacts_of_their_trials_once(report, url):
     assert len(files_before) == len(with_grids)
 
 
+@pytest.mark.slow  # builds a whole report and starts the dashboard
 def test_dashboard_serves_each_grid_under_its_trial(report, url, tmp_path):
     with socket.socket() as s:  # a free loopback port
         s.bind(("127.0.0.1", 0))
@@ -169,7 +175,7 @@ def test_dashboard_serves_each_grid_under_its_trial(report, url, tmp_path):
                                 stdout=subprocess.DEVNULL, stderr=stderr)
     base = f"http://127.0.0.1:{port}"
     try:
-        summaries = _get_json(f"{base}/api/studies", deadline=time.monotonic() + 60)
+        summaries = _get_json(f"{base}/api/studies", server=proc)
         ids = {s["study_name"]: s["study_id"] for s in summaries["study_summaries"]}
         stage1 = _get_json(f"{base}/api/studies/{ids['digits-k3']}?after=0")
         _, uniform, _ = _uniform_and_best(url)
@@ -177,25 +183,27 @@ def test_dashboard_serves_each_grid_under_its_trial(report, url, tmp_path):
         [meta] = trial["artifacts"]
         assert meta["filename"] == ARTIFACT and meta["mimetype"] == "image/png"
         with urllib.request.urlopen(f"{base}/artifacts/{ids['digits-k3']}/{trial['trial_id']}/"
-                                    f"{meta['artifact_id']}", timeout=10) as response:
+                                    f"{meta['artifact_id']}", timeout=CEILING) as response:
             assert response.read() == (report["out"] / "samples-uniform.png").read_bytes()
     finally:
         proc.terminate()
-        proc.wait(timeout=10)
+        proc.wait()
         print(f"dashboard stderr:\n{log.read_text()[-4000:]}")  # pytest shows it on a failure
 
 
-def _get_json(url: str, deadline: float | None = None):
+def _get_json(url: str, server: subprocess.Popen | None = None):
+    """GET ``url`` as JSON; with ``server``, retried until that server answers (while it runs)."""
     while True:
         try:
-            with urllib.request.urlopen(url, timeout=5) as response:
+            with urllib.request.urlopen(url, timeout=CEILING) as response:
                 return json.load(response)
         except OSError:
-            if deadline is None or time.monotonic() > deadline:
+            if server is None or server.poll() is not None:
                 raise
             time.sleep(0.3)
 
 
+@pytest.mark.slow  # builds a whole report
 @needs_chromium
 def test_png_copies_of_every_plot(report):
     pngs = sorted(p.stem for p in (report["out"] / "png").glob("*.png"))
@@ -226,6 +234,7 @@ def test_a_browser_that_fails_is_a_notice_not_a_crash(tmp_path, monkeypatch):
     assert "the page has every plot" in notice and not list(tmp_path.glob("*.png"))
 
 
+@pytest.mark.slow  # builds a whole report
 def test_stage2_name_reports_stage2_and_links_stage1(report, url, tmp_path):
     out = tmp_path / "digits-k3-stage2"
     code, _, stderr = _run_main(["report", "--name", "digits-k3-stage2", "--storage", url,
@@ -240,6 +249,7 @@ def test_stage2_name_reports_stage2_and_links_stage1(report, url, tmp_path):
                                                        "samples-stage2.png"]
 
 
+@pytest.mark.slow  # builds a whole report
 def test_an_exported_schedule_joins_the_page(report, url, tmp_path):
     schedule = tmp_path / "schedule.json"
     assert main(["export", "--name", "digits-k3", "--storage", url, "--out", str(schedule)]) == 0
@@ -253,7 +263,8 @@ def test_an_exported_schedule_joins_the_page(report, url, tmp_path):
 
 def test_heldout_fids_are_stored_one_by_one():
     """A report stopped partway (Ctrl-C, out of memory) keeps the held-out FIDs it finished."""
-    from autodiff_optuna.models import load_model, load_scorer
+    from autodiff_optuna.metrics import load_scorer
+    from autodiff_optuna.models import load_model
     from autodiff_optuna.reporting import candidates, heldout
 
     model, scorer = load_model("digits"), load_scorer("digits")
@@ -346,7 +357,7 @@ def test_empty_study_is_one_line_and_exit_2(url, tmp_path, capsys):
 
 
 def test_a_stage2_not_run_yet_is_a_note_on_the_stage1_page(url, tmp_path, capsys):
-    from autodiff_optuna.search import study as search
+    from autodiff_optuna import search
     from autodiff_optuna.search.config import SearchConfig
 
     copy_url = f"sqlite:///{tmp_path}/copy.db"
@@ -391,11 +402,11 @@ def _open_in_chromium(page: Path, tmp_path: Path, height: int = 9000) -> dict:
     shot = tmp_path / "screenshot.png"
     run = subprocess.run(common + ["--enable-logging=stderr", "--v=0",
                                    f"--window-size=1280,{height}", f"--screenshot={shot}",
-                                   page.as_uri()], capture_output=True, text=True, timeout=120,
+                                   page.as_uri()], capture_output=True, text=True, timeout=CEILING,
                          check=False)
     assert shot.is_file(), run.stderr[-2000:]
     dom = subprocess.run(common + ["--dump-dom", page.as_uri()], capture_output=True, text=True,
-                         timeout=120, check=True).stdout
+                         timeout=CEILING, check=True).stdout
     # Chromium logs every console message and uncaught exception of the page as CONSOLE
     console = [line for line in run.stderr.splitlines() if re.search(r"\bCONSOLE[:(]", line)]
     return {"screenshot": Image.open(shot).convert("RGB"), "console": console, "dom": dom}
@@ -425,6 +436,7 @@ def test_the_checks_catch_a_broken_page(tmp_path):
     assert _coloured_fraction(seen["screenshot"]) < 0.001 and not _rendered_plots(seen["dom"])
 
 
+@pytest.mark.slow  # a browser
 @needs_chromium
 def test_page_renders_in_headless_chromium(report, tmp_path):
     seen = _open_in_chromium(report["out"] / "index.html", tmp_path)
@@ -437,6 +449,7 @@ def test_page_renders_in_headless_chromium(report, tmp_path):
 
 # -- the notebook --------------------------------------------------------------------------------
 
+@pytest.mark.slow  # a notebook kernel
 def test_notebook_runs_against_a_study(url, tmp_path, monkeypatch):
     import nbformat
     from nbclient import NotebookClient
@@ -452,7 +465,7 @@ def test_notebook_runs_against_a_study(url, tmp_path, monkeypatch):
     assert all(not c.outputs and c.execution_count is None for c in code)  # committed clean
     assert "parameters" in code[0].metadata.get("tags", [])
     code[0].source = f"STUDY = 'digits-k3'\nSTORAGE = {url!r}"
-    NotebookClient(nb, timeout=180, kernel_name="python3",
+    NotebookClient(nb, timeout=CEILING, kernel_name="python3",
                    resources={"metadata": {"path": str(cwd)}}).execute()
     text = "".join(o.get("text", "") for c in code for o in c.outputs)
     _, uniform, _ = _uniform_and_best(url)

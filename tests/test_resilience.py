@@ -1,10 +1,14 @@
-"""Killed workers, Ctrl-C, many workers on PostgreSQL, bad databases, failing candidates."""
+"""Killed workers at every point of a two-stage study, Ctrl-C, many workers on one database, bad
+databases, failing candidates.
+
+Tests wait on the state they need (a trial running, a study created), never on a clock: a worker
+that ends before reaching that state fails the test with its stderr, and the ``spawn`` fixture
+kills and reaps every worker, also when a test fails.
+"""
 
 import os
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 import uuid
 
@@ -13,17 +17,19 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
+from autodiff_optuna import search
 from autodiff_optuna.cli import main
 from autodiff_optuna.errors import UsageError
+from autodiff_optuna.metrics import load_scorer
 from autodiff_optuna.metrics.flops import layer_costs
-from autodiff_optuna.models import load_scorer
 from autodiff_optuna.models.diffusers_unet import DiffusersUNetModel
-from autodiff_optuna.search import study as search
-from autodiff_optuna.search.fidelity import is_evaluated
 from autodiff_optuna.search.config import SearchConfig
+from autodiff_optuna.search.fidelity import is_evaluated
+from autodiff_optuna.storage import open_storage
 
 GENERATION = "EvolutionarySampler:generation"
 POSTGRES = os.environ.get("AUTODIFF_TEST_POSTGRES_URL")
+NAME, TRIALS, STAGE2_TRIALS = "digits-k3", 8, 4
 
 
 @pytest.fixture
@@ -44,87 +50,214 @@ def fresh_postgres():
         admin.dispose()
 
 
-def _study_cmd(url, trials, name="digits-k3", extra=()):
-    return [sys.executable, "-m", "autodiff_optuna", "study", "--model", "digits", "--steps", "3",
-            "--stage", "1", "--trials", str(trials), "--samples", "400", "--population", "4",
-            "--heartbeat", "1", "--storage", url, "--name", name, *extra]
+def _study_args(url, trials=TRIALS, name=NAME, stage="both", extra=()):
+    return ["study", "--model", "digits", "--steps", "3", "--stage", stage, "--trials",
+            str(trials), "--stage2-trials", str(STAGE2_TRIALS), "--samples", "400",
+            "--population", "4", "--heartbeat", "1", "--storage", url, "--name", name, "--quiet",
+            *extra]
 
 
-def _wait_for_running(url, name, min_complete, timeout=120):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            trials = optuna.load_study(study_name=name, storage=url).get_trials(deepcopy=False)
-        except KeyError:
-            trials = []
+def _study_args_stage1(url, trials=TRIALS, name=NAME):
+    args = _study_args(url, trials, name, stage="1")
+    del args[args.index("--stage2-trials"):][:2]
+    return args
+
+
+def _trials(url, name):
+    """The study's trials, read afresh; [] while the database or the study does not exist."""
+    try:
+        storage = open_storage(url)  # read-only: never creates what a worker is creating
+    except UsageError:
+        return []
+    try:
+        return optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+    except KeyError:
+        return []
+    finally:
+        storage.engine.dispose()  # no connection of this process outlives the read
+
+
+def _wait_for_running(worker, url, name, min_complete):
+    """The number of a running trial of ``name`` once ``min_complete`` trials are complete."""
+    while worker.poll() is None:
+        trials = _trials(url, name)
         complete = [t for t in trials if t.state == TrialState.COMPLETE]
         running = [t for t in trials if t.state == TrialState.RUNNING and t.params]
         if len(complete) >= min_complete and running:
             return running[0].number
-        time.sleep(0.02)
-    raise AssertionError("no running trial to interrupt")
+        time.sleep(0.05)
+    raise AssertionError(f"the worker ended (rc {worker.returncode}) before a trial of {name} "
+                         f"ran: {worker.err_path.read_text()[-2000:]}")
 
 
-def test_sigkilled_worker_is_resumed_without_loss(tmp_path):
-    url = f"sqlite:///{tmp_path}/kill.db"
-    worker = subprocess.Popen(_study_cmd(url, 8), stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE)
-    killed = _wait_for_running(url, "digits-k3", min_complete=3)
-    worker.send_signal(signal.SIGKILL)
-    worker.wait()
-    before = {t.number: (t.params, t.values, t.user_attrs) for t in
-              optuna.load_study(study_name="digits-k3", storage=url).trials
-              if is_evaluated(t)}
-    time.sleep(3.5)  # past the grace period of three missed heartbeats
-    resumed = subprocess.run(_study_cmd(url, 8), capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr
-    study = optuna.load_study(study_name="digits-k3", storage=url)
-    by_state = {s: [t for t in study.trials if t.state == s] for s in TrialState}
-    # the preset prunes with multi-fidelity: evaluated = complete + stopped early
-    assert sum(is_evaluated(t) for t in study.trials) == 8
-    assert not by_state[TrialState.RUNNING] and not by_state[TrialState.WAITING]
-    dead = study.trials[killed]
+def _snapshot(url, name):
+    return {t.number: (t.params, t.values) for t in _trials(url, name) if is_evaluated(t)}
+
+
+def _assert_finished(url, before=None):
+    """Both stages reached their targets, nothing runs or waits, no candidate was scored twice,
+    and every trial evaluated before an interruption is as it was."""
+    for name, target in ((NAME, TRIALS), (f"{NAME}-stage2", STAGE2_TRIALS)):
+        trials = _trials(url, name)
+        evaluated = [t for t in trials if is_evaluated(t)]
+        assert len(evaluated) == target, name
+        assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+        candidates = [tuple(sorted(t.params.items())) for t in evaluated]
+        assert len(set(candidates)) == len(candidates), f"a candidate of {name} scored twice"
+        for number, kept in (before or {}).get(name, {}).items():
+            assert (trials[number].params, trials[number].values) == kept
+    stage1 = optuna.load_study(study_name=NAME, storage=open_storage(url))
+    assert stage1.user_attrs["stage2_study"] == f"{NAME}-stage2"
+
+
+def _assert_retried_once(url, name, killed):
+    trials = _trials(url, name)
+    dead = trials[killed]
     assert dead.state == TrialState.FAIL
-    retry = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed]
-    assert len(retry) == 1 and is_evaluated(retry[0])
-    assert retry[0].params == dead.params  # the same candidate
-    assert retry[0].system_attrs[GENERATION] == dead.system_attrs[GENERATION]
-    for number, (params, values, _) in before.items():  # nothing completed was touched
-        assert (study.trials[number].params, study.trials[number].values) == (params, values)
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == killed]
+    assert len(retries) == 1 and is_evaluated(retries[0])
+    assert retries[0].params == dead.params  # the same candidate
+    assert retries[0].system_attrs[GENERATION] == dead.system_attrs[GENERATION]
 
 
-def test_ctrl_c_marks_the_trial_and_says_how_to_resume(tmp_path):
+# -- kill -9 at every point of a two-stage study ------------------------------------------------
+
+@pytest.mark.slow  # three worker processes
+def test_sigkill_during_each_stage_is_resumed_without_loss(spawn, tmp_path):
+    """kill -9 during stage 1, rerun, kill -9 during stage 2, rerun: the same command each time.
+    Each killed trial is retried once, as the same candidate in the same generation."""
+    url = f"sqlite:///{tmp_path}/kill.db"
+    killed = {}
+    for name in (NAME, f"{NAME}-stage2"):
+        worker = spawn(_study_args(url))
+        killed[name] = _wait_for_running(worker, url, name, min_complete=2)
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+    before = {name: _snapshot(url, name) for name in killed}
+    # no waiting: the rerun (the same command, in this process) waits until the killed trial's
+    # heartbeat is stale
+    assert main(_study_args(url)) == 0
+    _assert_finished(url, before)
+    for name, number in killed.items():
+        _assert_retried_once(url, name, number)
+
+
+def _copy_database(source, target):
+    """A consistent copy of an SQLite database, its write-ahead log included."""
+    with sqlite3.connect(source) as src, sqlite3.connect(target) as dst:
+        src.backup(dst)
+    src.close()
+    dst.close()
+
+
+@pytest.fixture(scope="module")
+def stage1_done(tmp_path_factory):
+    """A database whose stage 1 has finished and whose stage 2 does not exist: the state a
+    worker killed between the two stages leaves (the same rows, whenever the kill lands)."""
+    path = tmp_path_factory.mktemp("stage1") / "s.db"
+    assert main(_study_args_stage1(f"sqlite:///{path}")) == 0
+    return path
+
+
+def _stage1_copy(stage1_done, tmp_path):
+    path = tmp_path / "s.db"
+    _copy_database(stage1_done, path)
+    return f"sqlite:///{path}"
+
+
+def _context_of(stage1: optuna.Study) -> search.SearchContext:
+    """The search context of the process that made ``stage1``, from its stored configuration."""
+    stored = search.stored_config(stage1)
+    fields = SearchConfig.defaults().keys() | {"model", "steps"}
+    return search.SearchContext.build(SearchConfig(**{k: stored[k] for k in fields}))
+
+
+@pytest.mark.slow  # a study of both stages per state
+@pytest.mark.parametrize("state", ["stage1-complete", "stage2-created", "stage2-half-made"])
+def test_a_kill_between_the_stages_is_resumed(stage1_done, tmp_path, capsys, state):
+    """Killed after stage 1 completed, (a) before stage 2 was created, (b) once it was created
+    with its first trials queued and none run, (c) while Optuna had created it but before its
+    configuration was written: the same command finishes both stages."""
+    url = _stage1_copy(stage1_done, tmp_path)
+    storage = open_storage(url, writable=True)
+    stage1 = optuna.load_study(study_name=NAME, storage=storage)
+    if state == "stage2-created":
+        stage2 = search.open_stage2(_context_of(stage1), stage1, storage, None)
+        assert [t.state for t in stage2.trials] == [TrialState.WAITING] * len(stage2.trials)
+    elif state == "stage2-half-made":
+        half = optuna.create_study(study_name=f"{NAME}-stage2", storage=storage,
+                                   directions=["minimize", "minimize"])
+        half.set_user_attr("stage", 2)
+        half.enqueue_trial({"t0": 900, "t1": 500, "t2": 100})
+    before = {NAME: _snapshot(url, NAME)}
+    assert main(_study_args(url)) == 0
+    _assert_finished(url, before)
+
+
+@pytest.mark.parametrize("queued", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_a_half_made_stage1_is_made_again(tmp_path, queued):
+    """Killed between Optuna creating the study and writing its configuration: rerunning the
+    command makes it anew (it holds no trial that ever ran) instead of refusing it for good."""
+    url = f"sqlite:///{tmp_path}/s.db"
+    half = optuna.create_study(study_name=NAME, storage=open_storage(url, writable=True))
+    if queued:
+        half.set_user_attr("stage", 1)
+        half.enqueue_trial({"t0": 998, "t1": 3, "t2": 1})
+    assert main(_study_args_stage1(url, trials=3)) == 0
+    trials = _trials(url, NAME)
+    assert sum(is_evaluated(t) for t in trials) == 3
+    assert trials[0].user_attrs["spacing"] == "uniform"  # made from the start
+
+
+def test_a_foreign_study_with_trials_is_refused_and_kept(tmp_path, error_line):
+    url = f"sqlite:///{tmp_path}/s.db"
+    foreign = optuna.create_study(study_name=NAME, storage=open_storage(url, writable=True))
+    foreign.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=2)
+    assert main(_study_args_stage1(url)) == 2
+    assert "not made by autodiff_optuna" in error_line()
+    assert [t.state for t in _trials(url, NAME)] == [TrialState.COMPLETE] * 2
+
+
+# -- Ctrl-C ---------------------------------------------------------------------------------------
+
+@pytest.mark.slow  # two worker processes
+def test_ctrl_c_marks_the_trial_and_says_how_to_resume(spawn, tmp_path):
     url = f"sqlite:///{tmp_path}/int.db"
-    worker = subprocess.Popen(_study_cmd(url, 50), stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True)
-    interrupted = _wait_for_running(url, "digits-k3", min_complete=2)
+    worker = spawn(_study_args_stage1(url, trials=50))
+    interrupted = _wait_for_running(worker, url, NAME, min_complete=2)
     worker.send_signal(signal.SIGINT)
-    _, stderr = worker.communicate(timeout=60)
-    assert worker.returncode == 130
-    assert "rerun the same command to resume" in stderr and "Traceback" not in stderr
-    study = optuna.load_study(study_name="digits-k3", storage=url)
-    assert not [t for t in study.trials if t.state == TrialState.RUNNING]
-    assert study.trials[interrupted].state == TrialState.FAIL
-    retries = [t for t in study.trials if t.system_attrs.get("failed_trial") == interrupted]
+    assert worker.wait() == 130
+    # the one line saying how to resume: no traceback, no library warning
+    assert worker.err_path.read_text().strip() == \
+        f"interrupted; rerun the same command to resume study {NAME!r}"
+    trials = _trials(url, NAME)
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    assert trials[interrupted].state == TrialState.FAIL
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == interrupted]
     assert [(t.state, t.params) for t in retries] == \
-        [(TrialState.WAITING, study.trials[interrupted].params)]
-    resumed = subprocess.run(_study_cmd(url, 8), capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr
-    study = optuna.load_study(study_name="digits-k3", storage=url)
-    retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == interrupted]
+        [(TrialState.WAITING, trials[interrupted].params)]
+    assert main(_study_args_stage1(url)) == 0  # the same command, in this process
+    retried = [t for t in _trials(url, NAME) if t.system_attrs.get("failed_trial") == interrupted]
     assert is_evaluated(retried[0])
 
 
-@pytest.mark.skipif(not POSTGRES, reason="AUTODIFF_TEST_POSTGRES_URL not set (.ci/run sets it)")
-def test_three_workers_share_one_study_on_postgresql(fresh_postgres):
-    # an empty database each time: the three workers also race to create Optuna's tables
-    url, name, trials = fresh_postgres, "workers", 14
-    workers = [subprocess.Popen(_study_cmd(url, trials, name), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True) for _ in range(3)]
+# -- several workers on one new database ----------------------------------------------------------
+
+@pytest.mark.slow  # three worker processes
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_three_workers_start_together_on_a_new_database(spawn, tmp_path, request, backend):
+    """They race to create Optuna's tables and the study itself; each must survive it."""
+    if backend == "postgresql":
+        if not POSTGRES:
+            pytest.skip("AUTODIFF_TEST_POSTGRES_URL not set (.ci/run sets it)")
+        url = request.getfixturevalue("fresh_postgres")
+    else:
+        url = f"sqlite:///{tmp_path}/new.db"
+    trials = 8
+    workers = [spawn(_study_args_stage1(url, trials)) for _ in range(3)]
     for w in workers:
-        _, err = w.communicate(timeout=600)
-        assert w.returncode == 0, err
-    study = optuna.load_study(study_name=name, storage=url)
+        assert w.wait() == 0, w.err_path.read_text()
+    study = optuna.load_study(study_name=NAME, storage=url)
     # the preset prunes with multi-fidelity: evaluated = complete + stopped early by the pruner
     evaluated = [t for t in study.trials if is_evaluated(t)]
     assert len(evaluated) == trials  # exactly the total, whichever worker got there
@@ -139,37 +272,75 @@ def test_three_workers_share_one_study_on_postgresql(fresh_postgres):
         assert sum(t.system_attrs[GENERATION] == g for t in evaluated) >= 4
 
 
-def _err(capsys):
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
-    return err
+# -- databases that are wrong -------------------------------------------------------------------
 
-
-def test_read_only_and_newer_schema_databases(capsys, tmp_path):
+def test_read_only_and_newer_schema_databases(tmp_path, capsys, error_line):
     db = tmp_path / "s.db"
     url = f"sqlite:///{db}"
     assert main(["study", "--model", "digits", "--steps", "2", "--trials", "2", "--samples", "80",
                  "--population", "2", "--stage", "1", "--storage", url, "--quiet"]) == 0
-    capsys.readouterr()
     read_only = f"sqlite:///file:{db}?mode=ro&uri=true"
+    capsys.readouterr()
     assert main(["study", "--model", "digits", "--steps", "2", "--storage", read_only]) == 2
-    assert "readonly" in _err(capsys).replace("-", "").replace(" ", "")
+    assert "readonly" in error_line().replace("-", "").replace(" ", "")
     assert main(["best", "--name", "digits-k2", "--storage", read_only]) == 0  # reading is fine
     capsys.readouterr()
     with sqlite3.connect(db) as conn:
         conn.execute("UPDATE alembic_version SET version_num = 'v9.9.9.z'")
     assert main(["best", "--name", "digits-k2", "--storage", url]) == 2
-    assert "cannot open storage" in _err(capsys)
+    assert "cannot open storage" in error_line()
     with sqlite3.connect(db) as conn:
-        assert conn.execute("SELECT COUNT(*) FROM trials WHERE state = 'COMPLETE'").fetchone()[0] == 2
+        complete = "SELECT COUNT(*) FROM trials WHERE state = 'COMPLETE'"
+        assert conn.execute(complete).fetchone()[0] == 2
 
 
-def test_unreachable_postgresql(capsys):
-    started = time.monotonic()
+@pytest.mark.parametrize("command", ["best", "export"])
+def test_reading_commands_create_nothing(tmp_path, error_line, command):
+    url = f"sqlite:///{tmp_path}/new.db"
+    argv = [command, "--name", NAME, "--storage", url]
+    assert main(argv + (["--out", str(tmp_path / "s.json")] if command == "export" else [])) == 2
+    assert "no database at" in error_line()
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("url, message", [
+    ("sqlite://", "in memory"),
+    ("sqlite:///:memory:", "in memory"),
+    ("sqlite:///{tmp_path}", "is a directory"),
+])
+def test_storage_that_cannot_hold_a_study(tmp_path, error_line, url, message):
+    url = url.format(tmp_path=tmp_path)
+    assert main(["study", "--model", "digits", "--steps", "2", "--storage", url]) == 2
+    assert message in error_line()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_database_that_turns_read_only_mid_run_is_a_storage_error(tmp_path):
+    """Whichever write fails first, the search stops with the database's own error (which the
+    CLI prints as one line), never Optuna's internal assertion."""
+    from sqlalchemy import event
+    from sqlalchemy.exc import SQLAlchemyError
+
+    ctx = search.SearchContext.build(SearchConfig("digits", 2, samples=80, population=2))
+    storage = open_storage(f"sqlite:///{tmp_path}/s.db", writable=True)
+    study = search.open_stage1(ctx, "ro", storage)
+
+    def turn_read_only(study, trial):
+        if trial.number == 1:
+            event.listen(storage.engine, "connect",
+                         lambda conn, _: conn.execute("PRAGMA query_only = ON"))
+            storage.engine.dispose()
+
+    with pytest.raises((optuna.exceptions.StorageInternalError, SQLAlchemyError)):
+        search.run(ctx, study, trials=6, progress=False, callbacks=[turn_read_only])
+    kept = optuna.load_study(study_name="ro", storage=open_storage(f"sqlite:///{tmp_path}/s.db"))
+    assert [t.state for t in kept.trials[:2]] == [TrialState.COMPLETE] * 2
+
+
+def test_unreachable_postgresql(error_line):
     assert main(["best", "--name", "x", "--storage",
                  "postgresql+psycopg://nobody@127.0.0.1:1/none"]) == 2
-    assert "cannot open storage postgresql+psycopg://nobody@127.0.0.1:1/none" in _err(capsys)
-    assert time.monotonic() - started < 30
+    assert "cannot open storage postgresql+psycopg://nobody@127.0.0.1:1/none" in error_line()
 
 
 class NaNBelow300(DiffusersUNetModel):
@@ -200,6 +371,6 @@ def test_non_finite_samples_fail_the_trial_and_the_study_goes_on(tiny_unet_dir, 
     ctx = search.SearchContext(config, always_nan, load_scorer("digits"), ctx.spacings,
                                layer_costs(model))
     broken = search.open_stage1(ctx, "always-nan", f"sqlite:///{tmp_path}/n.db")
-    with pytest.raises(UsageError, match="trials in a row failed"):
-        search.run(ctx, broken, trials=3, progress=False)
-    assert len(broken.get_trials(states=(TrialState.FAIL,))) == search.MAX_CONSECUTIVE_FAILURES
+    with pytest.raises(UsageError, match="3 trials in a row failed"):
+        search.run(ctx, broken, trials=3, progress=False, max_failures=3)
+    assert len(broken.get_trials(states=(TrialState.FAIL,))) == 3

@@ -12,11 +12,15 @@ from autodiff_optuna.models.diffusers_unet import DiffusersUNetModel
 from autodiff_optuna.sampling import draw, sample
 from autodiff_optuna.sampling.skipping import check_skip, skipping
 
-DIGITS_LAYERS = [name for name in load_model("digits").skippable_layers()]
-# every layer of both bundled networks: one resnet per level, and two (resnets without a
-# shortcut convolution, up blocks of three)
-EVERY_LAYER = [(model, name) for model in ("digits", "digits-deep")
-               for name in load_model(model).skippable_layers()]
+# skippable layers of the bundled networks: one resnet per level, and two (resnets without a
+# shortcut convolution, up blocks of three). Counts, not names, parametrise the tests, so that
+# collecting them loads no model.
+LAYER_COUNTS = {"digits": 12, "digits-deep": 18}
+EVERY_LAYER = [(model, i) for model, count in LAYER_COUNTS.items() for i in range(count)]
+
+
+def digits_layers() -> list[str]:
+    return list(load_model("digits").skippable_layers())
 
 
 @pytest.fixture(scope="module")
@@ -30,10 +34,11 @@ def test_layers_are_enumerated_in_a_stable_order(digits, tiny):
     assert costs.layers == layer_costs(digits).layers
     assert costs.layers[0] == "down_blocks.0.resnets.0"  # execution order
     assert costs.layers[-1] == "up_blocks.1.resnets.1"
-    assert len(costs.layers) == 12  # 8 ResBlocks and 4 attention layers
+    assert len(costs.layers) == LAYER_COUNTS["digits"]  # 8 ResBlocks and 4 attention layers
     assert sum("attentions" in name for name in costs.layers) == 4
     deep = layer_costs(load_model("digits-deep")).layers
-    assert len(deep) == 18 and sum("attentions" in name for name in deep) == 6
+    assert len(deep) == LAYER_COUNTS["digits-deep"]
+    assert sum("attentions" in name for name in deep) == 6
     assert deep[:2] == ("down_blocks.0.resnets.0", "down_blocks.0.resnets.1")
 
 
@@ -44,10 +49,11 @@ def test_empty_mask_reproduces_the_full_network(digits):
     assert torch.equal(sample(digits, steps, batch, "dpmpp2m", skip=[(), (), (), ()]), full)
 
 
-@pytest.mark.parametrize("model, layer", EVERY_LAYER)
-def test_skipping_one_layer_keeps_shapes_and_saves_its_flops(model, layer):
+@pytest.mark.parametrize("model, index", EVERY_LAYER)
+def test_skipping_one_layer_keeps_shapes_and_saves_its_flops(model, index):
     digits = load_model(model)
     layers = digits.skippable_layers()
+    layer = list(layers)[index]
     x = torch.randn(3, *digits.sample_shape, generator=torch.Generator().manual_seed(0))
     t = torch.tensor(500)
     shapes = {}
@@ -56,7 +62,8 @@ def test_skipping_one_layer_keeps_shapes_and_saves_its_flops(model, layer):
         return lambda module, args, out: shapes.setdefault(name, []).append(out.shape)
 
     with torch.inference_mode():
-        hooks = [l.module.register_forward_hook(record(n)) for n, l in layers.items()]
+        hooks = [layer.module.register_forward_hook(record(name))
+                 for name, layer in layers.items()]
         full = digits.predict_noise(x, t)
         full_shapes, shapes = shapes, {}
         with skipping(layers, [layer]):
@@ -111,7 +118,7 @@ def test_tiny_random_unet_skips_too(tiny):
 ])
 def test_bad_masks(skip, message):
     with pytest.raises(UsageError, match=message):
-        check_skip(skip, 2, DIGITS_LAYERS)
+        check_skip(skip, 2, digits_layers())
 
 
 def test_layerdrop_training_bypasses_layers_as_sampling_does(tmp_path):
@@ -121,12 +128,12 @@ def test_layerdrop_training_bypasses_layers_as_sampling_does(tmp_path):
     from safetensors.torch import load_file
 
     from autodiff_optuna.models.registry import DIGITS_DIR
-    from autodiff_optuna.models.train_digits import train_ddpm
+    from autodiff_optuna.training.train_digits import train_ddpm
 
     train_ddpm(tmp_path, steps=2, batch=8, layerdrop=1.0, init=DIGITS_DIR, ema_decay=0.0)
     before = load_file(DIGITS_DIR / "unet" / "diffusion_pytorch_model.safetensors")
     after = load_file(tmp_path / "unet" / "diffusion_pytorch_model.safetensors")
-    skippable = tuple(f"{name}." for name in DIGITS_LAYERS)
+    skippable = tuple(f"{name}." for name in digits_layers())
     own = [key for key in before if key.startswith(skippable) and ".conv_shortcut." not in key]
     assert own and all(torch.equal(before[key], after[key]) for key in own)
     assert not torch.equal(before["up_blocks.1.resnets.0.conv_shortcut.weight"],
@@ -140,7 +147,7 @@ def test_layerdrop_full_share_keeps_whole_batches(tmp_path):
     from safetensors.torch import load_file
 
     from autodiff_optuna.models.registry import DIGITS_DIR
-    from autodiff_optuna.models.train_digits import train_ddpm
+    from autodiff_optuna.training.train_digits import train_ddpm
 
     train_ddpm(tmp_path, steps=2, batch=8, layerdrop=1.0, full_share=1.0, init=DIGITS_DIR,
                ema_decay=0.0)
@@ -155,9 +162,9 @@ def test_deep_digits_is_its_recipe_scored_by_the_digits_network():
     is scored by the same digits feature network as the bundled one."""
     import json
 
-    from autodiff_optuna.models import load_scorer
+    from autodiff_optuna.metrics import load_scorer
     from autodiff_optuna.models.registry import PRESETS
-    from autodiff_optuna.models.train_digits import RECIPES
+    from autodiff_optuna.training.train_digits import RECIPES
 
     trained = json.loads((PRESETS["digits-deep"].directory / "training.json").read_text())
     assert {k: trained[k] for k in RECIPES["digits-deep"]} == RECIPES["digits-deep"]

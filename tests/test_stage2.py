@@ -4,9 +4,10 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from autodiff_optuna import search
 from autodiff_optuna.errors import UsageError
 from autodiff_optuna.search.config import SearchConfig
-from autodiff_optuna.search import study as search
+from autodiff_optuna.search.results import stage2_summary
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -68,6 +69,7 @@ def test_best_json_has_the_pareto_front(searched):
     assert gflops == sorted(gflops) and fids == sorted(fids, reverse=True)  # a real front
 
 
+@pytest.mark.slow  # a second stage-2 study
 def test_budget_makes_expensive_candidates_infeasible(searched, tmp_path):
     ctx, stage1, _ = searched
     # anything that skips the costliest layer once (or several cheaper ones) fits
@@ -78,7 +80,7 @@ def test_budget_makes_expensive_candidates_infeasible(searched, tmp_path):
     copied = optuna.load_study(study_name=stage1.study_name, storage=url)
     limited = search.open_stage2(ctx, copied, url, max_gflops=budget)
     search.run(ctx, limited, 12, progress=False, max_gflops=budget)
-    summary = search.stage2_summary(limited)
+    summary = stage2_summary(limited)
     assert summary["max_gflops"] == budget
     assert summary["pareto"] and all(p["gflops"] <= budget for p in summary["pareto"])
     infeasible = [t for t in limited.trials if t.values and t.values[1] > budget]

@@ -13,7 +13,8 @@ FEATURE_DIM = 64
 
 
 class DigitsFeatureNet(nn.Module):
-    """A CNN over uint8 8x8 digits; ``features`` is its penultimate layer, ``forward`` the logits."""
+    """A CNN over uint8 8x8 digits; ``features`` is its penultimate layer, ``forward`` the
+    logits."""
 
     def __init__(self, feature_dim: int = FEATURE_DIM, n_classes: int = 10):
         super().__init__()

@@ -8,13 +8,16 @@ import zipfile
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 
 from autodiff_optuna.errors import UsageError
+from autodiff_optuna.metrics.digits_features import DigitsFeatureNet
+from autodiff_optuna.models.base import files_digest
 
 
 class FIDError(RuntimeError):
@@ -109,15 +112,9 @@ def load_reference_stats(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return mu, sigma
 
 
-@lru_cache(maxsize=None)
+@cache
 def digits_scorer(bundle_dir: Path) -> FIDScorer:
     """The bundled digits feature network and the statistics of all 1,797 real digits."""
-    from safetensors.torch import load_file
-
-    from autodiff_optuna.metrics.digits_features import DigitsFeatureNet
-
-    from autodiff_optuna.models.base import files_digest
-
     weights = bundle_dir / "features.safetensors"
     if not weights.is_file():
         raise UsageError(f"the digits FID feature network {weights} is missing; "

@@ -8,7 +8,7 @@ which the layers run, the stable order of their names.
 """
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -67,7 +67,7 @@ def count_flops(model: DiffusionModel, skip=()) -> tuple[int, dict[str, int]]:
     return counter.get_total_flops(), per_module
 
 
-@lru_cache(maxsize=None)  # once per model and process
+@cache  # once per model and process
 def layer_costs(model: DiffusionModel) -> LayerCosts:
     layers = model.skippable_layers()
     order: list[str] = []

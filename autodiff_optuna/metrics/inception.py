@@ -29,6 +29,8 @@ import torch
 from autodiff_optuna.errors import UsageError
 from autodiff_optuna.metrics.fid import FIDScorer, load_reference_stats
 from autodiff_optuna.models.base import files_digest
+from autodiff_optuna.models.files import RemoteFile, resolve
+from autodiff_optuna.models.registry import INCEPTION
 
 MODES = ("clean", "legacy_tensorflow")
 CLEANFID_INCEPTION_DIR = Path("/tmp")  # cleanfid.features.feature_extractor's fixed path
@@ -109,9 +111,6 @@ def inception_scorer(weights: Path, stats: Path, mode: str = "clean",
 
 def inception_scorer_for(preset, options, device) -> FIDScorer:
     """The scorer of a preset: its Inception weights and statistics resolved, or one line."""
-    from autodiff_optuna.models.files import RemoteFile, resolve
-    from autodiff_optuna.models.registry import INCEPTION
-
     if options.ref_stats:
         any_stats = RemoteFile("reference statistics", "", "--ref-stats", "FID statistics")
         stats = resolve(preset.ref_stats or any_stats, options.ref_stats)

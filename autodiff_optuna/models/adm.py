@@ -14,6 +14,7 @@ package (openai's code on PyPI; the optional ``adm`` extra).
   (resampled where it is an up/down block); a skipped attention block is the identity.
 """
 
+import math
 import warnings
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ import torch
 
 from autodiff_optuna.errors import UsageError
 from autodiff_optuna.models.base import DiffusionModel, files_digest
+from autodiff_optuna.models.files import resolve
 
 EXTRA_HINT = "pip install '.[adm]' (or pip install -r requirements-adm.txt)"
 
@@ -116,13 +118,11 @@ class AdmModel(DiffusionModel):
 
     @classmethod
     def from_preset(cls, preset, options, device) -> "AdmModel":
-        from autodiff_optuna.models.files import resolve
-
         import_guided_diffusion()  # the missing extra is told before any missing file
         scale = preset.classifier_scale if options.classifier_scale is None \
             else options.classifier_scale
-        if scale < 0:
-            raise UsageError(f"--classifier-scale must be >= 0, got {scale}")
+        if not (math.isfinite(scale) and scale >= 0):  # nan would pass `scale < 0`
+            raise UsageError(f"--classifier-scale must be a number >= 0, got {scale}")
         checkpoint = resolve(preset.weights, options.checkpoint, preset=preset.name)
         classifier = None
         if scale:
@@ -202,7 +202,6 @@ class AdmModel(DiffusionModel):
 def _resblock_bypass(block):
     """A skipped ResBlock returns its skip path: the input, resampled by the block's own
     up/down op (nearest upsampling or average pooling), through ``skip_connection``."""
-
     def forward(x, emb=None):
         return block.skip_connection(block.x_upd(x))
 
@@ -211,7 +210,6 @@ def _resblock_bypass(block):
 
 def _attention_bypass(block):
     """A skipped AttentionBlock is the identity (its output is ``x + attention(x)``)."""
-
     def forward(x):
         return x
 

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from autodiff_optuna.errors import UsageError
+from autodiff_optuna.models.layers import find_skippable_layers
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -90,8 +91,6 @@ class DiffusionModel(abc.ABC):
     def _find_skippable_layers(self) -> dict:
         """The family's ResBlocks and attention layers under ``SKIPPABLE_PREFIXES``, each with
         its bypass, in ``named_modules`` order (stable names in a stable order)."""
-        from autodiff_optuna.sampling.skipping import find_skippable_layers
-
         return find_skippable_layers(self.network, self.SKIPPABLE_PREFIXES, self._bypass_for)
 
     @abc.abstractmethod
@@ -211,7 +210,6 @@ class DiffusionModel(abc.ABC):
     def _clip_coefficients(self):
         if getattr(self, "_coefficients", None) is None:
             import numpy as np
-
             from diffusers import DDPMScheduler
 
             config = self.scheduler_config

@@ -1,6 +1,5 @@
 """Adapter for diffusers ``UNet2DModel`` checkpoints (the bundled digits model, google/ddpm-*)."""
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -8,6 +7,7 @@ import torch
 
 from autodiff_optuna.errors import UsageError
 from autodiff_optuna.models.base import DiffusionModel, files_digest
+from autodiff_optuna.models.files import read_json, resolve
 
 
 class DiffusersUNetModel(DiffusionModel):
@@ -20,7 +20,7 @@ class DiffusersUNetModel(DiffusionModel):
                  clip_denoised: bool = False, precision: str | None = "fp32",
                  compile: bool = False, batch_size: int | None = None,
                  batch_size_cpu: int | None = None):
-        from diffusers import DDPMScheduler, UNet2DModel
+        from diffusers import UNet2DModel
 
         directory = Path(directory)
         nested = (directory / "unet" / "config.json").is_file()
@@ -37,6 +37,8 @@ class DiffusersUNetModel(DiffusionModel):
                              f"or .bin) in {unet_dir}")
         self.name = name
         self._configure_runtime(device, precision, compile, batch_size, batch_size_cpu)
+        read_json(unet_dir / "config.json")  # one line for a config diffusers would choke on
+        self._scheduler_config = scheduler_config(scheduler_file, name)
         try:  # exactly the files hashed into the fingerprint below
             unet = UNet2DModel.from_pretrained(unet_dir, local_files_only=True,
                                                use_safetensors=use_safetensors,
@@ -45,11 +47,6 @@ class DiffusersUNetModel(DiffusionModel):
             raise UsageError(f"model {name!r}: cannot load {unet_dir}: "
                              f"{str(err).splitlines()[0]}") from None
         self.unet = unet.to(self.device).eval()
-        config = json.loads(scheduler_file.read_text())
-        if "num_train_timesteps" not in config:  # an old hub config: diffusers' defaults fill in
-            config = {k: v for k, v in DDPMScheduler.from_config(config).config.items()
-                      if not k.startswith("_")}
-        self._scheduler_config = config
         self.clip_denoised = clip_denoised
         self.fingerprint = files_digest(weights + [scheduler_file]) + self._runtime_fingerprint()
         cfg = self.unet.config
@@ -60,8 +57,6 @@ class DiffusersUNetModel(DiffusionModel):
 
     @classmethod
     def from_preset(cls, preset, options, device) -> "DiffusersUNetModel":
-        from autodiff_optuna.models.files import resolve
-
         if options.classifier or options.classifier_scale:
             raise UsageError(f"model {preset.name!r} has no classifier guidance")
         if preset.directory is not None:  # bundled
@@ -103,6 +98,28 @@ class DiffusersUNetModel(DiffusionModel):
 WEIGHTS = "diffusion_pytorch_model"
 
 
+def scheduler_config(path: Path, name: str) -> dict[str, Any]:
+    """The training schedule from ``scheduler_config.json``; a file that is not JSON, or whose
+    values diffusers cannot build a schedule from, is one UsageError line."""
+    from diffusers import DDPMScheduler
+
+    config = read_json(path)
+    try:
+        # builds the betas, so a bad beta_schedule or trained_betas fails here and not mid-search
+        full = DDPMScheduler.from_config(config).config
+    except Exception as err:  # noqa: BLE001 (diffusers raises whatever its arithmetic raises)
+        raise UsageError(f"model {name!r}: {path} is not a diffusers scheduler config: "
+                         f"{str(err).splitlines()[0] if str(err) else type(err).__name__}"
+                         ) from None
+    steps = config.get("num_train_timesteps", full.get("num_train_timesteps"))
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 2:
+        raise UsageError(f"model {name!r}: {path}: num_train_timesteps must be an integer of "
+                         f"at least 2, got {steps!r}")
+    if "num_train_timesteps" not in config:  # an old hub config: diffusers' defaults fill in
+        config = {k: v for k, v in full.items() if not k.startswith("_")}
+    return config
+
+
 def low_cpu_mem_usage() -> bool:
     """diffusers' loading default where it can have it: without ``accelerate`` diffusers falls
     back to the plain load anyway, after a multi-line warning on stderr that would break the
@@ -120,8 +137,8 @@ def loaded_weights(unet_dir: Path) -> tuple[list[Path], bool]:
     index = unet_dir / f"{WEIGHTS}.safetensors.index.json"
     if index.is_file():
         try:
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (ValueError, KeyError, TypeError, AttributeError):
+            shards = sorted(set(read_json(index)["weight_map"].values()))
+        except (KeyError, TypeError, AttributeError):
             raise UsageError(f"{index} is not a diffusers weight index") from None
         return [unet_dir / shard for shard in shards], True
     for suffix, safetensors in (("safetensors", True), ("bin", False)):
@@ -147,7 +164,6 @@ def bypass_for(module):
 def _resnet_bypass(block):
     """A skipped ResnetBlock2D returns its shortcut path: the input, resampled where the block
     resamples, through ``conv_shortcut`` where it has one, with the block's output scale."""
-
     def forward(input_tensor, temb=None, *args, **kwargs):
         x = input_tensor
         if block.upsample is not None:
@@ -163,7 +179,6 @@ def _resnet_bypass(block):
 
 def _attention_bypass(attn):
     """A skipped residual Attention is the identity, with its output rescale."""
-
     def forward(hidden_states, *args, **kwargs):
         return hidden_states / attn.rescale_output_factor
 

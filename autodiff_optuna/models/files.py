@@ -11,8 +11,14 @@ A file is looked for, in order:
 A file found nowhere is one ``UsageError`` line naming it, its public URL and the directory to put
 it in. ``python -m autodiff_optuna download MODEL`` fetches a preset's files where there is
 internet (``download`` below), with a timeout, into the first of those directories.
+
+Every small input file the program reads (a JSON schedule or skip file, a model's JSON config) is
+read through ``read_text``/``read_json``: with a size limit and UTF-8 decoding, so a wrong file
+(``/dev/zero``, a binary, a Latin-1 file, JSON nested past the parser's recursion limit) is one
+``UsageError`` line, never a hang or a traceback.
 """
 
+import json
 import math
 import os
 import shutil
@@ -25,6 +31,42 @@ from pathlib import Path
 from autodiff_optuna.errors import UsageError
 
 ENV_DIR = "AUTODIFF_MODELS_DIR"
+# the largest input file read whole: schedules and configs are a few KiB; beyond this a path is
+# the wrong file (/dev/zero would otherwise be read until memory runs out)
+MAX_INPUT_BYTES = 4 << 20
+
+
+def read_text(path) -> str:
+    """The UTF-8 text of a small input file; a missing or unreadable file, one larger than
+    ``MAX_INPUT_BYTES`` or one that is not UTF-8 is one UsageError line."""
+    try:
+        with Path(path).open("rb") as f:
+            data = f.read(MAX_INPUT_BYTES + 1)  # never more, whatever the file claims to be
+    except OSError as err:
+        raise UsageError(f"cannot read {path}: {err.strerror or err}") from None
+    if len(data) > MAX_INPUT_BYTES:
+        raise UsageError(f"{path} is larger than {MAX_INPUT_BYTES >> 20} MiB: not an input "
+                         "file this program reads")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise UsageError(f"{path} is not UTF-8 text (byte {err.start}: "
+                         f"{data[err.start:err.start + 1]!r})") from None
+
+
+def read_json(path) -> dict:
+    """A JSON object from a small input file (``read_text``); corrupt JSON, JSON nested too
+    deeply to parse, or JSON that is not an object is one UsageError line."""
+    text = read_text(path)
+    try:
+        data = json.loads(text)
+    except ValueError as err:  # JSONDecodeError, or an integer too long to convert
+        raise UsageError(f"{path} is not valid JSON: {err}") from None
+    except RecursionError:
+        raise UsageError(f"{path} is not JSON this program reads: nested too deeply") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{path} must hold a JSON object")
+    return data
 
 
 @dataclass(frozen=True)
@@ -127,6 +169,8 @@ def download(remotes: list[RemoteFile], directory: Path | None = None,
     if not (math.isfinite(timeout) and timeout > 0):
         raise UsageError(f"--timeout must be a positive number of seconds, got {timeout}")
     directory = directory or models_dirs()[0]
+    if directory.exists() and not directory.is_dir():
+        raise UsageError(f"{directory} is a file: downloads need a directory (--dir)")
     done = []
     for remote in remotes:
         target = directory / remote.name
@@ -153,7 +197,10 @@ def _fetch(url: str, target: Path, timeout: float) -> None:
     if target.exists():
         print(f"have {target}", flush=True)
         return
-    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # read-only, or a file where a directory should be
+        raise UsageError(f"cannot create {target.parent}: {err.strerror or err}") from None
     partial = target.with_name(target.name + ".part")
     print(f"downloading {url} -> {target}", flush=True)
     try:

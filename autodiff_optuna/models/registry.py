@@ -7,7 +7,7 @@ files are looked for is ``models/files.py``; ``--checkpoint`` and friends overri
 """
 
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 from cleanfid.downloads_helper import inception_url
@@ -132,7 +132,7 @@ def get_preset(name: str) -> ModelPreset:
     return PRESETS[name]
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_model(name: str, device: str = "cpu", options: ModelOptions | None = None
                ) -> DiffusionModel:
     preset = get_preset(name)
@@ -148,26 +148,6 @@ def load_model(name: str, device: str = "cpu", options: ModelOptions | None = No
     raise AssertionError(f"no adapter for family {preset.family!r}")
 
 
-@lru_cache(maxsize=None)
-def load_scorer(name: str, device: str = "cpu", options: ModelOptions | None = None):
-    """The FID scorer for a model preset, built once per process (and device and options);
-    the same arguments as ``load_model``."""
-    preset = get_preset(name)
-    options = options or ModelOptions()
-    if preset.fid == "digits":
-        from autodiff_optuna.metrics.fid import digits_scorer
-
-        if options.ref_stats or options.inception:
-            raise UsageError(f"model {name!r} is scored by its bundled digits network: "
-                             "--ref-stats and --inception do not apply")
-        return digits_scorer(DIGITS_DIR)
-    if preset.fid == "inception":
-        from autodiff_optuna.metrics.inception import inception_scorer_for
-
-        return inception_scorer_for(preset, options, device)
-    raise AssertionError(f"no FID scorer {preset.fid!r}")
-
-
 # ---- the model and scorer a study (or an exported schedule) was made with -----------------
 
 def check_same_model(model: DiffusionModel, stored: str | None, what: str) -> None:
@@ -179,14 +159,6 @@ def check_same_model(model: DiffusionModel, stored: str | None, what: str) -> No
     bundled = preset is not None and preset.directory is not None
     raise UsageError(f"{what} was made with model weights {stored}, but these flags load "
                      f"{model.fingerprint}: {_weights_hint(stored, model.fingerprint, bundled)}")
-
-
-def check_same_scorer(scorer, stored: str | None, what: str) -> None:
-    """The same for the FID features and reference statistics (``fid_features``)."""
-    if stored is None or scorer.name == stored:
-        return
-    raise UsageError(f"{what} was scored with FID features {stored}, but these flags load "
-                     f"{scorer.name}: {_features_hint(stored, scorer.name)}")
 
 
 def _fingerprint_parts(fingerprint: str) -> dict:
@@ -216,17 +188,3 @@ def _weights_hint(stored: str, loaded: str, bundled: bool = False) -> str:
         hints.append(f"--precision {want['precision']}")
     return "pass " + (" and ".join(hints) or "the --checkpoint, --classifier, "
                       "--classifier-scale and --precision it was made with")
-
-
-def _features_hint(stored: str, loaded: str) -> str:
-    """``inception_scorer``'s names: ``inception-v3@<digest>:<mode>|ref-stats@<digest>``."""
-    (want_net, _, want_stats), (have_net, _, have_stats) = (
-        stored.partition("|"), loaded.partition("|"))
-    want_net, have_net = want_net.split(":")[0], have_net.split(":")[0]  # less the mode
-    hints = []
-    if stored.startswith("inception-v3@") and loaded.startswith("inception-v3@"):
-        if want_net != have_net:
-            hints.append(f"the --inception whose digest is {want_net.split('@', 1)[1]}")
-        if want_stats != have_stats:
-            hints.append(f"the --ref-stats whose digest is {want_stats.split('@')[-1]}")
-    return "pass " + (" and ".join(hints) or "the --ref-stats and --inception it was made with")

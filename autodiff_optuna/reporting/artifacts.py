@@ -12,6 +12,7 @@ the same store. Artifacts uploaded the regular way while a trial ran are honoure
 
 import json
 import mimetypes
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -20,12 +21,29 @@ from optuna.artifacts import FileSystemArtifactStore, get_all_artifact_meta
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial
 
+from autodiff_optuna.errors import UsageError
+
 DASHBOARD_PREFIX = "dashboard:artifacts:"  # optuna_dashboard.artifact._backend's key prefix
 
 
 def store(directory: Path) -> FileSystemArtifactStore:
-    directory.mkdir(parents=True, exist_ok=True)
+    writable_folder(directory, "--artifacts")
     return FileSystemArtifactStore(str(directory))
+
+
+def writable_folder(path: Path, flag: str) -> Path:
+    """Create ``path`` and check that it takes files (before anything is computed or stored);
+    a file in its place, a read-only or forbidden folder is one UsageError line naming
+    ``flag``."""
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{flag} {path} is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:  # read-only, no permission, a file on the way there
+        raise UsageError(f"cannot write into {path} ({flag}): {err.strerror or err}") from None
+    return path
 
 
 def attach(storage: BaseStorage, study: optuna.Study, trial: FrozenTrial, path: Path,

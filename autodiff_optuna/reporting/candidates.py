@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 import optuna
 
 from autodiff_optuna.reporting import studies as pick
-from autodiff_optuna.search.study import CONFIG_ATTR, pareto_front, uniform_trial
+from autodiff_optuna.search.results import CONFIG_ATTR, pareto_front, uniform_trial
 
 
 @dataclass
@@ -59,5 +59,8 @@ def stage2_rows(stage2: optuna.Study, chosen) -> list[Row]:
 
 
 def _row(label, study, trial, skip, fid, gflops) -> Row:
-    return Row(label, study.study_name, trial.number, list(trial.user_attrs["timesteps"]),
+    # the stored value as it is (the table escapes it; a held-out FID needs a real schedule)
+    timesteps = trial.user_attrs.get("timesteps")
+    return Row(label, study.study_name, trial.number,
+               list(timesteps) if isinstance(timesteps, list) else timesteps,
                [list(s) for s in skip], fid, gflops)

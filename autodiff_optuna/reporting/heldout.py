@@ -7,18 +7,24 @@ what it was computed from, as soon as it is computed (an interrupted report keep
 finished), so a rerun of the report does not sample again.
 """
 
+from autodiff_optuna.errors import UsageError
 from autodiff_optuna.metrics.fid import FIDError
-from autodiff_optuna.sampling import HELDOUT, draw
-from autodiff_optuna.search.objective import score_schedule
+from autodiff_optuna.metrics.scoring import score_schedule
+from autodiff_optuna.sampling import HELDOUT, draw, validate
 
 CACHE_ATTR = "heldout_fid"
 
 
 def fill(rows, study, model, scorer, solver: str, samples: int, seed: int, log) -> None:
     """Set ``heldout_fid`` on every row: from the cache, or sampled on held-out noise."""
-    cached = list(study.user_attrs.get(CACHE_ATTR, []))
+    cached = [c for c in _stored(study) if isinstance(c, dict)]
     batch = None
     for i, row in enumerate(rows, 1):
+        if not _is_schedule(row, model):  # a trial whose stored time steps are not a schedule
+            log(f"held-out FID {i}/{len(rows)}: skipped, {row.label}'s stored time steps are not "
+                "a schedule")
+            row.heldout_fid = None
+            continue
         key = {"timesteps": row.timesteps, "skip": row.skip, "solver": solver,
                "samples": samples, "seed": seed, "model_weights": model.fingerprint,
                "fid_features": scorer.name}
@@ -30,13 +36,28 @@ def fill(rows, study, model, scorer, solver: str, samples: int, seed: int, log) 
             hit = {**key, "fid": _score(model, scorer, row, batch, solver)}
             cached.append(hit)
             _store(study, hit)
-        row.heldout_fid = hit["fid"]
+        row.heldout_fid = hit.get("fid")
+
+
+def _stored(study) -> list:
+    """The cache as stored (a list, unless something else wrote the attribute)."""
+    cached = study.user_attrs.get(CACHE_ATTR, [])
+    return cached if isinstance(cached, list) else []
+
+
+def _is_schedule(row, model) -> bool:
+    try:
+        validate(row.timesteps if isinstance(row.timesteps, list) else [None],
+                 model.num_train_timesteps)
+    except UsageError:
+        return False
+    return True
 
 
 def _store(study, hit: dict) -> None:
     """Add one value to the study's cache, onto what is stored now (another report may have
     added values since this one read it)."""
-    study.set_user_attr(CACHE_ATTR, [*study.user_attrs.get(CACHE_ATTR, []), hit])
+    study.set_user_attr(CACHE_ATTR, [*_stored(study), hit])
 
 
 def _score(model, scorer, row, batch, solver: str) -> float | None:

@@ -9,7 +9,8 @@ import plotly.graph_objects as go
 from optuna import visualization as vis
 from optuna.importance import FanovaImportanceEvaluator
 
-from autodiff_optuna.search.study import CONFIG_ATTR, complete_trials
+from autodiff_optuna.reporting.plots import plain
+from autodiff_optuna.search.results import CONFIG_ATTR, complete_trials
 from autodiff_optuna.storage import first_line
 
 
@@ -28,7 +29,26 @@ def panels(study: optuna.Study) -> list[Panel]:
         made = _stage2(study) if len(study.directions) == 2 else _stage1(study)
     for panel in made:
         panel.slug = prefix + panel.slug
+        if panel.figure is not None:
+            _stored_values_as_text(panel.figure)
     return made
+
+
+def _stored_values_as_text(figure: go.Figure) -> None:
+    """Optuna's hover texts hold each trial's user attributes as JSON, its lines joined by
+    ``<br>`` (the timeline, the Pareto front). Plotly renders a subset of HTML there, so markup
+    stored in a user attribute would be interpreted: everything but those ``<br>``s is made
+    plain text."""
+    for trace in figure.data:
+        text = getattr(trace, "text", None)
+        if isinstance(text, str):
+            trace.text = _plain_lines(text)
+        elif text is not None and all(isinstance(t, str) for t in text):
+            trace.text = [_plain_lines(t) for t in text]
+
+
+def _plain_lines(text: str) -> str:
+    return "<br>".join(plain(line) for line in text.split("<br>"))
 
 
 def _stage1(study: optuna.Study) -> list[Panel]:

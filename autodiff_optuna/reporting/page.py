@@ -57,18 +57,20 @@ def grids(images: list[tuple[str, str]]) -> str:
 
 
 def table(rows) -> str:
-    """The top-candidates table (``candidates.Row``s)."""
+    """The top-candidates table (``candidates.Row``s). Every value read from a study is escaped:
+    a database anyone could write to may hold markup where time steps or layer names belong."""
     head = ("<tr><th class='text'>candidate</th><th class='text'>study</th><th>trial</th>"
             "<th class='text'>time steps</th><th>layer-steps skipped</th><th>FID (search)</th>"
             "<th>GFLOPs/image</th><th>held-out FID</th></tr>")
     lines = []
     for r in rows:
-        skipped = "; ".join(f"step {k + 1}: {', '.join(s)}" for k, s in enumerate(r.skip) if s)
+        skipped = "; ".join(f"step {k + 1}: {', '.join(map(str, s))}"
+                            for k, s in enumerate(r.skip) if s)
         lines.append(
             f"<tr><td class='text'>{html.escape(r.label)}</td>"
             f"<td class='text'>{html.escape(r.study or '-')}</td>"
-            f"<td>{'-' if r.trial is None else r.trial}</td>"
-            f"<td class='text'>{r.timesteps}</td>"
+            f"<td>{'-' if r.trial is None else html.escape(str(r.trial))}</td>"
+            f"<td class='text'>{html.escape(str(r.timesteps))}</td>"
             f"<td title='{html.escape(skipped)}'>{r.skipped}</td>"
             f"<td>{_number(r.fid, 3)}</td><td>{_number(r.gflops, 4)}</td>"
             f"<td>{_number(r.heldout_fid, 3)}</td></tr>")
@@ -76,6 +78,8 @@ def table(rows) -> str:
 
 
 def _number(value, digits: int) -> str:
-    if value is None or not math.isfinite(value):
+    """A value, or n/a: none, not finite, or not a number at all (a cache entry edited by
+    hand)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
         return "n/a"
     return f"{value:.{digits}f}"

@@ -1,6 +1,8 @@
 """Our own figures (Optuna's plots cover the rest): where a schedule puts its steps, and which
 layers a stage-2 candidate skips at each of them."""
 
+import html
+
 import numpy as np
 import plotly.graph_objects as go
 from plotly.colors import qualitative
@@ -43,6 +45,12 @@ def mask_figure(candidates: list[dict], layers: list[str], shown: int) -> go.Fig
     ``candidates``: dicts with ``timesteps``, ``skip``, ``fid``, ``gflops``, ``trial``;
     ``shown``: the index of the one displayed first.
     """
+    # layer names come from the study: plotly renders its own subset of HTML in labels and
+    # hover text, so markup stored there is shown as text, not interpreted
+    layers = [plain(str(layer)) for layer in layers]
+    candidates = [{**c, "skip": [[plain(str(name)) for name in s] for s in c["skip"]]}
+                  for c in candidates]
+
     def frame(c):
         y = [f"step {k + 1}: t = {t}" for k, t in enumerate(c["timesteps"])]
         z = [[int(layer in skipped) for layer in layers] for skipped in c["skip"]]
@@ -70,3 +78,9 @@ def mask_figure(candidates: list[dict], layers: list[str], shown: int) -> go.Fig
     fig.update_xaxes(tickangle=-35)
     fig.update_yaxes(autorange="reversed")
     return fig
+
+
+def plain(text: str) -> str:
+    """``text`` as plotly shows it literally: its pseudo-HTML's special characters as the
+    entities it decodes (``&amp;``, ``&lt;``, ``&gt;``; it knows no ``&quot;``)."""
+    return html.escape(text, quote=False)

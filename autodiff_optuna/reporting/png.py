@@ -35,9 +35,9 @@ def write_pngs(figures: dict[str, go.Figure], directory: Path) -> str:
     if find_browser() is None:
         return ("PNG copies of the plots were skipped: kaleido found no Chrome or Chromium "
                 "(on Debian: apt-get install chromium).")
-    directory.mkdir(parents=True, exist_ok=True)
     slugs = list(figures)
     try:  # one browser for all of them: starting it costs more than a plot
+        directory.mkdir(parents=True, exist_ok=True)
         pio.write_images([figures[s] for s in slugs], [directory / f"{s}.png" for s in slugs],
                          width=WIDTH, height=[_height(figures[s]) for s in slugs])
     # a browser that fails to start or crashes mid-way: the page is still worth writing

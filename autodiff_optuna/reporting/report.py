@@ -9,10 +9,23 @@ trials as artifacts, for optuna-dashboard.
 
 import html
 import sys
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
 from autodiff_optuna.errors import UsageError
+from autodiff_optuna.export import (
+    GRID_COPIES,
+    MAX_GRID,
+    SearchedSchedule,
+    load_schedule,
+    sample,
+    save_grid,
+)
+from autodiff_optuna.metrics import check_same_scorer, load_scorer
+from autodiff_optuna.metrics.flops import layer_costs
+from autodiff_optuna.models import load_model
+from autodiff_optuna.models.registry import check_same_model
 from autodiff_optuna.reporting import (
     artifacts,
     candidates,
@@ -23,8 +36,17 @@ from autodiff_optuna.reporting import (
     png,
     studies,
 )
+from autodiff_optuna.sampling import validate
+from autodiff_optuna.sampling.noise import check_count, check_fits, check_seed
+from autodiff_optuna.sampling.skipping import check_skip
+from autodiff_optuna.search.context import alphas_cumprod
 from autodiff_optuna.search.fidelity import n_evaluated
-from autodiff_optuna.search.study import complete_trials, pareto_front, pareto_point, uniform_trial
+from autodiff_optuna.search.results import (
+    complete_trials,
+    pareto_front,
+    pareto_point,
+    uniform_trial,
+)
 from autodiff_optuna.storage import artifacts_dir
 
 
@@ -63,12 +85,8 @@ def log(message: str) -> None:
 
 def build(name: str, storage, options: Options) -> Path:
     """Write the report of study ``name``; returns the page's path."""
-    from autodiff_optuna.export import load_schedule
-    from autodiff_optuna.metrics.flops import layer_costs
-    from autodiff_optuna.models import load_model
-    from autodiff_optuna.models.registry import check_same_model, check_same_scorer
-
     _check_options(options)
+    out = _out_dir(name, options)
     reported = studies.load(name, storage)
     config = reported.config
     # the network the study searched with, or one line naming the flag that loads it
@@ -88,17 +106,21 @@ def build(name: str, storage, options: Options) -> Path:
     scorer, samples = _heldout_scorer(config, options)  # refuse a bad count before any work
     if scorer is not None:
         check_same_scorer(scorer, config.get("fid_features"), f"study {name!r}")
-    out = Path(options.out or Path("reports") / name)
-    out.mkdir(parents=True, exist_ok=True)
+    check_fits(model, options.grid, "--grid", GRID_COPIES)
+    check_fits(model, samples, "--heldout-samples")
+    chosen, shown_trial = _chosen(reported, schedule, options.schedule)
+    _check_stored_schedules(reported, chosen, model)
+    # every refusal is above: from here on files are written and the study's cache grows
+    artifacts.writable_folder(out, "--out")
+    store = artifacts.store(artifacts_dir(storage.url, options.artifacts))
     log(f"report {name!r}: {', '.join(s.study_name for s in reported.shown)} -> {out}")
 
     full_gflops = layer_costs(model).gflops([()] * config["steps"])
-    chosen, shown_trial = _chosen(reported, schedule, options.schedule)
     rows = _rows(reported, options.top, full_gflops, shown_trial, schedule)
     if scorer is not None:
         heldout.fill(rows, reported.stage1, model, scorer, config["solver"], samples,
                      options.seed, log)
-    grid_blocks = _grids(chosen, out, storage, options)
+    grid_blocks = _grids(chosen, out, storage, store, options)
     figures, blocks = _figures(reported, chosen, model, shown_trial)
     png_notice = ""
     if options.png:
@@ -120,6 +142,46 @@ def _check_options(options: Options) -> None:
                              ("--heldout-samples", options.heldout_samples or 0, 0)):
         if value < low:
             raise UsageError(f"{flag} must be at least {low}, got {value}")
+    check_count(options.grid, "--grid", MAX_GRID)
+    check_count(options.heldout_samples or 0, "--heldout-samples")
+    check_seed(options.seed)
+
+
+def _out_dir(name: str, options: Options) -> Path:
+    """``--out``, else ``reports/<name>``: refused for a name that is not one plain folder name,
+    so that no study name (``..``, ``../../x``, ``/etc``) puts the page outside ``reports/``."""
+    if options.out:
+        return Path(options.out)
+    if not is_folder_name(name):
+        raise UsageError(f"study name {name!r} cannot be a folder under reports/ (it is '.' or "
+                         "'..', or holds a path separator or control character): pass --out DIR")
+    return Path("reports") / name
+
+
+def is_folder_name(name: str) -> bool:
+    """One path component that stays where it is put (no separator of any system)."""
+    return name not in ("", ".", "..") and name.isprintable() and not any(
+        separator in name for separator in "/\\")
+
+
+def _check_stored_schedules(reported, chosen: list, model) -> None:
+    """The schedules the page samples (its grids) and plots (stage 2's front, in the masks), as
+    the study stores them: refused in one line, before anything is written, when they are not
+    schedules of this model (a database edited by hand or by another program)."""
+    stored = [(f"{c.label} (study {c.study.study_name!r}, trial {c.trial.number})",
+               c.timesteps, c.skip) for c in chosen if c.trial is not None]
+    if reported.stage2 is not None and reported.stage2 in reported.shown:
+        stored += [(f"study {reported.stage2.study_name!r}, trial {t.number}",
+                    t.user_attrs.get("timesteps"), t.user_attrs.get("skip"))
+                   for t in pareto_front(reported.stage2)]
+    for where, timesteps, skip in stored:
+        try:
+            if not isinstance(timesteps, list):
+                raise UsageError(f"time steps must be a list, got {timesteps!r}")
+            validate(timesteps, model.num_train_timesteps)
+            check_skip(skip, len(timesteps), model.skippable_layers())
+        except UsageError as err:
+            raise UsageError(f"{where}: the stored schedule is malformed: {err}") from None
 
 
 def _chosen(reported, schedule, schedule_path) -> tuple[list[Chosen], object]:
@@ -130,12 +192,12 @@ def _chosen(reported, schedule, schedule_path) -> tuple[list[Chosen], object]:
     uniform = uniform_trial(reported.stage1)
     if uniform is not None:
         out.append(Chosen("uniform", "uniform", f"uniform: FID {uniform.value:.3f} (trial "
-                          f"{uniform.number})", model, solver, uniform.user_attrs["timesteps"],
+                          f"{uniform.number})", model, solver, uniform.user_attrs.get("timesteps"),
                           full, reported.stage1, uniform))
     if reported.stage1 in reported.shown:
         best = min(complete_trials(reported.stage1), key=lambda t: t.value)
         out.append(Chosen("best", "stage 1 best", f"stage 1 best: FID {best.value:.3f} (trial "
-                          f"{best.number})", model, solver, best.user_attrs["timesteps"], full,
+                          f"{best.number})", model, solver, best.user_attrs.get("timesteps"), full,
                           reported.stage1, best))
     shown_trial = None
     if reported.stage2 is not None and reported.stage2 in reported.shown:
@@ -145,8 +207,8 @@ def _chosen(reported, schedule, schedule_path) -> tuple[list[Chosen], object]:
             fid, gflops = shown_trial.values
             out.append(Chosen("stage2", "stage 2 trade-off", f"stage 2 trade-off: FID {fid:.3f} "
                               f"at {gflops:.4f} GFLOPs (trial {shown_trial.number})", model,
-                              solver, shown_trial.user_attrs["timesteps"],
-                              shown_trial.user_attrs["skip"], reported.stage2, shown_trial))
+                              solver, shown_trial.user_attrs.get("timesteps"),
+                              shown_trial.user_attrs.get("skip"), reported.stage2, shown_trial))
     if schedule is not None:
         fid = "" if schedule.fid is None else f": FID {schedule.fid:.3f} in its study"
         out.append(Chosen("file", "schedule file", f"{Path(schedule_path).name}{fid}",
@@ -174,7 +236,6 @@ def _heldout_scorer(config: dict, options: Options):
     """The FID scorer and sample count of the held-out FIDs; (None, 0) with --heldout-samples 0."""
     if options.heldout_samples == 0:
         return None, 0
-    from autodiff_optuna.models import load_scorer
 
     samples = options.heldout_samples or config["samples"]
     scorer = load_scorer(config["model"], options.device, options.model)
@@ -189,12 +250,9 @@ def _heldout_note(samples: int, options: Options) -> str:
             f" (as `evaluate --samples {samples} --seed {options.seed}` computes it).")
 
 
-def _grids(chosen: list[Chosen], out: Path, storage, options: Options) -> str:
+def _grids(chosen: list[Chosen], out: Path, storage, store, options: Options) -> str:
     """One grid per chosen schedule, all from the same held-out noise, each attached to its
     trial as an artifact (once: a rerun finds it there)."""
-    from autodiff_optuna.export import SearchedSchedule, sample, save_grid
-
-    store = artifacts.store(artifacts_dir(storage.url, options.artifacts))
     name = f"samples-n{options.grid}-seed{options.seed}.png"
     images = []
     for c in chosen:
@@ -212,8 +270,6 @@ def _grids(chosen: list[Chosen], out: Path, storage, options: Options) -> str:
 
 def _figures(reported, chosen, model, shown_trial) -> tuple[dict, dict]:
     """Every figure by slug (for the PNGs), and the page blocks they make up."""
-    from autodiff_optuna.search.study import alphas_cumprod
-
     log("plots")
     figures = {"schedules": plots.schedule_figure(
         {c.label: c.timesteps for c in chosen}, alphas_cumprod(model))}
@@ -251,8 +307,8 @@ def _counts(study) -> str:
 def _mask_panel(stage2, shown_trial) -> optuna_plots.Panel:
     front = pareto_front(stage2)
     shown = [t.number for t in front].index(shown_trial.number)
-    figure = plots.mask_figure([pareto_point(t) for t in front], stage2.user_attrs["layers"],
-                               shown)
+    figure = plots.mask_figure([pareto_point(t) for t in front],
+                               stage2.user_attrs.get("layers", []), shown)
     return optuna_plots.Panel("stage2-masks", "Skipped layers per step", figure)
 
 
@@ -261,7 +317,8 @@ def _meta(reported, config: dict) -> list[str]:
                          f"{config['samples']} samples per candidate, seed {config['seed']}")]
     if reported.stage1 not in reported.shown:
         stage1 = reported.stage1.study_name
-        lines.append(f'Stage 2 of <a href="../{html.escape(stage1)}/index.html">'
+        link = html.escape(urllib.parse.quote(stage1, safe=""))  # a name, not a path
+        lines.append(f'Stage 2 of <a href="../{link}/index.html">'
                      f"{html.escape(stage1)}</a> (its report covers both stages).")
     elif reported.stage2 is not None:
         lines.append(f"With its stage 2, {html.escape(reported.stage2.study_name)}, below.")

@@ -6,13 +6,14 @@ alone; its stage-1 study (``stage1_study``) is still loaded, because the uniform
 comparison is made against is a trial there.
 """
 
+import json
 from dataclasses import dataclass
 
 import optuna
 from optuna.trial import FrozenTrial
 
 from autodiff_optuna.errors import UsageError
-from autodiff_optuna.search.study import CONFIG_ATTR, complete_trials
+from autodiff_optuna.search.results import CONFIG_ATTR, complete_trials
 from autodiff_optuna.storage import load_existing_study
 
 
@@ -43,7 +44,9 @@ def load(name: str, storage) -> ReportedStudies:
         raise UsageError(f"study {name!r} has no complete trial yet: nothing to report")
     if study.user_attrs.get("stage", 1) == 2:
         stage1 = load_existing_study(study.user_attrs.get("stage1_study", ""), storage)
+        _check_config(stage1)
         return ReportedStudies(name, stage1, study)
+    _check_config(study)
     linked = study.user_attrs.get("stage2_study")
     stage2 = None
     if linked and linked in optuna.get_all_study_names(storage):
@@ -51,12 +54,30 @@ def load(name: str, storage) -> ReportedStudies:
     return ReportedStudies(name, study, stage2)
 
 
+# what the page computes with, from the stage-1 study's stored configuration
+CONFIG_TYPES = {"model": str, "steps": int, "solver": str, "samples": int, "seed": int}
+
+
+def _check_config(stage1: optuna.Study) -> None:
+    """One line, rather than a traceback mid-report, for a configuration another program (or a
+    hand) wrote with missing fields or values of the wrong type."""
+    config = stage1.user_attrs.get(CONFIG_ATTR)
+    if not isinstance(config, dict):
+        config = {}
+    bad = [key for key, kind in CONFIG_TYPES.items()
+           if not isinstance(config.get(key), kind) or isinstance(config.get(key), bool)]
+    if bad:
+        raise UsageError(f"study {stage1.study_name!r}: its stored configuration is malformed "
+                         f"({', '.join(bad)} missing or of the wrong type)")
+
+
 def best_trials(stage1: optuna.Study, top: int) -> list[FrozenTrial]:
     """The ``top`` lowest-FID complete trials, one per distinct schedule (a trial the pruner
     stopped early has no FID on all the images, so it is not ranked)."""
     seen, ranked = set(), []
     for trial in sorted(complete_trials(stage1), key=lambda t: t.value):
-        key = tuple(trial.user_attrs.get("timesteps", ()))
+        # as JSON: a user attribute is whatever JSON was stored, not always a list of integers
+        key = json.dumps(trial.user_attrs.get("timesteps"))
         if key not in seen:
             seen.add(key)
             ranked.append(trial)

@@ -4,13 +4,60 @@ The search and held-out evaluation draw from disjoint seed streams (even and odd
 so ``evaluate`` checks a schedule on noise that no study, whatever its seed, ever searched on.
 """
 
+import math
+import os
 from dataclasses import dataclass
 
 import torch
 
+from autodiff_optuna.errors import UsageError
 from autodiff_optuna.models.base import DiffusionModel
 
 SEARCH, HELDOUT = "search", "heldout"
+# the most images one command samples (--samples, --heldout-samples): twenty times FID's
+# customary 50,000; a larger count is a typo, refused before anything is loaded or stored
+MAX_IMAGES = 1_000_000
+BYTES_PER_VALUE = 4  # float32
+# a batch's noise, the samples collected from it and their uint8 copy live at once: about three
+# float32 copies of the images
+SAMPLING_COPIES = 3
+
+
+# the largest seed of a noise stream: its generator seed, 2 * seed + 1, must fit torch's int64
+MAX_SEED = 2**62 - 1
+
+
+def check_seed(seed: int, flag: str = "--seed") -> None:
+    if not 0 <= seed <= MAX_SEED:
+        raise UsageError(f"{flag} must be in [0, {MAX_SEED}], got {seed}")
+
+
+def check_count(n: int, flag: str, limit: int = MAX_IMAGES) -> None:
+    """Refuse, in one line, an image count beyond ``limit`` (before any model is loaded)."""
+    if n > limit:
+        raise UsageError(f"{flag} must be at most {limit:,} images, got {n:,}")
+
+
+def check_fits(model: DiffusionModel, n: int, flag: str, copies: int = SAMPLING_COPIES) -> None:
+    """Refuse, in one line, more images of ``model`` than this machine's memory holds at once
+    (the noise is drawn whole and the samples are collected whole: ``copies`` float32 copies of
+    the images)."""
+    check_count(n, flag)
+    per_image = math.prod(model.sample_shape) * BYTES_PER_VALUE * copies
+    have = physical_memory()
+    if have is not None and n * per_image > have:
+        raise UsageError(f"{flag} {n:,}: {n:,} images of {getattr(model, 'name', 'the model')}"
+                         f" ({'x'.join(map(str, model.sample_shape))}) need about "
+                         f"{n * per_image / 2**30:.0f} GiB of memory, this machine has "
+                         f"{have / 2**30:.0f} GiB: at most {have // per_image:,} here")
+
+
+def physical_memory() -> int | None:
+    """Bytes of RAM (None where the system does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
 
 
 @dataclass(frozen=True)
@@ -26,6 +73,8 @@ class NoiseBatch:
 def draw(model: DiffusionModel, n: int, seed: int, purpose: str = SEARCH) -> NoiseBatch:
     if purpose not in (SEARCH, HELDOUT):
         raise ValueError(f"unknown noise purpose {purpose!r}")
+    check_fits(model, n, "the image count")  # callers check with their flag's name first
+    check_seed(seed, "the noise seed")
     generator = torch.Generator().manual_seed(2 * seed + (purpose == HELDOUT))
     noise = torch.randn((n, *model.sample_shape), generator=generator)
     labels = None

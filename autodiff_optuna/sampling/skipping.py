@@ -4,32 +4,11 @@ layer's own computation never runs. The UNet's skip-connection stack is untouche
 push and pop their hidden states, only the layers inside them are bypassed.
 """
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from contextlib import contextmanager
-from dataclasses import dataclass
-
-from torch import nn
 
 from autodiff_optuna.errors import UsageError
-
-
-@dataclass(frozen=True)
-class SkippableLayer:
-    name: str  # stable: the module's path in the network
-    module: nn.Module
-    bypass: Callable  # called with the module's own arguments in place of its forward
-
-
-def find_skippable_layers(network: nn.Module, prefixes: tuple[str, ...],
-                          bypass_for: Callable) -> dict[str, SkippableLayer]:
-    """Every module under ``prefixes`` that ``bypass_for`` gives a bypass, by name, in
-    ``named_modules`` order (stable names in a stable order)."""
-    layers = {}
-    for name, module in network.named_modules():
-        bypass = bypass_for(module) if name.startswith(prefixes) else None
-        if bypass is not None:
-            layers[name] = SkippableLayer(name, module, bypass)
-    return layers
+from autodiff_optuna.models.layers import SkippableLayer
 
 
 @contextmanager
@@ -50,12 +29,17 @@ def skipping(layers: dict[str, SkippableLayer], names: Iterable[str]):
 def check_skip(skip, steps: int, known: Iterable[str]) -> list[tuple[str, ...]]:
     """A per-step list of layer names, checked against the model: one line per mistake."""
     known = list(known)
-    if not isinstance(skip, (list, tuple)) or not all(isinstance(s, (list, tuple)) for s in skip):
-        raise UsageError("'skip' must be a list with one list of layer names per step")
+    if not isinstance(skip, (list, tuple)) or not all(
+            isinstance(s, (list, tuple)) and all(isinstance(name, str) for name in s)
+            for s in skip):
+        raise UsageError("'skip' must be a list with one list of layer names per step (each "
+                         "name a string)")
     if len(skip) != steps:
         raise UsageError(f"'skip' has {len(skip)} masks for {steps} time steps")
     unknown = sorted({name for s in skip for name in s if name not in known})
     if unknown:
-        raise UsageError(f"the model has no layer named {', '.join(map(repr, unknown))}; "
+        shown = ", ".join(map(repr, unknown[:5])) + (
+            f" (and {len(unknown) - 5} more)" if len(unknown) > 5 else "")
+        raise UsageError(f"the model has no layer named {shown}; "
                          f"its skippable layers: {', '.join(known)}")
     return [tuple(name for name in known if name in s) for s in skip]

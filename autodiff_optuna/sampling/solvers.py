@@ -51,7 +51,8 @@ def sample(model: DiffusionModel, timesteps: Schedule, batch: NoiseBatch, solver
     outputs = []
     for start in range(0, n, batch_size):
         x = batch.noise[start:start + batch_size].to(model.device)
-        labels = None if batch.labels is None else batch.labels[start:start + batch_size].to(model.device)
+        labels = (None if batch.labels is None
+                  else batch.labels[start:start + batch_size].to(model.device))
         # a multistep solver keeps history: one fresh scheduler per batch
         scheduler = make_scheduler(model, solver, timesteps)
         for t, skipped in zip(scheduler.timesteps, skip):

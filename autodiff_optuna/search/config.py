@@ -9,11 +9,12 @@ import optuna
 import yaml
 
 from autodiff_optuna.errors import UsageError
+from autodiff_optuna.models.files import read_text
+from autodiff_optuna.sampling.noise import check_count, check_fits
 from autodiff_optuna.sampling.solvers import SOLVER_ORDERS
+from autodiff_optuna.version import __version__
 
 PRESETS_DIR = Path(__file__).resolve().parents[2] / "studies"
-PRESET_KEYS = {"model", "steps", "trials", "stage2_trials", "population", "samples", "solver",
-               "seed", "min_samples", "sampler"}
 # Optuna's own samplers for stage 1, on the same encoding, configured like ours where they
 # have the same knob (BENCHMARKS.md compares them); stage 2 is always ours
 OPTUNA_SAMPLERS = {
@@ -24,6 +25,10 @@ OPTUNA_SAMPLERS = {
     "random": lambda config: optuna.samplers.RandomSampler(seed=config.seed),
 }
 STAGE1_SAMPLERS = ("evolutionary", *OPTUNA_SAMPLERS)  # the default first
+# stage 2's sampler is seeded apart from stage 1's; every seed must suit numpy's legacy
+# RandomState (Optuna's RandomSampler), which takes 0 .. 2**32 - 1
+STAGE2_SEED_OFFSET = 1000
+MAX_SEED = 2**32 - 1 - STAGE2_SEED_OFFSET
 
 
 @dataclass(frozen=True)
@@ -41,19 +46,41 @@ class SearchConfig:
     def default_name(self) -> str:
         return f"{self.model}-k{self.steps}"
 
-    def check(self, num_train_timesteps: int) -> None:
-        if not 1 <= self.steps <= num_train_timesteps - 1:
-            raise UsageError(f"--steps must be in [1, {num_train_timesteps - 1}] for "
-                             f"{self.model}, got {self.steps}")
+    def check(self) -> None:
+        """Each setting's own range, before anything is loaded."""
+        if self.steps < 1:
+            raise UsageError(f"--steps must be at least 1, got {self.steps}")
         if self.solver not in SOLVER_ORDERS:
             raise UsageError(f"unknown solver {self.solver!r}; known: {', '.join(SOLVER_ORDERS)}")
         if self.samples < 2:
             raise UsageError(f"--samples must be at least 2, got {self.samples}")
+        check_count(self.samples, "--samples")
+        if self.min_samples is not None and not 0 < self.min_samples < self.samples:
+            raise UsageError(f"--min-samples must be between 1 and --samples ({self.samples}), "
+                             f"got {self.min_samples}")
         if self.population < 2:
             raise UsageError(f"--population must be at least 2, got {self.population}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise UsageError(f"--seed must be in [0, {MAX_SEED}], got {self.seed}")
         if self.sampler not in STAGE1_SAMPLERS:
             raise UsageError(f"unknown sampler {self.sampler!r}; known: "
                              f"{', '.join(STAGE1_SAMPLERS)}")
+
+    def check_for(self, model, scorer) -> None:
+        """The settings against the model and FID they run with, before any study is made: the
+        steps its schedule has, image counts the FID features can take (multi-fidelity's first
+        rung too) and this machine's memory can hold."""
+        top = model.num_train_timesteps - 1
+        if not self.steps <= top:
+            raise UsageError(f"--steps must be in [1, {top}] for {self.model}, got {self.steps}")
+        scorer.check_sample_count(self.samples)
+        if self.min_samples is not None:
+            scorer.check_sample_count(self.min_samples, "--min-samples")
+        check_fits(model, self.samples, "--samples")
+
+    def stage_seed(self, stage: int) -> int:
+        """The seed of stage ``stage``'s sampler."""
+        return self.seed + STAGE2_SEED_OFFSET * (stage - 1)
 
     def as_attrs(self) -> dict:
         return dataclasses.asdict(self)
@@ -65,27 +92,77 @@ class SearchConfig:
                 if f.default is not dataclasses.MISSING}
 
 
+PRESET_TYPES = {"model": str, "steps": int, "trials": int, "stage2_trials": int,
+                "population": int, "samples": int, "solver": str, "seed": int,
+                "min_samples": int, "sampler": str}
+
+
 def load_preset(model: str, steps: int, directory: Path = PRESETS_DIR) -> dict:
     """Defaults from ``studies/<model>-k<steps>.yaml`` when the file exists."""
     path = directory / f"{model}-k{steps}.yaml"
     if not path.is_file():
         return {}
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        values = yaml.safe_load(read_text(path)) or {}
     except yaml.YAMLError as err:
-        raise UsageError(f"study preset {path} is not valid YAML: {err}") from err
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or type(err).__name__
+        raise UsageError(f"study preset {path} is not valid YAML ({problem}{where})") from None
     if not isinstance(values, dict):
         raise UsageError(f"study preset {path} must be a mapping")
-    unknown = set(values) - PRESET_KEYS
+    unknown = set(values) - set(PRESET_TYPES)
     if unknown:
         raise UsageError(f"study preset {path}: unknown keys {sorted(unknown)}; "
-                         f"allowed: {sorted(PRESET_KEYS)}")
+                         f"allowed: {sorted(PRESET_TYPES)}")
+    for key, value in values.items():
+        wanted = PRESET_TYPES[key]
+        if not isinstance(value, wanted) or isinstance(value, bool):
+            raise UsageError(f"study preset {path}: {key} must be {wanted.__name__}, "
+                             f"got {value!r}")
     return values
 
 
-def code_version() -> str:
-    from autodiff_optuna import __version__
+@dataclass(frozen=True)
+class Targets:
+    """How far a ``study`` command runs: not part of a study's configuration (a rerun may raise
+    them and resume)."""
 
+    trials: int  # stage-1 candidates evaluated (complete, or stopped early by the pruner)
+    stage2_trials: int  # complete stage-2 trials
+
+    def check(self) -> None:
+        for flag, value in (("--trials", self.trials), ("--stage2-trials", self.stage2_trials)):
+            if value < 1:
+                raise UsageError(f"{flag} must be at least 1, got {value}")
+
+
+DEFAULT_TRIALS = 100
+
+
+def configure(model: str, steps: int, trials: int | None = None,
+              stage2_trials: int | None = None, **flags) -> tuple[SearchConfig, Targets]:
+    """The search a ``study`` command asks for: its flags (None: not given) over the preset
+    ``studies/<model>-k<steps>.yaml`` over the defaults. ``flags`` are SearchConfig fields."""
+    preset = load_preset(model, steps) if steps >= 1 else {}
+    values = {key: flags[key] if flags.get(key) is not None else preset.get(key)
+              for key in SearchConfig.defaults()}
+    samples = values["samples"] or SearchConfig.samples
+    first_rung_too_big = (flags.get("min_samples") is None
+                          and (values["min_samples"] or 0) >= samples)
+    if values["min_samples"] == 0 or first_rung_too_big:
+        # --min-samples 0 turns a preset's pruning off; so does a --samples below its first rung
+        values["min_samples"] = None
+    config = SearchConfig(model, steps, **{k: v for k, v in values.items() if v is not None})
+    config.check()
+    trials = trials if trials is not None else preset.get("trials", DEFAULT_TRIALS)
+    targets = Targets(trials, stage2_trials if stage2_trials is not None
+                      else preset.get("stage2_trials", trials))
+    targets.check()
+    return config, targets
+
+
+def code_version() -> str:
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                                 text=True, cwd=Path(__file__).parent, timeout=5).stdout.strip()

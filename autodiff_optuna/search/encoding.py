@@ -5,7 +5,8 @@ set of layers skipped there (stage 2; empty in stage 1). In a trial it is the in
 ``t0 .. t{K-1}`` (``t0`` the noisiest) and, in stage 2, one 0/1 parameter ``m{i}:{layer}`` per step
 and layer. The evolutionary sampler writes canonical candidates; generic Optuna samplers may not,
 so ``decode`` repairs deterministically (sort, then move a repeated step to the nearest free one),
-and every sampler is scored on the same encoding.
+and every sampler is scored on the same encoding. ``CandidateSpace.suggest`` writes a candidate
+into a trial and returns it decoded, for objectives of one's own.
 
 A step and its mask travel together: when mutation or crossover moves a step, its mask moves
 with it, and the candidate is re-sorted by step.
@@ -15,6 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import optuna
 from optuna.distributions import IntDistribution
 
 Gene = tuple[int, frozenset]  # (time step, names of the layers skipped at that step)
@@ -59,8 +61,52 @@ class CandidateSpace:
     def encode(self, candidate: Candidate) -> dict[str, int]:
         params = dict(zip(self.step_names, (int(t) for t in candidate.timesteps)))
         for i, skipped in enumerate(candidate.skip):
-            params.update({self.mask_name(i, layer): int(layer in skipped) for layer in self.layers})
+            params.update({self.mask_name(i, layer): int(layer in skipped)
+                           for layer in self.layers})
         return params
+
+    def suggest(self, trial: optuna.Trial) -> Candidate:
+        """Suggest the encoding's parameters in ``trial`` (``t0 .. t{K-1}``, then the mask bits)
+        and return the candidate they decode to. Under the ``EvolutionarySampler`` they are its
+        proposal; another sampler's parameters are repaired as ``decode`` repairs them."""
+        return self.decode({name: trial.suggest_int(name, d.low, d.high)
+                            for name, d in self.distributions().items()})
+
+    def encode_with(self, candidate: Candidate, fixed: dict[str, int],
+                    rng: np.random.Generator) -> dict[str, int]:
+        """``candidate``'s parameters around ``fixed`` ones that someone else set (an enqueued
+        trial, ``PartialFixedSampler``): fixed values stay as they are, and each run of free
+        steps between two fixed ones keeps the steps that fit between them, the others redrawn
+        in that gap (masks move with their steps), so the steps still descend. Fixed steps that
+        leave a run no room are left to ``decode`` to repair."""
+        genes = candidate.genes
+        pinned = [i for i, name in enumerate(self.step_names) if name in fixed]
+        for i in pinned:
+            genes[i] = (int(fixed[self.step_names[i]]), genes[i][1])
+        start = 0
+        for end in [*pinned, self.steps]:
+            if start < end:
+                upper = genes[start - 1][0] if start > 0 else self.num_train_timesteps
+                lower = genes[end][0] if end < self.steps else -1
+                genes[start:end] = self._fit(genes[start:end], lower, upper, rng)
+            start = end + 1
+        steps = tuple(t for t, _ in genes)
+        skip = tuple(tuple(layer for layer in self.layers if layer in m) for _, m in genes)
+        return {**self.encode(Candidate(steps, skip)), **fixed}
+
+    @staticmethod
+    def _fit(genes: list[Gene], lower: int, upper: int, rng: np.random.Generator) -> list[Gene]:
+        """``genes`` strictly between ``lower`` and ``upper``, descending: those outside move to
+        random free steps inside."""
+        if upper - lower - 1 < len(genes):
+            return genes
+        inside = [g for g in genes if lower < g[0] < upper]
+        outside = [m for t, m in genes if not lower < t < upper]
+        if outside:
+            free = np.setdiff1d(np.arange(lower + 1, upper), [t for t, _ in inside])
+            drawn = rng.choice(free, size=len(outside), replace=False)
+            inside += [(int(t), m) for t, m in zip(drawn, outside)]
+        return sorted(inside, key=lambda g: -g[0])
 
     def decode(self, params: dict[str, int]) -> Candidate:
         genes = [(params[f"t{i}"], frozenset(layer for layer in self.layers
@@ -83,7 +129,8 @@ class CandidateSpace:
         for t, mask in sorted(((min(max(int(t), 0), top), m) for t, m in genes),
                               key=lambda g: -g[0]):
             if t in taken:
-                t = self.random_free(rng, taken) if rng is not None else self._nearest_free(t, taken)
+                t = (self.random_free(rng, taken) if rng is not None
+                     else self._nearest_free(t, taken))
             taken[t] = mask
         while len(taken) < self.steps:  # too few genes: fill with full-network steps
             taken[self.random_free(rng, taken) if rng is not None

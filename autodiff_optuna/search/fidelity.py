@@ -21,7 +21,6 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from autodiff_optuna.errors import UsageError
 from autodiff_optuna.metrics.fid import FIDError, FIDScorer, fid_from_features, to_uint8
 from autodiff_optuna.sampling import NoiseBatch, sample
 from autodiff_optuna.search.encoding import Candidate
@@ -55,15 +54,6 @@ def rungs(samples: int, min_samples: int | None) -> list[int]:
         counts.append(n)
         n *= REDUCTION_FACTOR
     return counts
-
-
-def check(samples: int, min_samples: int | None, scorer: FIDScorer) -> None:
-    if min_samples is None:
-        return
-    if not 0 < min_samples < samples:
-        raise UsageError(f"--min-samples must be between 1 and --samples ({samples}), "
-                         f"got {min_samples}")
-    scorer.check_sample_count(min_samples, "--min-samples")  # the first rung needs an FID too
 
 
 def make_pruner(min_samples: int | None) -> optuna.pruners.BasePruner:

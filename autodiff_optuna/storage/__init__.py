@@ -2,9 +2,17 @@
 
 Every way a database can be wrong (a missing directory, a file that is not SQLite, a server that
 does not answer, a schema from another Optuna) becomes one ``UsageError`` line, and nothing is
-written to a database that could not be opened cleanly.
+written to a database that could not be opened cleanly. A command that only reads opens the
+database read-only and creates nothing.
+
+Workers that start together on one database take a lock while Optuna creates its tables and while
+a study is created (``creation_lock``): a PostgreSQL advisory lock, or for SQLite an exclusive
+``flock`` on a ``<database>.lock`` file beside it. Both are released by the operating system when
+a process dies, so a worker killed half-way through creating a study never blocks the next one.
 """
 
+import fcntl
+import os
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,22 +25,32 @@ from autodiff_optuna.errors import UsageError
 DEFAULT_STORAGE = "sqlite:///studies/autodiff.db"
 SQLITE_MAGIC = b"SQLite format 3\x00"
 SCHEMA_LOCK_KEY = 0x0AD1FF  # any fixed number; only this program's workers take it
+LOCK_SUFFIX = ".lock"
 
 
 def open_storage(url: str | None = None, heartbeat: int | None = None,
                  on_stale_trial=None, writable: bool = False) -> RDBStorage:
-    """Open (creating the tables if needed) an Optuna RDB storage.
+    """Open an Optuna RDB storage.
+
+    ``writable``: for a command that writes (a search, a report's artifacts). Optuna's tables are
+    created if needed, and the database is checked up front to accept writes, so a search never
+    starts on a read-only one. Without it the database must exist already, and an SQLite file is
+    opened read-only: reading a study never creates or changes a file.
 
     With ``heartbeat`` (seconds), a running trial beats that often; one whose process died
     (SIGKILL, a lost machine) is failed after three missed beats by whichever process runs the
-    next trial, and handed to ``on_stale_trial`` (which retries it). ``writable`` checks up front that
-    the database accepts writes, so a search never starts on a read-only one.
+    next trial, and handed to ``on_stale_trial`` (which retries it).
     """
     url = url or DEFAULT_STORAGE
     shown = redact(url)
     engine_kwargs = {}
     if url.startswith("sqlite"):
-        _check_sqlite_file(url, default=(url == DEFAULT_STORAGE))
+        path = _sqlite_path(url)
+        if writable and url == DEFAULT_STORAGE:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        _check_sqlite_file(url, path, must_exist=not writable)
+        if not writable:
+            url = _read_only_sqlite_url(url, path)
         # several processes on one SQLite file wait for the lock instead of failing at once
         engine_kwargs = {"connect_args": {"timeout": 60}}
     else:
@@ -51,7 +69,7 @@ def open_storage(url: str | None = None, heartbeat: int | None = None,
     try:
         with warnings.catch_warnings():  # heartbeats are experimental in Optuna
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            with _schema_lock(url, engine_kwargs):
+            with _lock(url, engine_kwargs) if writable else _no_lock():
                 storage = RDBStorage(url, engine_kwargs=engine_kwargs, **beats)
         if writable and url.startswith("sqlite"):
             with storage.engine.connect() as conn:  # rewrites a header field with its own value
@@ -60,19 +78,44 @@ def open_storage(url: str | None = None, heartbeat: int | None = None,
             _fast_sqlite_commits(storage)
         return storage
     except ModuleNotFoundError as err:
-        raise UsageError(f"storage {shown}: the database driver is not installed ({err.name})")
+        raise UsageError(f"storage {shown}: the database driver is not installed ({err.name})"
+                         ) from None
     except Exception as err:  # SQLAlchemy's and Optuna's errors for a bad or unreachable database
         raise UsageError(f"cannot open storage {shown}: {first_line(err)}") from err
 
 
 @contextmanager
-def _schema_lock(url: str, engine_kwargs: dict):
-    """Hold a PostgreSQL advisory lock while Optuna creates or checks its tables.
+def creation_lock(storage: RDBStorage):
+    """Hold the database's creation lock while a study is created or completed.
+
+    Yields True when a lock is held (SQLite, PostgreSQL): a study found without its stored
+    configuration was then left half-made by a process that died, not one still writing it.
+    Other databases yield False and are not locked.
+    """
+    if storage.url.startswith(("sqlite", "postgresql")):
+        with _lock(storage.url, {}):
+            yield True
+    else:
+        yield False
+
+
+@contextmanager
+def _no_lock():
+    yield
+
+
+@contextmanager
+def _lock(url: str, engine_kwargs: dict):
+    """The lock workers take while Optuna creates its tables and while a study is created.
 
     Workers started together on an empty database would otherwise all run ``CREATE TABLE`` at
-    once and all but one fail on PostgreSQL's catalog constraints. SQLite serialises this
-    through its file lock already.
+    once: on PostgreSQL all but one fail on its catalog constraints, on SQLite on "table already
+    exists" or alembic's version row.
     """
+    if url.startswith("sqlite"):
+        with _file_lock(_sqlite_path(url)):
+            yield
+        return
     if not url.startswith("postgresql"):
         yield
         return
@@ -89,6 +132,24 @@ def _schema_lock(url: str, engine_kwargs: dict):
                 conn.exec_driver_sql(f"SELECT pg_advisory_unlock({SCHEMA_LOCK_KEY})")
     finally:
         engine.dispose()
+
+
+@contextmanager
+def _file_lock(database: Path):
+    """An exclusive ``flock`` on ``<database>.lock``. A separate file, because closing any
+    descriptor of the database itself would drop the POSIX locks SQLite holds on it. Where the
+    lock file cannot be made (a read-only folder), nothing could be written there either, and
+    the write check that follows says so."""
+    try:
+        fd = os.open(f"{database}{LOCK_SUFFIX}", os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _fast_sqlite_commits(storage: RDBStorage) -> None:
@@ -117,27 +178,47 @@ def redact(url: str) -> str:
         return url
 
 
-def _check_sqlite_file(url: str, default: bool) -> None:
+def _sqlite_path(url: str) -> Path:
+    """The file an SQLite URL names; a URL that names none (in memory) is refused: a study there
+    would be lost when the command ends."""
     from sqlalchemy.engine import make_url
 
     try:
         database = make_url(url).database
     except Exception as err:
         raise UsageError(f"not a valid storage URL: {url} ({first_line(err)})") from err
-    if not database or database == ":memory:":
-        return
-    if database.startswith("file:"):  # an SQLite URI filename (file:PATH?mode=ro&uri=true)
+    if database and database.startswith("file:"):  # an SQLite URI filename (file:PATH?mode=ro)
         database = database[len("file:"):].split("?", 1)[0]
-    path = Path(database)
-    if default:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    if not database or database == ":memory:" or "mode=memory" in url:
+        raise UsageError(f"storage {url} is in memory and would be lost when the command ends; "
+                         "give a file, e.g. sqlite:///studies/autodiff.db")
+    return Path(database)
+
+
+def _check_sqlite_file(url: str, path: Path, must_exist: bool) -> None:
+    if path.is_dir():
+        raise UsageError(f"storage {url}: {path} is a directory, not an SQLite database file")
     if not path.parent.is_dir():
         raise UsageError(f"storage {url}: directory {path.parent} does not exist")
-    if path.exists():
+    if not path.exists():
+        if must_exist:
+            raise UsageError(f"storage {url}: no database at {path}; run a study first, or "
+                             "give the --storage it ran with")
+        return
+    try:
         with path.open("rb") as f:
             header = f.read(len(SQLITE_MAGIC))
-        if header and header != SQLITE_MAGIC:
-            raise UsageError(f"storage {url}: {path} is not an SQLite database")
+    except OSError as err:
+        raise UsageError(f"storage {url}: cannot read {path} ({err.strerror})") from None
+    if header and header != SQLITE_MAGIC:
+        raise UsageError(f"storage {url}: {path} is not an SQLite database")
+
+
+def _read_only_sqlite_url(url: str, path: Path) -> str:
+    """The same file opened read-only (SQLite's URI filename with ``mode=ro``)."""
+    if "mode=ro" in url:
+        return url
+    return f"sqlite:///file:{path}?mode=ro&uri=true"
 
 
 def first_line(err: BaseException) -> str:

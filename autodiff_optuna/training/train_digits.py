@@ -1,7 +1,7 @@
 """Reproduce the bundled ``digits`` models: the feature network, FID reference and DDPM.
 
-    python -m autodiff_optuna.models.train_digits [--part features|ddpm|all] [--steps N]
-    python -m autodiff_optuna.models.train_digits --model digits-deep --part ddpm
+    python -m autodiff_optuna.training.train_digits [--part features|ddpm|all] [--steps N]
+    python -m autodiff_optuna.training.train_digits --model digits-deep --part ddpm
 
 Everything is seeded; the data ships inside scikit-learn. On a GPU the DDPM trains in minutes, on
 a 2-core CPU in about an hour (run it in the background). ``make train-digits`` runs it all,
@@ -23,7 +23,6 @@ from safetensors.torch import save_file
 from autodiff_optuna.metrics.digits_features import DigitsFeatureNet
 from autodiff_optuna.models.digits_data import load_digits_uint8, uint8_to_model_range
 from autodiff_optuna.models.registry import WEIGHTS_DIR
-
 
 # The network is kept small on purpose: a study samples it thousands of times on a 2-core CPU.
 UNET_CONFIG = dict(
@@ -96,9 +95,13 @@ def train_ddpm(out_dir: Path, steps: int, seed: int = 0, batch: int = 256, lr: f
     to skip."""
     from diffusers import DDPMScheduler, UNet2DModel
 
-    from autodiff_optuna.models.diffusers_unet import (DiffusersUNetModel, bypass_for,
-                                                       low_cpu_mem_usage)
-    from autodiff_optuna.sampling.skipping import find_skippable_layers, skipping
+    from autodiff_optuna.models.diffusers_unet import (
+        DiffusersUNetModel,
+        bypass_for,
+        low_cpu_mem_usage,
+    )
+    from autodiff_optuna.models.layers import find_skippable_layers
+    from autodiff_optuna.sampling.skipping import skipping
 
     torch.manual_seed(seed)
     data = uint8_to_model_range(load_digits_uint8()[0])

@@ -1,0 +1,265 @@
+"""A searched schedule in a diffusers pipeline of one's own: ``apply(pipe, schedule)``.
+
+    with autodiff_optuna.apply(pipe, "schedule.json"):
+        images = pipe(batch_size=16).images      # the schedule's steps, solver and skips
+    # pipe is as it was
+
+Inside the block the pipeline samples as the search scored the schedule:
+
+- its scheduler is the schedule's solver, made from the pipeline scheduler's own config by the
+  very function the search samples with (``sampling.solvers.make_scheduler``: DPM-Solver++ of
+  order 1, which is DDIM with eta 0, or order 2), and pinned to the schedule's time steps
+  whatever number of steps the pipeline asks for;
+- the schedule's layer skips are active at their steps (the bypasses sampling uses, swapped in
+  around each UNet call by forward hooks);
+- a model searched with its x0 prediction clipped to [-1, 1] (google's DDPMs) is clipped alike.
+
+A plain call changes the pipeline in place and returns it wrapped (calls and attributes go to
+the pipeline; ``.restore()`` undoes the change); ``with`` restores it on leaving the block.
+"""
+
+import contextlib
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import torch
+
+from autodiff_optuna.errors import UsageError
+from autodiff_optuna.export import FORMAT, SearchedSchedule
+from autodiff_optuna.models.diffusers_unet import DiffusersUNetModel, bypass_for
+from autodiff_optuna.models.files import read_json
+from autodiff_optuna.models.layers import find_skippable_layers
+from autodiff_optuna.models.registry import PRESETS
+from autodiff_optuna.sampling import SOLVER_ORDERS, validate
+from autodiff_optuna.sampling.skipping import check_skip, skipping
+from autodiff_optuna.sampling.solvers import make_scheduler
+
+MARK = "_autodiff_optuna_schedule"  # on a scheduler apply made: the schedule it runs
+
+
+@dataclass(frozen=True)
+class PipelineParts:
+    """Where a pipeline type keeps what ``apply`` changes, and its UNet's skippable layers (by
+    the names a schedule's masks use)."""
+
+    layers: Callable[[torch.nn.Module], dict]
+    unet: str = "unet"
+    scheduler: str = "scheduler"
+
+
+def _unet2d_layers(unet: torch.nn.Module) -> dict:
+    """A ``UNet2DModel``'s ResBlocks and attention layers, as the diffusers adapter finds them."""
+    return find_skippable_layers(unet, DiffusersUNetModel.SKIPPABLE_PREFIXES, bypass_for)
+
+
+# Pipeline class name (or a base class's) -> its parts. StableDiffusionPipeline would add an
+# entry whose ``layers`` finds a UNet2DConditionModel's blocks (its UNet and scheduler sit
+# under the same attribute names).
+PIPELINES: dict[str, PipelineParts] = {
+    "DDPMPipeline": PipelineParts(layers=_unet2d_layers),
+    "DDIMPipeline": PipelineParts(layers=_unet2d_layers),
+}
+
+
+class Applied:
+    """A pipeline with a schedule applied. Calls and attributes go to the pipeline;
+    ``restore()``, or leaving a ``with`` block, puts its scheduler back and removes the hooks."""
+
+    def __init__(self, pipeline, parts: PipelineParts, original_scheduler, hooks: list):
+        self.pipeline = pipeline
+        self._parts = parts
+        self._original_scheduler = original_scheduler
+        self._hooks = hooks
+
+    def restore(self):
+        """Undo ``apply`` (once; later calls do nothing). Returns the pipeline."""
+        if self._hooks is not None:
+            setattr(self.pipeline, self._parts.scheduler, self._original_scheduler)
+            for hook in self._hooks:
+                hook.remove()
+            self._hooks = None
+        return self.pipeline
+
+    def __enter__(self):
+        return self.pipeline
+
+    def __exit__(self, *exc) -> None:
+        self.restore()
+
+    def __call__(self, *args, **kwargs):
+        return self.pipeline(*args, **kwargs)
+
+    def __getattr__(self, name):  # only for what Applied itself lacks
+        if name == "pipeline":  # not set yet (copying, unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.pipeline, name)
+
+
+def apply(pipe, schedule) -> Applied:
+    """Make ``pipe`` (a diffusers pipeline of a type in ``PIPELINES``) sample with ``schedule``
+    (a ``SearchedSchedule`` or the path of an exported schedule file). ``pipe`` is changed in
+    place; use the result as a context manager to have it restored. One ``ValueError`` line if
+    the pipeline type is unknown, or the schedule is for another model (other training steps,
+    layers its UNet lacks) or malformed."""
+    parts = _parts(pipe)
+    schedule = _read(schedule)
+    unet = getattr(pipe, parts.unet)
+    current = getattr(pipe, parts.scheduler)
+    if getattr(current, MARK, None) is not None:
+        raise ValueError("a schedule is already applied to this pipeline: restore it first")
+    config = dict(current.config)
+    layers = parts.layers(unet)
+    try:
+        skip = _check(schedule, config, layers)
+    except UsageError as err:
+        raise ValueError(f"cannot apply the schedule for model {schedule.model!r} to this "
+                         f"{type(pipe).__name__}: {err}") from None
+    hooks = []
+    if any(skip):
+        hooks += _skip_hooks(unet, layers, dict(zip(schedule.timesteps, skip)))
+    if _clips(schedule.model):
+        hooks.append(_clip_hook(unet, config))
+    setattr(pipe, parts.scheduler, _solver(config, schedule))
+    return Applied(pipe, parts, current, hooks)
+
+
+def _parts(pipe) -> PipelineParts:
+    for cls in type(pipe).__mro__:
+        if cls.__name__ in PIPELINES:
+            return PIPELINES[cls.__name__]
+    raise ValueError(f"apply does not know {type(pipe).__name__} pipelines; it knows "
+                     f"{', '.join(PIPELINES)}")
+
+
+def _read(schedule) -> SearchedSchedule:
+    """The schedule itself, or read from its file (checked against the pipeline, not against
+    the model files ``load_schedule`` would load)."""
+    if isinstance(schedule, SearchedSchedule):
+        return schedule
+    if not isinstance(schedule, (str, os.PathLike)):
+        raise TypeError("schedule must be a SearchedSchedule or the path of a schedule file")
+    try:
+        data = read_json(schedule)
+    except UsageError as err:
+        raise ValueError(str(err)) from None
+    if data.pop("format", None) != FORMAT:
+        raise ValueError(f"{schedule} is not an autodiff-optuna schedule (format {FORMAT!r})")
+    try:
+        return SearchedSchedule(**data)
+    except TypeError as err:
+        raise ValueError(f"schedule {schedule} is malformed: {err}") from None
+
+
+def _check(schedule: SearchedSchedule, config: dict, layers: dict) -> list[tuple[str, ...]]:
+    """The schedule's masks (in layer order), once it is known to fit the pipeline; else a
+    UsageError saying what does not fit."""
+    steps = int(config["num_train_timesteps"])
+    trained = _trained_steps(schedule.model)
+    if trained is not None and trained != steps:
+        raise UsageError(f"that model has {trained} training steps, this pipeline's "
+                         f"scheduler {steps}")
+    if schedule.solver not in SOLVER_ORDERS:
+        raise UsageError(f"unknown solver {schedule.solver!r}; known: {', '.join(SOLVER_ORDERS)}")
+    validate(schedule.timesteps, steps)
+    if list(schedule.timesteps) != sorted(schedule.timesteps, reverse=True):
+        raise UsageError("time steps must be descending")
+    return check_skip(schedule.skip, len(schedule.timesteps), layers)
+
+
+def _trained_steps(model: str) -> int | None:
+    """T of a preset model where it is known without its weights: a bundled model's scheduler
+    config, an ADM preset's flags (None for other models: the range check has to do)."""
+    preset = PRESETS.get(model)
+    if preset is None:
+        return None
+    if preset.directory is not None:
+        config = preset.directory / "scheduler" / "scheduler_config.json"
+        return int(json.loads(config.read_text())["num_train_timesteps"])
+    return preset.diffusion.get("diffusion_steps")
+
+
+def _clips(model: str) -> bool:
+    """Whether the schedule's model was searched with its x0 prediction clipped."""
+    preset = PRESETS.get(model)
+    return preset is not None and preset.clip_denoised
+
+
+def _solver(config: dict, schedule: SearchedSchedule):
+    """The schedule's solver from the pipeline scheduler's config, by sampling's own
+    constructor (it reads only these two attributes of a model), pinned to the schedule."""
+    timesteps = list(schedule.timesteps)
+    scheduler = make_scheduler(SimpleNamespace(scheduler_config=config, device=None),
+                               schedule.solver, timesteps)
+    set_timesteps, step = scheduler.set_timesteps, scheduler.step
+
+    def pinned(num_inference_steps=None, device=None, **ignored):
+        # whatever a pipeline asks for: the schedule's steps (and a fresh multistep history)
+        set_timesteps(timesteps=timesteps, device=device)
+
+    def deterministic(model_output, timestep, sample, *args, eta=0.0,
+                      use_clipped_model_output=None, **kwargs):
+        # DDIMPipeline passes DDIM's arguments; the schedule was scored with eta 0
+        if eta:
+            raise ValueError(f"the schedule's solver is deterministic: eta must be 0, not {eta}")
+        return step(model_output, timestep, sample, *args, **kwargs)
+
+    # instance attributes shadow the methods, on a scheduler made for this pipeline alone
+    scheduler.set_timesteps, scheduler.step = pinned, deterministic
+    setattr(scheduler, MARK, schedule)
+    return scheduler
+
+
+def _timestep(args, kwargs) -> int | None:
+    t = args[1] if len(args) > 1 else kwargs.get("timestep")
+    if t is None:
+        return None
+    return int(t.reshape(-1)[0]) if torch.is_tensor(t) else int(t)
+
+
+def _skip_hooks(unet: torch.nn.Module, layers: dict, masks: dict[int, tuple[str, ...]]
+                ) -> list:
+    """Around each UNet call, the layers the mask of its time step names are bypassed."""
+    active: list[contextlib.ExitStack] = []
+
+    def before(module, args, kwargs):
+        stack = contextlib.ExitStack()
+        stack.enter_context(skipping(layers, masks.get(_timestep(args, kwargs), ())))
+        active.append(stack)
+
+    def after(module, args, output):
+        if active:  # called even when the forward raised
+            active.pop().close()
+
+    return [unet.register_forward_pre_hook(before, with_kwargs=True),
+            unet.register_forward_hook(after, always_call=True)]
+
+
+def _clip_hook(unet: torch.nn.Module, config: dict):
+    """The UNet's epsilon re-derived from its clipped x0 prediction, as the search's model
+    adapter computes it (``DiffusionModel._clip_eps``: float64 coefficients, same order)."""
+    import numpy as np
+    from diffusers import DDPMScheduler
+
+    if config.get("trained_betas") is not None:
+        betas = np.asarray(config["trained_betas"], dtype=np.float64)
+    else:
+        betas = DDPMScheduler.from_config(config).betas.double().numpy()
+    alphas_cumprod = np.cumprod(1.0 - betas)
+    recip = torch.from_numpy(np.sqrt(1.0 / alphas_cumprod))
+    recipm1 = torch.from_numpy(np.sqrt(1.0 / alphas_cumprod - 1))
+
+    def after(module, args, kwargs, output):
+        x, t = args[0], _timestep(args, kwargs)
+        eps = output[0] if isinstance(output, tuple) else output.sample
+        a, b = recip[t].to(x.device).float(), recipm1[t].to(x.device).float()
+        x0 = (a * x - b * eps.float()).clamp(-1, 1)
+        eps = ((a * x - x0) / b).to(eps.dtype)
+        if isinstance(output, tuple):
+            return (eps, *output[1:])
+        output.sample = eps
+        return output
+
+    return unet.register_forward_hook(after, with_kwargs=True)

@@ -1,0 +1,55 @@
+"""What a search needs from its model and metric, built once per process."""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from autodiff_optuna.metrics import load_scorer
+from autodiff_optuna.metrics.flops import LayerCosts, layer_costs
+from autodiff_optuna.models import load_model
+from autodiff_optuna.sampling import standard_spacings
+from autodiff_optuna.search.config import SearchConfig
+from autodiff_optuna.search.encoding import CandidateSpace
+
+
+@dataclass
+class SearchContext:
+    """Everything a search needs, built once per process: the configuration, checked against the
+    model and metric it runs with, the standard spacings, the cost of every skippable layer."""
+
+    config: SearchConfig
+    model: object
+    scorer: object
+    spacings: dict
+    costs: LayerCosts
+
+    @classmethod
+    def build(cls, config: SearchConfig, device: str = "cpu",
+              options=None) -> "SearchContext":
+        """``options``: a ``models.ModelOptions`` (--checkpoint, --ref-stats, ...), or None."""
+        config.check()
+        model = load_model(config.model, device, options)
+        scorer = load_scorer(config.model, device, options)
+        config.check_for(model, scorer)
+        spacings = standard_spacings(config.steps, model.num_train_timesteps,
+                                     alphas_cumprod(model))
+        return cls(config, model, scorer, spacings, layer_costs(model))
+
+    def space(self, stage: int) -> CandidateSpace:
+        layers = self.costs.layers if stage == 2 else ()
+        return CandidateSpace(self.config.steps, self.model.num_train_timesteps, layers)
+
+    @property
+    def full_gflops(self) -> float:
+        return self.costs.gflops([()] * self.config.steps)
+
+    @property
+    def min_gflops(self) -> float:
+        """Every layer skipped at every step: what no candidate can go below."""
+        return self.costs.gflops([self.costs.layers] * self.config.steps)
+
+
+def alphas_cumprod(model) -> np.ndarray:
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler.from_config(model.scheduler_config).alphas_cumprod.numpy()

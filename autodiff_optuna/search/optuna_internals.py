@@ -1,0 +1,90 @@
+"""Every use of Optuna's private API, in one place.
+
+Optuna's public API does not cover all a sampler needs (its own samplers use the same private
+members), so these few are used knowingly, each behind one function saying why. Nothing else in
+the package touches an underscored Optuna name: when Optuna changes one of them, only this module
+changes, and ``tests/test_optuna_internals.py`` names the one that broke.
+"""
+
+from collections.abc import Callable, Container, Sequence
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+# Where ``Study.enqueue_trial`` keeps a queued trial's parameters until they are suggested.
+ENQUEUED_PARAMS_KEY = "fixed_params"
+
+
+def cached_trials(study: optuna.Study, states: Container[TrialState] | None = None
+                  ) -> list[FrozenTrial]:
+    """The study's trials as Optuna's own samplers read them: one storage read per trial, taken
+    at the trial's start and shared by every later call in the same thread (not copied: do not
+    change them). ``study.get_trials`` reads the storage again on each call, a database query
+    per call on an RDB storage."""
+    return study._get_trials(deepcopy=False, states=states, use_cache=True)
+
+
+def storage_of(study: optuna.Study) -> optuna.storages.BaseStorage:
+    """The study's storage object (to open a linked study on it, or to write what the public
+    API cannot): ``Study`` exposes no public accessor for it."""
+    return study._storage
+
+
+def study_id(study: optuna.Study) -> int:
+    """The storage's id of the study (what in-memory caches are keyed by: names can be reused
+    once a study is deleted). ``Study`` has no public accessor; note that an RDB storage on
+    SQLite may give a new study the id of a deleted one."""
+    return study._study_id
+
+
+def trial_id(trial: FrozenTrial | optuna.Trial) -> int:
+    """The storage's id of a trial (``number`` counts within a study; the storage API takes
+    ids). Neither ``Trial`` nor ``FrozenTrial`` exposes it publicly."""
+    return trial._trial_id
+
+
+def set_system_attr(study: optuna.Study, trial: FrozenTrial | optuna.Trial, key: str,
+                    value: Any) -> None:
+    """Write a trial's system attribute, as Optuna's GA samplers record a trial's generation.
+    The public API writes user attributes only (``Trial.set_system_attr`` no longer exists),
+    and a sampler only holds a ``FrozenTrial`` anyway."""
+    study._storage.set_trial_system_attr(trial._trial_id, key, value)
+
+
+def enqueued_params(trial: FrozenTrial) -> dict[str, Any]:
+    """The parameters ``Study.enqueue_trial`` fixed for this trial ({} for any other trial). They
+    become ``trial.params`` only once suggested, and a sampler proposes before that; Optuna keeps
+    them under an undocumented system attribute."""
+    return trial.system_attrs.get(ENQUEUED_PARAMS_KEY, {})
+
+
+def ga_generation_key(sampler_class: type) -> str:
+    """The trial system attribute under which ``BaseGASampler`` stores a trial's generation
+    (``"<class name>:generation"``), read by anything that groups trials by generation. The
+    accessor is a private classmethod of ``BaseGASampler``."""
+    return sampler_class._get_generation_key()
+
+
+def nsgaii_elite_selection(population_size: int,
+                           constraints_func: Callable[[FrozenTrial], Sequence[float]] | None
+                           ) -> Callable[[optuna.Study, list[FrozenTrial]], list[FrozenTrial]]:
+    """NSGA-II's elite selection: non-dominated sorting, crowding distance and constraint
+    handling, called as ``select(study, trials) -> elites`` (best front first). Optuna exports
+    ``NSGAIISampler`` but not its selection strategy; reusing it avoids a second copy of it."""
+    from optuna.samplers.nsgaii._elite_population_selection_strategy import (
+        NSGAIIElitePopulationSelectionStrategy,
+    )
+
+    return NSGAIIElitePopulationSelectionStrategy(population_size=population_size,
+                                                  constraints_func=constraints_func)
+
+
+def record_constraints(constraints_func: Callable[[FrozenTrial], Sequence[float]],
+                       study: optuna.Study, trial: FrozenTrial, state: TrialState) -> None:
+    """Evaluate ``constraints_func`` on a finished trial and store the values where NSGA-II's
+    selection reads them, as Optuna's own samplers do in ``after_trial``; the helper and its
+    storage key are private to ``optuna.samplers``."""
+    from optuna.samplers._base import _process_constraints_after_trial
+
+    _process_constraints_after_trial(constraints_func, study, trial, state)

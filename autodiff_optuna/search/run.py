@@ -1,0 +1,108 @@
+"""Running a stage to its target: failed candidates, dead workers, Ctrl-C and a database that
+fails mid-run, each handled so that a rerun of the same command resumes."""
+
+import sys
+import time
+import warnings
+
+import optuna
+import sqlalchemy
+from optuna.storages import RetryHeartbeatStaleTrialCallback, fail_stale_trials
+from optuna.trial import TrialState
+
+from autodiff_optuna.errors import UsageError
+from autodiff_optuna.metrics.fid import FIDError
+from autodiff_optuna.search import fidelity
+from autodiff_optuna.search.context import SearchContext
+from autodiff_optuna.search.progress import ProgressPrinter
+from autodiff_optuna.search.trial import make_objective
+
+MAX_CONSECUTIVE_FAILURES = 20  # failed trials in a row that stop a stage (a broken model)
+MAX_RETRIES = 3
+# for the storage: a trial whose worker died is queued again, in its generation (its system
+# attrs travel with it), up to MAX_RETRIES times
+with warnings.catch_warnings():  # experimental in Optuna; relied on knowingly
+    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    retry_stale_trial = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)
+
+
+class _StopOnFailures:
+    """A model or metric that fails every trial must not loop forever."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.count = 0
+        self.last_reason = ""
+
+    def __call__(self, study, trial):
+        self.count = self.count + 1 if trial.state == TrialState.FAIL else 0
+        self.last_reason = trial.user_attrs.get("fail_reason", self.last_reason)
+        if self.count >= self.limit:
+            study.stop()
+
+    @property
+    def tripped(self) -> bool:
+        return self.count >= self.limit
+
+
+def run(ctx: SearchContext, study: optuna.Study, trials: int, progress: bool = True,
+        batch_size: int | None = None, score=None, callbacks=(),
+        max_gflops: float | None = None,
+        max_failures: int = MAX_CONSECUTIVE_FAILURES) -> None:
+    """Run until ``trials`` candidates are evaluated: COMPLETE trials, plus those the
+    multi-fidelity pruner stopped early (a rerun resumes). ``max_failures`` failed trials in a
+    row stop it with a UsageError.
+
+    Other workers may stop this one early (their running trials make up the target); it then
+    waits for them, and goes on if a trial of theirs failed or its worker died."""
+    stage = study.user_attrs.get("stage", 1)
+    failures = _StopOnFailures(max_failures)
+    callbacks = [failures, *callbacks]  # the objective stops the study at the target
+    if progress:
+        callbacks.append(ProgressPrinter(trials, label=f"stage {stage}"))
+    interrupted: dict = {}
+    objective = make_objective(ctx, stage, trials, batch_size, score, max_gflops, interrupted)
+    while fidelity.n_evaluated(study) < trials:
+        try:
+            study.optimize(objective, callbacks=callbacks, catch=(FIDError,))
+        except KeyboardInterrupt:
+            _requeue_interrupted(study, interrupted.get("trial"), ctx.space(stage).names)
+            raise
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # another worker's heartbeat check failed this (slow) trial and queued it again
+        except AssertionError as err:
+            _raise_storage_failure(err)
+        if failures.tripped:
+            raise UsageError(f"{failures.count} trials in a row failed (last: "
+                             f"{failures.last_reason or 'see the trials'}); the study is kept")
+        _wait_for_other_workers(study, progress)
+
+
+def _raise_storage_failure(err: AssertionError) -> None:
+    """Optuna asserts while reporting a trial whose result it could not store (a database that
+    became read-only): raise the storage's own error, which the CLI reports in one line."""
+    cause = err.__context__
+    if isinstance(cause, (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError)):
+        raise cause from None
+    raise err
+
+
+def _wait_for_other_workers(study: optuna.Study, progress: bool, poll: float = 1.0) -> None:
+    """Wait while trials of other workers run; a dead worker's trial is failed (and queued
+    again) by the heartbeat check once its beats stop."""
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    if running and progress:
+        print(f"waiting for {len(running)} running trial(s) of other workers (a killed worker's "
+              "trial is retried once its heartbeat expires)", file=sys.stderr, flush=True)
+    while study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        fail_stale_trials(study)
+        time.sleep(poll)
+
+
+def _requeue_interrupted(study: optuna.Study, number: int | None, names) -> None:
+    """Optuna has failed the trial Ctrl-C interrupted: queue its candidate for the resume."""
+    if number is None:
+        return
+    trial = study.get_trials(deepcopy=False)[number]
+    if trial.state == TrialState.FAIL and all(n in trial.params for n in names):
+        retry_stale_trial(study, trial)  # queued again with its generation, as a dead worker's

@@ -1,0 +1,172 @@
+"""The two linked studies of a search: creating them, resuming them, refusing a mismatch.
+
+Stage 1 searches the time steps alone with the full network (one objective: FID). Stage 2 is a
+second study, linked to the first, that searches the time steps jointly with a per-step layer-skip
+mask on two objectives, FID and GFLOPs per image, and starts from stage 1's elites (full network)
+as real members of its first generation. Both are driven by the ``EvolutionarySampler``; stage 1
+may be run by one of Optuna's samplers instead (``--sampler``).
+"""
+
+import time
+
+import optuna
+from optuna.trial import TrialState
+
+from autodiff_optuna.errors import UsageError
+from autodiff_optuna.search import fidelity, objectives
+from autodiff_optuna.search.config import OPTUNA_SAMPLERS, code_version
+from autodiff_optuna.search.context import SearchContext
+from autodiff_optuna.search.encoding import Candidate
+from autodiff_optuna.search.evolutionary import EvolutionarySampler
+from autodiff_optuna.search.optuna_internals import storage_of
+from autodiff_optuna.search.results import CONFIG_ATTR, complete_trials, stored_config
+from autodiff_optuna.storage import creation_lock, load_existing_study, open_storage, redact
+
+
+def stage_config(ctx: SearchContext, stage: int, max_gflops: float | None) -> dict:
+    """What defines a stage's study: a rerun must match it to continue the study."""
+    attrs = {**ctx.config.as_attrs(), "stage": stage,
+             "model_weights": ctx.model.fingerprint, "fid_features": ctx.scorer.name}
+    if stage == 2:
+        attrs["max_gflops"] = max_gflops
+    return attrs
+
+
+def _sampler(ctx: SearchContext, stage: int, initial: list[Candidate]) -> EvolutionarySampler:
+    # stage 1 starts from the textbook spacings and random candidates (as NSGA-II starts);
+    # stage 2 from variations of stage 1's elites, and breeds without Parzen children: its
+    # masks are bits a kernel over steps does not model (and it was measured without them)
+    breeding = (dict(first_generation="random") if stage == 1
+                else dict(first_generation="children", parzen_prob=0.0))
+    return EvolutionarySampler(ctx.space(stage), population_size=ctx.config.population,
+                               initial=initial, seed=ctx.config.stage_seed(stage),
+                               **breeding)
+
+
+def stage1_sampler(ctx: SearchContext, initial: list[Candidate]) -> optuna.samplers.BaseSampler:
+    """The configured stage-1 sampler: ours, or one of ``OPTUNA_SAMPLERS``."""
+    if ctx.config.sampler == "evolutionary":
+        return _sampler(ctx, 1, initial)
+    return OPTUNA_SAMPLERS[ctx.config.sampler](ctx.config)
+
+
+def open_stage1(ctx: SearchContext, name: str, storage) -> optuna.Study:
+    """Create or resume the stage-1 study. Its first trials are the standard spacings, queued
+    once by whichever process creates the study, uniform (the baseline) first."""
+    space = ctx.space(1)
+    initial = [space.candidate(s) for s in ctx.spacings.values()]
+    return _open(ctx, name, storage, 1, stage1_sampler(ctx, initial),
+                 first_trials=[(space.encode(c), {"spacing": spacing})
+                               for spacing, c in zip(ctx.spacings, initial)],
+                 extra_attrs={"spacings": {k: list(v) for k, v in ctx.spacings.items()}})
+
+
+def load_stage1(ctx: SearchContext, name: str, storage) -> optuna.Study:
+    """An existing stage-1 study, for ``--stage 2`` alone; its configuration must match."""
+
+    study = load_existing_study(name, storage, hint="run stage 1 first (--stage 1 or both)")
+    _check_stored(study, stage_config(ctx, 1, None), 1, storage)
+    return study
+
+
+def open_stage2(ctx: SearchContext, stage1: optuna.Study, storage,
+                max_gflops: float | None) -> optuna.Study:
+    """Create or resume stage 2. Its first trials are stage 1's best distinct candidates (full
+    network), queued once when the study is created."""
+    if max_gflops is not None and not ctx.min_gflops <= max_gflops:
+        raise UsageError(f"--max-gflops {max_gflops} is below what any candidate can cost "
+                         f"({ctx.min_gflops:.4f} GFLOPs/image with every layer skipped)")
+    ranked = sorted(complete_trials(stage1), key=objectives.fid)
+    if not ranked:
+        raise UsageError(f"stage-1 study {stage1.study_name!r} has no complete trial: "
+                         "run stage 1 first")
+    space = ctx.space(2)
+    elites = list(dict.fromkeys(space.candidate(t.user_attrs["timesteps"]) for t in ranked))
+    elites = elites[: max(2, ctx.config.population // 2)]
+    name = f"{stage1.study_name}-stage2"
+    study = _open(ctx, name, storage, 2, _sampler(ctx, 2, elites), max_gflops=max_gflops,
+                  first_trials=[(space.encode(c), {"stage1_elite": True}) for c in elites],
+                  extra_attrs={"stage1_study": stage1.study_name,
+                               "full_gflops": ctx.full_gflops,
+                               "layers": list(ctx.costs.layers),
+                               "layer_gflops_saved": {k: v / 1e9
+                                                      for k, v in ctx.costs.saving.items()}})
+    stage1.set_user_attr("stage2_study", name)
+    return study
+
+
+def _open(ctx, name, storage, stage, sampler, max_gflops=None, extra_attrs=None,
+          first_trials=()) -> optuna.Study:
+    """Create the study, or load it and refuse a configuration that differs from the stored one.
+
+    Creation happens under the database's creation lock, and the configuration is written last:
+    a worker that finds the study with its configuration finds it complete (its attributes and
+    queued first trials). One found without it was left half-made by a process that died during
+    creation (the lock is free again): holding no trial that ever ran, it is made again."""
+    if isinstance(storage, str) or storage is None:
+        storage = open_storage(storage, writable=True)
+    wanted = stage_config(ctx, stage, max_gflops)
+    # multi-fidelity pruning needs one objective (Optuna's pruners rank a single value)
+    pruner = fidelity.make_pruner(ctx.config.min_samples if stage == 1 else None)
+    with creation_lock(storage) as locked:
+        study = _load_made(name, storage, sampler, pruner, locked)
+        if study is None:
+            study = optuna.create_study(study_name=name, storage=storage, sampler=sampler,
+                                        directions=objectives.directions(stage), pruner=pruner)
+            _write_new_study(ctx, study, stage, wanted, extra_attrs, first_trials)
+    _check_stored(study, wanted, stage, storage)
+    objectives.label(study, stage)  # a study made before its values had names gets them
+    return study
+
+
+def _load_made(name, storage, sampler, pruner, locked: bool) -> optuna.Study | None:
+    """The study ``name`` if it exists and is not half-made (None: create it)."""
+    if name not in optuna.get_all_study_names(storage):
+        return None
+    study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+    if not locked:  # no creation lock on this database: another worker may still be writing it
+        _wait_for_config(study)
+    if CONFIG_ATTR in study.user_attrs or not locked or _ever_ran(study):
+        return study  # ours, or refused as not ours by the configuration check
+    optuna.delete_study(study_name=name, storage=storage)  # half-made: nothing of value in it
+    return None
+
+
+def _ever_ran(study: optuna.Study) -> bool:
+    return any(t.state != TrialState.WAITING for t in study.get_trials(deepcopy=False))
+
+
+def _write_new_study(ctx, study, stage, wanted, extra_attrs, first_trials) -> None:
+    try:
+        objectives.label(study, stage)
+        study.set_user_attr("stage", stage)
+        study.set_user_attr("code_version", code_version())
+        study.set_user_attr("fid_features", ctx.scorer.name)
+        for key, value in (extra_attrs or {}).items():
+            study.set_user_attr(key, value)
+        for params, user_attrs in first_trials:
+            study.enqueue_trial(params, user_attrs=user_attrs)
+        study.set_user_attr(CONFIG_ATTR, wanted)
+    except BaseException:
+        optuna.delete_study(study_name=study.study_name, storage=storage_of(study))
+        raise
+
+
+def _wait_for_config(study: optuna.Study, seconds: float = 30.0) -> None:
+    """On a database without a creation lock, another worker may have created the study a
+    moment ago and still be writing it."""
+    deadline = time.monotonic() + seconds
+    while CONFIG_ATTR not in study.user_attrs and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
+def _check_stored(study: optuna.Study, wanted: dict, stage: int, storage) -> None:
+    stored = stored_config(study)
+    where = f"study {study.study_name!r} in {redact(storage.url)}"
+    if stored is None:
+        raise UsageError(f"{where} was not made by autodiff_optuna; choose another --name")
+    diffs = [f"{key}: stored {stored.get(key)!r}, requested {value!r}"
+             for key, value in wanted.items() if stored.get(key) != value]
+    if diffs:
+        raise UsageError(f"{where} exists with another configuration (" + "; ".join(diffs)
+                         + "); rerun with the stored values or choose a new --name")

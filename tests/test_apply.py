@@ -1,0 +1,185 @@
+"""``autodiff_optuna.apply``: a diffusers pipeline built around the bundled digits UNet samples
+exactly what ``autodiff_optuna.sample`` samples, on the same noise, with and without skips."""
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import (
+    DDIMPipeline,
+    DDPMPipeline,
+    DDPMScheduler,
+    ScoreSdeVePipeline,
+    ScoreSdeVeScheduler,
+)
+
+import autodiff_optuna as ao
+from autodiff_optuna.export import SearchedSchedule
+from autodiff_optuna.metrics.fid import to_uint8
+from autodiff_optuna.models.diffusers_unet import DiffusersUNetModel
+from autodiff_optuna.models.registry import DIGITS_DIR
+from autodiff_optuna.sampling import HELDOUT, draw, sample
+
+N, SEED = 12, 3
+STEPS = [900, 600, 300, 40]
+
+
+def _pipeline(model, cls=DDPMPipeline, **scheduler):
+    config = {**model.scheduler_config, **scheduler}
+    pipe = cls(unet=model.unet, scheduler=DDPMScheduler.from_config(config))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _schedule(digits, solver="ddim", skips=True, **fields):
+    layers = list(digits.skippable_layers())
+    skip = [[layers[0]], [], [layers[2], layers[9]], []] if skips else [[]] * 4
+    return SearchedSchedule(**{"model": "digits", "solver": solver, "timesteps": STEPS,
+                               "skip": skip, **fields})
+
+
+def _generator():
+    """The generator whose draw is ``sample``'s held-out noise for SEED (checked below)."""
+    return torch.Generator().manual_seed(2 * SEED + 1)
+
+
+def _images(pipe, n=N, **kwargs):
+    """The pipeline's images, in [0, 1] (as it returns them)."""
+    return pipe(batch_size=n, generator=_generator(), output_type="pt", **kwargs).images
+
+
+def test_the_generator_draws_the_held_out_noise(digits):
+    shape = (N, *digits.sample_shape)
+    assert torch.equal(torch.randn(shape, generator=_generator()),
+                       draw(digits, N, SEED, HELDOUT).noise)
+
+
+@pytest.mark.parametrize("cls", [DDPMPipeline, DDIMPipeline])
+@pytest.mark.parametrize("solver", ["ddim", "dpmpp2m"])
+@pytest.mark.parametrize("skips", [False, True])
+def test_same_images_as_sample(digits, cls, solver, skips):
+    pipe = _pipeline(digits, cls)
+    schedule = _schedule(digits, solver, skips)
+    expected = ao.sample(schedule, n=N, seed=SEED)
+    x = sample(digits, tuple(STEPS), draw(digits, N, SEED, HELDOUT), solver,
+               skip=[tuple(s) for s in schedule.skip])
+    with ao.apply(pipe, schedule):
+        # the pipeline's own step count is ignored: the schedule's steps are run
+        images = _images(pipe, num_inference_steps=50)
+    torch.testing.assert_close(images, (x / 2 + 0.5).clamp(0, 1), rtol=0, atol=1e-6)
+    assert torch.equal(to_uint8(images * 2 - 1), expected)
+
+
+def test_skips_are_active_at_their_steps(digits):
+    pipe = _pipeline(digits)
+    with ao.apply(pipe, _schedule(digits, skips=False)):
+        full = _images(pipe)
+    with ao.apply(pipe, _schedule(digits, skips=True)):
+        skipped = _images(pipe)
+    assert (full - skipped).abs().max() > 0.05
+
+
+def test_a_schedule_file(digits, tmp_path):
+    schedule = _schedule(digits, "dpmpp2m")
+    path = tmp_path / "schedule.json"
+    path.write_text(schedule.to_json())
+    pipe = _pipeline(digits)
+    with ao.apply(pipe, path):
+        images = _images(pipe)
+    assert torch.equal(to_uint8(images * 2 - 1), ao.sample(schedule, n=N, seed=SEED))
+    with ao.apply(pipe, str(path)):
+        assert torch.equal(_images(pipe), images)
+
+
+def test_restored_on_leaving_the_block(digits):
+    pipe = _pipeline(digits)
+    scheduler = pipe.scheduler
+    hooks = len(pipe.unet._forward_pre_hooks), len(pipe.unet._forward_hooks)
+    before = _images(pipe, num_inference_steps=5)
+    with pytest.raises(RuntimeError, match="inside"):
+        with ao.apply(pipe, _schedule(digits)) as inside:
+            assert inside is pipe and pipe.scheduler is not scheduler
+            raise RuntimeError("inside the block")
+    assert pipe.scheduler is scheduler
+    assert (len(pipe.unet._forward_pre_hooks), len(pipe.unet._forward_hooks)) == hooks
+    assert not any("forward" in vars(layer.module) for layer in digits.skippable_layers().values())
+    assert torch.equal(_images(pipe, num_inference_steps=5), before)
+
+
+def test_a_plain_call_changes_the_pipeline_in_place(digits):
+    pipe = _pipeline(digits)
+    scheduler = pipe.scheduler
+    schedule = _schedule(digits)
+    applied = ao.apply(pipe, schedule)
+    try:
+        assert pipe.scheduler is not scheduler and applied.scheduler is pipe.scheduler
+        expected = ao.sample(schedule, n=N, seed=SEED)
+        assert torch.equal(to_uint8(_images(pipe) * 2 - 1), expected)
+        assert torch.equal(to_uint8(_images(applied) * 2 - 1), expected)  # it calls as pipe
+        with pytest.raises(ValueError, match="already applied"):
+            ao.apply(pipe, schedule)
+    finally:
+        assert applied.restore() is pipe
+    assert pipe.scheduler is scheduler
+    applied.restore()  # twice: nothing more to undo
+
+
+def test_ddim_eta_must_be_zero(digits):
+    with ao.apply(_pipeline(digits, DDIMPipeline), _schedule(digits)) as pipe:
+        with pytest.raises(ValueError, match="eta must be 0"):
+            _images(pipe, eta=0.5)
+
+
+def _refusal(pipe, schedule) -> str:
+    scheduler = pipe.scheduler
+    with pytest.raises(ValueError) as err:
+        ao.apply(pipe, schedule)
+    assert pipe.scheduler is scheduler  # nothing was changed
+    message = str(err.value)
+    assert "\n" not in message
+    return message
+
+
+def test_refuses_a_schedule_for_another_model(digits, tmp_path):
+    # another number of training steps
+    message = _refusal(_pipeline(digits, num_train_timesteps=500), _schedule(digits))
+    assert "1000 training steps" in message and "500" in message
+    # layers this UNet does not have
+    schedule = _schedule(digits, skip=[["down_blocks.7.resnets.0"], [], [], []])
+    assert "down_blocks.7.resnets.0" in _refusal(_pipeline(digits), schedule)
+    # steps outside the pipeline's range, an unknown solver, a file that is no schedule
+    assert "outside" in _refusal(_pipeline(digits), _schedule(digits, model="mine",
+                                                              timesteps=[1200, 600, 300, 40]))
+    assert "solver" in _refusal(_pipeline(digits), _schedule(digits, solver="euler"))
+    (tmp_path / "other.json").write_text("{}")
+    assert "not an autodiff-optuna schedule" in _refusal(_pipeline(digits),
+                                                         tmp_path / "other.json")
+
+
+def test_refuses_an_unknown_pipeline(digits):
+    pipe = ScoreSdeVePipeline(unet=digits.unet, scheduler=ScoreSdeVeScheduler())
+    assert "ScoreSdeVePipeline" in _refusal(pipe, _schedule(digits))
+
+
+def test_clipped_models_are_clipped(digits):
+    """A schedule of a model searched with x0 clipping (google's DDPMs) clips in the pipeline
+    too: here the digits UNet stands in for one, against the adapter with clipping on."""
+    clipping = DiffusersUNetModel("digits-clipped", DIGITS_DIR, clip_denoised=True)
+    schedule = _schedule(digits, "dpmpp2m", skips=False, model="ddpm-cifar10")
+    x = sample(clipping, tuple(STEPS), draw(digits, N, SEED, HELDOUT), "dpmpp2m")
+    unclipped = sample(digits, tuple(STEPS), draw(digits, N, SEED, HELDOUT), "dpmpp2m")
+    assert (x - unclipped).abs().max() > 1e-3  # clipping matters on this schedule
+    with ao.apply(_pipeline(digits), schedule) as pipe:
+        images = _images(pipe)
+    torch.testing.assert_close(images, (x / 2 + 0.5).clamp(0, 1), rtol=0, atol=1e-6)
+
+
+def test_readme_example_runs(tmp_path, monkeypatch):
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    example = re.search(r"```python\n(# readme-example: apply\n.*?)```", readme, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    namespace = {"__name__": "readme"}
+    exec(compile(example, "README.md", "exec"), namespace)
+    assert namespace["images"].shape == (16, 1, 8, 8)
+    assert type(namespace["pipe"].scheduler).__name__ == "DDPMScheduler"  # restored
