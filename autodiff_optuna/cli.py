@@ -14,8 +14,8 @@ import signal
 import sys
 import threading
 
-from autodiff_optuna.errors import UsageError
-from autodiff_optuna.storage import first_line, load_existing_study, open_storage
+from autodiff_optuna.errors import UsageError, one_line
+from autodiff_optuna.storage import load_existing_study, open_storage
 
 
 class _Parser(argparse.ArgumentParser):
@@ -184,11 +184,21 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_model_flags(parser) -> None:
     """Where a real model's files are and how it runs (models/registry.py ModelOptions)."""
     parser.add_argument("--checkpoint", help="model weights: a file (ADM), a diffusers "
-                                             "directory or hub id (google/ddpm-*)")
+                                             "directory or hub id (google/ddpm-*, "
+                                             "--model diffusers, Stable Diffusion)")
     parser.add_argument("--classifier", help="ADM-G classifier file (64x64_classifier.pt)")
     parser.add_argument("--classifier-scale", type=float,
                         help="classifier guidance scale (adm64 default 1.0; 0: unguided)")
+    parser.add_argument("--prompts", help="text-to-image prompts: one a line, or COCO's "
+                                          "captions_*.json (sd14/sd15 default: COCO 2014 val)")
+    parser.add_argument("--guidance-scale", type=float,
+                        help="classifier-free guidance (sd14/sd15 default 7.5; 1: none)")
     parser.add_argument("--ref-stats", help="FID reference statistics: an .npz with mu, sigma")
+    parser.add_argument("--ref-images", help="FID reference: a folder of real images (clean-fid "
+                                             "statistics, made once and cached)")
+    parser.add_argument("--ref-teacher", type=int, metavar="N",
+                        help="FID reference: the model's own N-step samples on held-out noise "
+                             "(made once and cached)")
     parser.add_argument("--inception", help="clean-fid's inception-2015-12-05.pt")
     parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"],
                         help="network autocast (default: bf16 on CUDA, fp32 on CPU)")
@@ -204,7 +214,9 @@ def _model_options(args):
     return ModelOptions(checkpoint=args.checkpoint, classifier=args.classifier,
                         classifier_scale=args.classifier_scale, ref_stats=args.ref_stats,
                         inception=args.inception, precision=args.precision,
-                        compile=args.compile, batch_size=args.batch_size)
+                        compile=args.compile, batch_size=args.batch_size,
+                        prompts=args.prompts, guidance_scale=args.guidance_scale,
+                        ref_images=args.ref_images, ref_teacher=args.ref_teacher)
 
 
 def cmd_study(args) -> None:
@@ -246,7 +258,7 @@ def cmd_study(args) -> None:
         print(f"\ninterrupted; rerun the same command to resume study {name!r}", file=sys.stderr)
         raise SystemExit(130) from None
     except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError) as err:
-        raise UsageError(f"the study database failed during the search ({first_line(err)}); "
+        raise UsageError(f"the study database failed during the search ({one_line(err)}); "
                          "completed trials are kept: rerun the same command to resume") from None
     _print_summary(search.best_summary(stage1))
 
@@ -262,11 +274,22 @@ def _print_summary(summary: dict) -> None:
           f"(trial {summary['trial']}, {summary['n_complete']} complete); uniform "
           f"{summary['baseline_timesteps']} FID {'n/a' if baseline is None else f'{baseline:.3f}'}")
     if "pareto" in summary:
-        print(f"stage 2 Pareto front (full network: {summary['full_gflops']:.4f} GFLOPs/image):")
+        print(f"stage 2 Pareto front (full network: {summary['full_gflops']:.4f} GFLOPs/image"
+              f"{_unskippable(summary)}):")
         for point in summary["pareto"]:
             skipped = sum(len(s) for s in point["skip"])
             print(f"  GFLOPs {point['gflops']:.4f}  FID {point['fid']:8.3f}  "
                   f"{point['timesteps']}  {skipped} layer-steps skipped")
+
+
+def _unskippable(summary: dict) -> str:
+    """The work beside the network that no mask skips (a latent model's text encoder and
+    decoder), as the study recorded it: empty for a model that has none."""
+    parts = summary.get("unskippable_gflops") or {}
+    if not parts:
+        return ""
+    return "; not skippable: " + ", ".join(f"{part.replace('_', ' ')} {gflops:.4f}"
+                                           for part, gflops in parts.items())
 
 
 def cmd_best(args) -> None:
@@ -325,10 +348,11 @@ def evaluate_samples(model: str, steps: int, scorer) -> int:
 
 def cmd_export(args) -> None:
     from autodiff_optuna.export import from_summary
-    from autodiff_optuna.search.results import best_summary
+    from autodiff_optuna.search.results import best_summary, training_schedule
 
-    summary = best_summary(load_existing_study(args.name, open_storage(args.storage)))
-    schedule = from_summary(summary, args.max_gflops)
+    study = load_existing_study(args.name, open_storage(args.storage))
+    summary = best_summary(study)
+    schedule = from_summary(summary, args.max_gflops, training_schedule(study))
     try:
         with open(args.out, "w") as f:
             f.write(schedule.to_json())
@@ -336,6 +360,10 @@ def cmd_export(args) -> None:
         raise UsageError(f"cannot write {args.out}: {err.strerror}") from None
     print(f"wrote {args.out}: {schedule.timesteps}, FID {schedule.fid:.3f}"
           + (f", {schedule.gflops:.4f} GFLOPs/image" if schedule.gflops else ""))
+    if schedule.diffusers is None:
+        print(f"note: study {args.name!r} was made before studies recorded the model's "
+              "training schedule, so the file has no diffusers fields; rerun its study command "
+              "once (it records it) and export again", file=sys.stderr)
 
 
 def cmd_sample(args) -> None:
@@ -364,7 +392,7 @@ def cmd_report(args) -> None:
     options = Options(out=args.out, artifacts=args.artifacts, top=args.top,
                       heldout_samples=args.heldout_samples, grid=args.grid, seed=args.seed,
                       png=not args.no_png, schedule=args.schedule,
-                      device=_device(args.device), model=_model_options(args))
+                      device=_device(args.device), model_options=_model_options(args))
     path = build(args.name, open_storage(args.storage, writable=True), options)
     print(f"wrote {path}")
 
@@ -382,17 +410,26 @@ def cmd_download(args) -> None:
     from pathlib import Path
 
     from autodiff_optuna.models import get_preset
-    from autodiff_optuna.models.files import download
+    from autodiff_optuna.models.files import download, models_dirs
     from autodiff_optuna.models.registry import INCEPTION
 
     preset = get_preset(args.model)
     if preset.directory is not None:
         print(f"{preset.name} is bundled: nothing to download")
         return
+    if preset.weights is None:
+        raise UsageError(f"model {preset.name!r} is whatever --checkpoint names: there is "
+                         "nothing of its own to download")
+    directory = Path(args.dir) if args.dir else None
     remotes = [r for r in (preset.weights, preset.classifier, preset.ref_stats) if r]
     remotes.append(INCEPTION)
-    for path in download(remotes, Path(args.dir) if args.dir else None, args.timeout):
+    for path in download(remotes, directory, args.timeout):
         print(f"ready: {path}")
+    data = [r for r in (preset.prompts, preset.ref_images) if r]  # GBs: the user's call
+    if data:
+        print("not downloaded: " + " and ".join(f"{r.what} from {r.url}" for r in data)
+              + f", into {directory or models_dirs()[0]} (or pass "
+              + " and ".join(r.flag for r in data) + ")")
 
 
 COMMANDS = {"study": cmd_study, "best": cmd_best, "evaluate": cmd_evaluate,
@@ -421,14 +458,14 @@ def _run(argv) -> int:
         _quiet_libraries()
         COMMANDS[args.command](args)
     except UsageError as err:
-        print(f"error: {one_line(str(err))}", file=sys.stderr)
+        print(f"error: {printable(str(err))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
     return 0
 
 
-def one_line(text: str) -> str:
+def printable(text: str) -> str:
     """A message as one line: a line break or other control character in it (a study name, a
     layer name or a path may hold any) is shown escaped, as ``repr`` shows it."""
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")

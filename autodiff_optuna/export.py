@@ -6,6 +6,11 @@
 A real model's files are given as the study was given them (``options``, a
 ``models.ModelOptions``); the weights must be the ones the schedule was searched with (its
 provenance's ``model_weights``).
+
+The file also holds what a diffusers user pastes (``diffusers``): the time steps for a
+pipeline's ``timesteps=``, the scheduler class and config that sample them as the search did
+(``sampling.solvers.solver_config``: what ``pipelines.apply`` builds), the model's number of
+training steps, and a text-to-image model's guidance scale. Layer skips need ``apply``.
 """
 
 import datetime
@@ -19,14 +24,16 @@ from autodiff_optuna.errors import UsageError
 from autodiff_optuna.metrics.fid import to_uint8
 from autodiff_optuna.models import load_model
 from autodiff_optuna.models.files import read_json
-from autodiff_optuna.models.registry import check_same_model
+from autodiff_optuna.models.registry import check_same_model, guidance_of
 from autodiff_optuna.sampling import HELDOUT, SOLVER_ORDERS, draw, validate
 from autodiff_optuna.sampling import sample as run_solver
 from autodiff_optuna.sampling.skipping import check_skip
+from autodiff_optuna.sampling.solvers import solver_config
 
 FORMAT = "autodiff-optuna-schedule/1"
 MAX_GRID = 10_000  # images in one PNG grid (sample --n, report --grid): 100 x 100
 UPSCALE = 4  # save_grid's enlargement of small images
+SMALL = 64  # pixels a side up to which an image is small (Stable Diffusion's 512 are not)
 # a grid's memory in float32 copies of its images: the sampling's, the enlarged copy and the grid
 GRID_COPIES = 3 + 2 * UPSCALE * UPSCALE
 
@@ -41,14 +48,18 @@ class SearchedSchedule:
     gflops: float | None = None
     full_gflops: float | None = None
     provenance: dict = field(default_factory=dict)
+    diffusers: dict | None = None  # for a diffusers pipeline (None: a file from before them)
 
     def to_json(self) -> str:
         return json.dumps({"format": FORMAT, **asdict(self)}, indent=1) + "\n"
 
 
-def from_summary(summary: dict, max_gflops: float | None = None) -> SearchedSchedule:
+def from_summary(summary: dict, max_gflops: float | None = None,
+                 training_schedule: dict | None = None) -> SearchedSchedule:
     """Pick from ``best --json``'s summary: the lowest-FID candidate, or with ``max_gflops`` the
-    lowest-FID one within that budget (stage 1's best counts at the full network's cost)."""
+    lowest-FID one within that budget (stage 1's best counts at the full network's cost).
+    ``training_schedule``: the model's scheduler config the study recorded, for the
+    ``diffusers`` fields (None: the file has none)."""
     steps = summary["steps"]
     full = {"timesteps": summary["timesteps"], "skip": [[] for _ in range(steps)],
             "fid": summary["fid"], "gflops": summary.get("full_gflops"),
@@ -70,7 +81,23 @@ def from_summary(summary: dict, max_gflops: float | None = None) -> SearchedSche
                     "samples": summary["samples"], "seed": summary["seed"],
                     "model_weights": summary.get("model_weights"),
                     "fid_features": summary["fid_features"],
-                    "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat()})
+                    "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat()},
+        diffusers=None if training_schedule is None else diffusers_fields(
+            training_schedule, summary["solver"], pick["timesteps"],
+            summary.get("model_weights")))
+
+
+def diffusers_fields(training_schedule: dict, solver: str, timesteps, model_weights=None
+                     ) -> dict:
+    """What a diffusers pipeline needs to sample ``timesteps`` as the search did:
+    ``pipe.scheduler = <scheduler>.from_config(scheduler_config)``, then ``pipe(...,
+    timesteps=timesteps)`` (and ``guidance_scale=`` for a text-to-image model)."""
+    fields = {"timesteps": list(timesteps), **solver_config(training_schedule, solver),
+              "num_train_timesteps": int(training_schedule["num_train_timesteps"])}
+    scale = guidance_of(model_weights)
+    if scale is not None:
+        fields["guidance_scale"] = scale
+    return fields
 
 
 def load_schedule(path, options=None, device: str = "cpu") -> SearchedSchedule:
@@ -118,6 +145,15 @@ def _check_field_types(schedule: SearchedSchedule, path) -> None:
             raise UsageError(f"schedule {path} is malformed: provenance {key!r} must be "
                              f"{'a string' if kind is str else 'an integer'}, got "
                              f"{schedule.provenance[key]!r}")
+    if not is_a(schedule.diffusers, dict) or not is_a(trained_steps(schedule), int):
+        raise UsageError(f"schedule {path} is malformed: 'diffusers' must be an object whose "
+                         "'num_train_timesteps' is an integer")
+
+
+def trained_steps(schedule: SearchedSchedule):
+    """The number of training steps of the schedule's model, where the file records it."""
+    fields = schedule.diffusers
+    return fields.get("num_train_timesteps") if isinstance(fields, dict) else None
 
 
 def _model(schedule: SearchedSchedule, options, device: str, what: str):
@@ -131,6 +167,10 @@ def _check(schedule: SearchedSchedule, path, options, device: str) -> None:
     if schedule.solver not in SOLVER_ORDERS:
         raise UsageError(f"schedule {path}: unknown solver {schedule.solver!r}")
     model = _model(schedule, options, device, f"schedule {path}")
+    trained = trained_steps(schedule)
+    if trained is not None and trained != model.num_train_timesteps:
+        raise UsageError(f"schedule {path} is for a model of {trained} training steps, "
+                         f"{schedule.model} has {model.num_train_timesteps}")
     validate(schedule.timesteps, model.num_train_timesteps)
     if list(schedule.timesteps) != sorted(schedule.timesteps, reverse=True):
         raise UsageError(f"schedule {path}: time steps must be descending")
@@ -151,11 +191,12 @@ def sample(schedule: SearchedSchedule, n: int = 64, seed: int = 0, device: str =
 
 
 def save_grid(images: torch.Tensor, path, upscale: int = UPSCALE) -> None:
-    """A PNG grid; small images are enlarged (nearest neighbour) so the grid can be seen."""
+    """A PNG grid; small images (up to ``SMALL`` pixels a side) are enlarged (nearest
+    neighbour) so the grid can be seen."""
     from torchvision.utils import save_image
 
     x = images.float() / 255.0
-    if upscale > 1:
+    if upscale > 1 and max(x.shape[-2:]) <= SMALL:
         x = torch.nn.functional.interpolate(x, scale_factor=upscale, mode="nearest")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     save_image(x, str(path), nrow=int(max(1, round(len(x) ** 0.5))), padding=2, pad_value=1.0)

@@ -14,6 +14,10 @@ Inside the block the pipeline samples as the search scored the schedule:
   around each UNet call by forward hooks);
 - a model searched with its x0 prediction clipped to [-1, 1] (google's DDPMs) is clipped alike.
 
+A ``StableDiffusionPipeline`` samples with the schedule's guidance when it is called with the
+schedule's ``guidance_scale`` (the exported file's ``diffusers`` fields hold it): the pipeline
+runs classifier-free guidance in one UNet call per step, as the search did.
+
 A plain call changes the pipeline in place and returns it wrapped (calls and attributes go to
 the pipeline; ``.restore()`` undoes the change); ``with`` restores it on leaving the block.
 """
@@ -28,11 +32,12 @@ from types import SimpleNamespace
 import torch
 
 from autodiff_optuna.errors import UsageError
-from autodiff_optuna.export import FORMAT, SearchedSchedule
+from autodiff_optuna.export import FORMAT, SearchedSchedule, trained_steps
 from autodiff_optuna.models.diffusers_unet import DiffusersUNetModel, bypass_for
 from autodiff_optuna.models.files import read_json
 from autodiff_optuna.models.layers import find_skippable_layers
 from autodiff_optuna.models.registry import PRESETS
+from autodiff_optuna.models.stable_diffusion import StableDiffusionModel, sd_bypass_for
 from autodiff_optuna.sampling import SOLVER_ORDERS, validate
 from autodiff_optuna.sampling.skipping import check_skip, skipping
 from autodiff_optuna.sampling.solvers import make_scheduler
@@ -55,12 +60,17 @@ def _unet2d_layers(unet: torch.nn.Module) -> dict:
     return find_skippable_layers(unet, DiffusersUNetModel.SKIPPABLE_PREFIXES, bypass_for)
 
 
-# Pipeline class name (or a base class's) -> its parts. StableDiffusionPipeline would add an
-# entry whose ``layers`` finds a UNet2DConditionModel's blocks (its UNet and scheduler sit
-# under the same attribute names).
+def _unet2d_condition_layers(unet: torch.nn.Module) -> dict:
+    """A ``UNet2DConditionModel``'s ResBlocks and transformer blocks, as the Stable Diffusion
+    adapter finds them."""
+    return find_skippable_layers(unet, StableDiffusionModel.SKIPPABLE_PREFIXES, sd_bypass_for)
+
+
+# Pipeline class name (or a base class's) -> its parts
 PIPELINES: dict[str, PipelineParts] = {
     "DDPMPipeline": PipelineParts(layers=_unet2d_layers),
     "DDIMPipeline": PipelineParts(layers=_unet2d_layers),
+    "StableDiffusionPipeline": PipelineParts(layers=_unet2d_condition_layers),
 }
 
 
@@ -120,7 +130,7 @@ def apply(pipe, schedule) -> Applied:
     hooks = []
     if any(skip):
         hooks += _skip_hooks(unet, layers, dict(zip(schedule.timesteps, skip)))
-    if _clips(schedule.model):
+    if _clips(schedule.model, config):
         hooks.append(_clip_hook(unet, config))
     setattr(pipe, parts.scheduler, _solver(config, schedule))
     return Applied(pipe, parts, current, hooks)
@@ -157,7 +167,7 @@ def _check(schedule: SearchedSchedule, config: dict, layers: dict) -> list[tuple
     """The schedule's masks (in layer order), once it is known to fit the pipeline; else a
     UsageError saying what does not fit."""
     steps = int(config["num_train_timesteps"])
-    trained = _trained_steps(schedule.model)
+    trained = _trained_steps(schedule)
     if trained is not None and trained != steps:
         raise UsageError(f"that model has {trained} training steps, this pipeline's "
                          f"scheduler {steps}")
@@ -169,10 +179,13 @@ def _check(schedule: SearchedSchedule, config: dict, layers: dict) -> list[tuple
     return check_skip(schedule.skip, len(schedule.timesteps), layers)
 
 
-def _trained_steps(model: str) -> int | None:
-    """T of a preset model where it is known without its weights: a bundled model's scheduler
-    config, an ADM preset's flags (None for other models: the range check has to do)."""
-    preset = PRESETS.get(model)
+def _trained_steps(schedule: SearchedSchedule) -> int | None:
+    """T of the schedule's model where it is known without its weights: as the exported file
+    records it, else a bundled model's scheduler config or an ADM preset's flags (None for
+    other models: the range check has to do)."""
+    if trained_steps(schedule) is not None:
+        return trained_steps(schedule)
+    preset = PRESETS.get(schedule.model)
     if preset is None:
         return None
     if preset.directory is not None:
@@ -181,10 +194,15 @@ def _trained_steps(model: str) -> int | None:
     return preset.diffusion.get("diffusion_steps")
 
 
-def _clips(model: str) -> bool:
-    """Whether the schedule's model was searched with its x0 prediction clipped."""
+def _clips(model: str, config: dict) -> bool:
+    """Whether the schedule's model was searched with its x0 prediction clipped (a preset
+    that clips where its scheduler does, ``--model diffusers``: where this pipeline's does)."""
     preset = PRESETS.get(model)
-    return preset is not None and preset.clip_denoised
+    if preset is None:
+        return False
+    if preset.clip_denoised is None:
+        return bool(config.get("clip_sample", False))
+    return preset.clip_denoised
 
 
 def _solver(config: dict, schedule: SearchedSchedule):

@@ -1,7 +1,11 @@
-"""GPU speed of ADM-64 sampling through the project's own path, in one run of under 5 minutes.
+"""GPU speed of sampling through the project's own path (ADM-64; SD 1.5's UNet), in under 5 min.
+
+``--model sd15`` measures the same row for Stable Diffusion 1.5's UNet at 512x512 (64x64 latents,
+bench/sd_unet.py); the default is ADM-64.
 
     python -m bench.gpu --out gpu.json            # on a GPU machine (random weights)
-    python -m bench.gpu --smoke                   # tiny model on the CPU: proves the script runs
+    python -m bench.gpu --model sd15 --out gpu-sd15.json
+    python -m bench.gpu --smoke [--model sd15]    # tiny model on the CPU: proves the script runs
 
 What it measures, each through ``autodiff_optuna.sampling.sample`` (the solver loop every trial
 runs) on guided-diffusion's ImageNet-64 UNet (the adm64 preset's flags, random weights, bf16
@@ -14,9 +18,9 @@ autocast), at one batch (default 512) and 4 DDIM steps:
   and the clean-mode resize on the CPU.
 
 Throughput is images per second per network evaluation (batch x steps / seconds), the unit of
-the anchors (one H200: eager bf16 712, torch.compile 1709, FLOP floor 3487 at 219 GFLOP/image).
-The masked candidate's speed-up is compared with its GFLOP saving: the target is a time saving
-of at least 80% of the FLOP saving. Every phase checks a deadline and is skipped, saying so,
+the reference figures in ../shared/reference/ANCHORS.md and BENCHMARKS.md. The masked
+candidate's speed-up is compared with its GFLOP saving: the target is a time saving of at least
+80% of the FLOP saving. Every phase checks a deadline and is skipped, saying so,
 when the run would pass it.
 """
 
@@ -30,13 +34,22 @@ from pathlib import Path
 import torch
 
 ANCHORS = {"eager_bf16": 712, "compiled_bf16": 1709, "floor": 3487, "gflop": 219}
+# images per batch: ADM-64's anchors were measured at 512; SD 1.5's UNet at 512x512 is ~4x the
+# FLOPs per image and its attention holds 4096 tokens at the top level
+DEFAULT_BATCH = {"adm64": 512, "sd15": 32}
 TINY_FLAGS = dict(image_size=16, num_channels=32, num_res_blocks=1, channel_mult="1,2",
                   num_head_channels=16, attention_resolutions="8", class_cond=True,
                   learn_sigma=True, resblock_updown=True, use_new_attention_order=True,
                   use_scale_shift_norm=True)
 
 
-def build(smoke: bool, device: str, precision: str, compile: bool, batch: int):
+def build(smoke: bool, device: str, precision: str, compile: bool, batch: int,
+          model: str = "adm64"):
+    if model == "sd15":  # bench/sd_unet.py: SD 1.5's UNet config, random weights
+        from bench.sd_unet import SD15_UNET, TINY_SD_UNET, RandomSDUNet
+
+        return RandomSDUNet(TINY_SD_UNET if smoke else SD15_UNET, device, precision, compile,
+                            batch)
     from autodiff_optuna.models.adm import AdmModel
     from autodiff_optuna.models.registry import PRESETS
 
@@ -84,7 +97,11 @@ def timed(model, batch, steps, skip, repeats: int) -> float:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny model, CPU, seconds")
-    parser.add_argument("--batch", type=int, help="images per batch (default 512; smoke 8)")
+    parser.add_argument("--model", choices=sorted(DEFAULT_BATCH), default="adm64",
+                        help="adm64 (ImageNet 64x64 ADM) or sd15 (Stable Diffusion 1.5's UNet "
+                             "at 512x512, one UNet call per image: no guidance, no VAE)")
+    parser.add_argument("--batch", type=int, help="images per batch (default adm64 512, sd15 "
+                                                  "32; smoke 8)")
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--budget", type=float, default=280.0, help="seconds for the whole run")
     parser.add_argument("--repeats", type=int, default=3)
@@ -97,7 +114,7 @@ def main(argv=None) -> int:
     if not args.smoke and device == "cpu":
         print("no GPU: run with --smoke on a CPU", file=sys.stderr)
         return 2
-    batch_n = args.batch or (8 if args.smoke else 512)
+    batch_n = args.batch or (8 if args.smoke else DEFAULT_BATCH[args.model])
     precision = "fp32" if device == "cpu" else "bf16"
     backend = args.compile_backend or ("eager" if args.smoke else "inductor")
     if device == "cuda":
@@ -111,9 +128,10 @@ def main(argv=None) -> int:
 
     results = {"device": torch.cuda.get_device_name() if device == "cuda" else
                platform.processor() or platform.machine(), "torch": torch.__version__,
-               "smoke": args.smoke, "batch": batch_n, "steps": args.steps,
-               "precision": precision, "compile_backend": backend, "anchors_h200": ANCHORS,
-               "phases": {}, "skipped": []}
+               "model": args.model, "smoke": args.smoke, "batch": batch_n, "steps": args.steps,
+               "precision": precision, "compile_backend": backend, "phases": {}, "skipped": []}
+    if args.model == "adm64":
+        results["anchors_h200"] = ANCHORS
 
     def report(name, seconds, gflops_per_image):
         evals = batch_n * args.steps
@@ -125,7 +143,7 @@ def main(argv=None) -> int:
               f"({seconds:.3f} s, {row['achieved_tflops']:.1f} TFLOP/s)", flush=True)
 
     t0 = time.monotonic()
-    model = build(args.smoke, device, precision, False, batch_n)
+    model = build(args.smoke, device, precision, False, batch_n, args.model)
     results["build_s"] = time.monotonic() - t0
     costs = layer_costs(model)
     steps = standard_spacings(args.steps, model.num_train_timesteps,
@@ -191,7 +209,9 @@ def main(argv=None) -> int:
                   f"{results['flop_saving']:.1%} of the FLOPs ({ratio:.0%}; target >= 80%)")
 
     # FID's side: clean-fid's clean resize on the CPU, the Inception network on the device
-    phase("inception", lambda: inception(results, device, 64 if args.smoke else 1000))
+    # (measured with ADM's 64x64 images; the sd15 row is the UNet alone)
+    if args.model == "adm64":
+        phase("inception", lambda: inception(results, device, 64 if args.smoke else 1000))
 
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1) + "\n")

@@ -306,6 +306,10 @@ def render(results: dict) -> dict[str, str]:
                       ("multifidelity", render_multifidelity), ("profile", render_profile)):
         if key in results:
             sections[key.replace("_", "-")] = "\n".join(head + part(results[key]))
+    if "workers" in results:
+        from bench.workers import render as render_workers
+
+        sections["workers"] = "\n".join(head + render_workers(results["workers"]))
     if "deep_study" in results:
         sections["stage2-deep"] = "\n".join(head + render_deep(results["deep_study"]))
     if "stage2_budgets" in results:
@@ -578,11 +582,11 @@ def main() -> None:
     """``python -m bench.run [PART ...]``: all parts, or re-measure only the named ones
     (model_quality, trial_time_s, default_study, storage_overhead, masked_speed,
     skip_sensitivity, spacings_table, samplers, multifidelity, end_to_end, deep_study,
-    stage2_budgets,
-    profile)
+    stage2_budgets, workers, profile)
     and keep the other numbers of bench/results.json."""
     from bench import search
     from bench.profile import profile_trials
+    from bench.workers import measure as workers
 
     parts = {"model_quality": model_quality, "trial_time_s": trial_time,
              "default_study": default_study, "storage_overhead": storage_overhead,
@@ -590,7 +594,7 @@ def main() -> None:
              "spacings_table": search.spacings_table,
              "samplers": search.sampler_comparison, "multifidelity": search.multifidelity,
              "end_to_end": search.end_to_end, "deep_study": deep_study,
-             "stage2_budgets": search.stage2_budgets,
+             "stage2_budgets": search.stage2_budgets, "workers": workers,
              "profile": profile_trials}
     wanted = sys.argv[1:] or list(parts)
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() and sys.argv[1:] else {}

@@ -1,4 +1,4 @@
-"""What the search buys and what it costs, on digits (issue 7).
+"""What the search buys and what it costs, on digits.
 
 - ``spacings_table``: for each K, the standard spacings and both searched stages, every FID on
   held-out noise, the searches repeated over 3 seeds (mean and std), with their cost.

@@ -3,6 +3,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import helpers
 import pytest
 import torch
 
@@ -31,14 +32,8 @@ def tiny_unet_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def error_line(capsys):
-    """Reads what a command printed on stderr and checks it is one line (no traceback)."""
-
-    def read() -> str:
-        err = capsys.readouterr().err.strip()
-        assert len(err.splitlines()) == 1, err
-        return err
-
-    return read
+    """Reads what a command printed on stderr and checks it is one ``error: ...`` line."""
+    return lambda: helpers.error_line(capsys)
 
 
 @pytest.fixture

@@ -115,3 +115,16 @@ def save_standin_inception(path, dim: int = 16, seed: int = 0):
 def save_stats(path, feats: np.ndarray):
     np.savez(path, mu=feats.mean(0), sigma=np.cov(feats, rowvar=False))
     return path
+
+
+def isolate(monkeypatch, root) -> None:
+    """Nothing found by accident in a real models directory or cache of this machine: the
+    models directories, clean-fid's folders and the Hugging Face cache are under ``root``."""
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("AUTODIFF_MODELS_DIR", str(root / "models"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(root / "cache"))
+    monkeypatch.setattr("autodiff_optuna.metrics.inception.CLEANFID_INCEPTION_DIR", root / "tmp")
+    monkeypatch.setattr("autodiff_optuna.metrics.inception.cleanfid_stats_dir",
+                        lambda: root / "cleanfid-stats")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(root / "hf"))

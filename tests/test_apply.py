@@ -1,6 +1,8 @@
 """``autodiff_optuna.apply``: a diffusers pipeline built around the bundled digits UNet samples
 exactly what ``autodiff_optuna.sample`` samples, on the same noise, with and without skips."""
 
+import inspect
+import json
 import re
 from pathlib import Path
 
@@ -183,3 +185,87 @@ def test_readme_example_runs(tmp_path, monkeypatch):
     exec(compile(example, "README.md", "exec"), namespace)
     assert namespace["images"].shape == (16, 1, 8, 8)
     assert type(namespace["pipe"].scheduler).__name__ == "DDPMScheduler"  # restored
+
+
+# ---- what an exported schedule tells a diffusers user ----------------------------------------
+
+def _exported(tmp_path, capsys, *extra) -> dict:
+    """A short digits study through the command line, exported."""
+    from autodiff_optuna.cli import main
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    assert main(["study", "--model", "digits", "--steps", "4", "--stage", "1", "--trials", "3",
+                 "--population", "3", "--samples", "100", "--min-samples", "0", "--quiet",
+                 "--storage", url, "--solver", "dpmpp2m", *extra]) == 0
+    capsys.readouterr()
+    assert main(["export", "--name", "digits-k4", "--storage", url, "--out",
+                 str(tmp_path / "schedule.json")]) == 0
+    return json.loads((tmp_path / "schedule.json").read_text())
+
+
+def test_the_export_holds_the_scheduler_apply_builds(digits, tmp_path, capsys):
+    exported = _exported(tmp_path, capsys)
+    fields = exported["diffusers"]
+    assert fields["timesteps"] == exported["timesteps"] and fields["num_train_timesteps"] == 1000
+    assert fields["scheduler"] == "DPMSolverMultistepScheduler" and "guidance_scale" not in fields
+    with ao.apply(_pipeline(digits), tmp_path / "schedule.json") as pipe:
+        built = pipe.scheduler
+        assert type(built).__name__ == fields["scheduler"]
+    from diffusers import DPMSolverMultistepScheduler
+
+    # every setting of the solver apply builds (-inf, not JSON, is left to its default)
+    config = fields["scheduler_config"]
+    assert set(config) | {"lambda_min_clipped"} == set(
+        inspect.signature(DPMSolverMultistepScheduler.__init__).parameters) - {"self"}
+    assert {k: built.config[k] for k in config} == config
+    pasted = DPMSolverMultistepScheduler.from_config(config)
+    assert {k: pasted.config[k] for k in [*config, "lambda_min_clipped"]} == \
+        {k: built.config[k] for k in [*config, "lambda_min_clipped"]}
+    pasted.set_timesteps(timesteps=fields["timesteps"])
+    assert pasted.timesteps.tolist() == built.timesteps.tolist() == exported["timesteps"]
+
+
+def test_old_schedule_files_still_load_and_apply(digits, tmp_path):
+    old = json.loads(_schedule(digits).to_json())
+    del old["diffusers"]  # written before the field existed
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(old))
+    assert ao.load_schedule(path).diffusers is None
+    with ao.apply(_pipeline(digits), path) as pipe:
+        assert pipe.scheduler.timesteps is not None
+
+
+def test_a_schedule_for_another_number_of_training_steps_is_refused(digits, tmp_path, capsys):
+    from autodiff_optuna.cli import main
+    from autodiff_optuna.export import diffusers_fields
+
+    fields = diffusers_fields({**digits.scheduler_config, "num_train_timesteps": 500}, "ddim",
+                              STEPS)
+    schedule = _schedule(digits, skips=False, model="mine", diffusers=fields)
+    message = _refusal(_pipeline(digits), schedule)
+    assert "that model has 500 training steps, this pipeline's scheduler 1000" in message
+    path = tmp_path / "s.json"
+    path.write_text(_schedule(digits, skips=False, diffusers=fields).to_json())
+    assert main(["sample", "--schedule", str(path), "--out", str(tmp_path / "g.png")]) == 2
+    assert f"schedule {path} is for a model of 500 training steps, digits has 1000" in \
+        capsys.readouterr().err
+    path.write_text(_schedule(digits, skips=False, diffusers=[1000]).to_json())
+    assert main(["sample", "--schedule", str(path), "--out", str(tmp_path / "g.png")]) == 2
+    assert "'diffusers' must be an object" in capsys.readouterr().err
+    assert not (tmp_path / "g.png").exists()
+
+
+def test_a_study_from_before_the_training_schedule_exports_without_diffusers_fields(
+        tmp_path, capsys):
+    import optuna
+
+    from autodiff_optuna.cli import main
+
+    _exported(tmp_path, capsys)
+    url = f"sqlite:///{tmp_path}/s.db"
+    optuna.load_study(study_name="digits-k4", storage=url).set_user_attr("training_schedule",
+                                                                         None)
+    assert main(["export", "--name", "digits-k4", "--storage", url, "--out",
+                 str(tmp_path / "old.json")]) == 0
+    assert json.loads((tmp_path / "old.json").read_text())["diffusers"] is None
+    assert "has no diffusers fields; rerun its study command" in capsys.readouterr().err

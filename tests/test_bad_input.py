@@ -13,7 +13,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from waiting import CEILING
+from helpers import CEILING, error_line
 
 from autodiff_optuna.cli import main
 from autodiff_optuna.reporting import plots
@@ -21,16 +21,10 @@ from autodiff_optuna.reporting import plots
 NAME = "digits-k2"
 
 
-def _err(capsys) -> str:
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err  # one clear line, no traceback
-    assert err.startswith("error: "), err
-    return err
-
 
 def _refused(capsys, argv) -> str:
     assert main(argv) == 2
-    return _err(capsys)
+    return error_line(capsys)
 
 
 @pytest.fixture(scope="module")
@@ -269,7 +263,7 @@ def test_a_malformed_skip_file(content, message, tmp_path, capsys):
 
 @pytest.mark.parametrize("path, message", [
     ("/dev/zero", "larger than 4 MiB"),  # would otherwise be read until memory runs out
-    ("/", "cannot read /: Is a directory"),
+    ("/", "/ is a directory, not a file"),
     ("/no/such/file.json", "cannot read /no/such/file.json: No such file or directory"),
 ])
 def test_an_input_that_is_no_file_to_read(path, message, capsys):

@@ -6,17 +6,12 @@ import sys
 
 import optuna
 import pytest
-from waiting import CEILING
+from helpers import CEILING, error_line
 
 from autodiff_optuna.cli import main
 
 FAST = ["--samples", "80", "--population", "3", "--quiet", "--stage", "1"]
 
-
-def _err(capsys) -> str:
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err  # one clear line, no traceback
-    return err
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -38,7 +33,7 @@ def test_bad_input_is_one_line_and_exit_2(argv, message, capsys, tmp_path):
     if argv[0] == "study":
         argv = argv + ["--storage", f"sqlite:///{tmp_path}/s.db"]
     assert main(argv) == 2
-    assert message in _err(capsys)
+    assert message in error_line(capsys)
     if argv[0] == "study":  # no half-created study left behind
         assert not (tmp_path / "s.db").exists() or not optuna.get_all_study_names(
             f"sqlite:///{tmp_path}/s.db")
@@ -50,11 +45,11 @@ def test_unreachable_and_foreign_storage(capsys, tmp_path):
     before = junk.read_bytes()
     assert main(["study", "--model", "digits", "--steps", "4", "--storage",
                  f"sqlite:///{junk}"]) == 2
-    assert "not an SQLite database" in _err(capsys)
+    assert "not an SQLite database" in error_line(capsys)
     assert junk.read_bytes() == before
     assert main(["study", "--model", "digits", "--steps", "4", "--storage",
                  "nosuchdialect://x/y"]) == 2
-    assert "storage" in _err(capsys)
+    assert "storage" in error_line(capsys)
 
 
 def test_best_lists_the_studies_that_exist(capsys, tmp_path):
@@ -63,7 +58,7 @@ def test_best_lists_the_studies_that_exist(capsys, tmp_path):
                 + FAST) == 0
     capsys.readouterr()
     assert main(["best", "--name", "missing", "--storage", url]) == 2
-    assert "studies there: digits-k2" in _err(capsys)
+    assert "studies there: digits-k2" in error_line(capsys)
 
 
 def test_resume_and_configuration_mismatch(capsys, tmp_path):
@@ -83,7 +78,7 @@ def test_resume_and_configuration_mismatch(capsys, tmp_path):
     mismatched = ["study", "--model", "digits", "--steps", "3", "--storage", url,
                   "--samples", "96", "--population", "3", "--name", "digits-k3", "--stage", "1"]
     assert main(mismatched) == 2
-    assert "samples: stored 80, requested 96" in _err(capsys)
+    assert "samples: stored 80, requested 96" in error_line(capsys)
     assert len(optuna.load_study(study_name="digits-k3", storage=url).trials) == len(study.trials)
 
 
@@ -105,7 +100,7 @@ def test_stage1_with_an_optuna_sampler_resumes_and_keeps_its_sampler(capsys, tmp
     assert main(["best", "--name", "digits-k3", "--storage", url, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["sampler"] == "tpe"
     assert main(base + ["--trials", "9"]) == 2  # the default sampler is another search
-    assert "sampler: stored 'tpe', requested 'evolutionary'" in _err(capsys)
+    assert "sampler: stored 'tpe', requested 'evolutionary'" in error_line(capsys)
 
     old = optuna.create_study(study_name="old", storage=url)  # as made before --sampler
     config = {k: v for k, v in study.user_attrs["config"].items() if k != "sampler"}
@@ -149,7 +144,7 @@ def test_stage_two_needs_stage_one(capsys, tmp_path):
     url = f"sqlite:///{tmp_path}/s.db"
     assert main(["study", "--model", "digits", "--steps", "3", "--stage", "2", "--storage", url]
                 + FAST[:-2]) == 2
-    assert "no study named 'digits-k3'" in _err(capsys)
+    assert "no study named 'digits-k3'" in error_line(capsys)
 
 
 def test_evaluate_with_masks(capsys, tmp_path):
@@ -165,11 +160,11 @@ def test_evaluate_with_masks(capsys, tmp_path):
         bad.write_text(json.dumps(payload))
         assert main(["evaluate", "--model", "digits", "--timesteps", "900,300",
                      "--skip", str(bad)]) == 2
-        assert message in _err(capsys)
+        assert message in error_line(capsys)
     (tmp_path / "broken.json").write_text("{not json")
     assert main(["evaluate", "--model", "digits", "--timesteps", "900,300",
                  "--skip", str(tmp_path / "broken.json")]) == 2
-    assert "not valid JSON" in _err(capsys)
+    assert "not valid JSON" in error_line(capsys)
 
 
 def test_export_and_sample_in_one_line(capsys, tmp_path):
@@ -192,10 +187,10 @@ def test_export_and_sample_in_one_line(capsys, tmp_path):
     capsys.readouterr()
     (tmp_path / "bad.json").write_text('{"format": "something else"}')
     assert main(["sample", "--schedule", str(tmp_path / "bad.json")]) == 2
-    assert "not an autodiff-optuna schedule" in _err(capsys)
+    assert "not an autodiff-optuna schedule" in error_line(capsys)
     assert main(["export", "--name", "digits-k3", "--storage", url, "--out", str(out),
                  "--max-gflops", "0.000001"]) == 2
-    assert "costs <=" in _err(capsys)
+    assert "costs <=" in error_line(capsys)
 
 
 def test_stage_two_resumes(tmp_path):

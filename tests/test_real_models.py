@@ -6,6 +6,7 @@ flags, registered for the test. Nothing of guided-diffusion, diffusers or clean-
 """
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ import torch
 from realmodel_standins import (
     TINY_ADM_FLAGS,
     TINY_CLASSIFIER_FLAGS,
+    isolate,
     save_standin_inception,
     save_stats,
     save_tiny_adm,
@@ -47,16 +49,7 @@ def files(tmp_path_factory):
 def _isolate(monkeypatch, tmp_path):
     monkeypatch.setitem(PRESETS, "adm-tiny", tiny_adm_preset())
     monkeypatch.setitem(PRESETS, "ddpm-tiny", tiny_ddpm_preset())
-    # nothing found by accident in a real models directory or cache of this machine
-    monkeypatch.setenv("AUTODIFF_MODELS_DIR", str(tmp_path / "models"))
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.setattr("autodiff_optuna.metrics.inception.CLEANFID_INCEPTION_DIR",
-                        tmp_path / "tmp")
-    monkeypatch.setattr("autodiff_optuna.metrics.inception.cleanfid_stats_dir",
-                        lambda: tmp_path / "cleanfid-stats")
-    import huggingface_hub.constants
-
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    isolate(monkeypatch, tmp_path)
 
 
 @pytest.fixture(autouse=True)
@@ -480,6 +473,36 @@ def test_mismatch_messages_name_the_flag():
                           "inception-v3@n1:clean|ref-stats@s1", "study 's'")
     with pytest.raises(UsageError, match="the bundled weights are not the ones"):
         check_same_model(SimpleNamespace(fingerprint="new", name="digits"), "old", "study 's'")
+    # Stable Diffusion: the prompt list and the guidance scale are part of the model
+    assert refused("w+prompts@p1*7.5", "w+prompts@p1*3") == "--guidance-scale 7.5"
+    assert refused("w+prompts@p1*7.5", "w+prompts@p2*7.5+bf16") == \
+        "the --prompts whose prompt list's digest is p1 and --precision fp32"
+
+
+@pytest.mark.parametrize("stored, loaded, hint", [
+    ("inception-v3@n:clean|ref-images@i1", "inception-v3@n:clean|ref-images@i2",
+     "the --ref-images folder whose images' digest is i1"),
+    ("inception-v3@n:clean|ref-teacher@t1*8", "inception-v3@n:clean|ref-stats@s",
+     "--ref-teacher 8"),
+    ("inception-v3@n:clean|ref-teacher@t1*8", "inception-v3@n:clean|ref-teacher@t2*4",
+     "--ref-teacher 8"),
+    ("inception-v3@n:clean|ref-teacher@t1*8", "inception-v3@n:clean|ref-teacher@t2*8",
+     "--ref-teacher 8 with the model, precision and --inception it was made with (its "
+     "statistics' digest is t1)"),
+    ("inception-v3@n:clean|ref-stats@s", "inception-v3@m:clean|ref-images@i",
+     "the --inception whose digest is n and the --ref-stats whose digest is s"),
+    ("digits-cnn64:sklearn-digits-all@d", "digits-cnn64@w|ref-teacher@t*20",
+     "no --ref-teacher (it was scored against the bundled statistics of real digits)"),
+    ("digits-cnn64@w|ref-teacher@t*20", "digits-cnn64:sklearn-digits-all@d", "--ref-teacher 20"),
+])
+def test_a_study_scored_against_another_reference_names_the_flag(stored, loaded, hint):
+    from types import SimpleNamespace
+
+    from autodiff_optuna.metrics import check_same_scorer
+
+    with pytest.raises(UsageError) as err:
+        check_same_scorer(SimpleNamespace(name=loaded), stored, "study 's'")
+    assert str(err.value).endswith(f": pass {hint}")
 
 
 def test_short_study_on_tiny_ddpm(files, tmp_path, capsys):
@@ -494,6 +517,60 @@ def test_short_study_on_tiny_ddpm(files, tmp_path, capsys):
                  str(files["stats"]), "--inception", str(files["inception"]), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["samples"] == 20 and np.isfinite(result["fid"])
+
+
+# ---- any diffusers UNet2DModel: --model diffusers ------------------------------------------
+
+def test_any_diffusers_unet_in_either_layout(files, tiny_unet_dir):
+    """The flat layout (google/ddpm-*) and a pipeline's folder (unet/, scheduler/); the
+    training schedule is the folder's scheduler config, x0 clipped where it says clip_sample."""
+    uncached = load_model.__wrapped__
+    flat = uncached("diffusers", "cpu", ModelOptions(checkpoint=str(files["ddpm"])))
+    preset = uncached("ddpm-tiny", "cpu", ModelOptions(checkpoint=str(files["ddpm"])))
+    assert flat.fingerprint == preset.fingerprint and flat.clip_denoised  # clip_sample: true
+    batch = draw(flat, 3, seed=0)
+    assert torch.equal(sample(flat, (900, 100), batch), sample(preset, (900, 100), batch))
+    nested = uncached("diffusers", "cpu", ModelOptions(checkpoint=str(tiny_unet_dir)))
+    assert nested.sample_shape == (1, 8, 8) and nested.num_train_timesteps == 1000
+    assert nested.scheduler_config["beta_schedule"] == "linear"
+
+
+def test_a_study_of_any_diffusers_unet(files, tmp_path, capsys):
+    argv = _study_args(files, tmp_path, "diffusers", "--checkpoint", str(files["ddpm"]),
+                       "--stage", "1")
+    assert main(argv) == 0, capsys.readouterr().err
+    attrs = _stored_config(tmp_path, "diffusers-k3")
+    assert attrs["config"]["model"] == "diffusers" and "|ref-stats@" in attrs["fid_features"]
+    assert attrs["training_schedule"]["num_train_timesteps"] == 1000
+
+
+@pytest.mark.parametrize("checkpoint, message", [
+    (None, "model 'diffusers' needs --checkpoint DIR|HUB_ID: an unconditional diffusers "
+           "UNet2DModel"),
+    ("SD_UNET", "is a UNet2DConditionModel, not an unconditional diffusers UNet2DModel: Stable "
+                "Diffusion runs as --model sd14 or sd15"),
+    ("ROOT", "is not a diffusers model directory: it needs unet/config.json and "
+             "scheduler/scheduler_config.json"),
+    ("STATS", "should be a directory"),
+    ("someone/absent-model", "--checkpoint someone/absent-model: not a local directory, and the "
+                             "hub model is not in the Hugging Face cache"),
+])
+def test_not_a_diffusers_unet_is_one_line(files, tmp_path, capsys, checkpoint, message):
+    from tiny_sd import save_tiny_sd
+
+    sd_unet = tmp_path / "sd" / "unet"
+    if checkpoint == "SD_UNET":  # a Stable Diffusion folder's UNet, beside its scheduler
+        save_tiny_sd(tmp_path / "sd")
+        shutil.copy(tmp_path / "sd" / "scheduler" / "scheduler_config.json", sd_unet)
+        capsys.readouterr()  # transformers' progress bar of the save
+    checkpoint = {"SD_UNET": str(sd_unet), "ROOT": str(files["root"]),
+                  "STATS": str(files["stats"])}.get(checkpoint, checkpoint)
+    argv = ["study", "--model", "diffusers", "--steps", "3", "--device", "cpu",
+            "--storage", f"sqlite:///{tmp_path}/s.db", "--ref-stats", str(files["stats"]),
+            "--inception", str(files["inception"])]
+    assert main(argv + (["--checkpoint", checkpoint] if checkpoint else [])) == 2
+    assert message in _one_line_error(capsys)
+    assert not (tmp_path / "s.db").exists()
 
 
 # ---- missing files: one line, the file, its URL, where to put it, exit 2 --------------------
@@ -572,6 +649,8 @@ def test_download_fetches_files_and_leaves_nothing_partial(tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "dest").iterdir()) == ["w.pt"]
     assert main(["download", "digits"]) == 0
     assert "bundled" in capsys.readouterr().out
+    assert main(["download", "diffusers"]) == 2  # whatever --checkpoint names: nothing to fetch
+    assert "nothing of its own to download" in _one_line_error(capsys)
 
 
 def test_junk_reference_statistics_are_one_line(files, tmp_path, capsys):

@@ -8,6 +8,8 @@ the same file: ``InceptionV3W`` and ``get_folder_features``, the mean and covari
 clean-fid's fixed /tmp path, downloading it, and writes into clean-fid's package folder).
 """
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -245,7 +247,44 @@ def test_teacher_statistics_of_stable_diffusion(narrow, tmp_path):
     features = InceptionFeatures(narrow)
     ref = reference_from_teacher(sd, features, steps=6, n=20, seed=0)
     batch = draw(sd, 20, TEACHER_SEED_OFFSET, HELDOUT)
-    images = to_uint8(sd.decode(sample(sd, uniform(6, 1000), batch, "dpmpp2m")))
+    images = to_uint8(sample(sd, uniform(6, 1000), batch, "dpmpp2m"))  # decoded
     feats = features(images).numpy().astype(np.float64)
     np.testing.assert_allclose(ref.mu, feats.mean(0), rtol=1e-6, atol=1e-6)
     assert ref.mu.shape == (16,) and ref.sigma.shape == (16, 16)
+
+
+@pytest.mark.slow  # a study, 1000 teacher samples, refusals and an evaluate: ~10 s on one core
+def test_a_digits_study_against_its_own_teacher(tmp_path, capsys, monkeypatch):
+    """--ref-teacher on the bundled model: its own digits features, the statistics of its
+    5-step samples, cached; the study records them, and refuses another reference."""
+    import optuna
+
+    from autodiff_optuna.cli import main
+
+    monkeypatch.setenv("AUTODIFF_MODELS_DIR", str(tmp_path / "models"))
+    url = f"sqlite:///{tmp_path}/s.db"
+    study = ["study", "--model", "digits", "--steps", "3", "--stage", "1", "--trials", "3",
+             "--population", "3", "--samples", "100", "--min-samples", "0", "--quiet",
+             "--storage", url]
+    assert main(study + ["--ref-teacher", "5"]) == 0, capsys.readouterr().err
+    stored = optuna.load_study(study_name="digits-k3", storage=url)
+    features = stored.user_attrs["fid_features"]
+    assert features.startswith("digits-cnn64@") and "|ref-teacher@" in features
+    assert features.endswith("*5")
+    assert [p.name.startswith("ref-teacher-") for p in (tmp_path / "models" / "fid-stats")
+            .iterdir()] == [True]
+    trials = [(t.number, t.values) for t in stored.trials]
+    capsys.readouterr()
+    for other, message in (([], "fid_features: stored"), (["--ref-stats", "x.npz"],
+                                                          "--ref-stats does not apply")):
+        assert main(study + other) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err
+        if not other:  # the bundled statistics: the flag that loads the study's is named
+            assert err.endswith("(pass --ref-teacher 5)); rerun with the stored values or "
+                                "choose a new --name")
+    assert [(t.number, t.values) for t in optuna.load_study(
+        study_name="digits-k3", storage=url).trials] == trials
+    assert main(["evaluate", "--model", "digits", "--timesteps", "999,500,0", "--samples",
+                 "100", "--ref-teacher", "5", "--json"]) == 0
+    assert np.isfinite(json.loads(capsys.readouterr().out)["fid"])

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pytest
+from helpers import CEILING, error_line
 from PIL import Image
-from waiting import CEILING
 
 from autodiff_optuna.cli import main
 from autodiff_optuna.reporting import artifacts, optuna_plots, png
@@ -31,11 +31,6 @@ STAGE1_SLUGS = ["stage1-history", "stage1-timeline", "stage1-parallel"]
 STAGE2_SLUGS = ["stage2-pareto", "stage2-hypervolume", "stage2-masks", "stage2-history",
                 "stage2-timeline", "stage2-parallel"]
 
-
-def _err(capsys) -> str:
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err  # one clear line, no traceback
-    return err
 
 
 @pytest.fixture(scope="module")
@@ -326,20 +321,20 @@ def test_trials_the_pruner_stopped_are_counted_not_ranked(url, tmp_path):
 def test_bad_input_is_one_line_and_exit_2(url, tmp_path, capsys):
     base = ["report", "--storage", url, "--out", str(tmp_path / "r"), "--no-png"]
     assert main(base + ["--name", "nope"]) == 2
-    assert "no study named 'nope'" in (err := _err(capsys))
+    assert "no study named 'nope'" in (err := error_line(capsys))
     assert "studies there: digits-k3, digits-k3-stage2" in err
     broken = tmp_path / "broken.json"
     broken.write_text("{not json")
     assert main(base + ["--name", "digits-k3", "--schedule", str(broken)]) == 2
-    assert "not valid JSON" in _err(capsys)
+    assert "not valid JSON" in error_line(capsys)
     foreign = tmp_path / "foreign.json"
     foreign.write_text(json.dumps({"format": "something else"}))
     assert main(base + ["--name", "digits-k3", "--schedule", str(foreign)]) == 2
-    assert "not an autodiff-optuna schedule" in _err(capsys)
+    assert "not an autodiff-optuna schedule" in error_line(capsys)
     assert main(base + ["--name", "digits-k3", "--top", "0"]) == 2
-    assert "--top must be at least 1" in _err(capsys)
+    assert "--top must be at least 1" in error_line(capsys)
     assert main(base + ["--name", "digits-k3", "--heldout-samples", "10"]) == 2
-    assert "--heldout-samples must exceed the FID feature dimension" in _err(capsys)
+    assert "--heldout-samples must exceed the FID feature dimension" in error_line(capsys)
     assert not (tmp_path / "r").exists()  # nothing written for bad input
 
 
@@ -349,10 +344,10 @@ def test_empty_study_is_one_line_and_exit_2(url, tmp_path, capsys):
     empty.set_user_attr("config", _study(url).user_attrs["config"])
     empty.enqueue_trial({"t0": 666, "t1": 333, "t2": 0})  # queued, never run
     assert main(["report", "--name", "digits-k3", "--storage", empty_url, "--no-png"]) == 2
-    assert "has no complete trial yet" in _err(capsys)
+    assert "has no complete trial yet" in error_line(capsys)
     assert main(["report", "--name", "digits-k3", "--storage", f"sqlite:///{tmp_path}/new.db",
                  "--no-png"]) == 2
-    err = _err(capsys)
+    err = error_line(capsys)
     assert "no study named 'digits-k3'" in err and "studies there: none" in err
 
 
@@ -371,7 +366,7 @@ def test_a_stage2_not_run_yet_is_a_note_on_the_stage1_page(url, tmp_path, capsys
     assert "Stage 2: digits-k3-stage2 (0 complete)" in html and "No complete trial yet." in html
     capsys.readouterr()
     assert main(base + ["--name", "digits-k3-stage2"]) == 2
-    assert "'digits-k3-stage2' has no complete trial yet" in _err(capsys)
+    assert "'digits-k3-stage2' has no complete trial yet" in error_line(capsys)
 
 
 def test_importances_of_a_degenerate_study_are_a_note():

@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pytest
+from helpers import CEILING
 from optuna.distributions import FloatDistribution
 from optuna.samplers import PartialFixedSampler, RandomSampler
 from optuna.testing.pytest_samplers import BasicSamplerTestCase, MultiObjectiveSamplerTestCase
 from optuna.trial import TrialState
-from waiting import CEILING
 
 from autodiff_optuna.sampling import schedules
 from autodiff_optuna.search.encoding import CandidateSpace

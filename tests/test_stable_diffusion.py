@@ -14,13 +14,8 @@ from autodiff_optuna.errors import UsageError
 from autodiff_optuna.metrics.fid import to_uint8
 from autodiff_optuna.metrics.flops import count_flops, layer_costs
 from autodiff_optuna.models.prompts import read_prompts, resolve_prompts
-from autodiff_optuna.models.registry import PRESETS, ModelOptions
-from autodiff_optuna.models.stable_diffusion import (
-    HUB_IDS,
-    REPO_FILES,
-    WEIGHTS,
-    StableDiffusionModel,
-)
+from autodiff_optuna.models.registry import COCO_IMAGES, PRESETS, ModelOptions
+from autodiff_optuna.models.stable_diffusion import REPO_FILES, StableDiffusionModel
 from autodiff_optuna.sampling import HELDOUT, SEARCH, draw, sample
 from autodiff_optuna.sampling.skipping import skipping
 
@@ -38,8 +33,9 @@ def sd(sd_dir):
 
 
 def _images(model, seed, n=4, purpose=SEARCH, skip=None):
+    """The sampler's images: the latents it samples, decoded by the model's VAE."""
     batch = draw(model, n, seed, purpose)
-    return batch, to_uint8(model.decode(sample(model, STEPS, batch, "dpmpp2m", skip=skip)))
+    return batch, to_uint8(sample(model, STEPS, batch, "dpmpp2m", skip=skip))
 
 
 def test_latent_shapes_prompts_and_layers(sd):
@@ -143,16 +139,12 @@ def test_flops_count_both_halves_of_the_guided_batch(sd, sd_dir):
     guided_flops, _ = count_flops(sd)
     plain_flops, _ = count_flops(plain)
     assert guided_flops == 2 * plain_flops  # the text encoder is not in either count
-    # counted beside them, as metrics.flops will (its counter, its CPU attention mapping)
-    from torch.utils.flop_counter import FlopCounterMode
+    # counted beside them: one prompt through the text encoder, one latent through the decoder
+    from autodiff_optuna.metrics.flops import unskippable_gflops
 
-    from autodiff_optuna.metrics.flops import _custom_mapping
-
-    for what, run in sd.unskippable_work().items():
-        counter = FlopCounterMode(display=False, custom_mapping=_custom_mapping())
-        with torch.inference_mode(), counter:
-            run()
-        assert counter.get_total_flops() > 0, what
+    costs = unskippable_gflops(sd)
+    assert set(costs) == {"text_encoder", "vae_decode"} and all(g > 0 for g in costs.values())
+    assert unskippable_gflops(plain) == costs  # guidance runs the UNet twice, not these
 
 
 def test_decode_is_the_vae_and_sliced(sd):
@@ -187,18 +179,20 @@ def test_the_search_scores_it_like_any_model(sd, tmp_path):
 # ---- presets and bad input -------------------------------------------------------------------
 
 def test_preset_facts():
-    assert HUB_IDS == {"sd14": "CompVis/stable-diffusion-v1-4",
-                       "sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5"}
-    assert WEIGHTS["sd15"].url == "https://huggingface.co/stable-diffusion-v1-5/stable-diffusion-v1-5"
-    assert WEIGHTS["sd14"].hub_id == "CompVis/stable-diffusion-v1-4"
+    sd14, sd15 = PRESETS["sd14"], PRESETS["sd15"]
+    assert (sd14.family, sd14.fid, sd14.fid_mode) == ("stable-diffusion", "inception", "clean")
+    assert sd14.weights.hub_id == "CompVis/stable-diffusion-v1-4"
+    assert sd15.weights.url == \
+        "https://huggingface.co/stable-diffusion-v1-5/stable-diffusion-v1-5"
+    assert sd15.weights.files == REPO_FILES and sd14.guidance_scale == 7.5
+    assert sd14.prompts.name == "captions_val2014.json" and sd14.ref_images is COCO_IMAGES
+    assert COCO_IMAGES.url == "http://images.cocodataset.org/zips/val2014.zip"
     for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
         assert any(f.startswith(part + "/") for f in REPO_FILES)
 
 
 def _tiny_preset():
-    return dataclasses.replace(PRESETS["ddpm-cifar10"], name="sd-tiny",
-                               family="stable-diffusion", weights=WEIGHTS["sd14"],
-                               ref_stats=None, clip_denoised=False, batch_size_cpu=None)
+    return dataclasses.replace(PRESETS["sd14"], name="sd-tiny", batch_size_cpu=None)
 
 
 def test_from_preset(sd_dir, tmp_path, monkeypatch):
@@ -206,25 +200,27 @@ def test_from_preset(sd_dir, tmp_path, monkeypatch):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(PROMPTS) + "\n")
     model = StableDiffusionModel.from_preset(
-        _tiny_preset(), ModelOptions(checkpoint=str(sd_dir)), "cpu", prompts=prompts,
-        guidance_scale=3)
+        _tiny_preset(), ModelOptions(checkpoint=str(sd_dir), prompts=str(prompts),
+                                     guidance_scale=3), "cpu")
     assert model.prompts == list(PROMPTS) and model.guidance_scale == 3
     with pytest.raises(UsageError, match=r"missing captions_val2014\.json.*"
                                          r"annotations_trainval2014\.zip"):
         StableDiffusionModel.from_preset(_tiny_preset(), ModelOptions(checkpoint=str(sd_dir)),
                                          "cpu")
     with pytest.raises(UsageError, match="--prompts .*no such file.*images.cocodataset.org"):
-        StableDiffusionModel.from_preset(_tiny_preset(), ModelOptions(checkpoint=str(sd_dir)),
-                                         "cpu", prompts=tmp_path / "absent.txt")
+        StableDiffusionModel.from_preset(
+            _tiny_preset(), ModelOptions(checkpoint=str(sd_dir),
+                                         prompts=str(tmp_path / "absent.txt")), "cpu")
     with pytest.raises(UsageError) as err:  # no weights anywhere, nor in the HF cache
-        StableDiffusionModel.from_preset(_tiny_preset(), ModelOptions(), "cpu", prompts=prompts)
+        StableDiffusionModel.from_preset(_tiny_preset(), ModelOptions(prompts=str(prompts)),
+                                         "cpu")
     assert str(err.value).startswith(
         "missing CompVis/stable-diffusion-v1-4 (Stable Diffusion in diffusers' format): "
         "download https://huggingface.co/CompVis/stable-diffusion-v1-4 (unet/config.json, ")
     assert str(tmp_path / "models" / "stable-diffusion-v1-4") in str(err.value)
     with pytest.raises(UsageError, match="no classifier guidance"):
-        StableDiffusionModel.from_preset(_tiny_preset(), ModelOptions(classifier_scale=1.0),
-                                         "cpu", prompts=prompts)
+        StableDiffusionModel.from_preset(
+            _tiny_preset(), ModelOptions(classifier_scale=1.0, prompts=str(prompts)), "cpu")
 
 
 @pytest.mark.parametrize("relative", ["unet/diffusion_pytorch_model.safetensors",

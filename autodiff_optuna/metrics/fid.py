@@ -52,9 +52,7 @@ class FIDScorer:
 
     @property
     def default_samples(self) -> int:
-        """Images per FID where nothing else says: 1000, or twice the feature dimension where
-        that is more (4096 for Inception's 2048 features)."""
-        return max(1000, 2 * self.feature_dim)
+        return default_samples(self.feature_dim)
 
     def check_sample_count(self, n: int, flag: str = "--samples") -> None:
         if n < self.min_samples:
@@ -63,6 +61,12 @@ class FIDScorer:
 
     def __call__(self, images_uint8: torch.Tensor) -> float:
         return fid_from_features(self.features(images_uint8), self.ref_mu, self.ref_sigma)
+
+
+def default_samples(feature_dim: int) -> int:
+    """Images per FID where nothing else says: 1000, or twice the feature dimension where that
+    is more (4096 for Inception's 2048 features)."""
+    return max(1000, 2 * feature_dim)
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -113,8 +117,9 @@ def load_reference_stats(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 @cache
-def digits_scorer(bundle_dir: Path) -> FIDScorer:
-    """The bundled digits feature network and the statistics of all 1,797 real digits."""
+def digits_network(bundle_dir: Path) -> tuple[Callable, str]:
+    """The bundled digits feature network (uint8 digits -> 64 features) and its name, by the
+    digest of its weights."""
     weights = bundle_dir / "features.safetensors"
     if not weights.is_file():
         raise UsageError(f"the digits FID feature network {weights} is missing; "
@@ -122,7 +127,15 @@ def digits_scorer(bundle_dir: Path) -> FIDScorer:
     net = DigitsFeatureNet()
     net.load_state_dict(load_file(weights))
     net.eval()
-    stats = bundle_dir / "reference_stats.npz"
+    return net.features, f"digits-cnn64@{files_digest([weights])}"
+
+
+@cache
+def digits_scorer(bundle_dir: Path) -> FIDScorer:
+    """The bundled digits feature network and the statistics of all 1,797 real digits."""
+    features, _ = digits_network(bundle_dir)
+    weights, stats = bundle_dir / "features.safetensors", bundle_dir / "reference_stats.npz"
     mu, sigma = load_reference_stats(stats)
-    return FIDScorer(net.features, mu, sigma,
+    # the network and its statistics under one digest: the name studies have always recorded
+    return FIDScorer(features, mu, sigma,
                      name=f"digits-cnn64:sklearn-digits-all@{files_digest([weights, stats])}")

@@ -4,7 +4,9 @@ Two forward passes at batch 1 under ``torch.utils.flop_counter``: one of the ful
 with every skippable layer bypassed. A layer's saving is its FLOPs in the first minus what its
 bypass still costs in the second (a 1x1 shortcut convolution, say); bypassing keeps every shape,
 so the two passes see the same tensors everywhere else. The first pass also records the order in
-which the layers run, the stable order of their names.
+which the layers run, the stable order of their names. What a model computes outside its searched
+network and no mask skips (a latent model's decoder, its text encoder) is counted apart
+(``unskippable_gflops``), to be reported beside the network's GFLOPs.
 """
 
 from dataclasses import dataclass
@@ -83,3 +85,17 @@ def layer_costs(model: DiffusionModel) -> LayerCosts:
     _, bypassed_modules = count_flops(model, skip=order)
     saving = {name: full_modules.get(name, 0) - bypassed_modules.get(name, 0) for name in order}
     return LayerCosts(full, saving)
+
+
+@cache  # once per model and process
+def unskippable_gflops(model: DiffusionModel) -> dict[str, float]:
+    """GFLOPs per image of the work outside the searched network that no mask can skip, by
+    part (Stable Diffusion: its text encoder, one prompt, and VAE decoder, one latent;
+    ``DiffusionModel.unskippable_work``); empty for a model that has none."""
+    costs = {}
+    for part, run in model.unskippable_work().items():
+        counter = FlopCounterMode(display=False, custom_mapping=_custom_mapping())
+        with torch.inference_mode(), counter:
+            run()
+        costs[part] = counter.get_total_flops() / 1e9
+    return costs

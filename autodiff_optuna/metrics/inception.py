@@ -95,6 +95,12 @@ class InceptionFeatures:
         return torch.cat(chunks)
 
 
+def inception_name(weights: Path, mode: str) -> str:
+    """The network's part of a scorer's name: by contents alone (a renamed or moved file is the
+    same network), and the mode its features are computed in."""
+    return f"inception-v3@{files_digest([weights])}:{mode}"
+
+
 def inception_scorer(weights: Path, stats: Path, mode: str = "clean",
                      device: str | torch.device = "cpu") -> FIDScorer:
     """A scorer whose name records the network, the mode and the statistics (by digest)."""
@@ -104,23 +110,24 @@ def inception_scorer(weights: Path, stats: Path, mode: str = "clean",
     if probe.shape[1] != mu.shape[0]:
         raise UsageError(f"{stats} holds {mu.shape[0]}-dimensional statistics, but the "
                          f"Inception network {weights} gives {probe.shape[1]} features")
-    # by contents alone: a renamed or moved file is the same network and statistics
-    name = f"inception-v3@{files_digest([weights])}:{mode}|ref-stats@{files_digest([stats])}"
-    return FIDScorer(net, mu, sigma, name=name, batch_size=10_000)
+    return FIDScorer(net, mu, sigma, name=f"{inception_name(weights, mode)}|ref-stats@"
+                     f"{files_digest([stats])}", batch_size=INCEPTION_SCORER_BATCH)
 
 
-def inception_scorer_for(preset, options, device) -> FIDScorer:
-    """The scorer of a preset: its Inception weights and statistics resolved, or one line."""
-    if options.ref_stats:
+# images per call of the Inception features (InceptionFeatures batches on the device within it)
+INCEPTION_SCORER_BATCH = 10_000
+
+
+def reference_stats_file(preset, override: str | None) -> Path:
+    """``--ref-stats``, else the preset's published statistics (clean-fid's ``stats/`` folder
+    is looked in too)."""
+    if override:
         any_stats = RemoteFile("reference statistics", "", "--ref-stats", "FID statistics")
-        stats = resolve(preset.ref_stats or any_stats, options.ref_stats)
-    elif preset.ref_stats is None:
-        raise UsageError(f"model {preset.name!r} has no default FID reference statistics "
-                         "(clean-fid publishes none for it): pass --ref-stats FILE.npz (mu, "
-                         "sigma), e.g. made by cleanfid.fid.make_custom_stats")
-    else:
-        extra = [d for d in [cleanfid_stats_dir()] if d is not None]
-        stats = resolve(preset.ref_stats, None, extra, preset=preset.name)
-    weights = resolve(INCEPTION, options.inception, [CLEANFID_INCEPTION_DIR],
-                      preset=preset.name)
-    return inception_scorer(weights, stats, preset.fid_mode, device)
+        return resolve(preset.ref_stats or any_stats, override)
+    extra = [d for d in [cleanfid_stats_dir()] if d is not None]
+    return resolve(preset.ref_stats, None, extra, preset=preset.name)
+
+
+def inception_weights(preset, options) -> Path:
+    """clean-fid's Inception file: ``--inception``, the models directories, clean-fid's /tmp."""
+    return resolve(INCEPTION, options.inception, [CLEANFID_INCEPTION_DIR], preset=preset.name)

@@ -28,7 +28,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from autodiff_optuna.errors import UsageError
+from autodiff_optuna.errors import UsageError, one_line
 from autodiff_optuna.metrics.fid import load_reference_stats, to_uint8
 from autodiff_optuna.models.base import files_digest
 from autodiff_optuna.models.files import models_dirs
@@ -39,12 +39,21 @@ from autodiff_optuna.sampling.schedules import uniform
 # pairs than the teacher's samples it is compared against
 TEACHER_SEED_OFFSET = 1 << 20
 TEACHER_CHUNK = 256  # images sampled, decoded and featurised at a time: memory stays flat
+# the teacher's noise: this seed of that offset stream, whatever the study's seed, so that a
+# model's teacher statistics are one scorer for every study, evaluate and report
+TEACHER_SEED = 0
+TEACHER_SOLVER = "dpmpp2m"  # many steps of DPM-Solver++(2M): the model at its best
+
+
+def stats_cache_dir() -> Path:
+    """Where statistics made here are kept: ``fid-stats/`` in the first models directory."""
+    return models_dirs()[0] / "fid-stats"
 
 
 class Reference(NamedTuple):
     mu: np.ndarray  # (d,)
     sigma: np.ndarray  # (d, d)
-    name: str  # "ref-images@<digest>" | "ref-teacher@<digest>"
+    name: str  # "ref-images@<digest>" | "ref-teacher@<digest>*<steps>"
 
 
 # ---- a folder of real images -----------------------------------------------------------------
@@ -120,7 +129,7 @@ def folder_features(files: list[str], features, num_workers: int = 0,
         if culprit is not None:
             raise UsageError(culprit) from None
         raise UsageError(f"cannot compute the features of the reference images "
-                         f"({Path(files[0]).parent}...): {_first_line(err)}") from None
+                         f"({Path(files[0]).parent}...): {one_line(err)}") from None
 
 
 class _CleanFidNet:
@@ -149,14 +158,14 @@ def _unreadable(files: list[str]) -> str | None:
                 with Image.open(file) as image:
                     image.convert("RGB")
         except Exception as err:  # noqa: BLE001
-            return f"cannot read reference image {file}: {_first_line(err)}"
+            return f"cannot read reference image {file}: {one_line(err)}"
     return None
 
 
 # ---- the model's own samples -----------------------------------------------------------------
 
-def reference_from_teacher(model, features, steps: int, n: int, seed: int,
-                           solver: str = "dpmpp2m", cache_dir=None,
+def reference_from_teacher(model, features, steps: int, n: int, seed: int = TEACHER_SEED,
+                           solver: str = TEACHER_SOLVER, cache_dir=None,
                            batch_size: int | None = None) -> Reference:
     """Statistics of ``n`` samples of ``model`` over the uniform ``steps``-step schedule, on the
     held-out noise (and prompts) of ``seed + TEACHER_SEED_OFFSET``. ``features``: uint8 images
@@ -165,13 +174,13 @@ def reference_from_teacher(model, features, steps: int, n: int, seed: int,
     if not 1 <= steps <= model.num_train_timesteps:
         raise UsageError(f"--ref-teacher must be between 1 and the model's "
                          f"{model.num_train_timesteps} training steps, got {steps}")
-    dim = feature_dim(features, getattr(model, "image_shape", model.sample_shape))
+    dim = feature_dim(features, model.image_shape)
     if n <= dim:
         raise UsageError(f"the teacher's statistics need more samples than the FID feature "
                          f"dimension ({dim}): at least {dim + 1}, got {n}")
     key = json.dumps([model.fingerprint, steps, n, seed, solver, _features_digest(features)])
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
-    name = f"ref-teacher@{digest}"
+    name = f"ref-teacher@{digest}*{steps}"  # the step count, for the flag a refusal names
     cached = None if cache_dir is None else Path(cache_dir) / f"ref-teacher-{digest}.npz"
     hit = _load_cached(cached)
     if hit is not None:
@@ -182,7 +191,6 @@ def reference_from_teacher(model, features, steps: int, n: int, seed: int,
     for start in range(0, n, TEACHER_CHUNK):
         x = sample(model, schedule, batch.subset(start, start + TEACHER_CHUNK), solver,
                    batch_size)
-        x = _decoded(model, x)
         if not torch.isfinite(x).all():
             raise UsageError(f"the model's {steps}-step samples are not finite (NaN or inf): "
                              "no teacher statistics")
@@ -192,15 +200,6 @@ def reference_from_teacher(model, features, steps: int, n: int, seed: int,
     if cached is not None:
         save_stats(cached, mu, sigma)
     return Reference(mu, sigma, name)
-
-
-def _decoded(model, x: torch.Tensor) -> torch.Tensor:
-    """Images from what the sampler returned: a latent model's latents are decoded (until
-    ``sampling.sample`` decodes itself, after which its output is already images)."""
-    decode = getattr(model, "decode", None)
-    if decode is not None and tuple(x.shape[1:]) == tuple(model.sample_shape):
-        return decode(x)
-    return x
 
 
 # ---- shared ----------------------------------------------------------------------------------
@@ -272,6 +271,3 @@ def _load_cached(path: Path | None):
         return None
 
 
-def _first_line(err: Exception) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__

@@ -17,7 +17,6 @@ package (openai's code on PyPI; the optional ``adm`` extra).
 import math
 import warnings
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -141,14 +140,6 @@ class AdmModel(DiffusionModel):
                    batch_size=options.batch_size, batch_size_cpu=preset.batch_size_cpu,
                    weights_what=preset.weights.what,
                    classifier_what=preset.classifier.what if preset.classifier else "classifier")
-
-    @property
-    def scheduler_config(self) -> dict[str, Any]:
-        return self._scheduler_config
-
-    @property
-    def network(self) -> torch.nn.Module:
-        return self.unet
 
     def network_eps(self, x: torch.Tensor, t: torch.Tensor,
                     labels: torch.Tensor | None = None) -> torch.Tensor:

@@ -2,7 +2,8 @@
 
 A search only needs three things from a network: its noise prediction at an integer training time
 step, the training noise schedule (to build solvers over any subset of its steps), and the shape
-of what it generates. Adapters for each family (diffusers UNets, ADM) implement exactly that.
+of what it generates. Adapters for each family (diffusers UNets, ADM, Stable Diffusion) implement
+exactly that; a latent model also turns its samples into images (``decode``).
 """
 
 import abc
@@ -49,10 +50,13 @@ class DiffusionModel(abc.ABC):
     _batch_size: int | None = None  # images per network call; None: all at once
     _blocks_compiled: bool = False  # _compile_blocks has run
 
+    unet: torch.nn.Module | None = None  # the denoising network, set by each adapter
+    _scheduler_config: dict[str, Any]  # the training schedule, set by each adapter
+
     @property
     def network(self) -> torch.nn.Module | None:
         """The module whose layers are skippable (FLOP counts are attributed within it)."""
-        return None
+        return self.unet
 
     @property
     def batch_size(self) -> int | None:
@@ -71,13 +75,30 @@ class DiffusionModel(abc.ABC):
             self._compile_blocks()
 
     @property
-    @abc.abstractmethod
     def scheduler_config(self) -> dict[str, Any]:
         """The training noise schedule as a diffusers scheduler config (betas, T, ...)."""
+        return self._scheduler_config
 
     @property
     def num_train_timesteps(self) -> int:
         return int(self.scheduler_config["num_train_timesteps"])
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """The shape of an image ``decode`` makes of a sample: the sample's own for a model
+        that samples pixels (a latent model says its decoder's)."""
+        return self.sample_shape
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] from the solver's final samples: the samples themselves for a
+        model that samples pixels (a latent model runs its decoder)."""
+        return x
+
+    def unskippable_work(self) -> dict:
+        """The work per image outside the searched network that no mask skips, as
+        zero-argument calls for a FLOP counter (``metrics.flops`` counts them): none for a
+        model that samples pixels with its network alone."""
+        return {}
 
     def skippable_layers(self) -> dict:
         """Name -> ``SkippableLayer`` for every layer a candidate may skip (built once)."""

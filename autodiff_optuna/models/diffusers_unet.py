@@ -1,13 +1,14 @@
-"""Adapter for diffusers ``UNet2DModel`` checkpoints (the bundled digits model, google/ddpm-*)."""
+"""Adapter for diffusers ``UNet2DModel`` checkpoints (the bundled digits model, google/ddpm-*, and
+any other unconditional one: ``--model diffusers --checkpoint DIR|HUB_ID``)."""
 
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from autodiff_optuna.errors import UsageError
+from autodiff_optuna.errors import UsageError, one_line
 from autodiff_optuna.models.base import DiffusionModel, files_digest
-from autodiff_optuna.models.files import read_json, resolve
+from autodiff_optuna.models.files import RemoteFile, read_json, resolve
 
 
 class DiffusersUNetModel(DiffusionModel):
@@ -17,9 +18,10 @@ class DiffusersUNetModel(DiffusionModel):
     weights side by side: google/ddpm-*)."""
 
     def __init__(self, name: str, directory: Path, device: str | torch.device = "cpu",
-                 clip_denoised: bool = False, precision: str | None = "fp32",
+                 clip_denoised: bool | None = False, precision: str | None = "fp32",
                  compile: bool = False, batch_size: int | None = None,
                  batch_size_cpu: int | None = None):
+        """``clip_denoised`` None: clip where the scheduler config says ``clip_sample``."""
         from diffusers import UNet2DModel
 
         directory = Path(directory)
@@ -28,25 +30,25 @@ class DiffusersUNetModel(DiffusionModel):
         scheduler_file = (directory / "scheduler" / "scheduler_config.json" if nested
                           else directory / "scheduler_config.json")
         if not (unet_dir / "config.json").is_file() or not scheduler_file.is_file():
-            raise UsageError(f"model {name!r}: {directory} is not a diffusers model directory "
-                             "(it needs unet/config.json and scheduler/scheduler_config.json, or "
-                             "config.json and scheduler_config.json side by side)")
+            raise UsageError(f"model {name!r}: {directory} is not a diffusers model directory: "
+                             f"it needs {LAYOUTS}")
         weights, use_safetensors = loaded_weights(unet_dir)
         if not weights:
             raise UsageError(f"model {name!r}: no weights (diffusion_pytorch_model.safetensors "
                              f"or .bin) in {unet_dir}")
         self.name = name
         self._configure_runtime(device, precision, compile, batch_size, batch_size_cpu)
-        read_json(unet_dir / "config.json")  # one line for a config diffusers would choke on
+        _check_unet_class(read_json(unet_dir / "config.json"), unet_dir, name)
         self._scheduler_config = scheduler_config(scheduler_file, name)
         try:  # exactly the files hashed into the fingerprint below
             unet = UNet2DModel.from_pretrained(unet_dir, local_files_only=True,
                                                use_safetensors=use_safetensors,
                                                low_cpu_mem_usage=low_cpu_mem_usage())
-        except (OSError, ValueError) as err:
-            raise UsageError(f"model {name!r}: cannot load {unet_dir}: "
-                             f"{str(err).splitlines()[0]}") from None
+        except (OSError, ValueError, TypeError, RuntimeError, KeyError) as err:
+            raise UsageError(f"model {name!r}: cannot load {unet_dir}: {one_line(err)}") from None
         self.unet = unet.to(self.device).eval()
+        if clip_denoised is None:  # as diffusers' own pipeline with this scheduler samples
+            clip_denoised = bool(self._scheduler_config.get("clip_sample", False))
         self.clip_denoised = clip_denoised
         self.fingerprint = files_digest(weights + [scheduler_file]) + self._runtime_fingerprint()
         cfg = self.unet.config
@@ -64,20 +66,18 @@ class DiffusersUNetModel(DiffusionModel):
                 raise UsageError(f"model {preset.name!r} is bundled: --checkpoint does not "
                                  "apply")
             directory = preset.directory
+        elif preset.weights is None:  # any diffusers UNet: the one --checkpoint names
+            if not options.checkpoint:
+                raise UsageError(f"model {preset.name!r} needs --checkpoint DIR|HUB_ID: an "
+                                 f"unconditional diffusers UNet2DModel, a folder with {LAYOUTS}, "
+                                 "or a hub id in the Hugging Face cache")
+            directory = resolve(any_model(options.checkpoint), options.checkpoint)
         else:
             directory = resolve(preset.weights, options.checkpoint, preset=preset.name)
         precision = options.precision or ("fp32" if preset.directory is not None else None)
         return cls(preset.name, directory, device, clip_denoised=preset.clip_denoised,
                    precision=precision, compile=options.compile,
                    batch_size=options.batch_size, batch_size_cpu=preset.batch_size_cpu)
-
-    @property
-    def scheduler_config(self) -> dict[str, Any]:
-        return self._scheduler_config
-
-    @property
-    def network(self) -> torch.nn.Module:
-        return self.unet
 
     def predict_noise(self, x, t, labels=None):
         def run(x, labels):
@@ -96,6 +96,26 @@ class DiffusersUNetModel(DiffusionModel):
 
 
 WEIGHTS = "diffusion_pytorch_model"
+LAYOUTS = ("unet/config.json and scheduler/scheduler_config.json (a pipeline's folder), or "
+           "config.json and scheduler_config.json beside the weights (google/ddpm-*)")
+
+
+def any_model(checkpoint: str) -> RemoteFile:
+    """``--checkpoint`` of ``--model diffusers``: a directory, or a hub id (offline cache)."""
+    return RemoteFile(Path(checkpoint).name, f"https://huggingface.co/{checkpoint}",
+                      flag="--checkpoint", what="diffusers UNet2DModel", hub_id=checkpoint)
+
+
+def _check_unet_class(config: dict, unet_dir: Path, name: str) -> None:
+    """A config of another diffusers class is refused before diffusers reads it as a UNet2DModel
+    (it would build a UNet2DModel from whatever keys fit, or fail deep inside)."""
+    cls = config.get("_class_name", "UNet2DModel")
+    if cls == "UNet2DModel":
+        return
+    hint = (": Stable Diffusion runs as --model sd14 or sd15 (any v1 checkpoint through "
+            "--checkpoint)" if cls == "UNet2DConditionModel" else "")
+    raise UsageError(f"model {name!r}: {unet_dir / 'config.json'} is a {cls}, not an "
+                     f"unconditional diffusers UNet2DModel{hint}")
 
 
 def scheduler_config(path: Path, name: str) -> dict[str, Any]:

@@ -36,21 +36,25 @@ ENV_DIR = "AUTODIFF_MODELS_DIR"
 MAX_INPUT_BYTES = 4 << 20
 
 
-def read_text(path) -> str:
-    """The UTF-8 text of a small input file; a missing or unreadable file, one larger than
-    ``MAX_INPUT_BYTES`` or one that is not UTF-8 is one UsageError line."""
+def read_text(path, limit: int = MAX_INPUT_BYTES, what: str = "") -> str:
+    """The UTF-8 text of an input file (a leading byte-order mark dropped); a directory, a missing
+    or unreadable file, one larger than ``limit`` bytes or one that is not UTF-8 is one
+    UsageError line, naming the file as ``what`` when given (e.g. "prompts")."""
+    name = f"{what} {path}" if what else f"{path}"
+    if Path(path).is_dir():
+        raise UsageError(f"{name} is a directory, not a file")
     try:
         with Path(path).open("rb") as f:
-            data = f.read(MAX_INPUT_BYTES + 1)  # never more, whatever the file claims to be
+            data = f.read(limit + 1)  # never more, whatever the file claims to be
     except OSError as err:
-        raise UsageError(f"cannot read {path}: {err.strerror or err}") from None
-    if len(data) > MAX_INPUT_BYTES:
-        raise UsageError(f"{path} is larger than {MAX_INPUT_BYTES >> 20} MiB: not an input "
-                         "file this program reads")
+        raise UsageError(f"cannot read {name}: {err.strerror or err}") from None
+    if len(data) > limit:
+        raise UsageError(f"{name} is larger than {limit >> 20} MiB: not an input file this "
+                         "program reads")
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
-        raise UsageError(f"{path} is not UTF-8 text (byte {err.start}: "
+        raise UsageError(f"{name} is not UTF-8 text (byte {err.start}: "
                          f"{data[err.start:err.start + 1]!r})") from None
 
 

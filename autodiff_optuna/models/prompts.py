@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 from autodiff_optuna.errors import UsageError
-from autodiff_optuna.models.files import RemoteFile, resolve
+from autodiff_optuna.models.files import RemoteFile, read_text, resolve
 
 # captions_train2014.json is 66 MB; anything past this is not a prompts file (/dev/zero, an image
 # folder's tarball), refused before it is read whole
@@ -47,7 +47,7 @@ def resolve_prompts(override: str | None = None, default: RemoteFile | None = CO
 
 def read_prompts(path) -> list[str]:
     """The prompts of a plain-text or COCO captions file, in the file's order."""
-    text = _read_text(Path(path))
+    text = read_text(path, MAX_PROMPTS_BYTES, what="prompts")
     stripped = text.lstrip()
     if Path(path).suffix.lower() == ".json" or stripped.startswith("{"):
         prompts = _coco_captions(path, stripped)
@@ -63,24 +63,6 @@ def prompts_digest(prompts: list[str]) -> str:
     """A short SHA-256 of the prompt list itself: the same captions from a .txt or a .json are
     the same samples; another order is not."""
     return hashlib.sha256(json.dumps(prompts, ensure_ascii=False).encode()).hexdigest()[:12]
-
-
-def _read_text(path: Path) -> str:
-    if path.is_dir():
-        raise UsageError(f"--prompts {path} is a directory, not a prompts file")
-    try:
-        with path.open("rb") as f:
-            data = f.read(MAX_PROMPTS_BYTES + 1)  # never more, whatever the file is
-    except OSError as err:
-        raise UsageError(f"cannot read prompts {path}: {err.strerror or err}") from None
-    if len(data) > MAX_PROMPTS_BYTES:
-        raise UsageError(f"prompts {path} is larger than {MAX_PROMPTS_BYTES >> 20} MiB: not a "
-                         "prompts file")
-    try:
-        return data.decode("utf-8-sig")  # a BOM from a Windows editor is not part of a prompt
-    except UnicodeDecodeError as err:
-        raise UsageError(f"prompts {path} is not UTF-8 text (byte {err.start}: "
-                         f"{data[err.start:err.start + 1]!r})") from None
 
 
 def _coco_captions(path, text: str) -> list[str]:

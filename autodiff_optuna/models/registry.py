@@ -1,9 +1,10 @@
 """The one registry of model presets: which network, which adapter, which files, which FID.
 
-Every fact about a preset lives here once: its family (which adapter loads it), the files it needs
-with their public URLs, its architecture flags, its default FID reference statistics. Where the
-files are looked for is ``models/files.py``; ``--checkpoint`` and friends override it per run
-(``ModelOptions``).
+Every fact about a preset lives here once: its family (which adapter loads it: ``ADAPTERS``), the
+files it needs with their public URLs, its architecture flags, its default FID reference (a
+statistics file or a folder of real images), a text-to-image model's default prompts and
+guidance. Where the files are looked for is ``models/files.py``; ``--checkpoint`` and friends
+override it per run (``ModelOptions``).
 """
 
 from dataclasses import dataclass, field
@@ -13,14 +14,28 @@ from pathlib import Path
 from cleanfid.downloads_helper import inception_url
 
 from autodiff_optuna.errors import UsageError
+from autodiff_optuna.models.adm import AdmModel
 from autodiff_optuna.models.base import PRECISIONS, DiffusionModel
+from autodiff_optuna.models.diffusers_unet import DiffusersUNetModel
 from autodiff_optuna.models.files import RemoteFile
+from autodiff_optuna.models.prompts import COCO_CAPTIONS
+from autodiff_optuna.models.stable_diffusion import (
+    DEFAULT_GUIDANCE,
+    REFERENCE_HUB_ID,
+    StableDiffusionModel,
+    hub_weights,
+)
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 DIGITS_DIR = WEIGHTS_DIR / "digits"  # also the digits FID network, for every digits preset
 
 ADM_URL = "https://openaipublic.blob.core.windows.net/diffusion/jul-2021"
 CLEANFID_STATS_URL = "https://www.cs.cmu.edu/~clean-fid/stats"
+# MS-COCO 2014 validation: the Stable Diffusion presets' prompts (its captions, models/prompts.py)
+# and FID reference (its images, whose clean-fid statistics are made once and cached)
+COCO_IMAGES = RemoteFile("val2014", "http://images.cocodataset.org/zips/val2014.zip",
+                         flag="--ref-images",
+                         what="MS-COCO 2014 validation images, the zip's val2014/ folder")
 
 # clean-fid's Inception-V3 (the TF FID network as TorchScript), from where clean-fid fetches it
 INCEPTION = RemoteFile(inception_url.rsplit("/", 1)[1], inception_url, flag="--inception",
@@ -38,19 +53,25 @@ def cleanfid_stats(dataset: str, res: int, split: str, mode: str = "clean") -> R
 @dataclass(frozen=True, eq=False)
 class ModelPreset:
     name: str
-    family: str  # which adapter loads it: "diffusers-unet" | "adm"
+    family: str  # which adapter loads it (ADAPTERS): "diffusers-unet" | "adm" | "stable-diffusion"
     fid: str  # which scorer: "digits" (bundled) | "inception" (clean-fid's Inception-V3)
     directory: Path | None = None  # bundled weights (digits)
-    weights: RemoteFile | None = None  # ADM: the .pt state dict; diffusers: the hub repo
+    # ADM: the .pt state dict; diffusers: the hub repo; None (and no directory): --checkpoint
+    weights: RemoteFile | None = None
     flags: dict = field(default_factory=dict)  # ADM: guided-diffusion's create_model flags
     diffusion: dict = field(default_factory=dict)  # ADM: diffusion_steps, noise_schedule
     classifier: RemoteFile | None = None  # ADM-G: the noisy-image classifier
     classifier_flags: dict = field(default_factory=dict)  # create_classifier flags
     classifier_scale: float = 0.0  # default guidance scale (0: unguided)
     ref_stats: RemoteFile | None = None  # default FID reference statistics
+    ref_images: RemoteFile | None = None  # else: a default folder of real images (clean-fid's)
     fid_mode: str = "clean"  # clean-fid mode the features are computed in
-    clip_denoised: bool = False  # clip the x0 prediction to [-1, 1] at every step
+    # clip the x0 prediction to [-1, 1] at every step (None: where the model's scheduler config
+    # says ``clip_sample``, as a diffusers pipeline with that scheduler would)
+    clip_denoised: bool | None = False
     batch_size_cpu: int | None = None  # images per network call on the CPU (None: all)
+    prompts: RemoteFile | None = None  # text-to-image: the default --prompts file
+    guidance_scale: float | None = None  # text-to-image: the default classifier-free guidance
 
 
 # openai/guided-diffusion's README, "ImageNet 64x64" (MODEL_FLAGS / CLASSIFIER_FLAGS)
@@ -72,6 +93,14 @@ def _ddpm(name: str, hub_id: str, stats: RemoteFile | None) -> ModelPreset:
                            files=("config.json", "diffusion_pytorch_model.safetensors",
                                   "scheduler_config.json")),
         ref_stats=stats, clip_denoised=True, batch_size_cpu=64)
+
+
+def _stable_diffusion(name: str, hub_id: str) -> ModelPreset:
+    """Stable Diffusion v1 as AutoDiffusion evaluated it: prompts from MS-COCO 2014 validation
+    captions, FID against its images (clean-fid, clean mode), guidance 7.5."""
+    return ModelPreset(name, "stable-diffusion", "inception", weights=hub_weights(hub_id),
+                       ref_images=COCO_IMAGES, prompts=COCO_CAPTIONS,
+                       guidance_scale=DEFAULT_GUIDANCE, batch_size_cpu=4)
 
 
 PRESETS = {
@@ -107,7 +136,21 @@ PRESETS = {
               cleanfid_stats("lsun_church", 256, "train")),
         # clean-fid has no LSUN-bedroom statistics: pass --ref-stats
         _ddpm("ddpm-bedroom256", "google/ddpm-bedroom-256", None),
+        # any unconditional diffusers UNet2DModel: --checkpoint DIR|HUB_ID, and a reference
+        # (--ref-stats, --ref-images or --ref-teacher); clipped where its scheduler clips
+        ModelPreset("diffusers", "diffusers-unet", "inception", clip_denoised=None,
+                    batch_size_cpu=64),
+        # Stable Diffusion v1.4 and v1.5 (text-to-image, in a VAE's latent space)
+        _stable_diffusion("sd14", REFERENCE_HUB_ID),
+        _stable_diffusion("sd15", "stable-diffusion-v1-5/stable-diffusion-v1-5"),
     ]
+}
+
+# family -> the adapter that loads its presets (``from_preset(preset, options, device)``)
+ADAPTERS: dict[str, type[DiffusionModel]] = {
+    "diffusers-unet": DiffusersUNetModel,
+    "adm": AdmModel,
+    "stable-diffusion": StableDiffusionModel,
 }
 
 
@@ -124,6 +167,24 @@ class ModelOptions:
     precision: str | None = None  # fp32 | bf16 | fp16; None: bf16 on CUDA, fp32 on CPU
     compile: bool = False  # torch.compile each skippable block
     batch_size: int | None = None  # images per network call; None: sized to the device
+    prompts: str | None = None  # text-to-image: prompts file (one a line, or COCO captions)
+    guidance_scale: float | None = None  # text-to-image: classifier-free guidance; None: preset's
+    ref_images: str | None = None  # FID reference: clean-fid statistics of a folder of images
+    ref_teacher: int | None = None  # FID reference: the model's own samples at this many steps
+
+    def __post_init__(self):
+        # one reference at a time: which one scored a study is recorded and checked
+        given = [flag for flag, value in (("--ref-stats", self.ref_stats),
+                                          ("--ref-images", self.ref_images),
+                                          ("--ref-teacher", self.ref_teacher))
+                 if value is not None]
+        if len(given) > 1:
+            raise UsageError(f"{' and '.join(given)}: give one FID reference at a time")
+        teacher = self.ref_teacher
+        if teacher is not None and (not isinstance(teacher, int) or isinstance(teacher, bool)
+                                    or teacher < 1):
+            raise UsageError(f"--ref-teacher must be a number of steps of at least 1, got "
+                             f"{teacher!r}")
 
 
 def get_preset(name: str) -> ModelPreset:
@@ -137,15 +198,10 @@ def load_model(name: str, device: str = "cpu", options: ModelOptions | None = No
                ) -> DiffusionModel:
     preset = get_preset(name)
     options = options or ModelOptions()
-    if preset.family == "diffusers-unet":
-        from autodiff_optuna.models.diffusers_unet import DiffusersUNetModel
-
-        return DiffusersUNetModel.from_preset(preset, options, device)
-    if preset.family == "adm":
-        from autodiff_optuna.models.adm import AdmModel
-
-        return AdmModel.from_preset(preset, options, device)
-    raise AssertionError(f"no adapter for family {preset.family!r}")
+    if preset.prompts is None and (options.prompts or options.guidance_scale is not None):
+        raise UsageError(f"model {name!r} is not text-conditional: --prompts and "
+                         "--guidance-scale do not apply")
+    return ADAPTERS[preset.family].from_preset(preset, options, device)
 
 
 # ---- the model and scorer a study (or an exported schedule) was made with -----------------
@@ -155,25 +211,40 @@ def check_same_model(model: DiffusionModel, stored: str | None, what: str) -> No
     study, a schedule file) recorded as ``model_weights``; nothing recorded: nothing to check."""
     if stored is None or model.fingerprint == stored:
         return
-    preset = PRESETS.get(model.name)
-    bundled = preset is not None and preset.directory is not None
     raise UsageError(f"{what} was made with model weights {stored}, but these flags load "
-                     f"{model.fingerprint}: {_weights_hint(stored, model.fingerprint, bundled)}")
+                     f"{model.fingerprint}: {weights_hint(stored, model.fingerprint, model.name)}")
+
+
+def guidance_of(fingerprint: str | None) -> float | None:
+    """The classifier-free guidance scale a text-to-image model's fingerprint records (None:
+    not a text-to-image model)."""
+    if not fingerprint:
+        return None
+    scale = _fingerprint_parts(fingerprint)["guidance"]
+    return None if scale is None else float(scale)
 
 
 def _fingerprint_parts(fingerprint: str) -> dict:
-    """``DiffusionModel.fingerprint``: ``<weights>[+classifier@<digest>*<scale>][+<precision>]``."""
+    """``DiffusionModel.fingerprint``: ``<weights>[+classifier@<digest>*<scale>]
+    [+prompts@<digest>*<guidance>][+<precision>]``."""
     weights, *rest = fingerprint.split("+")
-    parts = {"weights": weights, "classifier": None, "scale": "0", "precision": "fp32"}
+    parts = {"weights": weights, "classifier": None, "scale": "0", "precision": "fp32",
+             "prompts": None, "guidance": None}
     for part in rest:
         if part.startswith("classifier@"):
             parts["classifier"], _, parts["scale"] = part[len("classifier@"):].partition("*")
+        elif part.startswith("prompts@"):
+            parts["prompts"], _, parts["guidance"] = part[len("prompts@"):].partition("*")
         elif part in PRECISIONS:
             parts["precision"] = part
     return parts
 
 
-def _weights_hint(stored: str, loaded: str, bundled: bool = False) -> str:
+def weights_hint(stored: str, loaded: str, model: str) -> str:
+    """The flags that load preset ``model``'s network whose fingerprint is ``stored``
+    (``loaded``: the fingerprint these flags load)."""
+    preset = PRESETS.get(model)
+    bundled = preset is not None and preset.directory is not None
     want, have = _fingerprint_parts(stored), _fingerprint_parts(loaded)
     hints = []
     if want["weights"] != have["weights"]:
@@ -184,7 +255,12 @@ def _weights_hint(stored: str, loaded: str, bundled: bool = False) -> str:
         hints.append(f"--classifier-scale {want['scale']}")
     if want["classifier"] and have["classifier"] and want["classifier"] != have["classifier"]:
         hints.append(f"the --classifier whose digest is {want['classifier']}")
+    if want["prompts"] and have["prompts"] and want["prompts"] != have["prompts"]:
+        hints.append(f"the --prompts whose prompt list's digest is {want['prompts']}")
+    if want["guidance"] and have["guidance"] and want["guidance"] != have["guidance"]:
+        hints.append(f"--guidance-scale {want['guidance']}")
     if want["precision"] != have["precision"]:
         hints.append(f"--precision {want['precision']}")
     return "pass " + (" and ".join(hints) or "the --checkpoint, --classifier, "
-                      "--classifier-scale and --precision it was made with")
+                      "--classifier-scale, --prompts, --guidance-scale and --precision it was "
+                      "made with")

@@ -24,11 +24,10 @@ CompVis/stable-diffusion-v1-4: ``unet/``, ``vae/``, ``text_encoder/``, ``tokeniz
 
 import math
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from autodiff_optuna.errors import UsageError
+from autodiff_optuna.errors import UsageError, one_line
 from autodiff_optuna.models.base import DiffusionModel, files_digest
 from autodiff_optuna.models.diffusers_unet import (
     bypass_for,
@@ -37,40 +36,27 @@ from autodiff_optuna.models.diffusers_unet import (
     scheduler_config,
 )
 from autodiff_optuna.models.files import RemoteFile, read_json, resolve
-from autodiff_optuna.models.prompts import (
-    COCO_CAPTIONS,
-    prompts_digest,
-    read_prompts,
-    resolve_prompts,
-)
-
-# ---- the presets' facts (moved into models/registry.py on integration) -----------------------
+from autodiff_optuna.models.prompts import prompts_digest, read_prompts, resolve_prompts
 
 HF_URL = "https://huggingface.co"
-HUB_IDS = {"sd14": "CompVis/stable-diffusion-v1-4",
-           "sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5"}
-# the files of those repositories the adapter reads (a diffusers pipeline directory)
+# SD v1's reference repository: its layout is the one read here, and a missing file is named
+# with its URL there when no preset or hub id says where the files come from
+REFERENCE_HUB_ID = "CompVis/stable-diffusion-v1-4"
+# the files of such a repository the adapter reads (a diffusers pipeline directory)
 REPO_FILES = ("unet/config.json", "unet/diffusion_pytorch_model.safetensors",
               "vae/config.json", "vae/diffusion_pytorch_model.safetensors",
               "text_encoder/config.json", "text_encoder/model.safetensors",
               "tokenizer/vocab.json", "tokenizer/merges.txt", "tokenizer/tokenizer_config.json",
               "tokenizer/special_tokens_map.json", "scheduler/scheduler_config.json")
 DEFAULT_GUIDANCE = 7.5  # the diffusers pipeline's and the CompVis scripts' default
-COCO_IMAGES = RemoteFile("val2014", "http://images.cocodataset.org/zips/val2014.zip",
-                         flag="--ref-images",
-                         what="MS-COCO 2014 validation images, the zip's val2014/ folder")
 
 
 def hub_weights(hub_id: str) -> RemoteFile:
-    """A preset's ``weights``: the hub repository, as registry.py describes diffusers models."""
+    """A Stable Diffusion hub repository as a preset's ``weights`` (``models/registry.py``)."""
     return RemoteFile(hub_id.split("/")[1], f"{HF_URL}/{hub_id}", flag="--checkpoint",
                       what="Stable Diffusion in diffusers' format", hub_id=hub_id,
                       files=REPO_FILES)
 
-
-WEIGHTS = {name: hub_weights(hub_id) for name, hub_id in HUB_IDS.items()}
-PROMPTS = COCO_CAPTIONS  # the presets' default --prompts
-REF_IMAGES = COCO_IMAGES  # the presets' default --ref-images
 
 # ---- the adapter -----------------------------------------------------------------------------
 
@@ -117,8 +103,8 @@ class StableDiffusionModel(DiffusionModel):
         cfg = self.unet.config
         self.sample_shape = (cfg.in_channels, cfg.sample_size, cfg.sample_size)
         factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
-        self.image_shape = (self.vae.config.out_channels, cfg.sample_size * factor,
-                            cfg.sample_size * factor)
+        self._image_shape = (self.vae.config.out_channels, cfg.sample_size * factor,
+                             cfg.sample_size * factor)
         self.fingerprint = (files_digest(files["digested"])
                             + f"+prompts@{prompts_digest(self.prompts)}*{self.guidance_scale:g}"
                             + self._runtime_fingerprint())
@@ -127,11 +113,9 @@ class StableDiffusionModel(DiffusionModel):
         self.prompt_embeddings(torch.zeros(1, dtype=torch.long))
 
     @classmethod
-    def from_preset(cls, preset, options, device, prompts=None, guidance_scale=None
-                    ) -> "StableDiffusionModel":
-        """The preset's model with the run's options; ``prompts`` (a path) and
-        ``guidance_scale`` override ``options.prompts`` / ``options.guidance_scale`` (fields
-        ``ModelOptions`` gains on integration)."""
+    def from_preset(cls, preset, options, device) -> "StableDiffusionModel":
+        """The preset's model with the run's options (``--checkpoint``, ``--prompts``,
+        ``--guidance-scale``, precision and batching)."""
         if options.classifier or options.classifier_scale:
             raise UsageError(f"model {preset.name!r} has no classifier guidance: "
                              "--guidance-scale sets its classifier-free guidance")
@@ -140,25 +124,17 @@ class StableDiffusionModel(DiffusionModel):
         hub_id = options.checkpoint if _is_hub_id(options.checkpoint) \
             else preset.weights.hub_id
         component_files(Path(directory), preset.name, hub_id)  # what the weights lack, first
-        prompts = prompts or getattr(options, "prompts", None)
-        prompt_list = read_prompts(resolve_prompts(
-            None if prompts is None else str(prompts), getattr(preset, "prompts", PROMPTS)))
-        scale = guidance_scale if guidance_scale is not None \
-            else getattr(options, "guidance_scale", None)
-        if scale is None:
-            scale = getattr(preset, "guidance_scale", DEFAULT_GUIDANCE)
-        return cls(preset.name, directory, prompt_list, device, guidance_scale=scale,
+        prompts = read_prompts(resolve_prompts(options.prompts, preset.prompts))
+        scale = options.guidance_scale if options.guidance_scale is not None \
+            else preset.guidance_scale
+        return cls(preset.name, directory, prompts, device, guidance_scale=scale,
                    precision=options.precision, compile=options.compile,
                    batch_size=options.batch_size, batch_size_cpu=preset.batch_size_cpu,
                    hub_id=hub_id)
 
     @property
-    def scheduler_config(self) -> dict[str, Any]:
-        return self._scheduler_config
-
-    @property
-    def network(self) -> torch.nn.Module:
-        return self.unet
+    def image_shape(self) -> tuple[int, int, int]:
+        return self._image_shape
 
     # ---- text ----
 
@@ -267,7 +243,7 @@ def component_files(directory: Path, name: str, hub_id: str | None = None) -> di
     """The files each component loads from ``directory``; a missing one is one line naming it,
     its public URL and where it goes. ``digested``: those that change the samples (weights,
     tokenizer files, the training schedule), for the fingerprint."""
-    hub_id = hub_id or HUB_IDS["sd14"]
+    hub_id = hub_id or REFERENCE_HUB_ID
     if not directory.is_dir():
         raise UsageError(f"model {name!r}: {directory} is not a directory (a diffusers Stable "
                          f"Diffusion, as {HF_URL}/{hub_id} publishes it)")
@@ -340,7 +316,7 @@ def _load_diffusers(files: dict, name: str):
                                               low_cpu_mem_usage=low_cpu_mem_usage()))
         except (OSError, ValueError, TypeError, RuntimeError) as err:
             raise UsageError(f"model {name!r}: cannot load {folder}: "
-                             f"{_first_line(err)}") from None
+                             f"{one_line(err)}") from None
     unet, vae = loaded
     if not getattr(unet.config, "cross_attention_dim", None):
         raise UsageError(f"model {name!r}: {files['unet'][0]} is not a text-conditional UNet")
@@ -370,7 +346,7 @@ def _load_transformers(files: dict, name: str):
                                                 use_safetensors=safetensors).float()
     except Exception as err:  # noqa: BLE001 (tokenizers and safetensors raise their own types)
         raise UsageError(f"model {name!r}: cannot load the text encoder or tokenizer: "
-                         f"{_first_line(err)}") from None
+                         f"{one_line(err)}") from None
     finally:
         logging.set_verbosity(verbosity)
         if progress:
@@ -381,6 +357,3 @@ def _load_transformers(files: dict, name: str):
     return tokenizer, encoder
 
 
-def _first_line(err: Exception) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__

@@ -4,7 +4,8 @@ from dataclasses import dataclass, field
 
 import optuna
 
-from autodiff_optuna.reporting import studies as pick
+from autodiff_optuna.reporting import scope
+from autodiff_optuna.search import objectives
 from autodiff_optuna.search.results import CONFIG_ATTR, pareto_front, uniform_trial
 
 
@@ -28,13 +29,13 @@ class Row:
 def stage1_rows(stage1: optuna.Study, top: int, full_gflops: float) -> list[Row]:
     """The ``top`` best schedules and, wherever it ranks, the uniform baseline."""
     steps = stage1.user_attrs.get(CONFIG_ATTR, {}).get("steps")
-    best = pick.best_trials(stage1, top)
+    best = scope.best_trials(stage1, top)
     uniform = uniform_trial(stage1)
     rows = []
     uniform_number = uniform.number if uniform is not None else None
     for rank, trial in enumerate(best, 1):
         label = f"best {rank}" + (" (uniform)" if trial.number == uniform_number else "")
-        rows.append(_row(label, stage1, trial, [[] for _ in range(steps)], trial.value,
+        rows.append(_row(label, stage1, trial, [[] for _ in range(steps)], objectives.fid(trial),
                          full_gflops))
     if uniform is not None and uniform_number not in {t.number for t in best}:
         rows += uniform_rows(stage1, full_gflops)
@@ -46,7 +47,7 @@ def uniform_rows(stage1: optuna.Study, full_gflops: float) -> list[Row]:
     uniform = uniform_trial(stage1)
     steps = stage1.user_attrs.get(CONFIG_ATTR, {}).get("steps")
     return [] if uniform is None else [_row("uniform", stage1, uniform,
-                                            [[] for _ in range(steps)], uniform.value,
+                                            [[] for _ in range(steps)], objectives.fid(uniform),
                                             full_gflops)]
 
 
@@ -54,7 +55,7 @@ def stage2_rows(stage2: optuna.Study, chosen) -> list[Row]:
     """The Pareto front, cheapest first; ``chosen`` is the trade-off the page shows."""
     shown = chosen.number if chosen is not None else None
     return [_row("front (shown)" if t.number == shown else "front", stage2, t,
-                 t.user_attrs["skip"], t.values[0], t.values[1])
+                 t.user_attrs["skip"], objectives.fid(t), objectives.gflops(t))
             for t in pareto_front(stage2)]
 
 

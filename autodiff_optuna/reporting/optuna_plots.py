@@ -9,9 +9,10 @@ import plotly.graph_objects as go
 from optuna import visualization as vis
 from optuna.importance import FanovaImportanceEvaluator
 
+from autodiff_optuna.errors import one_line
 from autodiff_optuna.reporting.plots import plain
+from autodiff_optuna.search import objectives
 from autodiff_optuna.search.results import CONFIG_ATTR, complete_trials
-from autodiff_optuna.storage import first_line
 
 
 @dataclass
@@ -65,7 +66,7 @@ def _stage1(study: optuna.Study) -> list[Panel]:
 
 def _stage2(study: optuna.Study) -> list[Panel]:
     def fid(t):
-        return t.values[0]
+        return objectives.fid(t)
 
     steps = _step_params(study)
     return [
@@ -94,7 +95,7 @@ def _importances(study: optuna.Study, **target) -> Panel:
     except (RuntimeError, ValueError, ZeroDivisionError) as err:  # too few or constant trials
         return Panel("importances", title, None,
                      f"Parameter importances could not be computed for this study "
-                     f"({first_line(err)}).")
+                     f"({one_line(err)}).")
     return Panel("importances", title, figure)
 
 

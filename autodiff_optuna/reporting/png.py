@@ -9,7 +9,7 @@ from pathlib import Path
 import plotly.graph_objects as go
 import plotly.io as pio
 
-from autodiff_optuna.storage import first_line
+from autodiff_optuna.errors import one_line
 
 WIDTH, HEIGHT = 1000, 600
 
@@ -49,7 +49,7 @@ def write_pngs(figures: dict[str, go.Figure], directory: Path) -> str:
 def _reason(err: Exception) -> str:
     """kaleido's errors carry several sentences as separate arguments: the first says it."""
     first = err.args[0] if err.args and isinstance(err.args[0], str) else err
-    return first_line(first) if isinstance(first, BaseException) else first.splitlines()[0]
+    return one_line(first) if isinstance(first, BaseException) else first.splitlines()[0]
 
 
 def _height(figure: go.Figure) -> int:

@@ -1,6 +1,6 @@
 """``report``: one HTML page per study under ``reports/<study>/index.html``.
 
-The page holds Optuna's plots of each study it covers (see ``studies`` for which), where the
+The page holds Optuna's plots of each study it covers (see ``scope`` for which), where the
 chosen schedules put their steps (time and log-SNR axes), stage 2's skip masks, sample grids of
 the uniform and the chosen schedules on the same held-out noise, and a table of the top
 candidates with search FID, GFLOPs and held-out FID. The grids are also attached to their
@@ -34,11 +34,12 @@ from autodiff_optuna.reporting import (
     page,
     plots,
     png,
-    studies,
+    scope,
 )
 from autodiff_optuna.sampling import validate
 from autodiff_optuna.sampling.noise import check_count, check_fits, check_seed
 from autodiff_optuna.sampling.skipping import check_skip
+from autodiff_optuna.search import objectives
 from autodiff_optuna.search.context import alphas_cumprod
 from autodiff_optuna.search.fidelity import n_evaluated
 from autodiff_optuna.search.results import (
@@ -61,7 +62,7 @@ class Options:
     png: bool = True
     schedule: str | None = None  # an exported schedule file to show beside the others
     device: str = "cpu"
-    model: object = None  # models.ModelOptions: a real model's files, as the study had them
+    model_options: object = None  # models.ModelOptions: a real model's files, as the study had them
 
 
 @dataclass
@@ -87,14 +88,14 @@ def build(name: str, storage, options: Options) -> Path:
     """Write the report of study ``name``; returns the page's path."""
     _check_options(options)
     out = _out_dir(name, options)
-    reported = studies.load(name, storage)
+    reported = scope.load(name, storage)
     config = reported.config
     # the network the study searched with, or one line naming the flag that loads it
-    model = load_model(config["model"], options.device, options.model)
+    model = load_model(config["model"], options.device, options.model_options)
     check_same_model(model, config.get("model_weights"), f"study {name!r}")
     schedule = None
     if options.schedule:
-        schedule = load_schedule(options.schedule, options.model, options.device)
+        schedule = load_schedule(options.schedule, options.model_options, options.device)
         if schedule.model != config["model"]:
             raise UsageError(f"schedule {options.schedule} is for model {schedule.model!r}, "
                              f"the study for {config['model']!r}")
@@ -191,18 +192,18 @@ def _chosen(reported, schedule, schedule_path) -> tuple[list[Chosen], object]:
     out = []
     uniform = uniform_trial(reported.stage1)
     if uniform is not None:
-        out.append(Chosen("uniform", "uniform", f"uniform: FID {uniform.value:.3f} (trial "
-                          f"{uniform.number})", model, solver, uniform.user_attrs.get("timesteps"),
-                          full, reported.stage1, uniform))
+        caption = f"uniform: FID {objectives.fid(uniform):.3f} (trial {uniform.number})"
+        out.append(Chosen("uniform", "uniform", caption, model, solver,
+                          uniform.user_attrs.get("timesteps"), full, reported.stage1, uniform))
     if reported.stage1 in reported.shown:
-        best = min(complete_trials(reported.stage1), key=lambda t: t.value)
-        out.append(Chosen("best", "stage 1 best", f"stage 1 best: FID {best.value:.3f} (trial "
-                          f"{best.number})", model, solver, best.user_attrs.get("timesteps"), full,
-                          reported.stage1, best))
+        best = min(complete_trials(reported.stage1), key=objectives.fid)
+        caption = f"stage 1 best: FID {objectives.fid(best):.3f} (trial {best.number})"
+        out.append(Chosen("best", "stage 1 best", caption, model, solver,
+                          best.user_attrs.get("timesteps"), full, reported.stage1, best))
     shown_trial = None
     if reported.stage2 is not None and reported.stage2 in reported.shown:
-        shown_trial = studies.stage2_pick(pareto_front(reported.stage2),
-                                          uniform.value if uniform is not None else None)
+        shown_trial = scope.stage2_pick(pareto_front(reported.stage2),
+                                          objectives.fid(uniform) if uniform is not None else None)
         if shown_trial is not None:
             fid, gflops = shown_trial.values
             out.append(Chosen("stage2", "stage 2 trade-off", f"stage 2 trade-off: FID {fid:.3f} "
@@ -238,7 +239,7 @@ def _heldout_scorer(config: dict, options: Options):
         return None, 0
 
     samples = options.heldout_samples or config["samples"]
-    scorer = load_scorer(config["model"], options.device, options.model)
+    scorer = load_scorer(config["model"], options.device, options.model_options)
     scorer.check_sample_count(samples, "--heldout-samples")  # else a singular covariance
     return scorer, samples
 
@@ -261,7 +262,7 @@ def _grids(chosen: list[Chosen], out: Path, storage, store, options: Options) ->
                                     skip=c.skip)
         path = out / f"samples-{c.key}.png"
         save_grid(sample(schedule, options.grid, options.seed, options.device,
-                         options=options.model), path)
+                         options=options.model_options), path)
         if c.trial is not None:
             artifacts.attach(storage, c.study, c.trial, path, store, filename=name)
         images.append((path.name, c.caption))

@@ -18,8 +18,8 @@ SEARCH, HELDOUT = "search", "heldout"
 # customary 50,000; a larger count is a typo, refused before anything is loaded or stored
 MAX_IMAGES = 1_000_000
 BYTES_PER_VALUE = 4  # float32
-# a batch's noise, the samples collected from it and their uint8 copy live at once: about three
-# float32 copies of the images
+# the noise, the images collected from it and their uint8 copy live at once: about three float32
+# copies of the images
 SAMPLING_COPIES = 3
 
 
@@ -40,14 +40,16 @@ def check_count(n: int, flag: str, limit: int = MAX_IMAGES) -> None:
 
 def check_fits(model: DiffusionModel, n: int, flag: str, copies: int = SAMPLING_COPIES) -> None:
     """Refuse, in one line, more images of ``model`` than this machine's memory holds at once
-    (the noise is drawn whole and the samples are collected whole: ``copies`` float32 copies of
-    the images)."""
+    (the noise is drawn whole and the images are collected whole: one float32 copy of the
+    samples, ``copies - 1`` of the images; a latent model's samples are smaller than its
+    images, a pixel model's are its images)."""
     check_count(n, flag)
-    per_image = math.prod(model.sample_shape) * BYTES_PER_VALUE * copies
+    per_image = BYTES_PER_VALUE * (math.prod(model.sample_shape)
+                                   + (copies - 1) * math.prod(model.image_shape))
     have = physical_memory()
     if have is not None and n * per_image > have:
         raise UsageError(f"{flag} {n:,}: {n:,} images of {getattr(model, 'name', 'the model')}"
-                         f" ({'x'.join(map(str, model.sample_shape))}) need about "
+                         f" ({'x'.join(map(str, model.image_shape))}) need about "
                          f"{n * per_image / 2**30:.0f} GiB of memory, this machine has "
                          f"{have / 2**30:.0f} GiB: at most {have // per_image:,} here")
 

@@ -346,7 +346,7 @@ class EvolutionarySampler(BaseGASampler):
     def _child(self, parents: list[Candidate], rng: np.random.Generator) -> Candidate:
         if not parents:
             return self._space.random(rng)
-        # at parzen_prob 0 no draw is spent, so such a sampler breeds exactly as before it existed
+        # at parzen_prob 0 no draw is spent: the crossover-and-mutation stream stays the same
         if self._parzen_prob and len(parents) >= 2 and rng.random() < self._parzen_prob:
             return self._parzen_child(parents, rng)
         if len(parents) >= 2 and rng.random() < self._crossover_prob:

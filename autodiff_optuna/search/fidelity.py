@@ -10,8 +10,8 @@ complete trials stay comparable whatever the pruner did.
 
 Why a percentile of the complete trials: they are the ones the evolution keeps breeding from, so
 a child is stopped once it is clearly not going to join the better of them. The median let too
-many children through once the sampler bred well (35% fewer images against 48% at the 40th
-percentile, at about the same held-out FID); the 30th percentile saved more but ended worse.
+many children through once the sampler bred well (fewer images saved at about the same held-out
+FID); the 30th percentile saved more but ended worse.
 Successive halving, which ranks a child against every trial that ever reached the rung, early
 bad ones included, saved fewer images and ended worse. BENCHMARKS.md has the numbers.
 """

@@ -6,11 +6,13 @@ import time
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from autodiff_optuna.search import objectives
 from autodiff_optuna.search.fidelity import PRUNED_AT, n_evaluated
 
 
 class ProgressPrinter:
-    """An Optuna callback; ``target`` is the number of COMPLETE trials the study should reach."""
+    """An Optuna callback; ``target`` is the number of evaluated trials the study should reach
+    (complete, or stopped early by the multi-fidelity pruner: ``fidelity.n_evaluated``)."""
 
     def __init__(self, target: int, stream=None, label: str = ""):
         self._target = target
@@ -33,11 +35,11 @@ class ProgressPrinter:
                       or f"duplicate of trial {trial.user_attrs.get('duplicate_of')}")
             result = f"{trial.state.name}: {reason}"
         elif len(trial.values) == 1:
-            result = f"FID {trial.value:8.3f}  best {study.best_value:8.3f}"
+            result = f"FID {objectives.fid(trial):8.3f}  best {study.best_value:8.3f}"
         else:  # stage 2: FID and GFLOPs
             skipped = sum(len(s) for s in trial.user_attrs.get("skip", []))
-            result = (f"skips {skipped:>2}  FID {trial.values[0]:8.3f}  "
-                      f"GFLOPs {trial.values[1]:.4f}  front {len(study.best_trials)}")
+            result = (f"skips {skipped:>2}  FID {objectives.fid(trial):8.3f}  "
+                      f"GFLOPs {objectives.gflops(trial):.4f}  front {len(study.best_trials)}")
         print(f"{self._label}[{n_complete:>4}/{self._target}] trial {trial.number:>4}  {steps}  "
               f"{result}  "
               f"({trial.duration.total_seconds() if trial.duration else 0:.1f}s, ETA {eta})",

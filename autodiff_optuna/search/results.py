@@ -13,6 +13,10 @@ from autodiff_optuna.search.config import SearchConfig
 from autodiff_optuna.search.optuna_internals import storage_of
 
 CONFIG_ATTR = "config"  # the user attribute that holds a study's configuration
+# stage 1's record of the model's training schedule (its diffusers scheduler config)
+TRAINING_SCHEDULE_ATTR = "training_schedule"
+# stage 2's record of the GFLOPs per image no mask skips (a latent model's decoder, ...)
+UNSKIPPABLE_ATTR = "unskippable_gflops"
 
 
 def stored_config(study: optuna.Study) -> dict | None:
@@ -90,10 +94,20 @@ def best_summary(study: optuna.Study) -> dict:
 
 
 def stage2_summary(stage2: optuna.Study) -> dict:
-    return {
+    summary = {
         "stage2_study": stage2.study_name,
         "full_gflops": stage2.user_attrs.get("full_gflops"),
         "max_gflops": stage2.user_attrs.get(CONFIG_ATTR, {}).get("max_gflops"),
         "stage2_n_complete": len(complete_trials(stage2)),
         "pareto": [pareto_point(t) for t in pareto_front(stage2)],
     }
+    if UNSKIPPABLE_ATTR in stage2.user_attrs:  # a latent model's: beside full_gflops
+        summary[UNSKIPPABLE_ATTR] = stage2.user_attrs[UNSKIPPABLE_ATTR]
+    return summary
+
+
+def training_schedule(stage1: optuna.Study) -> dict | None:
+    """The model's training schedule the study recorded (None: made before it was recorded,
+    and not run since)."""
+    schedule = stage1.user_attrs.get(TRAINING_SCHEDULE_ATTR)
+    return schedule if isinstance(schedule, dict) else None

@@ -13,13 +13,22 @@ import optuna
 from optuna.trial import TrialState
 
 from autodiff_optuna.errors import UsageError
+from autodiff_optuna.metrics.flops import unskippable_gflops
+from autodiff_optuna.metrics.scorers import features_hint
+from autodiff_optuna.models.registry import weights_hint
 from autodiff_optuna.search import fidelity, objectives
 from autodiff_optuna.search.config import OPTUNA_SAMPLERS, code_version
 from autodiff_optuna.search.context import SearchContext
 from autodiff_optuna.search.encoding import Candidate
 from autodiff_optuna.search.evolutionary import EvolutionarySampler
 from autodiff_optuna.search.optuna_internals import storage_of
-from autodiff_optuna.search.results import CONFIG_ATTR, complete_trials, stored_config
+from autodiff_optuna.search.results import (
+    CONFIG_ATTR,
+    TRAINING_SCHEDULE_ATTR,
+    UNSKIPPABLE_ATTR,
+    complete_trials,
+    stored_config,
+)
 from autodiff_optuna.storage import creation_lock, load_existing_study, open_storage, redact
 
 
@@ -55,10 +64,12 @@ def open_stage1(ctx: SearchContext, name: str, storage) -> optuna.Study:
     once by whichever process creates the study, uniform (the baseline) first."""
     space = ctx.space(1)
     initial = [space.candidate(s) for s in ctx.spacings.values()]
-    return _open(ctx, name, storage, 1, stage1_sampler(ctx, initial),
-                 first_trials=[(space.encode(c), {"spacing": spacing})
-                               for spacing, c in zip(ctx.spacings, initial)],
-                 extra_attrs={"spacings": {k: list(v) for k, v in ctx.spacings.items()}})
+    study = _open(ctx, name, storage, 1, stage1_sampler(ctx, initial),
+                  first_trials=[(space.encode(c), {"spacing": spacing})
+                                for spacing, c in zip(ctx.spacings, initial)],
+                  extra_attrs={"spacings": {k: list(v) for k, v in ctx.spacings.items()}})
+    _record_training_schedule(ctx, study)
+    return study
 
 
 def load_stage1(ctx: SearchContext, name: str, storage) -> optuna.Study:
@@ -66,7 +77,16 @@ def load_stage1(ctx: SearchContext, name: str, storage) -> optuna.Study:
 
     study = load_existing_study(name, storage, hint="run stage 1 first (--stage 1 or both)")
     _check_stored(study, stage_config(ctx, 1, None), 1, storage)
+    _record_training_schedule(ctx, study)
     return study
+
+
+def _record_training_schedule(ctx: SearchContext, study: optuna.Study) -> None:
+    """The model's training schedule (its scheduler config), for an exported schedule's
+    diffusers fields, so that ``export`` needs no model files; a study made before it was
+    recorded gets it on its next run."""
+    if TRAINING_SCHEDULE_ATTR not in study.user_attrs:
+        study.set_user_attr(TRAINING_SCHEDULE_ATTR, dict(ctx.model.scheduler_config))
 
 
 def open_stage2(ctx: SearchContext, stage1: optuna.Study, storage,
@@ -90,9 +110,17 @@ def open_stage2(ctx: SearchContext, stage1: optuna.Study, storage,
                                "full_gflops": ctx.full_gflops,
                                "layers": list(ctx.costs.layers),
                                "layer_gflops_saved": {k: v / 1e9
-                                                      for k, v in ctx.costs.saving.items()}})
+                                                      for k, v in ctx.costs.saving.items()},
+                               **_unskippable(ctx)})
     stage1.set_user_attr("stage2_study", name)
     return study
+
+
+def _unskippable(ctx: SearchContext) -> dict:
+    """What no mask skips (a latent model's decoder, its text encoder), recorded beside
+    ``full_gflops`` where the model has any (a pixel model's study stays as it was)."""
+    costs = unskippable_gflops(ctx.model)
+    return {UNSKIPPABLE_ATTR: costs} if costs else {}
 
 
 def _open(ctx, name, storage, stage, sampler, max_gflops=None, extra_attrs=None,
@@ -160,12 +188,21 @@ def _wait_for_config(study: optuna.Study, seconds: float = 30.0) -> None:
         time.sleep(0.2)
 
 
+def _hint(key: str, stored: dict, wanted: dict) -> str:
+    """For the model and the FID reference, the flags that load the stored ones."""
+    if key == "model_weights" and stored.get(key) and wanted.get(key):
+        return f" ({weights_hint(stored[key], wanted[key], wanted['model'])})"
+    if key == "fid_features" and stored.get(key) and wanted.get(key):
+        return f" ({features_hint(stored[key], wanted[key])})"
+    return ""
+
+
 def _check_stored(study: optuna.Study, wanted: dict, stage: int, storage) -> None:
     stored = stored_config(study)
     where = f"study {study.study_name!r} in {redact(storage.url)}"
     if stored is None:
         raise UsageError(f"{where} was not made by autodiff_optuna; choose another --name")
-    diffs = [f"{key}: stored {stored.get(key)!r}, requested {value!r}"
+    diffs = [f"{key}: stored {stored.get(key)!r}, requested {value!r}{_hint(key, stored, wanted)}"
              for key, value in wanted.items() if stored.get(key) != value]
     if diffs:
         raise UsageError(f"{where} exists with another configuration (" + "; ".join(diffs)

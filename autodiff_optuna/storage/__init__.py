@@ -20,12 +20,13 @@ from pathlib import Path
 import optuna
 from optuna.storages import RDBStorage
 
-from autodiff_optuna.errors import UsageError
+from autodiff_optuna.errors import UsageError, one_line
 
 DEFAULT_STORAGE = "sqlite:///studies/autodiff.db"
 SQLITE_MAGIC = b"SQLite format 3\x00"
 SCHEMA_LOCK_KEY = 0x0AD1FF  # any fixed number; only this program's workers take it
 LOCK_SUFFIX = ".lock"
+READ_ONLY_QUERY = "?mode=ro&uri=true"  # SQLite's URI filename parameters for a read-only open
 
 
 def open_storage(url: str | None = None, heartbeat: int | None = None,
@@ -81,7 +82,7 @@ def open_storage(url: str | None = None, heartbeat: int | None = None,
         raise UsageError(f"storage {shown}: the database driver is not installed ({err.name})"
                          ) from None
     except Exception as err:  # SQLAlchemy's and Optuna's errors for a bad or unreachable database
-        raise UsageError(f"cannot open storage {shown}: {first_line(err)}") from err
+        raise UsageError(f"cannot open storage {shown}: {one_line(err)}") from err
 
 
 @contextmanager
@@ -170,8 +171,13 @@ def _fast_sqlite_commits(storage: RDBStorage) -> None:
 
 
 def redact(url: str) -> str:
+    """The URL as messages show it: no password, and an SQLite file opened read-only (as
+    ``open_storage`` opens it for reading) by its path."""
     from sqlalchemy.engine import make_url
 
+    prefix = "sqlite:///file:"
+    if url.startswith(prefix) and url.endswith(READ_ONLY_QUERY):
+        return f"sqlite:///{url[len(prefix):-len(READ_ONLY_QUERY)]} (read-only)"
     try:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:
@@ -186,7 +192,7 @@ def _sqlite_path(url: str) -> Path:
     try:
         database = make_url(url).database
     except Exception as err:
-        raise UsageError(f"not a valid storage URL: {url} ({first_line(err)})") from err
+        raise UsageError(f"not a valid storage URL: {url} ({one_line(err)})") from err
     if database and database.startswith("file:"):  # an SQLite URI filename (file:PATH?mode=ro)
         database = database[len("file:"):].split("?", 1)[0]
     if not database or database == ":memory:" or "mode=memory" in url:
@@ -218,13 +224,9 @@ def _read_only_sqlite_url(url: str, path: Path) -> str:
     """The same file opened read-only (SQLite's URI filename with ``mode=ro``)."""
     if "mode=ro" in url:
         return url
-    return f"sqlite:///file:{path}?mode=ro&uri=true"
+    return f"sqlite:///file:{path}{READ_ONLY_QUERY}"
 
 
-def first_line(err: BaseException) -> str:
-    """A database error's message in one line (SQLAlchemy wraps the driver's in ``orig``)."""
-    text = str(getattr(err, "orig", None) or err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def load_existing_study(name: str, storage: RDBStorage, hint: str = "") -> optuna.Study:

@@ -13,6 +13,7 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from autodiff_optuna.errors import UsageError
+from autodiff_optuna.search import objectives
 from autodiff_optuna.search.results import CONFIG_ATTR, complete_trials
 from autodiff_optuna.storage import load_existing_study
 
@@ -75,7 +76,7 @@ def best_trials(stage1: optuna.Study, top: int) -> list[FrozenTrial]:
     """The ``top`` lowest-FID complete trials, one per distinct schedule (a trial the pruner
     stopped early has no FID on all the images, so it is not ranked)."""
     seen, ranked = set(), []
-    for trial in sorted(complete_trials(stage1), key=lambda t: t.value):
+    for trial in sorted(complete_trials(stage1), key=objectives.fid):
         # as JSON: a user attribute is whatever JSON was stored, not always a list of integers
         key = json.dumps(trial.user_attrs.get("timesteps"))
         if key not in seen:
@@ -90,5 +91,5 @@ def stage2_pick(points: list[FrozenTrial], baseline_fid: float | None) -> Frozen
     candidate (or a baseline), the front's lowest-FID one."""
     if not points:
         return None
-    good = [t for t in points if baseline_fid is not None and t.values[0] <= baseline_fid]
-    return good[0] if good else min(points, key=lambda t: t.values[0])
+    good = [t for t in points if baseline_fid is not None and objectives.fid(t) <= baseline_fid]
+    return good[0] if good else min(points, key=objectives.fid)
