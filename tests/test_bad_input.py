@@ -391,7 +391,7 @@ def test_a_second_ctrl_c_is_quiet(spawn, tmp_path):
     traceback. (One Ctrl-C: tests/test_resilience.py.)"""
     path = tmp_path / "int.db"
     worker = spawn(["study", "--model", "digits", "--steps", "3", "--stage", "1", "--trials",
-                    "50", "--samples", "400", "--population", "4", "--heartbeat", "1",
+                    "50", "--samples", "200", "--population", "4", "--heartbeat", "1",
                     "--storage", f"sqlite:///{path}", "--quiet"])
     _wait_for_a_running_trial(worker, path)
     worker.send_signal(signal.SIGINT)

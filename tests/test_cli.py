@@ -1,12 +1,10 @@
 """The CLI contract: exit codes, one-line errors, nothing half-created."""
 
 import json
-import subprocess
-import sys
 
 import optuna
 import pytest
-from helpers import CEILING, error_line
+from helpers import error_line
 
 from autodiff_optuna.cli import main
 
@@ -109,15 +107,11 @@ def test_stage1_with_an_optuna_sampler_resumes_and_keeps_its_sampler(capsys, tmp
     assert main(base + ["--trials", "1", "--name", "old"]) == 0
 
 
-@pytest.mark.slow  # a worker process: `python -m autodiff_optuna` as a user runs it
 def test_end_to_end_study_best_and_evaluate(tmp_path, capsys):
     url = f"sqlite:///{tmp_path}/s.db"
-    study = subprocess.run([sys.executable, "-m", "autodiff_optuna", "study", "--model", "digits",
-                            "--steps", "4", "--trials", "7", "--samples", "80", "--population",
-                            "5", "--storage", url, "--stage", "1"],
-                           capture_output=True, text=True, timeout=CEILING)
-    assert study.returncode == 0, study.stderr
-    assert study.stdout.count("FID") >= 7  # a progress line per trial
+    assert main(["study", "--model", "digits", "--steps", "4", "--trials", "7", "--samples",
+                 "80", "--population", "5", "--storage", url, "--stage", "1"]) == 0
+    assert capsys.readouterr().out.count("FID") >= 7  # a progress line per trial
     assert main(["best", "--name", "digits-k4", "--storage", url, "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["n_complete"] == 7 and summary["steps"] == 4
