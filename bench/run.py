@@ -251,6 +251,11 @@ def storage_overhead(runs: int = 3) -> dict:
     return out
 
 
+def _head(results: dict, part: str) -> list[str]:
+    """A section's machine line: the part's own where it was measured alone, else the run's."""
+    return [f"Machine: {results[part].get('machine') or results['machine']}.", ""]
+
+
 def render(results: dict) -> dict[str, str]:
     q, s = results["model_quality"], results["default_study"]
     head = [f"Machine: {results['machine']}.", ""]
@@ -309,7 +314,12 @@ def render(results: dict) -> dict[str, str]:
     if "workers" in results:
         from bench.workers import render as render_workers
 
-        sections["workers"] = "\n".join(head + render_workers(results["workers"]))
+        workers = results["workers"]
+        sections["workers"] = "\n".join(_head(results, "workers") + render_workers(workers))
+    if "teacher_reference" in results:
+        sections["teacher-reference"] = "\n".join(
+            _head(results, "teacher_reference")
+            + render_teacher(results["teacher_reference"], results["default_study"]))
     if "deep_study" in results:
         sections["stage2-deep"] = "\n".join(head + render_deep(results["deep_study"]))
     if "stage2_budgets" in results:
@@ -321,6 +331,29 @@ def render(results: dict) -> dict[str, str]:
         sections["end-to-end"] = "\n".join(head + render_end_to_end(
             results["end_to_end"], results.get("spacings_table", {})))
     return sections
+
+
+def render_teacher(t: dict, real: dict) -> list[str]:
+    """The search scored against the model's own samples beside the one scored against the
+    real digits, both judged on held-out noise against the real digits."""
+    return [
+        f"Stage 1 of the default digits study (seed {t['seed']}, {t['samples']} images a "
+        "candidate), each best schedule scored on held-out noise against the real digits "
+        f"(mean ± std over {len(HELDOUT_SEEDS)} streams).",
+        "",
+        "| reference the search scored against | best schedule | held-out FID against the "
+        "real digits |",
+        "|---|---|---|",
+        f"| the real digits (default study, stage 1) | {real['best_timesteps']} | "
+        f"{real['best_fid_heldout']:.2f} ± {real['best_fid_heldout_std']:.2f} |",
+        f"| the model's own {t['teacher_steps']}-step samples (`--ref-teacher "
+        f"{t['teacher_steps']}`) | {t['timesteps']} | "
+        f"**{t['fid_heldout']:.2f} ± {t['fid_heldout_std']:.2f}** |",
+        f"| uniform | {real['uniform_timesteps']} | {real['uniform_fid_heldout']:.2f} ± "
+        f"{real['uniform_fid_heldout_std']:.2f} |",
+        "",
+        f"The teacher-scored search took {t['wall_s']:.0f} s (teacher statistics included).",
+    ]
 
 
 def render_front(s: dict, speed: dict) -> list[str]:
@@ -582,7 +615,7 @@ def main() -> None:
     """``python -m bench.run [PART ...]``: all parts, or re-measure only the named ones
     (model_quality, trial_time_s, default_study, storage_overhead, masked_speed,
     skip_sensitivity, spacings_table, samplers, multifidelity, end_to_end, deep_study,
-    stage2_budgets, workers, profile)
+    stage2_budgets, workers, teacher_reference, profile)
     and keep the other numbers of bench/results.json."""
     from bench import search
     from bench.profile import profile_trials
@@ -595,10 +628,12 @@ def main() -> None:
              "samplers": search.sampler_comparison, "multifidelity": search.multifidelity,
              "end_to_end": search.end_to_end, "deep_study": deep_study,
              "stage2_budgets": search.stage2_budgets, "workers": workers,
+             "teacher_reference": search.teacher_reference,
              "profile": profile_trials}
     wanted = sys.argv[1:] or list(parts)
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() and sys.argv[1:] else {}
-    results["machine"] = machine()
+    if not sys.argv[1:]:  # the machine of every part; one re-measured alone names its own
+        results["machine"] = machine()
     for key in wanted:
         print(f"{key} ...", flush=True)
         if key == "multifidelity" and "samplers" in results:
@@ -611,6 +646,8 @@ def main() -> None:
             results[key] = skip_sensitivity(results["default_study"]["best_timesteps"])
         else:
             results[key] = parts[key]()
+        if sys.argv[1:] and isinstance(results[key], dict):
+            results[key]["machine"] = machine()
     save(results)
     print(f"updated {RESULTS.relative_to(ROOT)} and BENCHMARKS.md ({', '.join(wanted)})")
 

@@ -325,3 +325,23 @@ def spacings_search(k: int, seed: int, sampler: str | None = None) -> dict:
     print(f"  K={k} seed {seed} {out['sampler']}: stage 1 {out['stage1_heldout']:.2f}, stage 2 "
           f"{out['stage2_heldout']:.2f}, {run['wall_s']:.0f} s", flush=True)
     return out
+
+
+TEACHER_STEPS = 100  # the teacher: the model's own samples over 100 uniform steps
+
+
+def teacher_reference(steps: int = 4, seed: int = 0) -> dict:
+    """Stage 1 of the default digits study scored against the model's own ``TEACHER_STEPS``-step
+    samples (``--ref-teacher``: no dataset), its best schedule then scored on held-out noise
+    against the real digits, beside the same search scored against the real digits."""
+    with tempfile.TemporaryDirectory() as tmp:
+        url = f"sqlite:///{tmp}/bench.db"
+        started = time.perf_counter()
+        _cli("study", "--model", "digits", "--steps", str(steps), "--seed", str(seed),
+             "--stage", "1", "--ref-teacher", str(TEACHER_STEPS), "--storage", url, "--quiet")
+        wall = time.perf_counter() - started
+        best = json.loads(_cli("best", "--name", f"digits-k{steps}", "--storage", url, "--json"))
+    mean, std = heldout_fids(best["timesteps"], best["samples"])
+    return {"teacher_steps": TEACHER_STEPS, "seed": seed, "timesteps": best["timesteps"],
+            "fid_search_vs_teacher": best["fid"], "fid_heldout": mean, "fid_heldout_std": std,
+            "samples": best["samples"], "wall_s": wall}

@@ -80,6 +80,7 @@ def test_resume_and_configuration_mismatch(capsys, tmp_path):
     assert len(optuna.load_study(study_name="digits-k3", storage=url).trials) == len(study.trials)
 
 
+@pytest.mark.slow  # three studies
 def test_stage1_with_an_optuna_sampler_resumes_and_keeps_its_sampler(capsys, tmp_path):
     """``--sampler tpe``: Optuna's TPE drives stage 1 on the same encoding, after the same
     standard spacings; the choice is stored, so a resume must name it again, and a study stored
@@ -107,6 +108,7 @@ def test_stage1_with_an_optuna_sampler_resumes_and_keeps_its_sampler(capsys, tmp
     assert main(base + ["--trials", "1", "--name", "old"]) == 0
 
 
+@pytest.mark.slow  # a whole study, then best and evaluate
 def test_end_to_end_study_best_and_evaluate(tmp_path, capsys):
     url = f"sqlite:///{tmp_path}/s.db"
     assert main(["study", "--model", "digits", "--steps", "4", "--trials", "7", "--samples",
@@ -187,6 +189,7 @@ def test_export_and_sample_in_one_line(capsys, tmp_path):
     assert "costs <=" in error_line(capsys)
 
 
+@pytest.mark.slow  # a study of both stages, resumed
 def test_stage_two_resumes(tmp_path):
     url = f"sqlite:///{tmp_path}/s.db"
     base = ["study", "--model", "digits", "--steps", "2", "--storage", url, "--samples", "80",

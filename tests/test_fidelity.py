@@ -32,6 +32,7 @@ def pruned_study(tmp_path_factory):
     return ctx, study, study.trials  # the trials as they stood at 14 (a later test adds more)
 
 
+@pytest.mark.slow  # a pruned study of 14 trials (module fixture)
 def test_pruned_trials_count_towards_the_budget(pruned_study):
     _, _, trials = pruned_study
     stopped = [t for t in trials if fidelity.PRUNED_AT in t.user_attrs]
@@ -44,6 +45,7 @@ def test_pruned_trials_count_towards_the_budget(pruned_study):
         assert set(t.intermediate_values) <= {80, 160}
 
 
+@pytest.mark.slow  # a pruned study of 14 trials (module fixture)
 def test_complete_trials_are_scored_like_unpruned_ones(pruned_study):
     """The prefixes are the study's own noise: a finished trial's FID is the plain FID on all
     of it, and its reports are the FIDs of the prefixes."""
@@ -79,6 +81,7 @@ def test_bad_min_samples_is_one_line(capsys, tmp_path):
     assert "--min-samples must exceed the FID feature dimension" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a pruned study of 14 trials (module fixture)
 def test_pruned_children_are_members_of_their_generation(pruned_study):
     """Pruning filters a generation; it does not make generations longer in candidates."""
     _, _, trials = pruned_study
