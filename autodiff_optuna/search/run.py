@@ -37,7 +37,7 @@ class _StopOnFailures:
     def __call__(self, study, trial):
         self.count = self.count + 1 if trial.state == TrialState.FAIL else 0
         self.last_reason = trial.user_attrs.get("fail_reason", self.last_reason)
-        if self.count >= self.limit:
+        if self.tripped:
             study.stop()
 
     @property

@@ -74,7 +74,6 @@ def open_stage1(ctx: SearchContext, name: str, storage) -> optuna.Study:
 
 def load_stage1(ctx: SearchContext, name: str, storage) -> optuna.Study:
     """An existing stage-1 study, for ``--stage 2`` alone; its configuration must match."""
-
     study = load_existing_study(name, storage, hint="run stage 1 first (--stage 1 or both)")
     _check_stored(study, stage_config(ctx, 1, None), 1, storage)
     _record_training_schedule(ctx, study)
