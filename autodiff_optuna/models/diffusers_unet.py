@@ -1,6 +1,7 @@
 """Adapter for diffusers ``UNet2DModel`` checkpoints (the bundled digits model, google/ddpm-*, and
 any other unconditional one: ``--model diffusers --checkpoint DIR|HUB_ID``)."""
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -149,22 +150,36 @@ def low_cpu_mem_usage() -> bool:
     return is_accelerate_available()
 
 
-def loaded_weights(unet_dir: Path) -> tuple[list[Path], bool]:
-    """The weight files ``from_pretrained`` reads from ``unet_dir`` (no variant), and whether
+@dataclass(frozen=True)
+class WeightNames:
+    """How a library names a model folder's weights: ``<stem>.safetensors`` (or its sharded
+    index), else ``bin_file``."""
+
+    stem: str
+    bin_file: str
+    library: str
+
+
+DIFFUSERS_WEIGHTS = WeightNames(WEIGHTS, f"{WEIGHTS}.bin", "diffusers")
+TRANSFORMERS_WEIGHTS = WeightNames("model", "pytorch_model.bin", "transformers")
+
+
+def loaded_weights(folder: Path, names: WeightNames = DIFFUSERS_WEIGHTS
+                   ) -> tuple[list[Path], bool]:
+    """The weight files ``from_pretrained`` reads from ``folder`` (no variant), and whether
     they are safetensors: a sharded safetensors index's shards, else the single safetensors
-    file, else the single ``.bin`` (diffusers' own order). Other files beside them (fp16 or
+    file, else the single ``.bin`` (the loaders' own order). Other files beside them (fp16 or
     other variants, a stale ``.bin``) are not read, so they are not part of the fingerprint."""
-    index = unet_dir / f"{WEIGHTS}.safetensors.index.json"
+    index = folder / f"{names.stem}.safetensors.index.json"
     if index.is_file():
         try:
             shards = sorted(set(read_json(index)["weight_map"].values()))
         except (KeyError, TypeError, AttributeError):
-            raise UsageError(f"{index} is not a diffusers weight index") from None
-        return [unet_dir / shard for shard in shards], True
-    for suffix, safetensors in (("safetensors", True), ("bin", False)):
-        single = unet_dir / f"{WEIGHTS}.{suffix}"
-        if single.is_file():
-            return [single], safetensors
+            raise UsageError(f"{index} is not a {names.library} weight index") from None
+        return [folder / shard for shard in shards], True
+    for file, safetensors in ((f"{names.stem}.safetensors", True), (names.bin_file, False)):
+        if (folder / file).is_file():
+            return [folder / file], safetensors
     return [], True
 
 

@@ -30,6 +30,8 @@ import torch
 from autodiff_optuna.errors import UsageError, one_line
 from autodiff_optuna.models.base import DiffusionModel, files_digest
 from autodiff_optuna.models.diffusers_unet import (
+    DIFFUSERS_WEIGHTS,
+    TRANSFORMERS_WEIGHTS,
     bypass_for,
     loaded_weights,
     low_cpu_mem_usage,
@@ -60,7 +62,6 @@ def hub_weights(hub_id: str) -> RemoteFile:
 
 # ---- the adapter -----------------------------------------------------------------------------
 
-TEXT_WEIGHTS = "model"  # transformers' file name: model.safetensors (shards), pytorch_model.bin
 TOKENIZER_FILES = ("vocab.json", "merges.txt")  # what CLIPTokenizer cannot do without
 TOKENIZER_EXTRAS = ("tokenizer_config.json", "special_tokens_map.json", "tokenizer.json")
 # prompts per text-encoder call, always this many (padded with empty prompts): kernels are
@@ -256,13 +257,12 @@ def component_files(directory: Path, name: str, hub_id: str | None = None) -> di
                              "DIR|HUB_ID of a complete copy)")
 
     files: dict = {"digested": []}
-    for part, weights_name in (("unet", None), ("vae", None), ("text_encoder", TEXT_WEIGHTS)):
+    for part, names in (("unet", DIFFUSERS_WEIGHTS), ("vae", DIFFUSERS_WEIGHTS),
+                        ("text_encoder", TRANSFORMERS_WEIGHTS)):
         folder = directory / part
         need(f"{part}/config.json", (folder / "config.json").is_file())
-        weights, safetensors = (loaded_weights(folder) if weights_name is None
-                                else _text_weights(folder))
-        stem = "model" if weights_name else "diffusion_pytorch_model"
-        need(f"{part}/{stem}.safetensors", bool(weights))
+        weights, safetensors = loaded_weights(folder, names)
+        need(f"{part}/{names.stem}.safetensors", bool(weights))
         read_json(folder / "config.json")  # one line for a config the loader would choke on
         files[part] = (folder, safetensors)
         files["digested"] += weights
@@ -285,23 +285,6 @@ def _is_hub_id(text: str | None) -> bool:
         return False
     parts = text.split("/")
     return len(parts) == 2 and all(parts) and not text.startswith((".", "~"))
-
-
-def _text_weights(folder: Path) -> tuple[list[Path], bool]:
-    """The text encoder's weight files as transformers picks them: a safetensors index's
-    shards, else model.safetensors, else pytorch_model.bin."""
-    index = folder / f"{TEXT_WEIGHTS}.safetensors.index.json"
-    if index.is_file():
-        try:
-            shards = sorted(set(read_json(index)["weight_map"].values()))
-        except (KeyError, TypeError, AttributeError):
-            raise UsageError(f"{index} is not a transformers weight index") from None
-        return [folder / shard for shard in shards], True
-    if (folder / f"{TEXT_WEIGHTS}.safetensors").is_file():
-        return [folder / f"{TEXT_WEIGHTS}.safetensors"], True
-    if (folder / "pytorch_model.bin").is_file():
-        return [folder / "pytorch_model.bin"], False
-    return [], True
 
 
 def _load_diffusers(files: dict, name: str):
