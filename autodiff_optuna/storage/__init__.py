@@ -14,7 +14,7 @@ a process dies, so a worker killed half-way through creating a study never block
 import fcntl
 import os
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import optuna
@@ -70,7 +70,7 @@ def open_storage(url: str | None = None, heartbeat: int | None = None,
     try:
         with warnings.catch_warnings():  # heartbeats are experimental in Optuna
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            with _lock(url, engine_kwargs) if writable else _no_lock():
+            with _lock(url, engine_kwargs) if writable else nullcontext():
                 storage = RDBStorage(url, engine_kwargs=engine_kwargs, **beats)
         if writable and url.startswith("sqlite"):
             with storage.engine.connect() as conn:  # rewrites a header field with its own value
@@ -98,11 +98,6 @@ def creation_lock(storage: RDBStorage):
             yield True
     else:
         yield False
-
-
-@contextmanager
-def _no_lock():
-    yield
 
 
 @contextmanager
