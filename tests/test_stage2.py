@@ -29,6 +29,7 @@ def test_stages_are_linked(searched):
     assert stage2.user_attrs["stage1_study"] == stage1.study_name
     assert stage2.user_attrs["stage"] == 2 and stage1.user_attrs["stage"] == 1
     assert [d.name for d in stage2.directions] == ["MINIMIZE", "MINIMIZE"]
+    assert (stage1.metric_names, stage2.metric_names) == (["FID"], ["FID", "GFLOPs"])
 
 
 def test_stage1_elites_are_the_first_generation(searched):

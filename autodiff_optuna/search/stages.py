@@ -142,7 +142,7 @@ def _open(ctx, name, storage, stage, sampler, max_gflops=None, extra_attrs=None,
                                         directions=objectives.directions(stage), pruner=pruner)
             _write_new_study(ctx, study, stage, wanted, extra_attrs, first_trials)
     _check_stored(study, wanted, stage, storage)
-    objectives.label(study, stage)  # a study made before its values had names gets them
+    objectives.label(study, stage)  # new, or made before its values had names
     return study
 
 
@@ -165,7 +165,6 @@ def _ever_ran(study: optuna.Study) -> bool:
 
 def _write_new_study(ctx, study, stage, wanted, extra_attrs, first_trials) -> None:
     try:
-        objectives.label(study, stage)
         study.set_user_attr("stage", stage)
         study.set_user_attr("code_version", code_version())
         study.set_user_attr("fid_features", ctx.scorer.name)
