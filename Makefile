@@ -12,15 +12,20 @@ NAME ?=
 
 STAGE ?=
 SAMPLER ?=
+# QUICK=1: a first look in a minute or two (both stages, small): a study of its own,
+# <model>-k<steps>-quick, which best/export/report/list then name with the same QUICK=1
+QUICK ?=
+QUICK_ARGS := --trials 32 --stage2-trials 24 --samples 300 --population 8 --min-samples 0
+STUDY_NAME = $(or $(NAME),$(MODEL)-k$(STEPS)$(if $(QUICK),-quick))
+STORAGE_ARG = $(if $(STORAGE),--storage $(STORAGE))
 
-STUDY_ARGS := --model $(MODEL) --steps $(STEPS) $(if $(STAGE),--stage $(STAGE)) \
-	$(if $(SAMPLER),--sampler $(SAMPLER)) \
-	$(if $(TRIALS),--trials $(TRIALS)) $(if $(STORAGE),--storage $(STORAGE)) $(if $(NAME),--name $(NAME)) \
-	$(ARGS)
+STUDY_ARGS := --model $(MODEL) --steps $(STEPS) --name $(STUDY_NAME) $(if $(QUICK),$(QUICK_ARGS)) \
+	$(if $(STAGE),--stage $(STAGE)) $(if $(SAMPLER),--sampler $(SAMPLER)) \
+	$(if $(TRIALS),--trials $(TRIALS)) $(STORAGE_ARG) $(ARGS)
 # SAMPLER: stage 1's (evolutionary, tpe, cmaes, nsgaii, random; see BENCHMARKS.md)
 # ARGS: any other study flags, e.g. ARGS="--checkpoint ~/64x64_diffusion.pt --compile"
 
-.PHONY: study worker best export sample report dashboard test test-fast lint bench bench-jobs train-digits train-digits-deep clean-venv
+.PHONY: study demo worker best export sample report dashboard list test test-fast lint bench bench-jobs train-digits train-digits-deep clean-venv
 
 $(VENV)/.installed: requirements.txt requirements-adm.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,18 +36,22 @@ $(VENV)/.installed: requirements.txt requirements-adm.txt pyproject.toml
 study: $(VENV)/.installed
 	$(PY) -m autodiff_optuna study $(STUDY_ARGS)
 
+# the whole flow in a minute or two: a QUICK=1 study of both stages, then its report
+demo: $(VENV)/.installed
+	$(MAKE) --no-print-directory study QUICK=1
+	$(MAKE) --no-print-directory report QUICK=1
+
 # One more worker on the same study: run it once per GPU or machine, against a shared
 # PostgreSQL STORAGE (e.g. postgresql+psycopg://user:pass@host/db). Each stops at the total.
 worker: $(VENV)/.installed
 	$(PY) -m autodiff_optuna study $(STUDY_ARGS) --quiet
 
 best: $(VENV)/.installed
-	$(PY) -m autodiff_optuna best --name $(or $(NAME),$(MODEL)-k$(STEPS)) $(if $(STORAGE),--storage $(STORAGE))
+	$(PY) -m autodiff_optuna best --name $(STUDY_NAME) $(STORAGE_ARG)
 
 OUT ?=
 export: $(VENV)/.installed
-	$(PY) -m autodiff_optuna export --name $(or $(NAME),$(MODEL)-k$(STEPS)) \
-		--out $(or $(OUT),schedule.json) $(if $(STORAGE),--storage $(STORAGE))
+	$(PY) -m autodiff_optuna export --name $(STUDY_NAME) --out $(or $(OUT),schedule.json) $(STORAGE_ARG)
 
 SCHEDULE ?= schedule.json
 N ?= 64
@@ -51,14 +60,18 @@ sample: $(VENV)/.installed
 
 # reports/<NAME>/index.html: Optuna's plots, the schedules, masks, sample grids, top candidates
 report: $(VENV)/.installed
-	$(PY) -m autodiff_optuna report --name $(or $(NAME),$(MODEL)-k$(STEPS)) \
-		$(if $(STORAGE),--storage $(STORAGE)) $(if $(ARTIFACTS),--artifacts $(ARTIFACTS))
+	$(PY) -m autodiff_optuna report --name $(STUDY_NAME) $(STORAGE_ARG) \
+		$(if $(ARTIFACTS),--artifacts $(ARTIFACTS))
 
 # optuna-dashboard on 127.0.0.1:$(PORT), showing the report's sample grids under their trials
 PORT ?= 8080
 dashboard: $(VENV)/.installed
-	$(PY) -m autodiff_optuna dashboard --port $(PORT) $(if $(STORAGE),--storage $(STORAGE)) \
+	$(PY) -m autodiff_optuna dashboard --port $(PORT) $(STORAGE_ARG) \
 		$(if $(ARTIFACTS),--artifacts $(ARTIFACTS))
+
+# the studies in STORAGE: model, steps, stages, trials, best and uniform FID
+list: $(VENV)/.installed
+	$(PY) -m autodiff_optuna list $(STORAGE_ARG)
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q

@@ -1,5 +1,5 @@
-"""Command line: ``python -m autodiff_optuna COMMAND`` (study, best, evaluate, export, sample,
-report, dashboard, download).
+"""The command line: ``python -m autodiff_optuna COMMAND`` (study, best, evaluate, export, sample,
+report, dashboard, list, delete, download).
 
 Exit codes: 0 done, 2 bad input or a missing resource (one line, no traceback), 1 a bug (or
 output to a pipe whose reader has gone, as Python itself exits then), 130 Ctrl-C.
@@ -13,9 +13,11 @@ import os
 import signal
 import sys
 import threading
+import time
 
 from autodiff_optuna.errors import UsageError, one_line
-from autodiff_optuna.storage import load_existing_study, open_storage
+from autodiff_optuna.search.results import FID_TOLERANCE
+from autodiff_optuna.storage import load_existing_study, open_storage, redact
 
 
 class _Parser(argparse.ArgumentParser):
@@ -84,21 +86,36 @@ def _affinity_cores() -> int:
     return os.cpu_count() or 1
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="autodiff_optuna", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+DESCRIPTION = ("Search the few time steps (and the layers to skip at each) at which a diffusion "
+               "model should be sampled, as Optuna studies scored by FID; inspect the result "
+               "and use it.")
+EPILOG = ("exit codes: 0 done; 2 bad input or a missing resource (one line); 130 Ctrl-C; 1 a bug "
+          "or a closed output pipe. 'COMMAND --help' shows a command's flags.")
+DEFAULT_MODEL, DEFAULT_STEPS = "digits", 4  # the bundled model, as `make study` runs it
 
-    study = sub.add_parser("study", help="run (or resume) a schedule search")
-    study.add_argument("--model", required=True)
-    study.add_argument("--steps", type=int, required=True)
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="autodiff_optuna", description=DESCRIPTION, epilog=EPILOG)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser,
+                                metavar="COMMAND")
+
+    study = sub.add_parser("study", help="run (or resume) a two-stage schedule search",
+                           description="Run both stages of a search (or one), resuming the "
+                                       "study where it stopped; ends with its result.")
+    _add_model_choice(study, required=True)
+    study.add_argument("--steps", type=int, required=True,
+                       help="time steps of the schedule searched (network calls per image)")
     study.add_argument("--trials", type=int, help="candidates to evaluate in stage 1 (complete "
                        "trials plus those multi-fidelity pruning stopped early)")
     study.add_argument("--samples", type=int, help="images per candidate")
     study.add_argument("--min-samples", type=int,
                        help="multi-fidelity: report FID at this many images, then twice as "
-                       "many, ... and prune candidates in the worse half (stage 1); 0: off")
-    study.add_argument("--seed", type=int)
-    study.add_argument("--solver", choices=["ddim", "dpmpp2m"])
+                       "many, ... and stop a candidate worse than the 40th percentile of the "
+                       "complete trials there (stage 1); 0: off")
+    study.add_argument("--seed", type=int, help="the study's noise, and its samplers' seed "
+                       "(stage 2's is 1000 higher): 0 to 2^32-1001")
+    study.add_argument("--solver", choices=["ddim", "dpmpp2m"],
+                       help="ddim, or DPM-Solver++(2M)")
     study.add_argument("--population", type=int, help="trials per generation")
     study.add_argument("--sampler", help="stage 1's sampler: evolutionary (ours, the default) "
                        "or Optuna's tpe, cmaes, nsgaii or random on the same encoding "
@@ -107,52 +124,59 @@ def build_parser() -> argparse.ArgumentParser:
                        help="1: time steps; 2: steps and layer skips (needs stage 1); both")
     study.add_argument("--stage2-trials", type=int, help="COMPLETE stage-2 trials to reach")
     study.add_argument("--max-gflops", type=float, help="stage-2 budget, GFLOPs per image")
-    study.add_argument("--storage", help="SQLAlchemy URL (default sqlite:///studies/autodiff.db)")
-    study.add_argument("--name", help="study name (default <model>-k<steps>)")
+    _add_storage(study)
+    _add_name(study)
     study.add_argument("--heartbeat", type=int, default=10,
                        help="seconds between a running trial's heartbeats; a trial whose worker "
                             "died is retried after two missed beats")
-    study.add_argument("--device")
+    _add_device(study)
     _add_model_flags(study)
     study.add_argument("--quiet", action="store_true", help="no line per trial")
+    _add_json(study, "print the result as JSON on stdout at the end (progress goes to stderr)")
 
-    best = sub.add_parser("best", help="the best schedule a study found")
-    best.add_argument("--name", required=True)
-    best.add_argument("--storage")
-    best.add_argument("--json", action="store_true")
+    best = sub.add_parser("best", help="a study's result: its best schedule, the fast one "
+                                       "export writes, the uniform baseline, the Pareto front")
+    _add_study_flags(best)
+    _add_choice_flags(best)
+    _add_json(best, "print the result as JSON")
 
-    evaluate = sub.add_parser("evaluate", help="FID of one schedule on held-out noise")
-    evaluate.add_argument("--model", required=True)
-    evaluate.add_argument("--timesteps", type=_int_list, required=True)
+    evaluate = sub.add_parser("evaluate", help="FID of one schedule, and of the uniform one, "
+                                               "on held-out noise")
+    _add_model_choice(evaluate, required=True)
+    evaluate.add_argument("--timesteps", type=_int_list, required=True,
+                          help="the schedule: comma-separated time steps, e.g. 999,749,499,249")
     evaluate.add_argument("--samples", type=int, default=None,
                           help="images (default: the study preset's, else 1000 or twice the "
                                "FID feature dimension)")
     evaluate.add_argument("--seed", type=int, default=0,
                           help="held-out noise stream; no study ever searches on it")
-    evaluate.add_argument("--solver", choices=["ddim", "dpmpp2m"], default="ddim")
+    evaluate.add_argument("--solver", choices=["ddim", "dpmpp2m"], default="ddim",
+                          help="ddim (default) or DPM-Solver++(2M)")
     evaluate.add_argument("--skip", help="JSON file whose 'skip' holds one list of layer names "
                                          "per step")
-    evaluate.add_argument("--device")
+    evaluate.add_argument("--no-uniform", action="store_true",
+                          help="do not also score the uniform schedule (halves the time)")
+    _add_device(evaluate)
     _add_model_flags(evaluate)
-    evaluate.add_argument("--json", action="store_true")
-    export = sub.add_parser("export", help="write a study's best schedule to a JSON file")
-    export.add_argument("--name", required=True)
-    export.add_argument("--storage")
-    export.add_argument("--out", required=True)
-    export.add_argument("--max-gflops", type=float,
-                        help="the lowest-FID candidate within this budget (stage 2)")
+    _add_json(evaluate, "print the scores as JSON")
+
+    export = sub.add_parser("export", help="write a study's result to a schedule file (JSON)")
+    _add_study_flags(export)
+    export.add_argument("--out", default="schedule.json",
+                        help="the file to write (default schedule.json)")
+    _add_choice_flags(export)
 
     sample = sub.add_parser("sample", help="sample a PNG grid with an exported schedule")
-    sample.add_argument("--schedule", required=True)
-    sample.add_argument("--n", type=int, default=64)
-    sample.add_argument("--seed", type=int, default=0)
-    sample.add_argument("--out", default="samples.png")
-    sample.add_argument("--device")
+    sample.add_argument("--schedule", default="schedule.json",
+                        help="an exported schedule file (default schedule.json)")
+    sample.add_argument("--n", type=int, default=64, help="images in the grid (default 64)")
+    sample.add_argument("--seed", type=int, default=0, help="held-out noise seed (default 0)")
+    sample.add_argument("--out", default="samples.png", help="the PNG to write")
+    _add_device(sample)
     _add_model_flags(sample)  # a real model's files, as the study was given them
 
     report = sub.add_parser("report", help="an HTML report of a study: reports/<name>/index.html")
-    report.add_argument("--name", required=True)
-    report.add_argument("--storage")
+    _add_study_flags(report)
     report.add_argument("--out", help="directory of the page (default reports/<name>)")
     report.add_argument("--artifacts", help="artifact store of the sample grids (default: "
                         "beside an SQLite file, else studies/artifacts)")
@@ -163,22 +187,89 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--seed", type=int, default=0, help="held-out noise of grids and FIDs")
     report.add_argument("--schedule", help="an exported schedule file to show beside the rest")
     report.add_argument("--no-png", action="store_true", help="no PNG copies of the plots")
-    report.add_argument("--device")
+    _add_choice_flags(report)
+    _add_device(report)
     _add_model_flags(report)  # a real model's files, as the study was given them
 
-    dashboard = sub.add_parser("dashboard", help="optuna-dashboard on 127.0.0.1, with the "
-                                                 "report's sample grids")
-    dashboard.add_argument("--storage")
-    dashboard.add_argument("--artifacts")
-    dashboard.add_argument("--port", type=int, default=8080)
+    dashboard = sub.add_parser("dashboard", help="optuna-dashboard on a study database, with "
+                                                 "the report's sample grids")
+    _add_storage(dashboard)
+    dashboard.add_argument("--artifacts", help="the report's artifact store (default: beside "
+                                               "an SQLite file, else studies/artifacts)")
+    dashboard.add_argument("--host", default="127.0.0.1",
+                           help="interface to listen on (default 127.0.0.1; the dashboard can "
+                                "edit and delete studies, so 0.0.0.0 exposes that to the network)")
+    dashboard.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+
+    listing = sub.add_parser("list", help="the studies in a storage: model, steps, stages, "
+                                          "trials, best FID")
+    _add_storage(listing)
+    _add_json(listing, "print the list as JSON")
+
+    delete = sub.add_parser("delete", help="delete a study (a stage-1 name: both of its stages)")
+    _add_study_flags(delete)
+    delete.add_argument("--yes", action="store_true", help="do not ask for confirmation")
 
     download = sub.add_parser("download", help="fetch a real model's files (needs internet)")
-    download.add_argument("model")
+    download.add_argument("model", metavar="MODEL",
+                          help="the preset whose files to fetch: " + ", ".join(_model_names()))
     download.add_argument("--dir", help="where to put them (default: $AUTODIFF_MODELS_DIR, "
                                         "else ~/.cache/autodiff-optuna)")
     download.add_argument("--timeout", type=float, default=60.0,
                           help="seconds without data before a download is abandoned")
     return parser
+
+
+def _model_names() -> list[str]:
+    from autodiff_optuna.models.registry import PRESETS
+
+    return list(PRESETS)
+
+
+def _add_model_choice(parser, required: bool = False) -> None:
+    names = _model_names()
+    # not argparse's choices: the registry refuses an unknown name, naming the known ones
+    parser.add_argument("--model", required=required, metavar="MODEL",
+                        default=None if required else DEFAULT_MODEL,
+                        help="the model preset: " + ", ".join(names)
+                        + ("" if required else f" (default {DEFAULT_MODEL})"))
+
+
+def _add_study_flags(parser) -> None:
+    """Which study a reading command means: --name, else <model>-k<steps> as `study` names it."""
+    _add_name(parser)
+    _add_model_choice(parser)
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS,
+                        help=f"with --model, names the study <model>-k<steps> (default "
+                             f"{DEFAULT_STEPS})")
+    _add_storage(parser)
+
+
+def _add_choice_flags(parser) -> None:
+    """How the result's exported point is chosen (search/results.py)."""
+    parser.add_argument("--fid-tolerance", type=float, default=FID_TOLERANCE,
+                        help="export the cheapest Pareto-front schedule whose FID is within this "
+                             f"share of the best (default {FID_TOLERANCE}: 10%%; 0: the best)")
+    parser.add_argument("--max-gflops", type=float,
+                        help="export the lowest-FID schedule within this budget (GFLOPs per "
+                             "image) instead; refused if it is worse than the uniform schedule")
+
+
+def _add_name(parser) -> None:
+    parser.add_argument("--name", help="study name (default <model>-k<steps>)")
+
+
+def _add_storage(parser) -> None:
+    parser.add_argument("--storage", help="SQLAlchemy URL of the study database (default "
+                                          "sqlite:///studies/autodiff.db)")
+
+
+def _add_device(parser) -> None:
+    parser.add_argument("--device", help="cpu or cuda[:N] (default: a GPU where there is one)")
+
+
+def _add_json(parser, text: str) -> None:
+    parser.add_argument("--json", action="store_true", help=text)
 
 
 def _add_model_flags(parser) -> None:
@@ -236,31 +327,65 @@ def cmd_study(args) -> None:
     if not 1 <= args.heartbeat <= MAX_HEARTBEAT:
         raise UsageError(f"--heartbeat must be from 1 to {MAX_HEARTBEAT} seconds (a day), got "
                          f"{args.heartbeat}")
-    # checked against the model and metric before any study is created
-    ctx = search.SearchContext.build(config, _device(args.device), _model_options(args))
-    name = args.name or config.default_name
-    storage = open_storage(args.storage, heartbeat=args.heartbeat,
-                           on_stale_trial=search.retry_stale_trial, writable=True)
-    if args.stage == "2":  # stage 2 alone continues from an existing stage-1 study
-        stage1 = search.load_stage1(ctx, name, storage)
+    started = time.monotonic()
+    # with --json, stdout is the result alone: every line before it goes to stderr
+    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+        # checked against the model and metric before any study is created
+        ctx = search.SearchContext.build(config, _device(args.device), _model_options(args))
+        name = args.name or config.default_name
+        storage = open_storage(args.storage, heartbeat=args.heartbeat,
+                               on_stale_trial=search.retry_stale_trial, writable=True)
+        if args.stage == "2":  # stage 2 alone continues from an existing stage-1 study
+            stage1 = search.load_stage1(ctx, name, storage)
+        else:
+            stage1 = search.open_stage1(ctx, name, storage)
+        print(f"study {name!r}: {config.model}, {config.steps} steps, {config.solver}, "
+              f"{config.samples} samples/candidate; stage {args.stage}", flush=True)
+        try:
+            _run_stages(ctx, args, stage1, storage, targets)
+        except KeyboardInterrupt:
+            print(f"\ninterrupted; rerun the same command to resume study {name!r}",
+                  file=sys.stderr)
+            raise SystemExit(130) from None
+        except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError) as err:
+            raise UsageError(f"the study database failed during the search ({one_line(err)}); "
+                             "completed trials are kept: rerun the same command to resume") \
+                from None
+        result = search.study_result(stage1)
+        store_result(result)
+        seconds = time.monotonic() - started
+        _print_result(result)
+    if args.json:
+        print(json.dumps({**result.as_dict(), "wall_seconds": round(seconds, 1)}, indent=1))
     else:
-        stage1 = search.open_stage1(ctx, name, storage)
-    print(f"study {name!r}: {config.model}, {config.steps} steps, {config.solver}, "
-          f"{config.samples} samples/candidate; stage {args.stage}", flush=True)
-    try:
-        if args.stage in ("1", "both"):
-            search.run(ctx, stage1, targets.trials, progress=not args.quiet)
-        if args.stage in ("2", "both"):
-            stage2 = search.open_stage2(ctx, stage1, storage, args.max_gflops)
-            search.run(ctx, stage2, targets.stage2_trials, progress=not args.quiet,
-                       max_gflops=args.max_gflops)
-    except KeyboardInterrupt:
-        print(f"\ninterrupted; rerun the same command to resume study {name!r}", file=sys.stderr)
-        raise SystemExit(130) from None
-    except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError) as err:
-        raise UsageError(f"the study database failed during the search ({one_line(err)}); "
-                         "completed trials are kept: rerun the same command to resume") from None
-    _print_summary(search.best_summary(stage1))
+        print(done_line(result, seconds))
+
+
+def _run_stages(ctx, args, stage1, storage, targets) -> None:
+    """The stages ``--stage`` asks for, with one ETA over both, and a line when stage 1 ends."""
+    from autodiff_optuna import search
+    from autodiff_optuna.search.progress import remaining_stage2, stage_done_line
+
+    progress = not args.quiet
+    if args.stage in ("1", "both"):
+        later = remaining_stage2(stage1, targets.stage2_trials) if args.stage == "both" else 0
+        started = time.monotonic()
+        search.run(ctx, stage1, targets.trials, progress=progress, later_trials=later)
+        print(stage_done_line(stage1, time.monotonic() - started), flush=True)
+    if args.stage in ("2", "both"):
+        stage2 = search.open_stage2(ctx, stage1, storage, args.max_gflops)
+        search.run(ctx, stage2, targets.stage2_trials, progress=progress,
+                   max_gflops=args.max_gflops)
+
+
+def store_result(result) -> None:
+    """Keep the result in the studies and as optuna-dashboard's note on them, so the dashboard
+    shows the same answer as ``best``."""
+    from autodiff_optuna.reporting.dashboard import write_note
+    from autodiff_optuna.search.results import store_result as store
+
+    store(result)
+    write_note(result)
 
 
 # the longest --heartbeat: beyond a day a dead worker's trial would wait days to be retried, and
@@ -268,38 +393,95 @@ def cmd_study(args) -> None:
 MAX_HEARTBEAT = 24 * 3600
 
 
-def _print_summary(summary: dict) -> None:
-    baseline = summary["baseline_fid"]
-    print(f"{summary['study']}: best {summary['timesteps']} FID {summary['fid']:.3f} "
-          f"(trial {summary['trial']}, {summary['n_complete']} complete); uniform "
-          f"{summary['baseline_timesteps']} FID {'n/a' if baseline is None else f'{baseline:.3f}'}")
-    if "pareto" in summary:
-        print(f"stage 2 Pareto front (full network: {summary['full_gflops']:.4f} GFLOPs/image"
-              f"{_unskippable(summary)}):")
-        for point in summary["pareto"]:
-            skipped = sum(len(s) for s in point["skip"])
-            print(f"  GFLOPs {point['gflops']:.4f}  FID {point['fid']:8.3f}  "
-                  f"{point['timesteps']}  {skipped} layer-steps skipped")
+def _print_result(result, max_gflops: float | None = None) -> None:
+    """The result as ``best`` prints it: the baseline, the best, the exported one, the front."""
+    full = result.full_gflops
+    stages = " and ".join(f"stage {stage} ({counts_text(counts)})"
+                          for stage, counts in result.counts.items())
+    print(f"{result.name}: {stages}")
+    if result.uniform is not None:
+        print(f"  uniform  {result.uniform.describe(full)}")
+    else:
+        print("  uniform  its trial did not complete: no baseline")
+    print(f"  best     {result.best.describe(full)}")
+    pick = result.choose(max_gflops)
+    rule = (f"the lowest FID within {max_gflops} GFLOPs/image" if max_gflops is not None else
+            f"the cheapest within {result.fid_tolerance:.0%} of the best FID")
+    print(f"  export   {pick.describe(full)}  ({rule}: what export writes)")
+    if full is None:
+        print("  (no GFLOPs recorded: rerun the study command once to record them)")
+        return
+    print(f"Pareto front of both stages, cheapest first (skips: layer-steps skipped; full network "
+          f"{full:.4f} GFLOPs/image{_unskippable(result)}; each point saves at least "
+          f"{result.min_saving:.1%} of it over the next):")
+    for point in result.front:
+        worse = (result.uniform is not None and point.fid > result.uniform.fid)
+        print(f"  GFLOPs {point.gflops:.4f} ({point.share(full):6.1%})  FID {point.fid:8.3f}  "
+              f"skips {point.skipped:>2}  {point.timesteps}  (stage {point.stage} trial "
+              f"{point.trial})"
+              + ("  worse than uniform" if worse else ""))
 
 
-def _unskippable(summary: dict) -> str:
+def counts_text(counts: dict) -> str:
+    """``52 complete, 46 stopped early, 0 failed``: what happened to a stage's trials."""
+    names = {"complete": "complete", "stopped_early": "stopped early (multi-fidelity)",
+             "redundant": "redundant", "failed": "failed", "running": "running"}
+    return ", ".join(f"{counts[key]} {text}" for key, text in names.items()
+                     if counts.get(key) or key in ("complete", "failed"))
+
+
+def done_line(result, seconds: float) -> str:
+    """The one line a study ends with."""
+    from autodiff_optuna.search.progress import duration
+
+    full = result.full_gflops
+    pick = result.fast
+    uniform = "n/a" if result.uniform is None else f"{result.uniform.fid:.3f}"
+    share = pick.share(full)
+    cost = "" if share is None else f" at {share:.1%} of the GFLOPs"
+    trials = "; ".join(f"stage {stage} {counts_text(counts)}"
+                       for stage, counts in result.counts.items())
+    return (f"done: {result.name} in {duration(seconds)}: best FID {result.best.fid:.3f} (stage "
+            f"{result.best.stage} trial {result.best.trial}), uniform FID {uniform}, export FID "
+            f"{pick.fid:.3f}{cost} (stage {pick.stage} trial {pick.trial}), front "
+            f"{len(result.front)} points; {trials}")
+
+
+def _unskippable(result) -> str:
     """The work beside the network that no mask skips (a latent model's text encoder and
     decoder), as the study recorded it: empty for a model that has none."""
-    parts = summary.get("unskippable_gflops") or {}
+    stage2 = result.stage2
+    parts = (stage2.user_attrs.get("unskippable_gflops") if stage2 is not None else None) or {}
     if not parts:
         return ""
     return "; not skippable: " + ", ".join(f"{part.replace('_', ' ')} {gflops:.4f}"
                                            for part, gflops in parts.items())
 
 
-def cmd_best(args) -> None:
-    from autodiff_optuna.search.results import best_summary
+def _study_name(args) -> str:
+    """``--name``, else the name ``study`` gives: <model>-k<steps>."""
+    return args.name or f"{args.model}-k{args.steps}"
 
-    summary = best_summary(load_existing_study(args.name, open_storage(args.storage)))
+
+def _result(args, storage=None):
+    from autodiff_optuna.search.results import study_result
+
+    storage = storage or open_storage(args.storage)
+    return study_result(load_existing_study(_study_name(args), storage), args.fid_tolerance)
+
+
+def _check_budget(max_gflops: float | None) -> None:
+    if max_gflops is not None and not (math.isfinite(max_gflops) and max_gflops > 0):
+        raise UsageError(f"--max-gflops must be a positive number, got {max_gflops}")
+
+
+def cmd_best(args) -> None:
+    _check_budget(args.max_gflops)
+    result = _result(args)
     if args.json:
-        print(json.dumps(summary, indent=1))
+        print(json.dumps(result.as_dict(args.max_gflops), indent=1))
     else:
-        _print_summary(summary)
+        _print_result(result, args.max_gflops)
 
 
 def cmd_evaluate(args) -> None:
@@ -308,9 +490,10 @@ def cmd_evaluate(args) -> None:
     from autodiff_optuna.metrics.scoring import score_schedule
     from autodiff_optuna.models import load_model
     from autodiff_optuna.models.files import read_json
-    from autodiff_optuna.sampling import HELDOUT, draw, validate
+    from autodiff_optuna.sampling import HELDOUT, draw, standard_spacings, validate
     from autodiff_optuna.sampling.noise import check_count, check_fits, check_seed
     from autodiff_optuna.sampling.skipping import check_skip
+    from autodiff_optuna.search.context import alphas_cumprod
 
     if args.samples is not None:
         check_count(args.samples, "--samples")
@@ -329,13 +512,32 @@ def cmd_evaluate(args) -> None:
     scorer.check_sample_count(samples)  # too few for the features: one line, the minimum
     check_fits(model, samples, "--samples")
     batch = draw(model, samples, args.seed, HELDOUT)
-    fid = score_schedule(model, scorer, timesteps, batch, args.solver, skip=skip)
+    costs = layer_costs(model)
+    full = costs.gflops([()] * len(timesteps))
     result = {"model": args.model, "timesteps": list(timesteps), "solver": args.solver,
-              "samples": samples, "seed": args.seed, "noise": HELDOUT, "fid": fid}
+              "samples": samples, "seed": args.seed, "noise": HELDOUT,
+              "fid": score_schedule(model, scorer, timesteps, batch, args.solver, skip=skip),
+              "gflops": costs.gflops(skip) if skip is not None else full, "full_gflops": full}
     if skip is not None:
         result["skip"] = [list(s) for s in skip]
-        result["gflops"] = layer_costs(model).gflops(skip)
-    print(json.dumps(result, indent=1) if args.json else f"FID {fid:.3f}")
+    if not args.no_uniform:  # the baseline on the same held-out noise
+        uniform = list(standard_spacings(len(timesteps), model.num_train_timesteps,
+                                         alphas_cumprod(model))["uniform"])
+        same = uniform == list(timesteps) and skip is None
+        result["uniform_timesteps"] = uniform
+        result["uniform_fid"] = result["fid"] if same else score_schedule(
+            model, scorer, uniform, batch, args.solver)
+    if args.json:
+        print(json.dumps(result, indent=1))
+        return
+    print(f"{args.model} {list(timesteps)} ({args.solver}"
+          + (f", {sum(map(len, skip))} layer-steps skipped" if skip is not None else "")
+          + f"): FID {result['fid']:.3f} on {samples} held-out samples (seed {args.seed}), "
+          f"{result['gflops']:.4f} GFLOPs/image ({result['gflops'] / full:.1%} of the full "
+          "network)")
+    if "uniform_fid" in result:
+        print(f"uniform {result['uniform_timesteps']}: FID {result['uniform_fid']:.3f} on the "
+              "same noise")
 
 
 def evaluate_samples(model: str, steps: int, scorer) -> int:
@@ -347,21 +549,21 @@ def evaluate_samples(model: str, steps: int, scorer) -> int:
 
 
 def cmd_export(args) -> None:
-    from autodiff_optuna.export import from_summary
-    from autodiff_optuna.search.results import best_summary, training_schedule
+    from autodiff_optuna.export import from_result
 
-    study = load_existing_study(args.name, open_storage(args.storage))
-    summary = best_summary(study)
-    schedule = from_summary(summary, args.max_gflops, training_schedule(study))
+    _check_budget(args.max_gflops)
+    result = _result(args)
+    schedule = from_result(result, args.max_gflops)
     try:
         with open(args.out, "w") as f:
             f.write(schedule.to_json())
     except OSError as err:
         raise UsageError(f"cannot write {args.out}: {err.strerror}") from None
-    print(f"wrote {args.out}: {schedule.timesteps}, FID {schedule.fid:.3f}"
-          + (f", {schedule.gflops:.4f} GFLOPs/image" if schedule.gflops else ""))
+    pick = result.choose(args.max_gflops)
+    uniform = "" if result.uniform is None else f"; uniform FID {result.uniform.fid:.3f}"
+    print(f"wrote {args.out}: {pick.describe(result.full_gflops)}{uniform}")
     if schedule.diffusers is None:
-        print(f"note: study {args.name!r} was made before studies recorded the model's "
+        print(f"note: study {result.name!r} was made before studies recorded the model's "
               "training schedule, so the file has no diffusers fields; rerun its study command "
               "once (it records it) and export again", file=sys.stderr)
 
@@ -389,21 +591,75 @@ def cmd_sample(args) -> None:
 def cmd_report(args) -> None:
     from autodiff_optuna.reporting.report import Options, build
 
+    _check_budget(args.max_gflops)
     options = Options(out=args.out, artifacts=args.artifacts, top=args.top,
                       heldout_samples=args.heldout_samples, grid=args.grid, seed=args.seed,
                       png=not args.no_png, schedule=args.schedule,
+                      fid_tolerance=args.fid_tolerance, max_gflops=args.max_gflops,
                       device=_device(args.device), model_options=_model_options(args))
-    path = build(args.name, open_storage(args.storage, writable=True), options)
+    path = build(_study_name(args), open_storage(args.storage, writable=True), options)
     print(f"wrote {path}")
 
 
 def cmd_dashboard(args) -> None:
     from autodiff_optuna.reporting.dashboard import command
 
-    argv = command(args.storage, args.artifacts, args.port)
-    print(f"optuna-dashboard on http://{argv[3]}:{args.port}/ (artifacts in {argv[-1]})",
+    argv = command(args.storage, args.artifacts, args.port, args.host)
+    print(f"optuna-dashboard on http://{args.host}:{args.port}/ (artifacts in {argv[-1]})",
           file=sys.stderr, flush=True)
     os.execv(argv[0], argv)  # Ctrl-C reaches the dashboard itself
+
+
+def cmd_list(args) -> None:
+    from autodiff_optuna.search.results import study_listing
+
+    rows = study_listing(open_storage(args.storage))
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return
+    if not rows:
+        print("no studies")
+        return
+    header = ["study", "model", "steps", "stages", "trials", "best FID", "uniform FID"]
+    table = [header] + [[row["study"], row["model"] or "-", str(row["steps"] or "-"),
+                         "+".join(map(str, row["stages"])) or "-", _trials_cell(row),
+                         _fid_cell(row["best_fid"]), _fid_cell(row["uniform_fid"])]
+                        for row in rows]
+    widths = [max(len(printable(r[i])) for r in table) for i in range(len(header))]
+    for r in table:
+        print("  ".join(printable(cell).ljust(width) for cell, width in zip(r, widths)).rstrip())
+
+
+def _trials_cell(row: dict) -> str:
+    """``52+80 complete``: the complete trials of each stage."""
+    return "+".join(str(c["complete"]) for c in row["trials"].values()) + " complete"
+
+
+def _fid_cell(fid) -> str:
+    return "-" if fid is None else f"{fid:.3f}"
+
+
+def cmd_delete(args) -> None:
+    import optuna
+
+    from autodiff_optuna.search.results import deletable_studies
+
+    storage = open_storage(args.storage, writable=True)
+    name = _study_name(args)
+    names = deletable_studies(load_existing_study(name, storage))
+    trials = sum(len(optuna.load_study(study_name=n, storage=storage).get_trials(deepcopy=False))
+                 for n in names)
+    what = " and ".join(repr(n) for n in names) + f" ({trials} trials)"
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise UsageError(f"delete {what}: pass --yes to delete without a terminal to ask on")
+        answer = input(f"delete {printable(what)} from {redact(storage.url)}? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("nothing deleted")
+            return
+    for n in names:
+        optuna.delete_study(study_name=n, storage=storage)
+    print(f"deleted {what}")
 
 
 def cmd_download(args) -> None:
@@ -434,7 +690,8 @@ def cmd_download(args) -> None:
 
 COMMANDS = {"study": cmd_study, "best": cmd_best, "evaluate": cmd_evaluate,
             "export": cmd_export, "sample": cmd_sample, "report": cmd_report,
-            "dashboard": cmd_dashboard, "download": cmd_download}
+            "dashboard": cmd_dashboard, "list": cmd_list, "delete": cmd_delete,
+            "download": cmd_download}
 
 
 def main(argv=None) -> int:

@@ -29,6 +29,8 @@ from autodiff_optuna.sampling import HELDOUT, SOLVER_ORDERS, draw, validate
 from autodiff_optuna.sampling import sample as run_solver
 from autodiff_optuna.sampling.skipping import check_skip
 from autodiff_optuna.sampling.solvers import solver_config
+from autodiff_optuna.search import results
+from autodiff_optuna.search.results import StudyResult
 
 FORMAT = "autodiff-optuna-schedule/1"
 MAX_GRID = 10_000  # images in one PNG grid (sample --n, report --grid): 100 x 100
@@ -54,37 +56,26 @@ class SearchedSchedule:
         return json.dumps({"format": FORMAT, **asdict(self)}, indent=1) + "\n"
 
 
-def from_summary(summary: dict, max_gflops: float | None = None,
-                 training_schedule: dict | None = None) -> SearchedSchedule:
-    """Pick from ``best --json``'s summary: the lowest-FID candidate, or with ``max_gflops`` the
-    lowest-FID one within that budget (stage 1's best counts at the full network's cost).
-    ``training_schedule``: the model's scheduler config the study recorded, for the
-    ``diffusers`` fields (None: the file has none)."""
-    steps = summary["steps"]
-    full = {"timesteps": summary["timesteps"], "skip": [[] for _ in range(steps)],
-            "fid": summary["fid"], "gflops": summary.get("full_gflops"),
-            "trial": summary["trial"], "stage": 1}
-    options = [full] + [{**p, "stage": 2} for p in summary.get("pareto", [])]
-    if max_gflops is not None:
-        if summary.get("full_gflops") is None:
-            raise UsageError(f"study {summary['study']!r} has no stage 2: no GFLOPs to choose by")
-        options = [o for o in options if o["gflops"] <= max_gflops]
-        if not options:
-            raise UsageError(f"no candidate of {summary['study']!r} costs <= {max_gflops} GFLOPs")
-    pick = min(options, key=lambda o: o["fid"])
+def from_result(result: StudyResult, max_gflops: float | None = None) -> SearchedSchedule:
+    """The schedule ``export`` writes: the result's ``fast`` point (the cheapest within its FID
+    tolerance of the best), or with ``max_gflops`` the lowest-FID one within that budget
+    (``StudyResult.choose``: refused when it is worse than the uniform schedule)."""
+    pick = result.choose(max_gflops)
+    config = result.config
+    training_schedule = results.training_schedule(result.stage1)
     return SearchedSchedule(
-        model=summary["model"], solver=summary["solver"], timesteps=pick["timesteps"],
-        skip=pick["skip"], fid=pick["fid"], gflops=pick["gflops"],
-        full_gflops=summary.get("full_gflops"),
-        provenance={"study": summary["study"] if pick["stage"] == 1 else summary["stage2_study"],
-                    "trial": pick["trial"], "stage": pick["stage"],
-                    "samples": summary["samples"], "seed": summary["seed"],
-                    "model_weights": summary.get("model_weights"),
-                    "fid_features": summary["fid_features"],
+        model=config["model"], solver=config["solver"], timesteps=pick.timesteps,
+        skip=pick.skip, fid=pick.fid, gflops=pick.gflops, full_gflops=result.full_gflops,
+        provenance={"study": pick.study, "trial": pick.trial, "stage": pick.stage,
+                    "samples": config["samples"], "seed": config["seed"],
+                    "model_weights": config.get("model_weights"),
+                    "fid_features": result.stage1.user_attrs.get("fid_features"),
+                    "uniform_fid": None if result.uniform is None else result.uniform.fid,
+                    "best": {"stage": result.best.stage, "trial": result.best.trial,
+                             "fid": result.best.fid},
                     "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat()},
         diffusers=None if training_schedule is None else diffusers_fields(
-            training_schedule, summary["solver"], pick["timesteps"],
-            summary.get("model_weights")))
+            training_schedule, config["solver"], pick.timesteps, config.get("model_weights")))
 
 
 def diffusers_fields(training_schedule: dict, solver: str, timesteps, model_weights=None
@@ -124,7 +115,7 @@ def load_schedule(path, options=None, device: str = "cpu") -> SearchedSchedule:
     return schedule
 
 
-# the types of the optional fields, as ``from_summary`` writes them (None: not recorded)
+# the types of the optional fields, as ``from_result`` writes them (None: not recorded)
 NUMBER_FIELDS = ("fid", "gflops", "full_gflops")
 PROVENANCE_TYPES = {"study": str, "trial": int, "stage": int, "samples": int, "seed": int,
                     "model_weights": str, "fid_features": str, "exported_at": str}

@@ -15,7 +15,6 @@ Each search runs on a fresh SQLite study, in this process through the library's 
 seconds are this process's (all threads) or its children's.
 """
 
-import json
 import resource
 import subprocess
 import sys
@@ -203,6 +202,36 @@ def _cli(*args: str) -> str:
     return proc.stdout
 
 
+def search_summary(url: str, name: str) -> dict:
+    """The benchmark's view of a search (as its results.json records it since its first
+    rounds): stage 1's own best and the uniform baseline, and stage 2's front as Optuna keeps
+    it (every non-dominated feasible trial, unthinned), so rounds stay comparable. The
+    product's result (``best``: both stages, thinned front) is ``results.study_result``."""
+    from autodiff_optuna.search import objectives
+    from autodiff_optuna.search.results import complete_trials, stored_config, uniform_trial
+
+    stage1 = optuna.load_study(study_name=name, storage=url)
+    config = stored_config(stage1)
+    complete = complete_trials(stage1)
+    best, baseline = min(complete, key=objectives.fid), uniform_trial(stage1)
+    summary = {"samples": config["samples"], "steps": config["steps"],
+               "timesteps": best.user_attrs["timesteps"], "fid": objectives.fid(best),
+               "baseline_timesteps": stage1.user_attrs["spacings"]["uniform"],
+               "baseline_fid": None if baseline is None else objectives.fid(baseline),
+               "n_complete": len(complete)}
+    stage2_name = stage1.user_attrs.get("stage2_study")
+    if stage2_name and stage2_name in optuna.get_all_study_names(url):
+        stage2 = optuna.load_study(study_name=stage2_name, storage=url)
+        front = sorted(stage2.best_trials, key=lambda t: (objectives.gflops(t), objectives.fid(t)))
+        summary.update({
+            "full_gflops": stage2.user_attrs["full_gflops"],
+            "stage2_n_complete": len(complete_trials(stage2)),
+            "pareto": [{"timesteps": t.user_attrs["timesteps"], "skip": t.user_attrs["skip"],
+                        "fid": objectives.fid(t), "gflops": objectives.gflops(t),
+                        "trial": t.number} for t in front]})
+    return summary
+
+
 def study_both_stages(steps: int, seed: int, *flags: str, model: str = "digits") -> dict:
     """``make study`` for one K and seed (preset defaults, both stages, any other ``flags``),
     as a user runs it."""
@@ -214,7 +243,7 @@ def study_both_stages(steps: int, seed: int, *flags: str, model: str = "digits")
         wall = time.perf_counter() - started
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = (after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime)
-        best = json.loads(_cli("best", "--name", f"{model}-k{steps}", "--storage", url, "--json"))
+        best = search_summary(url, f"{model}-k{steps}")
         stage1 = optuna.load_study(study_name=f"{model}-k{steps}", storage=url).trials
         images = sum(_images(t, best["samples"]) for t in stage1 if is_evaluated(t))
         images += best["stage2_n_complete"] * best["samples"]
@@ -238,14 +267,14 @@ def stage2_budget_run(model: str, seed: int, budgets, steps: int = 4) -> dict:
         common = ["--model", model, "--steps", str(steps), "--seed", str(seed), "--storage", url,
                   "--quiet"]
         _cli("study", *common, "--stage", "1")
-        best = json.loads(_cli("best", "--name", name, "--storage", url, "--json"))
+        best = search_summary(url, name)
         limit, _ = heldout_fids(best["timesteps"], best["samples"], model_name=model)
         run = {"seed": seed, "stage1": best["timesteps"], "stage1_heldout": limit, "budgets": {}}
         for budget in budgets:
             started = time.perf_counter()
             _cli("study", *common, "--stage", "2", "--stage2-trials", str(budget))
             wall = time.perf_counter() - started
-            best = json.loads(_cli("best", "--name", name, "--storage", url, "--json"))
+            best = search_summary(url, name)
             front = [{**p, "saved": 1 - p["gflops"] / best["full_gflops"]}
                      for p in heldout_front(best, model)]
             pick = cheapest_within(front, limit)
@@ -340,7 +369,7 @@ def teacher_reference(steps: int = 4, seed: int = 0) -> dict:
         _cli("study", "--model", "digits", "--steps", str(steps), "--seed", str(seed),
              "--stage", "1", "--ref-teacher", str(TEACHER_STEPS), "--storage", url, "--quiet")
         wall = time.perf_counter() - started
-        best = json.loads(_cli("best", "--name", f"digits-k{steps}", "--storage", url, "--json"))
+        best = search_summary(url, f"digits-k{steps}")
     mean, std = heldout_fids(best["timesteps"], best["samples"])
     return {"teacher_steps": TEACHER_STEPS, "seed": seed, "timesteps": best["timesteps"],
             "fid_search_vs_teacher": best["fid"], "fid_heldout": mean, "fid_heldout_std": std,

@@ -111,14 +111,30 @@ def test_stage1_with_an_optuna_sampler_resumes_and_keeps_its_sampler(capsys, tmp
 @pytest.mark.slow  # a whole study, then best and evaluate
 def test_end_to_end_study_best_and_evaluate(tmp_path, capsys):
     url = f"sqlite:///{tmp_path}/s.db"
-    assert main(["study", "--model", "digits", "--steps", "4", "--trials", "7", "--samples",
-                 "80", "--population", "5", "--storage", url, "--stage", "1"]) == 0
-    assert capsys.readouterr().out.count("FID") >= 7  # a progress line per trial
+    argv = ["study", "--model", "digits", "--steps", "4", "--trials", "7", "--samples", "80",
+            "--population", "5", "--storage", url]
+    assert main(argv + ["--stage", "1"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert sum(line.startswith("stage 1 [") for line in out) == 7  # a progress line per trial
+    assert any(line.startswith("stage 1 done in ") for line in out)
+    assert out[-1].startswith("done: digits-k4 in ") and "uniform FID" in out[-1]
+    # stage 2 with --json: stdout is the result alone, and it is the one `best` gives
+    assert main(argv + ["--stage", "2", "--stage2-trials", "2", "--json"]) == 0
+    captured = capsys.readouterr()
+    ran = json.loads(captured.out)
+    assert ran["wall_seconds"] > 0 and ran["trials"]["stage2"]["complete"] == 2
+    assert "stage 2 [   2/2]" in captured.err
+    assert main(["best", "--storage", url, "--json"]) == 0
+    assert {**ran, "wall_seconds": None} == {**json.loads(capsys.readouterr().out),
+                                             "wall_seconds": None}
     assert main(["best", "--name", "digits-k4", "--storage", url, "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["n_complete"] == 7 and summary["steps"] == 4
-    assert summary["timesteps"] == sorted(set(summary["timesteps"]), reverse=True)
-    assert summary["baseline_timesteps"] == [750, 500, 250, 0]
+    assert summary["trials"]["stage1"]["complete"] == 7 and summary["steps"] == 4
+    assert summary["best"]["stage"] in (1, 2) and summary["fast"]["fid"] <= summary["uniform"][
+        "fid"]
+    best = summary["best"]["timesteps"]
+    assert best == sorted(set(best), reverse=True)
+    assert summary["uniform"]["timesteps"] == [750, 500, 250, 0]
     # common random numbers: the stored baseline is exactly the uniform schedule on the
     # study's noise, and the search noise is not evaluate's held-out noise
     from autodiff_optuna.metrics import load_scorer
@@ -129,11 +145,14 @@ def test_end_to_end_study_best_and_evaluate(tmp_path, capsys):
     model = load_model("digits")
     again = score_schedule(model, load_scorer("digits"), (750, 500, 250, 0),
                            draw(model, 80, seed=0), "ddim")
-    assert again == pytest.approx(summary["baseline_fid"], rel=1e-9)
+    assert again == pytest.approx(summary["uniform"]["fid"], rel=1e-9)
     assert main(["evaluate", "--model", "digits", "--timesteps", "750,500,250,0", "--samples",
                  "80", "--json"]) == 0
-    held_out = json.loads(capsys.readouterr().out)["fid"]
-    assert held_out > 0 and held_out != pytest.approx(summary["baseline_fid"], rel=1e-6)
+    evaluated = json.loads(capsys.readouterr().out)
+    held_out = evaluated["fid"]
+    assert held_out > 0 and held_out != pytest.approx(summary["uniform"]["fid"], rel=1e-6)
+    # the uniform schedule itself: its own baseline, scored once
+    assert evaluated["uniform_fid"] == held_out
 
 
 def test_stage_two_needs_stage_one(capsys, tmp_path):
@@ -199,3 +218,35 @@ def test_stage_two_resumes(tmp_path):
     stage2 = optuna.load_study(study_name="digits-k2-stage2", storage=url)
     assert len(stage2.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 6
     assert main(base + ["--stage", "2", "--stage2-trials", "6"]) == 0  # stage 2 alone
+
+
+def test_every_command_and_flag_has_help():
+    import argparse
+
+    from autodiff_optuna.cli import build_parser
+    from autodiff_optuna.models.registry import PRESETS
+
+    parser = build_parser()
+    assert "`" not in parser.description
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    helped = {choice.dest for choice in commands._choices_actions if choice.help}
+    assert helped == set(commands.choices)
+    for name, sub in commands.choices.items():
+        for action in sub._actions:
+            assert action.help, f"{name} {action.option_strings or action.dest} has no help"
+        model = next((a for a in sub._actions if "--model" in a.option_strings), None)
+        if model is not None:
+            assert all(preset in model.help for preset in PRESETS), name
+
+
+def test_reading_commands_name_the_study_as_study_does(tmp_path, capsys):
+    url = f"sqlite:///{tmp_path}/s.db"
+    optuna.create_study(study_name="other", storage=url)
+    for command in ("best", "export", "report", "delete"):
+        assert main([command, "--storage", url, "--model", "digits-deep", "--steps", "6"]) == 2
+        assert "no study named 'digits-deep-k6'" in capsys.readouterr().err
+
+
+def test_dashboard_host_is_an_address(capsys):
+    assert main(["dashboard", "--host", "example.org"]) == 2
+    assert "--host must be an IP address" in capsys.readouterr().err

@@ -379,7 +379,7 @@ def test_short_study_on_tiny_adm_g(adm_g_study, capsys):
     assert main(["best", "--name", "adm-tiny-k3", "--storage", f"sqlite:///{tmp_path}/s.db",
                  "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["n_complete"] == 3 and len(summary["pareto"]) >= 1
+    assert summary["trials"]["stage1"]["complete"] == 3 and len(summary["front"]) >= 1
     attrs = _stored_config(tmp_path, "adm-tiny-k3")
     # which network and statistics scored every trial, by their digests
     assert attrs["fid_features"].startswith("inception-v3@")
@@ -408,7 +408,8 @@ def test_report_export_and_sample_need_the_studys_model_flags(adm_g_study, files
               "--heldout-samples", "17", "--no-png"]
     assert main(report + flags) == 0, capsys.readouterr().err
     assert (tmp_path / "r" / "index.html").is_file()
-    assert (tmp_path / "r" / "samples-stage2.png").read_bytes()[:4] == b"\x89PNG"
+    exported = next((tmp_path / "r").glob("samples-*exported.png"))  # best-exported, or alone
+    assert exported.read_bytes()[:4] == b"\x89PNG"
     attrs = optuna.load_study(study_name="adm-tiny-k3", storage=url).user_attrs
     cached = attrs["heldout_fid"]
     assert cached and all(c["fid_features"] == attrs["fid_features"]

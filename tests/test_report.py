@@ -1,6 +1,8 @@
 """`report`, `dashboard` and the inspection notebook, on one small two-stage digits study."""
 
+import html
 import json
+import math
 import re
 import shutil
 import socket
@@ -17,10 +19,15 @@ from helpers import CEILING, error_line
 from PIL import Image
 
 from autodiff_optuna.cli import main
+from autodiff_optuna.errors import UsageError
 from autodiff_optuna.reporting import artifacts, optuna_plots, png
+from autodiff_optuna.reporting.plots import plain
+from autodiff_optuna.reporting.report import Options, build
+from autodiff_optuna.search.results import study_result
 from autodiff_optuna.storage import artifacts_dir, open_storage
 
 ROOT = Path(__file__).resolve().parents[1]
+COMPLETE = optuna.trial.TrialState.COMPLETE
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))
                  if p), None)
 needs_chromium = pytest.mark.skipif(
@@ -30,7 +37,6 @@ ARTIFACT = f"samples-n{GRID}-seed0.png"
 STAGE1_SLUGS = ["stage1-history", "stage1-timeline", "stage1-parallel"]
 STAGE2_SLUGS = ["stage2-pareto", "stage2-hypervolume", "stage2-masks", "stage2-history",
                 "stage2-timeline", "stage2-parallel"]
-
 
 
 @pytest.fixture(scope="module")
@@ -78,26 +84,82 @@ def _uniform_and_best(url):
     return stage1, uniform, min(complete, key=lambda t: t.value)
 
 
+def _chosen(result) -> dict[tuple[int, int], list[str]]:
+    """(stage, trial) -> roles of the points the page singles out, as the result defines them:
+    the uniform baseline, the best, the exported (``fast``) point."""
+    chosen: dict[tuple[int, int], list[str]] = {}
+    for role, point in (("uniform", result.uniform), ("best", result.best),
+                        ("exported", result.fast)):
+        chosen.setdefault((point.stage, point.trial), []).append(role)
+    return chosen
+
+
+def _table_rows(page: str) -> list[list[str]]:
+    """The candidates table's rows, as the text of their cells."""
+    table = page.split("<table>")[1].split("</table>")[0]
+    return [re.findall(r"<td[^>]*>(.*?)</td>", row) for row in table.split("<tr>")[2:]]
+
+
 # -- the page ------------------------------------------------------------------------------------
 
 @pytest.mark.slow  # builds a whole report (held-out FIDs, grids, PNGs)
 def test_page_holds_every_part_and_opens_offline(report, url):
-    html, out = report["html"], report["out"]
+    page, out = report["html"], report["out"]
     assert report["stdout"].strip() == f"wrote {out / 'index.html'}"
     for slug in ["schedules"] + STAGE1_SLUGS + STAGE2_SLUGS:
-        assert f'id="plot-{slug}"' in html, slug
-    assert 'id="stage1-importances"' in html and 'id="stage2-importances"' in html
+        assert f'id="plot-{slug}"' in page, slug
+    assert 'id="stage1-importances"' in page and 'id="stage2-importances"' in page
     # plotly.js inlined exactly once; nothing fetched from elsewhere
     from plotly.offline import get_plotlyjs
 
-    assert html.count(get_plotlyjs()[:500]) == 1
-    assert not re.search(r"<script[^>]*\bsrc=", html) and "<link" not in html
-    images = re.findall(r'<img src="([^"]+)"', html)
-    assert images == ["samples-uniform.png", "samples-best.png", "samples-stage2.png"]
-    assert all((out / src).is_file() for src in images)
-    assert "Stage 1: digits-k3" in html and "Stage 2: digits-k3-stage2" in html
+    assert page.count(get_plotlyjs()[:500]) == 1
+    assert not re.search(r"<script[^>]*\bsrc=", page) and "<link" not in page
+    assert "Stage 1: digits-k3" in page and "Stage 2: digits-k3-stage2" in page
     # progress lines on stderr for the long parts
     assert "held-out FID 1/" in report["stderr"] and "sample grid: uniform" in report["stderr"]
+
+
+@pytest.mark.slow  # builds a whole report
+def test_grids_and_the_result_are_the_ones_best_and_export_give(report, url):
+    """One grid per chosen trial (uniform, best, exported: a trial that is several is one grid
+    named by all), each caption naming its stage, trial, FID and share of the full network's
+    GFLOPs; the result in words as ``study_result`` has it, the uniform FID among it."""
+    page, out = report["html"], report["out"]
+    result = study_result(_study(url))
+    chosen = _chosen(result)
+    images = re.findall(r'<img src="([^"]+)"', page)
+    assert images == [f"samples-{'-'.join(roles)}.png" for roles in chosen.values()]
+    assert all((out / src).is_file() for src in images)
+    captions = re.findall(r"<figcaption>(.*?)</figcaption>", page)
+    full = result.full_gflops
+    points = {(p.stage, p.trial): p for p in (result.uniform, result.best, result.fast)}
+    assert captions == [html.escape(f"{' = '.join(roles)}: {points[key].describe(full)}")
+                        for key, roles in chosen.items()]
+    assert all("% of the full network)" in c for c in captions)
+    for line in (f"best: {result.best.describe(full)}", result.fast.describe(full),
+                 f"FID {result.uniform.fid:.3f}", f"stage 1 trial {result.uniform.trial}"):
+        assert html.escape(line) in page.split("<h2>Schedules</h2>")[0], line
+
+
+@pytest.mark.slow  # builds a whole report
+def test_table_names_each_trial_by_all_it_is(report, url):
+    """Uniform, best, exported, the thinned front and stage 1's top 3: one row a trial, its
+    stage, trial, FID, GFLOPs and share of the full network's."""
+    result = study_result(_study(url))
+    rows = _table_rows(report["html"])
+    by_trial = {(int(r[1]), int(r[2])): r for r in rows}
+    assert len(by_trial) == len(rows)  # one row a trial
+    assert rows[0][0].startswith("uniform") and by_trial[(1, result.uniform.trial)] == rows[0]
+    assert "best" in by_trial[(result.best.stage, result.best.trial)][0].split(", ")
+    assert "exported" in by_trial[(result.fast.stage, result.fast.trial)][0].split(", ")
+    front = {key for key, r in by_trial.items() if "front" in r[0].split(", ")}
+    assert front == {(p.stage, p.trial) for p in result.front}  # thinned
+    ranked = [r for r in rows if re.search(r"stage 1 #\d", r[0])]
+    assert len(ranked) == 3 and all(r[1] == "1" for r in ranked)
+    for point in result.front:
+        row = by_trial[(point.stage, point.trial)]
+        assert row[5:8] == [f"{point.fid:.3f}", f"{point.gflops:.4f}",
+                            f"{point.share(result.full_gflops) * 100:.1f}%"]
 
 
 @pytest.mark.slow  # builds a whole report
@@ -116,38 +178,40 @@ def test_table_has_search_and_heldout_fid_as_evaluate_computes_it(report, url, c
     held_out = json.loads(capsys.readouterr().out)["fid"]
     assert cached[json.dumps(uniform.user_attrs["timesteps"])] == pytest.approx(held_out)
     assert held_out != pytest.approx(uniform.value)  # not the search noise
-    front = _study(url, "digits-k3-stage2").best_trials
-    assert table.count(">front") == len(front) and table.count(">front (shown)<") == 1
 
 
 @pytest.mark.slow  # builds a whole report
 def test_grids_are_the_schedules_on_the_same_noise(report, url, tmp_path):
     from autodiff_optuna.export import SearchedSchedule, sample, save_grid
 
-    _, uniform, best = _uniform_and_best(url)
-    for name, trial in (("uniform", uniform), ("best", best)):
-        again = tmp_path / f"{name}.png"
-        schedule = SearchedSchedule("digits", "ddim", trial.user_attrs["timesteps"],
-                                    [[], [], []])
-        save_grid(sample(schedule, GRID, seed=0), again)
-        assert np.array_equal(np.asarray(Image.open(again)),
-                              np.asarray(Image.open(report["out"] / f"samples-{name}.png")))
-    assert not np.array_equal(np.asarray(Image.open(report["out"] / "samples-uniform.png")),
-                              np.asarray(Image.open(report["out"] / "samples-best.png")))
+    result = study_result(_study(url))
+    grids = {}
+    for (stage, trial), roles in _chosen(result).items():
+        point = next(p for p in (result.uniform, result.best, result.fast)
+                     if (p.stage, p.trial) == (stage, trial))
+        again = tmp_path / f"{'-'.join(roles)}.png"
+        save_grid(sample(SearchedSchedule("digits", "ddim", point.timesteps, point.skip),
+                         GRID, seed=0), again)
+        grids[again.name] = np.asarray(Image.open(again))
+        assert np.array_equal(grids[again.name], np.asarray(
+            Image.open(report["out"] / f"samples-{again.name}")))
+    if len(grids) > 1:  # different schedules, different images from the same noise
+        first, *others = grids.values()
+        assert not any(np.array_equal(first, other) for other in others)
 
 
 @pytest.mark.slow  # builds a whole report
 def test_grids_are_artifacts_of_their_trials_once(report, url):
     storage = open_storage(url)
-    stage1, uniform, best = _uniform_and_best(url)
+    stage1, uniform, _ = _uniform_and_best(url)
     stage2 = _study(url, "digits-k3-stage2")
+    result = study_result(stage1)
     store_dir = artifacts_dir(url)
     assert store_dir == Path(url[len("sqlite:///"):]).parent / "artifacts"
     files_before = sorted(store_dir.iterdir())
-    with_grids = {(s.study_name, t.number) for s in (stage1, stage2) for t in s.trials
-                  if ARTIFACT in artifacts.filenames(storage, s, t)}
-    assert {("digits-k3", uniform.number), ("digits-k3", best.number)} <= with_grids
-    assert len([k for k in with_grids if k[0] == "digits-k3-stage2"]) == 1
+    with_grids = {(s.user_attrs.get("stage", 1), t.number) for s in (stage1, stage2)
+                  for t in s.trials if ARTIFACT in artifacts.filenames(storage, s, t)}
+    assert with_grids == set(_chosen(result))
     assert artifacts.filenames(storage, stage1, uniform) == [ARTIFACT]
     # a rerun uploads nothing again and samples no held-out FID again (cached in the study)
     code, _, stderr = _run_main(report["argv"][:-2] + ["--no-png"])
@@ -177,9 +241,10 @@ def test_dashboard_serves_each_grid_under_its_trial(report, url, tmp_path):
         trial = next(t for t in stage1["trials"] if t["number"] == uniform.number)
         [meta] = trial["artifacts"]
         assert meta["filename"] == ARTIFACT and meta["mimetype"] == "image/png"
+        grid = next(report["out"].glob("samples-uniform*.png"))
         with urllib.request.urlopen(f"{base}/artifacts/{ids['digits-k3']}/{trial['trial_id']}/"
                                     f"{meta['artifact_id']}", timeout=CEILING) as response:
-            assert response.read() == (report["out"] / "samples-uniform.png").read_bytes()
+            assert response.read() == grid.read_bytes()
     finally:
         proc.terminate()
         proc.wait()
@@ -236,12 +301,19 @@ def test_stage2_name_reports_stage2_and_links_stage1(report, url, tmp_path):
                                  "--out", str(out), "--grid", str(GRID), "--heldout-samples",
                                  "80", "--no-png", "--device", "cpu"])
     assert code == 0, stderr
-    html = (out / "index.html").read_text()
-    assert all(f'id="plot-{slug}"' in html for slug in STAGE2_SLUGS)
-    assert not any(f'id="plot-{slug}"' in html for slug in STAGE1_SLUGS)
-    assert 'href="../digits-k3/index.html"' in html
-    assert re.findall(r'<img src="([^"]+)"', html) == ["samples-uniform.png",
-                                                       "samples-stage2.png"]
+    page = (out / "index.html").read_text()
+    assert all(f'id="plot-{slug}"' in page for slug in STAGE2_SLUGS)
+    assert not any(f'id="plot-{slug}"' in page for slug in STAGE1_SLUGS)
+    assert 'href="../digits-k3/index.html"' in page
+    # the same result as the stage-1 page: the same grids, the same rows less stage 1's top
+    images = re.findall(r'<img src="([^"]+)"', page)
+    assert images == re.findall(r'<img src="([^"]+)"', report["html"])
+    stage1_page = []
+    for row in _table_rows(report["html"]):
+        roles = [role for role in row[0].split(", ") if not role.startswith("stage 1 #")]
+        if roles:
+            stage1_page.append([", ".join(roles), *row[1:]])
+    assert _table_rows(page) == stage1_page
 
 
 @pytest.mark.slow  # builds a whole report
@@ -314,6 +386,100 @@ def test_trials_the_pruner_stopped_are_counted_not_ranked(url, tmp_path):
     table = html.split("<table>")[1].split("</table>")[0]
     assert str(stopped) not in table and f"<td>{base.value:.3f}</td>" in table
     assert 'id="plot-stage1-history"' in html
+
+
+# -- the plots: the result's front, log FID axes, the uniform line, grouped importances ------------
+
+@pytest.fixture(scope="module")
+def plotted(url) -> dict:
+    """Every panel of both stages, as the page has them, and the result they were made from."""
+    result = study_result(_study(url))
+    panels = {p.slug: p for study in (result.stage1, result.stage2)
+              for p in optuna_plots.panels(study, result)}
+    return {"result": result, "panels": panels}
+
+
+def _log_fid_axis_with_uniform_line(figure, uniform) -> None:
+    assert figure.layout.yaxis.type == "log" and "log scale" in figure.layout.yaxis.title.text
+    [line] = [s for s in figure.layout.shapes if s.y0 == s.y1]
+    assert line.y0 == pytest.approx(uniform.fid) and line.line.dash == "dash"
+    [label] = [a for a in figure.layout.annotations if a.text.startswith("uniform")]
+    assert label.text == f"uniform (stage 1 trial {uniform.trial}): FID {uniform.fid:.3f}"
+    assert label.y == pytest.approx(math.log10(uniform.fid))  # plotly: log10 on a log axis
+
+
+def test_the_pareto_plot_is_the_result_s_thinned_front_of_both_stages(plotted):
+    result, figure = plotted["result"], plotted["panels"]["stage2-pareto"].figure
+    traces = {t.name: t for t in figure.data}
+    front = traces["Pareto front (thinned)"]
+    assert list(zip(front.x, front.y)) == [(p.gflops, p.fid) for p in result.front]
+    # every complete trial of both stages, faint, its hover naming stage and trial
+    for stage, study in ((1, result.stage1), (2, result.stage2)):
+        trials = traces[f"stage {stage} trials"]
+        numbers = [t.number for t in study.get_trials(states=(COMPLETE,))]
+        assert [t.split("<br>")[0] for t in trials.text] == [
+            f"stage {stage} trial {n}" for n in numbers]
+        assert trials.marker.opacity < 0.5
+    marks: dict[tuple[int, int], list[str]] = {}  # the best and the exported, one a trial
+    for role, point in (("best", result.best), ("exported", result.fast)):
+        marks.setdefault((point.stage, point.trial), []).append(role)
+    assert [n for n in traces if not n.startswith(("stage ", "Pareto"))] == [
+        f"{' = '.join(roles)}: stage {stage} trial {trial}"
+        for (stage, trial), roles in marks.items()]
+    _log_fid_axis_with_uniform_line(figure, result.uniform)
+
+
+def test_history_plots_have_a_log_fid_axis_and_the_uniform_line(plotted):
+    for slug in ("stage1-history", "stage2-history"):
+        _log_fid_axis_with_uniform_line(plotted["panels"][slug].figure, plotted["result"].uniform)
+
+
+def test_stage2_importances_are_summed_by_layer_and_by_step(plotted):
+    from optuna.importance import FanovaImportanceEvaluator, get_param_importances
+
+    result = plotted["result"]
+    by_layer, by_step = plotted["panels"]["stage2-importances"].figure.data
+    layers = result.stage2.user_attrs["layers"]
+    assert list(by_layer.y) == ["time steps", *map(plain, layers)]  # one bar a layer
+    assert list(by_step.y) == ["step 1", "step 2", "step 3"]
+    single = get_param_importances(result.stage2, evaluator=FanovaImportanceEvaluator(seed=0),
+                                   target=lambda t: t.values[0])
+    assert by_layer.x[0] == pytest.approx(sum(single.get(f"t{k}", 0) for k in range(3)))
+    for layer, value in zip(layers, by_layer.x[1:]):
+        assert value == pytest.approx(sum(single.get(f"m{k}:{layer}", 0) for k in range(3)))
+    assert sum(by_layer.x) == pytest.approx(1) and sum(by_step.x) == pytest.approx(1)
+
+
+def test_the_masks_walk_the_thinned_front_from_the_exported_point(plotted):
+    result, figure = plotted["result"], plotted["panels"]["stage2-masks"].figure
+    [slider] = figure.layout.sliders
+    assert [s.label for s in slider.steps] == [f"{p.gflops:.4f}" for p in result.front]
+    keys = [(p.stage, p.trial) for p in result.front]
+    exported = result.fast
+    shown = (keys.index((exported.stage, exported.trial)) if exported.stage == 2
+             else next(i for i, p in enumerate(result.front) if p.stage == 2))
+    assert slider.active == shown
+    point = result.front[shown]
+    assert figure.layout.title.text.startswith(
+        f"Skipped layers of stage {point.stage} trial {point.trial}: FID {point.fid:.3f}")
+
+
+def test_a_budget_is_the_exported_point_s_and_one_nothing_fits_is_refused(url, tmp_path):
+    """``Options.max_gflops`` picks the exported point as ``export --max-gflops`` does: the
+    whole network's budget is the best point; one nothing fits is one line, nothing written."""
+    storage = open_storage(url, writable=True)
+    with pytest.raises(UsageError, match="no candidate of 'digits-k3' costs <= 0.0001 GFLOPs"):
+        build("digits-k3", storage, Options(out=tmp_path / "none", max_gflops=0.0001))
+    assert not (tmp_path / "none").exists()
+    result = study_result(_study(url))
+    out = tmp_path / "r"
+    build("digits-k3", storage, Options(out=out, max_gflops=result.full_gflops, grid=4,
+                                        heldout_samples=0, png=False))
+    best = result.best
+    roles = ["best", "exported"] if (best.stage, best.trial) != (1, result.uniform.trial) else [
+        "uniform", "best", "exported"]
+    assert f"samples-{'-'.join(roles)}.png" in (out / "index.html").read_text()
+    assert f"within {result.full_gflops} GFLOPs/image" in (out / "index.html").read_text()
 
 
 # -- bad input -----------------------------------------------------------------------------------
@@ -446,8 +612,13 @@ def test_page_renders_in_headless_chromium(report, tmp_path):
 
 @pytest.mark.slow  # a notebook kernel
 def test_notebook_runs_against_a_study(url, tmp_path, monkeypatch):
+    """Run as Jupyter runs it, it prints the result as ``study_result`` has it and draws every
+    plot; nbconvert's HTML of it draws them too (it keeps HTML, not plotly's own data type),
+    with plotly.js inlined once."""
     import nbformat
     from nbclient import NotebookClient
+    from nbconvert import HTMLExporter
+    from plotly.offline import get_plotlyjs
 
     cwd, tmp = tmp_path / "cwd", tmp_path / "tmp"
     cwd.mkdir()
@@ -463,8 +634,22 @@ def test_notebook_runs_against_a_study(url, tmp_path, monkeypatch):
     NotebookClient(nb, timeout=CEILING, kernel_name="python3",
                    resources={"metadata": {"path": str(cwd)}}).execute()
     text = "".join(o.get("text", "") for c in code for o in c.outputs)
-    _, uniform, _ = _uniform_and_best(url)
-    assert "best: [" in text and f"uniform: {uniform.user_attrs['timesteps']}" in text
-    kinds = [k for c in code for o in c.outputs for k in o.get("data", {})]
-    assert kinds.count("application/vnd.plotly.v1+json") >= 8 and "image/png" in kinds
+    result = study_result(_study(url))
+    full = result.full_gflops
+    for line in (f"best: {result.best.describe(full)}", result.fast.describe(full),
+                 f"uniform baseline (same step count, full network, same search noise): "
+                 f"{result.uniform.describe(full)}"):
+        assert line in text
+    assert [line for line in text.splitlines() if line.startswith("  front: ")] == [
+        f"  front: {p.describe(full)}" for p in result.front]
+    assert not [o for c in code for o in c.outputs if o.get("name") == "stderr"]
+    plotted = [o for c in code for o in c.outputs if "application/vnd.plotly.v1+json" in
+               o.get("data", {})]
+    assert len(plotted) >= 11 and all("text/html" in o["data"] for o in plotted)
+    assert "image/png" in [k for c in code for o in c.outputs for k in o.get("data", {})]
     assert list(cwd.iterdir()) == [] and list(tmp.iterdir()) == []  # it leaves nothing behind
+
+    page, _ = HTMLExporter().from_notebook_node(nb)
+    assert page.count('class="plotly-graph-div"') == len(plotted)
+    assert page.count("Plotly.newPlot(") == len(plotted)
+    assert page.count(get_plotlyjs()[:500]) == 1

@@ -83,7 +83,8 @@ def test_a_study_of_both_stages_then_best_export_and_sample(sd_study, files, tmp
     capsys.readouterr()
     assert main(["best", "--name", "sd14-k3", "--storage", url, "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["model"] == "sd14" and summary["n_complete"] == 4 and summary["pareto"]
+    assert summary["model"] == "sd14" and summary["trials"]["stage1"]["complete"] == 4 \
+        and summary["front"]
     assert summary["model_weights"].endswith("*7.5") and "+prompts@" in summary["model_weights"]
     assert "|ref-stats@" in summary["fid_features"]
     # the text encoder and the VAE decoder: counted, beside the UNet's GFLOPs, never skipped
@@ -111,7 +112,8 @@ def test_a_study_of_both_stages_then_best_export_and_sample(sd_study, files, tmp
                  "--artifacts", str(tmp_path / "a"), "--top", "1", "--grid", "4",
                  "--heldout-samples", "9", "--no-png", "--schedule", str(schedule),
                  *_model_flags(files), *_fid_flags(files)]) == 0, capsys.readouterr().err
-    assert Image.open(tmp_path / "r" / "samples-stage2.png").size == Image.open(grid).size
+    exported = next((tmp_path / "r").glob("samples-*exported.png"))  # best-exported, or alone
+    assert Image.open(exported).size == Image.open(grid).size
     capsys.readouterr()
     # another guidance scale, or other prompts, is another model: one line naming the flag
     assert main(["sample", "--schedule", str(schedule), "--out", str(grid),

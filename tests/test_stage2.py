@@ -7,7 +7,6 @@ from optuna.trial import TrialState
 from autodiff_optuna import search
 from autodiff_optuna.errors import UsageError
 from autodiff_optuna.search.config import SearchConfig
-from autodiff_optuna.search.results import stage2_summary
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -61,10 +60,11 @@ def test_children_carry_valid_masks(searched):
 
 def test_best_json_has_the_pareto_front(searched):
     ctx, stage1, stage2 = searched
-    summary = search.best_summary(stage1)
+    summary = search.study_result(stage1).as_dict()
     assert summary["full_gflops"] == pytest.approx(ctx.full_gflops)
-    front = summary["pareto"]
-    assert front and all({"timesteps", "skip", "fid", "gflops"} <= set(p) for p in front)
+    front = summary["front"]
+    assert front and all({"timesteps", "skip", "fid", "gflops", "stage", "trial"} <= set(p)
+                         for p in front)
     gflops = [p["gflops"] for p in front]
     fids = [p["fid"] for p in front]
     assert gflops == sorted(gflops) and fids == sorted(fids, reverse=True)  # a real front
@@ -81,9 +81,10 @@ def test_budget_makes_expensive_candidates_infeasible(searched, tmp_path):
     copied = optuna.load_study(study_name=stage1.study_name, storage=url)
     limited = search.open_stage2(ctx, copied, url, max_gflops=budget)
     search.run(ctx, limited, 12, progress=False, max_gflops=budget)
-    summary = stage2_summary(limited)
-    assert summary["max_gflops"] == budget
-    assert summary["pareto"] and all(p["gflops"] <= budget for p in summary["pareto"])
+    summary = search.study_result(limited).as_dict()
+    assert summary["stage2_max_gflops"] == budget
+    stage2_front = [p for p in summary["front"] if p["stage"] == 2]
+    assert stage2_front and all(p["gflops"] <= budget for p in stage2_front)
     infeasible = [t for t in limited.trials if t.values and t.values[1] > budget]
     assert infeasible and all(t.constraints["gflops"] > 0 for t in infeasible)
     with pytest.raises(UsageError, match="below what any candidate can cost"):

@@ -1,67 +1,85 @@
-"""The rows of the top-candidates table: what each candidate is, and what it scored."""
+"""The candidates a report shows: every scored one (for the Pareto plot), and the rows of its
+table: the uniform baseline, the best, the exported, the thinned front and stage 1's top
+schedules, one row per trial, named by everything it is."""
 
+import json
 from dataclasses import dataclass, field
 
-import optuna
-
-from autodiff_optuna.reporting import scope
-from autodiff_optuna.search import objectives
-from autodiff_optuna.search.results import CONFIG_ATTR, pareto_front, uniform_trial
+from autodiff_optuna.search.results import Point, StudyResult, scored_points
 
 
 @dataclass
 class Row:
-    label: str  # "uniform", "best 1", "front", "schedule file", ...
+    label: str  # what it is: "uniform", "best, exported, front", "stage 1 #2", "schedule file"
     study: str | None
     trial: int | None
     timesteps: list[int]
     skip: list[list[str]]  # per step, the layers skipped there
     fid: float | None  # on the study's search noise (None: not a trial of a study)
-    gflops: float
+    gflops: float | None
     heldout_fid: float | None = None  # on held-out noise, filled in by heldout.fill
     notes: list[str] = field(default_factory=list)
+    stage: int | None = None  # None: not a trial (a schedule file)
+    share: float | None = None  # its GFLOPs as a share of the full network's
 
     @property
     def skipped(self) -> int:
         return sum(len(s) for s in self.skip)
 
 
-def stage1_rows(stage1: optuna.Study, top: int, full_gflops: float) -> list[Row]:
-    """The ``top`` best schedules and, wherever it ranks, the uniform baseline."""
-    steps = stage1.user_attrs.get(CONFIG_ATTR, {}).get("steps")
-    best = scope.best_trials(stage1, top)
-    uniform = uniform_trial(stage1)
-    rows = []
-    uniform_number = uniform.number if uniform is not None else None
-    for rank, trial in enumerate(best, 1):
-        label = f"best {rank}" + (" (uniform)" if trial.number == uniform_number else "")
-        rows.append(_row(label, stage1, trial, [[] for _ in range(steps)], objectives.fid(trial),
-                         full_gflops))
-    if uniform is not None and uniform_number not in {t.number for t in best}:
-        rows += uniform_rows(stage1, full_gflops)
-    return rows
+def scored(result: StudyResult) -> list[Point]:
+    """Every complete trial of both stages as a Point (stage 1's at the full network's cost),
+    including stage-2 trials over that stage's budget, which the result leaves out."""
+    return scored_points(result.stage1, result.stage2, result.config["steps"],
+                         result.full_gflops, infeasible=True)
 
 
-def uniform_rows(stage1: optuna.Study, full_gflops: float) -> list[Row]:
-    """The uniform baseline's row (none if its trial did not complete)."""
-    uniform = uniform_trial(stage1)
-    steps = stage1.user_attrs.get(CONFIG_ATTR, {}).get("steps")
-    return [] if uniform is None else [_row("uniform", stage1, uniform,
-                                            [[] for _ in range(steps)], objectives.fid(uniform),
-                                            full_gflops)]
+def top_stage1(result: StudyResult, top: int) -> list[Point]:
+    """Stage 1's ``top`` lowest-FID complete trials, one per distinct schedule (a trial the
+    pruner stopped early has no FID on all the images, so it is not ranked)."""
+    seen, ranked = set(), []
+    for point in sorted((p for p in scored(result) if p.stage == 1), key=lambda p: p.fid):
+        # as JSON: a user attribute is whatever JSON was stored, not always a list of integers
+        key = json.dumps(point.timesteps)
+        if key not in seen:
+            seen.add(key)
+            ranked.append(point)
+    return ranked[:top]
 
 
-def stage2_rows(stage2: optuna.Study, chosen) -> list[Row]:
-    """The Pareto front, cheapest first; ``chosen`` is the trade-off the page shows."""
-    shown = chosen.number if chosen is not None else None
-    return [_row("front (shown)" if t.number == shown else "front", stage2, t,
-                 t.user_attrs["skip"], objectives.fid(t), objectives.gflops(t))
-            for t in pareto_front(stage2)]
+def named(result: StudyResult, exported: Point) -> list[tuple[str, Point]]:
+    """The points the page singles out, by role: uniform (when it completed), best, exported."""
+    roles = [("uniform", result.uniform), ("best", result.best), ("exported", exported)]
+    return [(role, point) for role, point in roles if point is not None]
 
 
-def _row(label, study, trial, skip, fid, gflops) -> Row:
+def by_trial(roles: list[tuple[str, Point]]) -> list[tuple[list[str], Point]]:
+    """``roles`` with each trial once, with all of its roles (the best is often also the
+    exported one): in the order each trial first appears."""
+    merged: dict[tuple[int, int], tuple[list[str], Point]] = {}
+    for role, point in roles:
+        names, _ = merged.setdefault((point.stage, point.trial), ([], point))
+        if role not in names:
+            names.append(role)
+    return list(merged.values())
+
+
+def rows(result: StudyResult, exported: Point, top: int,
+         full_gflops: float | None) -> list[Row]:
+    """Uniform, best, exported, the thinned front (cheapest first), then stage 1's ``top``
+    (``top`` 0: none), one row per trial: a trial that is several of them is one row whose label
+    names them all. ``full_gflops``: the full network's, where the study did not record it."""
+    roles = named(result, exported) + [("front", p) for p in result.front]
+    roles += [(f"stage 1 #{rank}", p) for rank, p in enumerate(top_stage1(result, top), 1)]
+    full = result.full_gflops or full_gflops
+    return [_row(", ".join(names), point, full) for names, point in by_trial(roles)]
+
+
+def _row(label: str, point: Point, full_gflops: float | None) -> Row:
     # the stored value as it is (the table escapes it; a held-out FID needs a real schedule)
-    timesteps = trial.user_attrs.get("timesteps")
-    return Row(label, study.study_name, trial.number,
+    timesteps = point.timesteps
+    gflops = point.gflops if point.gflops is not None or point.stage == 2 else full_gflops
+    return Row(label, point.study, point.trial,
                list(timesteps) if isinstance(timesteps, list) else timesteps,
-               [list(s) for s in skip], fid, gflops)
+               [list(s) for s in point.skip], point.fid, gflops, stage=point.stage,
+               share=None if gflops is None or not full_gflops else gflops / full_gflops)

@@ -1,6 +1,8 @@
-"""``dashboard``: optuna-dashboard on a study database, on loopback only, with the artifact
-store the report attaches sample grids to (``storage.artifacts_dir``: the same rule both ways)."""
+"""``dashboard``: optuna-dashboard on a study database, with the artifact store the report
+attaches sample grids to (``storage.artifacts_dir``: the same rule both ways), and the note it
+shows on a study's page: the study's result, as ``best`` gives it."""
 
+import ipaddress
 import shutil
 import sys
 from pathlib import Path
@@ -9,14 +11,15 @@ from autodiff_optuna.errors import UsageError
 from autodiff_optuna.reporting.artifacts import writable_folder
 from autodiff_optuna.storage import DEFAULT_STORAGE, artifacts_dir, open_storage
 
-HOST = "127.0.0.1"  # the dashboard can edit studies: never on a public interface
+HOST = "127.0.0.1"  # the dashboard can edit studies: loopback unless the user says otherwise
 
 
-def command(url: str | None, artifacts: str | None, port: int) -> list[str]:
-    """The optuna-dashboard command line; a bad port or database is refused here in one line
-    (optuna-dashboard's own refusal would be a traceback)."""
+def command(url: str | None, artifacts: str | None, port: int, host: str = HOST) -> list[str]:
+    """The optuna-dashboard command line; a bad port, host or database is refused here in one
+    line (optuna-dashboard's own refusal would be a traceback)."""
     if not 1 <= port <= 65535:
         raise UsageError(f"--port must be in [1, 65535], got {port}")
+    _check_host(host)
     url = url or DEFAULT_STORAGE
     open_storage(url)  # one-line errors, and the tables exist before the dashboard looks
     # the venv's script first: `python -m autodiff_optuna` may run without the venv on PATH
@@ -25,4 +28,56 @@ def command(url: str | None, artifacts: str | None, port: int) -> list[str]:
     if exe is None:
         raise UsageError("optuna-dashboard is not installed (pip install -r requirements.txt)")
     directory = writable_folder(artifacts_dir(url, artifacts), "--artifacts")
-    return [exe, url, "--host", HOST, "--port", str(port), "--artifact-dir", str(directory)]
+    if not ipaddress.ip_address(host).is_loopback:
+        print(f"warning: --host {host} lets anyone who can reach this machine edit and delete "
+              "the studies", file=sys.stderr)
+    return [exe, url, "--host", host, "--port", str(port), "--artifact-dir", str(directory)]
+
+
+def _check_host(host: str) -> None:
+    """An IP address: a host name would be resolved by the server, and a typo fail there."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise UsageError(f"--host must be an IP address (127.0.0.1, 0.0.0.0, ::1), got "
+                         f"{host!r}") from None
+
+
+def write_note(result) -> None:
+    """optuna-dashboard's note on both studies of a search (Markdown on the study's page): the
+    result, so that the dashboard says what ``best`` says."""
+    from optuna_dashboard import save_note
+
+    body = note(result)
+    for study in filter(None, (result.stage1, result.stage2)):
+        save_note(study, body)
+
+
+def note(result) -> str:
+    full = result.full_gflops
+
+    def line(label: str, point) -> str:
+        return f"- **{label}**: {_md(point.describe(full))}"
+
+    lines = [f"## Result of {_md(result.name)}", "",
+             "Computed by autodiff-optuna over both stages (as `best` prints it); each trial "
+             "below is named by stage and number.", ""]
+    if result.uniform is not None:
+        lines.append(line("uniform", result.uniform))
+    lines += [line("best", result.best),
+              line(f"export (cheapest within {result.fid_tolerance:.0%} of the best FID)",
+                   result.fast), ""]
+    if full:
+        lines += [f"Pareto front (each point saves at least {result.min_saving:.1%} of the "
+                  f"full network's {full:.4f} GFLOPs/image over the next):", "",
+                  "| stage | trial | GFLOPs/image | of full | FID | layer-steps skipped |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {p.stage} | {p.trial} | {p.gflops:.4f} | {p.share(full):.1%} | "
+                  f"{p.fid:.3f} | {p.skipped} |" for p in result.front]
+    return "\n".join(lines) + "\n"
+
+
+def _md(text: str) -> str:
+    """Stored text (a study name, time steps) as literal Markdown: its markup characters
+    escaped, so a name cannot add links or HTML to the note."""
+    return "".join("\\" + c if c in "\\`*_{}[]()<>#+-.!|" else c for c in text)

@@ -30,8 +30,8 @@ def fill(rows, study, model, scorer, solver: str, samples: int, seed: int, log) 
                "fid_features": scorer.name}
         hit = next((c for c in cached if {k: c.get(k) for k in key} == key), None)
         if hit is None:
-            log(f"held-out FID {i}/{len(rows)}: {row.timesteps}, {row.skipped} layer-steps "
-                f"skipped, {samples} samples")
+            log(f"held-out FID {i}/{len(rows)}: {row.timesteps}, {row.skipped} layer-step"
+                f"{'s' * (row.skipped != 1)} skipped, {samples} samples")
             batch = batch or draw(model, samples, seed, HELDOUT)  # one batch: common noise
             hit = {**key, "fid": _score(model, scorer, row, batch, solver)}
             cached.append(hit)

@@ -13,8 +13,11 @@ body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1150px
 h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ccc; margin-top: 1.8em; }
 .meta, .note { color: #555; } .note { font-style: italic; }
 .panel { margin: 1.2em 0; }
-.grids { display: flex; flex-wrap: wrap; gap: 1.5em; }
-.grids figure { margin: 0; } .grids img { image-rendering: pixelated; border: 1px solid #ddd; }
+.result li { margin: 0.25em 0; }
+.grids { display: grid; gap: 1.5em;
+         grid-template-columns: repeat(auto-fill, minmax(max(360px, calc(50% - 0.75em)), 1fr)); }
+.grids figure { margin: 0; }
+.grids img { width: 100%; image-rendering: pixelated; border: 1px solid #ddd; }
 table { border-collapse: collapse; font-size: 0.92em; }
 th, td { border: 1px solid #ddd; padding: 0.3em 0.6em; text-align: right; }
 td.text, th.text { text-align: left; }
@@ -48,8 +51,15 @@ def note(text: str) -> str:
     return f'<p class="note">{html.escape(text)}</p>'
 
 
+def items(lines: list[str]) -> str:
+    """A list of plain-text lines (escaped here)."""
+    return '<ul class="result">' + "".join(f"<li>{html.escape(line)}</li>"
+                                          for line in lines) + "</ul>"
+
+
 def grids(images: list[tuple[str, str]]) -> str:
-    """(file name beside the page, caption) pairs, side by side."""
+    """(file name beside the page, caption) pairs, two a row at the page's width (each at
+    least 360 pixels wide, scaled without smoothing), so that they can be compared by eye."""
     cells = [f'<figure><img src="{html.escape(src)}" alt="{html.escape(caption)}">'
              f"<figcaption>{html.escape(caption)}</figcaption></figure>"
              for src, caption in images]
@@ -59,22 +69,31 @@ def grids(images: list[tuple[str, str]]) -> str:
 def table(rows) -> str:
     """The top-candidates table (``candidates.Row``s). Every value read from a study is escaped:
     a database anyone could write to may hold markup where time steps or layer names belong."""
-    head = ("<tr><th class='text'>candidate</th><th class='text'>study</th><th>trial</th>"
+    head = ("<tr><th class='text'>candidate</th><th>stage</th><th>trial</th>"
             "<th class='text'>time steps</th><th>layer-steps skipped</th><th>FID (search)</th>"
-            "<th>GFLOPs/image</th><th>held-out FID</th></tr>")
+            "<th>GFLOPs/image</th><th>% of full</th><th>held-out FID</th></tr>")
     lines = []
     for r in rows:
         skipped = "; ".join(f"step {k + 1}: {', '.join(map(str, s))}"
                             for k, s in enumerate(r.skip) if s)
         lines.append(
             f"<tr><td class='text'>{html.escape(r.label)}</td>"
-            f"<td class='text'>{html.escape(r.study or '-')}</td>"
-            f"<td>{'-' if r.trial is None else html.escape(str(r.trial))}</td>"
+            f"<td title='{html.escape(r.study or '')}'>{_text(r.stage)}</td>"
+            f"<td>{_text(r.trial)}</td>"
             f"<td class='text'>{html.escape(str(r.timesteps))}</td>"
             f"<td title='{html.escape(skipped)}'>{r.skipped}</td>"
             f"<td>{_number(r.fid, 3)}</td><td>{_number(r.gflops, 4)}</td>"
-            f"<td>{_number(r.heldout_fid, 3)}</td></tr>")
+            f"<td>{_share(r.share)}</td><td>{_number(r.heldout_fid, 3)}</td></tr>")
     return f"<table>{head}{''.join(lines)}</table>"
+
+
+def _text(value) -> str:
+    return "-" if value is None else html.escape(str(value))
+
+
+def _share(value) -> str:
+    number = _number(None if value is None else value * 100, 1)
+    return number if number == "n/a" else f"{number}%"
 
 
 def _number(value, digits: int) -> str:

@@ -1,12 +1,17 @@
-"""Our own figures (Optuna's plots cover the rest): where a schedule puts its steps, and which
-layers a stage-2 candidate skips at each of them."""
+"""Our own figures (Optuna's plots cover the rest): where a schedule puts its steps, the Pareto
+front of both stages, which layers a stage-2 candidate skips at each step, stage 2's parameter
+importances by layer and by step, and the log FID axis with the uniform schedule's line that
+every FID plot shares."""
 
 import html
+import math
 
 import numpy as np
 import plotly.graph_objects as go
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
+
+from autodiff_optuna.search.results import Point
 
 
 def log_snr(alphas_cumprod: np.ndarray) -> np.ndarray:
@@ -39,10 +44,114 @@ def schedule_figure(schedules: dict[str, list[int]], alphas_cumprod: np.ndarray)
     return fig
 
 
+# the marker of a point the page singles out, by its (first) role
+MARKS = {"best": ("star", "#ff9f1c"), "exported": ("diamond", "#d62728")}
+
+
+def pareto_figure(points: list[Point], front: list[Point],
+                  marked: list[tuple[list[str], Point]], uniform: Point | None,
+                  full_gflops: float | None, min_saving: float) -> go.Figure:
+    """FID against GFLOPs per image: every complete trial of both stages faint, the thinned
+    front (cheapest first) as a line, the ``marked`` points ((roles, point): the best, the
+    exported, one marker a trial) large, the uniform schedule's FID as a dashed line, on a log
+    FID axis. ``min_saving``: the share of the full network's GFLOPs the thinning asked for."""
+    fig = go.Figure()
+    for stage, color in ((1, "#7f7f7f"), (2, "#1f77b4")):
+        trials = [p for p in points if p.stage == stage]
+        if trials:
+            fig.add_trace(go.Scatter(
+                x=[p.gflops for p in trials], y=[p.fid for p in trials], mode="markers",
+                name=f"stage {stage} trials", marker=dict(size=6, color=color, opacity=0.3),
+                text=[_hover(p, full_gflops) for p in trials], hoverinfo="text"))
+    fig.add_trace(go.Scatter(
+        x=[p.gflops for p in front], y=[p.fid for p in front], mode="lines+markers",
+        name="Pareto front (thinned)", line=dict(color="#17306b", width=2),
+        marker=dict(size=9, color="#17306b"), text=[_hover(p, full_gflops) for p in front],
+        hoverinfo="text"))
+    for roles, p in marked:
+        symbol, color = MARKS.get(roles[0], ("square", "#2ca02c"))
+        label = " = ".join(roles)
+        fig.add_trace(go.Scatter(
+            x=[p.gflops], y=[p.fid], mode="markers",
+            name=f"{label}: stage {p.stage} trial {p.trial}",
+            marker=dict(size=17, symbol=symbol, color=color, line=dict(width=1, color="#222")),
+            text=[f"{label}<br>{_hover(p, full_gflops)}"], hoverinfo="text"))
+    fig.update_layout(title=f"Pareto front of both stages: FID against compute<br><sup>thinned: "
+                            f"each point saves >= {min_saving:.1%} of the full network's GFLOPs "
+                            "over the next better-FID one</sup>",
+                      xaxis_title="GFLOPs per image", yaxis_title="FID on the search noise",
+                      height=600, legend=dict(orientation="h", yanchor="top", y=-0.15))
+    return fid_axis(fig, uniform)
+
+
+def _hover(p: Point, full_gflops: float | None) -> str:
+    """Stage, trial, scores and time steps; the stored time steps as text (see ``plain``)."""
+    text = f"stage {p.stage} trial {p.trial}<br>FID {p.fid:.3f}"
+    if p.gflops is not None:
+        share = p.share(full_gflops)
+        text += f"<br>{p.gflops:.4f} GFLOPs/image" + (f" ({share:.1%})" if share else "")
+    return text + f"<br>t = {plain(str(p.timesteps))}"
+
+
+def fid_axis(figure: go.Figure, uniform: Point | None) -> go.Figure:
+    """FID on a log axis, so that the few bad candidates (FIDs in the hundreds) do not flatten
+    the range the search is decided in; with the uniform schedule's FID as a dashed line."""
+    title = figure.layout.yaxis.title.text or "FID"
+    values = [float(y) for trace in figure.data if getattr(trace, "y", None) is not None
+              for y in trace.y if isinstance(y, (int, float)) and math.isfinite(y) and y > 0]
+    if uniform is not None and uniform.fid > 0:
+        values.append(uniform.fid)
+    ticks = log_ticks(min(values), max(values)) if values else []
+    figure.update_yaxes(type="log", title_text=title if "log" in title else f"{title} (log scale)",
+                        tickvals=ticks or None, ticktext=[f"{t:g}" for t in ticks] or None)
+    if uniform is None or not uniform.fid > 0:
+        return figure
+    figure.add_hline(y=uniform.fid, line=dict(dash="dash", color="#444", width=1.5))
+    # plotly places a shape on a log axis at its value, but an annotation at its value's log10
+    figure.add_annotation(x=0, xref="x domain", xanchor="left", y=math.log10(uniform.fid),
+                          yref="y", yanchor="bottom", showarrow=False,
+                          text=f"uniform (stage 1 trial {uniform.trial}): FID {uniform.fid:.3f}")
+    return figure
+
+
+def log_ticks(low: float, high: float) -> list[float]:
+    """Round values to label a log axis from ``low`` to ``high`` with: 1-1.5-2-3-5-7 per
+    decade, or 1-2-5 where that would be more than eight (plotly's own labels a short log range
+    with single digits: 2, 3, 5 for 200, 300, 500)."""
+    decades = range(math.floor(math.log10(low)), math.floor(math.log10(high)) + 1)
+    for steps in ((1, 1.5, 2, 3, 5, 7), (1, 2, 5), (1,)):
+        ticks = [m * 10.0 ** k for k in decades for m in steps if low <= m * 10.0 ** k <= high]
+        if len(ticks) <= 8:
+            break
+    return ticks if len(ticks) >= 2 else []
+
+
+def importance_figure(by_layer: dict[str, float], by_step: dict[str, float]) -> go.Figure:
+    """Stage 2's parameter importances summed by group, side by side: by layer (a layer's mask
+    bits at every step; the time steps as one group) and by step (its time step and its mask
+    bits). 52 single mask bits would be 52 unreadable bars."""
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.3, subplot_titles=(
+        "by layer (its mask bits at every step)", "by step (its time step and mask bits)"))
+    top = max([*by_layer.values(), *by_step.values(), 0.01])
+    for col, groups in ((1, by_layer), (2, by_step)):
+        names = [plain(str(name)) for name in groups]  # layer names come from the study
+        values = list(groups.values())
+        fig.add_trace(go.Bar(x=values, y=names, orientation="h", showlegend=False,
+                             text=[f"{v:.1%}" for v in values], textposition="outside",
+                             hovertext=[f"{n}: {v:.1%}" for n, v in zip(names, values)],
+                             hoverinfo="text", marker_color="#1f77b4"), row=1, col=col)
+    fig.update_xaxes(tickformat=".0%", range=[0, top * 1.3])
+    fig.update_yaxes(autorange="reversed")
+    fig.update_layout(title="Parameter importances (fANOVA, FID), grouped",
+                      height=220 + 26 * max(len(by_layer), len(by_step)), margin=dict(l=180))
+    return fig
+
+
 def mask_figure(candidates: list[dict], layers: list[str], shown: int) -> go.Figure:
     """Step x layer heatmap of which layers a candidate skips; a slider walks the Pareto front.
 
-    ``candidates``: dicts with ``timesteps``, ``skip``, ``fid``, ``gflops``, ``trial``;
+    ``candidates``: dicts with ``timesteps``, ``skip``, ``fid``, ``gflops``, ``trial`` and
+    optionally ``stage`` and ``gflops_share`` (as ``Point.as_dict`` gives them);
     ``shown``: the index of the one displayed first.
     """
     # layer names come from the study: plotly renders its own subset of HTML in labels and
@@ -57,8 +166,12 @@ def mask_figure(candidates: list[dict], layers: list[str], shown: int) -> go.Fig
         text = [[f"step {k + 1} (t = {t})<br>{layer}: {'skipped' if bit else 'runs'}"
                  for layer, bit in zip(layers, row)]
                 for k, (t, row) in enumerate(zip(c["timesteps"], z))]
-        title = (f"Skipped layers of trial {c['trial']}: FID {c['fid']:.3f}, "
-                 f"{c['gflops']:.4f} GFLOPs/image")
+        which = f"trial {c['trial']}"
+        if c.get("stage") is not None:
+            which = f"stage {c['stage']} {which}"
+        share = c.get("gflops_share")
+        title = (f"Skipped layers of {which}: FID {c['fid']:.3f}, {c['gflops']:.4f} GFLOPs/image"
+                 + (f" ({share:.1%} of the full network)" if share else ""))
         return y, z, text, title
 
     y, z, text, title = frame(candidates[shown])
@@ -74,7 +187,7 @@ def mask_figure(candidates: list[dict], layers: list[str], shown: int) -> go.Fig
     fig.update_layout(
         title=title, height=330 + 40 * len(y), margin=dict(b=150, l=130),
         sliders=[dict(active=shown, steps=slider_steps, y=-0.55, pad=dict(t=10),
-                      currentvalue=dict(prefix="Pareto front, GFLOPs/image: "))])
+                      currentvalue=dict(prefix="Pareto front (thinned), GFLOPs/image: "))])
     fig.update_xaxes(tickangle=-35)
     fig.update_yaxes(autorange="reversed")
     return fig

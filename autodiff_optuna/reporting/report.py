@@ -1,10 +1,12 @@
 """``report``: one HTML page per study under ``reports/<study>/index.html``.
 
-The page holds Optuna's plots of each study it covers (see ``scope`` for which), where the
-chosen schedules put their steps (time and log-SNR axes), stage 2's skip masks, sample grids of
-the uniform and the chosen schedules on the same held-out noise, and a table of the top
-candidates with search FID, GFLOPs and held-out FID. The grids are also attached to their
-trials as artifacts, for optuna-dashboard.
+The page shows the search's result as ``best`` and ``export`` give it (``study_result``): the
+best schedule, the exported one and the uniform baseline, each named by stage and trial with
+its FID and GFLOPs against the full network; where they put their steps (time and log-SNR
+axes); sample grids of them on the same held-out noise; a table of them, the thinned Pareto
+front and stage 1's top candidates with search FID, GFLOPs and held-out FID; then the plots of
+each study it covers (see ``scope`` for which), stage 2's with the front of both stages and its
+skip masks. The grids are also attached to their trials as artifacts, for optuna-dashboard.
 """
 
 import html
@@ -39,15 +41,9 @@ from autodiff_optuna.reporting import (
 from autodiff_optuna.sampling import validate
 from autodiff_optuna.sampling.noise import check_count, check_fits, check_seed
 from autodiff_optuna.sampling.skipping import check_skip
-from autodiff_optuna.search import objectives
 from autodiff_optuna.search.context import alphas_cumprod
 from autodiff_optuna.search.fidelity import n_evaluated
-from autodiff_optuna.search.results import (
-    complete_trials,
-    pareto_front,
-    pareto_point,
-    uniform_trial,
-)
+from autodiff_optuna.search.results import FID_TOLERANCE, Point, StudyResult, complete_trials
 from autodiff_optuna.storage import artifacts_dir
 
 
@@ -61,6 +57,8 @@ class Options:
     seed: int = 0  # held-out noise seed of the grids and held-out FIDs (as ``evaluate --seed``)
     png: bool = True
     schedule: str | None = None  # an exported schedule file to show beside the others
+    fid_tolerance: float = FID_TOLERANCE  # the exported point's, as `export --fid-tolerance`
+    max_gflops: float | None = None  # the exported point's budget, as `export --max-gflops`
     device: str = "cpu"
     model_options: object = None  # models.ModelOptions: a real model's files, as the study had them
 
@@ -69,8 +67,8 @@ class Options:
 class Chosen:
     """A schedule the page singles out: it gets a sample grid and a row in the schedule plot."""
 
-    key: str  # file-name part: uniform, best, stage2, file
-    label: str  # its name in the schedule plot
+    key: str  # file-name part: uniform, best, exported, best-exported, ..., file
+    label: str  # its name in the schedule plot: its roles ("best = exported")
     caption: str
     model: str
     solver: str
@@ -88,8 +86,9 @@ def build(name: str, storage, options: Options) -> Path:
     """Write the report of study ``name``; returns the page's path."""
     _check_options(options)
     out = _out_dir(name, options)
-    reported = scope.load(name, storage)
-    config = reported.config
+    reported = scope.load(name, storage, options.fid_tolerance)
+    result, config = reported.result, reported.config
+    exported = result.choose(options.max_gflops)  # a budget nothing good fits: one line
     # the network the study searched with, or one line naming the flag that loads it
     model = load_model(config["model"], options.device, options.model_options)
     check_same_model(model, config.get("model_weights"), f"study {name!r}")
@@ -109,28 +108,32 @@ def build(name: str, storage, options: Options) -> Path:
         check_same_scorer(scorer, config.get("fid_features"), f"study {name!r}")
     check_fits(model, options.grid, "--grid", GRID_COPIES)
     check_fits(model, samples, "--heldout-samples")
-    chosen, shown_trial = _chosen(reported, schedule, options.schedule)
-    _check_stored_schedules(reported, chosen, model)
+    _check_stored_schedules(result, exported, model)
+    chosen = _chosen(result, exported, schedule, options.schedule)
     # every refusal is above: from here on files are written and the study's cache grows
     artifacts.writable_folder(out, "--out")
     store = artifacts.store(artifacts_dir(storage.url, options.artifacts))
     log(f"report {name!r}: {', '.join(s.study_name for s in reported.shown)} -> {out}")
 
-    full_gflops = layer_costs(model).gflops([()] * config["steps"])
-    rows = _rows(reported, options.top, full_gflops, shown_trial, schedule)
+    # the full network's cost, where the study did not record it (made before it did)
+    full_gflops = result.full_gflops or layer_costs(model).gflops([()] * config["steps"])
+    rows = _rows(reported, exported, options.top, full_gflops, schedule)
     if scorer is not None:
         heldout.fill(rows, reported.stage1, model, scorer, config["solver"], samples,
                      options.seed, log)
     grid_blocks = _grids(chosen, out, storage, store, options)
-    figures, blocks = _figures(reported, chosen, model, shown_trial)
+    figures, blocks = _figures(reported, chosen, model, exported)
     png_notice = ""
     if options.png:
         log(f"rendering {len(figures)} plots to PNG")
         png_notice = png.write_pngs(figures, out / "png")
         if png_notice:
             log(png_notice)
-    sections = [("Schedules", [blocks.pop("schedule"), grid_blocks]),
-                ("Top candidates", [page.table(rows), page.note(_heldout_note(samples, options))])]
+    sections = [("Result", [page.items(scope.result_lines(result, exported,
+                                                          options.max_gflops))]),
+                ("Schedules", [blocks.pop("schedule"), page.note(_grid_note(options)),
+                               grid_blocks]),
+                ("Candidates", [page.table(rows), page.note(_heldout_note(samples, options))])]
     sections += blocks.pop("studies")
     meta = _meta(reported, config) + ([html.escape(png_notice)] if png_notice else [])
     path = out / "index.html"
@@ -165,72 +168,59 @@ def is_folder_name(name: str) -> bool:
         separator in name for separator in "/\\")
 
 
-def _check_stored_schedules(reported, chosen: list, model) -> None:
-    """The schedules the page samples (its grids) and plots (stage 2's front, in the masks), as
-    the study stores them: refused in one line, before anything is written, when they are not
-    schedules of this model (a database edited by hand or by another program)."""
-    stored = [(f"{c.label} (study {c.study.study_name!r}, trial {c.trial.number})",
-               c.timesteps, c.skip) for c in chosen if c.trial is not None]
-    if reported.stage2 is not None and reported.stage2 in reported.shown:
-        stored += [(f"study {reported.stage2.study_name!r}, trial {t.number}",
-                    t.user_attrs.get("timesteps"), t.user_attrs.get("skip"))
-                   for t in pareto_front(reported.stage2)]
-    for where, timesteps, skip in stored:
+def _check_stored_schedules(result: StudyResult, exported: Point, model) -> None:
+    """The schedules the page samples (its grids) and plots (the front, in the masks), as the
+    study stores them: refused in one line, before anything is written, when they are not
+    schedules of this model (a database edited by hand or by another program). Each is named
+    by its first role (``stage 1 best (study 'x', trial 7)``)."""
+    roles = candidates.named(result, exported) + [("front point", p) for p in result.front]
+    for role, p in roles:
         try:
-            if not isinstance(timesteps, list):
-                raise UsageError(f"time steps must be a list, got {timesteps!r}")
-            validate(timesteps, model.num_train_timesteps)
-            check_skip(skip, len(timesteps), model.skippable_layers())
+            if not isinstance(p.timesteps, list):
+                raise UsageError(f"time steps must be a list, got {p.timesteps!r}")
+            validate(p.timesteps, model.num_train_timesteps)
+            check_skip(p.skip, len(p.timesteps), model.skippable_layers())
         except UsageError as err:
-            raise UsageError(f"{where}: the stored schedule is malformed: {err}") from None
+            raise UsageError(f"stage {p.stage} {role} (study {p.study!r}, trial {p.trial}): "
+                             f"the stored schedule is malformed: {err}") from None
 
 
-def _chosen(reported, schedule, schedule_path) -> tuple[list[Chosen], object]:
-    """Uniform, stage 1's best, stage 2's shown trade-off, the schedule file: those present."""
-    config = reported.config
-    model, solver, full = config["model"], config["solver"], [[] for _ in range(config["steps"])]
+def _chosen(result: StudyResult, exported: Point, schedule, schedule_path) -> list[Chosen]:
+    """Uniform, best, exported (a trial that is several of them once, named by all), and the
+    schedule file: those present."""
+    config = result.config
+    model, solver = config["model"], config["solver"]
     out = []
-    uniform = uniform_trial(reported.stage1)
-    if uniform is not None:
-        caption = f"uniform: FID {objectives.fid(uniform):.3f} (trial {uniform.number})"
-        out.append(Chosen("uniform", "uniform", caption, model, solver,
-                          uniform.user_attrs.get("timesteps"), full, reported.stage1, uniform))
-    if reported.stage1 in reported.shown:
-        best = min(complete_trials(reported.stage1), key=objectives.fid)
-        caption = f"stage 1 best: FID {objectives.fid(best):.3f} (trial {best.number})"
-        out.append(Chosen("best", "stage 1 best", caption, model, solver,
-                          best.user_attrs.get("timesteps"), full, reported.stage1, best))
-    shown_trial = None
-    if reported.stage2 is not None and reported.stage2 in reported.shown:
-        shown_trial = scope.stage2_pick(pareto_front(reported.stage2),
-                                          objectives.fid(uniform) if uniform is not None else None)
-        if shown_trial is not None:
-            fid, gflops = shown_trial.values
-            out.append(Chosen("stage2", "stage 2 trade-off", f"stage 2 trade-off: FID {fid:.3f} "
-                              f"at {gflops:.4f} GFLOPs (trial {shown_trial.number})", model,
-                              solver, shown_trial.user_attrs.get("timesteps"),
-                              shown_trial.user_attrs.get("skip"), reported.stage2, shown_trial))
+    for roles, p in candidates.by_trial(candidates.named(result, exported)):
+        study = result.stage1 if p.stage == 1 else result.stage2
+        trial = next(t for t in complete_trials(study) if t.number == p.trial)
+        label = " = ".join(roles)
+        out.append(Chosen("-".join(roles), label, f"{label}: {p.describe(result.full_gflops)}",
+                          model, solver, p.timesteps, p.skip, study, trial))
     if schedule is not None:
         fid = "" if schedule.fid is None else f": FID {schedule.fid:.3f} in its study"
         out.append(Chosen("file", "schedule file", f"{Path(schedule_path).name}{fid}",
                           schedule.model, schedule.solver, list(schedule.timesteps),
                           [list(s) for s in schedule.skip]))
-    return out, shown_trial
+    return out
 
 
-def _rows(reported, top: int, full_gflops: float, shown_trial, schedule) -> list:
-    rows = []
-    if reported.stage1 in reported.shown:
-        rows += candidates.stage1_rows(reported.stage1, top, full_gflops)
-    else:  # a stage-2 page still compares against the uniform baseline
-        rows += candidates.uniform_rows(reported.stage1, full_gflops)
-    if reported.stage2 is not None and reported.stage2 in reported.shown:
-        rows += candidates.stage2_rows(reported.stage2, shown_trial)
+def _rows(reported, exported: Point, top: int, full_gflops: float, schedule) -> list:
+    """The table: the result's rows (stage 1's top ones on a page that shows stage 1), and the
+    schedule file's."""
+    shows_stage1 = reported.stage1 in reported.shown
+    rows = candidates.rows(reported.result, exported, top if shows_stage1 else 0, full_gflops)
     if schedule is not None:
         gflops = schedule.gflops if schedule.gflops is not None else full_gflops
         rows.append(candidates.Row("schedule file", None, None, list(schedule.timesteps),
-                                   [list(s) for s in schedule.skip], schedule.fid, gflops))
+                                   [list(s) for s in schedule.skip], schedule.fid, gflops,
+                                   share=gflops / full_gflops))
     return rows
+
+
+def _grid_note(options: Options) -> str:
+    return (f"Every grid: the same {options.grid} images of held-out noise (seed {options.seed}),"
+            f" as `sample --n {options.grid} --seed {options.seed}` draws them.")
 
 
 def _heldout_scorer(config: dict, options: Options):
@@ -269,7 +259,7 @@ def _grids(chosen: list[Chosen], out: Path, storage, store, options: Options) ->
     return page.grids(images)
 
 
-def _figures(reported, chosen, model, shown_trial) -> tuple[dict, dict]:
+def _figures(reported, chosen, model, exported: Point) -> tuple[dict, dict]:
     """Every figure by slug (for the PNGs), and the page blocks they make up."""
     log("plots")
     figures = {"schedules": plots.schedule_figure(
@@ -283,10 +273,7 @@ def _figures(reported, chosen, model, shown_trial) -> tuple[dict, dict]:
             sections.append((heading, [page.note("No complete trial yet.")]))
             continue
         items = []
-        panels = optuna_plots.panels(study)
-        if stage == 2 and shown_trial is not None:
-            panels.insert(2, _mask_panel(study, shown_trial))
-        for panel in panels:
+        for panel in optuna_plots.panels(study, reported.result, exported):
             if panel.figure is not None:
                 figures[panel.slug] = panel.figure
             items.append(page.figure(panel.slug, panel.title, panel.figure, panel.note))
@@ -303,14 +290,6 @@ def _counts(study) -> str:
     if evaluated == complete:
         return f"{complete} complete"
     return f"{evaluated} evaluated: {complete} complete, {evaluated - complete} stopped early"
-
-
-def _mask_panel(stage2, shown_trial) -> optuna_plots.Panel:
-    front = pareto_front(stage2)
-    shown = [t.number for t in front].index(shown_trial.number)
-    figure = plots.mask_figure([pareto_point(t) for t in front],
-                               stage2.user_attrs.get("layers", []), shown)
-    return optuna_plots.Panel("stage2-masks", "Skipped layers per step", figure)
 
 
 def _meta(reported, config: dict) -> list[str]:

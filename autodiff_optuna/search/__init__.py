@@ -12,10 +12,11 @@ from autodiff_optuna.search.config import SearchConfig, configure
 from autodiff_optuna.search.context import SearchContext
 from autodiff_optuna.search.encoding import Candidate, CandidateSpace
 from autodiff_optuna.search.evolutionary import EvolutionarySampler
-from autodiff_optuna.search.results import best_summary, stored_config
+from autodiff_optuna.search.results import StudyResult, stored_config, study_result
 from autodiff_optuna.search.run import MAX_CONSECUTIVE_FAILURES, retry_stale_trial, run
 from autodiff_optuna.search.stages import load_stage1, open_stage1, open_stage2
 
 __all__ = ["Candidate", "CandidateSpace", "EvolutionarySampler", "MAX_CONSECUTIVE_FAILURES",
-           "SearchConfig", "SearchContext", "best_summary", "configure", "load_stage1",
-           "open_stage1", "open_stage2", "retry_stale_trial", "run", "stored_config"]
+           "SearchConfig", "SearchContext", "StudyResult", "configure", "load_stage1",
+           "open_stage1", "open_stage2", "retry_stale_trial", "run", "stored_config",
+           "study_result"]

@@ -1,8 +1,23 @@
 """The read side of a study: what it was made with and what it found.
 
 Everything that shows or exports a result (``best``, ``export``, the report, the notebook, the
-benchmarks) reads studies through these functions, never through the search's own modules.
+dashboard note, the benchmarks) reads studies through these functions, never through the
+search's own modules, so that they all give the same answer.
+
+The result of a search (``study_result``) is defined once, over the complete trials of both
+stages, which are all scored on the study's own noise and so comparable:
+
+- ``best``: the lowest-FID candidate;
+- ``front``: the Pareto front of FID against GFLOPs per image, thinned so that each point saves
+  at least ``min_saving`` of the full network's GFLOPs over the next better-FID point (a point
+  that saves 0.01% of the compute for 19 FID is no trade-off);
+- ``fast``: the cheapest front point within ``fid_tolerance`` of the best FID (what ``export``
+  writes), or with a budget the lowest-FID front point within it (``choose``);
+- ``uniform``: the baseline, the uniform spacing at the same step count with the full network.
+  Nothing worse than it is ever offered as a result.
 """
+
+from dataclasses import dataclass, field
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -10,13 +25,21 @@ from optuna.trial import FrozenTrial, TrialState
 from autodiff_optuna.errors import UsageError
 from autodiff_optuna.search import objectives
 from autodiff_optuna.search.config import SearchConfig
+from autodiff_optuna.search.fidelity import PRUNED_AT
 from autodiff_optuna.search.optuna_internals import storage_of
 
 CONFIG_ATTR = "config"  # the user attribute that holds a study's configuration
 # stage 1's record of the model's training schedule (its diffusers scheduler config)
 TRAINING_SCHEDULE_ATTR = "training_schedule"
+# both stages' record of the full network's GFLOPs per image at the study's step count
+FULL_GFLOPS_ATTR = "full_gflops"
 # stage 2's record of the GFLOPs per image no mask skips (a latent model's decoder, ...)
 UNSKIPPABLE_ATTR = "unskippable_gflops"
+# the result as the study command last stored it (for Optuna's own tools and the dashboard)
+RESULT_ATTR = "result"
+
+FID_TOLERANCE = 0.10  # ``fast``: FID at most this much (relative) above the best
+MIN_SAVING = 0.005  # a front point saves at least this share of the full network's GFLOPs
 
 
 def stored_config(study: optuna.Study) -> dict | None:
@@ -44,66 +67,252 @@ def uniform_trial(stage1: optuna.Study) -> FrozenTrial | None:
                  if t.user_attrs.get("timesteps") == uniform), None)
 
 
-def pareto_front(stage2: optuna.Study) -> list[FrozenTrial]:
-    """Stage 2's feasible Pareto front of FID against GFLOPs, cheapest first."""
-    # best_trials holds the feasible front only
-    return sorted(stage2.best_trials, key=lambda t: (objectives.gflops(t), objectives.fid(t)))
+def trial_counts(study: optuna.Study) -> dict[str, int]:
+    """A study's trials by what happened to them. ``stopped_early``: scored on fewer images by
+    the multi-fidelity pruner (they count towards ``--trials``); ``redundant``: a duplicate of
+    another trial's candidate, or beyond the target another worker reached (no work done)."""
+    counts = dict.fromkeys(("complete", "stopped_early", "redundant", "failed", "running"), 0)
+    for trial in study.get_trials(deepcopy=False):
+        if trial.state == TrialState.COMPLETE:
+            counts["complete"] += 1
+        elif trial.state == TrialState.PRUNED:
+            counts["stopped_early" if PRUNED_AT in trial.user_attrs else "redundant"] += 1
+        elif trial.state == TrialState.FAIL:
+            counts["failed"] += 1
+        else:  # running, or queued
+            counts["running"] += 1
+    return counts
 
 
-def pareto_point(trial: FrozenTrial) -> dict:
-    """A stage-2 trial as ``best --json`` lists it in its ``pareto`` front."""
-    return {"timesteps": trial.user_attrs["timesteps"], "skip": trial.user_attrs["skip"],
-            "fid": objectives.fid(trial), "gflops": objectives.gflops(trial),
-            "trial": trial.number}
+@dataclass(frozen=True)
+class Point:
+    """One scored candidate of either stage."""
+
+    stage: int
+    study: str
+    trial: int
+    timesteps: list[int]
+    skip: list[list[str]]  # per step, the layers skipped there (stage 1: none)
+    fid: float
+    gflops: float | None  # per image (None: a study made before it was recorded)
+
+    @property
+    def skipped(self) -> int:
+        return sum(len(s) for s in self.skip)
+
+    def share(self, full_gflops: float | None) -> float | None:
+        """Its GFLOPs as a share of the full network's."""
+        return None if self.gflops is None or not full_gflops else self.gflops / full_gflops
+
+    def as_dict(self, full_gflops: float | None = None) -> dict:
+        return {"stage": self.stage, "study": self.study, "trial": self.trial,
+                "timesteps": self.timesteps, "skip": self.skip, "fid": self.fid,
+                "gflops": self.gflops, "gflops_share": self.share(full_gflops)}
+
+    def describe(self, full_gflops: float | None = None) -> str:
+        """``stage 2 trial 57: [491, 381, 258, 101], FID 8.142, 0.1293 GFLOPs/image (99.8% of
+        the full network), 1 layer-step skipped``"""
+        text = f"stage {self.stage} trial {self.trial}: {self.timesteps}, FID {self.fid:.3f}"
+        if self.gflops is not None:
+            text += f", {self.gflops:.4f} GFLOPs/image"
+            share = self.share(full_gflops)
+            if share is not None:
+                text += f" ({share:.1%} of the full network)"
+        if self.stage == 2:
+            text += f", {self.skipped} layer-step{'s' * (self.skipped != 1)} skipped"
+        return text
 
 
-def best_summary(study: optuna.Study) -> dict:
-    """The best candidate of a stage-1 study, its baseline and, when it has a stage 2, the
-    Pareto front of FID against GFLOPs, as ``best --json`` prints it."""
+@dataclass(frozen=True)
+class StudyResult:
+    """What a two-stage search found (see the module's docstring); ``study_result`` makes it."""
+
+    stage1: optuna.Study
+    stage2: optuna.Study | None
+    config: dict
+    full_gflops: float | None
+    uniform: Point | None
+    best: Point
+    front: list[Point]  # thinned, cheapest first (so the best is last)
+    fid_tolerance: float = FID_TOLERANCE
+    min_saving: float = MIN_SAVING
+    counts: dict = field(default_factory=dict)  # stage number -> trial_counts
+
+    @property
+    def name(self) -> str:
+        return self.stage1.study_name
+
+    @property
+    def fast(self) -> Point:
+        """The cheapest front point within the FID tolerance of the best (and no worse than
+        the uniform schedule); the best itself where nothing cheaper is that good."""
+        limit = self.best.fid * (1 + self.fid_tolerance)
+        if self.uniform is not None:
+            limit = min(limit, max(self.uniform.fid, self.best.fid))
+        return next(p for p in self.front if p.fid <= limit)
+
+    def choose(self, max_gflops: float | None = None) -> Point:
+        """``fast``, or with a budget the lowest-FID front point within it. A budget whose best
+        point is worse than the uniform schedule is refused in one line that names the
+        cheapest point that is not."""
+        if max_gflops is None:
+            return self.fast
+        if self.full_gflops is None:
+            raise UsageError(f"study {self.name!r} has not recorded its GFLOPs: rerun its study "
+                             "command once (it records them), then choose by --max-gflops")
+        within = [p for p in self.front if p.gflops <= max_gflops]
+        if not within:
+            cheapest = self.front[0]
+            raise UsageError(f"no candidate of {self.name!r} costs <= {max_gflops} GFLOPs/image;"
+                             f" the cheapest is {cheapest.describe(self.full_gflops)}")
+        pick = min(within, key=lambda p: p.fid)
+        if self.uniform is not None and pick.fid > self.uniform.fid:
+            good = next(p for p in self.front if p.fid <= self.uniform.fid)
+            raise UsageError(
+                f"no candidate of {self.name!r} within {max_gflops} GFLOPs/image is better than "
+                f"the uniform schedule (FID {self.uniform.fid:.3f}; the best there has FID "
+                f"{pick.fid:.3f}); the cheapest that is: {good.describe(self.full_gflops)} "
+                f"(--max-gflops {_ceil4(good.gflops)})")
+        return pick
+
+    def as_dict(self, max_gflops: float | None = None) -> dict:
+        """The result as ``best --json`` and ``study --json`` print it."""
+        full = self.full_gflops
+        config = self.config
+        summary = {
+            "study": self.name,
+            "stage2_study": self.stage2.study_name if self.stage2 is not None else None,
+            **{key: config.get(key) for key in ("model", "steps", "solver", "samples", "seed",
+                                                "sampler", "model_weights")},
+            "fid_features": self.stage1.user_attrs.get("fid_features"),
+            "full_gflops": full,
+            "fid_tolerance": self.fid_tolerance,
+            "min_saving": self.min_saving,
+            "best": self.best.as_dict(full),
+            "fast": self.choose(max_gflops).as_dict(full),
+            "uniform": self.uniform.as_dict(full) if self.uniform is not None else None,
+            "front": [p.as_dict(full) for p in self.front],
+            "trials": {f"stage{stage}": counts for stage, counts in self.counts.items()},
+        }
+        if max_gflops is not None:
+            summary["max_gflops"] = max_gflops
+        if self.stage2 is not None:
+            summary["stage2_max_gflops"] = self.stage2.user_attrs.get(CONFIG_ATTR, {}).get(
+                "max_gflops")
+            if UNSKIPPABLE_ATTR in self.stage2.user_attrs:  # a latent model's: beside full
+                summary[UNSKIPPABLE_ATTR] = self.stage2.user_attrs[UNSKIPPABLE_ATTR]
+        return summary
+
+    def stored(self) -> dict:
+        """The compact record ``store_result`` keeps in the studies: which trials are the
+        best, the fast one and the front, and by what rule."""
+        def ref(p: Point) -> dict:
+            return {"stage": p.stage, "trial": p.trial, "fid": p.fid, "gflops": p.gflops}
+
+        return {"best": ref(self.best), "fast": ref(self.fast),
+                "uniform": ref(self.uniform) if self.uniform is not None else None,
+                "front": [ref(p) for p in self.front], "fid_tolerance": self.fid_tolerance,
+                "min_saving": self.min_saving}
+
+
+def _ceil4(value: float) -> float:
+    """A budget, printed to 4 decimals, that still admits ``value``."""
+    return -int(-value * 10_000 // 1) / 10_000
+
+
+def study_result(study: optuna.Study, fid_tolerance: float = FID_TOLERANCE,
+                 min_saving: float = MIN_SAVING) -> StudyResult:
+    """The result of the search ``study`` belongs to (a stage-1 or a stage-2 name): both stages'
+    complete trials, with the definitions of the module's docstring. A study with no complete
+    trial, or one not made by autodiff_optuna, is one UsageError line."""
+    if not (0 <= fid_tolerance <= 10) or not (0 <= min_saving < 1):
+        raise UsageError(f"--fid-tolerance must be in [0, 10] and the minimum saving in [0, 1), "
+                         f"got {fid_tolerance} and {min_saving}")
+    stage1, stage2 = linked_studies(study)
+    config = stored_config(stage1)
+    if config is None:
+        raise UsageError(f"study {stage1.study_name!r} was not made by autodiff_optuna")
+    full = stage1.user_attrs.get(FULL_GFLOPS_ATTR)
+    if full is None and stage2 is not None:  # a stage 1 made before it recorded them
+        full = stage2.user_attrs.get(FULL_GFLOPS_ATTR)
+    points = scored_points(stage1, stage2, config["steps"], full)
+    if not points:
+        raise UsageError(f"study {stage1.study_name!r} has no complete trial yet")
+    best = min(points, key=lambda p: (p.fid, p.gflops or 0.0, p.stage, p.trial))
+    front = thin(pareto(points), min_saving * full) if full else [best]
+    uniform = uniform_trial(stage1)
+    counts = {1: trial_counts(stage1)}
+    if stage2 is not None:
+        counts[2] = trial_counts(stage2)
+    return StudyResult(stage1, stage2, config, full,
+                       None if uniform is None else _point(stage1, 1, uniform, full,
+                                                           config["steps"]),
+                       best, front, fid_tolerance, min_saving, counts)
+
+
+def linked_studies(study: optuna.Study) -> tuple[optuna.Study, optuna.Study | None]:
+    """(stage 1, its stage 2 or None) of the search ``study`` is part of."""
+    storage = storage_of(study)
+    names = set(optuna.get_all_study_names(storage))
     if study.user_attrs.get("stage", 1) == 2:
-        raise UsageError(f"{study.study_name!r} is a stage-2 study; ask for its stage-1 study "
-                         f"{study.user_attrs.get('stage1_study')!r}")
-    complete = complete_trials(study)
-    if not complete:
-        raise UsageError(f"study {study.study_name!r} has no complete trial yet")
-    config = stored_config(study) or {}
-    best = min(complete, key=objectives.fid)
-    baseline = uniform_trial(study)
-    summary = {
-        "study": study.study_name,
-        "model": config.get("model"),
-        "steps": config.get("steps"),
-        "solver": config.get("solver"),
-        "timesteps": best.user_attrs["timesteps"],
-        "fid": objectives.fid(best),
-        "trial": best.number,
-        "baseline_timesteps": uniform_timesteps(study),
-        "baseline_fid": objectives.fid(baseline) if baseline is not None else None,
-        "n_complete": len(complete),
-        "samples": config.get("samples"),
-        "seed": config.get("seed"),
-        "sampler": config.get("sampler"),
-        "model_weights": config.get("model_weights"),
-        "fid_features": study.user_attrs.get("fid_features"),
-    }
-    stage2_name = study.user_attrs.get("stage2_study")
-    if stage2_name:
-        stage2 = optuna.load_study(study_name=stage2_name, storage=storage_of(study))
-        summary.update(stage2_summary(stage2))
-    return summary
+        name = study.user_attrs.get("stage1_study")
+        if name not in names:
+            raise UsageError(f"stage-2 study {study.study_name!r}: its stage-1 study {name!r} "
+                             "is not in this storage")
+        return optuna.load_study(study_name=name, storage=storage), study
+    linked = study.user_attrs.get("stage2_study")
+    if linked and linked in names:
+        return study, optuna.load_study(study_name=linked, storage=storage)
+    return study, None
 
 
-def stage2_summary(stage2: optuna.Study) -> dict:
-    summary = {
-        "stage2_study": stage2.study_name,
-        "full_gflops": stage2.user_attrs.get("full_gflops"),
-        "max_gflops": stage2.user_attrs.get(CONFIG_ATTR, {}).get("max_gflops"),
-        "stage2_n_complete": len(complete_trials(stage2)),
-        "pareto": [pareto_point(t) for t in pareto_front(stage2)],
-    }
-    if UNSKIPPABLE_ATTR in stage2.user_attrs:  # a latent model's: beside full_gflops
-        summary[UNSKIPPABLE_ATTR] = stage2.user_attrs[UNSKIPPABLE_ATTR]
-    return summary
+def scored_points(stage1, stage2, steps: int, full: float | None,
+                  infeasible: bool = False) -> list[Point]:
+    """Every complete trial of both stages as a Point (stage 1's at the full network's cost);
+    a stage-2 trial over that stage's budget only with ``infeasible`` (no result is one)."""
+    points = [_point(stage1, 1, t, full, steps) for t in complete_trials(stage1)]
+    if stage2 is not None:
+        budget = stage2.user_attrs.get(CONFIG_ATTR, {}).get("max_gflops")
+        points += [p for p in (_point(stage2, 2, t, full, steps) for t in complete_trials(stage2))
+                   if infeasible or budget is None or p.gflops <= budget]
+    return points
+
+
+def _point(study, stage: int, trial: FrozenTrial, full: float | None, steps: int) -> Point:
+    if stage == 1:
+        skip, gflops = [[] for _ in range(steps)], full
+    else:
+        skip, gflops = trial.user_attrs.get("skip"), objectives.gflops(trial)
+    return Point(stage, study.study_name, trial.number, trial.user_attrs.get("timesteps"),
+                 skip, objectives.fid(trial), gflops)
+
+
+def pareto(points: list[Point]) -> list[Point]:
+    """The points no other is better than in both FID and GFLOPs, cheapest first. Of equal
+    points (a stage-1 candidate that stage 2 scored again) the first stage's is kept."""
+    front: list[Point] = []
+    for p in sorted(points, key=lambda p: (p.gflops, p.fid, p.stage, p.trial)):
+        if not front or p.fid < front[-1].fid:
+            front.append(p)
+    return front
+
+
+def thin(front: list[Point], min_gflops_saving: float) -> list[Point]:
+    """``front`` (cheapest first) less the points that save under ``min_gflops_saving`` GFLOPs
+    over the next better-FID point kept: walked from the lowest FID down."""
+    kept: list[Point] = []
+    for p in reversed(front):
+        if not kept or kept[-1].gflops - p.gflops >= min_gflops_saving:
+            kept.append(p)
+    return kept[::-1]
+
+
+def store_result(result: StudyResult) -> None:
+    """Keep the result in both studies' user attributes (``result``), where Optuna's own tools
+    and optuna-dashboard show it; a reader recomputes it with ``study_result``."""
+    record = result.stored()
+    for study in filter(None, (result.stage1, result.stage2)):
+        study.set_user_attr(RESULT_ATTR, record)
 
 
 def training_schedule(stage1: optuna.Study) -> dict | None:
@@ -111,3 +320,46 @@ def training_schedule(stage1: optuna.Study) -> dict | None:
     and not run since)."""
     schedule = stage1.user_attrs.get(TRAINING_SCHEDULE_ATTR)
     return schedule if isinstance(schedule, dict) else None
+
+
+def study_listing(storage) -> list[dict]:
+    """Every search in a storage, a row each (a stage-2 study is one search with its stage 1):
+    model, steps, stages, trial counts, best and uniform FID. A study not made by
+    autodiff_optuna is listed by name and trial counts alone."""
+    summaries = optuna.get_all_study_summaries(storage, include_best_trial=False)
+    names = {s.study_name for s in summaries}
+    def listed_with_its_stage1(summary) -> bool:
+        attrs = summary.user_attrs
+        return attrs.get("stage", 1) == 2 and attrs.get("stage1_study") in names
+
+    return [_listing_row(optuna.load_study(study_name=s.study_name, storage=storage))
+            for s in summaries if not listed_with_its_stage1(s)]
+
+
+def _listing_row(study: optuna.Study) -> dict:
+    config = stored_config(study) or {}
+    stage = study.user_attrs.get("stage", 1)
+    row = {"study": study.study_name, "model": config.get("model"), "steps": config.get("steps"),
+           "stages": [stage] if config else [],
+           "trials": {f"stage{stage}" if config else "other": trial_counts(study)},
+           "best_fid": None, "uniform_fid": None}
+    if not config:
+        return row
+    try:
+        result = study_result(study)
+    except UsageError:  # no complete trial yet
+        return row
+    return {**row, "stages": list(result.counts),
+            "trials": {f"stage{k}": v for k, v in result.counts.items()},
+            "best_fid": result.best.fid,
+            "uniform_fid": None if result.uniform is None else result.uniform.fid}
+
+
+def deletable_studies(study: optuna.Study) -> list[str]:
+    """What ``delete`` removes for a name: a stage-1 study with its stage 2 (the two are one
+    search), a stage-2 study alone (its stage 1 can be continued by a new stage 2)."""
+    if study.user_attrs.get("stage", 1) == 2:
+        return [study.study_name]
+    names = set(optuna.get_all_study_names(storage_of(study)))
+    linked = study.user_attrs.get("stage2_study")
+    return [study.study_name] + ([linked] if linked in names else [])

@@ -48,10 +48,11 @@ class _StopOnFailures:
 def run(ctx: SearchContext, study: optuna.Study, trials: int, progress: bool = True,
         batch_size: int | None = None, score=None, callbacks=(),
         max_gflops: float | None = None,
-        max_failures: int = MAX_CONSECUTIVE_FAILURES) -> None:
+        max_failures: int = MAX_CONSECUTIVE_FAILURES, later_trials: int = 0) -> None:
     """Run until ``trials`` candidates are evaluated: COMPLETE trials, plus those the
     multi-fidelity pruner stopped early (a rerun resumes). ``max_failures`` failed trials in a
-    row stop it with a UsageError.
+    row stop it with a UsageError. ``later_trials``: those of a stage to run after this one,
+    for the progress lines' ETA.
 
     Other workers may stop this one early (their running trials make up the target); it then
     waits for them, and goes on if a trial of theirs failed or its worker died."""
@@ -59,7 +60,7 @@ def run(ctx: SearchContext, study: optuna.Study, trials: int, progress: bool = T
     failures = _StopOnFailures(max_failures)
     callbacks = [failures, *callbacks]  # the objective stops the study at the target
     if progress:
-        callbacks.append(ProgressPrinter(trials, label=f"stage {stage}"))
+        callbacks.append(ProgressPrinter(trials, label=f"stage {stage}", later=later_trials))
     interrupted: dict = {}
     objective = make_objective(ctx, stage, trials, batch_size, score, max_gflops, interrupted)
     while fidelity.n_evaluated(study) < trials:

@@ -24,6 +24,7 @@ from autodiff_optuna.search.evolutionary import EvolutionarySampler
 from autodiff_optuna.search.optuna_internals import storage_of
 from autodiff_optuna.search.results import (
     CONFIG_ATTR,
+    FULL_GFLOPS_ATTR,
     TRAINING_SCHEDULE_ATTR,
     UNSKIPPABLE_ATTR,
     complete_trials,
@@ -68,7 +69,7 @@ def open_stage1(ctx: SearchContext, name: str, storage) -> optuna.Study:
                   first_trials=[(space.encode(c), {"spacing": spacing})
                                 for spacing, c in zip(ctx.spacings, initial)],
                   extra_attrs={"spacings": {k: list(v) for k, v in ctx.spacings.items()}})
-    _record_training_schedule(ctx, study)
+    _record_model(ctx, study)
     return study
 
 
@@ -76,16 +77,19 @@ def load_stage1(ctx: SearchContext, name: str, storage) -> optuna.Study:
     """An existing stage-1 study, for ``--stage 2`` alone; its configuration must match."""
     study = load_existing_study(name, storage, hint="run stage 1 first (--stage 1 or both)")
     _check_stored(study, stage_config(ctx, 1, None), 1, storage)
-    _record_training_schedule(ctx, study)
+    _record_model(ctx, study)
     return study
 
 
-def _record_training_schedule(ctx: SearchContext, study: optuna.Study) -> None:
-    """The model's training schedule (its scheduler config), for an exported schedule's
-    diffusers fields, so that ``export`` needs no model files; a study made before it was
-    recorded gets it on its next run."""
+def _record_model(ctx: SearchContext, study: optuna.Study) -> None:
+    """What readers of the stage-1 study need from the model, so that ``best`` and ``export``
+    need no model files: its training schedule (its scheduler config, for an exported
+    schedule's diffusers fields) and the full network's GFLOPs per image (every result is
+    compared with it). A study made before they were recorded gets them on its next run."""
     if TRAINING_SCHEDULE_ATTR not in study.user_attrs:
         study.set_user_attr(TRAINING_SCHEDULE_ATTR, dict(ctx.model.scheduler_config))
+    if FULL_GFLOPS_ATTR not in study.user_attrs:
+        study.set_user_attr(FULL_GFLOPS_ATTR, ctx.full_gflops)
 
 
 def open_stage2(ctx: SearchContext, stage1: optuna.Study, storage,
@@ -106,7 +110,7 @@ def open_stage2(ctx: SearchContext, stage1: optuna.Study, storage,
     study = _open(ctx, name, storage, 2, _sampler(ctx, 2, elites), max_gflops=max_gflops,
                   first_trials=[(space.encode(c), {"stage1_elite": True}) for c in elites],
                   extra_attrs={"stage1_study": stage1.study_name,
-                               "full_gflops": ctx.full_gflops,
+                               FULL_GFLOPS_ATTR: ctx.full_gflops,
                                "layers": list(ctx.costs.layers),
                                "layer_gflops_saved": {k: v / 1e9
                                                       for k, v in ctx.costs.saving.items()},
