@@ -25,7 +25,7 @@ STUDY_ARGS := --model $(MODEL) --steps $(STEPS) --name $(STUDY_NAME) $(if $(QUIC
 # SAMPLER: stage 1's (evolutionary, tpe, cmaes, nsgaii, random; see BENCHMARKS.md)
 # ARGS: any other study flags, e.g. ARGS="--checkpoint ~/64x64_diffusion.pt --compile"
 
-.PHONY: study demo worker best export sample report dashboard list test test-fast lint bench bench-jobs train-digits train-digits-deep clean-venv
+.PHONY: study demo worker best export sample report dashboard list test test-readme test-fast lint bench bench-jobs train-digits train-digits-deep clean-venv
 
 $(VENV)/.installed: requirements.txt requirements-adm.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -74,11 +74,16 @@ list: $(VENV)/.installed
 	$(PY) -m autodiff_optuna list $(STORAGE_ARG)
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not readme"
 
 # the tests not marked slow (no worker processes, browser or notebook kernel): every module, ~1 min
 test-fast: $(VENV)/.installed
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow and not readme"
+
+# README's shell commands, run in a scratch folder at a small size (tests/test_readme.py);
+# CI runs it after `make test`
+test-readme: $(VENV)/.installed
+	$(PY) -m pytest -q -m readme
 
 # ruff's lint and import order (configured in pyproject.toml); CI runs it before the tests
 lint: $(VENV)/.installed

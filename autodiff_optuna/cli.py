@@ -207,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_json(listing, "print the list as JSON")
 
     delete = sub.add_parser("delete", help="delete a study (a stage-1 name: both of its stages)")
-    _add_study_flags(delete)
+    _add_study_flags(delete, default_model=None)  # deleting names its study: no default
     delete.add_argument("--yes", action="store_true", help="do not ask for confirmation")
 
     download = sub.add_parser("download", help="fetch a real model's files (needs internet)")
@@ -226,19 +226,18 @@ def _model_names() -> list[str]:
     return list(PRESETS)
 
 
-def _add_model_choice(parser, required: bool = False) -> None:
+def _add_model_choice(parser, required: bool = False, default: str | None = None) -> None:
     names = _model_names()
     # not argparse's choices: the registry refuses an unknown name, naming the known ones
-    parser.add_argument("--model", required=required, metavar="MODEL",
-                        default=None if required else DEFAULT_MODEL,
+    parser.add_argument("--model", required=required, metavar="MODEL", default=default,
                         help="the model preset: " + ", ".join(names)
-                        + ("" if required else f" (default {DEFAULT_MODEL})"))
+                        + (f" (default {default})" if default else ""))
 
 
-def _add_study_flags(parser) -> None:
+def _add_study_flags(parser, default_model: str | None = DEFAULT_MODEL) -> None:
     """Which study a reading command means: --name, else <model>-k<steps> as `study` names it."""
     _add_name(parser)
-    _add_model_choice(parser)
+    _add_model_choice(parser, default=default_model)
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS,
                         help=f"with --model, names the study <model>-k<steps> (default "
                              f"{DEFAULT_STEPS})")
@@ -251,8 +250,10 @@ def _add_choice_flags(parser) -> None:
                         help="export the cheapest Pareto-front schedule whose FID is within this "
                              f"share of the best (default {FID_TOLERANCE}: 10%%; 0: the best)")
     parser.add_argument("--max-gflops", type=float,
-                        help="export the lowest-FID schedule within this budget (GFLOPs per "
-                             "image) instead; refused if it is worse than the uniform schedule")
+                        help="export the lowest-FID point of the printed Pareto front within "
+                             "this budget (GFLOPs per image) instead (default: the budget "
+                             "stage 2 ran with, if any); refused if it is worse than the "
+                             "uniform schedule")
 
 
 def _add_name(parser) -> None:
@@ -320,8 +321,7 @@ def cmd_study(args) -> None:
         args.model, args.steps, trials=args.trials, stage2_trials=args.stage2_trials,
         **{key: getattr(args, key) for key in ("samples", "seed", "solver", "population",
                                                "min_samples", "sampler")})
-    if args.max_gflops is not None and not (math.isfinite(args.max_gflops) and args.max_gflops > 0):
-        raise UsageError(f"--max-gflops must be a positive number, got {args.max_gflops}")
+    _check_budget(args.max_gflops)
     if args.max_gflops is not None and args.stage == "1":
         raise UsageError("--max-gflops applies to stage 2; use --stage 2 or both")
     if not 1 <= args.heartbeat <= MAX_HEARTBEAT:
@@ -352,9 +352,9 @@ def cmd_study(args) -> None:
                              "completed trials are kept: rerun the same command to resume") \
                 from None
         result = search.study_result(stage1)
-        store_result(result)
         seconds = time.monotonic() - started
         _print_result(result)
+        store_result(result)
     if args.json:
         print(json.dumps({**result.as_dict(), "wall_seconds": round(seconds, 1)}, indent=1))
     else:
@@ -364,14 +364,16 @@ def cmd_study(args) -> None:
 def _run_stages(ctx, args, stage1, storage, targets) -> None:
     """The stages ``--stage`` asks for, with one ETA over both, and a line when stage 1 ends."""
     from autodiff_optuna import search
+    from autodiff_optuna.search.fidelity import n_evaluated
     from autodiff_optuna.search.progress import remaining_stage2, stage_done_line
 
     progress = not args.quiet
     if args.stage in ("1", "both"):
         later = remaining_stage2(stage1, targets.stage2_trials) if args.stage == "both" else 0
-        started = time.monotonic()
+        started, before = time.monotonic(), n_evaluated(stage1)
         search.run(ctx, stage1, targets.trials, progress=progress, later_trials=later)
-        print(stage_done_line(stage1, time.monotonic() - started), flush=True)
+        seconds = None if before >= targets.trials else time.monotonic() - started
+        print(stage_done_line(stage1, seconds), flush=True)
     if args.stage in ("2", "both"):
         stage2 = search.open_stage2(ctx, stage1, storage, args.max_gflops)
         search.run(ctx, stage2, targets.stage2_trials, progress=progress,
@@ -380,12 +382,17 @@ def _run_stages(ctx, args, stage1, storage, targets) -> None:
 
 def store_result(result) -> None:
     """Keep the result in the studies and as optuna-dashboard's note on them, so the dashboard
-    shows the same answer as ``best``."""
+    shows the same answer as ``best``. A failure here costs the dashboard its note, not the
+    search its result (printed before): one warning line."""
     from autodiff_optuna.reporting.dashboard import write_note
     from autodiff_optuna.search.results import store_result as store
 
-    store(result)
-    write_note(result)
+    try:
+        store(result)
+        write_note(result)
+    except Exception as err:  # noqa: BLE001 - any failure: the search itself is done
+        print(f"warning: the result was not stored in the studies ({one_line(err)}); `best` "
+              "computes it again", file=sys.stderr)
 
 
 # the longest --heartbeat: beyond a day a dead worker's trial would wait days to be retried, and
@@ -394,20 +401,25 @@ MAX_HEARTBEAT = 24 * 3600
 
 
 def _print_result(result, max_gflops: float | None = None) -> None:
-    """The result as ``best`` prints it: the baseline, the best, the exported one, the front."""
+    """The result as ``best`` prints it: the baseline, the best, the exported one, the front.
+    A budget that is refused is refused before anything is printed."""
+    from autodiff_optuna.search.results import describe_counts
+
     full = result.full_gflops
-    stages = " and ".join(f"stage {stage} ({counts_text(counts)})"
+    if max_gflops is not None:  # asked for: refused in one line, before anything is printed
+        pick, rule = result.choose(max_gflops), result.rule(max_gflops)
+    else:  # the budget stage 2 ran with may buy nothing good: said in the listing
+        pick, rule = result.exported()
+    stages = " and ".join(f"stage {stage} ({describe_counts(counts)})"
                           for stage, counts in result.counts.items())
-    print(f"{result.name}: {stages}")
+    print(f"{printable(result.name)}: {stages}")
     if result.uniform is not None:
         print(f"  uniform  {result.uniform.describe(full)}")
     else:
         print("  uniform  its trial did not complete: no baseline")
     print(f"  best     {result.best.describe(full)}")
-    pick = result.choose(max_gflops)
-    rule = (f"the lowest FID within {max_gflops} GFLOPs/image" if max_gflops is not None else
-            f"the cheapest within {result.fid_tolerance:.0%} of the best FID")
-    print(f"  export   {pick.describe(full)}  ({rule}: what export writes)")
+    print(f"  export   {pick.describe(full)}  ({rule}: what export writes)" if pick is not None
+          else f"  export   none: {rule}")
     if full is None:
         print("  (no GFLOPs recorded: rerun the study command once to record them)")
         return
@@ -422,36 +434,42 @@ def _print_result(result, max_gflops: float | None = None) -> None:
               + ("  worse than uniform" if worse else ""))
 
 
-def counts_text(counts: dict) -> str:
-    """``52 complete, 46 stopped early, 0 failed``: what happened to a stage's trials."""
-    names = {"complete": "complete", "stopped_early": "stopped early (multi-fidelity)",
-             "redundant": "redundant", "failed": "failed", "running": "running"}
-    return ", ".join(f"{counts[key]} {text}" for key, text in names.items()
-                     if counts.get(key) or key in ("complete", "failed"))
+def _warn_without_baseline(result) -> None:
+    if result.uniform is None:
+        print(f"warning: study {printable(result.name)!r} has no complete uniform trial: what "
+              "is exported is not checked against the baseline", file=sys.stderr)
 
 
 def done_line(result, seconds: float) -> str:
     """The one line a study ends with."""
     from autodiff_optuna.search.progress import duration
+    from autodiff_optuna.search.results import describe_counts
 
     full = result.full_gflops
-    pick = result.fast
+    pick, _ = result.exported()
     uniform = "n/a" if result.uniform is None else f"{result.uniform.fid:.3f}"
-    share = pick.share(full)
-    cost = "" if share is None else f" at {share:.1%} of the GFLOPs"
-    trials = "; ".join(f"stage {stage} {counts_text(counts)}"
+    if pick is None:
+        export = "export none within the budget"
+    else:
+        share = pick.share(full)
+        cost = "" if share is None else f" at {share:.1%} of the GFLOPs"
+        export = f"export FID {pick.fid:.3f}{cost} (stage {pick.stage} trial {pick.trial})"
+    trials = "; ".join(f"stage {stage} {describe_counts(counts)}"
                        for stage, counts in result.counts.items())
-    return (f"done: {result.name} in {duration(seconds)}: best FID {result.best.fid:.3f} (stage "
-            f"{result.best.stage} trial {result.best.trial}), uniform FID {uniform}, export FID "
-            f"{pick.fid:.3f}{cost} (stage {pick.stage} trial {pick.trial}), front "
-            f"{len(result.front)} points; {trials}")
+    points = len(result.front)
+    return (f"done: {printable(result.name)} in {duration(seconds)}: best FID "
+            f"{result.best.fid:.3f} (stage {result.best.stage} trial {result.best.trial}), "
+            f"uniform FID {uniform}, {export}, front {points} point{'s' * (points != 1)}; "
+            f"{trials}")
 
 
 def _unskippable(result) -> str:
     """The work beside the network that no mask skips (a latent model's text encoder and
     decoder), as the study recorded it: empty for a model that has none."""
+    from autodiff_optuna.search.results import UNSKIPPABLE_ATTR
+
     stage2 = result.stage2
-    parts = (stage2.user_attrs.get("unskippable_gflops") if stage2 is not None else None) or {}
+    parts = (stage2.user_attrs.get(UNSKIPPABLE_ATTR) if stage2 is not None else None) or {}
     if not parts:
         return ""
     return "; not skippable: " + ", ".join(f"{part.replace('_', ' ')} {gflops:.4f}"
@@ -478,6 +496,7 @@ def _check_budget(max_gflops: float | None) -> None:
 def cmd_best(args) -> None:
     _check_budget(args.max_gflops)
     result = _result(args)
+    _warn_without_baseline(result)
     if args.json:
         print(json.dumps(result.as_dict(args.max_gflops), indent=1))
     else:
@@ -553,6 +572,7 @@ def cmd_export(args) -> None:
 
     _check_budget(args.max_gflops)
     result = _result(args)
+    _warn_without_baseline(result)
     schedule = from_result(result, args.max_gflops)
     try:
         with open(args.out, "w") as f:
@@ -605,7 +625,8 @@ def cmd_dashboard(args) -> None:
     from autodiff_optuna.reporting.dashboard import command
 
     argv = command(args.storage, args.artifacts, args.port, args.host)
-    print(f"optuna-dashboard on http://{args.host}:{args.port}/ (artifacts in {argv[-1]})",
+    host = f"[{args.host}]" if ":" in args.host else args.host  # an IPv6 address
+    print(f"optuna-dashboard on http://{host}:{args.port}/ (artifacts in {argv[-1]})",
           file=sys.stderr, flush=True)
     os.execv(argv[0], argv)  # Ctrl-C reaches the dashboard itself
 
@@ -642,24 +663,56 @@ def _fid_cell(fid) -> str:
 def cmd_delete(args) -> None:
     import optuna
 
-    from autodiff_optuna.search.results import deletable_studies
+    from autodiff_optuna.search.results import CONFIG_ATTR, deletable_studies
 
-    storage = open_storage(args.storage, writable=True)
+    if args.name is None and args.model is None:
+        raise UsageError("delete needs the study: --name NAME, or --model MODEL [--steps K]")
     name = _study_name(args)
-    names = deletable_studies(load_existing_study(name, storage))
+    # found through a read-only opening first: a mistyped SQLite path creates no empty file
+    attrs = load_existing_study(name, open_storage(args.storage)).user_attrs
+    if CONFIG_ATTR not in attrs:
+        raise UsageError(f"study {name!r} was not made by autodiff_optuna: not deleted (Optuna's "
+                         "own `optuna delete-study` deletes any study)")
+    storage = open_storage(args.storage, writable=True)
+    names = deletable_studies(optuna.load_study(study_name=name, storage=storage))
     trials = sum(len(optuna.load_study(study_name=n, storage=storage).get_trials(deepcopy=False))
                  for n in names)
     what = " and ".join(repr(n) for n in names) + f" ({trials} trials)"
-    if not args.yes:
-        if not sys.stdin.isatty():
-            raise UsageError(f"delete {what}: pass --yes to delete without a terminal to ask on")
-        answer = input(f"delete {printable(what)} from {redact(storage.url)}? [y/N] ")
-        if answer.strip().lower() not in ("y", "yes"):
-            print("nothing deleted")
-            return
+    if not args.yes and not _confirmed(f"delete {printable(what)} from {redact(storage.url)}?"):
+        print("nothing deleted")
+        return
     for n in names:
         optuna.delete_study(study_name=n, storage=storage)
-    print(f"deleted {what}")
+    print(f"deleted {printable(what)}")
+    if names == [name] and attrs.get("stage") == 2:  # stage 2 alone: its stage 1's result
+        _store_again(attrs.get("stage1_study"), storage)  # has changed
+
+
+def _confirmed(question: str) -> bool:
+    """The user's yes on the terminal; without one to ask on, --yes is needed."""
+    if not sys.stdin.isatty():
+        raise UsageError(f"{question[:-1]}: pass --yes to delete without a terminal to ask on")
+    try:
+        answer = input(f"{question} [y/N] ")
+    except EOFError:  # Ctrl-D: no
+        print()
+        return False
+    return answer.strip().lower() in ("y", "yes")
+
+
+def _store_again(stage1_name: str, storage) -> None:
+    """The stage-1 study's stored result and dashboard note, recomputed without its stage 2."""
+    import optuna
+
+    from autodiff_optuna.search.results import study_result
+
+    if stage1_name not in optuna.get_all_study_names(storage):
+        return
+    try:
+        result = study_result(optuna.load_study(study_name=stage1_name, storage=storage))
+    except UsageError:  # nothing complete: nothing stored to correct
+        return
+    store_result(result)
 
 
 def cmd_download(args) -> None:

@@ -130,7 +130,7 @@ def test_end_to_end_study_best_and_evaluate(tmp_path, capsys):
     assert main(["best", "--name", "digits-k4", "--storage", url, "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["trials"]["stage1"]["complete"] == 7 and summary["steps"] == 4
-    assert summary["best"]["stage"] in (1, 2) and summary["fast"]["fid"] <= summary["uniform"][
+    assert summary["best"]["stage"] in (1, 2) and summary["export"]["fid"] <= summary["uniform"][
         "fid"]
     best = summary["best"]["timesteps"]
     assert best == sorted(set(best), reverse=True)

@@ -89,7 +89,7 @@ def _chosen(result) -> dict[tuple[int, int], list[str]]:
     the uniform baseline, the best, the exported (``fast``) point."""
     chosen: dict[tuple[int, int], list[str]] = {}
     for role, point in (("uniform", result.uniform), ("best", result.best),
-                        ("exported", result.fast)):
+                        ("exported", result.choose())):
         chosen.setdefault((point.stage, point.trial), []).append(role)
     return chosen
 
@@ -132,11 +132,11 @@ def test_grids_and_the_result_are_the_ones_best_and_export_give(report, url):
     assert all((out / src).is_file() for src in images)
     captions = re.findall(r"<figcaption>(.*?)</figcaption>", page)
     full = result.full_gflops
-    points = {(p.stage, p.trial): p for p in (result.uniform, result.best, result.fast)}
+    points = {(p.stage, p.trial): p for p in (result.uniform, result.best, result.choose())}
     assert captions == [html.escape(f"{' = '.join(roles)}: {points[key].describe(full)}")
                         for key, roles in chosen.items()]
     assert all("% of the full network)" in c for c in captions)
-    for line in (f"best: {result.best.describe(full)}", result.fast.describe(full),
+    for line in (f"best: {result.best.describe(full)}", result.choose().describe(full),
                  f"FID {result.uniform.fid:.3f}", f"stage 1 trial {result.uniform.trial}"):
         assert html.escape(line) in page.split("<h2>Schedules</h2>")[0], line
 
@@ -151,7 +151,7 @@ def test_table_names_each_trial_by_all_it_is(report, url):
     assert len(by_trial) == len(rows)  # one row a trial
     assert rows[0][0].startswith("uniform") and by_trial[(1, result.uniform.trial)] == rows[0]
     assert "best" in by_trial[(result.best.stage, result.best.trial)][0].split(", ")
-    assert "exported" in by_trial[(result.fast.stage, result.fast.trial)][0].split(", ")
+    assert "exported" in by_trial[(result.choose().stage, result.choose().trial)][0].split(", ")
     front = {key for key, r in by_trial.items() if "front" in r[0].split(", ")}
     assert front == {(p.stage, p.trial) for p in result.front}  # thinned
     ranked = [r for r in rows if re.search(r"stage 1 #\d", r[0])]
@@ -187,7 +187,7 @@ def test_grids_are_the_schedules_on_the_same_noise(report, url, tmp_path):
     result = study_result(_study(url))
     grids = {}
     for (stage, trial), roles in _chosen(result).items():
-        point = next(p for p in (result.uniform, result.best, result.fast)
+        point = next(p for p in (result.uniform, result.best, result.choose())
                      if (p.stage, p.trial) == (stage, trial))
         again = tmp_path / f"{'-'.join(roles)}.png"
         save_grid(sample(SearchedSchedule("digits", "ddim", point.timesteps, point.skip),
@@ -421,7 +421,7 @@ def test_the_pareto_plot_is_the_result_s_thinned_front_of_both_stages(plotted):
             f"stage {stage} trial {n}" for n in numbers]
         assert trials.marker.opacity < 0.5
     marks: dict[tuple[int, int], list[str]] = {}  # the best and the exported, one a trial
-    for role, point in (("best", result.best), ("exported", result.fast)):
+    for role, point in (("best", result.best), ("exported", result.choose())):
         marks.setdefault((point.stage, point.trial), []).append(role)
     assert [n for n in traces if not n.startswith(("stage ", "Pareto"))] == [
         f"{' = '.join(roles)}: stage {stage} trial {trial}"
@@ -455,7 +455,7 @@ def test_the_masks_walk_the_thinned_front_from_the_exported_point(plotted):
     [slider] = figure.layout.sliders
     assert [s.label for s in slider.steps] == [f"{p.gflops:.4f}" for p in result.front]
     keys = [(p.stage, p.trial) for p in result.front]
-    exported = result.fast
+    exported = result.choose()
     shown = (keys.index((exported.stage, exported.trial)) if exported.stage == 2
              else next(i for i, p in enumerate(result.front) if p.stage == 2))
     assert slider.active == shown
@@ -636,7 +636,7 @@ def test_notebook_runs_against_a_study(url, tmp_path, monkeypatch):
     text = "".join(o.get("text", "") for c in code for o in c.outputs)
     result = study_result(_study(url))
     full = result.full_gflops
-    for line in (f"best: {result.best.describe(full)}", result.fast.describe(full),
+    for line in (f"best: {result.best.describe(full)}", result.choose().describe(full),
                  f"uniform baseline (same step count, full network, same search noise): "
                  f"{result.uniform.describe(full)}"):
         assert line in text

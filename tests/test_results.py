@@ -89,17 +89,62 @@ def test_a_budget_worse_than_uniform_is_refused_naming_one_that_is_not(storage):
     with pytest.raises(UsageError) as refused:
         result.choose(0.1)
     message = str(refused.value)
-    assert "better than the uniform schedule (FID 68.000" in message
-    assert "stage 2 trial 1" in message and "--max-gflops 0.117)" in message
+    assert "is worse than the uniform schedule (FID 68.000; the best there: FID 388.000)" in message
+    assert "not: stage 2 trial 1" in message and "--max-gflops 0.117)" in message
     assert result.choose(0.117).fid == 25.0  # the budget it names admits that point
-    with pytest.raises(UsageError, match="no candidate of 's-k4' costs <= 0.01"):
+    # below every point: the cheapest one that is good, not the cheapest one (FID 388)
+    with pytest.raises(UsageError, match="no candidate of 's-k4' costs <= 0.01 GFLOPs/image; the "
+                                         "cheapest no worse than the uniform schedule .* trial 1"):
         result.choose(0.01)
 
 
-def test_an_infeasible_stage2_trial_is_no_result(storage):
+def test_the_budget_stage2_ran_with_is_what_export_keeps_to(storage):
+    # a stage-2 trial over the budget still counts (the best, here); the export keeps to it
     study = make_search(storage, [(UNIFORM, 68.0), ([496, 381, 257, 101], 8.0)], [
-        ([496, 381, 257, 101], 0, 7.0, 0.125)], max_gflops=0.12)
-    assert study_result(study).best.fid == 8.0
+        ([496, 381, 257, 101], 1, 7.0, 0.125),
+        ([496, 381, 257, 90], 3, 9.0, 0.110)], max_gflops=0.12)
+    result = study_result(study)
+    assert result.best.fid == 7.0 and result.choose().fid == 9.0
+    assert result.rule() == "the lowest FID within 0.12 GFLOPs/image"
+    assert result.as_dict()["export"]["fid"] == 9.0
+    # a budget that buys nothing good: no export, said why, and the listing goes on
+    tight = make_search(storage, [(UNIFORM, 68.0)], [([900, 500, 250, 20], 9, 300.0, 0.09)],
+                        max_gflops=0.1, name="t-k4")
+    pick, why = study_result(tight).exported()
+    assert pick is None and why.startswith("every candidate of 't-k4' within 0.1 GFLOPs/image")
+    assert study_result(tight).as_dict()["export"] is None
+
+
+def test_links_that_are_not_a_search_of_ours(storage):
+    # a stage-2 name whose stage 1 is gone: one line
+    make_search(storage, [(UNIFORM, 68.0)], [(UNIFORM, 0, 68.0, FULL)], name="a-k4")
+    optuna.delete_study(study_name="a-k4", storage=storage)
+    with pytest.raises(UsageError, match="its stage-1 study 'a-k4' is not in this storage"):
+        study_result(optuna.load_study(study_name="a-k4-stage2", storage=storage))
+    # a stage-1 link to a study that does not link back (another program's): not its stage 2
+    study = make_search(storage, [(UNIFORM, 68.0)], name="b-k4")
+    optuna.create_study(study_name="someone-else", storage=storage).add_trial(
+        create_trial(value=1.0))
+    study.set_user_attr("stage2_study", "someone-else")
+    result = study_result(study)
+    assert result.stage2 is None and result.best.fid == 68.0
+
+
+def test_an_older_study_without_gflops_or_a_uniform_trial(storage):
+    study = make_search(storage, [([496, 381, 257, 101], 8.0)])  # the uniform never completed
+    study.set_user_attr("full_gflops", None)
+    result = study_result(study)
+    assert result.uniform is None and result.front == [result.best]
+    assert result.choose() == result.best
+    with pytest.raises(UsageError, match="has not recorded its GFLOPs"):
+        result.choose(0.1)
+
+
+def test_a_malformed_configuration_is_one_line(storage):
+    study = make_search(storage, [(UNIFORM, 68.0)])
+    study.set_user_attr("config", {**study.user_attrs["config"], "steps": "4"})
+    with pytest.raises(UsageError, match=r"malformed \(steps missing or of the wrong type\)"):
+        study_result(study)
 
 
 def test_trials_are_counted_by_what_happened_to_them(storage):
@@ -128,13 +173,13 @@ def test_best_export_and_list_agree_and_delete_removes_both_stages(tmp_path, cap
         ([496, 381, 257, 101], 2, 8.7, 0.110)], name="digits-k4")
     assert main(["best", "--storage", url, "--json"]) == 0  # the name: digits-k4
     best = json.loads(capsys.readouterr().out)
-    assert (best["best"]["trial"], best["fast"]["stage"], best["fast"]["fid"]) == (1, 2, 8.7)
+    assert (best["best"]["trial"], best["export"]["stage"], best["export"]["fid"]) == (1, 2, 8.7)
     out = tmp_path / "fast.json"
     assert main(["export", "--storage", url, "--out", str(out)]) == 0
     assert "stage 2 trial 0" in capsys.readouterr().out
     exported = json.loads(out.read_text())
     assert (exported["provenance"]["stage"], exported["provenance"]["trial"]) == (2, 0)
-    assert exported["fid"] == best["fast"]["fid"] and exported["provenance"]["uniform_fid"] == 68
+    assert exported["fid"] == best["export"]["fid"] and exported["provenance"]["uniform_fid"] == 68
     assert main(["export", "--storage", url, "--out", str(out), "--max-gflops", "0.05"]) == 2
     capsys.readouterr()
 
@@ -143,10 +188,42 @@ def test_best_export_and_list_agree_and_delete_removes_both_stages(tmp_path, cap
     assert len(lines) == 2 and lines[1].split()[:4] == ["digits-k4", "digits", "4", "1+2"]
     assert "8.000" in lines[1] and "68.000" in lines[1]
 
+    monkeypatch.setattr("sys.stdin.isatty", lambda: True)
+    monkeypatch.setattr("builtins.input", _end_of_input)
+    assert main(["delete", "--storage", url, "--name", "digits-k4"]) == 0  # Ctrl-D: no
+    assert "nothing deleted" in capsys.readouterr().out
+    assert len(optuna.get_all_study_names(url)) == 2
     monkeypatch.setattr("sys.stdin.isatty", lambda: False)
-    assert main(["delete", "--storage", url]) == 2  # nobody to ask: --yes or nothing
+    assert main(["delete", "--storage", url]) == 2  # which study: no default for a delete
+    assert "delete needs the study" in capsys.readouterr().err
+    assert main(["delete", "--storage", url, "--name", "digits-k4"]) == 2  # nobody to ask
     assert "--yes" in capsys.readouterr().err
     assert main(["delete", "--storage", url, "--name", "digits-k4-stage2", "--yes"]) == 0
     assert optuna.get_all_study_names(url) == ["digits-k4"]
-    assert main(["delete", "--storage", url, "--yes"]) == 0
+    # the stage-1 study's stored result no longer names stage-2 trials
+    stored = optuna.load_study(study_name="digits-k4", storage=url).user_attrs["result"]
+    assert all(p["stage"] == 1 for p in stored["front"])
+    assert main(["delete", "--storage", url, "--model", "digits", "--yes"]) == 0
     assert optuna.get_all_study_names(url) == []
+
+
+def _end_of_input(prompt):
+    raise EOFError
+
+
+def test_the_stage1_line_and_an_eta_over_both_stages(storage):
+    import io
+    import time
+
+    from autodiff_optuna.search.progress import ProgressPrinter, stage_done_line
+
+    study = make_search(storage, [(UNIFORM, 68.0), ([496, 381, 257, 101], 8.881)])
+    assert stage_done_line(study, 131.0) == (
+        "stage 1 done in 2m11s: best [496, 381, 257, 101] FID 8.881 (trial 1), uniform FID "
+        "68.000; 2 complete, 0 failed")
+    assert stage_done_line(study, None).startswith("stage 1 already complete: best")
+    # 5 trials in 10 s, complete ones 3 s each: 5 more here at 2 s, then 20 of stage 2 at 3 s
+    printer = ProgressPrinter(10, stream=io.StringIO(), later=20)
+    printer._started, printer._finished_here = time.monotonic() - 10.0, 5
+    printer._complete_seconds = [3.0]
+    assert printer._eta(5) == pytest.approx(5 * 2.0 + 20 * 3.0, abs=0.5)

@@ -28,10 +28,9 @@ class Row:
 
 
 def scored(result: StudyResult) -> list[Point]:
-    """Every complete trial of both stages as a Point (stage 1's at the full network's cost),
-    including stage-2 trials over that stage's budget, which the result leaves out."""
+    """Every complete trial of both stages as a Point (stage 1's at the full network's cost)."""
     return scored_points(result.stage1, result.stage2, result.config["steps"],
-                         result.full_gflops, infeasible=True)
+                         result.full_gflops)
 
 
 def top_stage1(result: StudyResult, top: int) -> list[Point]:
@@ -47,8 +46,9 @@ def top_stage1(result: StudyResult, top: int) -> list[Point]:
     return ranked[:top]
 
 
-def named(result: StudyResult, exported: Point) -> list[tuple[str, Point]]:
-    """The points the page singles out, by role: uniform (when it completed), best, exported."""
+def named(result: StudyResult, exported: Point | None) -> list[tuple[str, Point]]:
+    """The points the page singles out, by role: uniform (when it completed), best, exported
+    (None: the budget stage 2 was run with buys nothing as good as the uniform schedule)."""
     roles = [("uniform", result.uniform), ("best", result.best), ("exported", exported)]
     return [(role, point) for role, point in roles if point is not None]
 

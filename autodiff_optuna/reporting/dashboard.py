@@ -64,9 +64,11 @@ def note(result) -> str:
              "below is named by stage and number.", ""]
     if result.uniform is not None:
         lines.append(line("uniform", result.uniform))
-    lines += [line("best", result.best),
-              line(f"export (cheapest within {result.fid_tolerance:.0%} of the best FID)",
-                   result.fast), ""]
+    exported, rule = result.exported()
+    lines.append(line("best", result.best))
+    lines.append(line(f"export ({rule})", exported) if exported is not None else
+                 f"- **export**: none: {_md(rule)}")
+    lines.append("")
     if full:
         lines += [f"Pareto front (each point saves at least {result.min_saving:.1%} of the "
                   f"full network's {full:.4f} GFLOPs/image over the next):", "",

@@ -44,7 +44,7 @@ def panels(study: optuna.Study, result: StudyResult | None = None,
         else:
             made = _stage2(study, uniform)
             if result is not None:  # ours first: the search's result and its masks
-                exported = exported if exported is not None else result.fast
+                exported = exported if exported is not None else result.exported()[0]
                 made[:0] = [_pareto(result, exported), _masks(study, result, exported)]
     for panel in made:
         panel.slug = prefix + panel.slug
@@ -105,16 +105,17 @@ def _history(study: optuna.Study, uniform: Point | None, title: str, **target) -
     return Panel("history", title, plots.fid_axis(figure, uniform))
 
 
-def _pareto(result: StudyResult, exported: Point) -> Panel:
+def _pareto(result: StudyResult, exported: Point | None) -> Panel:
     """Ours rather than Optuna's plot_pareto_front, which marks stage 2's own unthinned front:
     this one marks the front of both stages that ``best`` and ``export`` read."""
-    marked = candidates.by_trial([("best", result.best), ("exported", exported)])
+    marked = candidates.by_trial([(role, p) for role, p in (("best", result.best),
+                                                            ("exported", exported)) if p])
     figure = plots.pareto_figure(candidates.scored(result), result.front, marked,
                                  result.uniform, result.full_gflops, result.min_saving)
     return Panel("pareto", "Pareto front of both stages", figure)
 
 
-def _masks(stage2: optuna.Study, result: StudyResult, exported: Point) -> Panel:
+def _masks(stage2: optuna.Study, result: StudyResult, exported: Point | None) -> Panel:
     """The skip masks along the thinned front, cheapest first; shown first, the exported point
     when it is stage 2's, else the front's cheapest stage-2 point."""
     title = "Skipped layers per step"
@@ -124,8 +125,8 @@ def _masks(stage2: optuna.Study, result: StudyResult, exported: Point) -> Panel:
         return Panel("masks", title, None, "No stage-2 candidate is on the thinned Pareto front: "
                      "there is no skip mask to show.")
     trials = [(p.stage, p.trial) for p in front]
-    key = (exported.stage, exported.trial)
-    shown = trials.index(key) if exported.stage == 2 and key in trials else in_stage2[0]
+    key = (exported.stage, exported.trial) if exported is not None else None
+    shown = trials.index(key) if key in trials and key[0] == 2 else in_stage2[0]
     figure = plots.mask_figure([p.as_dict(result.full_gflops) for p in front],
                                stage2.user_attrs.get("layers", []), shown)
     return Panel("masks", title, figure)

@@ -51,29 +51,19 @@ def load(name: str, storage, fid_tolerance: float = FID_TOLERANCE) -> ReportedSt
         raise UsageError(f"study {name!r} was not made by autodiff_optuna: nothing to report")
     if not complete_trials(study):
         raise UsageError(f"study {name!r} has no complete trial yet: nothing to report")
-    if study.user_attrs.get("stage", 1) == 2:
-        stage1 = load_existing_study(study.user_attrs.get("stage1_study", ""), storage)
-        _check_config(stage1)
-        return ReportedStudies(name, stage1, study, study_result(stage1, fid_tolerance))
-    _check_config(study)
-    linked = study.user_attrs.get("stage2_study")
-    stage2 = None
-    if linked and linked in optuna.get_all_study_names(storage):
-        stage2 = optuna.load_study(study_name=linked, storage=storage)
-    return ReportedStudies(name, study, stage2, study_result(study, fid_tolerance))
+    result = study_result(study, fid_tolerance)
+    return ReportedStudies(name, result.stage1, result.stage2, result)
 
 
-def result_lines(result: StudyResult, exported: Point,
+def result_lines(result: StudyResult, exported: Point | None,
                  max_gflops: float | None = None) -> list[str]:
     """The result in words (the report's list, the notebook's print-out): each point by stage
     and trial, with its FID on the search noise (the uniform one's too) and its GFLOPs against
-    the full network's. ``exported``: ``result.choose(max_gflops)``."""
+    the full network's. ``exported``: ``result.choose(max_gflops)`` (None: refused)."""
     full = result.full_gflops
-    if max_gflops is None:
-        rule = (f"the cheapest front point within {result.fid_tolerance:.0%} of the best FID, "
-                "and no worse than uniform")
-    else:
-        rule = f"the lowest-FID front point within {max_gflops} GFLOPs/image"
+    rule = result.rule(max_gflops) + ", and no worse than the uniform schedule"
+    export = (exported.describe(full) if exported is not None
+              else "none: " + result.exported(max_gflops)[1])
     uniform = ("its trial did not complete" if result.uniform is None
                else result.uniform.describe(full))
     saving = f"{result.min_saving:.1%} of the full network's GFLOPs"
@@ -82,25 +72,8 @@ def result_lines(result: StudyResult, exported: Point,
     count = len(result.front)
     return [
         f"best: {result.best.describe(full)}",
-        f"exported (what `export` writes: {rule}): {exported.describe(full)}",
+        f"exported (what `export` writes: {rule}): {export}",
         f"uniform baseline (same step count, full network, same search noise): {uniform}",
         f"Pareto front of both stages: {count} point{'s' * (count != 1)}, each saving at least "
         f"{saving} over the next better-FID one",
     ]
-
-
-# what the page computes with, from the stage-1 study's stored configuration
-CONFIG_TYPES = {"model": str, "steps": int, "solver": str, "samples": int, "seed": int}
-
-
-def _check_config(stage1: optuna.Study) -> None:
-    """One line, rather than a traceback mid-report, for a configuration another program (or a
-    hand) wrote with missing fields or values of the wrong type."""
-    config = stage1.user_attrs.get(CONFIG_ATTR)
-    if not isinstance(config, dict):
-        config = {}
-    bad = [key for key, kind in CONFIG_TYPES.items()
-           if not isinstance(config.get(key), kind) or isinstance(config.get(key), bool)]
-    if bad:
-        raise UsageError(f"study {stage1.study_name!r}: its stored configuration is malformed "
-                         f"({', '.join(bad)} missing or of the wrong type)")

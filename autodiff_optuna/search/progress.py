@@ -9,8 +9,14 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autodiff_optuna.search import objectives
 from autodiff_optuna.search.fidelity import PRUNED_AT, n_evaluated
-from autodiff_optuna.search.optuna_internals import storage_of
-from autodiff_optuna.search.results import complete_trials, trial_counts, uniform_trial
+from autodiff_optuna.search.results import (
+    complete_trials,
+    describe_counts,
+    linked_stage2,
+    stage2_front_size,
+    trial_counts,
+    uniform_trial,
+)
 
 
 class ProgressPrinter:
@@ -48,7 +54,7 @@ class ProgressPrinter:
         else:  # stage 2: FID and GFLOPs
             skipped = sum(len(s) for s in trial.user_attrs.get("skip", []))
             result = (f"skips {skipped:>2}  FID {objectives.fid(trial):8.3f}  "
-                      f"GFLOPs {objectives.gflops(trial):.4f}  front {len(study.best_trials)}")
+                      f"GFLOPs {objectives.gflops(trial):.4f}  front {stage2_front_size(study)}")
         print(f"{self._label}[{n_complete:>4}/{self._target}] trial {trial.number:>4}  {steps}  "
               f"{result}  "
               f"({trial.duration.total_seconds() if trial.duration else 0:.1f}s, ETA {eta})",
@@ -66,26 +72,23 @@ class ProgressPrinter:
 
 def remaining_stage2(stage1: optuna.Study, target: int) -> int:
     """Stage-2 trials still to run for ``target``, as stage 1 starts (its stage 2 may exist)."""
-    name = stage1.user_attrs.get("stage2_study")
-    storage = storage_of(stage1)
-    if not name or name not in optuna.get_all_study_names(storage):
-        return target
-    return max(0, target - n_evaluated(optuna.load_study(study_name=name, storage=storage)))
+    stage2 = linked_stage2(stage1)
+    return target if stage2 is None else max(0, target - n_evaluated(stage2))
 
 
-def stage_done_line(stage1: optuna.Study, seconds: float) -> str:
-    """The line stage 1 ends with: its best, the uniform baseline, its trials."""
-    counts = trial_counts(stage1)
+def stage_done_line(stage1: optuna.Study, seconds: float | None) -> str:
+    """The line stage 1 ends with: its best, the uniform baseline, its trials (``seconds``:
+    this run's; None: it was complete before this run)."""
+    done = "already complete" if seconds is None else f"done in {duration(seconds)}"
     complete = complete_trials(stage1)
     if not complete:
-        return f"stage 1 done in {duration(seconds)}: no complete trial"
+        return f"stage 1 {done}: no complete trial"
     best = min(complete, key=objectives.fid)
     uniform = uniform_trial(stage1)
-    return (f"stage 1 done in {duration(seconds)}: best {best.user_attrs.get('timesteps')} FID "
+    return (f"stage 1 {done}: best {best.user_attrs.get('timesteps')} FID "
             f"{objectives.fid(best):.3f} (trial {best.number}), uniform FID "
             + ("n/a" if uniform is None else f"{objectives.fid(uniform):.3f}")
-            + f"; {counts['complete']} complete, {counts['stopped_early']} stopped early, "
-            f"{counts['failed']} failed")
+            + f"; {describe_counts(trial_counts(stage1))}")
 
 
 def duration(seconds: float) -> str:

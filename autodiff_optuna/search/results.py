@@ -1,8 +1,9 @@
 """The read side of a study: what it was made with and what it found.
 
-Everything that shows or exports a result (``best``, ``export``, the report, the notebook, the
-dashboard note, the benchmarks) reads studies through these functions, never through the
-search's own modules, so that they all give the same answer.
+Everything that shows or exports a result (``best``, ``export``, ``study``'s last lines, the
+report, the notebook, the dashboard note) reads studies through these functions, never through
+the search's own modules, so that they all give the same answer. (The benchmarks keep their own
+record of stage 1's best and Optuna's stage-2 front, so that their rounds stay comparable.)
 
 The result of a search (``study_result``) is defined once, over the complete trials of both
 stages, which are all scored on the study's own noise and so comparable:
@@ -11,8 +12,9 @@ stages, which are all scored on the study's own noise and so comparable:
 - ``front``: the Pareto front of FID against GFLOPs per image, thinned so that each point saves
   at least ``min_saving`` of the full network's GFLOPs over the next better-FID point (a point
   that saves 0.01% of the compute for 19 FID is no trade-off);
-- ``fast``: the cheapest front point within ``fid_tolerance`` of the best FID (what ``export``
-  writes), or with a budget the lowest-FID front point within it (``choose``);
+- ``fast``: the cheapest front point within ``fid_tolerance`` of the best FID; ``choose`` gives
+  what ``export`` writes: ``fast``, or with a budget (``--max-gflops``, or the one stage 2 was
+  run with) the lowest-FID front point within it;
 - ``uniform``: the baseline, the uniform spacing at the same step count with the full network.
   Nothing worse than it is ever offered as a result.
 """
@@ -65,6 +67,16 @@ def uniform_trial(stage1: optuna.Study) -> FrozenTrial | None:
     uniform = uniform_timesteps(stage1)
     return next((t for t in complete_trials(stage1)
                  if t.user_attrs.get("timesteps") == uniform), None)
+
+
+COUNT_NAMES = {"complete": "complete", "stopped_early": "stopped early (multi-fidelity)",
+               "redundant": "redundant", "failed": "failed", "running": "running"}
+
+
+def describe_counts(counts: dict) -> str:
+    """``50 complete, 50 stopped early (multi-fidelity), 0 failed``: a stage's trials."""
+    return ", ".join(f"{counts[key]} {text}" for key, text in COUNT_NAMES.items()
+                     if counts.get(key) or key in ("complete", "failed"))
 
 
 def trial_counts(study: optuna.Study) -> dict[str, int]:
@@ -143,6 +155,13 @@ class StudyResult:
         return self.stage1.study_name
 
     @property
+    def stage2_budget(self) -> float | None:
+        """The ``--max-gflops`` stage 2 was run with (None: none)."""
+        if self.stage2 is None:
+            return None
+        return self.stage2.user_attrs.get(CONFIG_ATTR, {}).get("max_gflops")
+
+    @property
     def fast(self) -> Point:
         """The cheapest front point within the FID tolerance of the best (and no worse than
         the uniform schedule); the best itself where nothing cheaper is that good."""
@@ -152,31 +171,51 @@ class StudyResult:
         return next(p for p in self.front if p.fid <= limit)
 
     def choose(self, max_gflops: float | None = None) -> Point:
-        """``fast``, or with a budget the lowest-FID front point within it. A budget whose best
-        point is worse than the uniform schedule is refused in one line that names the
-        cheapest point that is not."""
-        if max_gflops is None:
+        """What ``export`` writes: ``fast``, or with a budget (``max_gflops``, else the one
+        stage 2 was run with) the lowest-FID front point within it. A budget that buys nothing
+        as good as the uniform schedule is refused in one line naming the cheapest point that
+        is, and the budget that buys it."""
+        budget = max_gflops if max_gflops is not None else self.stage2_budget
+        if budget is None:
             return self.fast
         if self.full_gflops is None:
             raise UsageError(f"study {self.name!r} has not recorded its GFLOPs: rerun its study "
                              "command once (it records them), then choose by --max-gflops")
-        within = [p for p in self.front if p.gflops <= max_gflops]
-        if not within:
-            cheapest = self.front[0]
-            raise UsageError(f"no candidate of {self.name!r} costs <= {max_gflops} GFLOPs/image;"
-                             f" the cheapest is {cheapest.describe(self.full_gflops)}")
-        pick = min(within, key=lambda p: p.fid)
-        if self.uniform is not None and pick.fid > self.uniform.fid:
-            good = next(p for p in self.front if p.fid <= self.uniform.fid)
-            raise UsageError(
-                f"no candidate of {self.name!r} within {max_gflops} GFLOPs/image is better than "
-                f"the uniform schedule (FID {self.uniform.fid:.3f}; the best there has FID "
-                f"{pick.fid:.3f}); the cheapest that is: {good.describe(self.full_gflops)} "
-                f"(--max-gflops {_ceil4(good.gflops)})")
-        return pick
+        within = [p for p in self.front if p.gflops <= budget]
+        pick = min(within, key=lambda p: p.fid) if within else None
+        if pick is not None and (self.uniform is None or pick.fid <= self.uniform.fid):
+            return pick
+        # the best is on the front and no worse than the uniform schedule (one of the points)
+        good = next(p for p in self.front if self.uniform is None or p.fid <= self.uniform.fid)
+        cheapest = f"{good.describe(self.full_gflops)} (--max-gflops {_ceil4(good.gflops)})"
+        if pick is None:
+            baseline = ("" if self.uniform is None else
+                        f" no worse than the uniform schedule (FID {self.uniform.fid:.3f})")
+            raise UsageError(f"no candidate of {self.name!r} costs <= {budget} GFLOPs/image; "
+                             f"the cheapest{baseline}: {cheapest}")
+        raise UsageError(f"every candidate of {self.name!r} within {budget} GFLOPs/image is worse "
+                         f"than the uniform schedule (FID {self.uniform.fid:.3f}; the best there: "
+                         f"FID {pick.fid:.3f}); the cheapest that is not: {cheapest}")
+
+    def exported(self, max_gflops: float | None = None) -> tuple[Point | None, str]:
+        """``choose(max_gflops)`` for a listing that goes on when it is refused: (the point,
+        its rule), or (None, why not)."""
+        try:
+            return self.choose(max_gflops), self.rule(max_gflops)
+        except UsageError as refused:
+            return None, str(refused)
+
+    def rule(self, max_gflops: float | None = None) -> str:
+        """How ``choose(max_gflops)`` picks, in words."""
+        budget = max_gflops if max_gflops is not None else self.stage2_budget
+        if budget is not None:
+            return f"the lowest FID within {budget} GFLOPs/image"
+        return f"the cheapest within {self.fid_tolerance:.0%} of the best FID"
 
     def as_dict(self, max_gflops: float | None = None) -> dict:
-        """The result as ``best --json`` and ``study --json`` print it."""
+        """The result as ``best --json`` and ``study --json`` print it (``export`` None, and
+        ``export_refused`` why, where the budget buys nothing as good as the uniform schedule;
+        ``best --max-gflops`` refuses such a budget instead)."""
         full = self.full_gflops
         config = self.config
         summary = {
@@ -189,27 +228,32 @@ class StudyResult:
             "fid_tolerance": self.fid_tolerance,
             "min_saving": self.min_saving,
             "best": self.best.as_dict(full),
-            "fast": self.choose(max_gflops).as_dict(full),
+            "export": None,
             "uniform": self.uniform.as_dict(full) if self.uniform is not None else None,
             "front": [p.as_dict(full) for p in self.front],
             "trials": {f"stage{stage}": counts for stage, counts in self.counts.items()},
         }
+        pick, rule = self.exported(max_gflops)
+        if pick is not None:
+            summary["export"] = pick.as_dict(full)
+        else:
+            summary["export_refused"] = rule
         if max_gflops is not None:
             summary["max_gflops"] = max_gflops
         if self.stage2 is not None:
-            summary["stage2_max_gflops"] = self.stage2.user_attrs.get(CONFIG_ATTR, {}).get(
-                "max_gflops")
+            summary["stage2_max_gflops"] = self.stage2_budget
             if UNSKIPPABLE_ATTR in self.stage2.user_attrs:  # a latent model's: beside full
                 summary[UNSKIPPABLE_ATTR] = self.stage2.user_attrs[UNSKIPPABLE_ATTR]
         return summary
 
     def stored(self) -> dict:
         """The compact record ``store_result`` keeps in the studies: which trials are the
-        best, the fast one and the front, and by what rule."""
+        best, the exported one and the front, and by what rule."""
         def ref(p: Point) -> dict:
             return {"stage": p.stage, "trial": p.trial, "fid": p.fid, "gflops": p.gflops}
 
-        return {"best": ref(self.best), "fast": ref(self.fast),
+        pick, _ = self.exported()
+        return {"best": ref(self.best), "export": ref(pick) if pick is not None else None,
                 "uniform": ref(self.uniform) if self.uniform is not None else None,
                 "front": [ref(p) for p in self.front], "fid_tolerance": self.fid_tolerance,
                 "min_saving": self.min_saving}
@@ -229,9 +273,7 @@ def study_result(study: optuna.Study, fid_tolerance: float = FID_TOLERANCE,
         raise UsageError(f"--fid-tolerance must be in [0, 10] and the minimum saving in [0, 1), "
                          f"got {fid_tolerance} and {min_saving}")
     stage1, stage2 = linked_studies(study)
-    config = stored_config(stage1)
-    if config is None:
-        raise UsageError(f"study {stage1.study_name!r} was not made by autodiff_optuna")
+    config = check_config(stage1)
     full = stage1.user_attrs.get(FULL_GFLOPS_ATTR)
     if full is None and stage2 is not None:  # a stage 1 made before it recorded them
         full = stage2.user_attrs.get(FULL_GFLOPS_ATTR)
@@ -250,32 +292,73 @@ def study_result(study: optuna.Study, fid_tolerance: float = FID_TOLERANCE,
                        best, front, fid_tolerance, min_saving, counts)
 
 
+# what a reader computes with, from the stage-1 study's stored configuration
+CONFIG_TYPES = {"model": str, "steps": int, "solver": str, "samples": int, "seed": int}
+
+
+def check_config(stage1: optuna.Study) -> dict:
+    """The stage-1 study's configuration (``stored_config``); one line, rather than a traceback
+    later, for a study not made by autodiff_optuna or a configuration another program (or a
+    hand) wrote with missing fields or values of the wrong type."""
+    config = stored_config(stage1)
+    if config is None:
+        raise UsageError(f"study {stage1.study_name!r} was not made by autodiff_optuna")
+    bad = [key for key, kind in CONFIG_TYPES.items()
+           if not isinstance(config.get(key), kind) or isinstance(config.get(key), bool)]
+    if bad:
+        raise UsageError(f"study {stage1.study_name!r}: its stored configuration is malformed "
+                         f"({', '.join(bad)} missing or of the wrong type)")
+    return config
+
+
 def linked_studies(study: optuna.Study) -> tuple[optuna.Study, optuna.Study | None]:
     """(stage 1, its stage 2 or None) of the search ``study`` is part of."""
+    if study.user_attrs.get("stage", 1) != 2:
+        return study, linked_stage2(study)
     storage = storage_of(study)
-    names = set(optuna.get_all_study_names(storage))
-    if study.user_attrs.get("stage", 1) == 2:
-        name = study.user_attrs.get("stage1_study")
-        if name not in names:
-            raise UsageError(f"stage-2 study {study.study_name!r}: its stage-1 study {name!r} "
-                             "is not in this storage")
-        return optuna.load_study(study_name=name, storage=storage), study
-    linked = study.user_attrs.get("stage2_study")
-    if linked and linked in names:
-        return study, optuna.load_study(study_name=linked, storage=storage)
-    return study, None
+    name = study.user_attrs.get("stage1_study")
+    if name not in optuna.get_all_study_names(storage):
+        raise UsageError(f"stage-2 study {study.study_name!r}: its stage-1 study {name!r} "
+                         "is not in this storage")
+    return optuna.load_study(study_name=name, storage=storage), study
 
 
-def scored_points(stage1, stage2, steps: int, full: float | None,
-                  infeasible: bool = False) -> list[Point]:
-    """Every complete trial of both stages as a Point (stage 1's at the full network's cost);
-    a stage-2 trial over that stage's budget only with ``infeasible`` (no result is one)."""
+def linked_stage2(stage1: optuna.Study) -> optuna.Study | None:
+    """The stage-2 study ``stage1`` links to, if it is there and links back (a study of
+    another program, or of another search, under that name is not taken for it)."""
+    name = stage1.user_attrs.get("stage2_study")
+    storage = storage_of(stage1)
+    if not name or name not in optuna.get_all_study_names(storage):
+        return None
+    stage2 = optuna.load_study(study_name=name, storage=storage)
+    attrs = stage2.user_attrs
+    if attrs.get("stage") != 2 or attrs.get("stage1_study") != stage1.study_name \
+            or len(stage2.directions) != 2:
+        return None
+    return stage2
+
+
+def scored_points(stage1, stage2, steps: int, full: float | None) -> list[Point]:
+    """Every complete trial of both stages as a Point (stage 1's at the full network's cost).
+    A stage-2 trial over the budget stage 2 was run with is one too: the budget steered the
+    search, and ``choose`` applies it to what is exported."""
     points = [_point(stage1, 1, t, full, steps) for t in complete_trials(stage1)]
     if stage2 is not None:
-        budget = stage2.user_attrs.get(CONFIG_ATTR, {}).get("max_gflops")
-        points += [p for p in (_point(stage2, 2, t, full, steps) for t in complete_trials(stage2))
-                   if infeasible or budget is None or p.gflops <= budget]
+        points += stage2_points(stage2, steps)
     return points
+
+
+def stage2_points(stage2: optuna.Study, steps: int) -> list[Point]:
+    return [_point(stage2, 2, t, None, steps) for t in complete_trials(stage2)]
+
+
+def stage2_front_size(stage2: optuna.Study, min_saving: float = MIN_SAVING) -> int:
+    """The points of the result's front so far, as stage 2 runs: its own trials suffice, since
+    it scores stage 1's best again (on the same noise, so with the same FID) first."""
+    full = stage2.user_attrs.get(FULL_GFLOPS_ATTR)
+    steps = stage2.user_attrs.get(CONFIG_ATTR, {}).get("steps", 0)
+    points = stage2_points(stage2, steps)
+    return len(thin(pareto(points), min_saving * full)) if full and points else 0
 
 
 def _point(study, stage: int, trial: FrozenTrial, full: float | None, steps: int) -> Point:
@@ -360,6 +443,5 @@ def deletable_studies(study: optuna.Study) -> list[str]:
     search), a stage-2 study alone (its stage 1 can be continued by a new stage 2)."""
     if study.user_attrs.get("stage", 1) == 2:
         return [study.study_name]
-    names = set(optuna.get_all_study_names(storage_of(study)))
-    linked = study.user_attrs.get("stage2_study")
-    return [study.study_name] + ([linked] if linked in names else [])
+    stage2 = linked_stage2(study)
+    return [study.study_name] + ([stage2.study_name] if stage2 is not None else [])
