@@ -406,10 +406,7 @@ def _print_result(result, max_gflops: float | None = None) -> None:
     from autodiff_optuna.search.results import describe_counts
 
     full = result.full_gflops
-    if max_gflops is not None:  # asked for: refused in one line, before anything is printed
-        pick, rule = result.choose(max_gflops), result.rule(max_gflops)
-    else:  # the budget stage 2 ran with may buy nothing good: said in the listing
-        pick, rule = result.exported()
+    pick, rule = result.exported(max_gflops)  # a refused --max-gflops: before any line
     stages = " and ".join(f"stage {stage} ({describe_counts(counts)})"
                           for stage, counts in result.counts.items())
     print(f"{printable(result.name)}: {stages}")
@@ -509,10 +506,10 @@ def cmd_evaluate(args) -> None:
     from autodiff_optuna.metrics.scoring import score_schedule
     from autodiff_optuna.models import load_model
     from autodiff_optuna.models.files import read_json
-    from autodiff_optuna.sampling import HELDOUT, draw, standard_spacings, validate
+    from autodiff_optuna.sampling import HELDOUT, draw, validate
     from autodiff_optuna.sampling.noise import check_count, check_fits, check_seed
+    from autodiff_optuna.sampling.schedules import uniform as uniform_spacing
     from autodiff_optuna.sampling.skipping import check_skip
-    from autodiff_optuna.search.context import alphas_cumprod
 
     if args.samples is not None:
         check_count(args.samples, "--samples")
@@ -540,8 +537,8 @@ def cmd_evaluate(args) -> None:
     if skip is not None:
         result["skip"] = [list(s) for s in skip]
     if not args.no_uniform:  # the baseline on the same held-out noise
-        uniform = list(standard_spacings(len(timesteps), model.num_train_timesteps,
-                                         alphas_cumprod(model))["uniform"])
+        # the study's baseline spacing (standard_spacings' "uniform")
+        uniform = list(uniform_spacing(len(timesteps), model.num_train_timesteps))
         same = uniform == list(timesteps) and skip is None
         result["uniform_timesteps"] = uniform
         result["uniform_fid"] = result["fid"] if same else score_schedule(

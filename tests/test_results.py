@@ -182,6 +182,9 @@ def test_best_export_and_list_agree_and_delete_removes_both_stages(tmp_path, cap
     assert exported["fid"] == best["export"]["fid"] and exported["provenance"]["uniform_fid"] == 68
     assert main(["export", "--storage", url, "--out", str(out), "--max-gflops", "0.05"]) == 2
     capsys.readouterr()
+    for form in ([], ["--json"]):  # refused before a line is printed, as text or as JSON
+        assert main(["best", "--storage", url, "--max-gflops", "0.05", *form]) == 2
+        assert capsys.readouterr().out == ""
 
     assert main(["list", "--storage", url]) == 0
     lines = capsys.readouterr().out.splitlines()

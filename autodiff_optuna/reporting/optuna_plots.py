@@ -33,8 +33,9 @@ def panels(study: optuna.Study, result: StudyResult | None = None,
            exported: Point | None = None) -> list[Panel]:
     """The plots of ``study``, one stage of a search. With its ``result`` (``study_result``)
     the FID plots have the uniform schedule's line, and stage 2's start with the Pareto front
-    of both stages and the skip masks of its stage-2 points, ``exported`` (default: the
-    result's ``fast`` point) marked and shown first; without it, those two are left out."""
+    of both stages and the skip masks of its stage-2 points, ``exported`` (default: what
+    ``export`` writes, ``result.exported()``) marked and shown first; without it, those two
+    are left out."""
     prefix = f"stage{study.user_attrs.get('stage', 1)}-"
     uniform = result.uniform if result is not None else None
     with warnings.catch_warnings():  # some of these plots are experimental in Optuna

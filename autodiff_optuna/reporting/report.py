@@ -88,10 +88,9 @@ def build(name: str, storage, options: Options) -> Path:
     out = _out_dir(name, options)
     reported = scope.load(name, storage, options.fid_tolerance)
     result, config = reported.result, reported.config
-    if options.max_gflops is not None:  # a budget nothing good fits: one line, as `export`
-        exported = result.choose(options.max_gflops)
-    else:  # the budget stage 2 ran with (if any) may buy nothing good: the page says so
-        exported = result.exported()[0]
+    # a --max-gflops nothing good fits: one line, as `export`; the budget stage 2 ran with
+    # (if any) may buy nothing good: the page says so
+    exported, _ = result.exported(options.max_gflops)
     # the network the study searched with, or one line naming the flag that loads it
     model = load_model(config["model"], options.device, options.model_options)
     check_same_model(model, config.get("model_weights"), f"study {name!r}")

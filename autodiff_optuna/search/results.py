@@ -83,7 +83,7 @@ def trial_counts(study: optuna.Study) -> dict[str, int]:
     """A study's trials by what happened to them. ``stopped_early``: scored on fewer images by
     the multi-fidelity pruner (they count towards ``--trials``); ``redundant``: a duplicate of
     another trial's candidate, or beyond the target another worker reached (no work done)."""
-    counts = dict.fromkeys(("complete", "stopped_early", "redundant", "failed", "running"), 0)
+    counts = dict.fromkeys(COUNT_NAMES, 0)
     for trial in study.get_trials(deepcopy=False):
         if trial.state == TrialState.COMPLETE:
             counts["complete"] += 1
@@ -198,10 +198,14 @@ class StudyResult:
                          f"FID {pick.fid:.3f}); the cheapest that is not: {cheapest}")
 
     def exported(self, max_gflops: float | None = None) -> tuple[Point | None, str]:
-        """``choose(max_gflops)`` for a listing that goes on when it is refused: (the point,
-        its rule), or (None, why not)."""
-        try:
+        """(``choose(max_gflops)``, its rule) for a listing of the result. A budget asked for
+        (``max_gflops``) that buys nothing good is refused, as ``choose`` refuses it; the
+        budget stage 2 ran with is not asked for here, so the listing goes on: (None, why
+        not)."""
+        if max_gflops is not None:
             return self.choose(max_gflops), self.rule(max_gflops)
+        try:
+            return self.choose(), self.rule()
         except UsageError as refused:
             return None, str(refused)
 
@@ -214,8 +218,8 @@ class StudyResult:
 
     def as_dict(self, max_gflops: float | None = None) -> dict:
         """The result as ``best --json`` and ``study --json`` print it (``export`` None, and
-        ``export_refused`` why, where the budget buys nothing as good as the uniform schedule;
-        ``best --max-gflops`` refuses such a budget instead)."""
+        ``export_refused`` why, where the budget stage 2 ran with buys nothing as good as the
+        uniform schedule; ``max_gflops`` that buys nothing good is refused, as by ``choose``)."""
         full = self.full_gflops
         config = self.config
         summary = {
@@ -355,8 +359,9 @@ def stage2_points(stage2: optuna.Study, steps: int) -> list[Point]:
 def stage2_front_size(stage2: optuna.Study, min_saving: float = MIN_SAVING) -> int:
     """The points of the result's front so far, as stage 2 runs: its own trials suffice, since
     it scores stage 1's best again (on the same noise, so with the same FID) first."""
-    full = stage2.user_attrs.get(FULL_GFLOPS_ATTR)
-    steps = stage2.user_attrs.get(CONFIG_ATTR, {}).get("steps", 0)
+    attrs = stage2.user_attrs  # one storage read per progress line, not two
+    full = attrs.get(FULL_GFLOPS_ATTR)
+    steps = attrs.get(CONFIG_ATTR, {}).get("steps", 0)
     points = stage2_points(stage2, steps)
     return len(thin(pareto(points), min_saving * full)) if full and points else 0
 
