@@ -9,10 +9,12 @@ so ``make study`` is the same command at a few seconds' size. The README's examp
 checked against the lines ``make study`` prints, numbers aside.
 """
 
+import contextlib
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -100,8 +102,18 @@ def run(command: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "ARGS": SMALL, "PATH": path}
     env.pop("MAKEFLAGS", None)  # pytest run by `make test`: not that make's flags
     env.pop("MAKELEVEL", None)
-    return subprocess.run(["bash", "-c", command], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=CEILING)
+    # its own process group: make's and python's processes under bash end with the command,
+    # also when it fails or runs past the ceiling (subprocess.run would kill bash alone)
+    proc = subprocess.Popen(["bash", "-c", command], cwd=cwd, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=CEILING)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 @pytest.mark.readme  # a dozen processes' start-ups: `make test-readme`, after `make test` in CI
