@@ -10,7 +10,15 @@ provenance's ``model_weights``).
 The file also holds what a diffusers user pastes (``diffusers``): the time steps for a
 pipeline's ``timesteps=``, the scheduler class and config that sample them as the search did
 (``sampling.solvers.solver_config``: what ``pipelines.apply`` builds), the model's number of
-training steps, and a text-to-image model's guidance scale. Layer skips need ``apply``.
+training steps, and a text-to-image model's guidance scale; a model searched with its x0
+prediction clipped to [-1, 1] has the solver clip it (``thresholding`` with a
+``sample_max_value`` of 1). Layer skips need ``apply``.
+
+``identity`` records which model the schedule is for (``models.identity``: its network's class
+and config, its training schedule, whether it is text-to-image, its weights), so that ``apply``
+refuses another model's pipeline. ``read_schedule`` is the one reader of schedule files
+(``load_schedule``, ``apply`` and the CLI's ``sample --schedule`` go through it); a field of the
+wrong type is refused when a ``SearchedSchedule`` is made, from a file or by hand.
 """
 
 import datetime
@@ -24,9 +32,16 @@ from autodiff_optuna.errors import UsageError
 from autodiff_optuna.metrics.fid import to_uint8
 from autodiff_optuna.models import load_model
 from autodiff_optuna.models.files import read_json
-from autodiff_optuna.models.registry import check_same_model, guidance_of
-from autodiff_optuna.sampling import HELDOUT, SOLVER_ORDERS, draw, validate
+from autodiff_optuna.models.identity import IDENTITY_ATTR
+from autodiff_optuna.models.registry import PRESETS, check_same_model, guidance_of
+from autodiff_optuna.sampling import HELDOUT, draw, validate
 from autodiff_optuna.sampling import sample as run_solver
+from autodiff_optuna.sampling.rules import (
+    describe,
+    fixed_solver,
+    single_scheduler_solver,
+    step_rules,
+)
 from autodiff_optuna.sampling.skipping import check_skip
 from autodiff_optuna.sampling.solvers import solver_config
 from autodiff_optuna.search import results
@@ -43,7 +58,7 @@ GRID_COPIES = 3 + 2 * UPSCALE * UPSCALE
 @dataclass(frozen=True)
 class SearchedSchedule:
     model: str
-    solver: str
+    solver: str | list  # a fixed solver's name, or one [order, corrector] rule per step
     timesteps: list[int]
     skip: list[list[str]]  # per step, the layers skipped there (empty lists: full network)
     fid: float | None = None
@@ -51,9 +66,31 @@ class SearchedSchedule:
     full_gflops: float | None = None
     provenance: dict = field(default_factory=dict)
     diffusers: dict | None = None  # for a diffusers pipeline (None: a file from before them)
+    identity: dict | None = None  # models.identity of its model (None: not recorded)
+
+    def __post_init__(self):
+        problem = _type_problem(self)
+        if problem:
+            raise ValueError(problem)
 
     def to_json(self) -> str:
         return json.dumps({"format": FORMAT, **asdict(self)}, indent=1) + "\n"
+
+
+@dataclass(frozen=True)
+class SampleInputs:
+    """What ``sample(..., return_inputs=True)`` started from, to give a diffusers pipeline of
+    one's own the same inputs (``apply`` makes it sample with the schedule)."""
+
+    noise: torch.Tensor  # (n, C, H, W) float32: the initial noise (a latent model's latents)
+    prompts: list[str] | None  # a text-to-image model's prompt per image (None: no text)
+    labels: torch.Tensor | None  # a class-conditional model's class per image
+    generator_seed: int  # a CPU generator so seeded draws ``noise`` first (``generator()``)
+
+    def generator(self) -> torch.Generator:
+        """A fresh CPU generator whose first ``torch.randn`` of ``noise``'s shape is ``noise``:
+        for a pipeline that takes ``generator=`` and no noise (``DDPMPipeline``)."""
+        return torch.Generator().manual_seed(self.generator_seed)
 
 
 def from_result(result: StudyResult, max_gflops: float | None = None) -> SearchedSchedule:
@@ -63,8 +100,11 @@ def from_result(result: StudyResult, max_gflops: float | None = None) -> Searche
     pick = result.choose(max_gflops)
     config = result.config
     training_schedule = results.training_schedule(result.stage1)
+    solver = config["solver"]
+    if pick.rules:  # searched per step: its name where one fixed solver runs the same rules
+        solver = fixed_solver(pick.rules, len(pick.timesteps)) or pick.rules
     return SearchedSchedule(
-        model=config["model"], solver=config["solver"], timesteps=pick.timesteps,
+        model=config["model"], solver=solver, timesteps=pick.timesteps,
         skip=pick.skip, fid=pick.fid, gflops=pick.gflops, full_gflops=result.full_gflops,
         provenance={"study": pick.study, "trial": pick.trial, "stage": pick.stage,
                     "samples": config["samples"], "seed": config["seed"],
@@ -75,70 +115,149 @@ def from_result(result: StudyResult, max_gflops: float | None = None) -> Searche
                              "fid": result.best.fid},
                     "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat()},
         diffusers=None if training_schedule is None else diffusers_fields(
-            training_schedule, config["solver"], pick.timesteps, config.get("model_weights")))
+            training_schedule, solver, pick.timesteps, config.get("model_weights"),
+            clip=clips(config["model"], training_schedule)),
+        identity=_recorded_identity(result))
 
 
-def diffusers_fields(training_schedule: dict, solver: str, timesteps, model_weights=None
-                     ) -> dict:
+def _recorded_identity(result: StudyResult) -> dict | None:
+    identity = result.stage1.user_attrs.get(IDENTITY_ATTR)
+    return identity if isinstance(identity, dict) else None
+
+
+def clips(model: str, scheduler_config: dict) -> bool:
+    """Whether preset ``model`` is sampled with its x0 prediction clipped to [-1, 1]: as the
+    preset says, or (``--model diffusers``) where ``scheduler_config`` says ``clip_sample``,
+    as the adapter decides it."""
+    preset = PRESETS.get(model)
+    if preset is None:
+        return False
+    if preset.clip_denoised is None:
+        return bool(scheduler_config.get("clip_sample", False))
+    return preset.clip_denoised
+
+
+def diffusers_fields(training_schedule: dict, solver, timesteps, model_weights=None,
+                     clip: bool = False) -> dict:
     """What a diffusers pipeline needs to sample ``timesteps`` as the search did:
     ``pipe.scheduler = <scheduler>.from_config(scheduler_config)``, then ``pipe(...,
-    timesteps=timesteps)`` (and ``guidance_scale=`` for a text-to-image model)."""
-    fields = {"timesteps": list(timesteps), **solver_config(training_schedule, solver),
+    timesteps=timesteps)`` (and ``guidance_scale=`` for a text-to-image model). ``clip``: the
+    model was searched with its x0 prediction clipped to [-1, 1], which the solver's dynamic
+    thresholding does when its threshold can be no other than 1. Per-step rules that no single
+    scheduler runs (mixed orders, UniPC's corrector) get a ``note`` saying so instead."""
+    fields = {"timesteps": list(timesteps),
               "num_train_timesteps": int(training_schedule["num_train_timesteps"])}
+    single = single_scheduler_solver(solver, len(timesteps))
+    if single is None:
+        fields["note"] = (f"no single diffusers scheduler runs this solver "
+                          f"({describe(solver, len(timesteps))}): sample with "
+                          "autodiff_optuna.sample(schedule), which runs diffusers' own "
+                          "updates step by step")
+    else:
+        fields.update(solver_config(training_schedule, single))
+    if clip and single is not None:
+        fields["scheduler_config"].update(thresholding=True, sample_max_value=1.0)
     scale = guidance_of(model_weights)
     if scale is not None:
         fields["guidance_scale"] = scale
     return fields
 
 
-def load_schedule(path, options=None, device: str = "cpu") -> SearchedSchedule:
-    """Read and check an exported schedule against its model (loaded with ``options`` on
-    ``device``, as ``sample`` will); a corrupt file or another model is one UsageError line."""
-    path = Path(path)
+def read_schedule(path) -> SearchedSchedule:
+    """An exported schedule file, its fields checked (not yet against any model); a file that
+    is not one, or whose fields have the wrong types, is one UsageError line."""
     data = read_json(path)
     if data.get("format") != FORMAT:
         raise UsageError(f"{path} is not an autodiff-optuna schedule (format {FORMAT!r})")
     data.pop("format")
     try:
-        schedule = SearchedSchedule(**data)
-    except TypeError as err:
+        return SearchedSchedule(**data)
+    except (TypeError, ValueError) as err:  # a missing or unknown field; a wrong type
         raise UsageError(f"schedule {path} is malformed: {err}") from None
-    if not isinstance(schedule.model, str) or not isinstance(schedule.solver, str) \
-            or not isinstance(schedule.timesteps, list) \
-            or not all(isinstance(t, int) and not isinstance(t, bool) for t in schedule.timesteps):
-        raise UsageError(f"schedule {path} is malformed: 'model' and 'solver' must be strings, "
-                         "'timesteps' a list of integers")
-    if not isinstance(schedule.provenance, dict):
-        raise UsageError(f"schedule {path} is malformed: 'provenance' must be an object")
-    _check_field_types(schedule, path)
+
+
+def load_schedule(path, options=None, device: str = "cpu") -> SearchedSchedule:
+    """Read and check an exported schedule against its model (loaded with ``options`` on
+    ``device``, as ``sample`` will); a corrupt file or another model is one UsageError line."""
+    path = Path(path)
+    schedule = read_schedule(path)
     _check(schedule, path, options, device)
     return schedule
 
 
-# the types of the optional fields, as ``from_result`` writes them (None: not recorded)
+# the types of the fields, as ``from_result`` writes them (optional ones: None when not recorded)
+NUMBER = (int, float)
 NUMBER_FIELDS = ("fid", "gflops", "full_gflops")
 PROVENANCE_TYPES = {"study": str, "trial": int, "stage": int, "samples": int, "seed": int,
-                    "model_weights": str, "fid_features": str, "exported_at": str}
+                    "model_weights": str, "fid_features": str, "uniform_fid": NUMBER,
+                    "best": dict, "exported_at": str}
+DIFFUSERS_TYPES = {"timesteps": list, "scheduler": str, "scheduler_config": dict,
+                   "num_train_timesteps": int, "guidance_scale": NUMBER, "note": str}
+IDENTITY_TYPES = {"unet": str, "unet_config": str, "unet_weights": str,
+                  "training_schedule": str, "text_to_image": bool}
+KIND_NAMES = {str: "a string", int: "an integer", NUMBER: "a number", dict: "an object",
+              list: "a list", bool: "true or false"}
 
 
-def _check_field_types(schedule: SearchedSchedule, path) -> None:
-    """A field of the wrong type (``"fid": "1.5"``, a number as ``model_weights``) is refused
-    here, in one line, rather than failing wherever it is first used."""
-    def is_a(value, kind) -> bool:
-        return value is None or (isinstance(value, kind) and not isinstance(value, bool))
+def _is_a(value, kind) -> bool:
+    """``value`` is of ``kind`` (a bool is no number; a tuple, made by hand, is a list)."""
+    if kind is list:
+        return isinstance(value, (list, tuple))
+    if kind is bool:
+        return isinstance(value, bool)
+    return isinstance(value, kind) and not isinstance(value, bool)
 
+
+def _int_list(value) -> bool:
+    return _is_a(value, list) and all(_is_a(t, int) for t in value)
+
+
+def _type_problem(schedule: SearchedSchedule) -> str | None:
+    """What is of the wrong type in ``schedule`` (None: nothing): refused where the schedule is
+    made, in one line, rather than failing wherever the field is first used."""
+    if not _is_a(schedule.model, str):
+        return f"'model' must be a string, got {schedule.model!r}"
+    if not (_is_a(schedule.solver, str) or _is_a(schedule.solver, list) and all(
+            _is_a(rule, list) and len(rule) == 2 and _is_a(rule[0], int)
+            and _is_a(rule[1], bool) for rule in schedule.solver)):
+        return ("'solver' must be a solver's name or a list of [order, corrector] rules, got "
+                f"{schedule.solver!r}")
+    if not _int_list(schedule.timesteps):
+        return f"'timesteps' must be a list of integers, got {schedule.timesteps!r}"
+    if not (_is_a(schedule.skip, list) and all(
+            _is_a(step, list) and all(_is_a(name, str) for name in step)
+            for step in schedule.skip)):
+        return f"'skip' must be a list of lists of layer names, got {schedule.skip!r}"
     for key in NUMBER_FIELDS:
-        if not is_a(getattr(schedule, key), (int, float)):
-            raise UsageError(f"schedule {path} is malformed: {key!r} must be a number, got "
-                             f"{getattr(schedule, key)!r}")
-    for key, kind in PROVENANCE_TYPES.items():
-        if not is_a(schedule.provenance.get(key), kind):
-            raise UsageError(f"schedule {path} is malformed: provenance {key!r} must be "
-                             f"{'a string' if kind is str else 'an integer'}, got "
-                             f"{schedule.provenance[key]!r}")
-    if not is_a(schedule.diffusers, dict) or not is_a(trained_steps(schedule), int):
-        raise UsageError(f"schedule {path} is malformed: 'diffusers' must be an object whose "
-                         "'num_train_timesteps' is an integer")
+        value = getattr(schedule, key)
+        if value is not None and not _is_a(value, NUMBER):
+            return f"{key!r} must be a number, got {value!r}"
+    if not _is_a(schedule.provenance, dict):
+        return f"'provenance' must be an object, got {schedule.provenance!r}"
+    for name, fields, types in (("provenance", schedule.provenance, PROVENANCE_TYPES),
+                                ("diffusers", schedule.diffusers, DIFFUSERS_TYPES),
+                                ("identity", schedule.identity, IDENTITY_TYPES)):
+        problem = _object_problem(name, fields, types)
+        if problem:
+            return problem
+    if schedule.diffusers is not None and "timesteps" in schedule.diffusers \
+            and not _int_list(schedule.diffusers["timesteps"]):
+        return "'diffusers' 'timesteps' must be a list of integers"
+    return None
+
+
+def _object_problem(name: str, fields, types: dict) -> str | None:
+    """What is wrong with the object ``name`` (None: it is absent, or its known keys have
+    their types; an absent key or a null value is not recorded)."""
+    if fields is None:
+        return None
+    if not _is_a(fields, dict):
+        return f"{name!r} must be an object, got {fields!r}"
+    for key, kind in types.items():
+        value = fields.get(key)
+        if value is not None and not _is_a(value, kind):
+            return f"{name} {key!r} must be {KIND_NAMES[kind]}, got {value!r}"
+    return None
 
 
 def trained_steps(schedule: SearchedSchedule):
@@ -155,8 +274,10 @@ def _model(schedule: SearchedSchedule, options, device: str, what: str):
 
 
 def _check(schedule: SearchedSchedule, path, options, device: str) -> None:
-    if schedule.solver not in SOLVER_ORDERS:
-        raise UsageError(f"schedule {path}: unknown solver {schedule.solver!r}")
+    try:
+        step_rules(schedule.solver, len(schedule.timesteps))
+    except UsageError as err:
+        raise UsageError(f"schedule {path}: {err}") from None
     model = _model(schedule, options, device, f"schedule {path}")
     trained = trained_steps(schedule)
     if trained is not None and trained != model.num_train_timesteps:
@@ -169,16 +290,33 @@ def _check(schedule: SearchedSchedule, path, options, device: str) -> None:
 
 
 def sample(schedule: SearchedSchedule, n: int = 64, seed: int = 0, device: str = "cpu",
-           batch_size: int | None = None, options=None) -> torch.Tensor:
+           batch_size: int | None = None, options=None, return_inputs: bool = False):
     """``n`` images (uint8, (n, C, H, W)) from the schedule's model, time steps and masks;
-    ``options`` (a ``models.ModelOptions``) locate a real model's files."""
+    ``options`` (a ``models.ModelOptions``) locate a real model's files. With
+    ``return_inputs``: ``(images, SampleInputs)``, the noise and prompts they were sampled
+    from, which a pipeline of one's own given the schedule (``apply``) turns into the same
+    images: ``pipe(prompt=inputs.prompts, latents=inputs.noise, ...)`` (Stable Diffusion),
+    ``pipe(batch_size=n, generator=inputs.generator(), ...)`` (``DDPMPipeline``)."""
     study = schedule.provenance.get("study")
     what = f"the schedule from study {study!r}" if study else "the schedule"
     model = _model(schedule, options, device, what)
     batch = draw(model, n, seed, HELDOUT)
     x = run_solver(model, tuple(schedule.timesteps), batch, schedule.solver, batch_size,
                    skip=[tuple(s) for s in schedule.skip])
-    return to_uint8(x)
+    if not return_inputs:
+        return to_uint8(x)
+    return to_uint8(x), _inputs(model, batch, seed)
+
+
+def _inputs(model, batch, seed: int) -> SampleInputs:
+    prompts = getattr(model, "prompts", None)
+    labels = batch.labels
+    return SampleInputs(
+        noise=batch.noise.clone(),
+        prompts=None if prompts is None else [prompts[i] for i in labels.tolist()],
+        labels=None if prompts is not None or labels is None else labels.clone(),
+        # sampling.noise.draw's generator for held-out noise (tests check it draws ``noise``)
+        generator_seed=2 * seed + 1)
 
 
 def save_grid(images: torch.Tensor, path, upscale: int = UPSCALE) -> None:

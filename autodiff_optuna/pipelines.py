@@ -14,9 +14,16 @@ Inside the block the pipeline samples as the search scored the schedule:
   around each UNet call by forward hooks);
 - a model searched with its x0 prediction clipped to [-1, 1] (google's DDPMs) is clipped alike.
 
+The schedule must be the pipeline's model's: a UNet of another class or config, another training
+schedule (betas), or text-to-image where the model was not (or the reverse) is refused, as the
+schedule's ``identity`` records them (a bundled model's, from its files); a UNet of the same
+network with other weights (a fine-tune) is warned about. A schedule that records no identity
+(exported before identities were) applies with a warning that it cannot be checked.
+
 A ``StableDiffusionPipeline`` samples with the schedule's guidance when it is called with the
 schedule's ``guidance_scale`` (the exported file's ``diffusers`` fields hold it): the pipeline
-runs classifier-free guidance in one UNet call per step, as the search did.
+runs classifier-free guidance in one UNet call per step, as the search did. A call with another
+guidance scale is warned about.
 
 A plain call changes the pipeline in place and returns it wrapped (calls and attributes go to
 the pipeline; ``.restore()`` undoes the change); ``with`` restores it on leaving the block.
@@ -25,6 +32,7 @@ the pipeline; ``.restore()`` undoes the change); ``with`` restores it on leaving
 import contextlib
 import json
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -32,13 +40,14 @@ from types import SimpleNamespace
 import torch
 
 from autodiff_optuna.errors import UsageError
-from autodiff_optuna.export import FORMAT, SearchedSchedule, trained_steps
+from autodiff_optuna.export import SearchedSchedule, clips, read_schedule, trained_steps
 from autodiff_optuna.models.diffusers_unet import DiffusersUNetModel, bypass_for
-from autodiff_optuna.models.files import read_json
+from autodiff_optuna.models.identity import NETWORK_PARTS, bundled_identity, identity
 from autodiff_optuna.models.layers import find_skippable_layers
-from autodiff_optuna.models.registry import PRESETS
+from autodiff_optuna.models.registry import PRESETS, guidance_of
 from autodiff_optuna.models.stable_diffusion import StableDiffusionModel, sd_bypass_for
-from autodiff_optuna.sampling import SOLVER_ORDERS, validate
+from autodiff_optuna.sampling import validate
+from autodiff_optuna.sampling.rules import describe, single_scheduler_solver, step_rules
 from autodiff_optuna.sampling.skipping import check_skip, skipping
 from autodiff_optuna.sampling.solvers import make_scheduler
 
@@ -113,7 +122,8 @@ def apply(pipe, schedule) -> Applied:
     (a ``SearchedSchedule`` or the path of an exported schedule file). ``pipe`` is changed in
     place; use the result as a context manager to have it restored. One ``ValueError`` line if
     the pipeline type is unknown, or the schedule is for another model (other training steps,
-    layers its UNet lacks) or malformed."""
+    another UNet or training schedule, layers its UNet lacks) or malformed; a warning where
+    the UNet's weights are not the schedule's, or its model's identity is not recorded."""
     parts = _parts(pipe)
     schedule = _read(schedule)
     unet = getattr(pipe, parts.unet)
@@ -124,15 +134,19 @@ def apply(pipe, schedule) -> Applied:
     layers = parts.layers(unet)
     try:
         skip = _check(schedule, config, layers)
+        doubts = _check_identity(schedule, unet, config)
     except UsageError as err:
         raise ValueError(f"cannot apply the schedule for model {schedule.model!r} to this "
                          f"{type(pipe).__name__}: {err}") from None
+    for doubt in doubts:
+        warnings.warn(f"the schedule for model {schedule.model!r} on this "
+                      f"{type(pipe).__name__}: {doubt}", UserWarning, stacklevel=2)
     hooks = []
     if any(skip):
         hooks += _skip_hooks(unet, layers, dict(zip(schedule.timesteps, skip)))
-    if _clips(schedule.model, config):
+    if clips(schedule.model, config):
         hooks.append(_clip_hook(unet, config))
-    setattr(pipe, parts.scheduler, _solver(config, schedule))
+    setattr(pipe, parts.scheduler, _solver(config, schedule, _guidance_check(pipe, schedule)))
     return Applied(pipe, parts, current, hooks)
 
 
@@ -152,15 +166,9 @@ def _read(schedule) -> SearchedSchedule:
     if not isinstance(schedule, (str, os.PathLike)):
         raise TypeError("schedule must be a SearchedSchedule or the path of a schedule file")
     try:
-        data = read_json(schedule)
+        return read_schedule(schedule)
     except UsageError as err:
         raise ValueError(str(err)) from None
-    if data.pop("format", None) != FORMAT:
-        raise ValueError(f"{schedule} is not an autodiff-optuna schedule (format {FORMAT!r})")
-    try:
-        return SearchedSchedule(**data)
-    except TypeError as err:
-        raise ValueError(f"schedule {schedule} is malformed: {err}") from None
 
 
 def _check(schedule: SearchedSchedule, config: dict, layers: dict) -> list[tuple[str, ...]]:
@@ -171,8 +179,11 @@ def _check(schedule: SearchedSchedule, config: dict, layers: dict) -> list[tuple
     if trained is not None and trained != steps:
         raise UsageError(f"that model has {trained} training steps, this pipeline's "
                          f"scheduler {steps}")
-    if schedule.solver not in SOLVER_ORDERS:
-        raise UsageError(f"unknown solver {schedule.solver!r}; known: {', '.join(SOLVER_ORDERS)}")
+    step_rules(schedule.solver, len(schedule.timesteps))  # an unknown solver: one line
+    if single_scheduler_solver(schedule.solver, len(schedule.timesteps)) is None:
+        raise UsageError(f"its solver ({describe(schedule.solver, len(schedule.timesteps))}) "
+                         "is run by no single diffusers scheduler: sample it with "
+                         "autodiff_optuna.sample(schedule)")
     validate(schedule.timesteps, steps)
     if list(schedule.timesteps) != sorted(schedule.timesteps, reverse=True):
         raise UsageError("time steps must be descending")
@@ -194,28 +205,88 @@ def _trained_steps(schedule: SearchedSchedule) -> int | None:
     return preset.diffusion.get("diffusion_steps")
 
 
-def _clips(model: str, config: dict) -> bool:
-    """Whether the schedule's model was searched with its x0 prediction clipped (a preset
-    that clips where its scheduler does, ``--model diffusers``: where this pipeline's does)."""
+def _check_identity(schedule: SearchedSchedule, unet, config: dict) -> list[str]:
+    """A UsageError naming each part of the schedule's model that this pipeline's UNet and
+    scheduler config are not (``models.identity``); else what could not be checked, or
+    differs without making it another model (the weights), for warnings."""
+    recorded = schedule.identity or _known_identity(schedule.model)
+    here = identity(unet, config)
+    differences = [_difference(part, recorded[part], here[part]) for part in NETWORK_PARTS
+                   if recorded.get(part) is not None and recorded[part] != here[part]]
+    if differences:
+        raise UsageError("; ".join(differences))
+    doubts = []
+    if not all(recorded.get(part) is not None for part in NETWORK_PARTS):
+        doubts.append("the schedule does not record its model's identity (exported before "
+                      "identities were): whether this pipeline's UNet and training schedule "
+                      "are its model's cannot be checked")
+    elif recorded.get("unet_weights") not in (None, here["unet_weights"]):
+        doubts.append(f"this UNet's weights (digest {here['unet_weights']}) are not the ones "
+                      f"it was searched with ({recorded['unet_weights']}): the same network "
+                      "fine-tuned (or in another precision) may sample worse with it")
+    return doubts
+
+
+def _known_identity(model: str) -> dict:
+    """What is known of a preset's identity without a recorded one: a bundled model's whole
+    identity (its files are here), else whether it is text-to-image."""
     preset = PRESETS.get(model)
     if preset is None:
-        return False
-    if preset.clip_denoised is None:
-        return bool(config.get("clip_sample", False))
-    return preset.clip_denoised
+        return {}
+    if preset.directory is not None:
+        return bundled_identity(preset.directory)
+    return {"text_to_image": preset.prompts is not None}
 
 
-def _solver(config: dict, schedule: SearchedSchedule):
+def _difference(part: str, recorded, here) -> str:
+    """One part of the identity that differs, in words."""
+    if part == "text_to_image":
+        kinds = {True: "text-to-image", False: "not text-to-image"}
+        return f"its model is {kinds[recorded]}, this pipeline's UNet is {kinds[here]}"
+    if part == "unet":
+        return f"its model's UNet is a {recorded}, this pipeline's a {here}"
+    if part == "unet_config":
+        return f"its UNet's config (digest {recorded}) is not this UNet's ({here})"
+    return (f"its training schedule (betas digest {recorded}) is not this pipeline "
+            f"scheduler's ({here})")
+
+
+def _guidance_check(pipe, schedule: SearchedSchedule) -> Callable[[], None] | None:
+    """For a pipeline with classifier-free guidance (it has ``guidance_scale``): a check, run
+    as each call sets its time steps, that warns of a call whose guidance scale is not the
+    schedule's (the scale is part of what the search sampled)."""
+    fields = schedule.diffusers or {}
+    scale = fields.get("guidance_scale")
+    if scale is None:
+        scale = guidance_of(schedule.provenance.get("model_weights"))
+    if scale is None or not hasattr(type(pipe), "guidance_scale"):
+        return None
+
+    def check() -> None:
+        used = getattr(pipe, "guidance_scale", None)  # set by the call before its time steps
+        if used is not None and float(used) != float(scale):
+            warnings.warn(f"this {type(pipe).__name__} call's guidance_scale {used:g} is not "
+                          f"the schedule's: it was searched with guidance_scale={scale:g}",
+                          UserWarning, stacklevel=4)
+
+    return check
+
+
+def _solver(config: dict, schedule: SearchedSchedule, on_call: Callable[[], None] | None = None):
     """The schedule's solver from the pipeline scheduler's config, by sampling's own
-    constructor (it reads only these two attributes of a model), pinned to the schedule."""
+    constructor (it reads only these two attributes of a model), pinned to the schedule;
+    ``on_call`` runs as a pipeline call sets its time steps."""
     timesteps = list(schedule.timesteps)
     scheduler = make_scheduler(SimpleNamespace(scheduler_config=config, device=None),
-                               schedule.solver, timesteps)
+                               single_scheduler_solver(schedule.solver, len(timesteps)),
+                               timesteps)
     set_timesteps, step = scheduler.set_timesteps, scheduler.step
 
     def pinned(num_inference_steps=None, device=None, **ignored):
         # whatever a pipeline asks for: the schedule's steps (and a fresh multistep history)
         set_timesteps(timesteps=timesteps, device=device)
+        if on_call is not None:
+            on_call()
 
     def deterministic(model_output, timestep, sample, *args, eta=0.0,
                       use_clipped_model_output=None, **kwargs):

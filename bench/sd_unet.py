@@ -12,19 +12,12 @@ masks act on. Its layers are skipped by the Stable Diffusion adapter's own bypas
 import torch
 
 from autodiff_optuna.models.base import DiffusionModel
+from autodiff_optuna.models.registry import SD_V1_UNET
 from autodiff_optuna.models.stable_diffusion import StableDiffusionModel, sd_bypass_for
 
-# runwayml/stable-diffusion-v1-5 (now stable-diffusion-v1-5/stable-diffusion-v1-5),
-# unet/config.json: 859.5 M parameters, 38 skippable layers, 803 GFLOP per 512x512 image
-SD15_UNET = dict(
-    sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
-    block_out_channels=(320, 640, 1280, 1280), attention_head_dim=8, cross_attention_dim=768,
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D",
-                      "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D",
-                    "CrossAttnUpBlock2D"),
-    norm_num_groups=32, norm_eps=1e-5, act_fn="silu", center_input_sample=False,
-    downsample_padding=1, flip_sin_to_cos=True, freq_shift=0, mid_block_scale_factor=1)
+# SD 1.5's UNet (models/registry.py): 859.5 M parameters, 38 skippable layers, 803 GFLOP
+# per 512x512 image
+SD15_UNET = SD_V1_UNET
 # the same block types, tiny: the CPU smoke run
 TINY_SD_UNET = {**SD15_UNET, "sample_size": 8, "block_out_channels": (32, 32, 64, 64),
                 "layers_per_block": 1, "norm_num_groups": 8, "cross_attention_dim": 32}

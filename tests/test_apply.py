@@ -1,9 +1,11 @@
 """``autodiff_optuna.apply``: a diffusers pipeline built around the bundled digits UNet samples
 exactly what ``autodiff_optuna.sample`` samples, on the same noise, with and without skips."""
 
+import copy
 import inspect
 import json
 import re
+import warnings
 from pathlib import Path
 
 import pytest
@@ -12,14 +14,18 @@ from diffusers import (
     DDIMPipeline,
     DDPMPipeline,
     DDPMScheduler,
+    DPMSolverMultistepScheduler,
     ScoreSdeVePipeline,
     ScoreSdeVeScheduler,
 )
+from helpers import error_line
 
 import autodiff_optuna as ao
-from autodiff_optuna.export import SearchedSchedule
+from autodiff_optuna.errors import UsageError
+from autodiff_optuna.export import FORMAT, SearchedSchedule, clips, diffusers_fields
 from autodiff_optuna.metrics.fid import to_uint8
 from autodiff_optuna.models.diffusers_unet import DiffusersUNetModel
+from autodiff_optuna.models.identity import model_identity
 from autodiff_optuna.models.registry import DIGITS_DIR
 from autodiff_optuna.sampling import HELDOUT, draw, sample
 
@@ -172,8 +178,9 @@ def test_clipped_models_are_clipped(digits):
     x = sample(clipping, tuple(STEPS), draw(digits, N, SEED, HELDOUT), "dpmpp2m")
     unclipped = sample(digits, tuple(STEPS), draw(digits, N, SEED, HELDOUT), "dpmpp2m")
     assert (x - unclipped).abs().max() > 1e-3  # clipping matters on this schedule
-    with ao.apply(_pipeline(digits), schedule) as pipe:
-        images = _images(pipe)
+    with pytest.warns(UserWarning, match="cannot be checked"):  # a hub model's, not here
+        with ao.apply(_pipeline(digits), schedule) as pipe:
+            images = _images(pipe)
     torch.testing.assert_close(images, (x / 2 + 0.5).clamp(0, 1), rtol=0, atol=1e-6)
 
 
@@ -208,6 +215,8 @@ def test_the_export_holds_the_scheduler_apply_builds(digits, tmp_path, capsys):
     fields = exported["diffusers"]
     assert fields["timesteps"] == exported["timesteps"] and fields["num_train_timesteps"] == 1000
     assert fields["scheduler"] == "DPMSolverMultistepScheduler" and "guidance_scale" not in fields
+    assert exported["identity"] == model_identity(digits)  # recorded by the study
+    assert not fields["scheduler_config"]["thresholding"]  # the digits model does not clip
     with ao.apply(_pipeline(digits), tmp_path / "schedule.json") as pipe:
         built = pipe.scheduler
         assert type(built).__name__ == fields["scheduler"]
@@ -249,10 +258,51 @@ def test_a_schedule_for_another_number_of_training_steps_is_refused(digits, tmp_
     assert main(["sample", "--schedule", str(path), "--out", str(tmp_path / "g.png")]) == 2
     assert f"schedule {path} is for a model of 500 training steps, digits has 1000" in \
         capsys.readouterr().err
-    path.write_text(_schedule(digits, skips=False, diffusers=[1000]).to_json())
+    _write(path, diffusers=[1000])
     assert main(["sample", "--schedule", str(path), "--out", str(tmp_path / "g.png")]) == 2
     assert "'diffusers' must be an object" in capsys.readouterr().err
     assert not (tmp_path / "g.png").exists()
+
+
+def _write(path, **fields):
+    """A digits schedule file with ``fields`` as given (of any type)."""
+    schedule = {"format": FORMAT, "model": "digits", "solver": "ddim", "timesteps": STEPS,
+                "skip": [[]] * 4, **fields}
+    path.write_text(json.dumps(schedule))
+    return path
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("model", ["digits"], "'model' must be a string, got ['digits']"),
+    ("diffusers", "DPMSolverMultistepScheduler", "'diffusers' must be an object"),
+    ("diffusers", {"num_train_timesteps": 1000.0},
+     "diffusers 'num_train_timesteps' must be an integer, got 1000.0"),
+    ("fid", "1.5", "'fid' must be a number, got '1.5'"),
+    ("provenance", ["study"], "'provenance' must be an object, got ['study']"),
+    ("timesteps", [900, 600.5], "'timesteps' must be a list of integers"),
+    ("skip", "mid_block", "'skip' must be a list of lists of layer names"),
+    ("identity", {"text_to_image": "no"}, "identity 'text_to_image' must be true or false"),
+])
+def test_one_reader_and_one_set_of_checks_for_schedule_files(digits, tmp_path, capsys, field,
+                                                             value, message):
+    from autodiff_optuna.cli import main
+
+    path = _write(tmp_path / "s.json", **{field: value})
+    expected = f"schedule {path} is malformed: {message}"
+    assert expected in _refusal(_pipeline(digits), path)
+    with pytest.raises(UsageError) as err:
+        ao.load_schedule(path)
+    assert expected in str(err.value)
+    assert main(["sample", "--schedule", str(path), "--out", str(tmp_path / "g.png")]) == 2
+    assert expected in error_line(capsys)
+    with pytest.raises(ValueError, match=re.escape(message)):  # made by hand: the same check
+        SearchedSchedule(**_fields(path))
+
+
+def _fields(path) -> dict:
+    data = json.loads(path.read_text())
+    del data["format"]
+    return data
 
 
 def test_a_study_from_before_the_training_schedule_exports_without_diffusers_fields(
@@ -269,3 +319,94 @@ def test_a_study_from_before_the_training_schedule_exports_without_diffusers_fie
                  str(tmp_path / "old.json")]) == 0
     assert json.loads((tmp_path / "old.json").read_text())["diffusers"] is None
     assert "has no diffusers fields; rerun its study command" in capsys.readouterr().err
+
+
+# ---- the schedule's model: identity, clipping, inputs ----------------------------------------
+
+def test_a_bundled_models_schedule_is_checked_without_a_recorded_identity(digits):
+    """README's hand-made digits schedule: the bundled model's identity comes from its files."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # none of ours is issued
+        with ao.apply(_pipeline(digits), _schedule(digits)):
+            pass
+    other_betas = _pipeline(digits, beta_end=0.03)
+    assert "its training schedule (betas digest " in _refusal(other_betas, _schedule(digits))
+    deep = DiffusersUNetModel("digits-deep", DIGITS_DIR.parent / "digits-deep")
+    message = _refusal(_pipeline(deep), _schedule(digits, skips=False))
+    assert "its UNet's config (digest " in message and "is not this UNet's" in message
+
+
+def test_a_recorded_identity_refuses_another_model_and_warns_of_other_weights(digits):
+    schedule = _schedule(digits, model="mine", identity=model_identity(digits))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # none of ours is issued
+        with ao.apply(_pipeline(digits), schedule):
+            pass
+    # same network and schedule, other weights (a fine-tune): applied, with a warning
+    tuned = copy.deepcopy(digits.unet)
+    with torch.no_grad():
+        for parameter in tuned.parameters():
+            parameter.mul_(1.01)
+    pipe = DDPMPipeline(unet=tuned, scheduler=DDPMScheduler.from_config(digits.scheduler_config))
+    pipe.set_progress_bar_config(disable=True)
+    with pytest.warns(UserWarning, match="this UNet's weights .* are not the ones it was "
+                                         "searched with"):
+        with ao.apply(pipe, schedule):
+            pass
+    # the same weights in half precision are the same weights
+    half = DDPMPipeline(unet=copy.deepcopy(digits.unet).half(), scheduler=pipe.scheduler)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # none of ours is issued
+        ao.apply(half, schedule).restore()
+    # another training schedule (same number of steps), another network: refused, named
+    message = _refusal(_pipeline(digits, beta_schedule="squaredcos_cap_v2"), schedule)
+    assert "its training schedule (betas digest" in message
+    text_to_image = {**schedule.identity, "text_to_image": True}
+    message = _refusal(_pipeline(digits), _schedule(digits, identity=text_to_image))
+    assert "its model is text-to-image, this pipeline's UNet is not text-to-image" in message
+
+
+def test_a_schedule_without_identity_applies_with_a_warning(digits):
+    with pytest.warns(UserWarning, match="does not record its model's identity .* cannot be "
+                                         "checked"):
+        with ao.apply(_pipeline(digits), _schedule(digits, model="mine")):
+            pass
+
+
+def test_the_diffusers_fields_clip_as_the_search_did(tiny_unet_dir):
+    """``--model diffusers`` with DDPMScheduler's defaults (clip_sample): the exported solver
+    alone, in a loop of one's own, samples what ``apply`` samples."""
+    model = DiffusersUNetModel("diffusers", tiny_unet_dir, clip_denoised=None)
+    assert model.clip_denoised and clips("diffusers", model.scheduler_config)
+    fields = diffusers_fields(model.scheduler_config, "dpmpp2m", STEPS,
+                              clip=clips("diffusers", model.scheduler_config))
+    schedule = SearchedSchedule(model="diffusers", solver="dpmpp2m", timesteps=STEPS,
+                                skip=[[]] * 4, diffusers=fields, identity=model_identity(model))
+    with ao.apply(_pipeline(model), schedule) as pipe:
+        applied = _images(pipe)
+    noise = torch.randn((N, *model.sample_shape), generator=_generator())
+
+    def pasted(config):
+        scheduler = DPMSolverMultistepScheduler.from_config(config)
+        scheduler.set_timesteps(timesteps=fields["timesteps"])
+        x = noise.clone()
+        with torch.no_grad():
+            for t in scheduler.timesteps:
+                x = scheduler.step(model.unet(x, t).sample, t, x).prev_sample
+        return (x / 2 + 0.5).clamp(0, 1)
+
+    torch.testing.assert_close(pasted(fields["scheduler_config"]), applied, rtol=0, atol=1e-5)
+    unclipped = {**fields["scheduler_config"], "thresholding": False}
+    assert (pasted(unclipped) - applied).abs().max() > 1e-2  # clipping matters here
+
+
+def test_sample_returns_the_inputs_a_pipeline_reproduces(digits):
+    schedule = _schedule(digits, "dpmpp2m")
+    images, inputs = ao.sample(schedule, n=N, seed=SEED, return_inputs=True)
+    assert torch.equal(images, ao.sample(schedule, n=N, seed=SEED))
+    assert inputs.prompts is None and inputs.labels is None
+    assert torch.equal(torch.randn(inputs.noise.shape, generator=inputs.generator()),
+                       inputs.noise)
+    with ao.apply(_pipeline(digits), schedule) as pipe:
+        again = pipe(batch_size=N, generator=inputs.generator(), output_type="pt").images
+    assert torch.equal(to_uint8(again * 2 - 1), images)

@@ -279,7 +279,7 @@ def test_an_input_that_is_no_file_to_read(path, message, capsys):
     ({"provenance": {"trial": "3"}}, "provenance 'trial' must be an integer"),
     ({"provenance": {"study": ["x"]}}, "provenance 'study' must be a string"),
     ({"timesteps": ["999", "499"]}, "a list of integers"),
-    ({"skip": [[["a"]], []]}, NOT_NAMES),
+    ({"skip": [[["a"]], []]}, "'skip' must be a list of lists of layer names"),
 ])
 def test_a_schedule_file_with_fields_of_the_wrong_type(change, message, url, tmp_path, capsys):
     schedule = _schedule_file(url, tmp_path, capsys)
@@ -387,16 +387,20 @@ def _wait_for_a_running_trial(worker, path: Path) -> None:
 
 @pytest.mark.slow  # a worker process
 def test_a_second_ctrl_c_is_quiet(spawn, tmp_path):
-    """A second Ctrl-C while the first is being cleaned up: the process ends at once, without a
-    traceback. (One Ctrl-C: tests/test_resilience.py.)"""
+    """A second Ctrl-C once the first has been handled (the first's cleanup has begun): the
+    process ends at once, without a traceback. The second is sent only after the worker has
+    said it was interrupted, so the two can never arrive as one (which would test a single
+    Ctrl-C: tests/test_resilience.py); it lands in the rest of the cleanup or after the exit,
+    and both are quiet."""
     path = tmp_path / "int.db"
     worker = spawn(["study", "--model", "digits", "--steps", "3", "--stage", "1", "--trials",
                     "50", "--samples", "200", "--population", "4", "--heartbeat", "1",
                     "--storage", f"sqlite:///{path}", "--quiet"])
     _wait_for_a_running_trial(worker, path)
     worker.send_signal(signal.SIGINT)
-    time.sleep(0.01)  # most often inside the cleanup; wherever it lands, it is quiet
-    worker.send_signal(signal.SIGINT)
+    while worker.poll() is None and "interrupted" not in worker.err_path.read_text():
+        time.sleep(0.05)  # waits on the worker's own word that the first was handled
+    worker.send_signal(signal.SIGINT)  # a no-op once the worker has exited
     code = worker.wait()
     lines = [line for line in worker.err_path.read_text().splitlines() if line.strip()]
     assert code in (130, -signal.SIGINT)  # -SIGINT: the second came while Python was exiting
@@ -437,3 +441,174 @@ print(torch.get_num_threads())
                          timeout=CEILING, env={**os.environ, "OMP_NUM_THREADS": "2"})
     assert run.returncode == 0, run.stderr
     assert run.stdout.split() == ["1", "3"]
+
+
+# -- issue 25: names, reference files and model configs refused up front; quiet loads ----------
+
+@pytest.mark.parametrize("name, message", [
+    ("x" * 10_000, "is 10000 bytes long, a file name at most 248"),
+    ("é" * 125, "is 250 bytes long"),  # bytes, not characters
+    ("team/run-1", "path separator"),
+    ("..", "'.' or '..'"),
+])
+def test_a_study_name_no_report_folder_can_have_is_refused_up_front(name, message, tmp_path,
+                                                                    capsys):
+    new = tmp_path / "new.db"
+    err = _refused(capsys, ["study", "--model", "digits", "--steps", "2", "--name", name,
+                            "--storage", f"sqlite:///{new}"])
+    assert message in err and "cannot be used" in err and len(err) < 300
+    assert not new.exists()
+
+
+def test_a_stored_name_too_long_for_a_folder_is_reported_with_out(url, tmp_path, capsys,
+                                                                  monkeypatch):
+    from autodiff_optuna.search.config import MAX_NAME_BYTES, name_problem
+
+    assert name_problem("a" * MAX_NAME_BYTES) is None and name_problem("a" * 249) is not None
+    long_name = "y" * 300
+    _copy_as(url, long_name)
+    monkeypatch.chdir(tmp_path)
+    err = _refused(capsys, ["report", "--name", long_name, "--storage", url, "--no-png"])
+    assert "is 300 bytes long" in err and "pass --out DIR" in err and len(err) < 300
+    assert not (tmp_path / "reports").exists()
+
+
+@pytest.fixture
+def real_fid_flags(tmp_path) -> list[str]:
+    """A stand-in Inception (16 features) and statistics of its dimension: what a real model's
+    FID needs, for `evaluate --model diffusers`."""
+    import numpy as np
+    from realmodel_standins import save_standin_inception, save_stats
+
+    inception = save_standin_inception(tmp_path / "inception.pt", dim=16)
+    stats = save_stats(tmp_path / "stats.npz", np.random.default_rng(0).normal(size=(40, 16)))
+    return ["--inception", str(inception), "--ref-stats", str(stats)]
+
+
+def _evaluate_diffusers(checkpoint, flags) -> list[str]:
+    return ["evaluate", "--model", "diffusers", "--checkpoint", str(checkpoint), "--timesteps",
+            "999,499", "--samples", "20", "--no-uniform", "--device", "cpu", *flags]
+
+
+def test_a_dangling_link_among_the_reference_images(tiny_unet_dir, real_fid_flags, tmp_path,
+                                                    capsys):
+    from PIL import Image
+
+    folder = tmp_path / "real"
+    folder.mkdir()
+    for i in range(20):
+        Image.new("RGB", (8, 8), (i, 2 * i, 3 * i)).save(folder / f"{i}.png")
+    (folder / "gone.png").symlink_to(tmp_path / "deleted.png")
+    flags = [real_fid_flags[0], real_fid_flags[1], "--ref-images", str(folder)]
+    err = _refused(capsys, _evaluate_diffusers(tiny_unet_dir, flags))
+    assert f"{folder / 'gone.png'} is a symbolic link to {tmp_path / 'deleted.png'}, which " \
+           "does not exist" in err
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_reference_statistics_that_are_not_finite(value, tiny_unet_dir, real_fid_flags,
+                                                  tmp_path, capsys):
+    import numpy as np
+
+    stats = tmp_path / "bad-stats.npz"
+    sigma = np.eye(16)
+    sigma[3, 5] = value
+    np.savez(stats, mu=np.zeros(16), sigma=sigma)
+    flags = real_fid_flags[:2] + ["--ref-stats", str(stats)]
+    err = _refused(capsys, _evaluate_diffusers(tiny_unet_dir, flags))
+    assert f"FID reference statistics {stats} holds NaN or infinite values" in err
+
+
+def _with_sample_size(unet_dir: Path, tmp_path: Path, size) -> Path:
+    """A copy of a diffusers model whose UNet config says another sample_size."""
+    import shutil
+
+    copy = tmp_path / f"unet-{size}"
+    shutil.copytree(unet_dir, copy)
+    config = copy / "unet" / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "sample_size": size}))
+    return copy
+
+
+@pytest.mark.parametrize("size, message", [
+    (-4, "sample_size must be a positive integer (pixels a side), got -4"),
+    (0, "sample_size must be a positive integer (pixels a side), got 0"),
+    ("8", "sample_size must be a positive integer (pixels a side), got '8'"),
+    (3, "cannot evaluate one sample of its shape 1x3x3 ("),  # too small for its downsampling
+    (2**40, "need about"),  # far more memory than this machine has
+])
+def test_a_unet_config_whose_sample_size_cannot_run(size, message, tiny_unet_dir,
+                                                    real_fid_flags, tmp_path, capsys):
+    checkpoint = _with_sample_size(tiny_unet_dir, tmp_path, size)
+    assert message in _refused(capsys, _evaluate_diffusers(checkpoint, real_fid_flags))
+
+
+def test_a_sample_shape_that_cannot_be_allocated_is_one_line(tiny_unet_dir, tmp_path):
+    """The model's first evaluation (counting its FLOPs): a tensor of its sample shape that
+    cannot be allocated at all is a UsageError, whichever command asked."""
+    from autodiff_optuna.errors import UsageError
+    from autodiff_optuna.metrics.flops import layer_costs
+    from autodiff_optuna.models.diffusers_unet import DiffusersUNetModel
+
+    model = DiffusersUNetModel("huge", _with_sample_size(tiny_unet_dir, tmp_path, 2**32))
+    with pytest.raises(UsageError, match=r"cannot evaluate one sample of its shape "
+                                         r"1x4294967296x4294967296 \(.*overflow") as err:
+        layer_costs(model)
+    assert len(str(err.value).splitlines()) == 1
+
+
+def test_a_bin_checkpoint_in_another_pickle_protocol_loads_without_warnings(tiny_unet_dir,
+                                                                            tmp_path):
+    """torch warns that it reads a .bin of pickle protocol 3 with its restricted unpickler: it
+    loads, and the user has nothing to do about it, so nothing is shown."""
+    import warnings
+
+    import torch
+    from safetensors.torch import load_file
+
+    from autodiff_optuna.models.diffusers_unet import DiffusersUNetModel
+
+    copy = _with_sample_size(tiny_unet_dir, tmp_path, 8)
+    weights = copy / "unet" / "diffusion_pytorch_model.safetensors"
+    torch.save(load_file(weights), copy / "unet" / "diffusion_pytorch_model.bin",
+               pickle_protocol=3, _use_new_zipfile_serialization=False)
+    weights.unlink()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # whatever pyproject.toml's filters say
+        model = DiffusersUNetModel("bin", copy)
+    assert model.sample_shape == (1, 8, 8)
+    with pytest.warns(UserWarning, match="Detected pickle protocol 3"):  # what was silenced
+        torch.load(copy / "unet" / "diffusion_pytorch_model.bin", weights_only=True)
+
+
+# -- --timeout: a search stops between trials and resumes ----------------------------------------
+
+def test_a_timeout_that_is_no_number_of_seconds(tmp_path, capsys):
+    new = tmp_path / "new.db"
+    for value in ("-1", "nan", "inf"):
+        assert "--timeout must be a number of seconds, 0 or more" in _refused(capsys, [
+            "study", "--model", "digits", "--steps", "2", "--timeout", value,
+            "--storage", f"sqlite:///{new}"])
+    assert not new.exists()
+
+
+@pytest.mark.slow  # three small studies
+def test_a_search_stopped_by_timeout_resumes_to_its_total(tmp_path, capsys):
+    """No clock: --timeout 0 starts no trial, so where it stops is known; the same command
+    without it resumes to the total."""
+    from autodiff_optuna.search.fidelity import n_evaluated
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    base = ["study", "--model", "digits", "--steps", "2", "--samples", "80", "--population",
+            "3", "--quiet", "--stage", "1", "--storage", url]
+    assert main(base + ["--trials", "2"]) == 0
+    capsys.readouterr()
+    assert main(base + ["--trials", "4", "--timeout", "0"]) == 0
+    err = capsys.readouterr().err
+    assert ("stopped by --timeout 0s, between trials: stage 1 has 2 of 4 trials; rerun the "
+            "same command to resume study 'digits-k2'") in err and "Traceback" not in err
+    study = optuna.load_study(study_name="digits-k2", storage=url)
+    assert n_evaluated(study) == 2
+    assert not study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+    assert main(base + ["--trials", "4", "--timeout", "3600"]) == 0  # a timeout not reached
+    assert n_evaluated(study) == 4

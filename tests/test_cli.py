@@ -8,7 +8,7 @@ from helpers import error_line
 
 from autodiff_optuna.cli import main
 
-FAST = ["--samples", "80", "--population", "3", "--quiet", "--stage", "1"]
+FAST = ["--samples", "80", "--population", "3", "--quiet", "--solver", "ddim", "--stage", "1"]
 
 
 
@@ -112,7 +112,7 @@ def test_stage1_with_an_optuna_sampler_resumes_and_keeps_its_sampler(capsys, tmp
 def test_end_to_end_study_best_and_evaluate(tmp_path, capsys):
     url = f"sqlite:///{tmp_path}/s.db"
     argv = ["study", "--model", "digits", "--steps", "4", "--trials", "7", "--samples", "80",
-            "--population", "5", "--storage", url]
+            "--population", "5", "--solver", "ddim", "--storage", url]
     assert main(argv + ["--stage", "1"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert sum(line.startswith("stage 1 [") for line in out) == 7  # a progress line per trial
@@ -220,11 +220,13 @@ def test_stage_two_resumes(tmp_path):
     assert main(base + ["--stage", "2", "--stage2-trials", "6"]) == 0  # stage 2 alone
 
 
-def test_every_command_and_flag_has_help():
+def test_every_command_and_flag_has_help(tmp_path):
     import argparse
 
     from autodiff_optuna.cli import build_parser
     from autodiff_optuna.models.registry import PRESETS
+    from autodiff_optuna.search.config import DEFAULT_TRIALS, configure, load_preset
+    from autodiff_optuna.storage import open_storage
 
     parser = build_parser()
     assert "`" not in parser.description
@@ -237,6 +239,54 @@ def test_every_command_and_flag_has_help():
         model = next((a for a in sub._actions if "--model" in a.option_strings), None)
         if model is not None:
             assert all(preset in model.help for preset in PRESETS), name
+        assert sub.description, f"{name} has no description"
+        assert not sub.allow_abbrev, name  # --trial is not taken for --trials
+        for action in sub._actions:  # every default is in the help, as the code has it
+            if action.option_strings and action.default not in (None, False, "==SUPPRESS=="):
+                assert "default" in action.help and str(action.default).rstrip("0").rstrip(
+                    ".") in action.help, f"{name} {action.option_strings}: {action.help}"
+    assert not parser.allow_abbrev
+    study = commands.choices["study"]
+    helps = {a.option_strings[0]: a.help for a in study._actions if a.option_strings}
+    preset = load_preset("digits", 4)
+    for flag, key in (("--trials", "trials"), ("--samples", "samples"), ("--seed", "seed"),
+                      ("--population", "population"), ("--stage2-trials", "stage2_trials"),
+                      ("--min-samples", "min_samples"), ("--solver", "solver"),
+                      ("--sampler", "sampler")):  # the preset's value, as configure takes it
+        assert "default: from the model's preset" in helps[flag], flag
+        assert key not in preset or f"digits-k4: {preset[key]};" in helps[flag], flag
+    assert f"digits-k4: {preset['trials']}; without one, {DEFAULT_TRIALS}" in helps["--trials"]
+    assert f"digits-k4: {preset['stage2_trials']}; without one, --trials" in helps[
+        "--stage2-trials"]
+    config, targets = configure("digits", 4)
+    assert (targets.trials, targets.stage2_trials, config.population) == (
+        preset["trials"], preset["stage2_trials"], preset["population"])
+    # a trial is retried once its heartbeat has been missed as often as the help says
+    storage = open_storage(f"sqlite:///{tmp_path}/s.db", heartbeat=10, writable=True)
+    assert f"once {storage.grace_period // 10} beats are missed" in helps["--heartbeat"]
+    # sample scores nothing: no FID reference or network flags
+    sample = {f for a in commands.choices["sample"]._actions for f in a.option_strings}
+    assert not {"--ref-stats", "--ref-images", "--ref-teacher", "--inception"} & sample
+    assert "--checkpoint" in sample
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["study", "--model", "digits", "--steps", "4", "--trial", "5"],
+     "autodiff_optuna study: unrecognized argument '--trial'; did you mean --trials?"),
+    (["study", "--model", "digits", "--steps", "4", "--stage2-trial=5"],
+     "did you mean --stage2-trials?"),
+    (["best", "--jsn"], "autodiff_optuna best: unrecognized argument '--jsn'; did you mean "
+                        "--json?"),
+    (["report", "--heldout", "3"], "did you mean --heldout-samples?"),
+    (["sample", "--ref-stats", "x.npz"], "autodiff_optuna sample: unrecognized argument "
+                                         "'--ref-stats'"),
+    (["list", "extra"], "autodiff_optuna list: unrecognized argument 'extra' (usage: "
+                        "'autodiff_optuna list --help' lists its flags)"),
+])
+def test_a_misspelled_or_abbreviated_flag_names_the_command_and_the_nearest(argv, message,
+                                                                           capsys):
+    assert main(argv) == 2
+    assert message in error_line(capsys)
 
 
 def test_reading_commands_name_the_study_as_study_does(tmp_path, capsys):

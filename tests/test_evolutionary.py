@@ -1,5 +1,10 @@
 """Property tests of the evolutionary sampler, on a cheap synthetic objective."""
 
+import copy
+import hashlib
+import json
+import pickle
+
 import numpy as np
 import optuna
 import pytest
@@ -7,8 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from autodiff_optuna.sampling import schedules
+from autodiff_optuna.search import variation
+from autodiff_optuna.search.children import MIN_BANDWIDTH, ParzenChild
 from autodiff_optuna.search.encoding import Candidate, CandidateSpace
-from autodiff_optuna.search.evolutionary import EvolutionarySampler
+from autodiff_optuna.search.evolutionary import EvolutionarySampler, SearchSpaceExhausted
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 T = 1000
@@ -48,7 +55,7 @@ def _valid(candidate, k, t=T, layers=()):
 def test_mutation_makes_valid_neighbours(k, layers, data, seed):
     space = CandidateSpace(k, T, layers)
     parent = data.draw(_candidate(k, layers))
-    child = space.mutate(parent, np.random.default_rng(seed))
+    child = variation.mutate(space, parent, np.random.default_rng(seed))
     assert _valid(child, k, layers=layers)
     assert child != parent  # at least one step replaced or shifted, or one mask bit flipped
     if not layers:
@@ -61,7 +68,7 @@ def test_mutation_makes_valid_neighbours(k, layers, data, seed):
 def test_crossover_draws_from_the_union(k, layers, data, seed):
     space = CandidateSpace(k, T, layers)
     a, b = data.draw(_candidate(k, layers)), data.draw(_candidate(k, layers))
-    child = space.crossover(a, b, np.random.default_rng(seed))
+    child = variation.crossover(space, a, b, np.random.default_rng(seed))
     assert _valid(child, k, layers=layers)
     union = set(a.timesteps) | set(b.timesteps)
     # every step comes from a parent, but for refills of a step both parents gave (a step
@@ -82,8 +89,8 @@ def test_shift_moves_each_step_with_its_mask(k, layers, data, seed):
     space = CandidateSpace(k, T, layers)
     parent = data.draw(_candidate(k, layers))
     rng = np.random.default_rng(seed)
-    assert space.shift(parent, np.zeros(k), rng) == parent
-    child = space.shift(parent, rng.normal(0.0, 0.4, k), rng)  # moves of at most one step
+    assert variation.shift(space, parent, np.zeros(k), rng) == parent
+    child = variation.shift(space, parent, rng.normal(0.0, 0.4, k), rng)  # at most one step
     assert _valid(child, k, layers=layers)
     if len(set(child.timesteps)) == k and all(
             abs(a - b) <= 1 for a, b in zip(child.timesteps, parent.timesteps)):
@@ -96,13 +103,13 @@ def test_parzen_children_sample_around_the_better_half():
     space = CandidateSpace(3, T)
     good = [space.candidate((500 + d, 300 - d, 100 + d)) for d in range(5)]
     bad = [space.candidate((900 - d, 800 - d, 700 - d)) for d in range(5)]
-    sampler = EvolutionarySampler(space, parzen_prob=1.0)
+    parzen = ParzenChild(space)
     rng = np.random.default_rng(0)
-    children = [sampler._parzen_child(good + bad, rng) for _ in range(300)]
+    children = [parzen(good + bad, rng) for _ in range(300)]
     moved = np.array([c.timesteps for c in children]) - np.array([500, 300, 100])
     assert all(_valid(c, 3) for c in children)
-    assert np.abs(moved).max() <= 5 * 0.02 * T + 4  # 5 kernel widths around the good half
-    assert 0.5 * 0.02 * T < moved.std(axis=0).min()  # and not collapsed onto it
+    assert np.abs(moved).max() <= 5 * MIN_BANDWIDTH * T + 4  # 5 kernel widths around the good half
+    assert 0.5 * MIN_BANDWIDTH * T < moved.std(axis=0).min()  # and not collapsed onto it
 
 
 @settings(max_examples=100, deadline=None)
@@ -248,3 +255,95 @@ def test_suggest_is_the_hand_written_suggestion():
                              for name, d in space.distributions().items()})
 
     assert run(space.suggest) == run(by_hand)
+
+
+# -- a library part: checked input, a finite space, copies -----------------------------------
+
+
+@pytest.mark.parametrize("args, message", [
+    ((5, 3), "do not fit"), ((0, 1000), "at least 1"), ((-2, 1000), "at least 1"),
+    ((2.5, 1000), "integer"), ((3, True), "integer"), ((2, 10, "ab"), "not the string"),
+    ((2, 10, ("a", "a")), "named twice"), ((2, 10, ("a", "")), "non-empty")])
+def test_candidate_space_refuses_bad_input(args, message):
+    with pytest.raises(ValueError, match=message):
+        CandidateSpace(*args)
+
+
+def test_candidate_space_accepts_numpy_integers_and_lists():
+    space = CandidateSpace(np.int64(3), np.int32(60), ["a", "b"])
+    assert space == CandidateSpace(3, 60, ("a", "b")) and hash(space) == hash(CandidateSpace(
+        3, 60, ("a", "b")))
+    assert space.size == 34220 * 2 ** 6
+
+
+@pytest.mark.parametrize("steps, t, layers, trials", [
+    (3, 6, (), 21), (4, 4, (), 2), (2, 3, (), 4), (2, 2, ("a",), 5)])
+def test_an_exhausted_space_stops_the_study(steps, t, layers, trials):
+    """Every candidate is tried once; the next trial stops the study with one clear error
+    instead of searching forever for a candidate that does not exist."""
+    space = CandidateSpace(steps, t, layers)
+    study = optuna.create_study(sampler=EvolutionarySampler(space, population_size=4))
+    with pytest.raises(SearchSpaceExhausted, match=f"all {space.size} candidates"):
+        study.optimize(lambda trial: float(sum(space.suggest(trial).timesteps)),
+                       n_trials=trials)
+    complete = [space.decode(t.params) for t in study.trials if t.state.name == "COMPLETE"]
+    assert len(complete) == len(set(complete)) == space.size == trials - 1
+
+
+def test_mutation_of_a_single_candidate_space_is_refused():
+    space = CandidateSpace(4, 4)
+    with pytest.raises(ValueError, match="single candidate"):
+        variation.mutate(space, space.candidate((3, 2, 1, 0)), np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("copy_of", [copy.deepcopy, lambda s: pickle.loads(pickle.dumps(s))])
+def test_the_sampler_copies_and_pickles(copy_of):
+    """As Optuna's samplers: a copy, taken even mid-study, continues the same evolution (the
+    state is in the storage), and the original is untouched."""
+    whole, objective, _ = _synthetic_study(None)
+    whole.optimize(objective, n_trials=30)
+
+    study, objective, sampler = _synthetic_study(None)
+    study.optimize(objective, n_trials=13)
+    study.sampler = copy_of(sampler)
+    assert study.sampler is not sampler
+    study.optimize(objective, n_trials=17)
+    assert [t.params for t in study.trials] == [t.params for t in whole.trials]
+
+
+def _seeded_stage1(seed: int) -> list[dict]:
+    space = CandidateSpace(4, 100)
+    initial = [space.candidate([99, 74, 49, 24]), space.candidate([75, 50, 25, 0])]
+    study = optuna.create_study(sampler=EvolutionarySampler(space, population_size=8, seed=seed,
+                                                            initial=initial))
+    target = np.array([80, 41, 17, 3])
+    study.optimize(lambda t: float(np.abs(np.array(space.suggest(t).timesteps) - target).sum()),
+                   n_trials=120)
+    return [t.params for t in study.trials]
+
+
+def _seeded_stage2(seed: int) -> list[dict]:
+    space = CandidateSpace(3, 60, ("a", "b", "c"))
+    initial = [space.candidate([59, 39, 19]), space.candidate([50, 30, 10])]
+    study = optuna.create_study(directions=["minimize", "minimize"], sampler=EvolutionarySampler(
+        space, population_size=6, seed=seed, initial=initial, first_generation="children",
+        parzen_prob=0.0))
+    study.enqueue_trial(space.encode(initial[0]))
+
+    def objective(trial):
+        candidate = space.suggest(trial)
+        return (float(np.abs(np.array(candidate.timesteps) - [41, 17, 3]).sum()),
+                -float(sum(map(len, candidate.skip))))
+
+    study.optimize(objective, n_trials=90)
+    return [t.params for t in study.trials]
+
+
+@pytest.mark.parametrize("run, seed, fingerprint", [
+    (_seeded_stage1, 0, "6912c6bcff2fce18"), (_seeded_stage1, 7, "64600a1504af1b10"),
+    (_seeded_stage2, 0, "3866501a773ae657"), (_seeded_stage2, 7, "80139a42aeb03791")])
+def test_a_seeded_study_gives_the_same_trials(run, seed, fingerprint):
+    """The parameters of every trial of seeded stage-1-like and stage-2-like studies, pinned: a
+    change of the sampler's parts that changes a single draw changes the search."""
+    params = json.dumps(run(seed), sort_keys=True).encode()
+    assert hashlib.sha256(params).hexdigest()[:16] == fingerprint

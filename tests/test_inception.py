@@ -131,6 +131,16 @@ def test_statistics_of_another_dimension_are_refused(standin, tmp_path):
         inception_scorer(standin, stats, "clean")
 
 
+def test_a_successful_load_shows_no_warning(standin):
+    """torch.jit.load is deprecated in torch, and it is how clean-fid's file is read: a user
+    has nothing to do about that, so a load that works prints nothing."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # whatever pyproject.toml's filters say
+        InceptionFeatures(standin)
+
+
 def test_not_an_inception_file_is_one_line(tmp_path):
     (tmp_path / "x.pt").write_bytes(b"junk")
     with pytest.raises(UsageError, match="cannot load the Inception network"):

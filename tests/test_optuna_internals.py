@@ -96,33 +96,24 @@ def test_ga_generation_key():
         assert [t.system_attrs[key] for t in study.trials] == [0, 0, 1, 1, 2, 2]
 
 
-def test_nsgaii_elite_selection_and_constraints():
-    """The selection ranks by value, and ranks a trial whose recorded constraints are violated
-    after every feasible one: record_constraints writes where the selection reads."""
+def test_nsgaii_elite_selection():
+    """The selection keeps the best trials, best first, for one objective and for two."""
     with relied_on("optuna.samplers.nsgaii._elite_population_selection_strategy."
-                   "NSGAIIElitePopulationSelectionStrategy or "
-                   "optuna.samplers._base._process_constraints_after_trial"):
-        def violated_by_the_best(trial):
-            return [1.0 if trial.number == 0 else -1.0]
+                   "NSGAIIElitePopulationSelectionStrategy"):
+        study = optuna.create_study()
+        for value in (0.3, 0.1, 0.4, 0.2):
+            study.enqueue_trial({"x": value})
+        study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=4)
+        select = internals.nsgaii_elite_selection(2)
+        assert [t.number for t in select(study, study.trials)] == [1, 3]
 
-        def four_trials(record):  # trial 0 is the best
-            study = optuna.create_study()
-            storage = internals.storage_of(study)
-            for value in (0.1, 0.2, 0.3, 0.4):
-                trial = study.ask()
-                if record:  # as a sampler's after_trial does, before the trial finishes
-                    frozen = storage.get_trial(internals.trial_id(trial))
-                    internals.record_constraints(violated_by_the_best, study, frozen,
-                                                 TrialState.COMPLETE)
-                study.tell(trial, value)
-            return study
-
-        select = internals.nsgaii_elite_selection(2, constraints_func=None)
-        study = four_trials(record=False)
-        assert {t.number for t in select(study, study.trials)} == {0, 1}
-        select = internals.nsgaii_elite_selection(2, violated_by_the_best)
-        study = four_trials(record=True)
-        assert {t.number for t in select(study, study.trials)} == {1, 2}
+        study = optuna.create_study(directions=["minimize", "minimize"])
+        for values in ((1, 3), (3, 1), (4, 4), (2, 2)):
+            study.enqueue_trial({"x": values[0], "y": values[1]})
+        study.optimize(lambda t: (t.suggest_float("x", 0, 5), t.suggest_float("y", 0, 5)),
+                       n_trials=4)
+        elites = internals.nsgaii_elite_selection(3)(study, study.trials)
+        assert {t.number for t in elites} == {0, 1, 3}  # the first front; trial 2 dominated
 
 
 def test_the_sampler_is_usable():

@@ -8,7 +8,9 @@ the same file: ``InceptionV3W`` and ``get_folder_features``, the mean and covari
 clean-fid's fixed /tmp path, downloading it, and writes into clean-fid's package folder).
 """
 
+import io
 import json
+import re
 
 import numpy as np
 import pytest
@@ -213,8 +215,18 @@ def test_teacher_statistics_of_digits(digits, tmp_path, monkeypatch):
     from autodiff_optuna.sampling.schedules import uniform
 
     scorer = digits_scorer(DIGITS_DIR)
+    lines = io.StringIO()
+    monkeypatch.setattr(reference, "TEACHER_CHUNK", 32)  # chunks of 32 images: 3 lines
     ref = reference_from_teacher(digits, scorer, steps=10, n=80, seed=1, solver="ddim",
-                                 cache_dir=tmp_path)
+                                 cache_dir=tmp_path, stream=lines)
+    monkeypatch.undo()
+    # a line as it starts and one per chunk of images made, with an ETA, as a study's trials
+    head, *progress = lines.getvalue().splitlines()
+    assert head == ("FID reference: 80 samples of digits, 10 steps of ddim on held-out noise "
+                    "(made once and cached)")
+    assert [line.split("  (")[0] for line in progress] == [
+        "teacher [32/80] images", "teacher [64/80] images", "teacher [80/80] images"]
+    assert all(re.search(r"\(\d+\.\ds, ETA \d+m\d\ds\)$", line) for line in progress)
     batch = draw(digits, 80, 1 + TEACHER_SEED_OFFSET, HELDOUT)
     images = to_uint8(sample(digits, uniform(10, 1000), batch, "ddim"))
     feats = scorer.features(images)
@@ -222,8 +234,10 @@ def test_teacher_statistics_of_digits(digits, tmp_path, monkeypatch):
     np.testing.assert_allclose(ref.sigma, np.cov(feats, rowvar=False), rtol=1e-6, atol=1e-6)
     # cached: the same arguments reuse it, other ones do not
     monkeypatch.setattr("autodiff_optuna.sampling.sample", _must_not_run)
+    lines = io.StringIO()
     again = reference_from_teacher(digits, scorer, steps=10, n=80, seed=1, solver="ddim",
-                                   cache_dir=tmp_path)
+                                   cache_dir=tmp_path, stream=lines)
+    assert lines.getvalue() == ""  # cached: nothing to wait for
     monkeypatch.undo()
     assert again.name == ref.name and np.array_equal(again.sigma, ref.sigma)
     other = reference_from_teacher(digits, scorer, steps=20, n=80, seed=1, solver="ddim",

@@ -5,6 +5,7 @@ import json
 import math
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -45,7 +46,7 @@ def url(tmp_path_factory) -> str:
     url = f"sqlite:///{tmp_path_factory.mktemp('study')}/s.db"
     assert main(["study", "--model", "digits", "--steps", "3", "--trials", "6",
                  "--stage2-trials", "6", "--samples", "80", "--population", "4", "--quiet",
-                 "--storage", url]) == 0
+                 "--solver", "ddim", "--storage", url]) == 0
     return url
 
 
@@ -115,6 +116,7 @@ def test_page_holds_every_part_and_opens_offline(report, url):
     assert page.count(get_plotlyjs()[:500]) == 1
     assert not re.search(r"<script[^>]*\bsrc=", page) and "<link" not in page
     assert "Stage 1: digits-k3" in page and "Stage 2: digits-k3-stage2" in page
+    assert "`" not in _prose(page) and '"evaluate --samples 80 --seed 0"' in html.unescape(page)
     # progress lines on stderr for the long parts
     assert "held-out FID 1/" in report["stderr"] and "sample grid: uniform" in report["stderr"]
 
@@ -224,6 +226,7 @@ def test_grids_are_artifacts_of_their_trials_once(report, url):
 
 @pytest.mark.slow  # builds a whole report and starts the dashboard
 def test_dashboard_serves_each_grid_under_its_trial(report, url, tmp_path):
+    """... and Ctrl-C stops it as it stops any command: exit code 130, no traceback."""
     with socket.socket() as s:  # a free loopback port
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -245,8 +248,13 @@ def test_dashboard_serves_each_grid_under_its_trial(report, url, tmp_path):
         with urllib.request.urlopen(f"{base}/artifacts/{ids['digits-k3']}/{trial['trial_id']}/"
                                     f"{meta['artifact_id']}", timeout=CEILING) as response:
             assert response.read() == grid.read_bytes()
+        proc.send_signal(signal.SIGINT)  # Ctrl-C
+        assert proc.wait(timeout=CEILING) == 130
+        err = log.read_text()
+        assert f"optuna-dashboard on {base}/" in err and "Traceback" not in err
     finally:
-        proc.terminate()
+        if proc.poll() is None:
+            proc.terminate()
         proc.wait()
         print(f"dashboard stderr:\n{log.read_text()[-4000:]}")  # pytest shows it on a failure
 
@@ -282,7 +290,14 @@ def test_without_a_browser_the_page_alone_and_one_notice(url, tmp_path, monkeypa
     assert notices == [("PNG copies of the plots were skipped: kaleido found no Chrome or "
                         "Chromium (on Debian: apt-get install chromium).")]
     assert not (tmp_path / "png").exists()
-    assert "kaleido found no Chrome or Chromium" in (tmp_path / "index.html").read_text()
+    page = (tmp_path / "index.html").read_text()
+    assert "kaleido found no Chrome or Chromium" in page
+    assert "`" not in _prose(page)  # what the reader sees: no Markdown's code quotes
+
+
+def _prose(page: str) -> str:
+    """The page without its scripts and style: the text a reader sees, and its markup."""
+    return re.sub(r"<(script|style)\b.*?</\1>", "", page, flags=re.S)
 
 
 def test_a_browser_that_fails_is_a_notice_not_a_crash(tmp_path, monkeypatch):
@@ -440,7 +455,9 @@ def test_stage2_importances_are_summed_by_layer_and_by_step(plotted):
     result = plotted["result"]
     by_layer, by_step = plotted["panels"]["stage2-importances"].figure.data
     layers = result.stage2.user_attrs["layers"]
-    assert list(by_layer.y) == ["time steps", *map(plain, layers)]  # one bar a layer
+    searched = any(name[0] in "oc" for name in result.stage2.best_trials[0].params)
+    assert list(by_layer.y) == ["time steps", *map(plain, layers),
+                                *(["solver"] if searched else [])]  # one bar a layer
     assert list(by_step.y) == ["step 1", "step 2", "step 3"]
     single = get_param_importances(result.stage2, evaluator=FanovaImportanceEvaluator(seed=0),
                                    target=lambda t: t.values[0])
@@ -643,6 +660,11 @@ def test_notebook_runs_against_a_study(url, tmp_path, monkeypatch):
     assert [line for line in text.splitlines() if line.startswith("  front: ")] == [
         f"  front: {p.describe(full)}" for p in result.front]
     assert not [o for c in code for o in c.outputs if o.get("name") == "stderr"]
+    shown = "".join(o.get("data", {}).get("text/html", "") for c in code for o in c.outputs)
+    # a heading per stage (their plots have the same titles), and the last grid's caption
+    assert "<h3>Stage 1: digits-k3</h3>" in shown and "<h3>Stage 2: digits-k3-stage2</h3>" in shown
+    assert html.escape("36 samples of the exported schedule on held-out noise (seed 0): "
+                       f"{result.choose().describe(full)}") in shown
     plotted = [o for c in code for o in c.outputs if "application/vnd.plotly.v1+json" in
                o.get("data", {})]
     assert len(plotted) >= 11 and all("text/html" in o["data"] for o in plotted)

@@ -7,6 +7,7 @@ kills and reaps every worker, also when a test fails.
 """
 
 import os
+import shlex
 import signal
 import sqlite3
 import time
@@ -54,7 +55,7 @@ def _study_args(url, trials=TRIALS, name=NAME, stage="both", extra=()):
     return ["study", "--model", "digits", "--steps", "3", "--stage", stage, "--trials",
             str(trials), "--stage2-trials", str(STAGE2_TRIALS), "--samples", "200",
             "--population", "4", "--heartbeat", "1", "--storage", url, "--name", name, "--quiet",
-            *extra]
+            "--solver", "ddim", *extra]  # one queued spacing a trial, as these tests count them
 
 
 def _study_args_stage1(url, trials=TRIALS, name=NAME):
@@ -229,9 +230,10 @@ def test_ctrl_c_marks_the_trial_and_says_how_to_resume(spawn, tmp_path):
     interrupted = _wait_for_running(worker, url, NAME, min_complete=2)
     worker.send_signal(signal.SIGINT)
     assert worker.wait() == 130
-    # the one line saying how to resume: no traceback, no library warning
+    # the one line saying how to resume, with the command: no traceback, no library warning
     assert worker.err_path.read_text().strip() == \
-        f"interrupted; rerun the same command to resume study {NAME!r}"
+        f"interrupted; rerun the same command to resume study {NAME!r}: " \
+        f"python -m autodiff_optuna {shlex.join(_study_args_stage1(url, trials=50))}"
     trials = _trials(url, NAME)
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     assert trials[interrupted].state == TrialState.FAIL

@@ -12,7 +12,8 @@ from autodiff_optuna.cli import main
 from autodiff_optuna.errors import UsageError
 from autodiff_optuna.reporting.dashboard import note
 from autodiff_optuna.search.fidelity import PRUNED_AT
-from autodiff_optuna.search.results import study_result, thin
+from autodiff_optuna.search.results import describe_counts, study_result, thin
+from autodiff_optuna.storage import record
 
 FULL = 0.1295  # GFLOPs per image of the full network
 UNIFORM = [750, 500, 250, 0]
@@ -143,6 +144,10 @@ def test_an_older_study_without_gflops_or_a_uniform_trial(storage):
 def test_a_malformed_configuration_is_one_line(storage):
     study = make_search(storage, [(UNIFORM, 68.0)])
     study.set_user_attr("config", {**study.user_attrs["config"], "steps": "4"})
+    # without our marker, a study whose record breaks the schema is another program's
+    with pytest.raises(UsageError, match="was not made by autodiff_optuna"):
+        study_result(study)
+    record.mark(study)  # with it, ours but malformed
     with pytest.raises(UsageError, match=r"malformed \(steps missing or of the wrong type\)"):
         study_result(study)
 
@@ -155,7 +160,20 @@ def test_trials_are_counted_by_what_happened_to_them(storage):
     study.add_trial(create_trial(state=TrialState.FAIL))
     counts = study_result(study).counts[1]
     assert counts == {"complete": 1, "stopped_early": 1, "redundant": 1, "failed": 1,
-                      "running": 0}
+                      "interrupted": 0, "queued": 0, "running": 0}
+
+
+def test_interrupted_and_queued_trials_are_named_as_such(storage):
+    # what Ctrl-C leaves: the trial failed, its candidate queued again naming it
+    study = make_search(storage, [(UNIFORM, 68.0)])
+    study.add_trial(create_trial(state=TrialState.FAIL))
+    study.add_trial(create_trial(state=TrialState.WAITING, system_attrs={"failed_trial": 1}))
+    study.enqueue_trial({})
+    counts = study_result(study).counts[1]
+    assert (counts["failed"], counts["interrupted"], counts["queued"], counts["running"]) == \
+        (0, 1, 2, 0)
+    assert describe_counts(counts) == \
+        "1 complete, 0 failed, 1 interrupted (queued again), 2 queued"
 
 
 def test_the_dashboard_note_is_the_result(storage):
@@ -188,8 +206,17 @@ def test_best_export_and_list_agree_and_delete_removes_both_stages(tmp_path, cap
 
     assert main(["list", "--storage", url]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 2 and lines[1].split()[:4] == ["digits-k4", "digits", "4", "1+2"]
+    assert len(lines) == 2 and lines[1].split()[:3] == ["digits-k4", "digits", "4"]
+    assert "2 complete  1 complete" in lines[1]  # no target recorded: the complete trials
     assert "8.000" in lines[1] and "68.000" in lines[1]
+    # each stage's state: finished, or how far it got, with its trials that did not complete
+    for name, target in (("digits-k4", 2), ("digits-k4-stage2", 3)):
+        optuna.load_study(study_name=name, storage=url).set_user_attr("target", target)
+    optuna.load_study(study_name="digits-k4", storage=url).add_trial(create_trial(
+        state=TrialState.PRUNED, user_attrs={PRUNED_AT: 50}, intermediate_values={50: 9.0}))
+    assert main(["list", "--storage", url]) == 0
+    row = capsys.readouterr().out.splitlines()[1]
+    assert "done 3/2, 1 stopped early  1/3  " in row
 
     monkeypatch.setattr("sys.stdin.isatty", lambda: True)
     monkeypatch.setattr("builtins.input", _end_of_input)
@@ -215,18 +242,43 @@ def _end_of_input(prompt):
 
 
 def test_the_stage1_line_and_an_eta_over_both_stages(storage):
-    import io
-    import time
-
-    from autodiff_optuna.search.progress import ProgressPrinter, stage_done_line
+    from autodiff_optuna.search.progress import EtaEstimator, stage_done_line
 
     study = make_search(storage, [(UNIFORM, 68.0), ([496, 381, 257, 101], 8.881)])
     assert stage_done_line(study, 131.0) == (
         "stage 1 done in 2m11s: best [496, 381, 257, 101] FID 8.881 (trial 1), uniform FID "
         "68.000; 2 complete, 0 failed")
     assert stage_done_line(study, None).startswith("stage 1 already complete: best")
-    # 5 trials in 10 s, complete ones 3 s each: 5 more here at 2 s, then 20 of stage 2 at 3 s
-    printer = ProgressPrinter(10, stream=io.StringIO(), later=20)
-    printer._started, printer._finished_here = time.monotonic() - 10.0, 5
-    printer._complete_seconds = [3.0]
-    assert printer._eta(5) == pytest.approx(5 * 2.0 + 20 * 3.0, abs=0.5)
+    # full trials of 3 s: 5 more here, then 20 of stage 2, each a full trial
+    eta = EtaEstimator()
+    for _ in range(5):
+        eta.observe("full", 3.0)
+    assert eta.remaining(5, later=20) == pytest.approx(5 * 3.0 + 20 * 3.0)
+
+
+def test_the_eta_weighs_the_kinds_of_trial_still_to_come():
+    """Synthetic durations, no clock: a full trial of 10 s, one stopped early of 1 s."""
+    from autodiff_optuna.search.progress import EARLY, FULL, OTHER, EtaEstimator
+
+    eta = EtaEstimator(smoothing=0.2)
+    for _ in range(20):  # the first generation: nothing is stopped early yet
+        eta.observe(FULL, 10.0)
+    assert eta.remaining(10) == pytest.approx(100.0)
+    before = eta.remaining(10)
+    eta.observe(EARLY, 1.0)  # the first stopped early: the estimate moves, it does not jump
+    assert 0.8 * before < eta.remaining(10) < before
+    for _ in range(40):  # then half and half: about 5.5 s a trial
+        eta.observe(FULL, 10.0)
+        eta.observe(EARLY, 1.0)
+    assert 5.0 <= eta.per_trial() <= 6.0
+    # a slow outlier weighs on its own kind, smoothed; later (stage 2) trials are full ones
+    steady = eta.remaining(10, later=10)
+    eta.observe(FULL, 60.0)
+    assert steady < eta.remaining(10, later=10) < 2.5 * steady
+    assert eta.remaining(0, later=10) == pytest.approx(10 * eta.full_seconds())
+    # trials that do not count (duplicates, failures) add their time to the counted ones
+    eta = EtaEstimator()
+    for _ in range(30):
+        eta.observe(OTHER, 2.0)
+        eta.observe(FULL, 10.0)
+    assert eta.per_trial() == pytest.approx(12.0)

@@ -248,3 +248,50 @@ def test_readme_example_runs(tmp_path, monkeypatch):
     assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 200
     assert len({space.decode(t.params) for t in study.trials}) == 200
     assert study.best_value < metric([750, 500, 250, 0], 1.0) / 3  # well below uniform
+
+
+# -- several processes on one study -------------------------------------------------------------
+
+
+def test_two_samplers_never_propose_the_same_candidate(tmp_path):
+    """Two processes (here: two sampler objects on one database) start trials before either
+    has suggested its parameters: the second sees the first's claim in the storage and
+    proposes the next initial candidate, not the same one."""
+    url = f"sqlite:///{tmp_path}/s.db"
+    first = optuna.create_study(storage=url, study_name="s", sampler=_sampler())
+    second = optuna.load_study(storage=url, study_name="s", sampler=_sampler())
+    a, b = first.ask(), second.ask()  # both proposed; no parameter is stored yet
+    candidates = [SPACE.suggest(a), SPACE.suggest(b)]
+    assert candidates == [SPACE.candidate(schedules.uniform(K, T)),
+                          SPACE.candidate(schedules.trailing(K, T))]
+    first.tell(a, _distance(candidates[0]))
+    second.tell(b, _distance(candidates[1]))
+    third = first.ask()  # and a claim of a finished trial is its parameters
+    assert SPACE.suggest(third) not in candidates
+
+
+@pytest.mark.slow  # two workers on one SQLite database
+def test_workers_on_one_database_never_score_a_candidate_twice(tmp_path):
+    """Two workers, each with its own sampler, run side by side on one study: a user's
+    objective (no duplicate check of its own) never scores a candidate twice."""
+    url = f"sqlite:///{tmp_path}/s.db"
+    optuna.create_study(storage=url, study_name="s")
+    started = threading.Barrier(2, timeout=CEILING)
+    errors = []
+
+    def worker():
+        try:
+            study = optuna.load_study(storage=url, study_name="s", sampler=_sampler(population=6))
+            started.wait()
+            study.optimize(_objective, n_trials=20)
+        except Exception as err:  # noqa: BLE001 - reported by the test thread
+            errors.append(err)
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    candidates = _candidates(optuna.load_study(storage=url, study_name="s"))
+    assert len(candidates) == 40 and len(set(candidates)) == 40 and all(map(_valid, candidates))

@@ -134,22 +134,27 @@ def test_a_study_of_both_stages_then_best_export_and_sample(sd_study, files, tmp
 
 
 @pytest.mark.parametrize("relative", ["unet/config.json", "vae/diffusion_pytorch_model.safetensors",
-                                      "text_encoder/model.safetensors", "tokenizer/vocab.json",
+                                      "text_encoder/model.safetensors",
                                       "scheduler/scheduler_config.json"])
 @pytest.mark.parametrize("model, hub_id", [("sd14", "CompVis/stable-diffusion-v1-4"),
                                            ("sd15", "stable-diffusion-v1-5/stable-diffusion-v1-5")])
 def test_a_missing_component_is_one_line_naming_its_url(files, tmp_path, capsys, relative, model,
                                                         hub_id):
-    copy = tmp_path / "sd"
+    """The preset's folder in the models directory: the file's URL in its repository; a folder
+    of one's own (--checkpoint DIR): no public model to point at."""
+    copy = tmp_path / "models" / hub_id.split("/")[1]
     shutil.copytree(files.sd, copy)
     (copy / relative).unlink()
     argv = ["study", "--model", model, "--steps", "3", "--storage", f"sqlite:///{tmp_path}/s.db",
-            "--device", "cpu", "--checkpoint", str(copy), "--prompts", str(files.prompts),
-            *_fid_flags(files)]
+            "--device", "cpu", "--prompts", str(files.prompts), *_fid_flags(files)]
     assert main(argv) == 2
     err = _error(capsys)
     assert f"{copy} lacks {relative}: download https://huggingface.co/{hub_id}/resolve/main/" \
            f"{relative} into {copy / relative.split('/')[0]}" in err
+    assert main(argv + ["--checkpoint", str(copy)]) == 2
+    err = _error(capsys)
+    assert f"{copy} lacks {relative}: it is not a diffusers Stable Diffusion folder" in err
+    assert "huggingface.co" not in err
     assert not (tmp_path / "s.db").exists()  # refused before any study is made
 
 

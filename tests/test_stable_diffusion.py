@@ -4,17 +4,21 @@
 import dataclasses
 import json
 import shutil
+import warnings
 
 import numpy as np
 import pytest
 import torch
 from tiny_sd import PROMPTS, save_tiny_sd
 
+import autodiff_optuna as ao
 from autodiff_optuna.errors import UsageError
+from autodiff_optuna.export import diffusers_fields
 from autodiff_optuna.metrics.fid import to_uint8
 from autodiff_optuna.metrics.flops import count_flops, layer_costs
+from autodiff_optuna.models.identity import model_identity
 from autodiff_optuna.models.prompts import read_prompts, resolve_prompts
-from autodiff_optuna.models.registry import COCO_IMAGES, PRESETS, ModelOptions
+from autodiff_optuna.models.registry import COCO_IMAGES, PRESETS, ModelOptions, load_model
 from autodiff_optuna.models.stable_diffusion import REPO_FILES, StableDiffusionModel
 from autodiff_optuna.sampling import HELDOUT, SEARCH, draw, sample
 from autodiff_optuna.sampling.skipping import skipping
@@ -225,19 +229,45 @@ def test_from_preset(sd_dir, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("relative", ["unet/diffusion_pytorch_model.safetensors",
                                       "vae/config.json", "text_encoder/model.safetensors",
-                                      "tokenizer/merges.txt", "scheduler/scheduler_config.json"])
+                                      "scheduler/scheduler_config.json"])
 def test_a_missing_component_is_one_line(sd_dir, tmp_path, relative):
     copy = tmp_path / "sd"
     shutil.copytree(sd_dir, copy)
     (copy / relative).unlink()
-    with pytest.raises(UsageError) as err:
+    with pytest.raises(UsageError) as err:  # one's own folder: no public copy to point at
         StableDiffusionModel("sd-tiny", copy, list(PROMPTS))
     message = str(err.value)
     assert len(message.splitlines()) == 1
-    assert f"lacks {relative}" in message
-    assert f"https://huggingface.co/CompVis/stable-diffusion-v1-4/resolve/main/{relative}" \
-        in message
-    assert str(copy / relative.split("/")[0]) in message
+    assert f"{copy} lacks {relative}: it is not a diffusers Stable Diffusion folder" in message
+    assert "huggingface.co" not in message
+    with pytest.raises(UsageError) as err:  # a published model's folder: where to get it
+        StableDiffusionModel("sd-tiny", copy, list(PROMPTS), hub_id="CompVis/stable-diffusion-v1-4")
+    assert f"https://huggingface.co/CompVis/stable-diffusion-v1-4/resolve/main/{relative} " \
+        f"into {copy / relative.split('/')[0]}" in str(err.value)
+
+
+def test_a_tokenizer_saved_by_todays_transformers_loads(sd, sd_dir, tmp_path):
+    """transformers 5 saves tokenizer.json alone (no vocab.json, merges.txt): whatever
+    transformers loads is loaded; a tokenizer it cannot load is one line naming its folder."""
+    from transformers import CLIPTokenizer
+
+    copy = tmp_path / "sd"
+    shutil.copytree(sd_dir, copy)
+    shutil.rmtree(copy / "tokenizer")
+    CLIPTokenizer.from_pretrained(sd_dir / "tokenizer").save_pretrained(copy / "tokenizer")
+    assert not (copy / "tokenizer" / "vocab.json").exists()
+    fresh = StableDiffusionModel("sd-tiny", copy, list(PROMPTS))
+    labels = torch.arange(len(PROMPTS))
+    assert torch.equal(fresh.prompt_embeddings(labels), sd.prompt_embeddings(labels))
+    for kept in ([], ["tokenizer_config.json"]):  # nothing to load a vocabulary from
+        for file in (copy / "tokenizer").iterdir():
+            if file.name not in kept:
+                file.unlink()
+        with pytest.raises(UsageError) as err:
+            StableDiffusionModel("sd-tiny", copy, list(PROMPTS))
+        assert f"cannot load the tokenizer in {copy / 'tokenizer'}" in str(err.value) \
+            or f"cannot load {copy / 'tokenizer'}: " in str(err.value)
+        assert len(str(err.value).splitlines()) == 1 and "huggingface.co" not in str(err.value)
 
 
 def test_bad_checkpoints_and_scales_are_one_line(sd_dir, tmp_path):
@@ -303,3 +333,61 @@ def test_oversized_and_unreadable_prompts(tmp_path, monkeypatch):
         read_prompts(big)
     with pytest.raises(UsageError, match="is a directory"):
         read_prompts(tmp_path)
+
+
+# ---- a StableDiffusionPipeline of one's own ----------------------------------------------------
+
+def _pipeline(model):
+    from diffusers import PNDMScheduler, StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(
+        vae=model.vae, text_encoder=model.text_encoder, tokenizer=model.tokenizer,
+        unet=model.unet, scheduler=PNDMScheduler.from_config(model.scheduler_config),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def sd14(sd_dir, tmp_path_factory):
+    """The tiny SD as the sd14 preset loads it (``--checkpoint``, ``--prompts``)."""
+    prompts = tmp_path_factory.mktemp("prompts") / "prompts.txt"
+    prompts.write_text("\n".join(PROMPTS) + "\n")
+    options = ModelOptions(checkpoint=str(sd_dir), prompts=str(prompts))
+    return load_model("sd14", "cpu", options), options
+
+
+def test_readmes_digits_schedule_is_refused_by_a_stable_diffusion_pipeline(sd):
+    schedule = ao.SearchedSchedule(model="digits", solver="ddim", timesteps=[999, 600, 300, 40],
+                                   skip=[[], ["mid_block.attentions.0"], [], []])
+    with pytest.raises(ValueError) as err:
+        ao.apply(_pipeline(sd), schedule)
+    message = str(err.value)
+    assert "its model is not text-to-image, this pipeline's UNet is text-to-image" in message
+    assert "its model's UNet is a UNet2DModel, this pipeline's a UNet2DConditionModel" in message
+    assert len(message.splitlines()) == 1
+
+
+def test_sample_returns_the_prompts_and_latents_a_pipeline_reproduces(sd14):
+    model, options = sd14
+    steps = list(STEPS)
+    schedule = ao.SearchedSchedule(
+        model="sd14", solver="dpmpp2m", timesteps=steps, skip=[[], ["mid_block.resnets.0"],
+                                                               [], []],
+        diffusers=diffusers_fields(model.scheduler_config, "dpmpp2m", steps, model.fingerprint),
+        identity=model_identity(model))
+    images, inputs = ao.sample(schedule, n=3, seed=1, options=options, return_inputs=True)
+    assert inputs.prompts == [model.prompts[i] for i in draw(model, 3, 1, HELDOUT).labels]
+    pipe = _pipeline(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # none of ours is issued
+        with ao.apply(pipe, schedule):
+            again = pipe(prompt=inputs.prompts, latents=inputs.noise.clone(), output_type="pt",
+                         guidance_scale=schedule.diffusers["guidance_scale"]).images
+    # the pipeline encodes its prompts in a batch of its own size: equal to the last bits here
+    assert (to_uint8(again * 2 - 1).int() - images.int()).abs().max() <= 1
+    with ao.apply(pipe, schedule):  # another guidance scale than the schedule's: a warning
+        with pytest.warns(UserWarning, match="guidance_scale 3 is not the schedule's: it was "
+                                             r"searched with guidance_scale=7\.5"):
+            pipe(prompt=inputs.prompts, latents=inputs.noise.clone(), output_type="latent",
+                 guidance_scale=3, num_inference_steps=2)

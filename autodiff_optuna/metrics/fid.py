@@ -113,6 +113,9 @@ def load_reference_stats(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)) or not len(mu):
         raise UsageError(f"{what}: 'mu' must be a vector of d values and 'sigma' d x d, got "
                          f"shapes {mu.shape} and {sigma.shape}")
+    if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+        raise UsageError(f"{what} holds NaN or infinite values: no FID can be computed "
+                         "against them")
     return mu, sigma
 
 

@@ -15,6 +15,7 @@ from functools import cache
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from autodiff_optuna.errors import UsageError, one_line
 from autodiff_optuna.models.base import DiffusionModel
 from autodiff_optuna.sampling.skipping import skipping
 
@@ -78,6 +79,13 @@ def layer_costs(model: DiffusionModel) -> LayerCosts:
         for name, layer in layers.items()]
     try:
         full, full_modules = count_flops(model)
+    except RuntimeError as err:  # torch.OutOfMemoryError is one
+        # the model's first evaluation: its sample shape may not be one it can run (a config's
+        # sample size too large to allocate, or too small for its downsampling)
+        shape = "x".join(map(str, model.sample_shape))
+        raise UsageError(f"model {getattr(model, 'name', '')!r} cannot evaluate one sample of "
+                         f"its shape {shape} ({one_line(err)}): is its sample size right?") \
+            from None
     finally:
         for hook in hooks:
             hook.remove()

@@ -29,7 +29,7 @@ import torch
 from autodiff_optuna.errors import UsageError
 from autodiff_optuna.metrics.fid import FIDScorer, load_reference_stats
 from autodiff_optuna.models.base import files_digest
-from autodiff_optuna.models.files import RemoteFile, resolve
+from autodiff_optuna.models.files import RemoteFile, quiet_loading, resolve
 from autodiff_optuna.models.registry import INCEPTION
 
 MODES = ("clean", "legacy_tensorflow")
@@ -53,7 +53,8 @@ class InceptionFeatures:
             raise UsageError(f"unknown FID mode {mode!r}; known: {', '.join(MODES)}")
         self.device = torch.device(device)
         try:
-            self.base = torch.jit.load(str(path), map_location=self.device).eval()
+            with quiet_loading():
+                self.base = torch.jit.load(str(path), map_location=self.device).eval()
         except Exception as err:
             raise UsageError(f"cannot load the Inception network {path} (a TorchScript file "
                              f"such as clean-fid's inception-2015-12-05.pt): "

@@ -21,6 +21,8 @@ import glob
 import hashlib
 import json
 import os
+import sys
+import time
 import zipfile
 from pathlib import Path
 from typing import NamedTuple
@@ -86,6 +88,16 @@ def image_files(folder) -> list[str]:
                   for file in glob.glob(os.path.join(str(folder), f"**/*.{ext}"), recursive=True))
 
 
+def _check_links(files: list[str], folder: Path) -> None:
+    """A symbolic link whose target is gone is listed like an image but cannot be read: one
+    line naming it, before any work."""
+    for file in files:
+        if not os.path.exists(file):
+            what = (f"a symbolic link to {os.readlink(file)}, which does not exist"
+                    if os.path.islink(file) else "no longer there")
+            raise UsageError(f"--ref-images {folder}: {file} is {what}")
+
+
 def reference_from_images(folder, features, cache_dir, num_workers: int = 0,
                           batch_size: int | None = None) -> Reference:
     """clean-fid statistics of the images in ``folder`` under ``features`` (an
@@ -96,6 +108,7 @@ def reference_from_images(folder, features, cache_dir, num_workers: int = 0,
     if not folder.is_dir():
         raise UsageError(f"--ref-images {folder}: no such folder")
     files = image_files(folder)
+    _check_links(files, folder)
     dim = feature_dim(features)
     if len(files) <= dim:
         raise UsageError(f"--ref-images {folder} holds {len(files)} images: FID needs more than "
@@ -166,10 +179,12 @@ def _unreadable(files: list[str]) -> str | None:
 
 def reference_from_teacher(model, features, steps: int, n: int, seed: int = TEACHER_SEED,
                            solver: str = TEACHER_SOLVER, cache_dir=None,
-                           batch_size: int | None = None) -> Reference:
+                           batch_size: int | None = None, stream=None) -> Reference:
     """Statistics of ``n`` samples of ``model`` over the uniform ``steps``-step schedule, on the
     held-out noise (and prompts) of ``seed + TEACHER_SEED_OFFSET``. ``features``: uint8 images
-    (n, C, H, W) -> (n, d) features (a scorer's ``feature_net``, or the scorer)."""
+    (n, C, H, W) -> (n, d) features (a scorer's ``feature_net``, or the scorer). Made here (not
+    cached), they print a line per chunk with an ETA, as a study does per trial, on ``stream``
+    (default stderr: stdout may be a command's JSON)."""
     features = getattr(features, "feature_net", features)
     if not 1 <= steps <= model.num_train_timesteps:
         raise UsageError(f"--ref-teacher must be between 1 and the model's "
@@ -188,6 +203,10 @@ def reference_from_teacher(model, features, steps: int, n: int, seed: int = TEAC
     schedule = uniform(steps, model.num_train_timesteps)
     batch = draw(model, n, seed + TEACHER_SEED_OFFSET, HELDOUT)
     chunks = []
+    progress = _Progress(n, stream)
+    print(f"FID reference: {n} samples of {getattr(model, 'name', 'the model')}, {steps} steps "
+          f"of {solver} on held-out noise (made once{' and cached' if cache_dir else ''})",
+          file=progress.stream, flush=True)
     for start in range(0, n, TEACHER_CHUNK):
         x = sample(model, schedule, batch.subset(start, start + TEACHER_CHUNK), solver,
                    batch_size)
@@ -195,11 +214,34 @@ def reference_from_teacher(model, features, steps: int, n: int, seed: int = TEAC
             raise UsageError(f"the model's {steps}-step samples are not finite (NaN or inf): "
                              "no teacher statistics")
         chunks.append(_features_array(features, to_uint8(x)))
+        progress.line(min(start + TEACHER_CHUNK, n))
     feats = np.concatenate(chunks)
     mu, sigma = feats.mean(0), np.cov(feats, rowvar=False)
     if cached is not None:
         save_stats(cached, mu, sigma)
     return Reference(mu, sigma, name)
+
+
+class _Progress:
+    """The teacher's progress lines: images made of the total, the chunk's time and the ETA."""
+
+    def __init__(self, total: int, stream=None):
+        self.total, self.stream = total, stream or sys.stderr
+        self._started = self._last = time.monotonic()
+
+    def line(self, done: int) -> None:
+        now = time.monotonic()
+        eta = (now - self._started) / done * (self.total - done)
+        print(f"teacher [{done:>{len(str(self.total))}}/{self.total}] images  "
+              f"({now - self._last:.1f}s, ETA {_duration(eta)})", file=self.stream, flush=True)
+        self._last = now
+
+
+def _duration(seconds: float) -> str:
+    """As a study's progress lines write it (search.progress.duration, a layer above)."""
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
 # ---- shared ----------------------------------------------------------------------------------

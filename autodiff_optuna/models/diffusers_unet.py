@@ -9,7 +9,7 @@ import torch
 
 from autodiff_optuna.errors import UsageError, one_line
 from autodiff_optuna.models.base import DiffusionModel, files_digest
-from autodiff_optuna.models.files import RemoteFile, read_json, resolve
+from autodiff_optuna.models.files import RemoteFile, quiet_loading, read_json, resolve
 
 
 class DiffusersUNetModel(DiffusionModel):
@@ -42,9 +42,10 @@ class DiffusersUNetModel(DiffusionModel):
         _check_unet_class(read_json(unet_dir / "config.json"), unet_dir, name)
         self._scheduler_config = scheduler_config(scheduler_file, name)
         try:  # exactly the files hashed into the fingerprint below
-            unet = UNet2DModel.from_pretrained(unet_dir, local_files_only=True,
-                                               use_safetensors=use_safetensors,
-                                               low_cpu_mem_usage=low_cpu_mem_usage())
+            with quiet_loading():
+                unet = UNet2DModel.from_pretrained(unet_dir, local_files_only=True,
+                                                   use_safetensors=use_safetensors,
+                                                   low_cpu_mem_usage=low_cpu_mem_usage())
         except (OSError, ValueError, TypeError, RuntimeError, KeyError) as err:
             raise UsageError(f"model {name!r}: cannot load {unet_dir}: {one_line(err)}") from None
         self.unet = unet.to(self.device).eval()
@@ -53,6 +54,10 @@ class DiffusersUNetModel(DiffusionModel):
         self.clip_denoised = clip_denoised
         self.fingerprint = files_digest(weights + [scheduler_file]) + self._runtime_fingerprint()
         cfg = self.unet.config
+        if not isinstance(cfg.sample_size, int) or isinstance(cfg.sample_size, bool) \
+                or cfg.sample_size < 1:
+            raise UsageError(f"model {name!r}: {unet_dir / 'config.json'}: sample_size must be "
+                             f"a positive integer (pixels a side), got {cfg.sample_size!r}")
         self.sample_shape = (cfg.in_channels, cfg.sample_size, cfg.sample_size)
         if cfg.num_class_embeds:
             raise UsageError(f"model {name!r}: class-conditional diffusers UNets are not "

@@ -18,6 +18,7 @@ read through ``read_text``/``read_json``: with a size limit and UTF-8 decoding, 
 ``UsageError`` line, never a hang or a traceback.
 """
 
+import contextlib
 import json
 import math
 import os
@@ -25,6 +26,7 @@ import shutil
 import sys
 import urllib.error
 import urllib.request
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -223,3 +225,20 @@ def _fetch(url: str, target: Path, timeout: float) -> None:
         print(f"\ninterrupted; {partial} removed", file=sys.stderr)
         raise
     partial.rename(target)
+
+
+# what torch says while reading a checkpoint that loads fine: clean-fid's Inception is a
+# TorchScript file (torch.jit.load is how it is read, deprecated or not), and a .bin written with
+# another pickle protocol than 2 is read by the same restricted unpickler all the same
+LOADING_NOISE = ((FutureWarning, r"`torch\.jit\.load` is deprecated"),
+                 (UserWarning, r"Detected pickle protocol \d+ in the checkpoint"))
+
+
+@contextlib.contextmanager
+def quiet_loading():
+    """Around a checkpoint load: torch's warnings that say nothing to the user (``LOADING_NOISE``)
+    are not shown; any other warning is."""
+    with warnings.catch_warnings():
+        for category, message in LOADING_NOISE:
+            warnings.filterwarnings("ignore", message=message, category=category)
+        yield

@@ -85,6 +85,23 @@ ADM64_CLASSIFIER_FLAGS = dict(image_size=64, classifier_attention_resolutions="3
                               classifier_use_scale_shift_norm=True, classifier_use_fp16=True)
 
 
+# Stable Diffusion v1's networks, the values of its unet/ and vae/config.json (v1.4 and v1.5
+# share them): what a study's cost is counted on before any weights are here
+SD_V1_UNET = dict(
+    sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+    block_out_channels=(320, 640, 1280, 1280), attention_head_dim=8, cross_attention_dim=768,
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D",
+                      "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D",
+                    "CrossAttnUpBlock2D"),
+    norm_num_groups=32, norm_eps=1e-5, act_fn="silu", center_input_sample=False,
+    downsample_padding=1, flip_sin_to_cos=True, freq_shift=0, mid_block_scale_factor=1)
+SD_V1_VAE = dict(
+    in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2,
+    block_out_channels=(128, 256, 512, 512), norm_num_groups=32, act_fn="silu",
+    sample_size=512, down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4)
+
 def _ddpm(name: str, hub_id: str, stats: RemoteFile | None) -> ModelPreset:
     return ModelPreset(
         name, "diffusers-unet", "inception",

@@ -37,7 +37,7 @@ from autodiff_optuna.models.diffusers_unet import (
     low_cpu_mem_usage,
     scheduler_config,
 )
-from autodiff_optuna.models.files import RemoteFile, read_json, resolve
+from autodiff_optuna.models.files import RemoteFile, quiet_loading, read_json, resolve
 from autodiff_optuna.models.prompts import prompts_digest, read_prompts, resolve_prompts
 
 HF_URL = "https://huggingface.co"
@@ -62,8 +62,11 @@ def hub_weights(hub_id: str) -> RemoteFile:
 
 # ---- the adapter -----------------------------------------------------------------------------
 
-TOKENIZER_FILES = ("vocab.json", "merges.txt")  # what CLIPTokenizer cannot do without
-TOKENIZER_EXTRAS = ("tokenizer_config.json", "special_tokens_map.json", "tokenizer.json")
+# the tokenizer's files that are part of the fingerprint, where present: transformers 4 writes
+# vocab.json and merges.txt, transformers 5 tokenizer.json; which ones suffice is for
+# transformers to decide as it loads them
+TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json",
+                   "special_tokens_map.json", "tokenizer.json")
 # prompts per text-encoder call, always this many (padded with empty prompts): kernels are
 # chosen by shape, so a prompt's embedding then never depends on which prompts were encoded
 # beside it, and a study and a later `evaluate` get the same bits
@@ -79,7 +82,8 @@ class StableDiffusionModel(DiffusionModel):
                  batch_size: int | None = None, batch_size_cpu: int | None = None,
                  decode_batch_size: int = 4, hub_id: str | None = None):
         """``directory``: a diffusers Stable Diffusion directory; ``prompts``: the prompt list
-        (``models.prompts.read_prompts``); ``hub_id`` names where a missing file is published."""
+        (``models.prompts.read_prompts``); ``hub_id`` names where a missing file is published
+        (None: a folder of one's own, published nowhere)."""
         if not (isinstance(guidance_scale, (int, float)) and math.isfinite(guidance_scale)
                 and guidance_scale >= 0):
             raise UsageError(f"--guidance-scale must be a finite number >= 0 (1: no guidance), "
@@ -121,9 +125,12 @@ class StableDiffusionModel(DiffusionModel):
             raise UsageError(f"model {preset.name!r} has no classifier guidance: "
                              "--guidance-scale sets its classifier-free guidance")
         directory = resolve(preset.weights, options.checkpoint, preset=preset.name)
-        # where a missing file of the directory is published: the hub id --checkpoint named
-        hub_id = options.checkpoint if _is_hub_id(options.checkpoint) \
-            else preset.weights.hub_id
+        # where a missing file of the directory is published: the hub id --checkpoint named, or
+        # the preset's for its own folder; a folder --checkpoint names is the user's own
+        if _is_hub_id(options.checkpoint):
+            hub_id = options.checkpoint
+        else:
+            hub_id = None if options.checkpoint else preset.weights.hub_id
         component_files(Path(directory), preset.name, hub_id)  # what the weights lack, first
         prompts = read_prompts(resolve_prompts(options.prompts, preset.prompts))
         scale = options.guidance_scale if options.guidance_scale is not None \
@@ -240,21 +247,27 @@ def _transformer_bypass():
 
 # ---- loading ---------------------------------------------------------------------------------
 
+LAYOUT = ("a diffusers Stable Diffusion folder, as StableDiffusionPipeline.save_pretrained "
+          "writes it: unet/, vae/, text_encoder/, tokenizer/, scheduler/")
+
+
 def component_files(directory: Path, name: str, hub_id: str | None = None) -> dict:
-    """The files each component loads from ``directory``; a missing one is one line naming it,
-    its public URL and where it goes. ``digested``: those that change the samples (weights,
-    tokenizer files, the training schedule), for the fingerprint."""
-    hub_id = hub_id or REFERENCE_HUB_ID
+    """The files each component loads from ``directory``; a missing one is one line naming it
+    and, for a published model (``hub_id``), its URL and where it goes. ``digested``: those
+    that change the samples (weights, tokenizer files, the training schedule), for the
+    fingerprint."""
     if not directory.is_dir():
-        raise UsageError(f"model {name!r}: {directory} is not a directory (a diffusers Stable "
-                         f"Diffusion, as {HF_URL}/{hub_id} publishes it)")
+        raise UsageError(f"model {name!r}: {directory} is not a directory ({LAYOUT})")
 
     def need(relative: str, present: bool) -> None:
-        if not present:
-            raise UsageError(f"model {name!r}: {directory} lacks {relative}: download "
-                             f"{HF_URL}/{hub_id}/resolve/main/{relative} into "
-                             f"{directory / Path(relative).parent} (or pass --checkpoint "
-                             "DIR|HUB_ID of a complete copy)")
+        if present:
+            return
+        if hub_id is None:  # the user's own folder: no public copy to point at
+            raise UsageError(f"model {name!r}: {directory} lacks {relative}: it is not {LAYOUT}")
+        raise UsageError(f"model {name!r}: {directory} lacks {relative}: download "
+                         f"{HF_URL}/{hub_id}/resolve/main/{relative} into "
+                         f"{directory / Path(relative).parent} (or pass --checkpoint "
+                         "DIR|HUB_ID of a complete copy)")
 
     files: dict = {"digested": []}
     for part, names in (("unet", DIFFUSERS_WEIGHTS), ("vae", DIFFUSERS_WEIGHTS),
@@ -267,11 +280,9 @@ def component_files(directory: Path, name: str, hub_id: str | None = None) -> di
         files[part] = (folder, safetensors)
         files["digested"] += weights
     tokenizer = directory / "tokenizer"
-    for file in TOKENIZER_FILES:
-        need(f"tokenizer/{file}", (tokenizer / file).is_file())
+    need("tokenizer/", tokenizer.is_dir())
     files["tokenizer"] = tokenizer
-    files["digested"] += [tokenizer / f for f in TOKENIZER_FILES + TOKENIZER_EXTRAS
-                          if (tokenizer / f).is_file()]
+    files["digested"] += [tokenizer / f for f in TOKENIZER_FILES if (tokenizer / f).is_file()]
     need("scheduler/scheduler_config.json",
          (directory / "scheduler" / "scheduler_config.json").is_file())
     files["scheduler"] = directory / "scheduler" / "scheduler_config.json"
@@ -294,9 +305,10 @@ def _load_diffusers(files: dict, name: str):
     for part, cls in (("unet", UNet2DConditionModel), ("vae", AutoencoderKL)):
         folder, safetensors = files[part]
         try:
-            loaded.append(cls.from_pretrained(folder, local_files_only=True,
-                                              use_safetensors=safetensors,
-                                              low_cpu_mem_usage=low_cpu_mem_usage()))
+            with quiet_loading():
+                loaded.append(cls.from_pretrained(folder, local_files_only=True,
+                                                  use_safetensors=safetensors,
+                                                  low_cpu_mem_usage=low_cpu_mem_usage()))
         except (OSError, ValueError, TypeError, RuntimeError) as err:
             raise UsageError(f"model {name!r}: cannot load {folder}: "
                              f"{one_line(err)}") from None
@@ -323,20 +335,34 @@ def _load_transformers(files: dict, name: str):
     logging.set_verbosity_error()
     logging.disable_progress_bar()
     try:
-        tokenizer = CLIPTokenizer.from_pretrained(files["tokenizer"], local_files_only=True)
+        # whatever files transformers loads a CLIPTokenizer from (as diffusers' pipeline does)
+        tokenizer = _loaded(lambda: CLIPTokenizer.from_pretrained(files["tokenizer"],
+                                                                  local_files_only=True),
+                            files["tokenizer"], name)
         # a checkpoint stored in fp16 is computed in fp32 here (precision is autocast's)
-        encoder = CLIPTextModel.from_pretrained(folder, local_files_only=True,
-                                                use_safetensors=safetensors).float()
-    except Exception as err:  # noqa: BLE001 (tokenizers and safetensors raise their own types)
-        raise UsageError(f"model {name!r}: cannot load the text encoder or tokenizer: "
-                         f"{one_line(err)}") from None
+        with quiet_loading():
+            encoder = _loaded(lambda: CLIPTextModel.from_pretrained(
+                folder, local_files_only=True, use_safetensors=safetensors).float(),
+                folder, name)
     finally:
         logging.set_verbosity(verbosity)
         if progress:
             logging.enable_progress_bar()
+    if len(tokenizer) <= len(tokenizer.all_special_tokens):
+        # transformers 5 builds an empty tokenizer from a folder with no vocabulary
+        raise UsageError(f"model {name!r}: cannot load the tokenizer in {files['tokenizer']}: "
+                         "it has no vocabulary (tokenizer.json, or vocab.json and merges.txt)")
     if len(tokenizer) > encoder.config.vocab_size:
         raise UsageError(f"model {name!r}: the tokenizer's {len(tokenizer)} tokens do not fit "
                          f"the text encoder's {encoder.config.vocab_size}")
     return tokenizer, encoder
+
+
+def _loaded(load, folder: Path, name: str):
+    """``load()``, its failure one line naming the folder."""
+    try:
+        return load()
+    except Exception as err:  # noqa: BLE001 (tokenizers and safetensors raise their own types)
+        raise UsageError(f"model {name!r}: cannot load {folder}: {one_line(err)}") from None
 
 

@@ -21,6 +21,7 @@ class Row:
     notes: list[str] = field(default_factory=list)
     stage: int | None = None  # None: not a trial (a schedule file)
     share: float | None = None  # its GFLOPs as a share of the full network's
+    rules: list | None = None  # per step [order, corrector] where the solver was searched
 
     @property
     def skipped(self) -> int:
@@ -82,4 +83,5 @@ def _row(label: str, point: Point, full_gflops: float | None) -> Row:
     return Row(label, point.study, point.trial,
                list(timesteps) if isinstance(timesteps, list) else timesteps,
                [list(s) for s in point.skip], point.fid, gflops, stage=point.stage,
-               share=None if gflops is None or not full_gflops else gflops / full_gflops)
+               share=None if gflops is None or not full_gflops else gflops / full_gflops,
+               rules=point.rules)

@@ -3,9 +3,10 @@ attaches sample grids to (``storage.artifacts_dir``: the same rule both ways), a
 shows on a study's page: the study's result, as ``best`` gives it."""
 
 import ipaddress
-import shutil
+import socket
 import sys
-from pathlib import Path
+from socketserver import ThreadingMixIn
+from wsgiref.simple_server import WSGIServer, make_server
 
 from autodiff_optuna.errors import UsageError
 from autodiff_optuna.reporting.artifacts import writable_folder
@@ -14,24 +15,48 @@ from autodiff_optuna.storage import DEFAULT_STORAGE, artifacts_dir, open_storage
 HOST = "127.0.0.1"  # the dashboard can edit studies: loopback unless the user says otherwise
 
 
-def command(url: str | None, artifacts: str | None, port: int, host: str = HOST) -> list[str]:
-    """The optuna-dashboard command line; a bad port, host or database is refused here in one
-    line (optuna-dashboard's own refusal would be a traceback)."""
+def serve(url: str | None, artifacts: str | None, port: int, host: str = HOST) -> None:
+    """optuna-dashboard (its WSGI app) served from this process until Ctrl-C, which stops it
+    like any command: exit code 130, no traceback (optuna-dashboard's own command prints one).
+    A bad port, host or database, or a port in use, is refused in one line first."""
+    from optuna.artifacts import FileSystemArtifactStore
+
+    try:
+        import optuna_dashboard
+    except ImportError:
+        raise UsageError("optuna-dashboard is not installed (pip install -r requirements.txt)") \
+            from None
     if not 1 <= port <= 65535:
         raise UsageError(f"--port must be in [1, 65535], got {port}")
     _check_host(host)
     url = url or DEFAULT_STORAGE
     open_storage(url)  # one-line errors, and the tables exist before the dashboard looks
-    # the venv's script first: `python -m autodiff_optuna` may run without the venv on PATH
-    exe = (shutil.which("optuna-dashboard", path=str(Path(sys.executable).parent))
-           or shutil.which("optuna-dashboard"))
-    if exe is None:
-        raise UsageError("optuna-dashboard is not installed (pip install -r requirements.txt)")
     directory = writable_folder(artifacts_dir(url, artifacts), "--artifacts")
     if not ipaddress.ip_address(host).is_loopback:
         print(f"warning: --host {host} lets anyone who can reach this machine edit and delete "
               "the studies", file=sys.stderr)
-    return [exe, url, "--host", host, "--port", str(port), "--artifact-dir", str(directory)]
+    app = optuna_dashboard.wsgi(url, artifact_store=FileSystemArtifactStore(str(directory)))
+    with _listen(host, port, app) as server:
+        shown = f"[{host}]" if ipaddress.ip_address(host).version == 6 else host
+        print(f"optuna-dashboard on http://{shown}:{port}/ (artifacts in {directory}); Ctrl-C "
+              "stops it", file=sys.stderr, flush=True)
+        server.serve_forever()
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True  # a request still open does not keep Ctrl-C from ending the process
+
+
+def _listen(host: str, port: int, app) -> WSGIServer:
+    """The server bound to ``host:port`` (IPv4 or IPv6); a port in use is one line."""
+    server_class = type("Server", (_Server,), {
+        "address_family": socket.AF_INET6 if ipaddress.ip_address(host).version == 6
+        else socket.AF_INET})
+    try:
+        return make_server(host, port, app, server_class=server_class)
+    except OSError as err:
+        raise UsageError(f"cannot listen on {host} port {port}: {err.strerror or err}") \
+            from None
 
 
 def _check_host(host: str) -> None:

@@ -15,8 +15,9 @@ from autodiff_optuna.sampling import HELDOUT, draw, validate
 CACHE_ATTR = "heldout_fid"
 
 
-def fill(rows, study, model, scorer, solver: str, samples: int, seed: int, log) -> None:
-    """Set ``heldout_fid`` on every row: from the cache, or sampled on held-out noise."""
+def fill(rows, study, model, scorer, solver, samples: int, seed: int, log) -> None:
+    """Set ``heldout_fid`` on every row: from the cache, or sampled on held-out noise, with the
+    row's own rules where the study searched the solver, else ``solver``."""
     cached = [c for c in _stored(study) if isinstance(c, dict)]
     batch = None
     for i, row in enumerate(rows, 1):
@@ -25,7 +26,8 @@ def fill(rows, study, model, scorer, solver: str, samples: int, seed: int, log) 
                 "a schedule")
             row.heldout_fid = None
             continue
-        key = {"timesteps": row.timesteps, "skip": row.skip, "solver": solver,
+        row_solver = getattr(row, "rules", None) or solver  # searched per step: its own rules
+        key = {"timesteps": row.timesteps, "skip": row.skip, "solver": row_solver,
                "samples": samples, "seed": seed, "model_weights": model.fingerprint,
                "fid_features": scorer.name}
         hit = next((c for c in cached if {k: c.get(k) for k in key} == key), None)
@@ -33,7 +35,7 @@ def fill(rows, study, model, scorer, solver: str, samples: int, seed: int, log) 
             log(f"held-out FID {i}/{len(rows)}: {row.timesteps}, {row.skipped} layer-step"
                 f"{'s' * (row.skipped != 1)} skipped, {samples} samples")
             batch = batch or draw(model, samples, seed, HELDOUT)  # one batch: common noise
-            hit = {**key, "fid": _score(model, scorer, row, batch, solver)}
+            hit = {**key, "fid": _score(model, scorer, row, batch, row_solver)}
             cached.append(hit)
             _store(study, hit)
         row.heldout_fid = hit.get("fid")
@@ -60,7 +62,7 @@ def _store(study, hit: dict) -> None:
     study.set_user_attr(CACHE_ATTR, [*_stored(study), hit])
 
 
-def _score(model, scorer, row, batch, solver: str) -> float | None:
+def _score(model, scorer, row, batch, solver) -> float | None:
     try:
         return score_schedule(model, scorer, tuple(row.timesteps), batch, solver,
                               skip=[tuple(s) for s in row.skip])

@@ -161,13 +161,23 @@ def _grouped_importances(stage2: optuna.Study) -> Panel:
     return Panel("importances", title, plots.importance_figure(by_layer, by_step))
 
 
+SOLVER_GROUP = "solver"  # the bar of the searched per-step rules
+
+
 def group_importances(importances: dict[str, float], steps: int,
                       layers: list[str]) -> tuple[dict[str, float], dict[str, float]]:
     """Stage-2 parameter importances summed by layer ("time steps": t0..t{K-1}; a layer: its
-    mask bits at every step) and by step ("step k": its time step and its mask bits), in
+    mask bits at every step; "solver": the searched rules' orders and correctors, where the
+    study searched them) and by step ("step k": its time step, its mask bits and its rule), in
     execution order. A parameter Optuna left out (one no trial varied) counts 0."""
     by_layer = {"time steps": 0.0, **dict.fromkeys(layers, 0.0)}
     by_step = {f"step {k + 1}": 0.0 for k in range(steps)}
+    rules = {f"{kind}{k}": k for k in range(steps) for kind in ("o", "c")}
+    if any(name in importances for name in rules):
+        by_layer[SOLVER_GROUP] = 0.0
+        for name, k in rules.items():
+            by_layer[SOLVER_GROUP] += importances.get(name, 0.0)
+            by_step[f"step {k + 1}"] += importances.get(name, 0.0)
     for k in range(steps):
         time = importances.get(f"t{k}", 0.0)
         by_layer["time steps"] += time

@@ -41,6 +41,7 @@ from autodiff_optuna.reporting import (
 from autodiff_optuna.sampling import validate
 from autodiff_optuna.sampling.noise import check_count, check_fits, check_seed
 from autodiff_optuna.sampling.skipping import check_skip
+from autodiff_optuna.search.config import name_problem, shortened
 from autodiff_optuna.search.context import alphas_cumprod
 from autodiff_optuna.search.fidelity import n_evaluated
 from autodiff_optuna.search.results import FID_TOLERANCE, Point, StudyResult, complete_trials
@@ -71,7 +72,7 @@ class Chosen:
     label: str  # its name in the schedule plot: its roles ("best = exported")
     caption: str
     model: str
-    solver: str
+    solver: str | list  # a fixed solver's name, or one [order, corrector] rule per step
     timesteps: list[int]
     skip: list[list[str]]
     study: object = None  # the study and trial the grid is attached to (None: a file)
@@ -155,19 +156,15 @@ def _check_options(options: Options) -> None:
 
 def _out_dir(name: str, options: Options) -> Path:
     """``--out``, else ``reports/<name>``: refused for a name that is not one plain folder name,
-    so that no study name (``..``, ``../../x``, ``/etc``) puts the page outside ``reports/``."""
+    so that no study name (``..``, ``../../x``, ``/etc``) puts the page outside ``reports/``, and
+    none is too long for a file name."""
     if options.out:
         return Path(options.out)
-    if not is_folder_name(name):
-        raise UsageError(f"study name {name!r} cannot be a folder under reports/ (it is '.' or "
-                         "'..', or holds a path separator or control character): pass --out DIR")
+    problem = name_problem(name)
+    if problem is not None:
+        raise UsageError(f"study name {shortened(name)!r} cannot be a folder under reports/ "
+                         f"({problem}): pass --out DIR")
     return Path("reports") / name
-
-
-def is_folder_name(name: str) -> bool:
-    """One path component that stays where it is put (no separator of any system)."""
-    return name not in ("", ".", "..") and name.isprintable() and not any(
-        separator in name for separator in "/\\")
 
 
 def _check_stored_schedules(result: StudyResult, exported: Point, model) -> None:
@@ -198,7 +195,7 @@ def _chosen(result: StudyResult, exported: Point, schedule, schedule_path) -> li
         trial = next(t for t in complete_trials(study) if t.number == p.trial)
         label = " = ".join(roles)
         out.append(Chosen("-".join(roles), label, f"{label}: {p.describe(result.full_gflops)}",
-                          model, solver, p.timesteps, p.skip, study, trial))
+                          model, p.rules or solver, p.timesteps, p.skip, study, trial))
     if schedule is not None:
         fid = "" if schedule.fid is None else f": FID {schedule.fid:.3f} in its study"
         out.append(Chosen("file", "schedule file", f"{Path(schedule_path).name}{fid}",
@@ -216,13 +213,13 @@ def _rows(reported, exported: Point, top: int, full_gflops: float, schedule) -> 
         gflops = schedule.gflops if schedule.gflops is not None else full_gflops
         rows.append(candidates.Row("schedule file", None, None, list(schedule.timesteps),
                                    [list(s) for s in schedule.skip], schedule.fid, gflops,
-                                   share=gflops / full_gflops))
+                                   share=gflops / full_gflops, rules=schedule.solver))
     return rows
 
 
 def _grid_note(options: Options) -> str:
     return (f"Every grid: the same {options.grid} images of held-out noise (seed {options.seed}),"
-            f" as `sample --n {options.grid} --seed {options.seed}` draws them.")
+            f' as "sample --n {options.grid} --seed {options.seed}" draws them.')
 
 
 def _heldout_scorer(config: dict, options: Options):
@@ -240,7 +237,7 @@ def _heldout_note(samples: int, options: Options) -> str:
     if not samples:
         return "Held-out FID was not computed (--heldout-samples 0)."
     return (f"Held-out FID: {samples} samples per candidate on held-out noise seed {options.seed}"
-            f" (as `evaluate --samples {samples} --seed {options.seed}` computes it).")
+            f' (as "evaluate --samples {samples} --seed {options.seed}" computes it).')
 
 
 def _grids(chosen: list[Chosen], out: Path, storage, store, options: Options) -> str:

@@ -72,7 +72,7 @@ def result_lines(result: StudyResult, exported: Point | None,
     count = len(result.front)
     return [
         f"best: {result.best.describe(full)}",
-        f"exported (what `export` writes: {rule}): {export}",
+        f"exported (what the export command writes: {rule}): {export}",
         f"uniform baseline (same step count, full network, same search noise): {uniform}",
         f"Pareto front of both stages: {count} point{'s' * (count != 1)}, each saving at least "
         f"{saving} over the next better-FID one",

@@ -1,19 +1,24 @@
 """Common random numbers: every candidate of a study is scored on the same noise and labels.
 
 The search and held-out evaluation draw from disjoint seed streams (even and odd generator seeds),
-so ``evaluate`` checks a schedule on noise that no study, whatever its seed, ever searched on.
+so ``evaluate`` checks a schedule on noise that no study, whatever its seed, ever searched on. A
+third stream, the teacher's, feeds the trajectory that ``trajectory_dp`` fits schedules to: it
+comes from another generator (numpy's PCG64 keyed by the seed and the stream), since torch's CPU
+generator keeps 32 bits of its seed and both parities are taken.
 """
 
 import math
 import os
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from autodiff_optuna.errors import UsageError
 from autodiff_optuna.models.base import DiffusionModel
 
-SEARCH, HELDOUT = "search", "heldout"
+SEARCH, HELDOUT, TEACHER = "search", "heldout", "teacher"
+TEACHER_KEY = 0x7EAC4E2  # keys the teacher's generator apart from any other use of numpy's
 # the most images one command samples (--samples, --heldout-samples): twenty times FID's
 # customary 50,000; a larger count is a typo, refused before anything is loaded or stored
 MAX_IMAGES = 1_000_000
@@ -73,13 +78,24 @@ class NoiseBatch:
 
 
 def draw(model: DiffusionModel, n: int, seed: int, purpose: str = SEARCH) -> NoiseBatch:
-    if purpose not in (SEARCH, HELDOUT):
+    if purpose not in (SEARCH, HELDOUT, TEACHER):
         raise ValueError(f"unknown noise purpose {purpose!r}")
     check_fits(model, n, "the image count")  # callers check with their flag's name first
     check_seed(seed, "the noise seed")
+    if purpose == TEACHER:
+        return _teacher_noise(model, n, seed)
     generator = torch.Generator().manual_seed(2 * seed + (purpose == HELDOUT))
     noise = torch.randn((n, *model.sample_shape), generator=generator)
     labels = None
     if model.num_classes:
         labels = torch.randint(0, model.num_classes, (n,), generator=generator)
+    return NoiseBatch(noise, labels)
+
+
+def _teacher_noise(model: DiffusionModel, n: int, seed: int) -> NoiseBatch:
+    rng = np.random.default_rng([TEACHER_KEY, seed])
+    noise = torch.from_numpy(rng.standard_normal((n, *model.sample_shape), dtype=np.float32))
+    labels = None
+    if model.num_classes:
+        labels = torch.from_numpy(rng.integers(0, model.num_classes, n))
     return NoiseBatch(noise, labels)

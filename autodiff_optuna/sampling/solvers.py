@@ -1,9 +1,12 @@
 """Deterministic solvers over any set of time steps, built on diffusers' schedulers.
 
-``DPMSolverMultistepScheduler`` accepts an arbitrary ``timesteps=`` list. With
-``algorithm_type="dpmsolver++"`` and ``solver_order=1`` its update is exactly DDIM (eta = 0);
-with ``solver_order=2`` it is DPM-Solver++(2M). The last step lands on sigma = 0, i.e. the model's
-clean-image prediction, as DDIM with ``set_alpha_to_one`` does.
+``sample`` runs a fixed solver (``rules.SOLVERS``) or one rule per step (``rules.StepRule``) by
+diffusers' own updates (``rules.RuleStepper``). ``DPMSolverMultistepScheduler`` accepts an
+arbitrary ``timesteps=`` list; with ``algorithm_type="dpmsolver++"`` and ``solver_order=1`` its
+update is exactly DDIM (eta = 0), with ``solver_order=2`` DPM-Solver++(2M), with 3
+DPM-Solver++(3M): ``make_scheduler`` builds it for a user's own pipeline, and ``sample`` gives
+the same result bit for bit. The last step lands on sigma = 0, i.e. the model's clean-image
+prediction, as DDIM with ``set_alpha_to_one`` does.
 """
 
 import inspect
@@ -14,22 +17,28 @@ import torch
 from autodiff_optuna.errors import UsageError
 from autodiff_optuna.models.base import DiffusionModel
 from autodiff_optuna.sampling.noise import NoiseBatch
+from autodiff_optuna.sampling.rules import SOLVERS, RuleStepper, run_rules, step_rules
 from autodiff_optuna.sampling.schedules import Schedule
 from autodiff_optuna.sampling.skipping import skipping
 
-SOLVER_ORDERS = {"ddim": 1, "dpmpp2m": 2}
+# the solvers one DPMSolverMultistepScheduler runs (what ``make_scheduler`` builds)
+SOLVER_ORDERS = {name: rule.order for name, rule in SOLVERS.items() if not rule.corrector}
 
 
 def _solver(training_config: dict, solver: str):
-    """The solver's scheduler over the model's training schedule, before any time steps."""
+    """The solver's scheduler over the model's training schedule, before any time steps: a
+    fixed solver of ``rules.SOLVERS`` that one ``DPMSolverMultistepScheduler`` runs."""
     from diffusers import DPMSolverMultistepScheduler
 
-    if solver not in SOLVER_ORDERS:
-        raise UsageError(f"unknown solver {solver!r}; known: {', '.join(SOLVER_ORDERS)}")
+    rule = step_rules(solver, 1)[0]  # an unknown name: one line that lists the known
+    if rule.corrector:
+        single = [name for name, rule in SOLVERS.items() if not rule.corrector]
+        raise UsageError(f"no DPMSolverMultistepScheduler runs solver {solver!r} (UniPC's "
+                         f"corrector); those that do: {', '.join(single)}")
     return DPMSolverMultistepScheduler.from_config(
         training_config,
         algorithm_type="dpmsolver++",
-        solver_order=SOLVER_ORDERS[solver],
+        solver_order=rule.order,
         prediction_type="epsilon",
         final_sigmas_type="zero",
         lower_order_final=True,
@@ -61,29 +70,37 @@ def _infinite(value) -> bool:
 
 
 @torch.inference_mode()
-def sample(model: DiffusionModel, timesteps: Schedule, batch: NoiseBatch, solver: str = "ddim",
+def sample(model: DiffusionModel, timesteps: Schedule, batch: NoiseBatch, solver="ddim",
            batch_size: int | None = None, skip=None) -> torch.Tensor:
     """Run the solver from ``batch.noise`` over ``timesteps``; returns images in model range
     (``model.decode`` of the final samples: a latent model's latents are decoded).
 
+    ``solver``: a name of ``rules.SOLVERS`` or one ``StepRule`` per step (``rules.step_rules``).
     ``skip`` holds, per step, the names of the layers bypassed at that step (None: full network).
     """
+    rules = step_rules(solver, len(timesteps))
     n = len(batch.noise)
     skip = skip or [()] * len(timesteps)
     layers = model.skippable_layers() if any(skip) else {}
     model.prepare()  # batch sizing and --compile, once, whatever batch size is passed here
     # default: what the model says its device takes (real models: measured on CUDA), else all
     batch_size = batch_size or model.batch_size or n
+    stepper = RuleStepper(model.scheduler_config)
+    steps, sigmas = stepper.schedule(timesteps, model.device)
     outputs = []
     for start in range(0, n, batch_size):
         x = batch.noise[start:start + batch_size].to(model.device)
         labels = (None if batch.labels is None
                   else batch.labels[start:start + batch_size].to(model.device))
-        # a multistep solver keeps history: one fresh scheduler per batch
-        scheduler = make_scheduler(model, solver, timesteps)
-        for t, skipped in zip(scheduler.timesteps, skip):
-            with skipping(layers, skipped):
-                eps = model.predict_noise(x, t, labels)
-            x = scheduler.step(eps, t, x).prev_sample
+        x = run_rules(stepper, sigmas, rules, x, network_at(model, steps, labels, layers, skip))
         outputs.append(model.decode(x).cpu())  # a batch at a time: latents never pile up
     return torch.cat(outputs)
+
+
+def network_at(model: DiffusionModel, steps: torch.Tensor, labels, layers=None, skip=None):
+    """``network(i, x)`` for ``rules.run_rules``: the model's epsilon at step i of ``steps``,
+    with that step's layers of ``skip`` bypassed."""
+    def network(i: int, x: torch.Tensor) -> torch.Tensor:
+        with skipping(layers or {}, skip[i] if skip else ()):
+            return model.predict_noise(x, steps[i], labels)
+    return network

@@ -1,11 +1,13 @@
 """The two-stage search as Optuna studies: candidates and their encoding, the evolutionary
 sampler, the studies of both stages, and running them.
 
-One concept a module: ``encoding`` (candidates), ``evolutionary`` (the sampler), ``config`` (what
-defines a search), ``context`` (its model and metric), ``objectives`` (a study's values),
-``stages`` (creating and resuming the linked studies), ``trial`` (the trial function),
-``fidelity`` (multi-fidelity pruning), ``run`` (running a stage to its target), ``progress``,
-and ``results``, the read side that reporting, export and the benchmarks use.
+One concept a module: ``encoding`` (candidates), ``evolutionary`` (the sampler) with its parts
+``variation`` (operators), ``children`` (child strategies) and ``proposals`` (no candidate
+twice), ``config`` (what defines a search), ``context`` (its model and metric),
+``objectives`` (a study's values), ``stages`` (creating and resuming the linked studies),
+``trial`` (the trial function), ``fidelity`` (multi-fidelity pruning), ``run`` (running a
+stage to its target), ``progress``, and ``results``, the read side that reporting, export
+and the benchmarks use.
 """
 
 from autodiff_optuna.search.config import SearchConfig, configure

@@ -11,7 +11,7 @@ import yaml
 from autodiff_optuna.errors import UsageError
 from autodiff_optuna.models.files import read_text
 from autodiff_optuna.sampling.noise import check_count, check_fits
-from autodiff_optuna.sampling.solvers import SOLVER_ORDERS
+from autodiff_optuna.sampling.rules import SOLVERS
 from autodiff_optuna.version import __version__
 
 PRESETS_DIR = Path(__file__).resolve().parents[2] / "studies"
@@ -28,6 +28,11 @@ STAGE1_SAMPLERS = ("evolutionary", *OPTUNA_SAMPLERS)  # the default first
 # stage 2's sampler is seeded apart from stage 1's; every seed must suit numpy's legacy
 # RandomState (Optuna's RandomSampler), which takes 0 .. 2**32 - 1
 STAGE2_SEED_OFFSET = 1000
+# a study's --solver: one of the fixed solvers at every step, or "search" (each position's rule
+# searched with the steps), which new studies get when neither a flag nor a preset names one
+SOLVER_SEARCH = "search"
+SOLVER_CHOICES = (*SOLVERS, SOLVER_SEARCH)
+DEFAULT_SOLVER = SOLVER_SEARCH
 MAX_SEED = 2**32 - 1 - STAGE2_SEED_OFFSET
 
 
@@ -35,12 +40,16 @@ MAX_SEED = 2**32 - 1 - STAGE2_SEED_OFFSET
 class SearchConfig:
     model: str
     steps: int
-    solver: str = "ddim"
+    solver: str = "ddim"  # what a study stored before the field existed ran with
     samples: int = 1000
     seed: int = 0
     population: int = 20
     min_samples: int | None = None  # first rung of multi-fidelity pruning (stage 1); None: off
     sampler: str = "evolutionary"  # stage 1's; one of STAGE1_SAMPLERS
+
+    @property
+    def solver_search(self) -> bool:
+        return self.solver == SOLVER_SEARCH
 
     @property
     def default_name(self) -> str:
@@ -50,8 +59,8 @@ class SearchConfig:
         """Each setting's own range, before anything is loaded."""
         if self.steps < 1:
             raise UsageError(f"--steps must be at least 1, got {self.steps}")
-        if self.solver not in SOLVER_ORDERS:
-            raise UsageError(f"unknown solver {self.solver!r}; known: {', '.join(SOLVER_ORDERS)}")
+        if self.solver not in SOLVER_CHOICES:
+            raise UsageError(f"unknown solver {self.solver!r}; known: {', '.join(SOLVER_CHOICES)}")
         if self.samples < 2:
             raise UsageError(f"--samples must be at least 2, got {self.samples}")
         check_count(self.samples, "--samples")
@@ -138,6 +147,33 @@ class Targets:
 
 
 DEFAULT_TRIALS = 100
+# a study name is a folder name (``report`` writes reports/<name>/, and reports/<name>-stage2/
+# for its stage 2): file systems take 255 bytes
+MAX_NAME_BYTES = 255 - len("-stage2")
+
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a study's report folder (None: it can): empty, '.' or '..', a
+    path separator or control character, or more bytes than a file name may have."""
+    if name in ("", ".", "..") or not name.isprintable() or any(c in name for c in "/\\"):
+        return "it is empty, '.' or '..', or holds a path separator or control character"
+    size = len(name.encode("utf-8", "surrogatepass"))
+    if size > MAX_NAME_BYTES:
+        return f"it is {size} bytes long, a file name at most {MAX_NAME_BYTES}"
+    return None
+
+
+def check_study_name(name: str) -> None:
+    """Refuse, before anything is made, a name the study's report could not be written under."""
+    problem = name_problem(name)
+    if problem is not None:
+        raise UsageError(f"study name {shortened(name)!r} cannot be used: {problem} "
+                         "(reports/<name>/ is a folder)")
+
+
+def shortened(name: str, limit: int = 60) -> str:
+    """A name as an error line shows it: its start and end where it is longer than ``limit``."""
+    return name if len(name) <= limit else f"{name[:limit - 20]}...{name[-10:]}"
 
 
 def configure(model: str, steps: int, trials: int | None = None,
@@ -153,6 +189,7 @@ def configure(model: str, steps: int, trials: int | None = None,
     if values["min_samples"] == 0 or first_rung_too_big:
         # --min-samples 0 turns a preset's pruning off; so does a --samples below its first rung
         values["min_samples"] = None
+    values["solver"] = values["solver"] or DEFAULT_SOLVER
     config = SearchConfig(model, steps, **{k: v for k, v in values.items() if v is not None})
     config.check()
     trials = trials if trials is not None else preset.get("trials", DEFAULT_TRIALS)

@@ -37,7 +37,13 @@ class SearchContext:
 
     def space(self, stage: int) -> CandidateSpace:
         layers = self.costs.layers if stage == 2 else ()
-        return CandidateSpace(self.config.steps, self.model.num_train_timesteps, layers)
+        return CandidateSpace(self.config.steps, self.model.num_train_timesteps, layers,
+                              solver_search=self.config.solver_search)
+
+    def solver_of(self, candidate) -> object:
+        """What ``sampling.sample`` runs a candidate with: its own rules where the study
+        searches them, else the study's solver."""
+        return candidate.rules or self.config.solver
 
     @property
     def full_gflops(self) -> float:

@@ -1,23 +1,34 @@
-"""Candidates, how they are written into an Optuna trial, and the operators that vary them.
+"""Candidates and how they are written into an Optuna trial.
 
 A candidate is K distinct time steps out of T, visited from high to low, and for each step the
 set of layers skipped there (stage 2; empty in stage 1). In a trial it is the integer parameters
 ``t0 .. t{K-1}`` (``t0`` the noisiest) and, in stage 2, one 0/1 parameter ``m{i}:{layer}`` per step
-and layer. The evolutionary sampler writes canonical candidates; generic Optuna samplers may not,
-so ``decode`` repairs deterministically (sort, then move a repeated step to the nearest free one),
-and every sampler is scored on the same encoding. ``CandidateSpace.suggest`` writes a candidate
+and layer. A space that searches the solver too (``solver_search``) adds, per position, the
+order of its DPM-Solver++ update ``o{i}`` (1 to 3) and whether UniPC's corrector follows it
+``c{i}`` (0/1): a position's rule, bounded by the history available there
+(``sampling.rules.bounded``), so the same schedule is never two candidates. The evolutionary
+sampler writes canonical candidates; generic Optuna samplers may not, so ``decode`` repairs
+deterministically (sort, then move a repeated step to the nearest free one), and every sampler
+is scored on the same encoding. ``CandidateSpace.suggest`` writes a candidate
 into a trial and returns it decoded, for objectives of one's own.
 
-A step and its mask travel together: when mutation or crossover moves a step, its mask moves
-with it, and the candidate is re-sorted by step.
+A candidate is a list of genes, one per step: the time step and what travels with it (the
+mask). The variation operators (``variation``) move a step with everything it carries, and
+``repair`` re-sorts the candidate by step. Solver rules belong to positions, not to steps: how
+many earlier evaluations an update may use depends on where it stands, so a rule stays at its
+position when the steps move.
 """
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from numbers import Integral
 
 import numpy as np
 import optuna
 from optuna.distributions import IntDistribution
+
+from autodiff_optuna.sampling.rules import ORDERS, StepRule, bounded
 
 Gene = tuple[int, frozenset]  # (time step, names of the layers skipped at that step)
 
@@ -26,6 +37,7 @@ Gene = tuple[int, frozenset]  # (time step, names of the layers skipped at that 
 class Candidate:
     timesteps: tuple[int, ...]
     skip: tuple[tuple[str, ...], ...]  # per step, in layer order; empty tuples in stage 1
+    rules: tuple[StepRule, ...] = ()  # per position, bounded; () where the study fixes the solver
 
     @property
     def genes(self) -> list[Gene]:
@@ -37,7 +49,50 @@ class CandidateSpace:
     steps: int  # K
     num_train_timesteps: int  # T
     layers: tuple[str, ...] = ()  # skippable layers, in execution order; () in stage 1
-    bit_flip_prob: float | None = None  # per mask bit; default: two flips per mutation
+    solver_search: bool = False  # each position's solver rule is searched too
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "num_train_timesteps"):
+            value = getattr(self, name)
+            if not isinstance(value, Integral) or isinstance(value, bool):
+                raise ValueError(f"CandidateSpace: {name} must be an integer, not {value!r}")
+            object.__setattr__(self, name, int(value))
+        if self.steps < 1:
+            raise ValueError(f"CandidateSpace: steps must be at least 1, not {self.steps}")
+        if self.num_train_timesteps < self.steps:
+            raise ValueError(f"CandidateSpace: {self.steps} distinct steps do not fit in "
+                             f"num_train_timesteps={self.num_train_timesteps}")
+        if isinstance(self.layers, str):
+            raise ValueError(f"CandidateSpace: layers must be a sequence of names, not the "
+                             f"string {self.layers!r}")
+        layers = tuple(self.layers)
+        if not all(isinstance(layer, str) and layer for layer in layers):
+            raise ValueError(f"CandidateSpace: layer names must be non-empty strings: {layers}")
+        if len(set(layers)) < len(layers):
+            raise ValueError(f"CandidateSpace: a layer is named twice: {layers}")
+        object.__setattr__(self, "layers", layers)
+
+    @property
+    def size(self) -> int:
+        """How many distinct candidates the space holds."""
+        masks = 2 ** (self.steps * len(self.layers))
+        rules = math.prod(len(c) for c in self.rule_choices) if self.solver_search else 1
+        return math.comb(self.num_train_timesteps, self.steps) * masks * rules
+
+    @property
+    def rule_choices(self) -> list[list[StepRule]]:
+        """Per position, the distinct rules that can run there."""
+        # what bounds a position's rule is where it stands, not the other positions' rules
+        return [sorted({bounded([StepRule(order, corrector)] * self.steps)[i]
+                        for order in ORDERS for corrector in (False, True)},
+                       key=lambda r: (r.order, r.corrector))
+                for i in range(self.steps)]
+
+    def rules_of(self, rules: Sequence[StepRule] | None) -> tuple[StepRule, ...]:
+        """The canonical rules of a candidate of this space: bounded, or () without a search."""
+        if not self.solver_search:
+            return ()
+        return bounded(rules or [StepRule()] * self.steps)
 
     # -- encoding -------------------------------------------------------------------------------
 
@@ -46,9 +101,15 @@ class CandidateSpace:
         return [f"t{i}" for i in range(self.steps)]
 
     @property
+    def rule_names(self) -> list[str]:
+        if not self.solver_search:
+            return []
+        return [f"{kind}{i}" for i in range(self.steps) for kind in ("o", "c")]
+
+    @property
     def names(self) -> list[str]:
         return self.step_names + [self.mask_name(i, layer) for i in range(self.steps)
-                                  for layer in self.layers]
+                                  for layer in self.layers] + self.rule_names
 
     @staticmethod
     def mask_name(position: int, layer: str) -> str:
@@ -56,13 +117,17 @@ class CandidateSpace:
 
     def distributions(self) -> dict[str, IntDistribution]:
         top = self.num_train_timesteps - 1
-        return {name: IntDistribution(0, top if name.startswith("t") else 1) for name in self.names}
+        highest = {"t": top, "m": 1, "o": max(ORDERS), "c": 1}
+        return {name: IntDistribution(1 if name[0] == "o" else 0, highest[name[0]])
+                for name in self.names}
 
     def encode(self, candidate: Candidate) -> dict[str, int]:
         params = dict(zip(self.step_names, (int(t) for t in candidate.timesteps)))
         for i, skipped in enumerate(candidate.skip):
             params.update({self.mask_name(i, layer): int(layer in skipped)
                            for layer in self.layers})
+        for i, rule in enumerate(self.rules_of(candidate.rules)):
+            params.update({f"o{i}": rule.order, f"c{i}": int(rule.corrector)})
         return params
 
     def suggest(self, trial: optuna.Trial) -> Candidate:
@@ -92,7 +157,7 @@ class CandidateSpace:
             start = end + 1
         steps = tuple(t for t, _ in genes)
         skip = tuple(tuple(layer for layer in self.layers if layer in m) for _, m in genes)
-        return {**self.encode(Candidate(steps, skip)), **fixed}
+        return {**self.encode(Candidate(steps, skip, candidate.rules)), **fixed}
 
     @staticmethod
     def _fit(genes: list[Gene], lower: int, upper: int, rng: np.random.Generator) -> list[Gene]:
@@ -112,18 +177,22 @@ class CandidateSpace:
         genes = [(params[f"t{i}"], frozenset(layer for layer in self.layers
                                              if params.get(self.mask_name(i, layer))))
                  for i in range(self.steps)]
-        return self.repair(genes)
+        rules = ([StepRule(int(params.get(f"o{i}", 1)), bool(params.get(f"c{i}", 0)))
+                  for i in range(self.steps)] if self.solver_search else None)
+        return self.repair(genes, rules=rules)
 
-    def candidate(self, timesteps: Sequence[int], skip: Sequence[Iterable[str]] | None = None
-                  ) -> Candidate:
+    def candidate(self, timesteps: Sequence[int], skip: Sequence[Iterable[str]] | None = None,
+                  rules: Sequence[StepRule] | None = None) -> Candidate:
         skip = skip if skip is not None else [()] * len(timesteps)
-        return self.repair(list(zip(timesteps, (frozenset(s) for s in skip))))
+        return self.repair(list(zip(timesteps, (frozenset(s) for s in skip))), rules=rules)
 
     # -- repair and random candidates -----------------------------------------------------------
 
-    def repair(self, genes: Sequence[Gene], rng: np.random.Generator | None = None) -> Candidate:
+    def repair(self, genes: Sequence[Gene], rng: np.random.Generator | None = None,
+               rules: Sequence[StepRule] | None = None) -> Candidate:
         """K distinct descending steps: a repeated step moves to the nearest free step (or, with
-        ``rng``, to a random free one), keeping its mask; steps are clipped into [0, T-1]."""
+        ``rng``, to a random free one), keeping its mask; steps are clipped into [0, T-1]. The
+        position's ``rules`` are bounded (all DDIM where none are given)."""
         top = self.num_train_timesteps - 1
         taken: dict[int, frozenset] = {}
         for t, mask in sorted(((min(max(int(t), 0), top), m) for t, m in genes),
@@ -138,9 +207,12 @@ class CandidateSpace:
         ordered = sorted(taken.items(), key=lambda g: -g[0])[: self.steps]
         return Candidate(tuple(t for t, _ in ordered),
                          tuple(tuple(layer for layer in self.layers if layer in m)
-                               for _, m in ordered))
+                               for _, m in ordered), self.rules_of(rules))
 
     def random_free(self, rng: np.random.Generator, taken) -> int:
+        """A random step not in ``taken`` (which must leave one free)."""
+        if len(taken) >= self.num_train_timesteps:
+            raise ValueError("no free time step left")
         while True:
             t = int(rng.integers(self.num_train_timesteps))
             if t not in taken:
@@ -158,68 +230,6 @@ class CandidateSpace:
         steps = rng.choice(self.num_train_timesteps, size=self.steps, replace=False)
         masks = [frozenset(np.asarray(self.layers)[rng.random(len(self.layers)) < 0.1].tolist())
                  for _ in steps]
-        return self.repair(list(zip(steps.tolist(), masks)))
-
-    # -- variation operators --------------------------------------------------------------------
-
-    def mutate(self, parent: Candidate, rng: np.random.Generator,
-               gene_prob: float = 0.25) -> Candidate:
-        """Step mutation (each step with probability ``gene_prob``: replaced by an unused step
-        anywhere, or shifted between its neighbours) and, in stage 2, bit-flip mutation of the
-        masks. The child always differs from the parent."""
-        genes = parent.genes
-        if not self.layers or rng.random() < 0.5:
-            genes = self._mutate_steps(genes, rng, gene_prob)
-        if self.layers:
-            genes = self._flip_bits(genes, rng)
-        child = self.repair(genes, rng)
-        while child == parent:  # e.g. a shift that landed back on its own step
-            child = self.repair(self._flip_bits(child.genes, rng) if self.layers
-                                else self._mutate_steps(child.genes, rng, gene_prob), rng)
-        return child
-
-    def _mutate_steps(self, genes: list[Gene], rng, gene_prob: float) -> list[Gene]:
-        steps = [t for t, _ in genes]
-        k, top = len(steps), self.num_train_timesteps
-        chosen = rng.random(k) < gene_prob
-        if not chosen.any():
-            chosen[rng.integers(k)] = True
-        for i in np.flatnonzero(chosen):
-            taken = set(steps)
-            upper = steps[i - 1] if i > 0 else top  # exclusive bounds keep the order
-            lower = steps[i + 1] if i < k - 1 else -1
-            if rng.random() < 0.5 and upper - lower > 2:
-                new = int(rng.integers(lower + 1, upper))
-                if new == steps[i]:
-                    new = self.random_free(rng, taken)
-            else:
-                new = self.random_free(rng, taken)
-            steps[i] = new
-        return [(t, m) for t, (_, m) in zip(steps, genes)]
-
-    def _flip_bits(self, genes: list[Gene], rng) -> list[Gene]:
-        n_bits = len(genes) * len(self.layers)
-        p = self.bit_flip_prob or min(0.5, 2.0 / n_bits)
-        flips = rng.random((len(genes), len(self.layers))) < p
-        if not flips.any():
-            flips[divmod(int(rng.integers(n_bits)), len(self.layers))] = True
-        return [(t, m ^ frozenset(np.asarray(self.layers)[row].tolist()))
-                for (t, m), row in zip(genes, flips)]
-
-    def shift(self, candidate: Candidate, offsets: Sequence[float],
-              rng: np.random.Generator) -> Candidate:
-        """Each step moved by its offset (rounded), with its mask; then repaired."""
-        genes = [(int(np.rint(t + d)), m) for (t, m), d in zip(candidate.genes, offsets)]
-        return self.repair(genes, rng)
-
-    def crossover(self, a: Candidate, b: Candidate, rng: np.random.Generator) -> Candidate:
-        """Uniform crossover position by position: each step, with its mask, comes from either
-        parent (so all steps come from the union of both parents' steps; a step both would
-        give twice is refilled at random); in stage 2 the mask bits of that position are then
-        crossed uniformly between the two parents."""
-        genes = []
-        for (ta, ma), (tb, mb), take_a in zip(a.genes, b.genes, rng.random(self.steps) < 0.5):
-            mask = frozenset(layer for layer in self.layers
-                             if (layer in ma if rng.random() < 0.5 else layer in mb))
-            genes.append((ta if take_a else tb, mask))
-        return self.repair(genes, rng)
+        rules = ([choices[int(rng.integers(len(choices)))] for choices in self.rule_choices]
+                 if self.solver_search else None)
+        return self.repair(list(zip(steps.tolist(), masks)), rules=rules)

@@ -27,15 +27,19 @@ Per trial:
 As an Optuna sampler it owns the encoding's parameters and nothing else: any other parameter of
 an objective (a guidance scale, say) is drawn by ``independent_sampler``. Parameters fixed by
 someone else (``enqueue_trial`` with some of them, ``PartialFixedSampler``) stay fixed, and the
-proposal is fitted around them. Threads of one process (``n_jobs > 1``) propose one at a time and
-see each other's proposals before they reach the storage, so no two propose the same candidate.
-The in-memory caches below only save storage reads; a process holds no state of its own.
+proposal is fitted around them. No two trials are proposed the same candidate, whether they
+run in threads of one process (``n_jobs > 1``) or in processes of their own (``proposals``);
+a space with no candidate left stops the study with ``SearchSpaceExhausted``. The in-memory
+caches only save storage reads; a process holds no state of its own, and the sampler pickles
+and deep-copies as Optuna's own samplers do.
+
+The parts, as Optuna's NSGA-II is built: ``encoding`` (the candidates), ``variation`` (their
+operators), ``children`` (the child strategies), ``proposals`` (no candidate twice) and this
+module (the generation rule, parents and the Optuna hooks).
 """
 
-import itertools
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -44,6 +48,7 @@ from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseGASampler, BaseSampler, RandomSampler
 from optuna.trial import FrozenTrial, TrialState
 
+from autodiff_optuna.search.children import ChildGeneration, ChildStrategy
 from autodiff_optuna.search.encoding import Candidate, CandidateSpace
 from autodiff_optuna.search.fidelity import is_evaluated
 from autodiff_optuna.search.optuna_internals import (
@@ -51,27 +56,15 @@ from autodiff_optuna.search.optuna_internals import (
     enqueued_params,
     ga_generation_key,
     nsgaii_elite_selection,
-    record_constraints,
     set_system_attr,
-    study_id,
 )
+from autodiff_optuna.search.proposals import Proposals, Running, study_key
 
 MAX_REDRAWS = 100  # a child already in the study is redrawn up to this many times
-# The narrowest Parzen kernel, as a fraction of T: once the better half agrees on a step, its
-# spread (and Scott's bandwidth) shrinks to nothing, and children would only repeat it.
-MIN_BANDWIDTH = 0.02
 
 
-@dataclass
-class _Running:
-    """What this process knows of a trial it samples, while trials that may have read the
-    storage before it wrote its parameters still run (times are the sampler's event count)."""
-
-    generation: int
-    started: int  # its storage snapshot is no older than this
-    params: dict[str, int] | None = None  # the proposal, as parameters
-    candidate: Candidate | None = None  # the same, decoded
-    finished: int | None = None  # when after_trial (or a storage snapshot) saw it finish
+class SearchSpaceExhausted(RuntimeError):
+    """Every candidate of the space is in the study already: nothing is left to propose."""
 
 
 class EvolutionarySampler(BaseGASampler):
@@ -84,7 +77,8 @@ class EvolutionarySampler(BaseGASampler):
         elite_size: survivors per generation; parents are drawn from them.
         parzen_prob: chance that a child is a Parzen child: a random member of the better half
             of the ranked elites, each step moved by a Gaussian of that half's spread on the
-            step (Scott's rule, at least ``MIN_BANDWIDTH`` of T); masks move with their steps.
+            step (Scott's rule, at least ``children.MIN_BANDWIDTH`` of T); masks move with
+            their steps.
         crossover_prob: chance that any other child is a crossover of two parents (else a copy
             of one) before it is mutated.
         gene_mutation_prob: chance that mutation touches each step (default 1/K; at least one
@@ -92,17 +86,18 @@ class EvolutionarySampler(BaseGASampler):
         first_generation: what generation 0 holds after ``initial``: "random" candidates or
             "children" of ``initial``.
         seed: makes the whole search reproducible.
-        constraints_func: as NSGA-II's; infeasible trials rank after feasible ones.
         independent_sampler: samples every parameter outside the encoding (default: a
             ``RandomSampler`` with ``seed``).
+        child_generation_strategy: makes a child of ranked parents (default: a
+            ``children.ChildGeneration`` of the three probabilities above).
     """
 
     def __init__(self, space: CandidateSpace, *, population_size: int = 20,
                  initial: Sequence[Candidate] = (), elite_size: int | None = None,
                  parzen_prob: float = 0.5, crossover_prob: float = 0.9,
                  gene_mutation_prob: float | None = None, first_generation: str = "random",
-                 seed: int = 0, constraints_func=None,
-                 independent_sampler: BaseSampler | None = None) -> None:
+                 seed: int = 0, independent_sampler: BaseSampler | None = None,
+                 child_generation_strategy: ChildStrategy | None = None) -> None:
         if population_size < 2:
             raise ValueError("population_size must be at least 2")
         if not 0 <= crossover_prob <= 1 or not 0 <= parzen_prob <= 1:
@@ -114,22 +109,27 @@ class EvolutionarySampler(BaseGASampler):
         self._distributions = space.distributions()
         self._initial = list(initial)
         self._elite_size = elite_size or max(2, population_size // 2)
-        self._parzen_prob = parzen_prob
-        self._crossover_prob = crossover_prob
-        self._gene_mutation_prob = (1.0 / space.steps if gene_mutation_prob is None
-                                    else gene_mutation_prob)
+        self._child = child_generation_strategy or ChildGeneration(
+            space, parzen_prob, crossover_prob, gene_mutation_prob)
         self._first_generation = first_generation
         self._seed = seed
-        self._constraints_func = constraints_func
-        self._select_elites = nsgaii_elite_selection(self._elite_size, constraints_func)
+        self._select_elites = nsgaii_elite_selection(self._elite_size)
         self._independent_sampler = independent_sampler or RandomSampler(seed=seed)
-        # Caches of what the storage holds, per study (see _study_key). Threads of one process
-        # share them and propose one at a time under this lock.
+        # Threads of one process share the caches and propose one at a time under this lock.
         self._lock = threading.RLock()
-        self._decoded: dict[tuple, Candidate] = {}  # by a trial's parameters, whatever study
-        self._running: dict[tuple, _Running] = {}  # (study key, trial number)
-        self._events = itertools.count()  # orders trial starts and ends in this process
+        self._proposals = Proposals(space)
         self._parents: dict[tuple, list[FrozenTrial]] = {}  # (study key, generation)
+
+    def __getstate__(self) -> dict:
+        # a lock does not pickle; the caches are only storage reads, so a copy starts without
+        state = self.__dict__.copy()
+        del state["_lock"]
+        state["_parents"] = {}
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
 
     # -- Optuna hooks ---------------------------------------------------------------------------
 
@@ -145,12 +145,11 @@ class EvolutionarySampler(BaseGASampler):
         # Enqueued trials with every parameter fixed never reach sample_relative: give them
         # their generation here so they count as members of the population all the same.
         # Always computed afresh: a cached entry under this key can only be a deleted study's.
-        started = next(self._events)  # before this trial's storage snapshot is read
-        key = self._study_key(study)
         with self._lock:
-            self._forget_deleted_studies(key)
-            self._running[key, trial.number] = _Running(self._generation_of(study, trial),
-                                                        started)
+            self._proposals.start(study, trial, lambda: self._generation_of(study, trial))
+            key = study_key(study)
+            for stale in [k for k in self._parents if k[0][0] == key[0] and k[0] != key]:
+                del self._parents[stale]
 
     def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
                         search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
@@ -176,13 +175,8 @@ class EvolutionarySampler(BaseGASampler):
                                                             param_distribution)
 
     def after_trial(self, study, trial, state, values) -> None:
-        # records constraint values where NSGA-II's selection looks for them
-        if self._constraints_func is not None:
-            record_constraints(self._constraints_func, study, trial, state)
         with self._lock:
-            entry = self._running.get((self._study_key(study), trial.number))
-            if entry is not None:
-                entry.finished = next(self._events)
+            self._proposals.finish(study, trial)
 
     # -- the population, read from the storage --------------------------------------------------
 
@@ -214,7 +208,7 @@ class EvolutionarySampler(BaseGASampler):
     def get_parent_population(self, study: optuna.Study, generation: int) -> list[FrozenTrial]:
         # in trial order, as the storage returns them to a resumed process: ranking breaks ties
         # by input order, so the process that selected them must see the same order
-        key = (self._study_key(study), generation)
+        key = (study_key(study), generation)
         if key not in self._parents:
             self._parents[key] = sorted(super().get_parent_population(study, generation),
                                         key=lambda t: t.number)
@@ -231,67 +225,12 @@ class EvolutionarySampler(BaseGASampler):
     def candidates_in(self, study: optuna.Study, current: int | None = None) -> set[Candidate]:
         """Every candidate the study has scored, is scoring or has queued, with those this
         process proposed that trial ``current``'s storage snapshot may not show yet."""
-        names = self._space.names
-        seen = set()
-        # The storage's cached view (as BaseGASampler reads it): at most one trial behind, and a
-        # twin that slips through is pruned by the objective's duplicate check.
-        trials = cached_trials(study)
-        for t in trials:
-            key = tuple(t.params.items())  # a trial's parameters never change once written
-            if key in self._decoded:
-                seen.add(self._decoded[key])
-                continue
-            complete = all(n in t.params for n in names)
-            params = t.params if complete else enqueued_params(t)
-            if all(n in params for n in names):
-                candidate = self._space.decode(params)
-                seen.add(candidate)
-                if complete:
-                    self._decoded[key] = candidate
-        return seen | self._proposed_to_running(study, trials, current)
-
-    # -- per-study bookkeeping ------------------------------------------------------------------
-
-    @staticmethod
-    def _study_key(study: optuna.Study) -> tuple:
-        """What the caches know a study by: its storage id, and the start of its first trial,
-        since SQLite gives a study created after a deletion the deleted one's id."""
-        trials = cached_trials(study)
-        return study_id(study), trials[0].datetime_start if trials else None
-
-    def _forget_deleted_studies(self, key: tuple) -> None:
-        """Drop what is cached under the same storage id for another (deleted) study."""
-        for cache in (self._running, self._parents):
-            for stale in [k for k in cache if k[0][0] == key[0] and k[0] != key]:
-                del cache[stale]
-
-    def _running_entry(self, study: optuna.Study, trial: FrozenTrial) -> _Running:
-        key = (self._study_key(study), trial.number)
         with self._lock:
-            if key not in self._running:  # sampled without before_trial (direct calls)
-                self._running[key] = _Running(self._generation_of(study, trial), started=-1)
-            return self._running[key]
+            return self._proposals.seen(study, current)
 
-    def _proposed_to_running(self, study: optuna.Study, trials: list[FrozenTrial],
-                             current: int | None) -> set[Candidate]:
-        """Proposals of this process that trial ``current``'s storage snapshot (``trials``) may
-        lack: those of trials still running (other threads), or that finished after it started.
-        An entry goes once no running trial started before it finished."""
-        key = self._study_key(study)
-        entries = {number: e for (k, number), e in self._running.items() if k == key}
-        finished_elsewhere = {t.number for t in trials if t.state.is_finished()}
-        for number, entry in entries.items():
-            if entry.finished is None and number in finished_elsewhere:  # told elsewhere
-                entry.finished = next(self._events)
-        since = entries[current].started if current in entries else -1
-        proposed = {e.candidate for number, e in entries.items()
-                    if number != current and e.candidate is not None
-                    and (e.finished is None or e.finished > since)}
-        oldest = min((e.started for e in entries.values() if e.finished is None), default=None)
-        for number, entry in entries.items():
-            if entry.finished is not None and (oldest is None or entry.finished < oldest):
-                del self._running[key, number]
-        return proposed
+    def _running_entry(self, study: optuna.Study, trial: FrozenTrial) -> Running:
+        with self._lock:  # sampled without before_trial (direct calls): a generation now
+            return self._proposals.entry(study, trial, lambda: self._generation_of(study, trial))
 
     def _fixed(self, params: dict[str, Any]) -> dict[str, int]:
         """The encoding's parameters among ``params``."""
@@ -302,24 +241,38 @@ class EvolutionarySampler(BaseGASampler):
     def _proposal(self, study: optuna.Study, trial: FrozenTrial,
                   fixed: dict[str, int]) -> dict[str, int]:
         """This trial's proposal around ``fixed`` parameters, as parameters: made once, and
-        again only if a parameter was fixed to another value since (under the lock)."""
+        again only if a parameter was fixed to another value since (under the lock). A
+        proposal that another trial holds or claims by then is drawn again."""
         entry = self._running_entry(study, trial)
         if entry.params is not None and all(entry.params[n] == v for n, v in fixed.items()):
             return entry.params
         rng = np.random.default_rng([self._seed, trial.number])
-        seen = self.candidates_in(study, current=trial.number)
-        candidate = self._propose(study, entry.generation, seen, rng)
-        if fixed:  # its own stream: the draws of an unconstrained proposal stay as they were
-            params = self._space.encode_with(candidate, fixed,
-                                             np.random.default_rng([self._seed, trial.number, 1]))
-            candidate = self._space.decode(params)
-        else:
-            params = self._space.encode(candidate)
+        seen = self._proposals.seen(study, current=trial.number)
+        for _ in range(MAX_REDRAWS):
+            candidate = self._propose(study, entry.generation, seen, rng)
+            params, candidate = self._fitted(candidate, fixed, trial.number)
+            if self._proposals.claim(study, trial, candidate, params):
+                break
+            seen.add(candidate)
         entry.params, entry.candidate = params, candidate
         return params
 
+    def _fitted(self, candidate: Candidate, fixed: dict[str, int],
+                number: int) -> tuple[dict[str, int], Candidate]:
+        """``candidate`` as parameters around ``fixed`` ones, and the candidate they hold."""
+        if not fixed:
+            return self._space.encode(candidate), candidate
+        # its own stream: the draws of an unconstrained proposal stay as they were
+        params = self._space.encode_with(candidate, fixed,
+                                         np.random.default_rng([self._seed, number, 1]))
+        return params, self._space.decode(params)
+
     def _propose(self, study, generation: int, seen: set[Candidate],
                  rng: np.random.Generator) -> Candidate:
+        if len(seen) >= self._space.size:
+            raise SearchSpaceExhausted(
+                f"all {self._space.size} candidates of {self._space} are in study "
+                f"{study.study_name!r} already: nothing is left to propose")
         if generation == 0:
             for candidate in self._initial:
                 if candidate not in seen:
@@ -343,39 +296,8 @@ class EvolutionarySampler(BaseGASampler):
         return [self._space.decode(t.params) for t in ranked
                 if all(n in t.params for n in names)]
 
-    def _child(self, parents: list[Candidate], rng: np.random.Generator) -> Candidate:
-        if not parents:
-            return self._space.random(rng)
-        # at parzen_prob 0 no draw is spent: the crossover-and-mutation stream stays the same
-        if self._parzen_prob and len(parents) >= 2 and rng.random() < self._parzen_prob:
-            return self._parzen_child(parents, rng)
-        if len(parents) >= 2 and rng.random() < self._crossover_prob:
-            child = self._space.crossover(self._tournament(parents, rng),
-                                          self._tournament(parents, rng), rng)
-        else:
-            child = self._tournament(parents, rng)
-        return self._space.mutate(child, rng, self._gene_mutation_prob)
-
-    def _parzen_child(self, ranked: list[Candidate], rng: np.random.Generator) -> Candidate:
-        """A draw from a Parzen estimate over the better half of ``ranked`` (best first): one
-        member, each step moved by a Gaussian of Scott's bandwidth for that half. Crossover and
-        mutation alone recombine and jump; this samples the region the good schedules share, at
-        a scale that narrows as they agree."""
-        good = ranked[: max(2, len(ranked) // 2)]
-        steps = np.array([c.timesteps for c in good], dtype=float)
-        bandwidth = np.maximum(steps.std(axis=0) * len(good) ** (-1.0 / (self._space.steps + 4)),
-                               MIN_BANDWIDTH * self._space.num_train_timesteps)
-        centre = good[int(rng.integers(len(good)))]
-        return self._space.shift(centre, rng.normal(0.0, bandwidth), rng)
-
     def _immigrant(self, seen: set[Candidate], rng: np.random.Generator) -> Candidate:
         while True:
             candidate = self._space.random(rng)
             if candidate not in seen:
                 return candidate
-
-    @staticmethod
-    def _tournament(ranked: list[Candidate], rng: np.random.Generator) -> Candidate:
-        """Binary tournament: of two random parents, the better ranked one wins."""
-        a, b = rng.integers(len(ranked), size=2)
-        return ranked[min(a, b)]

@@ -6,7 +6,7 @@ the package touches an underscored Optuna name: when Optuna changes one of them,
 changes, and ``tests/test_optuna_internals.py`` names the one that broke.
 """
 
-from collections.abc import Callable, Container, Sequence
+from collections.abc import Callable, Container
 from typing import Any
 
 import optuna
@@ -66,25 +66,25 @@ def ga_generation_key(sampler_class: type) -> str:
     return sampler_class._get_generation_key()
 
 
-def nsgaii_elite_selection(population_size: int,
-                           constraints_func: Callable[[FrozenTrial], Sequence[float]] | None
+def nsgaii_elite_selection(population_size: int
                            ) -> Callable[[optuna.Study, list[FrozenTrial]], list[FrozenTrial]]:
-    """NSGA-II's elite selection: non-dominated sorting, crowding distance and constraint
-    handling, called as ``select(study, trials) -> elites`` (best front first). Optuna exports
-    ``NSGAIISampler`` but not its selection strategy; reusing it avoids a second copy of it."""
+    """NSGA-II's elite selection: non-dominated sorting and crowding distance, called as
+    ``select(study, trials) -> elites`` (best front first). Optuna exports ``NSGAIISampler`` but
+    not its selection strategy; reusing it avoids a second copy of it."""
     from optuna.samplers.nsgaii._elite_population_selection_strategy import (
         NSGAIIElitePopulationSelectionStrategy,
     )
 
-    return NSGAIIElitePopulationSelectionStrategy(population_size=population_size,
-                                                  constraints_func=constraints_func)
+    return NSGAIIElitePopulationSelectionStrategy(population_size=population_size)
 
 
-def record_constraints(constraints_func: Callable[[FrozenTrial], Sequence[float]],
-                       study: optuna.Study, trial: FrozenTrial, state: TrialState) -> None:
-    """Evaluate ``constraints_func`` on a finished trial and store the values where NSGA-II's
-    selection reads them, as Optuna's own samplers do in ``after_trial``; the helper and its
-    storage key are private to ``optuna.samplers``."""
-    from optuna.samplers._base import _process_constraints_after_trial
+def stale_trial_ids(study: optuna.Study) -> list[int]:
+    """Storage ids of the study's RUNNING trials whose heartbeat has expired (the trials
+    ``optuna.storages.fail_stale_trials`` would fail), without failing them; [] for a storage
+    without heartbeats. The query is private to Optuna's heartbeat storages."""
+    from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
 
-    _process_constraints_after_trial(constraints_func, study, trial, state)
+    storage = study._storage
+    if not isinstance(storage, BaseHeartbeat) or not is_heartbeat_enabled(storage):
+        return []
+    return list(storage._get_stale_trial_ids(study._study_id))

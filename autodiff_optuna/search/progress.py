@@ -1,6 +1,7 @@
 """One line per finished trial: number, candidate, FID, best so far, and the ETA of the whole
 search; one line when stage 1 ends."""
 
+import shlex
 import sys
 import time
 
@@ -18,29 +19,84 @@ from autodiff_optuna.search.results import (
     uniform_trial,
 )
 
+FULL, EARLY, OTHER = "full", "early", "other"  # the kinds of trial the ETA tells apart
+
+
+def trial_kind(trial: FrozenTrial) -> str:
+    """``early``: stopped by the multi-fidelity pruner; ``full``: complete, scored on every
+    image; ``other``: a trial that does not count towards a target (duplicate, surplus,
+    failed)."""
+    if PRUNED_AT in trial.user_attrs:
+        return EARLY
+    return FULL if trial.state == TrialState.COMPLETE else OTHER
+
+
+class EtaEstimator:
+    """The time still to come, from the kinds of trial still to come. A trial scored on every
+    image and one the pruner stopped early cost very different times, and the share stopped
+    early changes as a search goes on, so one mean over all trials jumps whenever the mix
+    does. Each kind's duration is smoothed on its own, as is the share of the counted trials
+    that stopped early (exponential moving averages, the latest trial weighing ``smoothing``);
+    the time of trials that do not count is spread over the counted ones that follow them."""
+
+    def __init__(self, smoothing: float = 0.2):
+        self.smoothing = smoothing
+        self.seconds: dict[str, float] = {}  # kind -> smoothed duration
+        self.early_share = 0.0
+        self.overhead = 0.0  # smoothed seconds of uncounted trials per counted one
+        self._uncounted = 0.0  # since the last counted trial
+
+    def observe(self, kind: str, seconds: float) -> None:
+        if kind == OTHER:
+            self._uncounted += seconds
+            return
+        first = not self.seconds
+        self.seconds[kind] = self._smooth(self.seconds.get(kind), seconds)
+        self.early_share = self._smooth(None if first else self.early_share,
+                                        float(kind == EARLY))
+        self.overhead = self._smooth(None if first else self.overhead, self._uncounted)
+        self._uncounted = 0.0
+
+    def _smooth(self, average: float | None, value: float) -> float:
+        return value if average is None else average + self.smoothing * (value - average)
+
+    def full_seconds(self) -> float:
+        """A trial scored on every image (before any has been: one stopped early, or 0)."""
+        return self.seconds.get(FULL, self.seconds.get(EARLY, 0.0))
+
+    def per_trial(self) -> float:
+        """The expected time of the next counted trial of this stage, as the mix goes now."""
+        full = self.full_seconds()
+        early = self.seconds.get(EARLY, full)
+        return self.early_share * early + (1 - self.early_share) * full + self.overhead
+
+    def remaining(self, here: int, later: int = 0) -> float:
+        """Seconds for ``here`` more counted trials of this stage, then ``later`` of the next
+        (stage 2, which scores every candidate on all the images: each a full trial)."""
+        return max(0, here) * self.per_trial() + max(0, later) * self.full_seconds()
+
 
 class ProgressPrinter:
     """An Optuna callback; ``target`` is the number of evaluated trials the study should reach
     (complete, or stopped early by the multi-fidelity pruner: ``fidelity.n_evaluated``), and
     ``later`` the trials of a stage still to run after it (stage 2, during stage 1), which the
-    ETA includes: each estimated at this stage's mean complete trial (stage 2 scores every
-    candidate on all the images)."""
+    ETA includes (``EtaEstimator``). A trial's cost is the time since the previous line: the
+    sampler's and the database's share of it too."""
 
     def __init__(self, target: int, stream=None, label: str = "", later: int = 0):
         self._target = target
         self._later = later
         self._label = f"{label} " if label else ""
         self._stream = stream or sys.stdout
-        self._started = time.monotonic()
-        self._finished_here = 0
-        self._complete_seconds: list[float] = []
+        self._last = time.monotonic()
+        self.eta = EtaEstimator()
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        self._finished_here += 1
-        if trial.state == TrialState.COMPLETE and trial.duration is not None:
-            self._complete_seconds.append(trial.duration.total_seconds())
+        now = time.monotonic()
+        self.eta.observe(trial_kind(trial), now - self._last)
+        self._last = now
         n_complete = n_evaluated(study)  # what counts towards the target
-        eta = duration(self._eta(n_complete))
+        eta = duration(self.eta.remaining(self._target - n_complete, self._later))
         steps = trial.user_attrs.get("timesteps")
         if PRUNED_AT in trial.user_attrs:
             fid = trial.intermediate_values.get(trial.user_attrs[PRUNED_AT], float("nan"))
@@ -59,15 +115,6 @@ class ProgressPrinter:
               f"{result}  "
               f"({trial.duration.total_seconds() if trial.duration else 0:.1f}s, ETA {eta})",
               file=self._stream, flush=True)
-
-    def _eta(self, n_evaluated_now: int) -> float:
-        per_trial = (time.monotonic() - self._started) / self._finished_here
-        here = per_trial * max(0, self._target - n_evaluated_now)
-        if not self._later:
-            return here
-        per_complete = (sum(self._complete_seconds) / len(self._complete_seconds)
-                        if self._complete_seconds else per_trial)
-        return here + per_complete * self._later
 
 
 def remaining_stage2(stage1: optuna.Study, target: int) -> int:
@@ -89,6 +136,12 @@ def stage_done_line(stage1: optuna.Study, seconds: float | None) -> str:
             f"{objectives.fid(best):.3f} (trial {best.number}), uniform FID "
             + ("n/a" if uniform is None else f"{objectives.fid(uniform):.3f}")
             + f"; {describe_counts(trial_counts(stage1))}")
+
+
+def resume_line(name: str, argv: list[str]) -> str:
+    """What a search stopped by Ctrl-C prints: the command, as it was given, that resumes it."""
+    return (f"interrupted; rerun the same command to resume study {name!r}: "
+            f"python -m autodiff_optuna {shlex.join(argv)}")
 
 
 def duration(seconds: float) -> str:

@@ -25,12 +25,15 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autodiff_optuna.errors import UsageError
+from autodiff_optuna.sampling.rules import describe as describe_solver
+from autodiff_optuna.sampling.rules import fixed_solver
 from autodiff_optuna.search import objectives
 from autodiff_optuna.search.config import SearchConfig
-from autodiff_optuna.search.fidelity import PRUNED_AT
-from autodiff_optuna.search.optuna_internals import storage_of
+from autodiff_optuna.search.fidelity import PRUNED_AT, n_evaluated
+from autodiff_optuna.search.optuna_internals import stale_trial_ids, storage_of, trial_id
+from autodiff_optuna.storage import load_existing_study, record
+from autodiff_optuna.storage.record import CONFIG_ATTR
 
-CONFIG_ATTR = "config"  # the user attribute that holds a study's configuration
 # stage 1's record of the model's training schedule (its diffusers scheduler config)
 TRAINING_SCHEDULE_ATTR = "training_schedule"
 # both stages' record of the full network's GFLOPs per image at the study's step count
@@ -48,7 +51,7 @@ def stored_config(study: optuna.Study) -> dict | None:
     """The configuration a study was made with (None: not made by autodiff_optuna). A field
     it lacks was added since it was made: it ran with that field's default."""
     stored = study.user_attrs.get(CONFIG_ATTR)
-    return None if stored is None else {**SearchConfig.defaults(), **stored}
+    return {**SearchConfig.defaults(), **stored} if isinstance(stored, dict) else None
 
 
 def complete_trials(study: optuna.Study) -> list[FrozenTrial]:
@@ -63,14 +66,24 @@ def uniform_timesteps(stage1: optuna.Study) -> list[int]:
 
 
 def uniform_trial(stage1: optuna.Study) -> FrozenTrial | None:
-    """The complete trial of the uniform spacing (None if it did not complete)."""
+    """The complete trial of the uniform spacing with the best fixed solver (None if none
+    completed): where the study searches the solver, it queued uniform with each fixed solver,
+    and the strongest of them is the baseline a user could pick without searching."""
     uniform = uniform_timesteps(stage1)
-    return next((t for t in complete_trials(stage1)
-                 if t.user_attrs.get("timesteps") == uniform), None)
+    trials = [t for t in complete_trials(stage1) if t.user_attrs.get("timesteps") == uniform
+              and _fixed_rules(t, len(uniform))]
+    return min(trials, key=objectives.fid, default=None)
+
+
+def _fixed_rules(trial: FrozenTrial, steps: int) -> bool:
+    rules = trial.user_attrs.get("rules")
+    return rules is None or fixed_solver(rules, steps) is not None
 
 
 COUNT_NAMES = {"complete": "complete", "stopped_early": "stopped early (multi-fidelity)",
-               "redundant": "redundant", "failed": "failed", "running": "running"}
+               "redundant": "redundant", "failed": "failed",
+               "interrupted": "interrupted (queued again)", "queued": "queued",
+               "running": "running"}
 
 
 def describe_counts(counts: dict) -> str:
@@ -82,16 +95,22 @@ def describe_counts(counts: dict) -> str:
 def trial_counts(study: optuna.Study) -> dict[str, int]:
     """A study's trials by what happened to them. ``stopped_early``: scored on fewer images by
     the multi-fidelity pruner (they count towards ``--trials``); ``redundant``: a duplicate of
-    another trial's candidate, or beyond the target another worker reached (no work done)."""
+    another trial's candidate, or beyond the target another worker reached (no work done);
+    ``interrupted``: stopped by Ctrl-C or a worker's death, its candidate queued again (a
+    retry names the trial it repeats); ``queued``: waiting to run."""
     counts = dict.fromkeys(COUNT_NAMES, 0)
-    for trial in study.get_trials(deepcopy=False):
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.system_attrs.get("failed_trial") for t in trials}
+    for trial in trials:
         if trial.state == TrialState.COMPLETE:
             counts["complete"] += 1
         elif trial.state == TrialState.PRUNED:
             counts["stopped_early" if PRUNED_AT in trial.user_attrs else "redundant"] += 1
         elif trial.state == TrialState.FAIL:
-            counts["failed"] += 1
-        else:  # running, or queued
+            counts["interrupted" if trial.number in retried else "failed"] += 1
+        elif trial.state == TrialState.WAITING:
+            counts["queued"] += 1
+        else:
             counts["running"] += 1
     return counts
 
@@ -107,6 +126,7 @@ class Point:
     skip: list[list[str]]  # per step, the layers skipped there (stage 1: none)
     fid: float
     gflops: float | None  # per image (None: a study made before it was recorded)
+    rules: list | None = None  # per step [order, corrector] where the solver was searched
 
     @property
     def skipped(self) -> int:
@@ -119,12 +139,16 @@ class Point:
     def as_dict(self, full_gflops: float | None = None) -> dict:
         return {"stage": self.stage, "study": self.study, "trial": self.trial,
                 "timesteps": self.timesteps, "skip": self.skip, "fid": self.fid,
-                "gflops": self.gflops, "gflops_share": self.share(full_gflops)}
+                "gflops": self.gflops, "gflops_share": self.share(full_gflops),
+                **({"rules": self.rules} if self.rules else {})}
 
     def describe(self, full_gflops: float | None = None) -> str:
         """``stage 2 trial 57: [491, 381, 258, 101], FID 8.142, 0.1293 GFLOPs/image (99.8% of
         the full network), 1 layer-step skipped``"""
-        text = f"stage {self.stage} trial {self.trial}: {self.timesteps}, FID {self.fid:.3f}"
+        text = f"stage {self.stage} trial {self.trial}: {self.timesteps}"
+        if self.rules:
+            text += f" ({describe_solver(self.rules, len(self.timesteps))})"
+        text += f", FID {self.fid:.3f}"
         if self.gflops is not None:
             text += f", {self.gflops:.4f} GFLOPs/image"
             share = self.share(full_gflops)
@@ -159,7 +183,7 @@ class StudyResult:
         """The ``--max-gflops`` stage 2 was run with (None: none)."""
         if self.stage2 is None:
             return None
-        return self.stage2.user_attrs.get(CONFIG_ATTR, {}).get("max_gflops")
+        return (stored_config(self.stage2) or {}).get("max_gflops")
 
     @property
     def fast(self) -> Point:
@@ -296,32 +320,27 @@ def study_result(study: optuna.Study, fid_tolerance: float = FID_TOLERANCE,
                        best, front, fid_tolerance, min_saving, counts)
 
 
-# what a reader computes with, from the stage-1 study's stored configuration
-CONFIG_TYPES = {"model": str, "steps": int, "solver": str, "samples": int, "seed": int}
-
-
 def check_config(stage1: optuna.Study) -> dict:
     """The stage-1 study's configuration (``stored_config``); one line, rather than a traceback
     later, for a study not made by autodiff_optuna or a configuration another program (or a
-    hand) wrote with missing fields or values of the wrong type."""
-    config = stored_config(stage1)
-    if config is None:
+    hand) wrote with missing fields or values of the wrong type (one with our marker)."""
+    attrs = stage1.user_attrs
+    if record.is_ours(attrs):
+        return stored_config(stage1)
+    if not record.is_marked(attrs):
         raise UsageError(f"study {stage1.study_name!r} was not made by autodiff_optuna")
-    bad = [key for key, kind in CONFIG_TYPES.items()
-           if not isinstance(config.get(key), kind) or isinstance(config.get(key), bool)]
-    if bad:
-        raise UsageError(f"study {stage1.study_name!r}: its stored configuration is malformed "
-                         f"({', '.join(bad)} missing or of the wrong type)")
-    return config
+    bad = [problem.removeprefix(f"{CONFIG_ATTR}.") for problem in record.schema_problems(attrs)]
+    raise UsageError(f"study {stage1.study_name!r}: its stored configuration is malformed "
+                     f"({', '.join(bad)} missing or of the wrong type)")
 
 
 def linked_studies(study: optuna.Study) -> tuple[optuna.Study, optuna.Study | None]:
     """(stage 1, its stage 2 or None) of the search ``study`` is part of."""
-    if study.user_attrs.get("stage", 1) != 2:
+    if record.stage_of(study.user_attrs) != 2:
         return study, linked_stage2(study)
     storage = storage_of(study)
-    name = study.user_attrs.get("stage1_study")
-    if name not in optuna.get_all_study_names(storage):
+    name = study.user_attrs.get(record.STAGE1_ATTR)
+    if not isinstance(name, str) or name not in optuna.get_all_study_names(storage):
         raise UsageError(f"stage-2 study {study.study_name!r}: its stage-1 study {name!r} "
                          "is not in this storage")
     return optuna.load_study(study_name=name, storage=storage), study
@@ -330,16 +349,18 @@ def linked_studies(study: optuna.Study) -> tuple[optuna.Study, optuna.Study | No
 def linked_stage2(stage1: optuna.Study) -> optuna.Study | None:
     """The stage-2 study ``stage1`` links to, if it is there and links back (a study of
     another program, or of another search, under that name is not taken for it)."""
-    name = stage1.user_attrs.get("stage2_study")
+    name = record.linked_stage2_name(stage1.user_attrs)
     storage = storage_of(stage1)
-    if not name or name not in optuna.get_all_study_names(storage):
+    if name is None or name not in optuna.get_all_study_names(storage):
         return None
     stage2 = optuna.load_study(study_name=name, storage=storage)
-    attrs = stage2.user_attrs
-    if attrs.get("stage") != 2 or attrs.get("stage1_study") != stage1.study_name \
-            or len(stage2.directions) != 2:
-        return None
-    return stage2
+    return stage2 if _is_stage2_of(stage2, stage1.study_name) else None
+
+
+def _is_stage2_of(study: optuna.Study, stage1_name: str) -> bool:
+    attrs = study.user_attrs
+    return (record.is_ours(attrs) and record.stage_of(attrs) == 2
+            and attrs[record.STAGE1_ATTR] == stage1_name and len(study.directions) == 2)
 
 
 def scored_points(stage1, stage2, steps: int, full: float | None) -> list[Point]:
@@ -361,7 +382,8 @@ def stage2_front_size(stage2: optuna.Study, min_saving: float = MIN_SAVING) -> i
     it scores stage 1's best again (on the same noise, so with the same FID) first."""
     attrs = stage2.user_attrs  # one storage read per progress line, not two
     full = attrs.get(FULL_GFLOPS_ATTR)
-    steps = attrs.get(CONFIG_ATTR, {}).get("steps", 0)
+    config = attrs.get(CONFIG_ATTR)
+    steps = config.get("steps", 0) if isinstance(config, dict) else 0
     points = stage2_points(stage2, steps)
     return len(thin(pareto(points), min_saving * full)) if full and points else 0
 
@@ -372,7 +394,7 @@ def _point(study, stage: int, trial: FrozenTrial, full: float | None, steps: int
     else:
         skip, gflops = trial.user_attrs.get("skip"), objectives.gflops(trial)
     return Point(stage, study.study_name, trial.number, trial.user_attrs.get("timesteps"),
-                 skip, objectives.fid(trial), gflops)
+                 skip, objectives.fid(trial), gflops, trial.user_attrs.get("rules"))
 
 
 def pareto(points: list[Point]) -> list[Point]:
@@ -412,41 +434,99 @@ def training_schedule(stage1: optuna.Study) -> dict | None:
 
 def study_listing(storage) -> list[dict]:
     """Every search in a storage, a row each (a stage-2 study is one search with its stage 1):
-    model, steps, stages, trial counts, best and uniform FID. A study not made by
-    autodiff_optuna is listed by name and trial counts alone."""
+    model, steps, each stage's trial counts and how far it got, best and uniform FID. A study
+    not made by autodiff_optuna is listed as foreign, by name and trial counts alone."""
     summaries = optuna.get_all_study_summaries(storage, include_best_trial=False)
-    names = {s.study_name for s in summaries}
+    links = {s.study_name: record.linked_stage2_name(s.user_attrs) for s in summaries
+             if record.is_ours(s.user_attrs) and record.stage_of(s.user_attrs) == 1}
+
     def listed_with_its_stage1(summary) -> bool:
         attrs = summary.user_attrs
-        return attrs.get("stage", 1) == 2 and attrs.get("stage1_study") in names
+        return (record.is_ours(attrs) and record.stage_of(attrs) == 2
+                and links.get(attrs[record.STAGE1_ATTR]) == summary.study_name)
 
     return [_listing_row(optuna.load_study(study_name=s.study_name, storage=storage))
             for s in summaries if not listed_with_its_stage1(s)]
 
 
 def _listing_row(study: optuna.Study) -> dict:
-    config = stored_config(study) or {}
-    stage = study.user_attrs.get("stage", 1)
-    row = {"study": study.study_name, "model": config.get("model"), "steps": config.get("steps"),
-           "stages": [stage] if config else [],
-           "trials": {f"stage{stage}" if config else "other": trial_counts(study)},
+    row = {"study": study.study_name, "foreign": True, "model": None, "steps": None,
+           "stages": [], "trials": {"other": trial_counts(study)}, "state": {},
            "best_fid": None, "uniform_fid": None}
-    if not config:
+    if not record.is_ours(study.user_attrs):
         return row
+    config = stored_config(study)
+    stage = record.stage_of(study.user_attrs)
+    stages = {stage: study}
+    if stage == 1 and (stage2 := linked_stage2(study)) is not None:
+        stages[2] = stage2
+    row = {**row, "foreign": False, "model": config["model"], "steps": config["steps"],
+           "stages": list(stages),
+           "trials": {f"stage{k}": trial_counts(s) for k, s in stages.items()},
+           "state": {f"stage{k}": stage_state(s) for k, s in stages.items()}}
     try:
         result = study_result(study)
-    except UsageError:  # no complete trial yet
+    except UsageError:  # no complete trial yet, or a stage 2 whose stage 1 is gone
         return row
-    return {**row, "stages": list(result.counts),
-            "trials": {f"stage{k}": v for k, v in result.counts.items()},
-            "best_fid": result.best.fid,
+    return {**row, "best_fid": result.best.fid,
             "uniform_fid": None if result.uniform is None else result.uniform.fid}
 
 
-def deletable_studies(study: optuna.Study) -> list[str]:
-    """What ``delete`` removes for a name: a stage-1 study with its stage 2 (the two are one
-    search), a stage-2 study alone (its stage 1 can be continued by a new stage 2)."""
-    if study.user_attrs.get("stage", 1) == 2:
-        return [study.study_name]
-    stage2 = linked_stage2(study)
-    return [study.study_name] + ([stage2.study_name] if stage2 is not None else [])
+def stage_state(study: optuna.Study) -> dict:
+    """How far a stage got: its evaluated trials (complete, or stopped early: what counts
+    towards ``--trials``), the target its last run aimed at (None: not recorded), and whether
+    it reached it."""
+    target = record.target_of(study.user_attrs)
+    evaluated = n_evaluated(study)
+    return {"evaluated": evaluated, "target": target,
+            "finished": target is not None and evaluated >= target}
+
+
+def deletion_plan(storage, name: str) -> list[optuna.Study]:
+    """What ``delete NAME`` removes, in the order to remove them: a stage-1 study's stage 2
+    first, then the stage-1 study, so that a delete killed part-way never strands a stage 2
+    (and a rerun finds ``<NAME>-stage2`` that names ``NAME`` as its stage 1 even when ``NAME``
+    is gone); a stage-2 name, that study alone. Only studies of ours: a missing or foreign
+    study is one UsageError line."""
+    names = optuna.get_all_study_names(storage)
+    orphan = _stage2_by_name(storage, name, names)
+    if name not in names:
+        if orphan is not None:
+            return [orphan]
+        load_existing_study(name, storage)  # says which studies there are
+    study = optuna.load_study(study_name=name, storage=storage)
+    if not record.is_ours(study.user_attrs):
+        raise UsageError(f"study {name!r} was not made by autodiff_optuna: not deleted "
+                         "(Optuna's own `optuna delete-study` deletes any study)")
+    if record.stage_of(study.user_attrs) == 2:
+        return [study]
+    stage2 = linked_stage2(study) or orphan
+    return ([stage2] if stage2 is not None else []) + [study]
+
+
+def _stage2_by_name(storage, stage1_name: str, names: list[str]) -> optuna.Study | None:
+    """``<stage1_name>-stage2``, if it is there and a stage 2 of ours naming that stage 1."""
+    name = f"{stage1_name}-stage2"
+    if name not in names:
+        return None
+    study = optuna.load_study(study_name=name, storage=storage)
+    return study if _is_stage2_of(study, stage1_name) else None
+
+
+def live_trials(studies: list[optuna.Study]) -> list[str]:
+    """The RUNNING trials of ``studies`` whose worker still beats (``trial 7 of 'x-k4'``), by
+    their storage's heartbeat grace period; one that never beat counts as live, as Optuna's
+    own stale-trial check leaves it running."""
+    live = []
+    for study in studies:
+        stale = stale_trial_ids(study)
+        live += [f"trial {t.number} of {study.study_name!r}"
+                 for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                 if trial_id(t) not in stale]
+    return live
+
+
+def heartbeat_of(studies: list[optuna.Study], default: int) -> int:
+    """The longest heartbeat interval the workers of ``studies`` recorded (``default``: none
+    recorded, a study made before they were)."""
+    return max(record.heartbeat_of(s.user_attrs, default) for s in studies)

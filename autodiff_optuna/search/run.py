@@ -1,6 +1,7 @@
 """Running a stage to its target: failed candidates, dead workers, Ctrl-C and a database that
 fails mid-run, each handled so that a rerun of the same command resumes."""
 
+import functools
 import sys
 import time
 import warnings
@@ -14,8 +15,10 @@ from autodiff_optuna.errors import UsageError
 from autodiff_optuna.metrics.fid import FIDError
 from autodiff_optuna.search import fidelity
 from autodiff_optuna.search.context import SearchContext
+from autodiff_optuna.search.optuna_internals import storage_of
 from autodiff_optuna.search.progress import ProgressPrinter
 from autodiff_optuna.search.trial import make_objective
+from autodiff_optuna.storage import record
 
 MAX_CONSECUTIVE_FAILURES = 20  # failed trials in a row that stop a stage (a broken model)
 MAX_RETRIES = 3
@@ -45,14 +48,48 @@ class _StopOnFailures:
         return self.count >= self.limit
 
 
+def _stops_if_deleted(run_stage):
+    """A study deleted under a running worker (``delete --force``) fails the next storage call,
+    wherever it is (Optuna's ``optimize``, a progress line, the wait for other workers): one
+    line instead of the storage's errors, and nothing is left to resume."""
+    @functools.wraps(run_stage)
+    def run_unless_deleted(ctx, study, *args, **kwargs):
+        try:
+            return run_stage(ctx, study, *args, **kwargs)
+        except Exception:
+            _stop_if_deleted(study)  # else the error is not about the study being gone
+            raise
+
+    return run_unless_deleted
+
+
+def _stop_if_deleted(study: optuna.Study) -> None:
+    try:
+        gone = study.study_name not in optuna.get_all_study_names(storage_of(study))
+    except Exception:  # noqa: BLE001 - the storage itself fails: its first error tells why
+        return
+    if gone:
+        raise UsageError(f"study {study.study_name!r} was deleted while this worker ran it: "
+                         "stopped") from None
+
+
+def _heartbeat(study: optuna.Study) -> int | None:
+    """The storage's heartbeat interval (None: no heartbeat, or a storage without them)."""
+    interval = getattr(storage_of(study), "get_heartbeat_interval", None)
+    return interval() if interval is not None else None
+
+
+@_stops_if_deleted
 def run(ctx: SearchContext, study: optuna.Study, trials: int, progress: bool = True,
         batch_size: int | None = None, score=None, callbacks=(),
         max_gflops: float | None = None,
-        max_failures: int = MAX_CONSECUTIVE_FAILURES, later_trials: int = 0) -> None:
+        max_failures: int = MAX_CONSECUTIVE_FAILURES, later_trials: int = 0,
+        deadline: float | None = None) -> bool:
     """Run until ``trials`` candidates are evaluated: COMPLETE trials, plus those the
     multi-fidelity pruner stopped early (a rerun resumes). ``max_failures`` failed trials in a
     row stop it with a UsageError. ``later_trials``: those of a stage to run after this one,
-    for the progress lines' ETA.
+    for the progress lines' ETA. ``deadline`` (a ``time.monotonic()`` value): no trial starts
+    after it; returns whether the target was reached (False: stopped there, a rerun resumes).
 
     Other workers may stop this one early (their running trials make up the target); it then
     waits for them, and goes on if a trial of theirs failed or its worker died."""
@@ -61,11 +98,15 @@ def run(ctx: SearchContext, study: optuna.Study, trials: int, progress: bool = T
     callbacks = [failures, *callbacks]  # the objective stops the study at the target
     if progress:
         callbacks.append(ProgressPrinter(trials, label=f"stage {stage}", later=later_trials))
+    record.note_run(study, trials, _heartbeat(study))
     interrupted: dict = {}
     objective = make_objective(ctx, stage, trials, batch_size, score, max_gflops, interrupted)
     while fidelity.n_evaluated(study) < trials:
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            return False
         try:
-            study.optimize(objective, callbacks=callbacks, catch=(FIDError,))
+            study.optimize(objective, callbacks=callbacks, catch=(FIDError,), timeout=left)
         except KeyboardInterrupt:
             _requeue_interrupted(study, interrupted.get("trial"), ctx.space(stage).names)
             raise
@@ -76,7 +117,10 @@ def run(ctx: SearchContext, study: optuna.Study, trials: int, progress: bool = T
         if failures.tripped:
             raise UsageError(f"{failures.count} trials in a row failed (last: "
                              f"{failures.last_reason or 'see the trials'}); the study is kept")
+        if deadline is not None and time.monotonic() >= deadline:
+            return fidelity.n_evaluated(study) >= trials
         _wait_for_other_workers(study, progress)
+    return True
 
 
 def _raise_storage_failure(err: AssertionError) -> None:

@@ -15,7 +15,9 @@ from optuna.trial import TrialState
 from autodiff_optuna.errors import UsageError
 from autodiff_optuna.metrics.flops import unskippable_gflops
 from autodiff_optuna.metrics.scorers import features_hint
+from autodiff_optuna.models.identity import IDENTITY_ATTR, model_identity
 from autodiff_optuna.models.registry import weights_hint
+from autodiff_optuna.sampling.rules import SOLVERS, StepRule
 from autodiff_optuna.search import fidelity, objectives
 from autodiff_optuna.search.config import OPTUNA_SAMPLERS, code_version
 from autodiff_optuna.search.context import SearchContext
@@ -30,7 +32,13 @@ from autodiff_optuna.search.results import (
     complete_trials,
     stored_config,
 )
-from autodiff_optuna.storage import creation_lock, load_existing_study, open_storage, redact
+from autodiff_optuna.storage import (
+    creation_lock,
+    load_existing_study,
+    open_storage,
+    record,
+    redact,
+)
 
 
 def stage_config(ctx: SearchContext, stage: int, max_gflops: float | None) -> dict:
@@ -63,14 +71,35 @@ def stage1_sampler(ctx: SearchContext, initial: list[Candidate]) -> optuna.sampl
 def open_stage1(ctx: SearchContext, name: str, storage) -> optuna.Study:
     """Create or resume the stage-1 study. Its first trials are the standard spacings, queued
     once by whichever process creates the study, uniform (the baseline) first."""
-    space = ctx.space(1)
-    initial = [space.candidate(s) for s in ctx.spacings.values()]
+    first = first_candidates(ctx)
+    initial = [c for c, _ in first]
     study = _open(ctx, name, storage, 1, stage1_sampler(ctx, initial),
-                  first_trials=[(space.encode(c), {"spacing": spacing})
-                                for spacing, c in zip(ctx.spacings, initial)],
+                  first_trials=[(ctx.space(1).encode(c), attrs) for c, attrs in first],
                   extra_attrs={"spacings": {k: list(v) for k, v in ctx.spacings.items()}})
     _record_model(ctx, study)
     return study
+
+
+# where the solver is searched, every standard spacing starts with this solver's rules, and the
+# uniform spacing with every fixed solver: the baselines a user could pick without a search
+SPACING_SOLVER = "dpmpp2m"
+
+
+def first_candidates(ctx: SearchContext) -> list[tuple[Candidate, dict]]:
+    """Stage 1's first trials, uniform first, with the user attributes that name them."""
+    space = ctx.space(1)
+    if not space.solver_search:
+        return [(space.candidate(s), {"spacing": name}) for name, s in ctx.spacings.items()]
+    first = {}
+    uniform = ctx.spacings["uniform"]
+    for solver, rule in SOLVERS.items():
+        first.setdefault(space.candidate(uniform, rules=[rule] * len(uniform)),
+                         {"spacing": "uniform", "solver": solver})
+    for name, steps in ctx.spacings.items():
+        rules = [SOLVERS[SPACING_SOLVER]] * len(steps)
+        first.setdefault(space.candidate(steps, rules=rules),
+                         {"spacing": name, "solver": SPACING_SOLVER})
+    return list(first.items())
 
 
 def load_stage1(ctx: SearchContext, name: str, storage) -> optuna.Study:
@@ -90,6 +119,8 @@ def _record_model(ctx: SearchContext, study: optuna.Study) -> None:
         study.set_user_attr(TRAINING_SCHEDULE_ATTR, dict(ctx.model.scheduler_config))
     if FULL_GFLOPS_ATTR not in study.user_attrs:
         study.set_user_attr(FULL_GFLOPS_ATTR, ctx.full_gflops)
+    if IDENTITY_ATTR not in study.user_attrs:  # what an exported schedule's apply checks
+        study.set_user_attr(IDENTITY_ATTR, model_identity(ctx.model))
 
 
 def open_stage2(ctx: SearchContext, stage1: optuna.Study, storage,
@@ -104,7 +135,9 @@ def open_stage2(ctx: SearchContext, stage1: optuna.Study, storage,
         raise UsageError(f"stage-1 study {stage1.study_name!r} has no complete trial: "
                          "run stage 1 first")
     space = ctx.space(2)
-    elites = list(dict.fromkeys(space.candidate(t.user_attrs["timesteps"]) for t in ranked))
+    elites = list(dict.fromkeys(space.candidate(t.user_attrs["timesteps"],
+                                                rules=_rules(t.user_attrs.get("rules")))
+                                for t in ranked))
     elites = elites[: max(2, ctx.config.population // 2)]
     name = f"{stage1.study_name}-stage2"
     study = _open(ctx, name, storage, 2, _sampler(ctx, 2, elites), max_gflops=max_gflops,
@@ -117,6 +150,10 @@ def open_stage2(ctx: SearchContext, stage1: optuna.Study, storage,
                                **_unskippable(ctx)})
     stage1.set_user_attr("stage2_study", name)
     return study
+
+
+def _rules(stored: list | None) -> list[StepRule] | None:
+    return None if stored is None else [StepRule(order, corrector) for order, corrector in stored]
 
 
 def _unskippable(ctx: SearchContext) -> dict:
@@ -169,6 +206,7 @@ def _ever_ran(study: optuna.Study) -> bool:
 
 def _write_new_study(ctx, study, stage, wanted, extra_attrs, first_trials) -> None:
     try:
+        record.mark(study)
         study.set_user_attr("stage", stage)
         study.set_user_attr("code_version", code_version())
         study.set_user_attr("fid_features", ctx.scorer.name)
@@ -200,12 +238,15 @@ def _hint(key: str, stored: dict, wanted: dict) -> str:
 
 
 def _check_stored(study: optuna.Study, wanted: dict, stage: int, storage) -> None:
-    stored = stored_config(study)
+    """Refuse a study that is not ours or was made with another configuration; one of ours made
+    before the marker existed gets it here (the study is opened to be written)."""
     where = f"study {study.study_name!r} in {redact(storage.url)}"
-    if stored is None:
+    if not record.is_ours(study.user_attrs):
         raise UsageError(f"{where} was not made by autodiff_optuna; choose another --name")
+    stored = stored_config(study)
     diffs = [f"{key}: stored {stored.get(key)!r}, requested {value!r}{_hint(key, stored, wanted)}"
              for key, value in wanted.items() if stored.get(key) != value]
     if diffs:
         raise UsageError(f"{where} exists with another configuration (" + "; ".join(diffs)
                          + "); rerun with the stored values or choose a new --name")
+    record.mark(study)

@@ -29,9 +29,9 @@ def make_objective(ctx: SearchContext, stage: int, target: int | None = None,
             return score(candidate)
         if rungs:
             return fidelity.score_in_rungs(trial, ctx.model, ctx.scorer, candidate, batch,
-                                           ctx.config.solver, rungs, batch_size)
+                                           ctx.solver_of(candidate), rungs, batch_size)
         return score_schedule(ctx.model, ctx.scorer, candidate.timesteps, batch,
-                              ctx.config.solver, batch_size, skip=candidate.skip)
+                              ctx.solver_of(candidate), batch_size, skip=candidate.skip)
 
     def objective(trial: optuna.Trial):
         try:
@@ -49,6 +49,8 @@ def make_objective(ctx: SearchContext, stage: int, target: int | None = None,
         _check_concurrent_workers(trial, space, candidate, target, fresh=False)
         gflops = ctx.costs.gflops(candidate.skip)
         trial.set_user_attr("timesteps", list(candidate.timesteps))
+        if candidate.rules:
+            trial.set_user_attr("rules", [rule.to_json() for rule in candidate.rules])
         if stage == 2:
             trial.set_user_attr("skip", [list(s) for s in candidate.skip])
             trial.set_user_attr("gflops", gflops)

@@ -7,14 +7,22 @@ database read-only and creates nothing.
 
 Workers that start together on one database take a lock while Optuna creates its tables and while
 a study is created (``creation_lock``): a PostgreSQL advisory lock, or for SQLite an exclusive
-``flock`` on a ``<database>.lock`` file beside it. Both are released by the operating system when
-a process dies, so a worker killed half-way through creating a study never blocks the next one.
+``flock`` on a ``<database>.lock`` file beside it, removed by its holder when it is done. Both are
+released by the operating system when a process dies, so a worker killed half-way through
+creating a study never blocks the next one.
+
+Reading a database in SQLite's write-ahead-log mode makes SQLite create its ``-wal`` and ``-shm``
+files, which a read-only connection cannot remove when it closes. Where a read-only command
+created them, they are removed when the process exits, by SQLite itself (``_tidy_wal_files``),
+which removes them only if no other connection (a running worker) uses them.
 """
 
+import atexit
 import fcntl
 import os
+import sqlite3
 import warnings
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from pathlib import Path
 
 import optuna
@@ -27,6 +35,10 @@ SQLITE_MAGIC = b"SQLite format 3\x00"
 SCHEMA_LOCK_KEY = 0x0AD1FF  # any fixed number; only this program's workers take it
 LOCK_SUFFIX = ".lock"
 READ_ONLY_QUERY = "?mode=ro&uri=true"  # SQLite's URI filename parameters for a read-only open
+WAL_SUFFIXES = ("-wal", "-shm")  # the files SQLite keeps beside a database in WAL mode
+# SQLite files read-only opens found without WAL files, with the engines reading them: tidied
+# at exit (``_tidy_wal_files``)
+_TIDY_AT_EXIT: dict[Path, list] = {}
 
 
 def open_storage(url: str | None = None, heartbeat: int | None = None,
@@ -45,6 +57,7 @@ def open_storage(url: str | None = None, heartbeat: int | None = None,
     url = url or DEFAULT_STORAGE
     shown = redact(url)
     engine_kwargs = {}
+    tidy = None  # an SQLite file whose WAL files this read-only open will make
     if url.startswith("sqlite"):
         path = _sqlite_path(url)
         if writable and url == DEFAULT_STORAGE:
@@ -52,6 +65,8 @@ def open_storage(url: str | None = None, heartbeat: int | None = None,
         _check_sqlite_file(url, path, must_exist=not writable)
         if not writable:
             url = _read_only_sqlite_url(url, path)
+            if not _has_wal_files(path):
+                tidy = path
         # several processes on one SQLite file wait for the lock instead of failing at once
         engine_kwargs = {"connect_args": {"timeout": 60}}
     else:
@@ -72,6 +87,8 @@ def open_storage(url: str | None = None, heartbeat: int | None = None,
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             with _lock(url, engine_kwargs) if writable else nullcontext():
                 storage = RDBStorage(url, engine_kwargs=engine_kwargs, **beats)
+        if tidy is not None:
+            _TIDY_AT_EXIT.setdefault(tidy, []).append(storage.engine)
         if writable and url.startswith("sqlite"):
             with storage.engine.connect() as conn:  # rewrites a header field with its own value
                 version = conn.exec_driver_sql("PRAGMA user_version").scalar()
@@ -135,17 +152,67 @@ def _file_lock(database: Path):
     """An exclusive ``flock`` on ``<database>.lock``. A separate file, because closing any
     descriptor of the database itself would drop the POSIX locks SQLite holds on it. Where the
     lock file cannot be made (a read-only folder), nothing could be written there either, and
-    the write check that follows says so."""
-    try:
-        fd = os.open(f"{database}{LOCK_SUFFIX}", os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError:
+    the write check that follows says so. The holder removes the file before it lets go, so
+    none is left behind; a waiter that then holds the removed file's lock takes the new one."""
+    path = f"{database}{LOCK_SUFFIX}"
+    fd = _locked(path)
+    if fd is None:
         yield
         return
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
+        with suppress(OSError):
+            os.unlink(path)
         os.close(fd)  # releases the lock
+
+
+def _locked(path: str) -> int | None:
+    """A descriptor holding the ``flock`` of the file now at ``path`` (None: it cannot be
+    made)."""
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:
+            return None
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if _same_file(fd, path):
+            return fd
+        os.close(fd)  # its holder removed it while this process waited
+
+
+def _has_wal_files(path: Path) -> bool:
+    return any(Path(f"{path}{suffix}").exists() for suffix in WAL_SUFFIXES)
+
+
+def _same_file(fd: int, path: str) -> bool:
+    try:
+        there = os.stat(path)
+    except OSError:
+        return False
+    held = os.fstat(fd)
+    return (held.st_dev, held.st_ino) == (there.st_dev, there.st_ino)
+
+
+@atexit.register
+def _tidy_wal_files() -> None:
+    """Remove the ``-wal`` and ``-shm`` files read-only opens made SQLite create: a read-write
+    connection that closes as the database's last one makes SQLite checkpoint and remove them;
+    while another process (a worker) has the database open they stay, as they must. A
+    database this process cannot write keeps them."""
+    for path, engines in _TIDY_AT_EXIT.items():
+        for engine in engines:
+            engine.dispose()  # closes this process's read-only connections first
+        if not _has_wal_files(path):
+            continue
+        try:
+            connection = sqlite3.connect(f"file:{path}?mode=rw", uri=True)
+            try:
+                connection.execute("PRAGMA schema_version").fetchall()
+            finally:
+                connection.close()
+        except sqlite3.Error:
+            pass
 
 
 def _fast_sqlite_commits(storage: RDBStorage) -> None:

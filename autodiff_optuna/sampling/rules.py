@@ -1,0 +1,222 @@
+"""Per-step solver rules: each step of a schedule picks its own update.
+
+A step's rule (``StepRule``) is the order of its DPM-Solver++ multistep update (1 is DDIM with
+eta 0, 2 is DPM-Solver++(2M), 3 is DPM-Solver++(3M)) and whether UniPC's corrector (UniC) refines
+the sample that update lands on. The corrector reuses the network evaluation the next step makes
+anyway, so K steps stay K evaluations; the last step has none after it, as in UniPC.
+
+diffusers' schedulers compute every update; only the switching between them, step by step, is
+written here (``RuleStepper``): ``DPMSolverMultistepScheduler``'s
+``dpm_solver_first_order_update`` and ``multistep_dpm_solver_second/third_order_update`` for the
+predictor, ``UniPCMultistepScheduler.multistep_uni_c_bh_update`` for the corrector, each given the
+model-output history and the sigmas it reads. A constant order reproduces
+``DPMSolverMultistepScheduler`` (solver_order 1, 2 or 3); order 1 or 2 with the corrector
+reproduces ``UniPCMultistepScheduler`` of that solver_order (its UniP predictor is DPM-Solver++'s
+update at those orders), ``disable_corrector`` listing the steps without one.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from autodiff_optuna.errors import UsageError
+
+ORDERS = (1, 2, 3)
+# diffusers lowers the order of the second-to-last step below this many steps
+# (DPMSolverMultistepScheduler's lower_order_final)
+LOWER_ORDER_FINAL_BELOW = 15
+
+
+@dataclass(frozen=True)
+class StepRule:
+    """One step's update: DPM-Solver++ multistep of ``order``, then UniC if ``corrector``."""
+
+    order: int = 1
+    corrector: bool = False
+
+    def __post_init__(self):
+        if self.order not in ORDERS or isinstance(self.order, bool):
+            raise UsageError(f"a step's solver order must be one of {ORDERS}, got {self.order!r}")
+        if not isinstance(self.corrector, bool):
+            raise UsageError(f"a step's corrector must be true or false, got {self.corrector!r}")
+
+    def to_json(self) -> list:
+        return [self.order, self.corrector]
+
+
+# the fixed solvers: one rule at every step
+SOLVERS = {
+    "ddim": StepRule(1),
+    "dpmpp2m": StepRule(2),
+    "dpmpp3m": StepRule(3),
+    "unipc": StepRule(2, corrector=True),  # UniPCMultistepScheduler's defaults: bh2, order 2
+}
+
+
+def step_rules(solver, steps: int) -> tuple[StepRule, ...]:
+    """The rules a schedule of ``steps`` steps runs, as requested: ``solver`` is a name of
+    ``SOLVERS``, one ``StepRule`` for every step, or one rule per step (a ``StepRule`` or an
+    ``[order, corrector]`` pair each). Not yet bounded by the history: see ``bounded``."""
+    if isinstance(solver, str):
+        if solver not in SOLVERS:
+            raise UsageError(f"unknown solver {solver!r}; known: {', '.join(SOLVERS)}")
+        return (SOLVERS[solver],) * steps
+    if isinstance(solver, StepRule):
+        return (solver,) * steps
+    if not isinstance(solver, Sequence):
+        raise UsageError(f"a solver is a name, a StepRule or one rule per step, got {solver!r}")
+    if len(solver) != steps:
+        raise UsageError(f"{len(solver)} solver rules for {steps} time steps")
+    return tuple(_rule(rule) for rule in solver)
+
+
+def _rule(rule) -> StepRule:
+    if isinstance(rule, StepRule):
+        return rule
+    if isinstance(rule, Sequence) and not isinstance(rule, str) and len(rule) == 2:
+        return StepRule(*rule)
+    raise UsageError(f"a step's rule is [order, corrector], got {rule!r}")
+
+
+def bounded(rules: Sequence[StepRule]) -> tuple[StepRule, ...]:
+    """The rules as they run: step i's order is at most i + 1 (the model outputs it has), the
+    last step's is 1 (it lands on sigma = 0, where only the first-order update is finite) and,
+    below ``LOWER_ORDER_FINAL_BELOW`` steps, the second-to-last step's at most 2, as diffusers
+    does; no corrector after the last step (no evaluation follows it)."""
+    k = len(rules)
+    out = []
+    for i, rule in enumerate(rules):
+        order = min(rule.order, i + 1)
+        if i == k - 1:
+            order = 1
+        elif i == k - 2 and k < LOWER_ORDER_FINAL_BELOW:
+            order = min(order, 2)
+        out.append(StepRule(order, rule.corrector and i < k - 1))
+    return tuple(out)
+
+
+def diffusers_order(rules: Sequence[StepRule]) -> int | None:
+    """The ``solver_order`` of the one ``DPMSolverMultistepScheduler`` that runs ``rules`` over
+    custom time steps, or None when none does (mixed orders, or a corrector: diffusers' UniPC
+    takes no custom time steps)."""
+    if any(rule.corrector for rule in rules):
+        return None
+    for order in ORDERS:
+        if bounded(rules) == bounded([StepRule(order)] * len(rules)):
+            return order
+    return None
+
+
+def fixed_solver(solver, steps: int) -> str | None:
+    """The name of the fixed solver (``SOLVERS``) that runs ``solver`` (a name or one rule per
+    step) over ``steps`` steps exactly as it runs, or None for mixed rules."""
+    rules = bounded(step_rules(solver, steps))
+    return next((name for name, rule in SOLVERS.items()
+                 if bounded([rule] * steps) == rules), None)
+
+
+def single_scheduler_solver(solver, steps: int) -> str | None:
+    """The fixed solver a single ``DPMSolverMultistepScheduler`` runs ``solver`` with (over
+    custom time steps), or None where none does (mixed orders, or UniPC's corrector)."""
+    order = diffusers_order(step_rules(solver, steps))
+    return next((name for name, rule in SOLVERS.items()
+                 if not rule.corrector and rule.order == order), None)
+
+
+def describe(solver, steps: int) -> str:
+    """A solver as people read it: a fixed solver's name, else each step's order with ``+C``
+    where UniPC's corrector follows (``per-step 1+C, 2+C, 2, 1``)."""
+    name = fixed_solver(solver, steps)
+    if name is not None:
+        return name
+    return "per-step " + ", ".join(f"{r.order}{'+C' * r.corrector}"
+                                   for r in bounded(step_rules(solver, steps)))
+
+
+class RuleStepper:
+    """Any rule's update at any step, by diffusers' own update methods.
+
+    Every method takes ``sigmas``: the sigmas (diffusers' sqrt((1 - alpha_bar) / alpha_bar)) of
+    the path so far and of where the step lands, and ``i``: the index in ``sigmas`` of the
+    current sample. ``history`` holds the data predictions (``data_prediction``) of the path's
+    last steps, the current one last. The schedulers read the step's sigmas from their
+    ``sigmas`` and ``step_index``, which each call sets.
+    """
+
+    def __init__(self, training_config: dict):
+        from diffusers import DPMSolverMultistepScheduler, UniPCMultistepScheduler
+
+        common = dict(prediction_type="epsilon", thresholding=False, final_sigmas_type="zero",
+                      lower_order_final=True, solver_order=max(ORDERS))
+        self.dpm = DPMSolverMultistepScheduler.from_config(
+            training_config, algorithm_type="dpmsolver++", **common)
+        self.unipc = UniPCMultistepScheduler.from_config(
+            training_config, predict_x0=True, solver_type="bh2", **common)
+
+    def schedule(self, timesteps, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The time steps as diffusers feeds them to the network, and their sigmas with the
+        final sigma = 0 appended (one more than the steps)."""
+        self.dpm.set_timesteps(timesteps=list(timesteps), device=device)
+        return self.dpm.timesteps, self.dpm.sigmas
+
+    def data_prediction(self, sigmas: torch.Tensor, i: int, eps: torch.Tensor,
+                        x: torch.Tensor) -> torch.Tensor:
+        """The clean-sample prediction of the network's ``eps`` at ``x`` (sigma ``sigmas[i]``)."""
+        self._at(self.dpm, sigmas, i)
+        return self.dpm.convert_model_output(eps, sample=x)
+
+    def predict(self, sigmas: torch.Tensor, i: int, order: int, history: Sequence[torch.Tensor],
+                x: torch.Tensor) -> torch.Tensor:
+        """DPM-Solver++ of ``order`` from ``x`` at ``sigmas[i]`` to ``sigmas[i + 1]``, with the
+        float32 upcast of ``DPMSolverMultistepScheduler.step``."""
+        self._at(self.dpm, sigmas, i)
+        dtype = history[-1].dtype
+        x = x.to(torch.float32)
+        if order == 1:
+            out = self.dpm.dpm_solver_first_order_update(history[-1], sample=x)
+        elif order == 2:
+            out = self.dpm.multistep_dpm_solver_second_order_update(list(history), sample=x)
+        else:
+            out = self.dpm.multistep_dpm_solver_third_order_update(list(history), sample=x)
+        return out.to(dtype)
+
+    def correct(self, sigmas: torch.Tensor, i: int, order: int, history: Sequence[torch.Tensor],
+                prediction: torch.Tensor, x_before: torch.Tensor,
+                x: torch.Tensor) -> torch.Tensor:
+        """UniC of ``order`` (the order of the update that made ``x``): ``x`` at ``sigmas[i]``,
+        made from ``x_before`` at ``sigmas[i - 1]``, refined with ``prediction``, the data
+        prediction of the network at ``x``; ``history`` ends at ``sigmas[i - 1]``."""
+        self._at(self.unipc, sigmas, i)
+        self.unipc.model_outputs = list(history)
+        return self.unipc.multistep_uni_c_bh_update(
+            this_model_output=prediction, last_sample=x_before, this_sample=x, order=order)
+
+    @staticmethod
+    def _at(scheduler, sigmas: torch.Tensor, i: int) -> None:
+        # the update methods read sigmas[step_index - k .. step_index + 1]; diffusers' own step
+        # advances _step_index the same way
+        scheduler.sigmas = sigmas
+        scheduler._step_index = i
+
+
+def run_rules(stepper: RuleStepper, sigmas: torch.Tensor, rules: Sequence[StepRule], x, network,
+              record=None) -> torch.Tensor:
+    """Solve from ``x`` over the schedule whose sigmas ``sigmas`` are (``RuleStepper.schedule``)
+    with ``rules`` (as ``bounded`` bounds them); ``network(i, x)`` is the model's epsilon at
+    step i. ``record(i, x, prediction)``, when given, sees each step's sample and data
+    prediction."""
+    rules = bounded(rules)
+    history, x_before = [], None
+    for i, rule in enumerate(rules):
+        eps = network(i, x)
+        prediction = stepper.data_prediction(sigmas, i, eps, x)
+        if i and rules[i - 1].corrector:
+            # as UniPC: the data prediction stays the one at the uncorrected sample
+            x = stepper.correct(sigmas, i, rules[i - 1].order, history, prediction, x_before, x)
+        if record is not None:
+            record(i, x, prediction)
+        history = [*history[-(max(ORDERS) - 1):], prediction]
+        x_before = x
+        x = stepper.predict(sigmas, i, rule.order, history, x)
+    return x

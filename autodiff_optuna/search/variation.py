@@ -1,0 +1,114 @@
+"""Variation operators over candidates: mutation, crossover and shift.
+
+Each operator works on genes (a step and what travels with it) and hands the result to
+``CandidateSpace.repair``, so every child is a valid candidate: K distinct steps, descending.
+A step keeps its mask wherever it moves. A solver rule stays at its position (what it may use
+depends on where it stands): crossover takes each position's rule from either parent, and
+mutation redraws some positions' rules in a space that searches the solver.
+"""
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from autodiff_optuna.search.encoding import Candidate, CandidateSpace, Gene
+
+RULE_MUTATION_PROB = 0.5  # of a child's mutation redrawing solver rules rather than steps/masks
+
+
+def mutate(space: CandidateSpace, parent: Candidate, rng: np.random.Generator,
+           gene_prob: float = 0.25, bit_flip_prob: float | None = None) -> Candidate:
+    """Step mutation (each step with probability ``gene_prob``: replaced by an unused step
+    anywhere, or shifted between its neighbours) and, in stage 2, bit-flip mutation of the
+    masks (each bit with ``bit_flip_prob``, default two flips per candidate). The child always
+    differs from the parent."""
+    if space.size < 2:
+        raise ValueError(f"{space} holds a single candidate: nothing to mutate it into")
+    movable = space.num_train_timesteps > space.steps  # else every step is taken
+    genes, rules = parent.genes, parent.rules
+    if space.solver_search and rng.random() < RULE_MUTATION_PROB:
+        rules = _mutate_rules(space, rules, rng)
+    else:
+        if movable and (not space.layers or rng.random() < 0.5):
+            genes = _mutate_steps(space, genes, rng, gene_prob)
+        if space.layers:
+            genes = _flip_bits(space, genes, rng, bit_flip_prob)
+    child = space.repair(genes, rng, rules)
+    while child == parent:  # e.g. a shift that landed back on its own step
+        if space.layers:
+            genes = _flip_bits(space, child.genes, rng, bit_flip_prob)
+        elif movable:
+            genes = _mutate_steps(space, child.genes, rng, gene_prob)
+        else:
+            rules = _mutate_rules(space, child.rules, rng)
+        child = space.repair(genes, rng, rules)
+    return child
+
+
+def _mutate_rules(space: CandidateSpace, rules, rng: np.random.Generator) -> list:
+    """Each position that has a choice redrawn with probability 1/K (one at least), to
+    another of its rules."""
+    rules = list(rules)
+    open_positions = [i for i, choices in enumerate(space.rule_choices) if len(choices) > 1]
+    if not open_positions:
+        return rules
+    chosen = [i for i in open_positions if rng.random() < 1.0 / space.steps]
+    for i in chosen or [open_positions[int(rng.integers(len(open_positions)))]]:
+        others = [r for r in space.rule_choices[i] if r != rules[i]]
+        rules[i] = others[int(rng.integers(len(others)))]
+    return rules
+
+
+def _mutate_steps(space: CandidateSpace, genes: list[Gene], rng: np.random.Generator,
+                  gene_prob: float) -> list[Gene]:
+    steps = [t for t, _ in genes]
+    k, top = len(steps), space.num_train_timesteps
+    chosen = rng.random(k) < gene_prob
+    if not chosen.any():
+        chosen[rng.integers(k)] = True
+    for i in np.flatnonzero(chosen):
+        taken = set(steps)
+        upper = steps[i - 1] if i > 0 else top  # exclusive bounds keep the order
+        lower = steps[i + 1] if i < k - 1 else -1
+        if rng.random() < 0.5 and upper - lower > 2:
+            new = int(rng.integers(lower + 1, upper))
+            if new == steps[i]:
+                new = space.random_free(rng, taken)
+        else:
+            new = space.random_free(rng, taken)
+        steps[i] = new
+    return [(t, m) for t, (_, m) in zip(steps, genes)]
+
+
+def _flip_bits(space: CandidateSpace, genes: list[Gene], rng: np.random.Generator,
+               bit_flip_prob: float | None) -> list[Gene]:
+    n_bits = len(genes) * len(space.layers)
+    p = bit_flip_prob or min(0.5, 2.0 / n_bits)
+    flips = rng.random((len(genes), len(space.layers))) < p
+    if not flips.any():
+        flips[divmod(int(rng.integers(n_bits)), len(space.layers))] = True
+    return [(t, m ^ frozenset(np.asarray(space.layers)[row].tolist()))
+            for (t, m), row in zip(genes, flips)]
+
+
+def shift(space: CandidateSpace, candidate: Candidate, offsets: Sequence[float],
+          rng: np.random.Generator) -> Candidate:
+    """Each step moved by its offset (rounded), with its mask; then repaired."""
+    genes = [(int(np.rint(t + d)), m) for (t, m), d in zip(candidate.genes, offsets)]
+    return space.repair(genes, rng, candidate.rules)
+
+
+def crossover(space: CandidateSpace, a: Candidate, b: Candidate,
+              rng: np.random.Generator) -> Candidate:
+    """Uniform crossover position by position: each step, with its mask, comes from either
+    parent (so all steps come from the union of both parents' steps; a step both would give
+    twice is refilled at random); in stage 2 the mask bits of that position are then crossed
+    uniformly between the two parents."""
+    genes = []
+    for (ta, ma), (tb, mb), take_a in zip(a.genes, b.genes, rng.random(space.steps) < 0.5):
+        mask = frozenset(layer for layer in space.layers
+                         if (layer in ma if rng.random() < 0.5 else layer in mb))
+        genes.append((ta if take_a else tb, mask))
+    rules = ([ra if rng.random() < 0.5 else rb for ra, rb in zip(a.rules, b.rules)]
+             if space.solver_search else None)
+    return space.repair(genes, rng, rules)

@@ -1,0 +1,118 @@
+import pytest
+import torch
+from diffusers import DPMSolverMultistepScheduler, UniPCMultistepScheduler
+
+from autodiff_optuna.errors import UsageError
+from autodiff_optuna.sampling import draw, sample
+from autodiff_optuna.sampling.rules import StepRule, bounded, diffusers_order, step_rules
+from autodiff_optuna.sampling.solvers import make_scheduler
+
+STEPS = (871, 640, 402, 233, 96, 0)  # custom: neither uniform nor starting at T-1
+
+
+def _diffusers_loop(model, scheduler, noise):
+    x = noise.clone()
+    with torch.inference_mode():
+        for t in scheduler.timesteps:
+            x = scheduler.step(model.predict_noise(x, t), t, x).prev_sample
+    return x
+
+
+def _unipc(model, order, steps=None, disable_corrector=()):
+    """diffusers' UniPC over its own trailing spacing, or over ``steps`` (its set_timesteps
+    takes no custom time steps: they are set as DPMSolverMultistepScheduler sets them)."""
+    unipc = UniPCMultistepScheduler.from_config(
+        model.scheduler_config, solver_order=order, timestep_spacing="trailing",
+        disable_corrector=list(disable_corrector))
+    if steps is None:
+        unipc.set_timesteps(6)
+        return unipc
+    unipc.set_timesteps(len(steps))
+    unipc.timesteps, unipc.sigmas = make_scheduler(model, "ddim", steps).timesteps, \
+        make_scheduler(model, "ddim", steps).sigmas
+    return unipc
+
+
+@pytest.mark.parametrize("order", [1, 2, 3])
+def test_constant_order_is_diffusers_dpm_solver(digits, order):
+    ref = DPMSolverMultistepScheduler.from_config(
+        digits.scheduler_config, algorithm_type="dpmsolver++", solver_order=order,
+        final_sigmas_type="zero")
+    ref.set_timesteps(timesteps=list(STEPS))
+    batch = draw(digits, 32, seed=4)
+    expected = _diffusers_loop(digits, ref, batch.noise)
+    ours = sample(digits, STEPS, batch, [StepRule(order)] * len(STEPS))
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("solver", ["ddim", "dpmpp2m", "dpmpp3m"])
+def test_fixed_solvers_are_bit_identical_to_their_scheduler(digits, solver):
+    batch = draw(digits, 32, seed=6)
+    expected = _diffusers_loop(digits, make_scheduler(digits, solver, STEPS), batch.noise)
+    assert torch.equal(sample(digits, STEPS, batch, solver), expected)
+
+
+@pytest.mark.parametrize("order", [1, 2])
+@pytest.mark.parametrize("steps", [None, STEPS], ids=["trailing", "custom"])
+def test_corrector_everywhere_is_diffusers_unipc(digits, order, steps):
+    unipc = _unipc(digits, order, steps)
+    batch = draw(digits, 32, seed=2)
+    expected = _diffusers_loop(digits, unipc, batch.noise)
+    timesteps = tuple(unipc.timesteps.tolist())
+    ours = sample(digits, timesteps, batch, [StepRule(order, True)] * len(timesteps))
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-5)
+    if order == 2:
+        assert torch.equal(sample(digits, timesteps, batch, "unipc"), ours)
+
+
+def test_steps_without_corrector_are_unipc_disable_corrector(digits):
+    off = (0, 3)
+    unipc = _unipc(digits, 2, STEPS, disable_corrector=off)
+    batch = draw(digits, 32, seed=8)
+    expected = _diffusers_loop(digits, unipc, batch.noise)
+    rules = [StepRule(2, i not in off) for i in range(len(STEPS))]
+    ours = sample(digits, STEPS, batch, rules)
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(ours, sample(digits, STEPS, batch, "unipc"), atol=1e-3)
+
+
+def test_mixed_rules_batch_alike_and_differ_from_each_fixed_solver(tiny_unet_dir):
+    from autodiff_optuna.models.diffusers_unet import DiffusersUNetModel
+
+    model = DiffusersUNetModel("tiny", tiny_unet_dir)
+    batch = draw(model, 10, seed=0)
+    rules = [[3, True], [1, False], [3, True], [2, False], [2, True], [1, False]]
+    whole = sample(model, STEPS, batch, rules)
+    torch.testing.assert_close(whole, sample(model, STEPS, batch, rules, batch_size=4),
+                               atol=1e-4, rtol=1e-4)
+    for solver in ("ddim", "dpmpp2m", "dpmpp3m", "unipc"):
+        assert not torch.allclose(whole, sample(model, STEPS, batch, solver), atol=1e-4)
+
+
+def test_bounded_by_history_and_the_final_steps():
+    rules = bounded([StepRule(3, True)] * 5)
+    assert [r.order for r in rules] == [1, 2, 3, 2, 1]  # lower_order_final below 15 steps
+    assert [r.corrector for r in rules] == [True] * 4 + [False]
+    assert [r.order for r in bounded([StepRule(3)] * 16)][-3:] == [3, 3, 1]
+
+
+def test_diffusers_order():
+    assert diffusers_order(step_rules("dpmpp3m", 6)) == 3
+    # below 5 steps diffusers' DPM-Solver++(3M) never reaches order 3: it is (2M)
+    assert diffusers_order(step_rules("dpmpp3m", 4)) == 2
+    # order 3 at a step with one output before it runs as order 2: still DPM-Solver++(2M)
+    assert diffusers_order([StepRule(1), StepRule(3), StepRule(2), StepRule(1)]) == 2
+    assert diffusers_order([StepRule(2), StepRule(1), StepRule(2), StepRule(1)]) is None
+    assert diffusers_order(step_rules("unipc", 4)) is None
+
+
+@pytest.mark.parametrize("solver, message", [
+    ("heun", "unknown solver"),
+    ([StepRule(2)] * 3, "3 solver rules for 4"),
+    ([[4, False]] * 4, "order must be one of"),
+    ([[2, "yes"]] * 4, "corrector must be true or false"),
+    ([2, 2, 2, 2], r"\[order, corrector\]"),
+])
+def test_bad_rules(solver, message):
+    with pytest.raises(UsageError, match=message):
+        step_rules(solver, 4)

@@ -1,0 +1,111 @@
+"""The solver searched with the steps (issue: beat every few-step sampler): each position's
+rule is a pair of trial parameters, bred with the steps, bounded by the history it can use,
+and carried through the study's result, the export, evaluate and apply."""
+
+import json
+
+import numpy as np
+import optuna
+import pytest
+
+from autodiff_optuna.cli import main
+from autodiff_optuna.export import SearchedSchedule, diffusers_fields, read_schedule
+from autodiff_optuna.sampling.rules import SOLVERS, StepRule, bounded, describe, fixed_solver
+from autodiff_optuna.search import variation
+from autodiff_optuna.search.encoding import CandidateSpace
+from autodiff_optuna.search.evolutionary import EvolutionarySampler
+
+SPACE = CandidateSpace(4, 1000, solver_search=True)
+
+
+def test_rules_are_trial_parameters_and_decode_bounded():
+    candidate = SPACE.candidate([750, 500, 250, 0], rules=[StepRule(3, True)] * 4)
+    params = SPACE.encode(candidate)
+    assert {f"o{i}" for i in range(4)} | {f"c{i}" for i in range(4)} <= set(params)
+    # order at most the history (1 at the first step), 1 at the last; no corrector after it
+    assert candidate.rules == bounded([StepRule(3, True)] * 4)
+    assert candidate.rules[0].order == 1 and candidate.rules[-1] == StepRule(1, False)
+    assert SPACE.decode(params) == candidate
+
+
+def test_a_space_without_the_search_is_as_before():
+    space = CandidateSpace(4, 1000)
+    candidate = space.candidate([750, 500, 250, 0])
+    assert candidate.rules == () and not any(n[0] in "oc" for n in space.encode(candidate))
+
+
+def test_every_position_offers_exactly_the_rules_that_differ():
+    choices = SPACE.rule_choices
+    assert choices[0] == [StepRule(1, False), StepRule(1, True)]
+    assert choices[-1] == [StepRule(1, False)]
+    assert SPACE.size == CandidateSpace(4, 1000).size * np.prod([len(c) for c in choices])
+
+
+def test_mutation_and_crossover_breed_rules_within_their_bounds():
+    rng = np.random.default_rng(0)
+    a = SPACE.candidate([750, 500, 250, 0], rules=[SOLVERS["ddim"]] * 4)
+    b = SPACE.candidate([900, 600, 300, 0], rules=[SOLVERS["unipc"]] * 4)
+    seen = set()
+    for _ in range(200):
+        child = variation.mutate(SPACE, variation.crossover(SPACE, a, b, rng), rng)
+        assert child.rules == bounded(child.rules)
+        seen.add(child.rules)
+    assert len(seen) > 4  # rules vary, not only steps
+
+
+def test_the_sampler_searches_rules_on_any_objective():
+    sampler = EvolutionarySampler(SPACE, population_size=6, seed=0)
+    study = optuna.create_study(sampler=sampler)
+    study.optimize(lambda t: float(sum(SPACE.suggest(t).rules[i].corrector for i in range(4))),
+                   n_trials=30)
+    assert study.best_value == 0
+    rules = {tuple(t.params[f"o{i}"] for i in range(4)) for t in study.trials}
+    assert len(rules) > 1
+
+
+def test_describe_names_a_fixed_solver_or_each_step():
+    assert describe([[1, False], [2, False], [2, False], [1, False]], 4) == "dpmpp2m"
+    assert fixed_solver([[1, True], [2, False], [2, True], [1, False]], 4) is None
+    assert describe([[1, True], [2, False], [2, True], [1, False]], 4) == \
+        "per-step 1+C, 2, 2+C, 1"
+
+
+def test_export_of_mixed_rules_says_no_single_scheduler_runs_them(tmp_path):
+    rules = [[1, True], [2, False], [2, True], [1, False]]
+    fields = diffusers_fields({"num_train_timesteps": 1000}, rules, [750, 500, 250, 0])
+    assert "scheduler" not in fields and "autodiff_optuna.sample" in fields["note"]
+    two = diffusers_fields({"num_train_timesteps": 1000},
+                           [[1, False], [2, False], [2, False], [1, False]], [750, 500, 250, 0])
+    assert two["scheduler"] == "DPMSolverMultistepScheduler"
+    assert two["scheduler_config"]["solver_order"] == 2
+    path = tmp_path / "s.json"
+    path.write_text(SearchedSchedule("digits", rules, [750, 500, 250, 0], [[]] * 4,
+                                     diffusers=fields).to_json())
+    assert read_schedule(path).solver == rules
+
+
+@pytest.mark.parametrize("solver", [[[1, "yes"]] * 4, [[1]] * 4, 3])
+def test_a_malformed_solver_is_refused(tmp_path, solver):
+    with pytest.raises(ValueError, match="'solver'"):
+        SearchedSchedule("digits", solver, [750, 500, 250, 0], [[]] * 4)
+
+
+@pytest.mark.slow
+def test_a_searched_study_exports_and_evaluates_its_rules(tmp_path, capsys):
+    url = f"sqlite:///{tmp_path}/s.db"
+    assert main(["study", "--model", "digits", "--steps", "3", "--trials", "10", "--samples",
+                 "200", "--population", "6", "--min-samples", "0", "--stage", "1",
+                 "--storage", url, "--quiet"]) == 0
+    study = optuna.load_study(study_name="digits-k3", storage=url)
+    first = [t for t in study.trials if t.user_attrs.get("spacing") == "uniform"]
+    # uniform with each distinct fixed solver: the baselines a user could pick
+    assert {t.user_attrs["solver"] for t in first} >= {"ddim", "dpmpp2m", "unipc"}
+    assert all("rules" in t.user_attrs for t in study.trials if t.state.is_finished()
+               and t.state == optuna.trial.TrialState.COMPLETE)
+    out = tmp_path / "schedule.json"
+    assert main(["export", "--name", "digits-k3", "--storage", url, "--out", str(out)]) == 0
+    exported = json.loads(out.read_text())
+    capsys.readouterr()
+    assert main(["evaluate", "--schedule", str(out), "--samples", "200", "--json"]) == 0
+    scored = json.loads(capsys.readouterr().out)
+    assert scored["solver"] == exported["solver"] and scored["fid"] > 0
