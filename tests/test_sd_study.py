@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 from realmodel_standins import isolate, save_standin_inception, save_stats
-from tiny_sd import PROMPTS, save_tiny_sd
+from tiny_sd import PROMPTS, save_tiny_sd, sd_pipeline
 
 import autodiff_optuna as ao
 from autodiff_optuna.cli import main
@@ -241,17 +241,6 @@ def test_memory_check_counts_latents_and_images():
 
 # ---- a diffusers StableDiffusionPipeline -----------------------------------------------------
 
-def _pipeline(model):
-    from diffusers import PNDMScheduler, StableDiffusionPipeline
-
-    pipe = StableDiffusionPipeline(
-        vae=model.vae, text_encoder=model.text_encoder, tokenizer=model.tokenizer,
-        unet=model.unet, scheduler=PNDMScheduler.from_config(model.scheduler_config),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
 STEPS = [900, 600, 300, 40]
 
 
@@ -273,7 +262,7 @@ def test_a_pipeline_samples_what_the_search_sampled(files, solver, skips):
     batch = draw(model, 6, 3, HELDOUT)
     ours = sample(model, tuple(STEPS), batch, solver, skip=[tuple(s) for s in skip])
     prompts = [model.prompts[i] for i in batch.labels]
-    pipe = _pipeline(model)
+    pipe = sd_pipeline(model)
     with ao.apply(pipe, schedule):
         latents = pipe(prompt=prompts, latents=batch.noise.clone(), guidance_scale=7.5,
                        num_inference_steps=50, output_type="latent").images
@@ -296,7 +285,7 @@ def test_a_pipeline_samples_what_the_search_sampled(files, solver, skips):
 def test_a_pipeline_refuses_a_schedule_of_another_model(files):
     model = load_model("sd14", "cpu", ModelOptions(checkpoint=str(files.sd),
                                                    prompts=str(files.prompts)))
-    pipe = _pipeline(model)
+    pipe = sd_pipeline(model)
     fields = diffusers_fields({**model.scheduler_config, "num_train_timesteps": 500}, "ddim",
                               STEPS)
     other = ao.SearchedSchedule(model="sd15", solver="ddim", timesteps=STEPS, skip=[[]] * 4,

@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from tiny_sd import PROMPTS, save_tiny_sd
+from tiny_sd import PROMPTS, save_tiny_sd, sd_pipeline
 
 import autodiff_optuna as ao
 from autodiff_optuna.errors import UsageError
@@ -337,16 +337,6 @@ def test_oversized_and_unreadable_prompts(tmp_path, monkeypatch):
 
 # ---- a StableDiffusionPipeline of one's own ----------------------------------------------------
 
-def _pipeline(model):
-    from diffusers import PNDMScheduler, StableDiffusionPipeline
-
-    pipe = StableDiffusionPipeline(
-        vae=model.vae, text_encoder=model.text_encoder, tokenizer=model.tokenizer,
-        unet=model.unet, scheduler=PNDMScheduler.from_config(model.scheduler_config),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
 
 @pytest.fixture(scope="module")
 def sd14(sd_dir, tmp_path_factory):
@@ -357,11 +347,11 @@ def sd14(sd_dir, tmp_path_factory):
     return load_model("sd14", "cpu", options), options
 
 
-def test_readmes_digits_schedule_is_refused_by_a_stable_diffusion_pipeline(sd):
+def test_readmes_digits_schedule_is_refused_by_a_stable_diffusionsd_pipeline(sd):
     schedule = ao.SearchedSchedule(model="digits", solver="ddim", timesteps=[999, 600, 300, 40],
                                    skip=[[], ["mid_block.attentions.0"], [], []])
     with pytest.raises(ValueError) as err:
-        ao.apply(_pipeline(sd), schedule)
+        ao.apply(sd_pipeline(sd), schedule)
     message = str(err.value)
     assert "its model is not text-to-image, this pipeline's UNet is text-to-image" in message
     assert "its model's UNet is a UNet2DModel, this pipeline's a UNet2DConditionModel" in message
@@ -378,7 +368,7 @@ def test_sample_returns_the_prompts_and_latents_a_pipeline_reproduces(sd14):
         identity=model_identity(model))
     images, inputs = ao.sample(schedule, n=3, seed=1, options=options, return_inputs=True)
     assert inputs.prompts == [model.prompts[i] for i in draw(model, 3, 1, HELDOUT).labels]
-    pipe = _pipeline(model)
+    pipe = sd_pipeline(model)
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # none of ours is issued
         with ao.apply(pipe, schedule):

@@ -89,3 +89,15 @@ def save_tiny_sd(root: Path, seed: int = 0) -> Path:
 
 PROMPTS = ("a red cat on the sky", "a dog", "the sky", "a cat on a red dog",
            "ünïcode prompt, with punctuation!")
+
+
+def sd_pipeline(model):
+    """A diffusers StableDiffusionPipeline of one's own, holding the adapter's networks."""
+    from diffusers import PNDMScheduler, StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(
+        vae=model.vae, text_encoder=model.text_encoder, tokenizer=model.tokenizer,
+        unet=model.unet, scheduler=PNDMScheduler.from_config(model.scheduler_config),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
