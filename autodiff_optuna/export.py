@@ -23,6 +23,7 @@ wrong type is refused when a ``SearchedSchedule`` is made, from a file or by han
 
 import datetime
 import json
+from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -45,7 +46,7 @@ from autodiff_optuna.sampling.rules import (
 from autodiff_optuna.sampling.skipping import check_skip
 from autodiff_optuna.sampling.solvers import solver_config
 from autodiff_optuna.search import results
-from autodiff_optuna.search.results import StudyResult
+from autodiff_optuna.search.results import Point, StudyResult
 
 FORMAT = "autodiff-optuna-schedule/1"
 MAX_GRID = 10_000  # images in one PNG grid (sample --n, report --grid): 100 x 100
@@ -93,11 +94,12 @@ class SampleInputs:
         return torch.Generator().manual_seed(self.generator_seed)
 
 
-def from_result(result: StudyResult, max_gflops: float | None = None) -> SearchedSchedule:
-    """The schedule ``export`` writes: the result's ``fast`` point (the cheapest within its FID
-    tolerance of the best), or with ``max_gflops`` the lowest-FID one within that budget
-    (``StudyResult.choose``: refused when it is worse than the uniform schedule)."""
-    pick = result.choose(max_gflops)
+def from_result(result: StudyResult, pick: Point | None = None) -> SearchedSchedule:
+    """The schedule ``export`` writes: ``pick``, else ``result.choose()`` (by the result's
+    export rule: the cheapest front point within its FID tolerance of the best, or the
+    lowest-FID one within its budget; refused when it is worse than the uniform schedule)."""
+    if pick is None:
+        pick = result.choose()
     config = result.config
     training_schedule = results.training_schedule(result.stage1)
     solver = config["solver"]
@@ -327,5 +329,23 @@ def save_grid(images: torch.Tensor, path, upscale: int = UPSCALE) -> None:
     x = images.float() / 255.0
     if upscale > 1 and max(x.shape[-2:]) <= SMALL:
         x = torch.nn.functional.interpolate(x, scale_factor=upscale, mode="nearest")
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    save_image(x, str(path), nrow=int(max(1, round(len(x) ** 0.5))), padding=2, pad_value=1.0)
+    made = _missing_folders(Path(path).parent)
+    for folder in made:
+        folder.mkdir()
+    try:
+        save_image(x, str(path), nrow=int(max(1, round(len(x) ** 0.5))), padding=2,
+                   pad_value=1.0)
+    except BaseException:  # a refused grid (say, an unknown image format) leaves no folder
+        for folder in reversed(made):
+            with suppress(OSError):
+                folder.rmdir()
+        raise
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """The folders that must be made for ``folder`` to exist, outermost first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing[::-1]

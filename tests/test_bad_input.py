@@ -16,6 +16,7 @@ import pytest
 from helpers import CEILING, error_line
 
 from autodiff_optuna.cli import main
+from autodiff_optuna.export import SearchedSchedule
 from autodiff_optuna.reporting import plots
 
 NAME = "digits-k2"
@@ -612,3 +613,12 @@ def test_a_search_stopped_by_timeout_resumes_to_its_total(tmp_path, capsys):
     assert not study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
     assert main(base + ["--trials", "4", "--timeout", "3600"]) == 0  # a timeout not reached
     assert n_evaluated(study) == 4
+
+
+def test_a_refused_grid_leaves_no_folder_behind(tmp_path, capsys):
+    schedule = tmp_path / "s.json"
+    schedule.write_text(SearchedSchedule("digits", "ddim", [750, 500, 250, 0], [[]] * 4).to_json())
+    out = tmp_path / "new" / "deeper" / "grid.bad"
+    assert main(["sample", "--schedule", str(schedule), "--n", "4", "--out", str(out)]) == 2
+    assert "unknown file extension" in error_line(capsys)
+    assert not (tmp_path / "new").exists()
