@@ -10,3 +10,10 @@ def one_line(err: BaseException) -> str:
     own message where SQLAlchemy wraps it in ``orig``)."""
     text = str(getattr(err, "orig", None) or err).strip()
     return text.splitlines()[0] if text else type(err).__name__
+
+
+def printable(text: str) -> str:
+    """A message as one line: a line break or other control character in it (a study name, a
+    layer name or a path may hold any) is shown escaped, as ``repr`` shows it."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                   for c in text)

@@ -33,7 +33,6 @@ from autodiff_optuna.errors import UsageError
 from autodiff_optuna.metrics.fid import to_uint8
 from autodiff_optuna.models import load_model
 from autodiff_optuna.models.files import read_json
-from autodiff_optuna.models.identity import IDENTITY_ATTR
 from autodiff_optuna.models.registry import PRESETS, check_same_model, guidance_of
 from autodiff_optuna.sampling import HELDOUT, draw, validate
 from autodiff_optuna.sampling import sample as run_solver
@@ -47,6 +46,7 @@ from autodiff_optuna.sampling.skipping import check_skip
 from autodiff_optuna.sampling.solvers import solver_config
 from autodiff_optuna.search import results
 from autodiff_optuna.search.results import Point, StudyResult
+from autodiff_optuna.storage.record import FID_FEATURES_ATTR, IDENTITY_ATTR
 
 FORMAT = "autodiff-optuna-schedule/1"
 MAX_GRID = 10_000  # images in one PNG grid (sample --n, report --grid): 100 x 100
@@ -111,7 +111,7 @@ def from_result(result: StudyResult, pick: Point | None = None) -> SearchedSched
         provenance={"study": pick.study, "trial": pick.trial, "stage": pick.stage,
                     "samples": config["samples"], "seed": config["seed"],
                     "model_weights": config.get("model_weights"),
-                    "fid_features": result.stage1.user_attrs.get("fid_features"),
+                    "fid_features": result.stage1.user_attrs.get(FID_FEATURES_ATTR),
                     "uniform_fid": None if result.uniform is None else result.uniform.fid,
                     "best": {"stage": result.best.stage, "trial": result.best.trial,
                              "fid": result.best.fid},

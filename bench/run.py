@@ -327,6 +327,11 @@ def render(results: dict) -> dict[str, str]:
         # a run split over processes (one seed each) names its own machine and threads
         own = [f"Machine: {budgets['machine']}.", ""] if budgets.get("machine") else head
         sections["stage2-budgets"] = "\n".join(own + render_budgets(budgets))
+    if "solver_search" in results:
+        from bench.solvers import SECTION
+        from bench.solvers import render as render_solvers
+
+        sections[SECTION] = "\n".join(render_solvers(results["solver_search"]))
     if "end_to_end" in results:
         sections["end-to-end"] = "\n".join(head + render_end_to_end(
             results["end_to_end"], results.get("spacings_table", {})))
@@ -615,9 +620,10 @@ def main() -> None:
     """``python -m bench.run [PART ...]``: all parts, or re-measure only the named ones
     (model_quality, trial_time_s, default_study, storage_overhead, masked_speed,
     skip_sensitivity, spacings_table, samplers, multifidelity, end_to_end, deep_study,
-    stage2_budgets, workers, teacher_reference, profile)
+    stage2_budgets, workers, teacher_reference, profile, solver_search: issue 27's solver
+    benchmark, resumable, its jobs kept under /tmp/bench27/jobs; see bench/solvers.py)
     and keep the other numbers of bench/results.json."""
-    from bench import search
+    from bench import search, solvers
     from bench.profile import profile_trials
     from bench.workers import measure as workers
 
@@ -629,7 +635,7 @@ def main() -> None:
              "end_to_end": search.end_to_end, "deep_study": deep_study,
              "stage2_budgets": search.stage2_budgets, "workers": workers,
              "teacher_reference": search.teacher_reference,
-             "profile": profile_trials}
+             "profile": profile_trials, "solver_search": solvers.measure}
     wanted = sys.argv[1:] or list(parts)
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() and sys.argv[1:] else {}
     if not sys.argv[1:]:  # the machine of every part; one re-measured alone names its own

@@ -31,7 +31,7 @@ from autodiff_optuna.metrics import load_scorer
 from autodiff_optuna.metrics.scoring import score_schedule
 from autodiff_optuna.models import load_model
 from autodiff_optuna.sampling import HELDOUT, draw, standard_spacings
-from autodiff_optuna.search.config import SearchConfig, load_preset
+from autodiff_optuna.search.config import SearchConfig, load_preset, study_name
 from autodiff_optuna.search.context import alphas_cumprod
 from autodiff_optuna.search.fidelity import PRUNE_PERCENTILE, PRUNED_AT, is_evaluated
 from autodiff_optuna.storage import open_storage
@@ -243,8 +243,8 @@ def study_both_stages(steps: int, seed: int, *flags: str, model: str = "digits")
         wall = time.perf_counter() - started
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = (after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime)
-        best = search_summary(url, f"{model}-k{steps}")
-        stage1 = optuna.load_study(study_name=f"{model}-k{steps}", storage=url).trials
+        best = search_summary(url, study_name(model, steps))
+        stage1 = optuna.load_study(study_name=study_name(model, steps), storage=url).trials
         images = sum(_images(t, best["samples"]) for t in stage1 if is_evaluated(t))
         images += best["stage2_n_complete"] * best["samples"]
     return {"best": best, "wall_s": wall, "cpu_s": cpu, "images": images,
@@ -263,7 +263,7 @@ def stage2_budget_run(model: str, seed: int, budgets, steps: int = 4) -> dict:
     """One seed of ``stage2_budgets``; the cheapest front point within 10% of the stage-1 best's
     held-out FID at each budget."""
     with tempfile.TemporaryDirectory() as tmp:
-        url, name = f"sqlite:///{tmp}/bench.db", f"{model}-k{steps}"
+        url, name = f"sqlite:///{tmp}/bench.db", study_name(model, steps)
         common = ["--model", model, "--steps", str(steps), "--seed", str(seed), "--storage", url,
                   "--quiet"]
         _cli("study", *common, "--stage", "1")
@@ -369,7 +369,7 @@ def teacher_reference(steps: int = 4, seed: int = 0) -> dict:
         _cli("study", "--model", "digits", "--steps", str(steps), "--seed", str(seed),
              "--stage", "1", "--ref-teacher", str(TEACHER_STEPS), "--storage", url, "--quiet")
         wall = time.perf_counter() - started
-        best = search_summary(url, f"digits-k{steps}")
+        best = search_summary(url, study_name("digits", steps))
     mean, std = heldout_fids(best["timesteps"], best["samples"])
     return {"teacher_steps": TEACHER_STEPS, "seed": seed, "timesteps": best["timesteps"],
             "fid_search_vs_teacher": best["fid"], "fid_heldout": mean, "fid_heldout_std": std,

@@ -10,13 +10,13 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "autodiff_optuna"
 # bottom to top; a module may import from its own layer and every layer below it
 LAYERS = [
-    {"errors", "version"},
+    {"errors", "version", "runtime"},
     {"storage", "models"},
     {"sampling"},
     {"metrics"},
     {"search", "training"},
     {"export", "pipelines", "reporting"},
-    {"cli", "__main__", "__init__"},
+    {"cli", "arguments", "__main__", "__init__"},
 ]
 
 

@@ -18,6 +18,8 @@ from helpers import CEILING, error_line
 from autodiff_optuna.cli import main
 from autodiff_optuna.export import SearchedSchedule
 from autodiff_optuna.reporting import plots
+from autodiff_optuna.search.results import confirmed_fids
+from autodiff_optuna.storage import record
 
 NAME = "digits-k2"
 
@@ -92,6 +94,10 @@ def markup_report(study_db, tmp_path_factory) -> Path:
     study.add_trial(optuna.trial.create_trial(  # ranked second: a row of the table
         value=best.value + 1e-3, params=best.params, distributions=best.distributions,
         user_attrs={"timesteps": MARKUP_STEPS}))
+    confirmed = confirmed_fids(study)  # results rank by the confirmed FID where there is one
+    if confirmed:
+        study.set_user_attr(f"{record.CONFIRMED_ATTR}:{len(study.trials) - 1}",
+                            min(confirmed.values()) + 1e-3)
     out = tmp_path / "report"
     assert main(["report", "--name", MARKUP_NAME, "--storage", url, "--out", str(out),
                  "--grid", "4", "--heldout-samples", "65", "--top", "5", "--no-png",
@@ -622,3 +628,20 @@ def test_a_refused_grid_leaves_no_folder_behind(tmp_path, capsys):
     assert main(["sample", "--schedule", str(schedule), "--n", "4", "--out", str(out)]) == 2
     assert "unknown file extension" in error_line(capsys)
     assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.slow  # a process of its own: its exit is what tidies
+def test_a_refused_study_leaves_no_wal_files(tmp_path):
+    """A writable open of an SQLite file puts it in WAL mode; a study refused on it (here a
+    foreign study of the same name) exits leaving the folder as it found it."""
+    url = f"sqlite:///{tmp_path}/s.db"
+    storage = optuna.storages.RDBStorage(url)
+    optuna.create_study(study_name="theirs", storage=storage)
+    storage.engine.dispose()  # another program's, closed: the study command is alone on it
+    before = sorted(os.listdir(tmp_path))
+    done = subprocess.run([sys.executable, "-m", "autodiff_optuna", "study", "--model", "digits",
+                           "--steps", "3", "--name", "theirs", "--storage", url],
+                          capture_output=True, text=True, timeout=CEILING)
+    assert done.returncode == 2 and "not made by autodiff_optuna" in done.stderr
+    assert sorted(os.listdir(tmp_path)) == before
+    assert optuna.get_all_study_names(url) == ["theirs"]  # an empty foreign study is kept

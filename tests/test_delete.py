@@ -14,8 +14,8 @@ from optuna.trial import TrialState
 from test_results import UNIFORM, make_search
 
 from autodiff_optuna.cli import main
-from autodiff_optuna.search.optuna_internals import trial_id
 from autodiff_optuna.storage import open_storage, record
+from autodiff_optuna.storage.optuna_internals import trial_id
 
 
 def _search(url: str, name: str = "s-k4") -> optuna.Study:

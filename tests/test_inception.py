@@ -192,14 +192,14 @@ def test_reference_statistics_that_cannot_be_read_are_one_line(tmp_path):
 
 def test_sample_counts_for_inception_features():
     """2048 features: 1000 images (the old default) give a singular covariance."""
-    from autodiff_optuna.cli import evaluate_samples
+    from autodiff_optuna.reporting.evaluate import evaluate_samples
 
     scorer = FIDScorer(lambda x: x, np.zeros(2048), np.eye(2048), name="inception")
     assert scorer.min_samples == 2049 and scorer.default_samples == 4096
     with pytest.raises(UsageError, match="at least 2049, got 1000"):
         scorer.check_sample_count(1000)
     scorer.check_sample_count(2049)
-    # evaluate: the study preset's count (studies/adm64-k4.yaml), else the scorer's default
+    # evaluate: the study preset's count (adm64-k4.yaml), else the scorer's default
     assert evaluate_samples("adm64", 4, scorer) == 5000
     assert evaluate_samples("adm64", 3, scorer) == 4096
 

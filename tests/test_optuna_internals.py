@@ -1,4 +1,4 @@
-"""Each private Optuna member the package relies on (through ``search/optuna_internals.py``
+"""Each private Optuna member the package relies on (through ``storage/optuna_internals.py``
 only) still does what we rely on. When one of these fails, Optuna changed it: the message names
 the member, and ``optuna_internals.py`` is the one place to adapt."""
 
@@ -11,9 +11,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from autodiff_optuna.search import optuna_internals as internals
 from autodiff_optuna.search.encoding import CandidateSpace
 from autodiff_optuna.search.evolutionary import EvolutionarySampler
+from autodiff_optuna.storage import optuna_internals as internals
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 PACKAGE = Path(internals.__file__).parents[1]
@@ -31,7 +31,7 @@ def relied_on(what: str):
         yield
     except Exception as err:  # noqa: BLE001 - whatever broke, say which member it was
         pytest.fail(f"Optuna {optuna.__version__} changed {what}, which "
-                    f"autodiff_optuna/search/optuna_internals.py relies on: "
+                    f"autodiff_optuna/storage/optuna_internals.py relies on: "
                     f"{type(err).__name__}: {err}", pytrace=False)
 
 

@@ -24,8 +24,9 @@ from autodiff_optuna.errors import UsageError
 from autodiff_optuna.reporting import artifacts, optuna_plots, png
 from autodiff_optuna.reporting.plots import plain
 from autodiff_optuna.reporting.report import Options, build
-from autodiff_optuna.search.results import study_result
+from autodiff_optuna.search.results import ExportRule, study_result
 from autodiff_optuna.storage import artifacts_dir, open_storage
+from autodiff_optuna.storage.record import HELDOUT_FID_ATTR
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPLETE = optuna.trial.TrialState.COMPLETE
@@ -363,12 +364,12 @@ def test_heldout_fids_are_stored_one_by_one():
 
     with pytest.raises(KeyboardInterrupt):
         heldout.fill(rows(), study, model, scorer, "ddim", 65, 0, ctrl_c_at_the_second)
-    [first] = study.user_attrs[heldout.CACHE_ATTR]
+    [first] = study.user_attrs[HELDOUT_FID_ATTR]
     assert first["timesteps"] == schedules[0] and np.isfinite(first["fid"])
     lines, again = [], rows()
     heldout.fill(again, study, model, scorer, "ddim", 65, 0, lines.append)
     assert [line.split(":")[0] for line in lines] == ["held-out FID 2/2"]  # 1 from the cache
-    stored = study.user_attrs[heldout.CACHE_ATTR]
+    stored = study.user_attrs[HELDOUT_FID_ATTR]
     assert [c["timesteps"] for c in stored] == schedules and stored[0] == first
     assert [row.heldout_fid for row in again] == [c["fid"] for c in stored]
 
@@ -482,16 +483,19 @@ def test_the_masks_walk_the_thinned_front_from_the_exported_point(plotted):
 
 
 def test_a_budget_is_the_exported_point_s_and_one_nothing_fits_is_refused(url, tmp_path):
-    """``Options.max_gflops`` picks the exported point as ``export --max-gflops`` does: the
-    whole network's budget is the best point; one nothing fits is one line, nothing written."""
+    """``Options.export_rule``'s budget picks the exported point as ``export --max-gflops``
+    does: the whole network's budget is the best point; one nothing fits is one line, nothing
+    written."""
     storage = open_storage(url, writable=True)
     with pytest.raises(UsageError, match="no candidate of 'digits-k3' costs <= 0.0001 GFLOPs"):
-        build("digits-k3", storage, Options(out=tmp_path / "none", max_gflops=0.0001))
+        build("digits-k3", storage, Options(out=tmp_path / "none",
+                                            export_rule=ExportRule(max_gflops=0.0001)))
     assert not (tmp_path / "none").exists()
     result = study_result(_study(url))
     out = tmp_path / "r"
-    build("digits-k3", storage, Options(out=out, max_gflops=result.full_gflops, grid=4,
-                                        heldout_samples=0, png=False))
+    budget = ExportRule(max_gflops=result.full_gflops)
+    build("digits-k3", storage, Options(out=out, export_rule=budget, grid=4, heldout_samples=0,
+                                        png=False))
     best = result.best
     roles = ["best", "exported"] if (best.stage, best.trial) != (1, result.uniform.trial) else [
         "uniform", "best", "exported"]

@@ -25,8 +25,8 @@ from autodiff_optuna.metrics import load_scorer
 from autodiff_optuna.metrics.flops import layer_costs
 from autodiff_optuna.models.diffusers_unet import DiffusersUNetModel
 from autodiff_optuna.search.config import SearchConfig
-from autodiff_optuna.search.fidelity import is_evaluated
-from autodiff_optuna.storage import open_storage
+from autodiff_optuna.search.fidelity import counts_toward_target, is_carried, is_evaluated
+from autodiff_optuna.storage import open_storage, record
 
 GENERATION = "EvolutionarySampler:generation"
 POSTGRES = os.environ.get("AUTODIFF_TEST_POSTGRES_URL")
@@ -98,12 +98,13 @@ def _snapshot(url, name):
 
 
 def _assert_finished(url, before=None):
-    """Both stages reached their targets, nothing runs or waits, no candidate was scored twice,
-    and every trial evaluated before an interruption is as it was."""
+    """Both stages reached their targets (new evaluations: stage 1's elites carried into stage
+    2 are not among them), nothing runs or waits, no candidate was scored twice, and every
+    trial evaluated before an interruption is as it was."""
     for name, target in ((NAME, TRIALS), (f"{NAME}-stage2", STAGE2_TRIALS)):
         trials = _trials(url, name)
         evaluated = [t for t in trials if is_evaluated(t)]
-        assert len(evaluated) == target, name
+        assert sum(map(counts_toward_target, trials)) == target, name
         assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
         candidates = [tuple(sorted(t.params.items())) for t in evaluated]
         assert len(set(candidates)) == len(candidates), f"a candidate of {name} scored twice"
@@ -176,22 +177,30 @@ def _context_of(stage1: optuna.Study) -> search.SearchContext:
 
 
 @pytest.mark.slow  # a study of both stages per state
-@pytest.mark.parametrize("state", ["stage1-complete", "stage2-created", "stage2-half-made"])
+@pytest.mark.parametrize("state", ["stage1-complete", "stage2-created", "stage2-half-made",
+                                   "stage2-half-carried"])
 def test_a_kill_between_the_stages_is_resumed(stage1_done, tmp_path, capsys, state):
     """Killed after stage 1 completed, (a) before stage 2 was created, (b) once it was created
-    with its first trials queued and none run, (c) while Optuna had created it but before its
-    configuration was written: the same command finishes both stages."""
+    with stage 1's elites carried into it and no trial run, (c) while Optuna had created it
+    but before its configuration was written, (d) the same once an elite was carried into it:
+    the same command finishes both stages."""
     url = _stage1_copy(stage1_done, tmp_path)
     storage = open_storage(url, writable=True)
     stage1 = optuna.load_study(study_name=NAME, storage=storage)
     if state == "stage2-created":
         stage2 = search.open_stage2(_context_of(stage1), stage1, storage, None)
-        assert [t.state for t in stage2.trials] == [TrialState.WAITING] * len(stage2.trials)
-    elif state == "stage2-half-made":
+        assert stage2.trials and all(t.state == TrialState.COMPLETE and is_carried(t)
+                                     for t in stage2.trials)
+    elif state.startswith("stage2-half"):
         half = optuna.create_study(study_name=f"{NAME}-stage2", storage=storage,
                                    directions=["minimize", "minimize"])
+        record.mark(half)  # what creation writes first
         half.set_user_attr("stage", 2)
-        half.enqueue_trial({"t0": 900, "t1": 500, "t2": 100})
+        if state == "stage2-half-made":
+            half.enqueue_trial({"t0": 900, "t1": 500, "t2": 100})
+        else:
+            half.add_trial(optuna.trial.create_trial(values=[9.0, 1.0],
+                                                     user_attrs={"stage1_trial": 0}))
     before = {NAME: _snapshot(url, NAME)}
     assert main(_study_args(url)) == 0
     _assert_finished(url, before)
@@ -203,6 +212,7 @@ def test_a_half_made_stage1_is_made_again(tmp_path, queued):
     command makes it anew (it holds no trial that ever ran) instead of refusing it for good."""
     url = f"sqlite:///{tmp_path}/s.db"
     half = optuna.create_study(study_name=NAME, storage=open_storage(url, writable=True))
+    record.mark(half)  # what creation writes first
     if queued:
         half.set_user_attr("stage", 1)
         half.enqueue_trial({"t0": 998, "t1": 3, "t2": 1})
@@ -277,6 +287,29 @@ def test_three_workers_start_together_on_a_new_database(spawn, tmp_path, request
     assert generations == list(range(len(generations)))
     for g in generations[:-1]:  # every finished generation is full before the next begins
         assert sum(t.system_attrs[GENERATION] == g for t in evaluated) >= 4
+
+
+def test_a_queued_trial_is_popped_by_one_worker_only(tmp_path):
+    """Two workers ask at once for the one queued trial: the second reads it WAITING just before
+    the first sets it RUNNING. Only one may run it (SQLite ignores SELECT ... FOR UPDATE), else
+    both score it and the second's tell fails: "Cannot tell a COMPLETE trial"."""
+    from sqlalchemy import event
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    first, second = open_storage(url, writable=True), open_storage(url, writable=True)
+    optuna.create_study(study_name="s", storage=first).enqueue_trial({"x": 1})
+    studies = [optuna.load_study(study_name="s", storage=s) for s in (first, second)]
+    asked = {}
+
+    def first_pops_meanwhile(conn, cursor, statement, *args):
+        # the second worker's pop is about to write: the first worker pops the trial now
+        if statement.lstrip().upper().startswith("UPDATE TRIALS") and "first" not in asked:
+            asked["first"] = studies[0].ask().number
+
+    event.listen(second.engine, "before_cursor_execute", first_pops_meanwhile)
+    asked["second"] = studies[1].ask().number
+    assert asked == {"first": 0, "second": 1}  # the second made a trial of its own
+    assert [t.state for t in studies[0].get_trials()] == [TrialState.RUNNING] * 2
 
 
 # -- databases that are wrong -------------------------------------------------------------------

@@ -12,7 +12,7 @@ from autodiff_optuna.cli import main
 from autodiff_optuna.errors import UsageError
 from autodiff_optuna.reporting.dashboard import note
 from autodiff_optuna.search.fidelity import PRUNED_AT
-from autodiff_optuna.search.results import describe_counts, study_result, thin
+from autodiff_optuna.search.results import ExportRule, describe_counts, study_result, thin
 from autodiff_optuna.storage import record
 
 FULL = 0.1295  # GFLOPs per image of the full network
@@ -78,25 +78,25 @@ def test_export_is_the_cheapest_within_the_tolerance(storage):
         ([496, 381, 257, 101], 2, 8.7, 0.110),  # within 10%
         ([496, 381, 257, 90], 4, 9.0, 0.100)])  # 12.5% worse: not at the default
     assert study_result(study).fast.fid == 8.7
-    assert study_result(study, fid_tolerance=0.2).fast.fid == 9.0
-    assert study_result(study, fid_tolerance=0.0).fast.fid == 8.0
+    assert study_result(study, ExportRule(fid_tolerance=0.2)).fast.fid == 9.0
+    assert study_result(study, ExportRule(fid_tolerance=0.0)).fast.fid == 8.0
 
 
 def test_a_budget_worse_than_uniform_is_refused_naming_one_that_is_not(storage):
     study = make_search(storage, [(UNIFORM, 68.0), ([496, 381, 257, 101], 8.0)], [
         ([997, 570, 496, 258], 9, 388.0, 0.090),
         ([900, 500, 250, 20], 3, 25.0, 0.117)])
-    result = study_result(study)
     with pytest.raises(UsageError) as refused:
-        result.choose(0.1)
+        study_result(study, ExportRule(max_gflops=0.1)).choose()
     message = str(refused.value)
     assert "is worse than the uniform schedule (FID 68.000; the best there: FID 388.000)" in message
     assert "not: stage 2 trial 1" in message and "--max-gflops 0.117)" in message
-    assert result.choose(0.117).fid == 25.0  # the budget it names admits that point
+    # the budget it names admits that point
+    assert study_result(study, ExportRule(max_gflops=0.117)).choose().fid == 25.0
     # below every point: the cheapest one that is good, not the cheapest one (FID 388)
     with pytest.raises(UsageError, match="no candidate of 's-k4' costs <= 0.01 GFLOPs/image; the "
                                          "cheapest no worse than the uniform schedule .* trial 1"):
-        result.choose(0.01)
+        study_result(study, ExportRule(max_gflops=0.01)).choose()
 
 
 def test_the_budget_stage2_ran_with_is_what_export_keeps_to(storage):
@@ -138,7 +138,7 @@ def test_an_older_study_without_gflops_or_a_uniform_trial(storage):
     assert result.uniform is None and result.front == [result.best]
     assert result.choose() == result.best
     with pytest.raises(UsageError, match="has not recorded its GFLOPs"):
-        result.choose(0.1)
+        study_result(study, ExportRule(max_gflops=0.1)).choose()
 
 
 def test_a_malformed_configuration_is_one_line(storage):
@@ -159,8 +159,8 @@ def test_trials_are_counted_by_what_happened_to_them(storage):
     study.add_trial(create_trial(state=TrialState.PRUNED, user_attrs={"duplicate_of": 0}))
     study.add_trial(create_trial(state=TrialState.FAIL))
     counts = study_result(study).counts[1]
-    assert counts == {"complete": 1, "stopped_early": 1, "redundant": 1, "failed": 1,
-                      "interrupted": 0, "queued": 0, "running": 0}
+    assert counts == {"complete": 1, "carried": 0, "stopped_early": 1, "redundant": 1,
+                      "failed": 1, "interrupted": 0, "queued": 0, "running": 0}
 
 
 def test_interrupted_and_queued_trials_are_named_as_such(storage):

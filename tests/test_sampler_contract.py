@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 from autodiff_optuna.sampling import schedules
 from autodiff_optuna.search.encoding import CandidateSpace
 from autodiff_optuna.search.evolutionary import EvolutionarySampler
-from autodiff_optuna.search.optuna_internals import storage_of, trial_id
+from autodiff_optuna.storage.optuna_internals import storage_of, trial_id
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # PartialFixedSampler

@@ -371,7 +371,7 @@ def test_the_bench_sd15_row_counts_and_runs(tmp_path):
 
 
 def test_every_study_preset_names_a_model_and_its_steps():
-    """studies/<model>-k<steps>.yaml: the Stable Diffusion ones among them (sd14-k6, sd15-k4)."""
+    """The presets <model>-k<steps>.yaml: the Stable Diffusion ones (sd14-k6, sd15-k4)."""
     from autodiff_optuna.search.config import PRESETS_DIR, load_preset
 
     names = sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))

@@ -94,7 +94,8 @@ def test_a_malformed_solver_is_refused(tmp_path, solver):
 def test_a_searched_study_exports_and_evaluates_its_rules(tmp_path, capsys):
     url = f"sqlite:///{tmp_path}/s.db"
     assert main(["study", "--model", "digits", "--steps", "3", "--trials", "10", "--samples",
-                 "200", "--population", "6", "--min-samples", "0", "--stage", "1",
+                 "200", "--population", "6", "--min-samples", "0", "--stage", "1", "--solver",
+                 "search",
                  "--storage", url, "--quiet"]) == 0
     study = optuna.load_study(study_name="digits-k3", storage=url)
     first = [t for t in study.trials if t.user_attrs.get("spacing") == "uniform"]

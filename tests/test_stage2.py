@@ -1,4 +1,5 @@
-"""Stage 2: a linked two-objective study seeded from stage 1's elites."""
+"""Stage 2: a linked two-objective study seeded from stage 1's elites, and the confirmation
+of what a search names."""
 
 import optuna
 import pytest
@@ -6,6 +7,7 @@ from optuna.trial import TrialState
 
 from autodiff_optuna import search
 from autodiff_optuna.errors import UsageError
+from autodiff_optuna.search import confirm, fidelity
 from autodiff_optuna.search.config import SearchConfig
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -31,17 +33,52 @@ def test_stages_are_linked(searched):
     assert (stage1.metric_names, stage2.metric_names) == (["FID"], ["FID", "GFLOPs"])
 
 
-def test_stage1_elites_are_the_first_generation(searched):
+def test_stage1_elites_are_carried_with_their_scores(searched):
     ctx, stage1, stage2 = searched
     ranked = sorted(stage1.get_trials(states=(TrialState.COMPLETE,)), key=lambda t: t.value)
-    elites = [t.user_attrs["timesteps"] for t in ranked[:2]]
     first = stage2.trials[:2]
-    assert [t.user_attrs["timesteps"] for t in first] == elites
+    # completed with their stage-1 values, never sampled again: generation 0's known members
+    assert [t.user_attrs["stage1_trial"] for t in first] == [t.number for t in ranked[:2]]
+    assert [t.user_attrs["timesteps"] for t in first] == \
+        [t.user_attrs["timesteps"] for t in ranked[:2]]
+    assert all(t.state == TrialState.COMPLETE for t in first)
     assert all(t.user_attrs["skip"] == [[], [], []] for t in first)
     assert all(t.system_attrs["EvolutionarySampler:generation"] == 0 for t in first)
-    # same noise, same schedule, full network: the same FID as in stage 1
-    assert first[0].values[0] == pytest.approx(ranked[0].value)
-    assert first[0].values[1] == pytest.approx(ctx.full_gflops)
+    assert [t.values[0] for t in first] == [t.value for t in ranked[:2]]
+    assert all(t.values[1] == pytest.approx(ctx.full_gflops) for t in first)
+    # every other trial is a new candidate (no full-network twin of an elite), and the target
+    # counts those alone
+    new = stage2.trials[2:]
+    elites = {tuple(t.user_attrs["timesteps"]) for t in first}
+    assert not any(t.user_attrs.get("stage1_trial") is not None for t in new)
+    assert not any(tuple(t.user_attrs["timesteps"]) in elites and not any(t.user_attrs["skip"])
+                   for t in new if t.state == TrialState.COMPLETE)
+    counts = search.study_result(stage1).counts[2]
+    assert (counts["complete"], counts["carried"]) == (14, 2)
+    assert fidelity.n_evaluated(stage2) == 14
+
+
+def test_skip_costs_are_measured_once_and_stored(searched):
+    ctx, _, stage2 = searched
+    costs = stage2.user_attrs["skip_cost"]
+    assert costs["layers"] == list(ctx.costs.layers) and len(costs["cost"]) == 3
+    assert all(len(row) == len(ctx.costs.layers) and min(row) >= 0 for row in costs["cost"])
+    assert max(max(row) for row in costs["cost"]) > 0  # some skip hurts
+
+
+def test_what_the_result_names_is_confirmed_on_other_noise(searched):
+    ctx, stage1, stage2 = searched
+    result = search.study_result(stage1)
+    named = [result.best, *(p for p in result.front
+                            if result.uniform is None or p.fid <= result.uniform.fid)]
+    assert all(p.confirmed_fid is not None and p.fid == p.confirmed_fid for p in named)
+    assert result.uniform.confirmed_fid is not None
+    assert any(p.confirmed_fid != p.search_fid for p in named)  # other noise, other values
+    summary = result.as_dict()["best"]
+    assert summary["fid"] == summary["confirmed_fid"] and summary["search_fid"] is not None
+    # resumable: what is confirmed is stored, and nothing is sampled for it again
+    assert confirm.to_confirm(stage1, stage2) == []
+    assert confirm.confirm(ctx, stage2, progress=False) == 0
 
 
 def test_children_carry_valid_masks(searched):

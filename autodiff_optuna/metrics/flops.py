@@ -10,7 +10,7 @@ network and no mask skips (a latent model's decoder, its text encoder) is counte
 """
 
 from dataclasses import dataclass
-from functools import cache
+from functools import lru_cache
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -70,7 +70,7 @@ def count_flops(model: DiffusionModel, skip=()) -> tuple[int, dict[str, int]]:
     return counter.get_total_flops(), per_module
 
 
-@cache  # once per model and process
+@lru_cache(maxsize=2)  # keyed by the model: keeps no more models than load_model does
 def layer_costs(model: DiffusionModel) -> LayerCosts:
     layers = model.skippable_layers()
     order: list[str] = []
@@ -95,7 +95,7 @@ def layer_costs(model: DiffusionModel) -> LayerCosts:
     return LayerCosts(full, saving)
 
 
-@cache  # once per model and process
+@lru_cache(maxsize=2)  # keyed by the model: keeps no more models than load_model does
 def unskippable_gflops(model: DiffusionModel) -> dict[str, float]:
     """GFLOPs per image of the work outside the searched network that no mask can skip, by
     part (Stable Diffusion: its text encoder, one prompt, and VAE decoder, one latent;

@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 
 from autodiff_optuna.models.files import read_json
+from autodiff_optuna.storage.record import IDENTITY_ATTR as IDENTITY_ATTR  # the study's record
 
-IDENTITY_ATTR = "model_identity"  # the stage-1 study's user attribute that records it
 # values digested per weight tensor, spread over it: a fine-tune changes nearly every value, so
 # a few per tensor tell it apart without reading gigabytes of weights
 WEIGHT_SAMPLES = 16

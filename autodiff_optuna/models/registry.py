@@ -8,7 +8,7 @@ override it per run (``ModelOptions``).
 """
 
 from dataclasses import dataclass, field
-from functools import cache
+from functools import lru_cache
 from pathlib import Path
 
 from cleanfid.downloads_helper import inception_url
@@ -210,7 +210,10 @@ def get_preset(name: str) -> ModelPreset:
     return PRESETS[name]
 
 
-@cache
+# a command samples one model; a second spares reloading the pair a notebook or a test goes
+# back and forth between. Each kept model holds its weights (GBs for Stable Diffusion) for as
+# long as it is cached, so not every model the process ever loaded.
+@lru_cache(maxsize=2)
 def load_model(name: str, device: str = "cpu", options: ModelOptions | None = None
                ) -> DiffusionModel:
     preset = get_preset(name)

@@ -8,7 +8,7 @@ import sys
 from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIServer, make_server
 
-from autodiff_optuna.errors import UsageError
+from autodiff_optuna.errors import UsageError, one_line
 from autodiff_optuna.reporting.artifacts import writable_folder
 from autodiff_optuna.storage import DEFAULT_STORAGE, artifacts_dir, open_storage
 
@@ -66,6 +66,20 @@ def _check_host(host: str) -> None:
     except ValueError:
         raise UsageError(f"--host must be an IP address (127.0.0.1, 0.0.0.0, ::1), got "
                          f"{host!r}") from None
+
+
+def keep_result(result) -> None:
+    """Keep the result in the studies (``results.store_result``) and as optuna-dashboard's note
+    on them, so the dashboard shows the same answer as ``best``. A failure here costs the
+    dashboard its note, not the search its result (printed before): one warning line."""
+    from autodiff_optuna.search.results import store_result
+
+    try:
+        store_result(result)
+        write_note(result)
+    except Exception as err:  # noqa: BLE001 - any failure: the search itself is done
+        print(f"warning: the result was not stored in the studies ({one_line(err)}); `best` "
+              "computes it again", file=sys.stderr)
 
 
 def write_note(result) -> None:

@@ -11,8 +11,7 @@ from autodiff_optuna.errors import UsageError
 from autodiff_optuna.metrics.fid import FIDError
 from autodiff_optuna.metrics.scoring import score_schedule
 from autodiff_optuna.sampling import HELDOUT, draw, validate
-
-CACHE_ATTR = "heldout_fid"
+from autodiff_optuna.storage.record import HELDOUT_FID_ATTR
 
 
 def fill(rows, study, model, scorer, solver, samples: int, seed: int, log) -> None:
@@ -43,7 +42,7 @@ def fill(rows, study, model, scorer, solver, samples: int, seed: int, log) -> No
 
 def _stored(study) -> list:
     """The cache as stored (a list, unless something else wrote the attribute)."""
-    cached = study.user_attrs.get(CACHE_ATTR, [])
+    cached = study.user_attrs.get(HELDOUT_FID_ATTR, [])
     return cached if isinstance(cached, list) else []
 
 
@@ -59,7 +58,7 @@ def _is_schedule(row, model) -> bool:
 def _store(study, hit: dict) -> None:
     """Add one value to the study's cache, onto what is stored now (another report may have
     added values since this one read it)."""
-    study.set_user_attr(CACHE_ATTR, [*_stored(study), hit])
+    study.set_user_attr(HELDOUT_FID_ATTR, [*_stored(study), hit])
 
 
 def _score(model, scorer, row, batch, solver) -> float | None:

@@ -19,6 +19,7 @@ from autodiff_optuna.reporting.plots import plain
 from autodiff_optuna.search import objectives
 from autodiff_optuna.search.encoding import CandidateSpace
 from autodiff_optuna.search.results import CONFIG_ATTR, Point, StudyResult, complete_trials
+from autodiff_optuna.storage import record
 
 
 @dataclass
@@ -36,7 +37,7 @@ def panels(study: optuna.Study, result: StudyResult | None = None,
     of both stages and the skip masks of its stage-2 points, ``exported`` (default: what
     ``export`` writes, ``result.exported()``) marked and shown first; without it, those two
     are left out."""
-    prefix = f"stage{study.user_attrs.get('stage', 1)}-"
+    prefix = f"stage{record.stage_of(study.user_attrs)}-"
     uniform = result.uniform if result is not None else None
     with warnings.catch_warnings():  # some of these plots are experimental in Optuna
         warnings.simplefilter("ignore")
@@ -129,7 +130,7 @@ def _masks(stage2: optuna.Study, result: StudyResult, exported: Point | None) ->
     key = (exported.stage, exported.trial) if exported is not None else None
     shown = trials.index(key) if key in trials and key[0] == 2 else in_stage2[0]
     figure = plots.mask_figure([p.as_dict(result.full_gflops) for p in front],
-                               stage2.user_attrs.get("layers", []), shown)
+                               stage2.user_attrs.get(record.LAYERS_ATTR, []), shown)
     return Panel("masks", title, figure)
 
 
@@ -157,7 +158,7 @@ def _grouped_importances(stage2: optuna.Study) -> Panel:
     except (RuntimeError, ValueError, ZeroDivisionError) as err:  # too few or constant trials
         return _no_importances(title, err)
     by_layer, by_step = group_importances(importances, len(_step_params(stage2)),
-                                          stage2.user_attrs.get("layers", []))
+                                          stage2.user_attrs.get(record.LAYERS_ATTR, []))
     return Panel("importances", title, plots.importance_figure(by_layer, by_step))
 
 

@@ -39,13 +39,20 @@ from autodiff_optuna.reporting import (
     scope,
 )
 from autodiff_optuna.sampling import validate
-from autodiff_optuna.sampling.noise import check_count, check_fits, check_seed
+from autodiff_optuna.sampling.limits import check_count, check_seed
+from autodiff_optuna.sampling.noise import check_fits
 from autodiff_optuna.sampling.skipping import check_skip
 from autodiff_optuna.search.config import name_problem, shortened
 from autodiff_optuna.search.context import alphas_cumprod
 from autodiff_optuna.search.fidelity import n_evaluated
-from autodiff_optuna.search.results import FID_TOLERANCE, Point, StudyResult, complete_trials
-from autodiff_optuna.storage import artifacts_dir
+from autodiff_optuna.search.results import (
+    DEFAULT_RULE,
+    ExportRule,
+    Point,
+    StudyResult,
+    complete_trials,
+)
+from autodiff_optuna.storage import artifacts_dir, record
 
 
 @dataclass
@@ -58,8 +65,7 @@ class Options:
     seed: int = 0  # held-out noise seed of the grids and held-out FIDs (as ``evaluate --seed``)
     png: bool = True
     schedule: str | None = None  # an exported schedule file to show beside the others
-    fid_tolerance: float = FID_TOLERANCE  # the exported point's, as `export --fid-tolerance`
-    max_gflops: float | None = None  # the exported point's budget, as `export --max-gflops`
+    export_rule: ExportRule = DEFAULT_RULE  # how the exported point is chosen, as `export`'s
     device: str = "cpu"
     model_options: object = None  # models.ModelOptions: a real model's files, as the study had them
 
@@ -87,11 +93,11 @@ def build(name: str, storage, options: Options) -> Path:
     """Write the report of study ``name``; returns the page's path."""
     _check_options(options)
     out = _out_dir(name, options)
-    reported = scope.load(name, storage, options.fid_tolerance)
+    reported = scope.load(name, storage, options.export_rule)
     result, config = reported.result, reported.config
     # a --max-gflops nothing good fits: one line, as `export`; the budget stage 2 ran with
     # (if any) may buy nothing good: the page says so
-    exported, _ = result.exported(options.max_gflops)
+    exported, _ = result.exported()
     # the network the study searched with, or one line naming the flag that loads it
     model = load_model(config["model"], options.device, options.model_options)
     check_same_model(model, config.get("model_weights"), f"study {name!r}")
@@ -132,8 +138,7 @@ def build(name: str, storage, options: Options) -> Path:
         png_notice = png.write_pngs(figures, out / "png")
         if png_notice:
             log(png_notice)
-    sections = [("Result", [page.items(scope.result_lines(result, exported,
-                                                          options.max_gflops))]),
+    sections = [("Result", [page.items(scope.result_lines(result, exported))]),
                 ("Schedules", [blocks.pop("schedule"), page.note(_grid_note(options)),
                                grid_blocks]),
                 ("Candidates", [page.table(rows), page.note(_heldout_note(samples, options))])]
@@ -266,7 +271,7 @@ def _figures(reported, chosen, model, exported: Point) -> tuple[dict, dict]:
     blocks = {"schedule": page.figure("schedules", "Schedules", figures["schedules"])}
     sections = []
     for study in reported.shown:
-        stage = study.user_attrs.get("stage", 1)
+        stage = record.stage_of(study.user_attrs)
         heading = f"Stage {stage}: {study.study_name} ({_counts(study)})"
         if not complete_trials(study):
             sections.append((heading, [page.note("No complete trial yet.")]))

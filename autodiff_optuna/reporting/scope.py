@@ -15,7 +15,8 @@ import optuna
 from autodiff_optuna.errors import UsageError
 from autodiff_optuna.search.results import (
     CONFIG_ATTR,
-    FID_TOLERANCE,
+    DEFAULT_RULE,
+    ExportRule,
     Point,
     StudyResult,
     complete_trials,
@@ -43,27 +44,26 @@ class ReportedStudies:
         return [self.stage1] + ([self.stage2] if self.stage2 is not None else [])
 
 
-def load(name: str, storage, fid_tolerance: float = FID_TOLERANCE) -> ReportedStudies:
-    """The studies behind ``name`` and their result (``fid_tolerance``: its ``fast`` point's);
-    a missing, foreign or empty study is one UsageError line."""
+def load(name: str, storage, export_rule: ExportRule = DEFAULT_RULE) -> ReportedStudies:
+    """The studies behind ``name`` and their result, its exported point chosen by
+    ``export_rule``; a missing, foreign or empty study is one UsageError line."""
     study = load_existing_study(name, storage)
     if CONFIG_ATTR not in study.user_attrs:
         raise UsageError(f"study {name!r} was not made by autodiff_optuna: nothing to report")
     if not complete_trials(study):
         raise UsageError(f"study {name!r} has no complete trial yet: nothing to report")
-    result = study_result(study, fid_tolerance)
+    result = study_result(study, export_rule)
     return ReportedStudies(name, result.stage1, result.stage2, result)
 
 
-def result_lines(result: StudyResult, exported: Point | None,
-                 max_gflops: float | None = None) -> list[str]:
+def result_lines(result: StudyResult, exported: Point | None) -> list[str]:
     """The result in words (the report's list, the notebook's print-out): each point by stage
     and trial, with its FID on the search noise (the uniform one's too) and its GFLOPs against
-    the full network's. ``exported``: ``result.choose(max_gflops)`` (None: refused)."""
+    the full network's. ``exported``: ``result.choose()`` (None: refused)."""
     full = result.full_gflops
-    rule = result.rule(max_gflops) + ", and no worse than the uniform schedule"
+    rule = result.rule() + ", and no worse than the uniform schedule"
     export = (exported.describe(full) if exported is not None
-              else "none: " + result.exported(max_gflops)[1])
+              else "none: " + result.exported()[1])
     uniform = ("its trial did not complete" if result.uniform is None
                else result.uniform.describe(full))
     saving = f"{result.min_saving:.1%} of the full network's GFLOPs"

@@ -1,9 +1,26 @@
-"""Solvers over any step set, per-step solver rules, standard spacings and common random numbers."""
+"""Solvers over any step set, per-step solver rules, standard spacings and common random numbers.
 
-from autodiff_optuna.sampling.noise import HELDOUT, SEARCH, TEACHER, NoiseBatch, draw
-from autodiff_optuna.sampling.rules import SOLVERS, StepRule
-from autodiff_optuna.sampling.schedules import Schedule, standard_spacings, validate
-from autodiff_optuna.sampling.solvers import SOLVER_ORDERS, sample
+The public names are imported when first used (PEP 562): reading a study's solver rules
+(``rules``) needs no torch, and a command that only reads a database should not load it.
+"""
 
-__all__ = ["HELDOUT", "SEARCH", "TEACHER", "NoiseBatch", "draw", "SOLVERS", "StepRule",
-           "Schedule", "standard_spacings", "validate", "SOLVER_ORDERS", "sample"]
+import importlib
+
+_MODULES = {"HELDOUT": "noise", "SEARCH": "noise", "TEACHER": "noise", "NoiseBatch": "noise",
+            "draw": "noise", "SOLVERS": "rules", "StepRule": "rules", "Schedule": "schedules",
+            "standard_spacings": "schedules", "validate": "schedules",
+            "SOLVER_ORDERS": "solvers", "sample": "solvers"}
+
+__all__ = list(_MODULES)
+
+
+def __getattr__(name: str):
+    if name not in _MODULES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_MODULES[name]}"), name)
+    globals()[name] = value  # once: later lookups do not come here
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

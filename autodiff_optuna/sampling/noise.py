@@ -4,7 +4,9 @@ The search and held-out evaluation draw from disjoint seed streams (even and odd
 so ``evaluate`` checks a schedule on noise that no study, whatever its seed, ever searched on. A
 third stream, the teacher's, feeds the trajectory that ``trajectory_dp`` fits schedules to: it
 comes from another generator (numpy's PCG64 keyed by the seed and the stream), since torch's CPU
-generator keeps 32 bits of its seed and both parities are taken.
+generator keeps 32 bits of its seed and both parities are taken. A fourth, the confirmation
+stream, re-scores the candidates a study may name as its result (``search.confirm``) on noise the
+search never optimised: numpy's PCG64 again, keyed apart from the teacher's.
 """
 
 import math
@@ -16,31 +18,20 @@ import torch
 
 from autodiff_optuna.errors import UsageError
 from autodiff_optuna.models.base import DiffusionModel
+from autodiff_optuna.sampling.limits import (  # noqa: F401 - the names samplers import from here
+    MAX_IMAGES,
+    MAX_SEED,
+    check_count,
+    check_seed,
+)
 
-SEARCH, HELDOUT, TEACHER = "search", "heldout", "teacher"
+SEARCH, HELDOUT, TEACHER, CONFIRM = "search", "heldout", "teacher", "confirm"
 TEACHER_KEY = 0x7EAC4E2  # keys the teacher's generator apart from any other use of numpy's
-# the most images one command samples (--samples, --heldout-samples): twenty times FID's
-# customary 50,000; a larger count is a typo, refused before anything is loaded or stored
-MAX_IMAGES = 1_000_000
+CONFIRM_KEY = 0xC0F1A3  # keys the confirmation stream apart from the teacher's
 BYTES_PER_VALUE = 4  # float32
 # the noise, the images collected from it and their uint8 copy live at once: about three float32
 # copies of the images
 SAMPLING_COPIES = 3
-
-
-# the largest seed of a noise stream: its generator seed, 2 * seed + 1, must fit torch's int64
-MAX_SEED = 2**62 - 1
-
-
-def check_seed(seed: int, flag: str = "--seed") -> None:
-    if not 0 <= seed <= MAX_SEED:
-        raise UsageError(f"{flag} must be in [0, {MAX_SEED}], got {seed}")
-
-
-def check_count(n: int, flag: str, limit: int = MAX_IMAGES) -> None:
-    """Refuse, in one line, an image count beyond ``limit`` (before any model is loaded)."""
-    if n > limit:
-        raise UsageError(f"{flag} must be at most {limit:,} images, got {n:,}")
 
 
 def check_fits(model: DiffusionModel, n: int, flag: str, copies: int = SAMPLING_COPIES) -> None:
@@ -78,12 +69,12 @@ class NoiseBatch:
 
 
 def draw(model: DiffusionModel, n: int, seed: int, purpose: str = SEARCH) -> NoiseBatch:
-    if purpose not in (SEARCH, HELDOUT, TEACHER):
+    if purpose not in (SEARCH, HELDOUT, TEACHER, CONFIRM):
         raise ValueError(f"unknown noise purpose {purpose!r}")
     check_fits(model, n, "the image count")  # callers check with their flag's name first
     check_seed(seed, "the noise seed")
-    if purpose == TEACHER:
-        return _teacher_noise(model, n, seed)
+    if purpose in (TEACHER, CONFIRM):
+        return _numpy_noise(model, n, seed, TEACHER_KEY if purpose == TEACHER else CONFIRM_KEY)
     generator = torch.Generator().manual_seed(2 * seed + (purpose == HELDOUT))
     noise = torch.randn((n, *model.sample_shape), generator=generator)
     labels = None
@@ -92,8 +83,8 @@ def draw(model: DiffusionModel, n: int, seed: int, purpose: str = SEARCH) -> Noi
     return NoiseBatch(noise, labels)
 
 
-def _teacher_noise(model: DiffusionModel, n: int, seed: int) -> NoiseBatch:
-    rng = np.random.default_rng([TEACHER_KEY, seed])
+def _numpy_noise(model: DiffusionModel, n: int, seed: int, key: int) -> NoiseBatch:
+    rng = np.random.default_rng([key, seed])
     noise = torch.from_numpy(rng.standard_normal((n, *model.sample_shape), dtype=np.float32))
     labels = None
     if model.num_classes:

@@ -15,12 +15,16 @@ reproduces ``UniPCMultistepScheduler`` of that solver_order (its UniP predictor 
 update at those orders), ``disable_corrector`` listing the steps without one.
 """
 
+from __future__ import annotations  # torch in annotations only: imported where it runs
+
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from autodiff_optuna.errors import UsageError
+
+if TYPE_CHECKING:  # the names and their descriptions are read without torch (``best``, ``list``)
+    import torch
 
 ORDERS = (1, 2, 3)
 # diffusers lowers the order of the second-to-last step below this many steps
@@ -170,6 +174,8 @@ class RuleStepper:
                 x: torch.Tensor) -> torch.Tensor:
         """DPM-Solver++ of ``order`` from ``x`` at ``sigmas[i]`` to ``sigmas[i + 1]``, with the
         float32 upcast of ``DPMSolverMultistepScheduler.step``."""
+        import torch
+
         self._at(self.dpm, sigmas, i)
         dtype = history[-1].dtype
         x = x.to(torch.float32)

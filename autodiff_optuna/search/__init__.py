@@ -6,19 +6,49 @@ One concept a module: ``encoding`` (candidates), ``evolutionary`` (the sampler) 
 twice), ``config`` (what defines a search), ``context`` (its model and metric),
 ``objectives`` (a study's values), ``stages`` (creating and resuming the linked studies),
 ``trial`` (the trial function), ``fidelity`` (multi-fidelity pruning), ``run`` (running a
-stage to its target), ``progress``, and ``results``, the read side that reporting, export
-and the benchmarks use.
+stage to its target), ``session`` (a ``study`` command's run of its stages), ``progress``,
+``results``, the read side that reporting, export and the benchmarks use, and ``deletion``
+(deleting a search).
+
+The public names are imported when first used (PEP 562): the read side (``results``,
+``config``) needs no torch, and the commands that only read a database should not load it.
 """
 
-from autodiff_optuna.search.config import SearchConfig, configure
-from autodiff_optuna.search.context import SearchContext
-from autodiff_optuna.search.encoding import Candidate, CandidateSpace
-from autodiff_optuna.search.evolutionary import EvolutionarySampler
-from autodiff_optuna.search.results import StudyResult, stored_config, study_result
-from autodiff_optuna.search.run import MAX_CONSECUTIVE_FAILURES, retry_stale_trial, run
-from autodiff_optuna.search.stages import load_stage1, open_stage1, open_stage2
+import importlib
+import sys
+import types
 
-__all__ = ["Candidate", "CandidateSpace", "EvolutionarySampler", "MAX_CONSECUTIVE_FAILURES",
-           "SearchConfig", "SearchContext", "StudyResult", "configure", "load_stage1",
-           "open_stage1", "open_stage2", "retry_stale_trial", "run", "stored_config",
-           "study_result"]
+_MODULES = {"Candidate": "encoding", "CandidateSpace": "encoding",
+            "EvolutionarySampler": "evolutionary", "MAX_CONSECUTIVE_FAILURES": "run",
+            "SearchConfig": "config", "SearchContext": "context", "StudyResult": "results",
+            "configure": "config", "load_stage1": "stages", "open_stage1": "stages",
+            "open_stage2": "stages", "retry_stale_trial": "run", "run": "run",
+            "stored_config": "results", "study_result": "results"}
+
+__all__ = list(_MODULES)
+
+
+def __getattr__(name: str):
+    if name not in _MODULES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_MODULES[name]}"), name)
+    globals()[name] = value  # once: later lookups do not come here
+    return value
+
+
+class _Package(types.ModuleType):
+    """The package, whose ``run`` stays the function that runs a stage. The import system binds
+    a package's attribute to each submodule it loads, so loading the submodule ``run``, by
+    whatever path, would otherwise make ``search.run(...)`` call a module."""
+
+    def __setattr__(self, name, value):
+        if name in _MODULES and isinstance(value, types.ModuleType):
+            return  # the submodule stays in sys.modules under its own name
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

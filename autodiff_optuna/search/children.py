@@ -54,11 +54,12 @@ class ParzenChild(ChildStrategy):
 class CrossoverMutationChild(ChildStrategy):
     """NSGA-II's child: crossover of two tournament winners (``crossover_prob``, else a copy of
     one), then mutation of each step with ``gene_mutation_prob`` (default 1/K), and bit flips of
-    the masks in stage 2, so the child differs from its parents."""
+    the masks in stage 2, so the child differs from its parents. ``skip_prior``: the measured
+    (step position, layer) skip costs, which make cheap skips the likelier ones to turn on."""
 
     def __init__(self, space: CandidateSpace, crossover_prob: float = 0.9,
                  gene_mutation_prob: float | None = None,
-                 bit_flip_prob: float | None = None) -> None:
+                 bit_flip_prob: float | None = None, skip_prior=None) -> None:
         if not 0 <= crossover_prob <= 1:
             raise ValueError("crossover_prob must be between 0 and 1")
         self._space = space
@@ -66,6 +67,8 @@ class CrossoverMutationChild(ChildStrategy):
         self._gene_mutation_prob = (1.0 / space.steps if gene_mutation_prob is None
                                     else gene_mutation_prob)
         self._bit_flip_prob = bit_flip_prob
+        # stage 2's measured skip costs as mutation weights (``variation.prior_weights``)
+        self._skip_prior = None if skip_prior is None else variation.prior_weights(skip_prior)
 
     def __call__(self, parents: Sequence[Candidate], rng: np.random.Generator) -> Candidate:
         if len(parents) >= 2 and rng.random() < self._crossover_prob:
@@ -74,7 +77,7 @@ class CrossoverMutationChild(ChildStrategy):
         else:
             child = tournament(parents, rng)
         return variation.mutate(self._space, child, rng, self._gene_mutation_prob,
-                                self._bit_flip_prob)
+                                self._bit_flip_prob, self._skip_prior)
 
 
 class ChildGeneration(ChildStrategy):
@@ -82,14 +85,16 @@ class ChildGeneration(ChildStrategy):
     crossover-and-mutation child; a random candidate when there are no parents."""
 
     def __init__(self, space: CandidateSpace, parzen_prob: float = 0.5,
-                 crossover_prob: float = 0.9, gene_mutation_prob: float | None = None) -> None:
+                 crossover_prob: float = 0.9, gene_mutation_prob: float | None = None,
+                 skip_prior=None) -> None:
         if not 0 <= parzen_prob <= 1:
             raise ValueError("parzen_prob must be between 0 and 1")
         self._space = space
         self._parzen_prob = parzen_prob
         self._parzen = ParzenChild(space)
         self._crossover_mutation = CrossoverMutationChild(space, crossover_prob,
-                                                          gene_mutation_prob)
+                                                          gene_mutation_prob,
+                                                          skip_prior=skip_prior)
 
     def __call__(self, parents: Sequence[Candidate], rng: np.random.Generator) -> Candidate:
         if not parents:

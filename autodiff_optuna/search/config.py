@@ -10,11 +10,12 @@ import yaml
 
 from autodiff_optuna.errors import UsageError
 from autodiff_optuna.models.files import read_text
-from autodiff_optuna.sampling.noise import check_count, check_fits
+from autodiff_optuna.sampling.limits import check_count
 from autodiff_optuna.sampling.rules import SOLVERS
 from autodiff_optuna.version import __version__
 
-PRESETS_DIR = Path(__file__).resolve().parents[2] / "studies"
+# the study presets, <model>-k<steps>.yaml: package data, so that an installed copy has them
+PRESETS_DIR = Path(__file__).resolve().parents[1] / "studies"
 # Optuna's own samplers for stage 1, on the same encoding, configured like ours where they
 # have the same knob (BENCHMARKS.md compares them); stage 2 is always ours
 OPTUNA_SAMPLERS = {
@@ -29,11 +30,19 @@ STAGE1_SAMPLERS = ("evolutionary", *OPTUNA_SAMPLERS)  # the default first
 # RandomState (Optuna's RandomSampler), which takes 0 .. 2**32 - 1
 STAGE2_SEED_OFFSET = 1000
 # a study's --solver: one of the fixed solvers at every step, or "search" (each position's rule
-# searched with the steps), which new studies get when neither a flag nor a preset names one
+# searched with the steps)
 SOLVER_SEARCH = "search"
 SOLVER_CHOICES = (*SOLVERS, SOLVER_SEARCH)
-DEFAULT_SOLVER = SOLVER_SEARCH
-MAX_SEED = 2**32 - 1 - STAGE2_SEED_OFFSET
+# without a flag or a preset: DPM-Solver++(2M) at every step, which a steps-only search led to
+# better held-out schedules with than the per-step search, at the same cost (BENCHMARKS.md)
+DEFAULT_SOLVER = "dpmpp2m"
+# a study's seed: less than a noise stream's (sampling.limits.MAX_SEED), for its samplers' sake
+MAX_STUDY_SEED = 2**32 - 1 - STAGE2_SEED_OFFSET
+
+
+def study_name(model: str, steps: int) -> str:
+    """The name a study gets when none is given (``--name``), and its preset's file stem."""
+    return f"{model}-k{steps}"
 
 
 @dataclass(frozen=True)
@@ -53,7 +62,7 @@ class SearchConfig:
 
     @property
     def default_name(self) -> str:
-        return f"{self.model}-k{self.steps}"
+        return study_name(self.model, self.steps)
 
     def check(self) -> None:
         """Each setting's own range, before anything is loaded."""
@@ -69,8 +78,8 @@ class SearchConfig:
                              f"got {self.min_samples}")
         if self.population < 2:
             raise UsageError(f"--population must be at least 2, got {self.population}")
-        if not 0 <= self.seed <= MAX_SEED:
-            raise UsageError(f"--seed must be in [0, {MAX_SEED}], got {self.seed}")
+        if not 0 <= self.seed <= MAX_STUDY_SEED:
+            raise UsageError(f"--seed must be in [0, {MAX_STUDY_SEED}], got {self.seed}")
         if self.sampler not in STAGE1_SAMPLERS:
             raise UsageError(f"unknown sampler {self.sampler!r}; known: "
                              f"{', '.join(STAGE1_SAMPLERS)}")
@@ -79,6 +88,8 @@ class SearchConfig:
         """The settings against the model and FID they run with, before any study is made: the
         steps its schedule has, image counts the FID features can take (multi-fidelity's first
         rung too) and this machine's memory can hold."""
+        from autodiff_optuna.sampling.noise import check_fits  # torch: reading studies needs none
+
         top = model.num_train_timesteps - 1
         if not self.steps <= top:
             raise UsageError(f"--steps must be in [1, {top}] for {self.model}, got {self.steps}")
@@ -107,8 +118,9 @@ PRESET_TYPES = {"model": str, "steps": int, "trials": int, "stage2_trials": int,
 
 
 def load_preset(model: str, steps: int, directory: Path = PRESETS_DIR) -> dict:
-    """Defaults from ``studies/<model>-k<steps>.yaml`` when the file exists."""
-    path = directory / f"{model}-k{steps}.yaml"
+    """Defaults from the preset ``<model>-k<steps>.yaml`` (in ``PRESETS_DIR``) when the file
+    exists."""
+    path = directory / f"{study_name(model, steps)}.yaml"
     if not path.is_file():
         return {}
     try:
@@ -179,7 +191,7 @@ def shortened(name: str, limit: int = 60) -> str:
 def configure(model: str, steps: int, trials: int | None = None,
               stage2_trials: int | None = None, **flags) -> tuple[SearchConfig, Targets]:
     """The search a ``study`` command asks for: its flags (None: not given) over the preset
-    ``studies/<model>-k<steps>.yaml`` over the defaults. ``flags`` are SearchConfig fields."""
+    ``<model>-k<steps>.yaml`` over the defaults. ``flags`` are SearchConfig fields."""
     preset = load_preset(model, steps) if steps >= 1 else {}
     values = {key: flags[key] if flags.get(key) is not None else preset.get(key)
               for key in SearchConfig.defaults()}

@@ -51,14 +51,14 @@ from optuna.trial import FrozenTrial, TrialState
 from autodiff_optuna.search.children import ChildGeneration, ChildStrategy
 from autodiff_optuna.search.encoding import Candidate, CandidateSpace
 from autodiff_optuna.search.fidelity import is_evaluated
-from autodiff_optuna.search.optuna_internals import (
+from autodiff_optuna.search.proposals import Proposals, Running, study_key
+from autodiff_optuna.storage.optuna_internals import (
     cached_trials,
     enqueued_params,
     ga_generation_key,
     nsgaii_elite_selection,
     set_system_attr,
 )
-from autodiff_optuna.search.proposals import Proposals, Running, study_key
 
 MAX_REDRAWS = 100  # a child already in the study is redrawn up to this many times
 
@@ -90,6 +90,8 @@ class EvolutionarySampler(BaseGASampler):
             ``RandomSampler`` with ``seed``).
         child_generation_strategy: makes a child of ranked parents (default: a
             ``children.ChildGeneration`` of the three probabilities above).
+        skip_prior: per (step position, layer) the measured cost of that skip (stage 2): the
+            default strategy's mutation turns cheap skips on more often than costly ones.
     """
 
     def __init__(self, space: CandidateSpace, *, population_size: int = 20,
@@ -97,7 +99,8 @@ class EvolutionarySampler(BaseGASampler):
                  parzen_prob: float = 0.5, crossover_prob: float = 0.9,
                  gene_mutation_prob: float | None = None, first_generation: str = "random",
                  seed: int = 0, independent_sampler: BaseSampler | None = None,
-                 child_generation_strategy: ChildStrategy | None = None) -> None:
+                 child_generation_strategy: ChildStrategy | None = None,
+                 skip_prior=None) -> None:
         if population_size < 2:
             raise ValueError("population_size must be at least 2")
         if not 0 <= crossover_prob <= 1 or not 0 <= parzen_prob <= 1:
@@ -110,7 +113,7 @@ class EvolutionarySampler(BaseGASampler):
         self._initial = list(initial)
         self._elite_size = elite_size or max(2, population_size // 2)
         self._child = child_generation_strategy or ChildGeneration(
-            space, parzen_prob, crossover_prob, gene_mutation_prob)
+            space, parzen_prob, crossover_prob, gene_mutation_prob, skip_prior)
         self._first_generation = first_generation
         self._seed = seed
         self._select_elites = nsgaii_elite_selection(self._elite_size)

@@ -16,19 +16,23 @@ Successive halving, which ranks a child against every trial that ever reached th
 bad ones included, saved fewer images and ended worse. BENCHMARKS.md has the numbers.
 """
 
-import numpy as np
+from __future__ import annotations  # torch in annotations only: imported where it runs
+
+from typing import TYPE_CHECKING
+
 import optuna
-import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from autodiff_optuna.metrics.fid import FIDError, FIDScorer, fid_from_features, to_uint8
-from autodiff_optuna.sampling import NoiseBatch, sample
-from autodiff_optuna.search.encoding import Candidate
+from autodiff_optuna.storage.record import PRUNED_AT, STAGE1_TRIAL_ATTR
+
+if TYPE_CHECKING:  # counting a study's evaluated trials (``list``) needs no torch
+    from autodiff_optuna.metrics.fid import FIDScorer
+    from autodiff_optuna.sampling import NoiseBatch
+    from autodiff_optuna.search.encoding import Candidate
 
 REDUCTION_FACTOR = 2  # each reported prefix is twice the previous one
 STARTUP_TRIALS = 5  # complete trials before the pruner stops any
 PRUNE_PERCENTILE = 40.0  # a child worse than this percentile of complete trials is stopped
-PRUNED_AT = "pruned_at_samples"  # user attr of a trial the pruner stopped: images it cost
 
 
 def is_evaluated(trial: FrozenTrial) -> bool:
@@ -39,9 +43,21 @@ def is_evaluated(trial: FrozenTrial) -> bool:
         trial.state == TrialState.PRUNED and bool(trial.intermediate_values))
 
 
+def is_carried(trial: FrozenTrial) -> bool:
+    """A stage-2 trial that holds a stage-1 elite with its stage-1 scores: added when stage 2
+    was made, never sampled in stage 2."""
+    return STAGE1_TRIAL_ATTR in trial.user_attrs
+
+
+def counts_toward_target(trial: FrozenTrial) -> bool:
+    """Evaluated by this stage: the target (``--trials``, ``--stage2-trials``) counts new
+    evaluations, so stage 1's elites carried into stage 2 are not among them."""
+    return is_evaluated(trial) and not is_carried(trial)
+
+
 def n_evaluated(study: optuna.Study) -> int:
     """How many trials count towards ``--trials``."""
-    return sum(is_evaluated(t) for t in study.get_trials(
+    return sum(counts_toward_target(t) for t in study.get_trials(
         deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
 
 
@@ -69,6 +85,12 @@ def score_in_rungs(trial: optuna.Trial, model, scorer: FIDScorer, candidate: Can
                    batch_size: int | None = None) -> float:
     """FID on all of ``batch``, reporting it at each of ``counts`` images first; raises
     ``TrialPruned`` (after recording how many images were spent) when the pruner says so."""
+    import numpy as np
+    import torch
+
+    from autodiff_optuna.metrics.fid import FIDError, fid_from_features, to_uint8
+    from autodiff_optuna.sampling import sample
+
     total = len(batch.noise)
     features, done = [], 0
     for n in [*counts, total]:

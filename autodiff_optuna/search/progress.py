@@ -18,6 +18,7 @@ from autodiff_optuna.search.results import (
     trial_counts,
     uniform_trial,
 )
+from autodiff_optuna.storage import record
 
 FULL, EARLY, OTHER = "full", "early", "other"  # the kinds of trial the ETA tells apart
 
@@ -97,18 +98,19 @@ class ProgressPrinter:
         self._last = now
         n_complete = n_evaluated(study)  # what counts towards the target
         eta = duration(self.eta.remaining(self._target - n_complete, self._later))
-        steps = trial.user_attrs.get("timesteps")
+        steps = trial.user_attrs.get(record.TIMESTEPS_ATTR)
         if PRUNED_AT in trial.user_attrs:
             fid = trial.intermediate_values.get(trial.user_attrs[PRUNED_AT], float("nan"))
             result = f"stopped at {trial.user_attrs[PRUNED_AT]} images, FID there {fid:.3f}"
         elif trial.state != TrialState.COMPLETE:
-            reason = (trial.user_attrs.get("fail_reason") or trial.user_attrs.get("surplus")
-                      or f"duplicate of trial {trial.user_attrs.get('duplicate_of')}")
+            attrs = trial.user_attrs
+            reason = (attrs.get(record.FAIL_REASON_ATTR) or attrs.get(record.SURPLUS_ATTR)
+                      or f"duplicate of trial {attrs.get(record.DUPLICATE_OF_ATTR)}")
             result = f"{trial.state.name}: {reason}"
         elif len(trial.values) == 1:
             result = f"FID {objectives.fid(trial):8.3f}  best {study.best_value:8.3f}"
         else:  # stage 2: FID and GFLOPs
-            skipped = sum(len(s) for s in trial.user_attrs.get("skip", []))
+            skipped = sum(len(s) for s in trial.user_attrs.get(record.SKIP_ATTR, []))
             result = (f"skips {skipped:>2}  FID {objectives.fid(trial):8.3f}  "
                       f"GFLOPs {objectives.gflops(trial):.4f}  front {stage2_front_size(study)}")
         print(f"{self._label}[{n_complete:>4}/{self._target}] trial {trial.number:>4}  {steps}  "

@@ -19,7 +19,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autodiff_optuna.search.encoding import Candidate, CandidateSpace
-from autodiff_optuna.search.optuna_internals import (
+from autodiff_optuna.storage.optuna_internals import (
     cached_trials,
     enqueued_params,
     set_system_attr,

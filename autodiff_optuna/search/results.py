@@ -19,7 +19,9 @@ stages, which are all scored on the study's own noise and so comparable:
   Nothing worse than it is ever offered as a result.
 """
 
+import math
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -29,22 +31,54 @@ from autodiff_optuna.sampling.rules import describe as describe_solver
 from autodiff_optuna.sampling.rules import fixed_solver
 from autodiff_optuna.search import objectives
 from autodiff_optuna.search.config import SearchConfig
-from autodiff_optuna.search.fidelity import PRUNED_AT, n_evaluated
-from autodiff_optuna.search.optuna_internals import stale_trial_ids, storage_of, trial_id
+from autodiff_optuna.search.fidelity import PRUNED_AT, is_carried, n_evaluated
 from autodiff_optuna.storage import load_existing_study, record
-from autodiff_optuna.storage.record import CONFIG_ATTR
-
-# stage 1's record of the model's training schedule (its diffusers scheduler config)
-TRAINING_SCHEDULE_ATTR = "training_schedule"
-# both stages' record of the full network's GFLOPs per image at the study's step count
-FULL_GFLOPS_ATTR = "full_gflops"
-# stage 2's record of the GFLOPs per image no mask skips (a latent model's decoder, ...)
-UNSKIPPABLE_ATTR = "unskippable_gflops"
-# the result as the study command last stored it (for Optuna's own tools and the dashboard)
-RESULT_ATTR = "result"
+from autodiff_optuna.storage.optuna_internals import stale_trial_ids, storage_of, trial_id
+from autodiff_optuna.storage.record import (
+    CONFIG_ATTR,
+    FID_FEATURES_ATTR,
+    FULL_GFLOPS_ATTR,
+    RESULT_ATTR,
+    TRAINING_SCHEDULE_ATTR,
+    UNSKIPPABLE_ATTR,
+)
 
 FID_TOLERANCE = 0.10  # ``fast``: FID at most this much (relative) above the best
+MAX_FID_TOLERANCE = 10  # a tolerance beyond this admits anything: a typo, not a choice
 MIN_SAVING = 0.005  # a front point saves at least this share of the full network's GFLOPs
+
+
+def tolerance_problem(fid_tolerance: float) -> str | None:
+    """Why ``fid_tolerance`` is no FID tolerance (None: it is one)."""
+    if not 0 <= fid_tolerance <= MAX_FID_TOLERANCE:  # NaN too
+        return f"--fid-tolerance must be in [0, {MAX_FID_TOLERANCE}], got {fid_tolerance}"
+    return None
+
+
+def budget_problem(max_gflops: float | None) -> str | None:
+    """Why ``max_gflops`` is no GFLOPs budget (None: it is one, or none was given)."""
+    if max_gflops is not None and not (math.isfinite(max_gflops) and max_gflops > 0):
+        return f"--max-gflops must be a positive number, got {max_gflops}"
+    return None
+
+
+@dataclass(frozen=True)
+class ExportRule:
+    """How the exported point is chosen: the cheapest front point within ``fid_tolerance`` of
+    the best FID, or, with a budget, the lowest-FID front point within ``max_gflops``. A budget
+    given here is asked for (one that buys nothing good is refused); without one, the budget
+    stage 2 ran with applies, if any (``study_result`` resolves it once)."""
+
+    fid_tolerance: float = FID_TOLERANCE
+    max_gflops: float | None = None
+
+    def __post_init__(self):
+        problem = tolerance_problem(self.fid_tolerance) or budget_problem(self.max_gflops)
+        if problem:
+            raise UsageError(problem)
+
+
+DEFAULT_RULE = ExportRule()  # the default tolerance; the budget stage 2 ran with, if any
 
 
 def stored_config(study: optuna.Study) -> dict | None:
@@ -80,7 +114,8 @@ def _fixed_rules(trial: FrozenTrial, steps: int) -> bool:
     return rules is None or fixed_solver(rules, steps) is not None
 
 
-COUNT_NAMES = {"complete": "complete", "stopped_early": "stopped early (multi-fidelity)",
+COUNT_NAMES = {"complete": "complete", "carried": "carried from stage 1 with their scores",
+               "stopped_early": "stopped early (multi-fidelity)",
                "redundant": "redundant", "failed": "failed",
                "interrupted": "interrupted (queued again)", "queued": "queued",
                "running": "running"}
@@ -97,13 +132,15 @@ def trial_counts(study: optuna.Study) -> dict[str, int]:
     the multi-fidelity pruner (they count towards ``--trials``); ``redundant``: a duplicate of
     another trial's candidate, or beyond the target another worker reached (no work done);
     ``interrupted``: stopped by Ctrl-C or a worker's death, its candidate queued again (a
-    retry names the trial it repeats); ``queued``: waiting to run."""
+    retry names the trial it repeats); ``queued``: waiting to run; ``carried``: stage 1's
+    elites in stage 2, complete with their stage-1 scores (not counted as ``complete``: they
+    are not stage 2's evaluations)."""
     counts = dict.fromkeys(COUNT_NAMES, 0)
     trials = study.get_trials(deepcopy=False)
     retried = {t.system_attrs.get("failed_trial") for t in trials}
     for trial in trials:
         if trial.state == TrialState.COMPLETE:
-            counts["complete"] += 1
+            counts["carried" if is_carried(trial) else "complete"] += 1
         elif trial.state == TrialState.PRUNED:
             counts["stopped_early" if PRUNED_AT in trial.user_attrs else "redundant"] += 1
         elif trial.state == TrialState.FAIL:
@@ -117,7 +154,9 @@ def trial_counts(study: optuna.Study) -> dict[str, int]:
 
 @dataclass(frozen=True)
 class Point:
-    """One scored candidate of either stage."""
+    """One scored candidate of either stage. ``fid`` is what it is ranked and chosen by: its
+    confirmed FID (``search.confirm``: on noise the search never saw) where it has one, else
+    the FID the search scored it with (``search_fid``)."""
 
     stage: int
     study: str
@@ -127,6 +166,8 @@ class Point:
     fid: float
     gflops: float | None  # per image (None: a study made before it was recorded)
     rules: list | None = None  # per step [order, corrector] where the solver was searched
+    search_fid: float | None = None  # the search's own FID (None: ``fid`` is it)
+    confirmed_fid: float | None = None  # on the confirmation noise (None: not confirmed)
 
     @property
     def skipped(self) -> int:
@@ -139,6 +180,8 @@ class Point:
     def as_dict(self, full_gflops: float | None = None) -> dict:
         return {"stage": self.stage, "study": self.study, "trial": self.trial,
                 "timesteps": self.timesteps, "skip": self.skip, "fid": self.fid,
+                "search_fid": self.fid if self.search_fid is None else self.search_fid,
+                "confirmed_fid": self.confirmed_fid,
                 "gflops": self.gflops, "gflops_share": self.share(full_gflops),
                 **({"rules": self.rules} if self.rules else {})}
 
@@ -149,6 +192,8 @@ class Point:
         if self.rules:
             text += f" ({describe_solver(self.rules, len(self.timesteps))})"
         text += f", FID {self.fid:.3f}"
+        if self.confirmed_fid is not None and self.search_fid is not None:
+            text += f" confirmed (search {self.search_fid:.3f})"
         if self.gflops is not None:
             text += f", {self.gflops:.4f} GFLOPs/image"
             share = self.share(full_gflops)
@@ -161,7 +206,9 @@ class Point:
 
 @dataclass(frozen=True)
 class StudyResult:
-    """What a two-stage search found (see the module's docstring); ``study_result`` makes it."""
+    """What a two-stage search found (see the module's docstring); ``study_result`` makes it.
+    ``export_rule`` is the rule it was asked to export by; ``budget`` the budget that rule
+    applies (its own, else the one stage 2 ran with; None: none)."""
 
     stage1: optuna.Study
     stage2: optuna.Study | None
@@ -170,20 +217,23 @@ class StudyResult:
     uniform: Point | None
     best: Point
     front: list[Point]  # thinned, cheapest first (so the best is last)
-    fid_tolerance: float = FID_TOLERANCE
+    export_rule: ExportRule = DEFAULT_RULE
     min_saving: float = MIN_SAVING
     counts: dict = field(default_factory=dict)  # stage number -> trial_counts
+    budget: float | None = None
 
     @property
     def name(self) -> str:
         return self.stage1.study_name
 
     @property
+    def fid_tolerance(self) -> float:
+        return self.export_rule.fid_tolerance
+
+    @property
     def stage2_budget(self) -> float | None:
         """The ``--max-gflops`` stage 2 was run with (None: none)."""
-        if self.stage2 is None:
-            return None
-        return (stored_config(self.stage2) or {}).get("max_gflops")
+        return _stage2_budget(self.stage2)
 
     @property
     def fast(self) -> Point:
@@ -194,12 +244,25 @@ class StudyResult:
             limit = min(limit, max(self.uniform.fid, self.best.fid))
         return next(p for p in self.front if p.fid <= limit)
 
-    def choose(self, max_gflops: float | None = None) -> Point:
-        """What ``export`` writes: ``fast``, or with a budget (``max_gflops``, else the one
-        stage 2 was run with) the lowest-FID front point within it. A budget that buys nothing
-        as good as the uniform schedule is refused in one line naming the cheapest point that
-        is, and the budget that buys it."""
-        budget = max_gflops if max_gflops is not None else self.stage2_budget
+    def choose(self) -> Point:
+        """What ``export`` writes: ``fast``, or with a budget (``budget``) the lowest-FID front
+        point within it. A budget that buys nothing as good as the uniform schedule is refused
+        in one line naming the cheapest point that is, and the budget that buys it. Worked
+        out once per result: every listing of it (``exported``, ``as_dict``) shows the same."""
+        choice = self._choice
+        if isinstance(choice, UsageError):
+            raise UsageError(str(choice))
+        return choice
+
+    @cached_property
+    def _choice(self) -> Point | UsageError:
+        try:
+            return self._choose()
+        except UsageError as refused:
+            return refused
+
+    def _choose(self) -> Point:
+        budget = self.budget
         if budget is None:
             return self.fast
         if self.full_gflops is None:
@@ -221,29 +284,28 @@ class StudyResult:
                          f"than the uniform schedule (FID {self.uniform.fid:.3f}; the best there: "
                          f"FID {pick.fid:.3f}); the cheapest that is not: {cheapest}")
 
-    def exported(self, max_gflops: float | None = None) -> tuple[Point | None, str]:
-        """(``choose(max_gflops)``, its rule) for a listing of the result. A budget asked for
-        (``max_gflops``) that buys nothing good is refused, as ``choose`` refuses it; the
-        budget stage 2 ran with is not asked for here, so the listing goes on: (None, why
-        not)."""
-        if max_gflops is not None:
-            return self.choose(max_gflops), self.rule(max_gflops)
+    def exported(self) -> tuple[Point | None, str]:
+        """(``choose()``, its rule) for a listing of the result. A budget the export rule asks
+        for that buys nothing good is refused, as ``choose`` refuses it; the budget stage 2
+        ran with is not asked for, so the listing goes on: (None, why not)."""
+        if self.export_rule.max_gflops is not None:
+            return self.choose(), self.rule()
         try:
             return self.choose(), self.rule()
         except UsageError as refused:
             return None, str(refused)
 
-    def rule(self, max_gflops: float | None = None) -> str:
-        """How ``choose(max_gflops)`` picks, in words."""
-        budget = max_gflops if max_gflops is not None else self.stage2_budget
-        if budget is not None:
-            return f"the lowest FID within {budget} GFLOPs/image"
+    def rule(self) -> str:
+        """How ``choose`` picks, in words."""
+        if self.budget is not None:
+            return f"the lowest FID within {self.budget} GFLOPs/image"
         return f"the cheapest within {self.fid_tolerance:.0%} of the best FID"
 
-    def as_dict(self, max_gflops: float | None = None) -> dict:
+    def as_dict(self) -> dict:
         """The result as ``best --json`` and ``study --json`` print it (``export`` None, and
         ``export_refused`` why, where the budget stage 2 ran with buys nothing as good as the
-        uniform schedule; ``max_gflops`` that buys nothing good is refused, as by ``choose``)."""
+        uniform schedule; an asked-for budget that buys nothing good is refused, as by
+        ``choose``)."""
         full = self.full_gflops
         config = self.config
         summary = {
@@ -251,7 +313,7 @@ class StudyResult:
             "stage2_study": self.stage2.study_name if self.stage2 is not None else None,
             **{key: config.get(key) for key in ("model", "steps", "solver", "samples", "seed",
                                                 "sampler", "model_weights")},
-            "fid_features": self.stage1.user_attrs.get("fid_features"),
+            "fid_features": self.stage1.user_attrs.get(FID_FEATURES_ATTR),
             "full_gflops": full,
             "fid_tolerance": self.fid_tolerance,
             "min_saving": self.min_saving,
@@ -261,13 +323,13 @@ class StudyResult:
             "front": [p.as_dict(full) for p in self.front],
             "trials": {f"stage{stage}": counts for stage, counts in self.counts.items()},
         }
-        pick, rule = self.exported(max_gflops)
+        pick, rule = self.exported()
         if pick is not None:
             summary["export"] = pick.as_dict(full)
         else:
             summary["export_refused"] = rule
-        if max_gflops is not None:
-            summary["max_gflops"] = max_gflops
+        if self.export_rule.max_gflops is not None:
+            summary["max_gflops"] = self.export_rule.max_gflops
         if self.stage2 is not None:
             summary["stage2_max_gflops"] = self.stage2_budget
             if UNSKIPPABLE_ATTR in self.stage2.user_attrs:  # a latent model's: beside full
@@ -292,14 +354,20 @@ def _ceil4(value: float) -> float:
     return -int(-value * 10_000 // 1) / 10_000
 
 
-def study_result(study: optuna.Study, fid_tolerance: float = FID_TOLERANCE,
+def _stage2_budget(stage2: optuna.Study | None) -> float | None:
+    if stage2 is None:
+        return None
+    return (stored_config(stage2) or {}).get("max_gflops")
+
+
+def study_result(study: optuna.Study, export_rule: ExportRule = DEFAULT_RULE,
                  min_saving: float = MIN_SAVING) -> StudyResult:
     """The result of the search ``study`` belongs to (a stage-1 or a stage-2 name): both stages'
-    complete trials, with the definitions of the module's docstring. A study with no complete
-    trial, or one not made by autodiff_optuna, is one UsageError line."""
-    if not (0 <= fid_tolerance <= 10) or not (0 <= min_saving < 1):
-        raise UsageError(f"--fid-tolerance must be in [0, 10] and the minimum saving in [0, 1), "
-                         f"got {fid_tolerance} and {min_saving}")
+    complete trials, with the definitions of the module's docstring; its exported point chosen
+    by ``export_rule``. A study with no complete trial, or one not made by autodiff_optuna, is
+    one UsageError line."""
+    if not 0 <= min_saving < 1:
+        raise ValueError(f"the minimum saving must be in [0, 1), got {min_saving}")
     stage1, stage2 = linked_studies(study)
     config = check_config(stage1)
     full = stage1.user_attrs.get(FULL_GFLOPS_ATTR)
@@ -314,10 +382,13 @@ def study_result(study: optuna.Study, fid_tolerance: float = FID_TOLERANCE,
     counts = {1: trial_counts(stage1)}
     if stage2 is not None:
         counts[2] = trial_counts(stage2)
+    budget = export_rule.max_gflops
+    if budget is None:  # none asked for: the budget stage 2 ran with, if any
+        budget = _stage2_budget(stage2)
     return StudyResult(stage1, stage2, config, full,
                        None if uniform is None else _point(stage1, 1, uniform, full,
                                                            config["steps"]),
-                       best, front, fid_tolerance, min_saving, counts)
+                       best, front, export_rule, min_saving, counts, budget)
 
 
 def check_config(stage1: optuna.Study) -> dict:
@@ -366,20 +437,34 @@ def _is_stage2_of(study: optuna.Study, stage1_name: str) -> bool:
 def scored_points(stage1, stage2, steps: int, full: float | None) -> list[Point]:
     """Every complete trial of both stages as a Point (stage 1's at the full network's cost).
     A stage-2 trial over the budget stage 2 was run with is one too: the budget steered the
-    search, and ``choose`` applies it to what is exported."""
-    points = [_point(stage1, 1, t, full, steps) for t in complete_trials(stage1)]
+    search, and ``choose`` applies it to what is exported. Stage 1's elites carried into stage
+    2 are stage 1's points (the same candidates, scored there), so they appear once."""
+    confirmed = confirmed_fids(stage1)
+    points = [_point(stage1, 1, t, full, steps, confirmed) for t in complete_trials(stage1)]
     if stage2 is not None:
-        points += stage2_points(stage2, steps)
+        points += stage2_points(stage2, steps, carried=False)
     return points
 
 
-def stage2_points(stage2: optuna.Study, steps: int) -> list[Point]:
-    return [_point(stage2, 2, t, None, steps) for t in complete_trials(stage2)]
+def stage2_points(stage2: optuna.Study, steps: int, carried: bool = True) -> list[Point]:
+    """Stage 2's complete trials as Points (``carried``: with stage 1's elites it holds)."""
+    confirmed = confirmed_fids(stage2)
+    return [_point(stage2, 2, t, None, steps, confirmed) for t in complete_trials(stage2)
+            if carried or not is_carried(t)]
+
+
+def confirmed_fids(study: optuna.Study) -> dict[int, float]:
+    """Trial number -> its confirmed FID, for the trials of ``study`` that ``search.confirm``
+    re-scored (kept as study attributes: Optuna does not write to a finished trial)."""
+    prefix = f"{record.CONFIRMED_ATTR}:"
+    return {int(key[len(prefix):]): value for key, value in study.user_attrs.items()
+            if key.startswith(prefix) and key[len(prefix):].isdigit()
+            and isinstance(value, (int, float))}
 
 
 def stage2_front_size(stage2: optuna.Study, min_saving: float = MIN_SAVING) -> int:
     """The points of the result's front so far, as stage 2 runs: its own trials suffice, since
-    it scores stage 1's best again (on the same noise, so with the same FID) first."""
+    it holds stage 1's best (carried with its stage-1 scores) from the start."""
     attrs = stage2.user_attrs  # one storage read per progress line, not two
     full = attrs.get(FULL_GFLOPS_ATTR)
     config = attrs.get(CONFIG_ATTR)
@@ -388,18 +473,23 @@ def stage2_front_size(stage2: optuna.Study, min_saving: float = MIN_SAVING) -> i
     return len(thin(pareto(points), min_saving * full)) if full and points else 0
 
 
-def _point(study, stage: int, trial: FrozenTrial, full: float | None, steps: int) -> Point:
+def _point(study, stage: int, trial: FrozenTrial, full: float | None, steps: int,
+           confirmed: dict[int, float] | None = None) -> Point:
+    """``confirmed``: ``confirmed_fids(study)``, read once by a caller that makes many."""
     if stage == 1:
         skip, gflops = [[] for _ in range(steps)], full
     else:
         skip, gflops = trial.user_attrs.get("skip"), objectives.gflops(trial)
+    confirmed = confirmed_fids(study) if confirmed is None else confirmed
+    search_fid, confirmed_fid = objectives.fid(trial), confirmed.get(trial.number)
     return Point(stage, study.study_name, trial.number, trial.user_attrs.get("timesteps"),
-                 skip, objectives.fid(trial), gflops, trial.user_attrs.get("rules"))
+                 skip, search_fid if confirmed_fid is None else confirmed_fid, gflops,
+                 trial.user_attrs.get("rules"), search_fid, confirmed_fid)
 
 
 def pareto(points: list[Point]) -> list[Point]:
     """The points no other is better than in both FID and GFLOPs, cheapest first. Of equal
-    points (a stage-1 candidate that stage 2 scored again) the first stage's is kept."""
+    points the first stage's is kept."""
     front: list[Point] = []
     for p in sorted(points, key=lambda p: (p.gflops, p.fid, p.stage, p.trial)):
         if not front or p.fid < front[-1].fid:

@@ -13,12 +13,12 @@ from optuna.trial import TrialState
 
 from autodiff_optuna.errors import UsageError
 from autodiff_optuna.metrics.fid import FIDError
-from autodiff_optuna.search import fidelity
+from autodiff_optuna.search import confirm, fidelity
 from autodiff_optuna.search.context import SearchContext
-from autodiff_optuna.search.optuna_internals import storage_of
 from autodiff_optuna.search.progress import ProgressPrinter
 from autodiff_optuna.search.trial import make_objective
 from autodiff_optuna.storage import record
+from autodiff_optuna.storage.optuna_internals import storage_of
 
 MAX_CONSECUTIVE_FAILURES = 20  # failed trials in a row that stop a stage (a broken model)
 MAX_RETRIES = 3
@@ -90,6 +90,9 @@ def run(ctx: SearchContext, study: optuna.Study, trials: int, progress: bool = T
     row stop it with a UsageError. ``later_trials``: those of a stage to run after this one,
     for the progress lines' ETA. ``deadline`` (a ``time.monotonic()`` value): no trial starts
     after it; returns whether the target was reached (False: stopped there, a rerun resumes).
+    A stage that reaches its target ends by confirming what the search can name
+    (``confirm.confirm``: on noise it never searched on), unless a synthetic ``score`` stands
+    in for the model's.
 
     Other workers may stop this one early (their running trials make up the target); it then
     waits for them, and goes on if a trial of theirs failed or its worker died."""
@@ -120,6 +123,8 @@ def run(ctx: SearchContext, study: optuna.Study, trials: int, progress: bool = T
         if deadline is not None and time.monotonic() >= deadline:
             return fidelity.n_evaluated(study) >= trials
         _wait_for_other_workers(study, progress)
+    if score is None:
+        confirm.confirm(ctx, study, progress, batch_size, deadline)
     return True
 
 

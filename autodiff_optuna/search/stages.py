@@ -2,9 +2,12 @@
 
 Stage 1 searches the time steps alone with the full network (one objective: FID). Stage 2 is a
 second study, linked to the first, that searches the time steps jointly with a per-step layer-skip
-mask on two objectives, FID and GFLOPs per image, and starts from stage 1's elites (full network)
-as real members of its first generation. Both are driven by the ``EvolutionarySampler``; stage 1
-may be run by one of Optuna's samplers instead (``--sampler``).
+mask on two objectives, FID and GFLOPs per image. Stage 1's elites (full network) enter it as
+completed trials carrying their stage-1 scores (members of its first generation, never scored
+again), and the cost of every (step, layer) skip is measured once on the stage-1 best
+(``skip_cost``), so that its mutation prefers skips the model can afford. Both are driven by
+the ``EvolutionarySampler``; stage 1 may be run by one of Optuna's samplers instead
+(``--sampler``).
 """
 
 import time
@@ -18,12 +21,11 @@ from autodiff_optuna.metrics.scorers import features_hint
 from autodiff_optuna.models.identity import IDENTITY_ATTR, model_identity
 from autodiff_optuna.models.registry import weights_hint
 from autodiff_optuna.sampling.rules import SOLVERS, StepRule
-from autodiff_optuna.search import fidelity, objectives
+from autodiff_optuna.search import fidelity, objectives, skip_cost
 from autodiff_optuna.search.config import OPTUNA_SAMPLERS, code_version
 from autodiff_optuna.search.context import SearchContext
 from autodiff_optuna.search.encoding import Candidate
 from autodiff_optuna.search.evolutionary import EvolutionarySampler
-from autodiff_optuna.search.optuna_internals import storage_of
 from autodiff_optuna.search.results import (
     CONFIG_ATTR,
     FULL_GFLOPS_ATTR,
@@ -39,6 +41,7 @@ from autodiff_optuna.storage import (
     record,
     redact,
 )
+from autodiff_optuna.storage.optuna_internals import ga_generation_key, storage_of
 
 
 def stage_config(ctx: SearchContext, stage: int, max_gflops: float | None) -> dict:
@@ -50,12 +53,15 @@ def stage_config(ctx: SearchContext, stage: int, max_gflops: float | None) -> di
     return attrs
 
 
-def _sampler(ctx: SearchContext, stage: int, initial: list[Candidate]) -> EvolutionarySampler:
+def _sampler(ctx: SearchContext, stage: int, initial: list[Candidate],
+             costs: dict | None = None) -> EvolutionarySampler:
     # stage 1 starts from the textbook spacings and random candidates (as NSGA-II starts);
     # stage 2 from variations of stage 1's elites, and breeds without Parzen children: its
-    # masks are bits a kernel over steps does not model (and it was measured without them)
+    # masks are bits a kernel over steps does not model (and it was measured without them).
+    # ``costs``: stage 2's measured skip costs, which weight the skips its mutation turns on
     breeding = (dict(first_generation="random") if stage == 1
-                else dict(first_generation="children", parzen_prob=0.0))
+                else dict(first_generation="children", parzen_prob=0.0,
+                          skip_prior=_skip_prior(ctx, costs)))
     return EvolutionarySampler(ctx.space(stage), population_size=ctx.config.population,
                                initial=initial, seed=ctx.config.stage_seed(stage),
                                **breeding)
@@ -125,8 +131,10 @@ def _record_model(ctx: SearchContext, study: optuna.Study) -> None:
 
 def open_stage2(ctx: SearchContext, stage1: optuna.Study, storage,
                 max_gflops: float | None) -> optuna.Study:
-    """Create or resume stage 2. Its first trials are stage 1's best distinct candidates (full
-    network), queued once when the study is created."""
+    """Create or resume stage 2. Stage 1's best distinct candidates (full network) are added to
+    it as completed trials with their stage-1 values, once, when the study is created: they
+    are the first generation's known members, and its every trial scores a new candidate.
+    The skip costs are measured once per study (stored; a study made before gets them)."""
     if max_gflops is not None and not ctx.min_gflops <= max_gflops:
         raise UsageError(f"--max-gflops {max_gflops} is below what any candidate can cost "
                          f"({ctx.min_gflops:.4f} GFLOPs/image with every layer skipped)")
@@ -135,21 +143,72 @@ def open_stage2(ctx: SearchContext, stage1: optuna.Study, storage,
         raise UsageError(f"stage-1 study {stage1.study_name!r} has no complete trial: "
                          "run stage 1 first")
     space = ctx.space(2)
-    elites = list(dict.fromkeys(space.candidate(t.user_attrs["timesteps"],
-                                                rules=_rules(t.user_attrs.get("rules")))
-                                for t in ranked))
-    elites = elites[: max(2, ctx.config.population // 2)]
+    sources: dict[Candidate, optuna.trial.FrozenTrial] = {}  # each its best stage-1 trial
+    for t in ranked:
+        sources.setdefault(space.candidate(t.user_attrs["timesteps"],
+                                           rules=_rules(t.user_attrs.get("rules"))), t)
+    elites = list(sources)[: max(2, ctx.config.population // 2)]
     name = f"{stage1.study_name}-stage2"
-    study = _open(ctx, name, storage, 2, _sampler(ctx, 2, elites), max_gflops=max_gflops,
-                  first_trials=[(space.encode(c), {"stage1_elite": True}) for c in elites],
+    if isinstance(storage, str) or storage is None:
+        storage = open_storage(storage, writable=True)
+    costs = _stored_costs(ctx, name, storage) or skip_cost.measure(ctx, elites[0])
+    study = _open(ctx, name, storage, 2, _sampler(ctx, 2, elites, costs), max_gflops=max_gflops,
+                  carried=[_carried(ctx, space, c, sources[c], max_gflops) for c in elites],
                   extra_attrs={"stage1_study": stage1.study_name,
                                FULL_GFLOPS_ATTR: ctx.full_gflops,
                                "layers": list(ctx.costs.layers),
                                "layer_gflops_saved": {k: v / 1e9
                                                       for k, v in ctx.costs.saving.items()},
+                               record.SKIP_COST_ATTR: costs,
                                **_unskippable(ctx)})
+    stored = study.user_attrs.get(record.SKIP_COST_ATTR)
+    if stored is None:  # a study made before the costs were measured
+        study.set_user_attr(record.SKIP_COST_ATTR, costs)
+    elif stored != costs and _skip_prior(ctx, stored) is not None:
+        # another worker created it a moment ago: breed by what the study holds
+        study.sampler = _sampler(ctx, 2, elites, stored)
     stage1.set_user_attr("stage2_study", name)
     return study
+
+
+def _carried(ctx: SearchContext, space, candidate: Candidate, source: optuna.trial.FrozenTrial,
+             max_gflops: float | None) -> optuna.trial.FrozenTrial:
+    """Stage-1 trial ``source`` as a completed stage-2 trial: its FID, the full network's
+    GFLOPs, where it came from, and generation 0 (a member of the first generation)."""
+    full = ctx.full_gflops
+    attrs = {record.STAGE1_TRIAL_ATTR: source.number, "timesteps": list(candidate.timesteps),
+             "skip": [[] for _ in candidate.timesteps], "gflops": full}
+    if candidate.rules:
+        attrs["rules"] = [rule.to_json() for rule in candidate.rules]
+    return optuna.trial.create_trial(
+        state=TrialState.COMPLETE, values=objectives.values(2, objectives.fid(source), full),
+        params=space.encode(candidate), distributions=space.distributions(), user_attrs=attrs,
+        system_attrs={ga_generation_key(EvolutionarySampler): 0},
+        constraints=None if max_gflops is None else {"gflops": full - max_gflops})
+
+
+def _stored_costs(ctx: SearchContext, name: str, storage) -> dict | None:
+    """The skip costs stage 2 ``name`` holds, if it exists and holds valid ones: a resumed
+    study breeds by the costs it was made with."""
+    if name not in optuna.get_all_study_names(storage):
+        return None
+    stored = optuna.load_study(study_name=name, storage=storage).user_attrs.get(
+        record.SKIP_COST_ATTR)
+    return stored if _skip_prior(ctx, stored) is not None else None
+
+
+def _skip_prior(ctx: SearchContext, costs) -> list | None:
+    """The (step, layer) cost matrix of ``costs`` in the space's layer order (None: no valid
+    costs, e.g. measured on another model)."""
+    if not isinstance(costs, dict) or costs.get("layers") != list(ctx.costs.layers):
+        return None
+    matrix = costs.get("cost")
+    steps, width = ctx.config.steps, len(ctx.costs.layers)
+    if (not isinstance(matrix, list) or len(matrix) != steps
+            or not all(isinstance(row, list) and len(row) == width
+                       and all(isinstance(v, (int, float)) for v in row) for row in matrix)):
+        return None
+    return matrix
 
 
 def _rules(stored: list | None) -> list[StepRule] | None:
@@ -164,13 +223,14 @@ def _unskippable(ctx: SearchContext) -> dict:
 
 
 def _open(ctx, name, storage, stage, sampler, max_gflops=None, extra_attrs=None,
-          first_trials=()) -> optuna.Study:
+          first_trials=(), carried=()) -> optuna.Study:
     """Create the study, or load it and refuse a configuration that differs from the stored one.
 
     Creation happens under the database's creation lock, and the configuration is written last:
-    a worker that finds the study with its configuration finds it complete (its attributes and
-    queued first trials). One found without it was left half-made by a process that died during
-    creation (the lock is free again): holding no trial that ever ran, it is made again."""
+    a worker that finds the study with its configuration finds it complete (its attributes,
+    queued first trials and ``carried`` completed ones). One found without it was left
+    half-made by a process that died during creation (the lock is free again): holding no
+    trial that ever ran, it is made again."""
     if isinstance(storage, str) or storage is None:
         storage = open_storage(storage, writable=True)
     wanted = stage_config(ctx, stage, max_gflops)
@@ -181,7 +241,7 @@ def _open(ctx, name, storage, stage, sampler, max_gflops=None, extra_attrs=None,
         if study is None:
             study = optuna.create_study(study_name=name, storage=storage, sampler=sampler,
                                         directions=objectives.directions(stage), pruner=pruner)
-            _write_new_study(ctx, study, stage, wanted, extra_attrs, first_trials)
+            _write_new_study(ctx, study, stage, wanted, extra_attrs, first_trials, carried)
     _check_stored(study, wanted, stage, storage)
     objectives.label(study, stage)  # new, or made before its values had names
     return study
@@ -194,17 +254,23 @@ def _load_made(name, storage, sampler, pruner, locked: bool) -> optuna.Study | N
     study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
     if not locked:  # no creation lock on this database: another worker may still be writing it
         _wait_for_config(study)
-    if CONFIG_ATTR in study.user_attrs or not locked or _ever_ran(study):
-        return study  # ours, or refused as not ours by the configuration check
-    optuna.delete_study(study_name=name, storage=storage)  # half-made: nothing of value in it
+    half_made = (record.is_marked(study.user_attrs) and CONFIG_ATTR not in study.user_attrs
+                 and locked and not _ever_ran(study))
+    if not half_made:  # ours, or refused as not ours by the configuration check
+        return study
+    # one of ours that a process killed while making it left without its configuration (the
+    # marker is written first): nothing of value in it. Anything unmarked is never deleted.
+    optuna.delete_study(study_name=name, storage=storage)
     return None
 
 
 def _ever_ran(study: optuna.Study) -> bool:
-    return any(t.state != TrialState.WAITING for t in study.get_trials(deepcopy=False))
+    # carried stage-1 trials are written at creation: they hold nothing this study computed
+    return any(t.state != TrialState.WAITING and not fidelity.is_carried(t)
+               for t in study.get_trials(deepcopy=False))
 
 
-def _write_new_study(ctx, study, stage, wanted, extra_attrs, first_trials) -> None:
+def _write_new_study(ctx, study, stage, wanted, extra_attrs, first_trials, carried=()) -> None:
     try:
         record.mark(study)
         study.set_user_attr("stage", stage)
@@ -214,6 +280,8 @@ def _write_new_study(ctx, study, stage, wanted, extra_attrs, first_trials) -> No
             study.set_user_attr(key, value)
         for params, user_attrs in first_trials:
             study.enqueue_trial(params, user_attrs=user_attrs)
+        for trial in carried:
+            study.add_trial(trial)
         study.set_user_attr(CONFIG_ATTR, wanted)
     except BaseException:
         optuna.delete_study(study_name=study.study_name, storage=storage_of(study))

@@ -10,7 +10,7 @@ from autodiff_optuna.sampling import SEARCH, draw
 from autodiff_optuna.search import fidelity, objectives
 from autodiff_optuna.search.context import SearchContext
 from autodiff_optuna.search.encoding import Candidate, CandidateSpace
-from autodiff_optuna.search.optuna_internals import cached_trials
+from autodiff_optuna.storage.optuna_internals import cached_trials
 
 
 def make_objective(ctx: SearchContext, stage: int, target: int | None = None,
@@ -75,7 +75,7 @@ def _stop_at_target(trial: optuna.Trial, trials: list[FrozenTrial], target: int 
     """Stop the study when this trial completes its target (MaxTrialsCallback's job, without
     another read of the study)."""
     number = trial.number
-    others = sum(fidelity.is_evaluated(t) for t in trials if t.number != number)
+    others = sum(fidelity.counts_toward_target(t) for t in trials if t.number != number)
     if target is not None and others + 1 >= target:
         trial.study.stop()
 
@@ -100,7 +100,8 @@ def _check_concurrent_workers(trial: optuna.Trial, space: CandidateSpace, candid
               cached_trials(trial.study, states))
     live = [t for t in trials if t.state != TrialState.PRUNED or fidelity.is_evaluated(t)]
     number = trial.number  # a property chain: read once, not once per stored trial
-    if target is not None and sum(t.number < number for t in live) >= target:
+    if target is not None and sum(t.number < number and not fidelity.is_carried(t)
+                                  for t in live) >= target:
         trial.set_user_attr("surplus", "the target was reached by other workers")
         trial.study.stop()
         raise optuna.TrialPruned("surplus")

@@ -4,7 +4,9 @@ Each operator works on genes (a step and what travels with it) and hands the res
 ``CandidateSpace.repair``, so every child is a valid candidate: K distinct steps, descending.
 A step keeps its mask wherever it moves. A solver rule stays at its position (what it may use
 depends on where it stands): crossover takes each position's rule from either parent, and
-mutation redraws some positions' rules in a space that searches the solver.
+mutation redraws some positions' rules in a space that searches the solver. In stage 2, a skip
+prior (``prior_weights`` of the measured skip costs) makes mutation turn on cheap skips more often
+than ruinous ones.
 """
 
 from collections.abc import Sequence
@@ -13,15 +15,34 @@ import numpy as np
 
 from autodiff_optuna.search.encoding import Candidate, CandidateSpace, Gene
 
+# the cost of a skip whose images are not finite (``skip_cost``): above any measured one
+RUINOUS = 1e12
 RULE_MUTATION_PROB = 0.5  # of a child's mutation redrawing solver rules rather than steps/masks
 
 
+def prior_weights(cost) -> np.ndarray:
+    """Per (step position, layer), how much more often than average mutation turns that skip
+    on: ``exp(-cost / scale)`` with the median positive cost as the scale (a skip of median
+    cost is tried e times less than a free one, one of ten times the median e^10 times less),
+    normalised to a mean of 1 so that a candidate gets as many flips as without a prior."""
+    cost = np.asarray(cost, dtype=float)
+    # those that cost nothing are the cheap ones, and those that ruin the images the ruinous
+    # ones: the scale is what lies between
+    positive = cost[(cost > 0) & (cost < RUINOUS)]
+    scale = float(np.median(positive)) if positive.size else 1.0
+    weights = np.exp(-cost / scale)
+    return weights / weights.mean() if weights.sum() > 0 else np.ones_like(cost)
+
+
 def mutate(space: CandidateSpace, parent: Candidate, rng: np.random.Generator,
-           gene_prob: float = 0.25, bit_flip_prob: float | None = None) -> Candidate:
+           gene_prob: float = 0.25, bit_flip_prob: float | None = None,
+           skip_prior: np.ndarray | None = None) -> Candidate:
     """Step mutation (each step with probability ``gene_prob``: replaced by an unused step
     anywhere, or shifted between its neighbours) and, in stage 2, bit-flip mutation of the
-    masks (each bit with ``bit_flip_prob``, default two flips per candidate). The child always
-    differs from the parent."""
+    masks (each bit with ``bit_flip_prob``, default two flips per candidate; with
+    ``skip_prior``, ``prior_weights`` per (step position, layer), a skip is turned on with
+    that probability times its weight, turned off as before). The child always differs from
+    the parent."""
     if space.size < 2:
         raise ValueError(f"{space} holds a single candidate: nothing to mutate it into")
     movable = space.num_train_timesteps > space.steps  # else every step is taken
@@ -32,11 +53,11 @@ def mutate(space: CandidateSpace, parent: Candidate, rng: np.random.Generator,
         if movable and (not space.layers or rng.random() < 0.5):
             genes = _mutate_steps(space, genes, rng, gene_prob)
         if space.layers:
-            genes = _flip_bits(space, genes, rng, bit_flip_prob)
+            genes = _flip_bits(space, genes, rng, bit_flip_prob, skip_prior)
     child = space.repair(genes, rng, rules)
     while child == parent:  # e.g. a shift that landed back on its own step
         if space.layers:
-            genes = _flip_bits(space, child.genes, rng, bit_flip_prob)
+            genes = _flip_bits(space, child.genes, rng, bit_flip_prob, skip_prior)
         elif movable:
             genes = _mutate_steps(space, child.genes, rng, gene_prob)
         else:
@@ -81,12 +102,20 @@ def _mutate_steps(space: CandidateSpace, genes: list[Gene], rng: np.random.Gener
 
 
 def _flip_bits(space: CandidateSpace, genes: list[Gene], rng: np.random.Generator,
-               bit_flip_prob: float | None) -> list[Gene]:
+               bit_flip_prob: float | None, skip_prior: np.ndarray | None = None) -> list[Gene]:
     n_bits = len(genes) * len(space.layers)
     p = bit_flip_prob or min(0.5, 2.0 / n_bits)
-    flips = rng.random((len(genes), len(space.layers))) < p
-    if not flips.any():
-        flips[divmod(int(rng.integers(n_bits)), len(space.layers))] = True
+    if skip_prior is None:
+        flips = rng.random((len(genes), len(space.layers))) < p
+        if not flips.any():
+            flips[divmod(int(rng.integers(n_bits)), len(space.layers))] = True
+    else:
+        on = np.array([[layer in m for layer in space.layers] for _, m in genes])
+        probs = np.where(on, p, np.minimum(0.5, p * skip_prior))
+        flips = rng.random(probs.shape) < probs
+        if not flips.any():  # one flip at least, drawn by the same odds
+            flips[divmod(int(rng.choice(n_bits, p=probs.ravel() / probs.sum())),
+                         len(space.layers))] = True
     return [(t, m ^ frozenset(np.asarray(space.layers)[row].tolist()))
             for (t, m), row in zip(genes, flips)]
 

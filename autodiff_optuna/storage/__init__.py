@@ -13,12 +13,13 @@ creating a study never blocks the next one.
 
 Reading a database in SQLite's write-ahead-log mode makes SQLite create its ``-wal`` and ``-shm``
 files, which a read-only connection cannot remove when it closes. Where a read-only command
-created them, they are removed when the process exits, by SQLite itself (``_tidy_wal_files``),
+created them, they are removed when the process exits, by SQLite itself (``tidy_wal_files``),
 which removes them only if no other connection (a running worker) uses them.
 """
 
 import atexit
 import fcntl
+import gc
 import os
 import sqlite3
 import warnings
@@ -27,8 +28,10 @@ from pathlib import Path
 
 import optuna
 from optuna.storages import RDBStorage
+from optuna.trial import TrialState
 
 from autodiff_optuna.errors import UsageError, one_line
+from autodiff_optuna.storage.optuna_internals import pop_waiting_trial
 
 DEFAULT_STORAGE = "sqlite:///studies/autodiff.db"
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -36,8 +39,8 @@ SCHEMA_LOCK_KEY = 0x0AD1FF  # any fixed number; only this program's workers take
 LOCK_SUFFIX = ".lock"
 READ_ONLY_QUERY = "?mode=ro&uri=true"  # SQLite's URI filename parameters for a read-only open
 WAL_SUFFIXES = ("-wal", "-shm")  # the files SQLite keeps beside a database in WAL mode
-# SQLite files read-only opens found without WAL files, with the engines reading them: tidied
-# at exit (``_tidy_wal_files``)
+# SQLite files this process found without WAL files, with its engines on them: tidied at exit
+# (``tidy_wal_files``), so a command (a read, a refused study) leaves the folder as it found it
 _TIDY_AT_EXIT: dict[Path, list] = {}
 
 
@@ -57,16 +60,16 @@ def open_storage(url: str | None = None, heartbeat: int | None = None,
     url = url or DEFAULT_STORAGE
     shown = redact(url)
     engine_kwargs = {}
-    tidy = None  # an SQLite file whose WAL files this read-only open will make
+    tidy = None  # an SQLite file whose WAL files this open will make
     if url.startswith("sqlite"):
         path = _sqlite_path(url)
         if writable and url == DEFAULT_STORAGE:
             path.parent.mkdir(parents=True, exist_ok=True)
         _check_sqlite_file(url, path, must_exist=not writable)
+        if not _has_wal_files(path):
+            tidy = path
         if not writable:
             url = _read_only_sqlite_url(url, path)
-            if not _has_wal_files(path):
-                tidy = path
         # several processes on one SQLite file wait for the lock instead of failing at once
         engine_kwargs = {"connect_args": {"timeout": 60}}
     else:
@@ -86,7 +89,7 @@ def open_storage(url: str | None = None, heartbeat: int | None = None,
         with warnings.catch_warnings():  # heartbeats are experimental in Optuna
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             with _lock(url, engine_kwargs) if writable else nullcontext():
-                storage = RDBStorage(url, engine_kwargs=engine_kwargs, **beats)
+                storage = _RDBStorage(url, engine_kwargs=engine_kwargs, **beats)
         if tidy is not None:
             _TIDY_AT_EXIT.setdefault(tidy, []).append(storage.engine)
         if writable and url.startswith("sqlite"):
@@ -100,6 +103,20 @@ def open_storage(url: str | None = None, heartbeat: int | None = None,
                          ) from None
     except Exception as err:  # SQLAlchemy's and Optuna's errors for a bad or unreachable database
         raise UsageError(f"cannot open storage {shown}: {one_line(err)}") from err
+
+
+class _RDBStorage(RDBStorage):
+    """Optuna's RDB storage, but a queued (WAITING) trial is popped by one worker only, on
+    SQLite too (``optuna_internals.pop_waiting_trial``): two workers that asked at once would
+    otherwise run the same trial, and the second to finish it fails with "Cannot tell a
+    COMPLETE trial"."""
+
+    def set_trial_state_values(self, trial_id, state, values=None) -> bool:
+        if state == TrialState.RUNNING and values is None:
+            if pop_waiting_trial(self, trial_id):
+                return True
+        # not WAITING: Optuna's own answer (False while it runs, an error once finished)
+        return super().set_trial_state_values(trial_id, state, values)
 
 
 @contextmanager
@@ -195,14 +212,17 @@ def _same_file(fd: int, path: str) -> bool:
 
 
 @atexit.register
-def _tidy_wal_files() -> None:
-    """Remove the ``-wal`` and ``-shm`` files read-only opens made SQLite create: a read-write
-    connection that closes as the database's last one makes SQLite checkpoint and remove them;
+def tidy_wal_files() -> None:
+    """Remove the ``-wal`` and ``-shm`` files this process's opens made SQLite create: a
+    read-write connection that closes as the database's last one makes SQLite checkpoint them
+    into the database and remove them;
     while another process (a worker) has the database open they stay, as they must. A
     database this process cannot write keeps them."""
+    if _TIDY_AT_EXIT:
+        gc.collect()  # Optuna's sessions left in reference cycles still hold connections
     for path, engines in _TIDY_AT_EXIT.items():
         for engine in engines:
-            engine.dispose()  # closes this process's read-only connections first
+            engine.dispose()  # closes this process's connections first
         if not _has_wal_files(path):
             continue
         try:

@@ -24,6 +24,30 @@ STAGE1_ATTR = "stage1_study"  # a stage-2 study's stage-1 study
 STAGE2_ATTR = "stage2_study"  # a stage-1 study's stage-2 study
 TARGET_ATTR = "target"  # the evaluated trials the last run of the study aimed at
 HEARTBEAT_ATTR = "heartbeat"  # the longest heartbeat interval (seconds) a worker ran it with
+PRUNED_AT = "pruned_at_samples"  # a trial the pruner stopped: the images it cost
+# more of a study's record (stage 1's, stage 2's or both, as each says)
+CODE_VERSION_ATTR = "code_version"  # the program's version that made the study
+FID_FEATURES_ATTR = "fid_features"  # the FID feature network the study scores with
+SPACINGS_ATTR = "spacings"  # stage 1: the standard spacings queued first, by name ("uniform")
+TRAINING_SCHEDULE_ATTR = "training_schedule"  # stage 1: the model's diffusers scheduler config
+FULL_GFLOPS_ATTR = "full_gflops"  # the full network's GFLOPs per image at the study's steps
+UNSKIPPABLE_ATTR = "unskippable_gflops"  # stage 2: GFLOPs per image no mask skips
+LAYERS_ATTR = "layers"  # stage 2: the skippable layers, in the masks' order
+LAYER_SAVINGS_ATTR = "layer_gflops_saved"  # stage 2: GFLOPs per image skipping each saves
+IDENTITY_ATTR = "model_identity"  # stage 1: which model the study searched (models.identity)
+RESULT_ATTR = "result"  # the result as the study command last stored it (the dashboard's)
+HELDOUT_FID_ATTR = "heldout_fid"  # the report's cache of held-out FIDs
+# a trial's record
+TIMESTEPS_ATTR = "timesteps"  # its schedule's time steps
+RULES_ATTR = "rules"  # per step [order, corrector], where the solver is searched
+SKIP_ATTR = "skip"  # stage 2: per step, the layers skipped there
+GFLOPS_ATTR = "gflops"  # stage 2: its GFLOPs per image
+FAIL_REASON_ATTR = "fail_reason"  # why it failed
+SURPLUS_ATTR = "surplus"  # pruned unrun: the target was reached by other workers
+DUPLICATE_OF_ATTR = "duplicate_of"  # pruned unrun: the trial that holds its candidate
+STAGE1_TRIAL_ATTR = "stage1_trial"  # a stage-2 trial carried from stage 1: that trial's number
+CONFIRMED_ATTR = "confirmed_fid"  # prefix of a study's "confirmed_fid:<trial>" user attrs
+SKIP_COST_ATTR = "skip_cost"  # a stage-2 study's measured per-(step, layer) skip cost
 
 DEFAULT_HEARTBEAT = 10  # seconds: the study command's --heartbeat when none is given
 

@@ -88,3 +88,24 @@ def stale_trial_ids(study: optuna.Study) -> list[int]:
     if not isinstance(storage, BaseHeartbeat) or not is_heartbeat_enabled(storage):
         return []
     return list(storage._get_stale_trial_ids(study._study_id))
+
+
+def pop_waiting_trial(storage: optuna.storages.RDBStorage, trial_id: int) -> bool:
+    """Set trial ``trial_id`` RUNNING if it is still WAITING, as one conditional UPDATE: True if
+    this call moved it. ``RDBStorage.set_trial_state_values`` reads the state, then writes it,
+    counting on ``SELECT ... FOR UPDATE``, which SQLite ignores; and the sqlite3 driver begins
+    the transaction only at the write, so two processes could both read WAITING and both pop
+    (run) one queued trial. The session and model are private to Optuna's RDB storage."""
+    from datetime import datetime
+
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    trials = models.TrialModel
+    with _create_scoped_session(storage.scoped_session) as session:
+        moved = session.query(trials).filter(
+            trials.trial_id == trial_id, trials.state == TrialState.WAITING
+        ).update({trials.state: TrialState.RUNNING}, synchronize_session=False)
+        if moved:  # the write lock is held from the UPDATE on: the start is this pop's
+            trials.find_or_raise_by_id(trial_id, session).datetime_start = datetime.now()
+    return bool(moved)

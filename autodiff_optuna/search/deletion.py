@@ -1,0 +1,74 @@
+"""Deleting a search: what ``delete NAME`` removes (``results.deletion_plan``), refused while a
+worker runs it, and removed in an order a delete killed part-way can be rerun from.
+
+A stage 2 deleted alone is first unlinked from its stage 1, whose stored result is then
+recomputed without it (``keep``: the caller's keeper of a result, which also writes the
+dashboard's note).
+"""
+
+import contextlib
+from collections.abc import Callable
+
+import optuna
+
+from autodiff_optuna.errors import UsageError
+from autodiff_optuna.search.results import (
+    StudyResult,
+    deletion_plan,
+    heartbeat_of,
+    live_trials,
+    study_result,
+)
+from autodiff_optuna.storage import open_storage, record
+
+
+def plan(url: str | None, name: str, force: bool) -> list[optuna.Study]:
+    """The studies ``delete`` removes, in order, found and checked through read-only openings
+    (a mistyped SQLite path creates no file, and a refused delete writes nothing); refused
+    while a trial of them runs, unless ``force``."""
+    studies = deletion_plan(open_storage(url), name)
+    if not force:
+        _refuse_while_running(url, studies)
+    return studies
+
+
+def _refuse_while_running(url: str | None, studies: list[optuna.Study]) -> None:
+    """A study deleted under a live worker would stop it mid-trial: refused while any trial
+    runs whose worker still beats, by the grace period the workers' heartbeat gives."""
+    storage = open_storage(url, heartbeat=heartbeat_of(studies, record.DEFAULT_HEARTBEAT))
+    live = live_trials([optuna.load_study(study_name=study.study_name, storage=storage)
+                        for study in studies])
+    if live:
+        raise UsageError(f"{live[0]} is running" + (f" (and {len(live) - 1} more)" if live[1:]
+                                                    else "")
+                         + ": stop its worker first, or pass --force to delete it under the "
+                           "worker (which then stops)")
+
+
+def delete(studies: list[optuna.Study], url: str | None,
+           keep: Callable[[StudyResult], None]) -> None:
+    """Delete ``studies`` (``plan``'s) in their order."""
+    storage = open_storage(url, writable=True)
+    names = optuna.get_all_study_names(storage)
+    for study in studies:
+        attrs = study.user_attrs
+        if len(studies) == 1 and record.stage_of(attrs) == 2 \
+                and attrs[record.STAGE1_ATTR] in names:
+            _unlink_stage2(attrs[record.STAGE1_ATTR], study.study_name, storage, keep)
+        with contextlib.suppress(KeyError):  # deleted meanwhile by another delete
+            optuna.delete_study(study_name=study.study_name, storage=storage)
+
+
+def _unlink_stage2(stage1_name: str, stage2_name: str, storage,
+                   keep: Callable[[StudyResult], None]) -> None:
+    """Stage 1 no longer names its stage 2, and its stored result is recomputed without it."""
+    stage1 = optuna.load_study(study_name=stage1_name, storage=storage)
+    if not record.is_ours(stage1.user_attrs):
+        return
+    if record.linked_stage2_name(stage1.user_attrs) == stage2_name:
+        stage1.set_user_attr(record.STAGE2_ATTR, None)
+    try:
+        result = study_result(stage1)
+    except UsageError:  # nothing complete: nothing stored to correct
+        return
+    keep(result)
