@@ -9,7 +9,9 @@ full covariance is singular on so few images, and costly at Inception's 2048 fea
 distance to the data, not to the full network's images, because a skip at the first step may
 change which image comes out without making it any worse. Mutation then turns a skip on with a
 probability weighted by ``exp(-cost / median cost)`` (``variation.prior_weights``): cheap skips
-are tried often, ruinous ones rarely. K x L samplings of ``PRIOR_IMAGES`` images, once per study.
+are tried often, ruinous ones rarely. K x L samplings of a small batch, once per study: a
+sixteenth of a candidate's images (at most ``PRIOR_IMAGES``), so the prior costs about K x L / 16
+candidates.
 """
 
 import math
@@ -23,14 +25,17 @@ from autodiff_optuna.search.encoding import Candidate
 from autodiff_optuna.search.variation import RUINOUS  # not finite: still valid JSON
 
 PRIOR_IMAGES = 64
+MIN_PRIOR_IMAGES = 8  # fewer make the features' spread meaningless
 
 
-def measure(ctx, candidate: Candidate, images: int = PRIOR_IMAGES) -> dict:
+def measure(ctx, candidate: Candidate, images: int | None = None) -> dict:
     """``{"timesteps", "layers", "cost"}``: ``cost[i][j]`` is how much farther from the data
     (``diagonal_distance``) the images are when layer ``layers[j]`` is skipped at the ``i``-th
     step of ``candidate`` (the rest of it run with the full network), 0 where no farther."""
     layers = list(ctx.costs.layers)
     steps = list(candidate.timesteps)
+    if images is None:
+        images = min(PRIOR_IMAGES, max(MIN_PRIOR_IMAGES, ctx.config.samples // 16))
     batch = draw(ctx.model, images, ctx.config.seed, SEARCH)
     solver = ctx.solver_of(candidate)
 
