@@ -24,7 +24,8 @@ from autodiff_optuna.errors import UsageError
 from autodiff_optuna.reporting import artifacts, optuna_plots, png
 from autodiff_optuna.reporting.plots import plain
 from autodiff_optuna.reporting.report import Options, build
-from autodiff_optuna.search.results import ExportRule, study_result
+from autodiff_optuna.search.fidelity import is_carried
+from autodiff_optuna.search.results import ExportRule, confirmed_fids, study_result
 from autodiff_optuna.storage import artifacts_dir, open_storage
 from autodiff_optuna.storage.record import HELDOUT_FID_ATTR
 
@@ -169,7 +170,8 @@ def test_table_names_each_trial_by_all_it_is(report, url):
 def test_table_has_search_and_heldout_fid_as_evaluate_computes_it(report, url, capsys):
     stage1, uniform, best = _uniform_and_best(url)
     table = report["html"].split("<table>")[1].split("</table>")[0]
-    assert f"<td>{best.value:.3f}</td>" in table and str(best.user_attrs["timesteps"]) in table
+    shown = confirmed_fids(stage1).get(best.number, best.value)  # ranked by the confirmed FID
+    assert f"<td>{shown:.3f}</td>" in table and str(best.user_attrs["timesteps"]) in table
     assert "n/a" not in table  # every row has FID, GFLOPs and held-out FID
     cached = {json.dumps(c["timesteps"]): c["fid"] for c in stage1.user_attrs["heldout_fid"]
               if not any(c["skip"])}
@@ -400,7 +402,8 @@ def test_trials_the_pruner_stopped_are_counted_not_ranked(url, tmp_path):
     html = (out / "index.html").read_text()
     assert f"Stage 1: digits-k3 ({n + 1} evaluated: {n} complete, 1 stopped early)" in html
     table = html.split("<table>")[1].split("</table>")[0]
-    assert str(stopped) not in table and f"<td>{base.value:.3f}</td>" in table
+    shown = confirmed_fids(stage1).get(base.number, base.value)  # ranked by the confirmed FID
+    assert str(stopped) not in table and f"<td>{shown:.3f}</td>" in table
     assert 'id="plot-stage1-history"' in html
 
 
@@ -432,7 +435,8 @@ def test_the_pareto_plot_is_the_result_s_thinned_front_of_both_stages(plotted):
     # every complete trial of both stages, faint, its hover naming stage and trial
     for stage, study in ((1, result.stage1), (2, result.stage2)):
         trials = traces[f"stage {stage} trials"]
-        numbers = [t.number for t in study.get_trials(states=(COMPLETE,))]
+        # stage 2's carried stage-1 elites are stage 1's points, drawn once, as stage 1's
+        numbers = [t.number for t in study.get_trials(states=(COMPLETE,)) if not is_carried(t)]
         assert [t.split("<br>")[0] for t in trials.text] == [
             f"stage {stage} trial {n}" for n in numbers]
         assert trials.marker.opacity < 0.5
@@ -550,7 +554,8 @@ def test_a_stage2_not_run_yet_is_a_note_on_the_stage1_page(url, tmp_path, capsys
     base = ["report", "--storage", copy_url, "--grid", "4", "--heldout-samples", "0", "--no-png"]
     assert main(base + ["--name", "digits-k3", "--out", str(tmp_path / "r")]) == 0
     html = (tmp_path / "r" / "index.html").read_text()
-    assert "Stage 2: digits-k3-stage2 (0 complete)" in html and "No complete trial yet." in html
+    # stage 1's elites are carried into it with their scores: no trial of its own has run
+    assert "Stage 2: digits-k3-stage2 (0 complete, " in html and "carried from stage 1" in html
     capsys.readouterr()
     assert main(base + ["--name", "digits-k3-stage2"]) == 2
     assert "'digits-k3-stage2' has no complete trial yet" in error_line(capsys)

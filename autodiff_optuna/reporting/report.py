@@ -44,7 +44,7 @@ from autodiff_optuna.sampling.noise import check_fits
 from autodiff_optuna.sampling.skipping import check_skip
 from autodiff_optuna.search.config import name_problem, shortened
 from autodiff_optuna.search.context import alphas_cumprod
-from autodiff_optuna.search.fidelity import n_evaluated
+from autodiff_optuna.search.fidelity import is_carried, n_evaluated
 from autodiff_optuna.search.results import (
     DEFAULT_RULE,
     ExportRule,
@@ -289,11 +289,13 @@ def _figures(reported, chosen, model, exported: Point) -> tuple[dict, dict]:
 def _counts(study) -> str:
     """How many candidates a study scored: on all its images, and stopped early by the
     multi-fidelity pruner (those count towards --trials too)."""
-    complete = len(complete_trials(study))
+    trials = complete_trials(study)
+    carried = sum(is_carried(t) for t in trials)  # stage 1's elites, with their stage-1 scores
+    complete = len(trials) - carried
     evaluated = n_evaluated(study)
-    if evaluated == complete:
-        return f"{complete} complete"
-    return f"{evaluated} evaluated: {complete} complete, {evaluated - complete} stopped early"
+    counts = (f"{complete} complete" if evaluated == complete else
+              f"{evaluated} evaluated: {complete} complete, {evaluated - complete} stopped early")
+    return counts + (f", {carried} carried from stage 1" if carried else "")
 
 
 def _meta(reported, config: dict) -> list[str]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import optuna
 
 from autodiff_optuna.errors import UsageError
+from autodiff_optuna.search.fidelity import is_carried
 from autodiff_optuna.search.results import (
     CONFIG_ATTR,
     DEFAULT_RULE,
@@ -50,7 +51,7 @@ def load(name: str, storage, export_rule: ExportRule = DEFAULT_RULE) -> Reported
     study = load_existing_study(name, storage)
     if CONFIG_ATTR not in study.user_attrs:
         raise UsageError(f"study {name!r} was not made by autodiff_optuna: nothing to report")
-    if not complete_trials(study):
+    if not [t for t in complete_trials(study) if not is_carried(t)]:  # carried: stage 1's
         raise UsageError(f"study {name!r} has no complete trial yet: nothing to report")
     result = study_result(study, export_rule)
     return ReportedStudies(name, result.stage1, result.stage2, result)
