@@ -6,29 +6,20 @@ one's own objective (``space.suggest(trial)`` gives the trial's candidate), and
 ``apply(pipe, schedule)`` makes a diffusers pipeline sample with a searched schedule.
 
 The public names are imported when first used (PEP 562), so that the commands that only read a
-study database (``best``, ``list``, ``export``) do not load torch and diffusers.
+study database (``best``, ``list``) do not load torch and diffusers; ``export`` loads them only
+to make the file's diffusers fields (diffusers' scheduler makes their config).
 """
 
-import importlib
-
+from autodiff_optuna.lazy import lazy_exports
 from autodiff_optuna.version import __version__
 
 _MODULES = {"Candidate": "autodiff_optuna.search.encoding",
             "CandidateSpace": "autodiff_optuna.search.encoding",
             "EvolutionarySampler": "autodiff_optuna.search.evolutionary",
             "SearchedSchedule": "autodiff_optuna.export", "apply": "autodiff_optuna.pipelines",
-            "load_schedule": "autodiff_optuna.export", "sample": "autodiff_optuna.export"}
+            "load_schedule": "autodiff_optuna.schedule_sampling",
+            "sample": "autodiff_optuna.schedule_sampling"}
 
 __all__ = [*_MODULES, "__version__"]
 
-
-def __getattr__(name: str):
-    if name not in _MODULES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_MODULES[name]), name)
-    globals()[name] = value  # once: later lookups do not come here
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_exports(__name__, _MODULES)

@@ -88,22 +88,26 @@ def _int_list(text: str) -> list[int]:
 
 
 
-def _budget(text: str) -> float:
-    """``--max-gflops``: a positive number of GFLOPs per image."""
-    value = _number(text, float)
-    problem = budget_problem(value)
-    if problem:
-        raise UsageError(problem)
-    return value
+def _checked_float(problem_of, name: str):
+    """An argparse type (``name``, as argparse names it): a float that ``problem_of``, a
+    ``*_problem`` function of ``search.results`` that ``ExportRule`` checks with too, finds
+    nothing wrong with; what it finds is the one-line error."""
+
+    def check(text: str) -> float:
+        value = _number(text, float)
+        problem = problem_of(value)
+        if problem:
+            raise UsageError(problem)
+        return value
+
+    check.__name__ = check.__qualname__ = name
+    return check
 
 
-def _tolerance(text: str) -> float:
-    """``--fid-tolerance``: a share of the best FID, from 0 (the best itself)."""
-    value = _number(text, float)
-    problem = tolerance_problem(value)
-    if problem:
-        raise UsageError(problem)
-    return value
+# --max-gflops: a positive number of GFLOPs per image
+_budget = _checked_float(budget_problem, "_budget")
+# --fid-tolerance: a share of the best FID, from 0 (the best itself)
+_tolerance = _checked_float(tolerance_problem, "_tolerance")
 
 
 def _heartbeat(text: str) -> int:

@@ -77,7 +77,7 @@ def _print_estimate(config, targets, args, ctx=None) -> None:
             ctx = SearchContext.build(config, runtime.device(args.device), model_options(args))
         except UsageError:  # its files are not here: priced from the architecture alone
             ctx = None
-    timing = None if ctx is None else time_here(ctx.model, ctx.scorer, config.steps)
+    timing = None if ctx is None else time_here(ctx)
     result = estimate(config, targets, args.name or config.default_name, STAGES[args.stage],
                       timing)
     if args.json and args.estimate:
@@ -136,10 +136,16 @@ def cmd_export(args) -> None:
 
 
 def cmd_sample(args) -> None:
-    from autodiff_optuna.export import GRID_COPIES, MAX_GRID, load_schedule, sample, save_grid
     from autodiff_optuna.models import load_model
     from autodiff_optuna.sampling.limits import check_count
     from autodiff_optuna.sampling.noise import check_fits
+    from autodiff_optuna.schedule_sampling import (
+        GRID_COPIES,
+        MAX_GRID,
+        load_schedule,
+        sample,
+        save_grid,
+    )
 
     if args.n < 1:
         raise UsageError(f"--n must be at least 1, got {args.n}")

@@ -1,11 +1,5 @@
-"""A searched schedule as a file, and sampling with it in one call.
-
-    schedule = autodiff_optuna.load_schedule("schedule.json")
-    images = autodiff_optuna.sample(schedule, n=64)          # uint8, (64, C, H, W)
-
-A real model's files are given as the study was given them (``options``, a
-``models.ModelOptions``); the weights must be the ones the schedule was searched with (its
-provenance's ``model_weights``).
+"""A searched schedule as a file: ``SearchedSchedule`` and its JSON layout, what ``export``
+writes (``from_result``), and the one reader of the files (``read_schedule``).
 
 The file also holds what a diffusers user pastes (``diffusers``): the time steps for a
 pipeline's ``timesteps=``, the scheduler class and config that sample them as the search did
@@ -19,41 +13,26 @@ and config, its training schedule, whether it is text-to-image, its weights), so
 refuses another model's pipeline. ``read_schedule`` is the one reader of schedule files
 (``load_schedule``, ``apply`` and the CLI's ``sample --schedule`` go through it); a field of the
 wrong type is refused when a ``SearchedSchedule`` is made, from a file or by hand.
+
+Importing this module loads no torch, nor does reading a file (``read_schedule``) or writing
+one (``to_json``); making the ``diffusers`` fields does (diffusers' own scheduler makes their
+config), so ``export`` loads torch for a study that recorded its model's training schedule
+(``from_result``). Sampling with a schedule (``load_schedule``, ``sample``, ``save_grid``) is
+``schedule_sampling``'s.
 """
 
 import datetime
 import json
-from contextlib import suppress
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-
-import torch
 
 from autodiff_optuna.errors import UsageError
-from autodiff_optuna.metrics.fid import to_uint8
-from autodiff_optuna.models import load_model
 from autodiff_optuna.models.files import read_json
-from autodiff_optuna.models.registry import PRESETS, check_same_model, guidance_of
-from autodiff_optuna.sampling import HELDOUT, draw, validate
-from autodiff_optuna.sampling import sample as run_solver
-from autodiff_optuna.sampling.rules import (
-    describe,
-    fixed_solver,
-    single_scheduler_solver,
-    step_rules,
-)
-from autodiff_optuna.sampling.skipping import check_skip
-from autodiff_optuna.sampling.solvers import solver_config
+from autodiff_optuna.sampling.rules import describe, fixed_solver, single_scheduler_solver
 from autodiff_optuna.search import results
 from autodiff_optuna.search.results import Point, StudyResult
 from autodiff_optuna.storage.record import FID_FEATURES_ATTR, IDENTITY_ATTR
 
 FORMAT = "autodiff-optuna-schedule/1"
-MAX_GRID = 10_000  # images in one PNG grid (sample --n, report --grid): 100 x 100
-UPSCALE = 4  # save_grid's enlargement of small images
-SMALL = 64  # pixels a side up to which an image is small (Stable Diffusion's 512 are not)
-# a grid's memory in float32 copies of its images: the sampling's, the enlarged copy and the grid
-GRID_COPIES = 3 + 2 * UPSCALE * UPSCALE
 
 
 @dataclass(frozen=True)
@@ -76,22 +55,6 @@ class SearchedSchedule:
 
     def to_json(self) -> str:
         return json.dumps({"format": FORMAT, **asdict(self)}, indent=1) + "\n"
-
-
-@dataclass(frozen=True)
-class SampleInputs:
-    """What ``sample(..., return_inputs=True)`` started from, to give a diffusers pipeline of
-    one's own the same inputs (``apply`` makes it sample with the schedule)."""
-
-    noise: torch.Tensor  # (n, C, H, W) float32: the initial noise (a latent model's latents)
-    prompts: list[str] | None  # a text-to-image model's prompt per image (None: no text)
-    labels: torch.Tensor | None  # a class-conditional model's class per image
-    generator_seed: int  # a CPU generator so seeded draws ``noise`` first (``generator()``)
-
-    def generator(self) -> torch.Generator:
-        """A fresh CPU generator whose first ``torch.randn`` of ``noise``'s shape is ``noise``:
-        for a pipeline that takes ``generator=`` and no noise (``DDPMPipeline``)."""
-        return torch.Generator().manual_seed(self.generator_seed)
 
 
 def from_result(result: StudyResult, pick: Point | None = None) -> SearchedSchedule:
@@ -131,6 +94,8 @@ def clips(model: str, scheduler_config: dict) -> bool:
     """Whether preset ``model`` is sampled with its x0 prediction clipped to [-1, 1]: as the
     preset says, or (``--model diffusers``) where ``scheduler_config`` says ``clip_sample``,
     as the adapter decides it."""
+    from autodiff_optuna.models.registry import PRESETS  # imports the adapters, and torch
+
     preset = PRESETS.get(model)
     if preset is None:
         return False
@@ -147,6 +112,10 @@ def diffusers_fields(training_schedule: dict, solver, timesteps, model_weights=N
     model was searched with its x0 prediction clipped to [-1, 1], which the solver's dynamic
     thresholding does when its threshold can be no other than 1. Per-step rules that no single
     scheduler runs (mixed orders, UniPC's corrector) get a ``note`` saying so instead."""
+    # torch: diffusers' scheduler makes the config, and the registry imports the adapters
+    from autodiff_optuna.models.registry import guidance_of
+    from autodiff_optuna.sampling.solvers import solver_config
+
     fields = {"timesteps": list(timesteps),
               "num_train_timesteps": int(training_schedule["num_train_timesteps"])}
     single = single_scheduler_solver(solver, len(timesteps))
@@ -176,15 +145,6 @@ def read_schedule(path) -> SearchedSchedule:
         return SearchedSchedule(**data)
     except (TypeError, ValueError) as err:  # a missing or unknown field; a wrong type
         raise UsageError(f"schedule {path} is malformed: {err}") from None
-
-
-def load_schedule(path, options=None, device: str = "cpu") -> SearchedSchedule:
-    """Read and check an exported schedule against its model (loaded with ``options`` on
-    ``device``, as ``sample`` will); a corrupt file or another model is one UsageError line."""
-    path = Path(path)
-    schedule = read_schedule(path)
-    _check(schedule, path, options, device)
-    return schedule
 
 
 # the types of the fields, as ``from_result`` writes them (optional ones: None when not recorded)
@@ -267,85 +227,3 @@ def trained_steps(schedule: SearchedSchedule):
     fields = schedule.diffusers
     return fields.get("num_train_timesteps") if isinstance(fields, dict) else None
 
-
-def _model(schedule: SearchedSchedule, options, device: str, what: str):
-    """The schedule's model, refused when its weights are not the ones it was searched with."""
-    model = load_model(schedule.model, device, options)
-    check_same_model(model, schedule.provenance.get("model_weights"), what)
-    return model
-
-
-def _check(schedule: SearchedSchedule, path, options, device: str) -> None:
-    try:
-        step_rules(schedule.solver, len(schedule.timesteps))
-    except UsageError as err:
-        raise UsageError(f"schedule {path}: {err}") from None
-    model = _model(schedule, options, device, f"schedule {path}")
-    trained = trained_steps(schedule)
-    if trained is not None and trained != model.num_train_timesteps:
-        raise UsageError(f"schedule {path} is for a model of {trained} training steps, "
-                         f"{schedule.model} has {model.num_train_timesteps}")
-    validate(schedule.timesteps, model.num_train_timesteps)
-    if list(schedule.timesteps) != sorted(schedule.timesteps, reverse=True):
-        raise UsageError(f"schedule {path}: time steps must be descending")
-    check_skip(schedule.skip, len(schedule.timesteps), model.skippable_layers())
-
-
-def sample(schedule: SearchedSchedule, n: int = 64, seed: int = 0, device: str = "cpu",
-           batch_size: int | None = None, options=None, return_inputs: bool = False):
-    """``n`` images (uint8, (n, C, H, W)) from the schedule's model, time steps and masks;
-    ``options`` (a ``models.ModelOptions``) locate a real model's files. With
-    ``return_inputs``: ``(images, SampleInputs)``, the noise and prompts they were sampled
-    from, which a pipeline of one's own given the schedule (``apply``) turns into the same
-    images: ``pipe(prompt=inputs.prompts, latents=inputs.noise, ...)`` (Stable Diffusion),
-    ``pipe(batch_size=n, generator=inputs.generator(), ...)`` (``DDPMPipeline``)."""
-    study = schedule.provenance.get("study")
-    what = f"the schedule from study {study!r}" if study else "the schedule"
-    model = _model(schedule, options, device, what)
-    batch = draw(model, n, seed, HELDOUT)
-    x = run_solver(model, tuple(schedule.timesteps), batch, schedule.solver, batch_size,
-                   skip=[tuple(s) for s in schedule.skip])
-    if not return_inputs:
-        return to_uint8(x)
-    return to_uint8(x), _inputs(model, batch, seed)
-
-
-def _inputs(model, batch, seed: int) -> SampleInputs:
-    prompts = getattr(model, "prompts", None)
-    labels = batch.labels
-    return SampleInputs(
-        noise=batch.noise.clone(),
-        prompts=None if prompts is None else [prompts[i] for i in labels.tolist()],
-        labels=None if prompts is not None or labels is None else labels.clone(),
-        # sampling.noise.draw's generator for held-out noise (tests check it draws ``noise``)
-        generator_seed=2 * seed + 1)
-
-
-def save_grid(images: torch.Tensor, path, upscale: int = UPSCALE) -> None:
-    """A PNG grid; small images (up to ``SMALL`` pixels a side) are enlarged (nearest
-    neighbour) so the grid can be seen."""
-    from torchvision.utils import save_image
-
-    x = images.float() / 255.0
-    if upscale > 1 and max(x.shape[-2:]) <= SMALL:
-        x = torch.nn.functional.interpolate(x, scale_factor=upscale, mode="nearest")
-    made = _missing_folders(Path(path).parent)
-    for folder in made:
-        folder.mkdir()
-    try:
-        save_image(x, str(path), nrow=int(max(1, round(len(x) ** 0.5))), padding=2,
-                   pad_value=1.0)
-    except BaseException:  # a refused grid (say, an unknown image format) leaves no folder
-        for folder in reversed(made):
-            with suppress(OSError):
-                folder.rmdir()
-        raise
-
-
-def _missing_folders(folder: Path) -> list[Path]:
-    """The folders that must be made for ``folder`` to exist, outermost first."""
-    missing = []
-    while not folder.exists() and folder != folder.parent:
-        missing.append(folder)
-        folder = folder.parent
-    return missing[::-1]

@@ -278,17 +278,23 @@ def _commit() -> str | None:
 
 def measure(folder: Path = DEFAULT_DIR, on_job=None) -> dict:
     """Every job not yet in ``folder``, in ``jobs()``'s order; ``on_job(entry)`` after each."""
+    return measure_jobs(Path(folder), jobs(), run_job, collect, on_job)
+
+
+def measure_jobs(folder: Path, names: list[str], run_one, collect_done, on_job=None) -> dict:
+    """Each job of ``names`` not yet kept in ``folder/jobs`` run by ``run_one(job, folder)`` and
+    kept as ``<job>.json`` (a failed one is left for a rerun); ``collect_done(done, machine)``
+    of the finished ones, also handed to ``on_job`` after each job."""
     from bench.run import machine
 
-    folder = Path(folder)
     (folder / "jobs").mkdir(parents=True, exist_ok=True)
     done = {}
-    for job in jobs():
-        path = folder / "jobs" / f"{job}.json"
+    for job in names:
+        path = folder / "jobs" / f"{job.replace(':', '-')}.json"
         if not path.exists():
             print(f"{job} ...", flush=True)
             try:
-                result = run_job(job, folder)
+                result = run_one(job, folder)
             except Exception as err:  # one failed job leaves the others to run; rerun resumes
                 print(f"{job} failed: {type(err).__name__}: {err}", flush=True)
                 continue
@@ -297,8 +303,8 @@ def measure(folder: Path = DEFAULT_DIR, on_job=None) -> dict:
             partial.rename(path)
         done[job] = json.loads(path.read_text())
         if on_job:
-            on_job(collect(done, machine()))
-    return collect(done, machine())
+            on_job(collect_done(done, machine()))
+    return collect_done(done, machine())
 
 
 # ---- rendering ----------------------------------------------------------------------------

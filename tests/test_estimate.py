@@ -1,32 +1,59 @@
 """A study's cost before it runs (search/estimate.py, `study --estimate`): arithmetic on the
-preset, FLOPs counted on the architecture without weights, hours per device."""
+preset (its candidates, confirmation and skip-cost prior), FLOPs counted on the architecture
+without weights, hours per device, this machine's timing and start-up."""
 
 import json
 import re
+import subprocess
+import sys
 
 import pytest
 
 from autodiff_optuna.cli import main
 from autodiff_optuna.search.config import PRESETS_DIR, configure
-from autodiff_optuna.search.estimate import estimate, image_cost
+from autodiff_optuna.search.estimate import (
+    HereTiming,
+    _linear_fit,
+    estimate,
+    image_cost,
+    process_seconds,
+)
 
 COST_LINE = re.compile(r"^# cost \(study --estimate\):.*$", re.MULTILINE)
 
 
 def test_counts_follow_the_preset_arithmetic():
-    config, targets = configure("adm64", 4)
+    # the paper's budget, unpruned (the preset's comment names these flags)
+    config, targets = configure("adm64", 4, trials=500, stage2_trials=750, population=50,
+                                min_samples=0)
     result = estimate(config, targets, "adm64-k4")
     cost = image_cost("adm64")
+    # stage 1 confirms its 3 best and the uniform baseline; stage 2 (750 trials) 8 of its front;
+    # stage 2 first samples its skip-cost prior: 1 + K x L samplings of 64 images
+    extras = {1: (4, 0), 2: (8, (1 + config.steps * cost.layers) * 64)}
     for row, candidates in zip(result.stages, (targets.trials, targets.stage2_trials)):
-        images = candidates * config.samples
+        images = candidates * config.samples  # the carried stage-1 elites are not sampled
+        confirmed, prior = extras[row.stage]
         assert (row.candidates, row.images, row.images_at_most) == (candidates, images, images)
-        assert row.network_evaluations == images * config.steps  # no classifier-free guidance
-        assert row.classifier_gradients == images * config.steps  # ADM-G: one a step
-        assert row.fid_images == images
-        assert row.gflops == pytest.approx(images * config.steps
+        assert (row.confirmed, row.confirmation_images, row.prior_images) == (
+            confirmed, confirmed * config.samples, prior)
+        total = images + confirmed * config.samples + prior
+        assert row.total_images == total
+        assert row.network_evaluations == total * config.steps  # no classifier-free guidance
+        assert row.classifier_gradients == total * config.steps  # ADM-G: one a step
+        assert row.fid_images == total
+        assert row.gflops == pytest.approx(total * config.steps
                                            * (cost.network + cost.classifier)
-                                           + images * cost.fid_gflops)
+                                           + total * cost.fid_gflops)
         assert set(row.hours) == {"cpu", "h100", "h200"}
+    assert "stage 1 its 3 best and the uniform baseline" in " ".join(result.assumptions)
+
+
+def test_skippable_layers_are_counted_as_the_loaded_model_finds_them():
+    from autodiff_optuna.models import load_model
+
+    assert image_cost("digits").layers == len(load_model("digits", "cpu").skippable_layers())
+    assert image_cost("digits-deep").layers == 18
 
 
 def test_flops_are_counted_on_the_architecture_without_weights():
@@ -42,13 +69,66 @@ def test_pruned_stage_one_samples_fewer_images_than_at_most():
     config, targets = configure("digits", 4)
     stage1 = estimate(config, targets, "digits-k4", stages=(1,)).stages[0]
     assert stage1.images < stage1.images_at_most == targets.trials * config.samples
+    # the share the preset measured (52%), from the completed share and first-rung stops
+    assert stage1.images / stage1.images_at_most == pytest.approx(0.52, abs=0.005)
     assert stage1.fid_computations > stage1.candidates  # one per reported prefix
+    assert stage1.samplings == stage1.fid_computations  # a sampling per prefix, and confirmed
+    # fewer candidates than the pruner's start-up: every one completes
+    config, targets = configure("digits", 4, trials=5)
+    stage1 = estimate(config, targets, "digits-k4", stages=(1,)).stages[0]
+    assert stage1.images == stage1.images_at_most
+
+
+def test_cpu_hours_add_every_timed_part_and_the_start_up():
+    config, targets = configure("digits", 4, trials=20, stage2_trials=8, samples=300,
+                                population=5)
+    timing = HereTiming(seconds_per_image=0.004, seconds_per_fid=0.002, how="given",
+                        seconds_per_sampling=0.05, seconds_per_trial=0.1,
+                        seconds_to_create=0.5, startup_seconds=20.0)
+    result = estimate(config, targets, "t", timing=timing)
+    for row in result.stages:
+        seconds = (row.samplings * 0.05 + row.total_images * 0.004
+                   + row.fid_computations * 0.002 + row.candidates * 0.1
+                   + (0.5 if row.stage == 1 else 0.0))  # stage 1's study: created first
+        assert row.hours["cpu"] * 3600 == pytest.approx(seconds)
+    stages = sum(row.hours["cpu"] for row in result.stages) * 3600
+    assert result.startup_seconds >= 20.0  # and the FLOP count, where it was not cached yet
+    assert result.total_hours["cpu"] * 3600 == pytest.approx(stages + result.startup_seconds)
+    assert result.as_dict()["startup_hours"]["cpu"] * 3600 == pytest.approx(
+        result.startup_seconds)
+    assert any(line.startswith("  start-up: cpu") for line in result.lines())
+    assert "  assuming cpu: given" in result.lines()
+
+
+def test_timings_at_two_batch_sizes_split_a_fixed_part_from_a_part_per_image():
+    assert _linear_fit(8, 0.1 + 8 * 0.01, 256, 0.1 + 256 * 0.01) == pytest.approx((0.01, 0.1))
+    # noise that makes a part negative, or one size: all of it per image
+    assert _linear_fit(8, 1.0, 256, 0.5) == pytest.approx((0.5 / 256, 0.0))
+    assert _linear_fit(100, 1.0, 100, 1.0) == pytest.approx((0.01, 0.0))
+
+
+def test_the_start_up_is_the_process_age():
+    if process_seconds() is None:
+        pytest.skip("no /proc here: the start-up is the timing alone")
+    code = ("import time; time.sleep(1.0); "
+            "from autodiff_optuna.search.estimate import process_seconds; "
+            "print(process_seconds())")
+    child = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                 check=True).stdout)
+    assert 1.0 <= child < 60  # its second of sleep, and its interpreter's start
 
 
 def test_estimate_json_needs_no_weights(capsys):
     assert main(["study", "--model", "sd15", "--steps", "4", "--estimate", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert [s["stage"] for s in out["stages"]] == [1, 2]
+    # the keys it has always had, and those added beside them
+    assert {"stage", "candidates", "images", "images_at_most", "network_evaluations",
+            "classifier_gradients", "decoded_images", "fid_images", "fid_computations", "gflops",
+            "hours", "confirmed", "confirmation_images", "prior_images", "total_images",
+            "samplings"} == set(out["stages"][1])
+    assert out["stages"][1]["prior_images"] > 0 == out["stages"][0]["prior_images"]
+    assert out["startup_hours"] == {"cpu": 0.0}  # priced from FLOPs: nothing was loaded
     assert set(out["total_hours"]) == {"cpu", "h100", "h200"}
     assert out["total_hours"]["h200"] > 1
     assert any("classifier-free guidance" in line for line in out["assumptions"])
@@ -59,7 +139,9 @@ def test_estimate_of_one_stage_times_the_loaded_model(capsys):
                  "300", "--trials", "10", "--estimate"]) == 0
     out = capsys.readouterr().out
     assert "stage 1: 10 candidates" in out and "stage 2" not in out
-    assert "timed on this machine" in out
+    assert "+ 1,200 confirming 4" in out
+    assert "timed here on the loaded model" in out and "after a warm-up" in out
+    assert "  start-up: cpu " in out
 
 
 @pytest.mark.parametrize("path", sorted(PRESETS_DIR.glob("*.yaml")), ids=lambda p: p.stem)

@@ -187,7 +187,8 @@ def test_table_has_search_and_heldout_fid_as_evaluate_computes_it(report, url, c
 
 @pytest.mark.slow  # builds a whole report
 def test_grids_are_the_schedules_on_the_same_noise(report, url, tmp_path):
-    from autodiff_optuna.export import SearchedSchedule, sample, save_grid
+    from autodiff_optuna.export import SearchedSchedule
+    from autodiff_optuna.schedule_sampling import sample, save_grid
 
     result = study_result(_study(url))
     grids = {}

@@ -9,6 +9,8 @@ from autodiff_optuna import search
 from autodiff_optuna.errors import UsageError
 from autodiff_optuna.search import confirm, fidelity
 from autodiff_optuna.search.config import SearchConfig
+from autodiff_optuna.search.results import uniform_trial
+from autodiff_optuna.storage.optuna_internals import nsgaii_elite_selection
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -56,6 +58,20 @@ def test_stage1_elites_are_carried_with_their_scores(searched):
     counts = search.study_result(stage1).counts[2]
     assert (counts["complete"], counts["carried"]) == (14, 2)
     assert fidelity.n_evaluated(stage2) == 14
+
+
+def test_candidates_worse_than_uniform_are_infeasible(searched):
+    _, stage1, stage2 = searched
+    uniform = uniform_trial(stage1)
+    bound = stage2.user_attrs["fid_bound"]
+    assert bound == uniform.value  # the uniform schedule's search FID, on stage 2's noise too
+    done = stage2.get_trials(states=(TrialState.COMPLETE,))
+    # every trial, carried elites included, carries FID minus the bound: infeasible above it,
+    # so NSGA-II's elites (and the parents of every child) are the feasible ones first
+    assert all(t.constraints["fid"] == pytest.approx(t.values[0] - bound) for t in done)
+    elites = nsgaii_elite_selection(4)(stage2, done)
+    feasible = [t for t in done if t.values[0] <= bound]
+    assert all(t.values[0] <= bound for t in elites[:min(4, len(feasible))])
 
 
 def test_skip_costs_are_measured_once_and_stored(searched):

@@ -81,3 +81,53 @@ def test_bad_requests(digits, teacher):
         trajectory_error(teacher, (899, 499, 0), "ddim")
     with pytest.raises(UsageError, match="distinct descending"):
         teacher_trajectory(digits, (500, 900, 0), samples=2)
+
+
+def _stage1_trials(url: str):
+    import optuna
+
+    name = optuna.get_all_study_names(url)[0]
+    return optuna.load_study(study_name=name, storage=url).get_trials(deepcopy=False)
+
+
+def test_a_new_study_queues_and_reports_the_dp_spacing(tmp_path, capsys, monkeypatch):
+    import json
+
+    from autodiff_optuna.cli import main
+    from autodiff_optuna.search import stages
+    from autodiff_optuna.search.evolutionary import EvolutionarySampler
+    from autodiff_optuna.storage.optuna_internals import ga_generation_key
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    args = ["study", "--model", "digits", "--steps", "3", "--population", "6", "--samples",
+            "80", "--stage", "1", "--min-samples", "0", "--quiet", "--storage", url]
+    assert main([*args, "--trials", "6"]) == 0
+    dp = [t for t in _stage1_trials(url) if t.user_attrs.get("spacing") == "dp"]
+    assert len(dp) == 1 and dp[0].state.name == "COMPLETE"
+    assert dp[0].system_attrs[ga_generation_key(EvolutionarySampler)] == 0
+    steps = dp[0].user_attrs["timesteps"]
+    assert len(steps) == 3 and steps[0] == 999
+    capsys.readouterr()
+    assert main(["best", "--storage", url, "--name", "digits-k3", "--json"]) == 0
+    best = json.loads(capsys.readouterr().out)
+    assert best["dp"]["trial"] == dp[0].number and best["dp"]["timesteps"] == steps
+    assert best["uniform"] is not None
+    assert main(["best", "--storage", url, "--name", "digits-k3"]) == 0
+    assert f"  dp       stage 1 trial {dp[0].number}: {steps}" in capsys.readouterr().out
+
+    # a resumed study fits no teacher and queues nothing more
+    monkeypatch.setattr(stages, "dp_candidates", lambda ctx: pytest.fail("fitted again"))
+    assert main([*args, "--trials", "7"]) == 0
+    assert sum(t.user_attrs.get("spacing") == "dp" for t in _stage1_trials(url)) == 1
+
+
+def test_a_solver_search_queues_the_dp_spacing_of_each_dp_solver(tmp_path):
+    from autodiff_optuna.cli import main
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    assert main(["study", "--model", "digits", "--steps", "3", "--trials", "1", "--samples",
+                 "80", "--stage", "1", "--min-samples", "0", "--solver", "search", "--quiet",
+                 "--storage", url]) == 0
+    dp = {t.user_attrs["solver"] for t in _stage1_trials(url)
+          if t.user_attrs.get("spacing") == "dp"}
+    assert dp == {"ddim", "dpmpp2m"}

@@ -4,21 +4,11 @@ scoring a schedule's samples.
 The public names are imported when first used (PEP 562), as the other packages' are.
 """
 
-import importlib
+from autodiff_optuna.lazy import lazy_exports
 
 _MODULES = {"check_same_scorer": "autodiff_optuna.metrics.scorers",
             "load_scorer": "autodiff_optuna.metrics.scorers"}
 
 __all__ = list(_MODULES)
 
-
-def __getattr__(name: str):
-    if name not in _MODULES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_MODULES[name]), name)
-    globals()[name] = value  # once: later lookups do not come here
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_exports(__name__, _MODULES)

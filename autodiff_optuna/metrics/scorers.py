@@ -15,7 +15,7 @@ The bundled digits scorer (its network, with the statistics of all real digits) 
 its studies have always recorded.
 """
 
-from functools import cache
+from functools import lru_cache
 
 from autodiff_optuna.errors import UsageError
 from autodiff_optuna.metrics import reference
@@ -38,10 +38,12 @@ from autodiff_optuna.models.registry import DIGITS_DIR, ModelOptions, get_preset
 REFERENCE_FLAGS = "--ref-stats FILE.npz (mu, sigma), --ref-images DIR or --ref-teacher N"
 
 
-@cache
+# as many as load_model keeps: each holds a feature network (Inception's ~100 MB) and its
+# reference statistics, so a process scoring for many models keeps no more than two of them
+@lru_cache(maxsize=2)
 def load_scorer(name: str, device: str = "cpu", options: ModelOptions | None = None) -> FIDScorer:
-    """The FID scorer for a model preset, built once per process (and device and options);
-    the same arguments as ``models.load_model``."""
+    """The FID scorer for a model preset, built once per process (and device and options)
+    while it is one of the two last asked for; the same arguments as ``models.load_model``."""
     preset = get_preset(name)
     options = options or ModelOptions()
     if preset.fid == "digits":

@@ -4,7 +4,7 @@ The public names are imported when first used (PEP 562): ``files`` and the regis
 read without torch by the commands that only read a study database.
 """
 
-import importlib
+from autodiff_optuna.lazy import lazy_exports
 
 _MODULES = {"DiffusionModel": "autodiff_optuna.models.base",
             "ModelOptions": "autodiff_optuna.models.registry",
@@ -14,14 +14,4 @@ _MODULES = {"DiffusionModel": "autodiff_optuna.models.base",
 
 __all__ = list(_MODULES)
 
-
-def __getattr__(name: str):
-    if name not in _MODULES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_MODULES[name]), name)
-    globals()[name] = value  # once: later lookups do not come here
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_exports(__name__, _MODULES)

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 from autodiff_optuna import runtime
 from autodiff_optuna.errors import UsageError
-from autodiff_optuna.export import SearchedSchedule, load_schedule
+from autodiff_optuna.export import SearchedSchedule
 from autodiff_optuna.metrics import load_scorer
 from autodiff_optuna.metrics.flops import layer_costs
 from autodiff_optuna.metrics.scoring import score_schedule
@@ -17,6 +17,7 @@ from autodiff_optuna.sampling.noise import check_fits
 from autodiff_optuna.sampling.rules import describe as describe_solver
 from autodiff_optuna.sampling.schedules import uniform as uniform_spacing
 from autodiff_optuna.sampling.skipping import check_skip
+from autodiff_optuna.schedule_sampling import load_schedule
 from autodiff_optuna.search.config import load_preset
 
 

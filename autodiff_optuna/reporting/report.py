@@ -16,14 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from autodiff_optuna.errors import UsageError
-from autodiff_optuna.export import (
-    GRID_COPIES,
-    MAX_GRID,
-    SearchedSchedule,
-    load_schedule,
-    sample,
-    save_grid,
-)
+from autodiff_optuna.export import SearchedSchedule
 from autodiff_optuna.metrics import check_same_scorer, load_scorer
 from autodiff_optuna.metrics.flops import layer_costs
 from autodiff_optuna.models import load_model
@@ -42,6 +35,13 @@ from autodiff_optuna.sampling import validate
 from autodiff_optuna.sampling.limits import check_count, check_seed
 from autodiff_optuna.sampling.noise import check_fits
 from autodiff_optuna.sampling.skipping import check_skip
+from autodiff_optuna.schedule_sampling import (
+    GRID_COPIES,
+    MAX_GRID,
+    load_schedule,
+    sample,
+    save_grid,
+)
 from autodiff_optuna.search.config import name_problem, shortened
 from autodiff_optuna.search.context import alphas_cumprod
 from autodiff_optuna.search.fidelity import is_carried, n_evaluated

@@ -22,6 +22,8 @@ def result_lines(result: StudyResult) -> list[str]:
         lines.append(f"  uniform  {result.uniform.describe(full)}")
     else:
         lines.append("  uniform  its trial did not complete: no baseline")
+    if result.dp is not None:
+        lines.append(f"  dp       {result.dp.describe(full)}")
     lines.append(f"  best     {result.best.describe(full)}")
     lines.append(f"  export   {pick.describe(full)}  ({rule}: what export writes)"
                  if pick is not None else f"  export   none: {rule}")

@@ -4,23 +4,13 @@ The public names are imported when first used (PEP 562): reading a study's solve
 (``rules``) needs no torch, and a command that only reads a database should not load it.
 """
 
-import importlib
+from autodiff_optuna.lazy import lazy_exports
 
-_MODULES = {"HELDOUT": "noise", "SEARCH": "noise", "TEACHER": "noise", "NoiseBatch": "noise",
-            "draw": "noise", "SOLVERS": "rules", "StepRule": "rules", "Schedule": "schedules",
-            "standard_spacings": "schedules", "validate": "schedules",
-            "SOLVER_ORDERS": "solvers", "sample": "solvers"}
+_MODULES = {"HELDOUT": ".noise", "SEARCH": ".noise", "TEACHER": ".noise", "NoiseBatch": ".noise",
+            "draw": ".noise", "SOLVERS": ".rules", "StepRule": ".rules", "Schedule": ".schedules",
+            "standard_spacings": ".schedules", "validate": ".schedules",
+            "SOLVER_ORDERS": ".solvers", "sample": ".solvers"}
 
 __all__ = list(_MODULES)
 
-
-def __getattr__(name: str):
-    if name not in _MODULES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_MODULES[name]}"), name)
-    globals()[name] = value  # once: later lookups do not come here
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_exports(__name__, _MODULES)

@@ -6,7 +6,13 @@ coarse grid of its time steps, the K steps whose one-step errors against the tea
 the least. A hop from grid step i to grid step j starts from the teacher's sample at i, runs one
 update of the step's rule (``rules.StepRule``) and is scored by the mean over samples of the L2
 distance to the teacher's sample at j (the teacher's final sample for the last hop, which lands
-on sigma = 0).
+on sigma = 0), weighted by the square of alpha_bar at j (``WEIGHT_POWER``): the signal's share
+of the sample there, 1 at sigma = 0. Unweighted, the sum favours many small hops at high noise
+and one long final hop, which lands on the blurred mean of the images the state could become
+(the least L2 error, and a poor sample); an error at high noise, by contrast, leaves a valid
+sample, another one. GITS weights later hops more for the same reason (a factor per hop, its
+``coeff``); a weight by noise level does not depend on K. Held-out FID on the digits model
+(ddim and dpmpp2m): K=3 140 and 639 unweighted, 48 and 46 weighted; K=4 45 and 115, 26 and 19.
 
 A multistep update needs the data predictions of the steps before: they are the teacher's at the
 path's earlier grid steps, the path being the best one into the hop's start (the DP keeps one
@@ -38,6 +44,7 @@ TEACHER_STEPS = 101  # the fine schedule, evenly spaced from the grid's first st
 TEACHER_SAMPLES = 256
 TEACHER_SOLVER = "dpmpp2m"
 GRID_STRIDE = 2  # the default grid: every other step of the teacher's
+WEIGHT_POWER = 2  # a hop's error is weighted by alpha_bar ** WEIGHT_POWER at its target
 
 
 @dataclass(frozen=True)
@@ -146,13 +153,14 @@ class _Hops:
             landed = stepper.correct(sigmas, i + 1, order, history,
                                      teacher.predictions[target], x, landed)
         distance = torch.linalg.vector_norm((landed - teacher.states[target]).flatten(1), dim=1)
-        return float(distance.mean())
+        alpha_bar = 1 / (1 + float(teacher.sigmas[target]) ** 2)  # diffusers' sigmas
+        return float(distance.mean()) * alpha_bar ** WEIGHT_POWER
 
 
 def trajectory_error(teacher: Teacher, schedule: Schedule, rule="ddim") -> float:
     """The DP's objective for ``schedule`` (steps of ``teacher.grid``, starting at its first):
-    the one-step errors of its hops against the teacher, summed, with ``rule`` (a solver name,
-    a ``StepRule`` or one per step) bounded as the sampler bounds it."""
+    the weighted one-step errors of its hops against the teacher, summed, with ``rule`` (a
+    solver name, a ``StepRule`` or one per step) bounded as the sampler bounds it."""
     hops = _Hops(teacher)
     nodes = _grid_indices(teacher, schedule)
     rules = bounded(step_rules(rule, len(schedule)))
@@ -170,8 +178,8 @@ def _grid_indices(teacher: Teacher, schedule) -> list[int]:
 
 
 def fit_schedule(teacher: Teacher, steps: int, rule="ddim") -> tuple[Schedule, float]:
-    """The ``steps`` grid steps from ``teacher.grid[0]`` whose summed one-step errors with
-    ``rule`` are the least the DP finds, and that sum (``trajectory_error`` of it)."""
+    """The ``steps`` grid steps from ``teacher.grid[0]`` whose summed weighted one-step errors
+    with ``rule`` are the least the DP finds, and that sum (``trajectory_error`` of it)."""
     size = len(teacher.grid)
     if not 1 <= steps <= size:
         raise UsageError(f"the DP picks 1 to {size} steps (the grid's), not {steps}")

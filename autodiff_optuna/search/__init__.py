@@ -14,26 +14,21 @@ The public names are imported when first used (PEP 562): the read side (``result
 ``config``) needs no torch, and the commands that only read a database should not load it.
 """
 
-import importlib
 import sys
 import types
 
-_MODULES = {"Candidate": "encoding", "CandidateSpace": "encoding",
-            "EvolutionarySampler": "evolutionary", "MAX_CONSECUTIVE_FAILURES": "run",
-            "SearchConfig": "config", "SearchContext": "context", "StudyResult": "results",
-            "configure": "config", "load_stage1": "stages", "open_stage1": "stages",
-            "open_stage2": "stages", "retry_stale_trial": "run", "run": "run",
-            "stored_config": "results", "study_result": "results"}
+from autodiff_optuna.lazy import lazy_exports
+
+_MODULES = {"Candidate": ".encoding", "CandidateSpace": ".encoding",
+            "EvolutionarySampler": ".evolutionary", "MAX_CONSECUTIVE_FAILURES": ".run",
+            "SearchConfig": ".config", "SearchContext": ".context", "StudyResult": ".results",
+            "configure": ".config", "load_stage1": ".stages", "open_stage1": ".stages",
+            "open_stage2": ".stages", "retry_stale_trial": ".run", "run": ".run",
+            "stored_config": ".results", "study_result": ".results"}
 
 __all__ = list(_MODULES)
 
-
-def __getattr__(name: str):
-    if name not in _MODULES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_MODULES[name]}"), name)
-    globals()[name] = value  # once: later lookups do not come here
-    return value
+__getattr__, __dir__ = lazy_exports(__name__, _MODULES)
 
 
 class _Package(types.ModuleType):
@@ -48,7 +43,3 @@ class _Package(types.ModuleType):
 
 
 sys.modules[__name__].__class__ = _Package
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})

@@ -3,14 +3,22 @@ evaluations, GFLOPs and FID-network images, and the hours they take here and on 
 
 The counts are arithmetic on the study's configuration. The network's GFLOPs are counted by
 torch's FLOP counter on the preset's architecture built on the ``meta`` device: no weights, no
-memory, so a study of a model whose files are not here yet can be priced. Time is projected three
-ways, each said as such: from timing one small batch of the loaded model on this machine (when the
-model can be loaded), from a table of throughputs measured on a named GPU (``MEASURED``), and
-otherwise from the FLOPs at a stated share of the device's peak.
+memory, so a study of a model whose files are not here yet can be priced. Besides its candidates,
+a stage samples what the search does around them: the confirmation of what the result can name
+(``confirm``: each on the study's full image count) and, in stage 2, the skip-cost prior
+(``skip_cost``); stage 2's carried stage-1 elites are never sampled again.
+
+Time is projected three ways, each said as such: from timing the study's own work on the loaded
+model on this machine (when the model can be loaded: its sampling and FID features at two batch
+sizes, its bookkeeping on a temporary study, and this process's start-up), from a table of
+throughputs measured on a named GPU (``MEASURED``), and otherwise from the FLOPs at a stated share
+of the device's peak.
 """
 
 import json
 import math
+import os
+import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from functools import cache
@@ -30,9 +38,23 @@ MEASURED = {
     "inception": 7192.0,  # clean-fid's Inception-V3 at 299 px, fp16
 }
 INCEPTION_GFLOPS = 11.4  # per image at 299 px, as the same table counts it
-# Share of stage 1's images that multi-fidelity pruning leaves to be sampled, measured on the
-# bundled digits model at its preset (rungs from 125 of 1000 images, 40th percentile).
-PRUNED_STAGE1_SHARE = 0.52
+# Multi-fidelity pruning in stage 1: after the pruner's first complete trials, the share of
+# candidates that completes; the others stop at the first rung. 0.42 is what the bundled digits
+# model's preset measured (52% of stage 1's images sampled: rungs from 125 of 1000 images, 40th
+# percentile, 100 candidates), stopped candidates taken as all stopped at the first rung.
+COMPLETE_SHARE = 0.42
+# Candidates a stage confirms (``confirm.to_confirm``). Stage 1: its ``STAGE1_TOP`` best and the
+# uniform baseline (16 stage-1 digits studies of 100 candidates confirmed 3 to 12, median 4: more
+# only where confirmed FIDs reorder the top). Stage 2: its best and the points of the thinned
+# front no worse than the uniform schedule, taken as one in ten of its trials, 2 to 8 (small
+# digits studies confirmed 1 to 3; the preset's front holds 5 to 9 points within the uniform's
+# FID).
+STAGE2_CONFIRMED_SHARE = 0.1
+STAGE2_CONFIRMED_RANGE = (2, 8)
+# This machine's timing (``time_here``): the largest batch timed (a study's larger batches are
+# extrapolated, per image), and the synthetic trials its bookkeeping is timed on
+TIMING_BATCH = 256
+TIMING_TRIALS = 6
 
 
 @dataclass(frozen=True)
@@ -45,6 +67,7 @@ class ImageCost:
     decode: float  # a latent model's VAE decode, once per image
     fid_network: str  # "inception" or the bundled "digits" CNN
     fid_gflops: float  # the FID network, once per image
+    layers: int = 0  # skippable layers (stage 2's masks and skip-cost prior)
 
 
 @dataclass
@@ -57,9 +80,15 @@ class StageEstimate:
     classifier_gradients: int  # ADM-G
     decoded_images: int  # latent models: VAE decodes
     fid_images: int  # images through the FID network
-    fid_computations: int  # Frechet distances (one per reported prefix)
+    fid_computations: int  # Frechet distances (one per reported prefix and confirmed candidate)
     gflops: float
     hours: dict = field(default_factory=dict)  # device ("cpu", "h100", "h200") -> hours
+    # what the stage samples besides its candidates, counted in the totals above (not in images)
+    confirmed: int = 0  # candidates confirmed on the confirmation noise, ``samples`` images each
+    confirmation_images: int = 0
+    prior_images: int = 0  # stage 2: the skip-cost prior's (1 + K x L small samplings)
+    total_images: int = 0  # images + confirmation_images + prior_images
+    samplings: int = 0  # calls of the sampler (each K network calls on one batch)
 
 
 @dataclass
@@ -69,15 +98,20 @@ class StudyEstimate:
     samples: int
     stages: list[StageEstimate]
     assumptions: list[str]
+    startup_seconds: float = 0.0  # this machine's: the process's start-up, once per study command
 
     @property
     def total_hours(self) -> dict:
         devices = self.stages[0].hours if self.stages else {}
-        return {d: sum(s.hours[d] for s in self.stages) for d in devices}
+        total = {d: sum(s.hours[d] for s in self.stages) for d in devices}
+        if "cpu" in total:
+            total["cpu"] += self.startup_seconds / 3600
+        return total
 
     def as_dict(self) -> dict:
         return {"name": self.name, "steps": self.steps, "samples": self.samples,
                 "stages": [asdict(s) for s in self.stages], "total_hours": self.total_hours,
+                "startup_hours": {"cpu": self.startup_seconds / 3600},
                 "assumptions": self.assumptions}
 
     def lines(self) -> list[str]:
@@ -85,12 +119,17 @@ class StudyEstimate:
         for s in self.stages:
             saved = (f" (at most {s.images_at_most:,})" if s.images != s.images_at_most else "")
             out.append(
-                f"  stage {s.stage}: {s.candidates} candidates, {s.images:,} images{saved}, "
-                f"{s.network_evaluations:,} network evaluations"
+                f"  stage {s.stage}: {s.candidates} candidates, {s.images:,} images{saved}"
+                + (f" + {s.confirmation_images:,} confirming {s.confirmed}" if s.confirmed
+                   else "")
+                + (f" + {s.prior_images:,} for the skip-cost prior" if s.prior_images else "")
+                + f", {s.network_evaluations:,} network evaluations"
                 + (f" + {s.classifier_gradients:,} classifier gradients"
                    if s.classifier_gradients else "")
                 + f", {s.gflops / 1e3:,.1f} TFLOP, {s.fid_images:,} FID-network images; "
                 + ", ".join(f"{d} {format_hours(h)}" for d, h in s.hours.items()))
+        if self.startup_seconds:
+            out.append(f"  start-up: cpu {format_hours(self.startup_seconds / 3600)}")
         out.append("  total: " + ", ".join(f"{d} {format_hours(h)}"
                                             for d, h in self.total_hours.items()))
         out += [f"  assuming {a}" for a in self.assumptions]
@@ -143,6 +182,17 @@ def _counted(run) -> float:
     return counter.get_total_flops() / 1e9
 
 
+def _layers(build, prefixes: tuple[str, ...], bypass_for) -> int:
+    """How many skippable layers the network ``build()`` makes has, found as the model's adapter
+    finds them, on the meta device."""
+    import torch
+
+    from autodiff_optuna.models.layers import find_skippable_layers
+
+    with torch.device("meta"):
+        return len(find_skippable_layers(build(), prefixes, bypass_for))
+
+
 def _fid_cost(preset) -> tuple[str, float]:
     if preset.fid == "inception":
         return "inception", INCEPTION_GFLOPS
@@ -157,6 +207,8 @@ def _unet2d_cost(preset) -> ImageCost:
     import torch
     from diffusers import UNet2DModel
 
+    from autodiff_optuna.models.diffusers_unet import DiffusersUNetModel, bypass_for
+
     config = UNet2DModel.load_config(preset.directory / "unet")
 
     def run():
@@ -165,13 +217,15 @@ def _unet2d_cost(preset) -> ImageCost:
         with torch.no_grad():
             unet(torch.zeros(1, unet.config.in_channels, size, size), torch.tensor(1))
 
-    return ImageCost(_counted(run), 1, 0.0, 0.0, *_fid_cost(preset))
+    layers = _layers(lambda: UNet2DModel.from_config(config),
+                     DiffusersUNetModel.SKIPPABLE_PREFIXES, bypass_for)
+    return ImageCost(_counted(run), 1, 0.0, 0.0, *_fid_cost(preset), layers=layers)
 
 
 def _adm_cost(preset) -> ImageCost:
     import torch
 
-    from autodiff_optuna.models.adm import build_classifier, build_unet
+    from autodiff_optuna.models.adm import AdmModel, build_classifier, build_unet
 
     size = preset.flags["image_size"]
     label = dict(y=torch.zeros(1, dtype=torch.long, device="meta"))
@@ -187,8 +241,11 @@ def _adm_cost(preset) -> ImageCost:
         torch.log_softmax(net(x, torch.zeros(1)), -1)[:, 0].sum().backward()
 
     guided = preset.classifier is not None and preset.classifier_scale > 0
+    # the adapter's bypass reads nothing of the instance: called on none
+    layers = _layers(lambda: build_unet(preset.flags), AdmModel.SKIPPABLE_PREFIXES,
+                     lambda module: AdmModel._bypass_for(None, module))
     return ImageCost(_counted(unet), 1, _counted(classifier_gradient) if guided else 0.0,
-                     0.0, *_fid_cost(preset))
+                     0.0, *_fid_cost(preset), layers=layers)
 
 
 def _stable_diffusion_cost(preset) -> ImageCost:
@@ -196,6 +253,7 @@ def _stable_diffusion_cost(preset) -> ImageCost:
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     from autodiff_optuna.models.registry import SD_V1_UNET, SD_V1_VAE
+    from autodiff_optuna.models.stable_diffusion import StableDiffusionModel, sd_bypass_for
 
     size = SD_V1_UNET["sample_size"]
 
@@ -211,8 +269,10 @@ def _stable_diffusion_cost(preset) -> ImageCost:
                                                           size, size))
 
     guided = (preset.guidance_scale or 1.0) != 1.0
+    layers = _layers(lambda: UNet2DConditionModel(**SD_V1_UNET),
+                     StableDiffusionModel.SKIPPABLE_PREFIXES, sd_bypass_for)
     return ImageCost(_counted(unet), 2 if guided else 1, 0.0, _counted(decode),
-                     *_fid_cost(preset))
+                     *_fid_cost(preset), layers=layers)
 
 
 # ---- counting a study -----------------------------------------------------------------------
@@ -220,17 +280,56 @@ def _stable_diffusion_cost(preset) -> ImageCost:
 def stage_counts(stage: int, candidates: int, config, cost: ImageCost,
                  rungs: list[int]) -> StageEstimate:
     at_most = candidates * config.samples
-    pruned = stage == 1 and bool(rungs)
-    images = round(at_most * PRUNED_STAGE1_SHARE) if pruned else at_most
-    evaluations = images * config.steps
+    images, samplings = searched(candidates, config.samples, rungs)
+    confirmed = confirmed_candidates(stage, candidates)
+    prior_samplings, prior_batch = prior_size(config, cost) if stage == 2 else (0, 0)
+    confirmation, prior = confirmed * config.samples, prior_samplings * prior_batch
+    total = images + confirmation + prior
+    evaluations = total * config.steps
     return StageEstimate(
         stage=stage, candidates=candidates, images=images, images_at_most=at_most,
         network_evaluations=evaluations * cost.calls_per_step,
         classifier_gradients=evaluations if cost.classifier else 0,
-        decoded_images=images if cost.decode else 0, fid_images=images,
-        fid_computations=candidates * (len(rungs) + 1 if stage == 1 else 1),
+        decoded_images=total if cost.decode else 0, fid_images=total,
+        fid_computations=samplings + confirmed,  # the prior's distances are diagonal: free
         gflops=evaluations * (cost.calls_per_step * cost.network + cost.classifier)
-        + images * (cost.decode + cost.fid_gflops))
+        + total * (cost.decode + cost.fid_gflops),
+        confirmed=confirmed, confirmation_images=confirmation, prior_images=prior,
+        total_images=total, samplings=samplings + confirmed + prior_samplings)
+
+
+def searched(candidates: int, samples: int, rungs: list[int]) -> tuple[int, int]:
+    """Expected images and samplings of a stage's candidates. With ``rungs`` (stage 1's
+    multi-fidelity pruning) the pruner's first ``STARTUP_TRIALS`` complete, then
+    ``COMPLETE_SHARE`` of the rest; the others stop at the first rung, one sampling in."""
+    from autodiff_optuna.search.fidelity import STARTUP_TRIALS
+
+    if not rungs:
+        return candidates * samples, candidates
+    startup = min(candidates, STARTUP_TRIALS)
+    complete = startup + (candidates - startup) * COMPLETE_SHARE
+    stopped = candidates - complete
+    return (round(complete * samples + stopped * rungs[0]),
+            round(complete * (len(rungs) + 1) + stopped))
+
+
+def confirmed_candidates(stage: int, candidates: int) -> int:
+    """How many of a stage's candidates its confirmation re-scores: an assumption
+    (``STAGE2_CONFIRMED_SHARE``), since which it confirms depends on the FIDs found."""
+    from autodiff_optuna.search.confirm import STAGE1_TOP
+
+    if stage == 1:
+        return min(candidates, STAGE1_TOP + 1)  # and the uniform baseline
+    low, high = STAGE2_CONFIRMED_RANGE
+    return min(candidates, max(low, min(high, round(candidates * STAGE2_CONFIRMED_SHARE))))
+
+
+def prior_size(config, cost: ImageCost) -> tuple[int, int]:
+    """Stage 2's skip-cost prior: its samplings (the full network, then each of the L layers
+    skipped at each of the K steps) and the images each takes."""
+    from autodiff_optuna.search.skip_cost import prior_images
+
+    return 1 + config.steps * cost.layers, prior_images(config.samples)
 
 
 def gpu_hours(stage: StageEstimate, model: str, cost: ImageCost, gpu: str) -> float:
@@ -248,35 +347,120 @@ def gpu_hours(stage: StageEstimate, model: str, cost: ImageCost, gpu: str) -> fl
 
 @dataclass(frozen=True)
 class HereTiming:
-    """This machine's speed, from one small batch of the loaded model and its FID network."""
+    """This machine's speed at the study's own work, timed on the loaded model and FID network."""
 
-    seconds_per_image: float  # sampling at the study's K steps plus FID features
+    seconds_per_image: float  # sampling at the study's K steps plus FID features, per image
     seconds_per_fid: float  # one Frechet distance against the reference
     how: str
+    seconds_per_sampling: float = 0.0  # each sampling's fixed part: K network calls' dispatch
+    seconds_per_trial: float = 0.0  # a trial's bookkeeping: sampler, storage, the checks
+    seconds_to_create: float = 0.0  # creating stage 1's study, as ``stages.open_stage1`` does
+    startup_seconds: float = 0.0  # the process to here (imports, loads, this timing), the database
 
 
-def time_here(model, scorer, steps: int, batch: int = 256, repeats: int = 2) -> HereTiming:
-    """Time one batch through the path a trial takes (uniform steps, full network)."""
+def time_here(ctx, repeats: int = 2) -> HereTiming:
+    """Time the study's own work here, as it will run: its solver on the loaded model at its K
+    steps (uniform spacing) with this process's torch threads, after a warm-up (the first
+    sampling pays one-off set-up). Sampling plus FID features is timed at two batch sizes, the
+    skip-cost prior's and the study's (at most ``TIMING_BATCH``), and fitted as a fixed part per
+    sampling plus a part per image; the mean of the runs, not the fastest, since a study's time
+    is a sum and a loaded machine's runs vary. Then one Frechet distance, the bookkeeping
+    (``time_bookkeeping``), and this process's age (``process_seconds``): a study spends the same
+    start-up, this timing included (not with ``--quiet``), before its first trial."""
     import numpy as np
+    import torch
 
     from autodiff_optuna.metrics.fid import fid_from_features, to_uint8
     from autodiff_optuna.sampling import draw, sample
+    from autodiff_optuna.sampling.rules import SOLVERS
+    from autodiff_optuna.search.skip_cost import prior_images
 
-    n = batch
-    noise = draw(model, n, seed=0)
-    timesteps = np.linspace(model.num_train_timesteps - 1, 0, steps).round().astype(int)
-    per_image, per_fid = math.inf, math.inf
-    features = None
-    for _ in range(repeats):  # the first pass pays one-off set-up costs; keep the fastest
+    started = time.perf_counter()
+    model, scorer, config = ctx.model, ctx.scorer, ctx.config
+    large = min(TIMING_BATCH, config.samples, model.batch_size or config.samples)
+    small = min(prior_images(config.samples), large)
+    noise = draw(model, large, seed=0)
+    solver = config.solver if config.solver in SOLVERS else "dpmpp2m"  # "search": per step
+
+    def run(n: int) -> tuple[float, np.ndarray]:
         start = time.perf_counter()
-        features = scorer.features(to_uint8(sample(model, timesteps.tolist(), noise)))
-        per_image = min(per_image, (time.perf_counter() - start) / n)
-    reps = np.concatenate([features] * math.ceil((scorer.feature_dim + 2) / n))
+        images = sample(model, ctx.spacings["uniform"], noise.subset(0, n), solver)
+        features = scorer.features(to_uint8(images))
+        return time.perf_counter() - start, features
+
+    run(small)  # the warm-up
+    t_small = statistics.mean(run(small)[0] for _ in range(repeats + 1))
+    timed = [run(large) for _ in range(repeats)]
+    per_image, per_sampling = _linear_fit(small, t_small, large,
+                                          statistics.mean(t for t, _ in timed))
+    features = timed[-1][1]
+    reps = np.concatenate([features] * math.ceil((scorer.feature_dim + 2) / large))
     start = time.perf_counter()
     fid_from_features(reps, scorer.ref_mu, scorer.ref_sigma)
     per_fid = time.perf_counter() - start
-    return HereTiming(per_image, per_fid, f"one batch of {n} images of the loaded model "
-                                          "timed on this machine")
+    opening, creating, per_trial = time_bookkeeping(ctx)
+    age = process_seconds()
+    startup = (age if age is not None else time.perf_counter() - started) + opening
+    how = (f"timed here on the loaded model, {torch.get_num_threads()} torch thread(s), after a "
+           f"warm-up: {config.steps}-step {solver} sampling + FID features of {small} and "
+           f"{large} images (mean of {repeats + 1} and {repeats} runs, fitted as "
+           f"{per_sampling * 1e3:.0f} ms a sampling + {per_image * 1e3:.2f} ms an image; "
+           "larger batches extrapolated), "
+           f"{per_fid * 1e3:.0f} ms a Frechet distance, {per_trial * 1e3:.0f} ms of bookkeeping a "
+           f"trial and {creating:.1f}s to create stage 1's study (both on a temporary SQLite "
+           f"study), start-up {startup:.0f}s: "
+           + ("this process's age (Python, torch, the model and FID network, this timing)"
+              if age is not None else "this timing only (the process's age is unreadable here)")
+           + " and opening a database")
+    return HereTiming(per_image, per_fid, how, per_sampling, per_trial, creating, startup)
+
+
+def _linear_fit(n1: int, t1: float, n2: int, t2: float) -> tuple[float, float]:
+    """Seconds per image and per sampling from two timed batch sizes, t = sampling + n x image;
+    all per image where there is one size, or noise makes either part negative."""
+    if n2 > n1:
+        per_image = (t2 - t1) / (n2 - n1)
+        per_sampling = t1 - n1 * per_image
+        if per_image > 0 and per_sampling >= 0:
+            return per_image, per_sampling
+    return t2 / n2, 0.0
+
+
+def time_bookkeeping(ctx, trials: int = TIMING_TRIALS) -> tuple[float, float, float]:
+    """Seconds to open a new study database, to create stage 1's study in it (whatever
+    ``open_stage1`` does for a new study: its first trials queued, a spacing fitted), and per
+    trial of everything but sampling and FID (the sampler, the objective's checks, Optuna's
+    storage, the run loop): the search's own path with a synthetic score, as
+    ``bench/storage.py`` runs it, on a temporary SQLite file (another database differs:
+    BENCHMARKS.md). A study pays its creation again: the timing costs what it measures."""
+    import tempfile
+
+    from autodiff_optuna.search.run import run
+    from autodiff_optuna.search.stages import open_stage1
+    from autodiff_optuna.storage import open_storage
+
+    with tempfile.TemporaryDirectory() as folder:
+        start = time.perf_counter()
+        storage = open_storage(f"sqlite:///{folder}/timing.db", writable=True)
+        opened = time.perf_counter()
+        study = open_stage1(ctx, "timing", storage)
+        created = time.perf_counter()
+        run(ctx, study, trials, progress=False, score=lambda c: float(sum(c.timesteps)))
+        done = time.perf_counter()
+        storage.engine.dispose()
+    return opened - start, created - opened, (done - created) / trials
+
+
+def process_seconds() -> float | None:
+    """How long this process has run (Linux's /proc), or None where that cannot be read."""
+    try:
+        with open("/proc/self/stat") as f:  # the start time: field 22, after the ")" of the name
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return max(0.0, uptime - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
 
 
 def cpu_gflops_per_s() -> float:
@@ -298,8 +482,11 @@ def cpu_gflops_per_s() -> float:
 def here_hours(stage: StageEstimate, cost: ImageCost, timing: HereTiming | None,
                steps: int, gflops_per_s: float | None) -> float:
     if timing is not None:
-        return (stage.images * timing.seconds_per_image
-                + stage.fid_computations * timing.seconds_per_fid) / 3600
+        return (stage.samplings * timing.seconds_per_sampling
+                + stage.total_images * timing.seconds_per_image
+                + stage.fid_computations * timing.seconds_per_fid
+                + stage.candidates * timing.seconds_per_trial
+                + (timing.seconds_to_create if stage.stage == 1 else 0.0)) / 3600
     return stage.gflops / gflops_per_s / 3600
 
 
@@ -308,7 +495,9 @@ def estimate(config, targets, name: str, stages=(1, 2), timing: HereTiming | Non
     """The cost of running ``stages`` of a study of ``config`` to ``targets``."""
     from autodiff_optuna.search.fidelity import rungs
 
-    cost = image_cost(config.model)
+    counting = time.perf_counter()
+    cost = image_cost(config.model)  # cached: a study pays it once, before its first trial
+    counting = time.perf_counter() - counting
     counts = {1: targets.trials, 2: targets.stage2_trials}
     rows = [stage_counts(s, counts[s], config, cost,
                          rungs(config.samples, config.min_samples) if s == 1 else [])
@@ -319,11 +508,15 @@ def estimate(config, targets, name: str, stages=(1, 2), timing: HereTiming | Non
         for gpu in GPUS:
             row.hours[gpu] = gpu_hours(row, config.model, cost, gpu)
     return StudyEstimate(name, config.steps, config.samples, rows,
-                         assumptions(config, stages, cost, timing, gflops_per_s))
+                         assumptions(config, stages, cost, timing, gflops_per_s),
+                         timing.startup_seconds + counting if timing is not None else 0.0)
 
 
 def assumptions(config, stages, cost: ImageCost, timing: HereTiming | None,
                 gflops_per_s: float | None) -> list[str]:
+    from autodiff_optuna.search.confirm import STAGE1_TOP
+    from autodiff_optuna.search.fidelity import STARTUP_TRIALS
+
     said = [f"{cost.network:.4g} GFLOP per network call, counted on the architecture"
             + (" (two calls a step: classifier-free guidance)" if cost.calls_per_step == 2
                else "")]
@@ -333,17 +526,34 @@ def assumptions(config, stages, cost: ImageCost, timing: HereTiming | None,
         said.append(f"{cost.decode:.4g} GFLOP per VAE decode (one an image); the text "
                     "encoder is not counted")
     if config.min_samples and 1 in stages:
-        said.append(f"multi-fidelity pruning leaves {PRUNED_STAGE1_SHARE:.0%} of stage 1's "
-                    "images to sample (measured on the bundled digits model)")
+        said.append(f"multi-fidelity pruning: after the pruner's first {STARTUP_TRIALS} "
+                    f"candidates, {COMPLETE_SHARE:.0%} of stage 1's complete and the others "
+                    "stop at the first rung (the bundled digits preset's measured 52% of its "
+                    "images); a sampling and a Frechet distance per rung reached")
+    confirming = {1: f"stage 1 its {STAGE1_TOP} best and the uniform baseline",
+                  2: f"stage 2 one candidate in {1 / STAGE2_CONFIRMED_SHARE:.0f} of its trials "
+                     f"({STAGE2_CONFIRMED_RANGE[0]} to {STAGE2_CONFIRMED_RANGE[1]}: its best "
+                     "and front)"}
+    said.append("confirmation: " + ", ".join(confirming[s] for s in stages)
+                + f", each on all {config.samples} images; counted in the stage's network "
+                "evaluations, FID images and hours, not in its images")
     if 2 in stages:
+        samplings, batch = prior_size(config, cost)
+        said.append(f"stage 2 first measures its skip-cost prior: {samplings} samplings (1 + "
+                    f"K x {cost.layers} skippable layers) of {batch} images; its carried "
+                    "stage-1 elites are not sampled again; the rest of its creation is not "
+                    "timed (a few storage writes)")
         said.append("stage 2 candidates cost the full network (their skips make them cheaper)")
+    said.append("a new study (one resumed has done part of this)")
     said.append("cpu: " + (timing.how if timing is not None else
                            f"the FLOPs at {gflops_per_s:.0f} GFLOP/s, a 3x3 convolution's "
-                           "speed measured on this machine"))
+                           "speed measured on this machine (start-up and bookkeeping not "
+                           "counted)"))
     measured = [m for m in MEASURED if m in (config.model, cost.fid_network)]
     said.append("h100/h200: " + (", ".join(f"{m} at its {MEASURED[m]:.0f} img/s measured on an "
                                            "H200" for m in measured) + "; "
                                  if measured else "")
                 + f"other networks at {UTILISATION:.0%} of {PEAK_TFLOPS['h200']:.0f} TFLOP/s "
-                "bf16; the H100 taken as fast as the H200 (same compute die)")
+                "bf16; the H100 taken as fast as the H200 (same compute die); start-up and "
+                "bookkeeping not counted")
     return said

@@ -16,7 +16,9 @@ stages, which are all scored on the study's own noise and so comparable:
   what ``export`` writes: ``fast``, or with a budget (``--max-gflops``, or the one stage 2 was
   run with) the lowest-FID front point within it;
 - ``uniform``: the baseline, the uniform spacing at the same step count with the full network.
-  Nothing worse than it is ever offered as a result.
+  Nothing worse than it is ever offered as a result;
+- ``dp``: the trajectory DP's spacing (no reference images), shown beside uniform where the
+  study queued one.
 """
 
 import math
@@ -39,6 +41,11 @@ from autodiff_optuna.storage.record import (
     FID_FEATURES_ATTR,
     FULL_GFLOPS_ATTR,
     RESULT_ATTR,
+    RULES_ATTR,
+    SKIP_ATTR,
+    SPACING_ATTR,
+    SPACINGS_ATTR,
+    TIMESTEPS_ATTR,
     TRAINING_SCHEDULE_ATTR,
     UNSKIPPABLE_ATTR,
 )
@@ -96,7 +103,7 @@ def complete_trials(study: optuna.Study) -> list[FrozenTrial]:
 
 def uniform_timesteps(stage1: optuna.Study) -> list[int]:
     """The uniform spacing the stage-1 study queued first: the baseline of every comparison."""
-    return stage1.user_attrs.get("spacings", {}).get("uniform", [])
+    return stage1.user_attrs.get(SPACINGS_ATTR, {}).get("uniform", [])
 
 
 def uniform_trial(stage1: optuna.Study) -> FrozenTrial | None:
@@ -104,13 +111,20 @@ def uniform_trial(stage1: optuna.Study) -> FrozenTrial | None:
     completed): where the study searches the solver, it queued uniform with each fixed solver,
     and the strongest of them is the baseline a user could pick without searching."""
     uniform = uniform_timesteps(stage1)
-    trials = [t for t in complete_trials(stage1) if t.user_attrs.get("timesteps") == uniform
+    trials = [t for t in complete_trials(stage1) if t.user_attrs.get(TIMESTEPS_ATTR) == uniform
               and _fixed_rules(t, len(uniform))]
     return min(trials, key=objectives.fid, default=None)
 
 
+def dp_trial(stage1: optuna.Study) -> FrozenTrial | None:
+    """The complete trial of the trajectory DP's spacing (the best of them where the study
+    searches the solver); None where the study queued none or it did not complete."""
+    trials = [t for t in complete_trials(stage1) if t.user_attrs.get(SPACING_ATTR) == "dp"]
+    return min(trials, key=objectives.fid, default=None)
+
+
 def _fixed_rules(trial: FrozenTrial, steps: int) -> bool:
-    rules = trial.user_attrs.get("rules")
+    rules = trial.user_attrs.get(RULES_ATTR)
     return rules is None or fixed_solver(rules, steps) is not None
 
 
@@ -221,6 +235,7 @@ class StudyResult:
     min_saving: float = MIN_SAVING
     counts: dict = field(default_factory=dict)  # stage number -> trial_counts
     budget: float | None = None
+    dp: Point | None = None  # the trajectory DP's spacing, where the study has one
 
     @property
     def name(self) -> str:
@@ -320,6 +335,7 @@ class StudyResult:
             "best": self.best.as_dict(full),
             "export": None,
             "uniform": self.uniform.as_dict(full) if self.uniform is not None else None,
+            "dp": self.dp.as_dict(full) if self.dp is not None else None,
             "front": [p.as_dict(full) for p in self.front],
             "trials": {f"stage{stage}": counts for stage, counts in self.counts.items()},
         }
@@ -378,7 +394,7 @@ def study_result(study: optuna.Study, export_rule: ExportRule = DEFAULT_RULE,
         raise UsageError(f"study {stage1.study_name!r} has no complete trial yet")
     best = min(points, key=lambda p: (p.fid, p.gflops or 0.0, p.stage, p.trial))
     front = thin(pareto(points), min_saving * full) if full else [best]
-    uniform = uniform_trial(stage1)
+    uniform, dp = uniform_trial(stage1), dp_trial(stage1)
     counts = {1: trial_counts(stage1)}
     if stage2 is not None:
         counts[2] = trial_counts(stage2)
@@ -388,7 +404,8 @@ def study_result(study: optuna.Study, export_rule: ExportRule = DEFAULT_RULE,
     return StudyResult(stage1, stage2, config, full,
                        None if uniform is None else _point(stage1, 1, uniform, full,
                                                            config["steps"]),
-                       best, front, export_rule, min_saving, counts, budget)
+                       best, front, export_rule, min_saving, counts, budget,
+                       None if dp is None else _point(stage1, 1, dp, full, config["steps"]))
 
 
 def check_config(stage1: optuna.Study) -> dict:
@@ -479,12 +496,12 @@ def _point(study, stage: int, trial: FrozenTrial, full: float | None, steps: int
     if stage == 1:
         skip, gflops = [[] for _ in range(steps)], full
     else:
-        skip, gflops = trial.user_attrs.get("skip"), objectives.gflops(trial)
+        skip, gflops = trial.user_attrs.get(SKIP_ATTR), objectives.gflops(trial)
     confirmed = confirmed_fids(study) if confirmed is None else confirmed
     search_fid, confirmed_fid = objectives.fid(trial), confirmed.get(trial.number)
-    return Point(stage, study.study_name, trial.number, trial.user_attrs.get("timesteps"),
+    return Point(stage, study.study_name, trial.number, trial.user_attrs.get(TIMESTEPS_ATTR),
                  skip, search_fid if confirmed_fid is None else confirmed_fid, gflops,
-                 trial.user_attrs.get("rules"), search_fid, confirmed_fid)
+                 trial.user_attrs.get(RULES_ATTR), search_fid, confirmed_fid)
 
 
 def pareto(points: list[Point]) -> list[Point]:

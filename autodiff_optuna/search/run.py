@@ -39,7 +39,7 @@ class _StopOnFailures:
 
     def __call__(self, study, trial):
         self.count = self.count + 1 if trial.state == TrialState.FAIL else 0
-        self.last_reason = trial.user_attrs.get("fail_reason", self.last_reason)
+        self.last_reason = trial.user_attrs.get(record.FAIL_REASON_ATTR, self.last_reason)
         if self.tripped:
             study.stop()
 
@@ -96,14 +96,15 @@ def run(ctx: SearchContext, study: optuna.Study, trials: int, progress: bool = T
 
     Other workers may stop this one early (their running trials make up the target); it then
     waits for them, and goes on if a trial of theirs failed or its worker died."""
-    stage = study.user_attrs.get("stage", 1)
+    stage = study.user_attrs.get(record.STAGE_ATTR, 1)
     failures = _StopOnFailures(max_failures)
     callbacks = [failures, *callbacks]  # the objective stops the study at the target
     if progress:
         callbacks.append(ProgressPrinter(trials, label=f"stage {stage}", later=later_trials))
     record.note_run(study, trials, _heartbeat(study))
     interrupted: dict = {}
-    objective = make_objective(ctx, stage, trials, batch_size, score, max_gflops, interrupted)
+    objective = make_objective(ctx, stage, trials, batch_size, score, max_gflops, interrupted,
+                               study.user_attrs.get(record.FID_BOUND_ATTR))
     while fidelity.n_evaluated(study) < trials:
         left = None if deadline is None else deadline - time.monotonic()
         if left is not None and left <= 0:

@@ -35,7 +35,7 @@ def measure(ctx, candidate: Candidate, images: int | None = None) -> dict:
     layers = list(ctx.costs.layers)
     steps = list(candidate.timesteps)
     if images is None:
-        images = min(PRIOR_IMAGES, max(MIN_PRIOR_IMAGES, ctx.config.samples // 16))
+        images = prior_images(ctx.config.samples)
     batch = draw(ctx.model, images, ctx.config.seed, SEARCH)
     solver = ctx.solver_of(candidate)
 
@@ -55,6 +55,12 @@ def measure(ctx, candidate: Candidate, images: int | None = None) -> dict:
             row.append(max(0.0, value) if math.isfinite(value) else RUINOUS)
         cost.append(row)
     return {"timesteps": steps, "layers": layers, "cost": cost}
+
+
+def prior_images(samples: int) -> int:
+    """The batch each of the prior's samplings takes, for a study of ``samples`` images per
+    candidate: a sixteenth of them, ``MIN_PRIOR_IMAGES`` to ``PRIOR_IMAGES``."""
+    return min(PRIOR_IMAGES, max(MIN_PRIOR_IMAGES, samples // 16))
 
 
 def diagonal_distance(features: np.ndarray, mu: np.ndarray, sigma: np.ndarray) -> float:

@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 from autodiff_optuna.errors import UsageError
 from autodiff_optuna.metrics.flops import unskippable_gflops
 from autodiff_optuna.metrics.scorers import features_hint
-from autodiff_optuna.models.identity import IDENTITY_ATTR, model_identity
+from autodiff_optuna.models.identity import model_identity
 from autodiff_optuna.models.registry import weights_hint
 from autodiff_optuna.sampling.rules import SOLVERS, StepRule
 from autodiff_optuna.search import fidelity, objectives, skip_cost
@@ -26,14 +26,8 @@ from autodiff_optuna.search.config import OPTUNA_SAMPLERS, code_version
 from autodiff_optuna.search.context import SearchContext
 from autodiff_optuna.search.encoding import Candidate
 from autodiff_optuna.search.evolutionary import EvolutionarySampler
-from autodiff_optuna.search.results import (
-    CONFIG_ATTR,
-    FULL_GFLOPS_ATTR,
-    TRAINING_SCHEDULE_ATTR,
-    UNSKIPPABLE_ATTR,
-    complete_trials,
-    stored_config,
-)
+from autodiff_optuna.search.results import complete_trials, stored_config, uniform_trial
+from autodiff_optuna.search.trial import FID_CONSTRAINT, fid_constraint
 from autodiff_optuna.storage import (
     creation_lock,
     load_existing_study,
@@ -42,11 +36,35 @@ from autodiff_optuna.storage import (
     redact,
 )
 from autodiff_optuna.storage.optuna_internals import ga_generation_key, storage_of
+from autodiff_optuna.storage.record import (
+    CODE_VERSION_ATTR,
+    CONFIG_ATTR,
+    FID_BOUND_ATTR,
+    FID_FEATURES_ATTR,
+    FULL_GFLOPS_ATTR,
+    GFLOPS_ATTR,
+    IDENTITY_ATTR,
+    LAYER_SAVINGS_ATTR,
+    LAYERS_ATTR,
+    RULES_ATTR,
+    SKIP_ATTR,
+    SKIP_COST_ATTR,
+    SOLVER_ATTR,
+    SPACING_ATTR,
+    SPACINGS_ATTR,
+    STAGE1_ATTR,
+    STAGE1_TRIAL_ATTR,
+    STAGE2_ATTR,
+    STAGE_ATTR,
+    TIMESTEPS_ATTR,
+    TRAINING_SCHEDULE_ATTR,
+    UNSKIPPABLE_ATTR,
+)
 
 
 def stage_config(ctx: SearchContext, stage: int, max_gflops: float | None) -> dict:
     """What defines a stage's study: a rerun must match it to continue the study."""
-    attrs = {**ctx.config.as_attrs(), "stage": stage,
+    attrs = {**ctx.config.as_attrs(), STAGE_ATTR: stage,
              "model_weights": ctx.model.fingerprint, "fid_features": ctx.scorer.name}
     if stage == 2:
         attrs["max_gflops"] = max_gflops
@@ -76,12 +94,18 @@ def stage1_sampler(ctx: SearchContext, initial: list[Candidate]) -> optuna.sampl
 
 def open_stage1(ctx: SearchContext, name: str, storage) -> optuna.Study:
     """Create or resume the stage-1 study. Its first trials are the standard spacings, queued
-    once by whichever process creates the study, uniform (the baseline) first."""
+    once by whichever process creates the study, uniform (the baseline) first, then the
+    trajectory DP's spacing (``dp_candidates``; fitted only where the study is new)."""
+    if isinstance(storage, str) or storage is None:
+        storage = open_storage(storage, writable=True)
     first = first_candidates(ctx)
+    if name not in optuna.get_all_study_names(storage):
+        known = {c for c, _ in first}
+        first += [(c, attrs) for c, attrs in dp_candidates(ctx) if c not in known]
     initial = [c for c, _ in first]
     study = _open(ctx, name, storage, 1, stage1_sampler(ctx, initial),
                   first_trials=[(ctx.space(1).encode(c), attrs) for c, attrs in first],
-                  extra_attrs={"spacings": {k: list(v) for k, v in ctx.spacings.items()}})
+                  extra_attrs={SPACINGS_ATTR: {k: list(v) for k, v in ctx.spacings.items()}})
     _record_model(ctx, study)
     return study
 
@@ -95,17 +119,57 @@ def first_candidates(ctx: SearchContext) -> list[tuple[Candidate, dict]]:
     """Stage 1's first trials, uniform first, with the user attributes that name them."""
     space = ctx.space(1)
     if not space.solver_search:
-        return [(space.candidate(s), {"spacing": name}) for name, s in ctx.spacings.items()]
+        return [(space.candidate(s), {SPACING_ATTR: name}) for name, s in ctx.spacings.items()]
     first = {}
     uniform = ctx.spacings["uniform"]
     for solver, rule in SOLVERS.items():
         first.setdefault(space.candidate(uniform, rules=[rule] * len(uniform)),
-                         {"spacing": "uniform", "solver": solver})
+                         {SPACING_ATTR: "uniform", SOLVER_ATTR: solver})
     for name, steps in ctx.spacings.items():
         rules = [SOLVERS[SPACING_SOLVER]] * len(steps)
         first.setdefault(space.candidate(steps, rules=rules),
-                         {"spacing": name, "solver": SPACING_SOLVER})
+                         {SPACING_ATTR: name, SOLVER_ATTR: SPACING_SOLVER})
     return list(first.items())
+
+
+# the teacher of the DP spacing: at most this many noises (and no more than a candidate is
+# scored on), over the DP grid's steps, and at most DP_TEACHER_BYTES of its kept trajectory
+DP_TEACHER_SAMPLES = 128
+DP_TEACHER_BYTES = 2**30
+DP_SOLVERS = ("ddim", "dpmpp2m")  # the DP spacings of a study that searches the solver
+DP_SPACING = "dp"
+
+
+def dp_candidates(ctx: SearchContext) -> list[tuple[Candidate, dict]]:
+    """The trajectory DP's spacing (``sampling.trajectory_dp``) for the study's solver, or for
+    each of ``DP_SOLVERS`` where the solver is searched, fitted to a teacher on the teacher
+    noise stream of the study's seed; none where the teacher is not finite."""
+    import torch
+
+    from autodiff_optuna.sampling.trajectory_dp import (
+        default_grid,
+        dp_schedule,
+        teacher_trajectory,
+    )
+
+    space, model = ctx.space(1), ctx.model
+    grid = default_grid(model.num_train_timesteps)
+    per_sample = 2 * (len(grid) + 1) * 4 * torch.Size(model.sample_shape).numel()
+    samples = max(2, min(DP_TEACHER_SAMPLES, ctx.config.samples, DP_TEACHER_BYTES // per_sample))
+    try:
+        teacher = teacher_trajectory(model, grid, samples=samples, seed=ctx.config.seed,
+                                     steps=len(grid))
+        if not torch.isfinite(teacher.states).all():
+            return []
+        solvers = DP_SOLVERS if space.solver_search else (ctx.config.solver,)
+        fitted = {solver: dp_schedule(model, ctx.config.steps, solver, teacher=teacher)
+                  for solver in solvers}
+    except UsageError:  # no finite schedule: the study starts without it
+        return []
+    if not space.solver_search:
+        return [(space.candidate(fitted[ctx.config.solver]), {SPACING_ATTR: DP_SPACING})]
+    return [(space.candidate(steps, rules=[SOLVERS[solver]] * len(steps)),
+             {SPACING_ATTR: DP_SPACING, SOLVER_ATTR: solver}) for solver, steps in fitted.items()]
 
 
 def load_stage1(ctx: SearchContext, name: str, storage) -> optuna.Study:
@@ -145,46 +209,58 @@ def open_stage2(ctx: SearchContext, stage1: optuna.Study, storage,
     space = ctx.space(2)
     sources: dict[Candidate, optuna.trial.FrozenTrial] = {}  # each its best stage-1 trial
     for t in ranked:
-        sources.setdefault(space.candidate(t.user_attrs["timesteps"],
-                                           rules=_rules(t.user_attrs.get("rules"))), t)
+        sources.setdefault(space.candidate(t.user_attrs[TIMESTEPS_ATTR],
+                                           rules=_rules(t.user_attrs.get(RULES_ATTR))), t)
     elites = list(sources)[: max(2, ctx.config.population // 2)]
     name = f"{stage1.study_name}-stage2"
     if isinstance(storage, str) or storage is None:
         storage = open_storage(storage, writable=True)
     costs = _stored_costs(ctx, name, storage) or skip_cost.measure(ctx, elites[0])
     study = _open(ctx, name, storage, 2, _sampler(ctx, 2, elites, costs), max_gflops=max_gflops,
-                  carried=[_carried(ctx, space, c, sources[c], max_gflops) for c in elites],
-                  extra_attrs={"stage1_study": stage1.study_name,
+                  carried=[_carried(ctx, space, c, sources[c], max_gflops,
+                                    _fid_bound(stage1).get(FID_BOUND_ATTR)) for c in elites],
+                  extra_attrs={STAGE1_ATTR: stage1.study_name,
                                FULL_GFLOPS_ATTR: ctx.full_gflops,
-                               "layers": list(ctx.costs.layers),
-                               "layer_gflops_saved": {k: v / 1e9
-                                                      for k, v in ctx.costs.saving.items()},
-                               record.SKIP_COST_ATTR: costs,
+                               LAYERS_ATTR: list(ctx.costs.layers),
+                               LAYER_SAVINGS_ATTR: {k: v / 1e9
+                                                    for k, v in ctx.costs.saving.items()},
+                               SKIP_COST_ATTR: costs,
+                               **_fid_bound(stage1),
                                **_unskippable(ctx)})
-    stored = study.user_attrs.get(record.SKIP_COST_ATTR)
+    stored = study.user_attrs.get(SKIP_COST_ATTR)
     if stored is None:  # a study made before the costs were measured
-        study.set_user_attr(record.SKIP_COST_ATTR, costs)
+        study.set_user_attr(SKIP_COST_ATTR, costs)
     elif stored != costs and _skip_prior(ctx, stored) is not None:
         # another worker created it a moment ago: breed by what the study holds
         study.sampler = _sampler(ctx, 2, elites, stored)
-    stage1.set_user_attr("stage2_study", name)
+    stage1.set_user_attr(STAGE2_ATTR, name)
     return study
 
 
 def _carried(ctx: SearchContext, space, candidate: Candidate, source: optuna.trial.FrozenTrial,
-             max_gflops: float | None) -> optuna.trial.FrozenTrial:
+             max_gflops: float | None, fid_bound: float | None) -> optuna.trial.FrozenTrial:
     """Stage-1 trial ``source`` as a completed stage-2 trial: its FID, the full network's
     GFLOPs, where it came from, and generation 0 (a member of the first generation)."""
     full = ctx.full_gflops
-    attrs = {record.STAGE1_TRIAL_ATTR: source.number, "timesteps": list(candidate.timesteps),
-             "skip": [[] for _ in candidate.timesteps], "gflops": full}
+    attrs = {STAGE1_TRIAL_ATTR: source.number, TIMESTEPS_ATTR: list(candidate.timesteps),
+             SKIP_ATTR: [[] for _ in candidate.timesteps], GFLOPS_ATTR: full}
     if candidate.rules:
-        attrs["rules"] = [rule.to_json() for rule in candidate.rules]
+        attrs[RULES_ATTR] = [rule.to_json() for rule in candidate.rules]
+    constraints = {} if max_gflops is None else {"gflops": full - max_gflops}
+    if fid_bound is not None:
+        constraints[FID_CONSTRAINT] = fid_constraint(objectives.fid(source), fid_bound)
     return optuna.trial.create_trial(
         state=TrialState.COMPLETE, values=objectives.values(2, objectives.fid(source), full),
         params=space.encode(candidate), distributions=space.distributions(), user_attrs=attrs,
         system_attrs={ga_generation_key(EvolutionarySampler): 0},
-        constraints=None if max_gflops is None else {"gflops": full - max_gflops})
+        constraints=constraints or None)
+
+
+def _fid_bound(stage1: optuna.Study) -> dict:
+    """Stage 2's ``FID_BOUND_ATTR``: the uniform schedule's search FID, on the noise stage 2
+    scores on too (none where its trial did not complete)."""
+    uniform = uniform_trial(stage1)
+    return {} if uniform is None else {FID_BOUND_ATTR: objectives.fid(uniform)}
 
 
 def _stored_costs(ctx: SearchContext, name: str, storage) -> dict | None:
@@ -192,8 +268,7 @@ def _stored_costs(ctx: SearchContext, name: str, storage) -> dict | None:
     study breeds by the costs it was made with."""
     if name not in optuna.get_all_study_names(storage):
         return None
-    stored = optuna.load_study(study_name=name, storage=storage).user_attrs.get(
-        record.SKIP_COST_ATTR)
+    stored = optuna.load_study(study_name=name, storage=storage).user_attrs.get(SKIP_COST_ATTR)
     return stored if _skip_prior(ctx, stored) is not None else None
 
 
@@ -273,9 +348,9 @@ def _ever_ran(study: optuna.Study) -> bool:
 def _write_new_study(ctx, study, stage, wanted, extra_attrs, first_trials, carried=()) -> None:
     try:
         record.mark(study)
-        study.set_user_attr("stage", stage)
-        study.set_user_attr("code_version", code_version())
-        study.set_user_attr("fid_features", ctx.scorer.name)
+        study.set_user_attr(STAGE_ATTR, stage)
+        study.set_user_attr(CODE_VERSION_ATTR, code_version())
+        study.set_user_attr(FID_FEATURES_ATTR, ctx.scorer.name)
         for key, value in (extra_attrs or {}).items():
             study.set_user_attr(key, value)
         for params, user_attrs in first_trials:

@@ -1,6 +1,8 @@
 """The trial function: one candidate, decoded from the trial, sampled on the study's fixed
 noise and scored, unless another worker already makes it redundant."""
 
+import math
+
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
@@ -11,14 +13,35 @@ from autodiff_optuna.search import fidelity, objectives
 from autodiff_optuna.search.context import SearchContext
 from autodiff_optuna.search.encoding import Candidate, CandidateSpace
 from autodiff_optuna.storage.optuna_internals import cached_trials
+from autodiff_optuna.storage.record import (
+    DUPLICATE_OF_ATTR,
+    FAIL_REASON_ATTR,
+    GFLOPS_ATTR,
+    RULES_ATTR,
+    SKIP_ATTR,
+    SURPLUS_ATTR,
+    TIMESTEPS_ATTR,
+)
+
+# Stage 2's constraint on FID: a candidate worse than the uniform schedule is never offered as
+# a result, so NSGA-II ranks it behind every feasible one and breeds from it last (without it,
+# the front's cheap end, however ruined, is an elite, and its children are ruined too)
+FID_CONSTRAINT = "fid"
+
+
+def fid_constraint(fid: float, bound: float) -> float:
+    """Optuna's constraint value (feasible at 0 or less) for ``fid`` under ``bound``; a
+    non-finite FID is as infeasible as the largest float."""
+    return fid - bound if math.isfinite(fid) else 1e308
 
 
 def make_objective(ctx: SearchContext, stage: int, target: int | None = None,
                    batch_size: int | None = None, score=None, max_gflops: float | None = None,
-                   interrupted: dict | None = None):
+                   interrupted: dict | None = None, fid_bound: float | None = None):
     """The trial function. ``score(candidate) -> FID`` defaults to sampling the model on the
     study's fixed noise and scoring it (the storage benchmark passes a synthetic one).
-    A Ctrl-C inside a trial leaves its number in ``interrupted["trial"]``."""
+    A Ctrl-C inside a trial leaves its number in ``interrupted["trial"]``. ``fid_bound``
+    (stage 2): a trial whose FID is above it is infeasible (``FID_CONSTRAINT``)."""
     batch = draw(ctx.model, ctx.config.samples, ctx.config.seed, SEARCH)
     space = ctx.space(stage)
     interrupted = interrupted if interrupted is not None else {}
@@ -48,22 +71,24 @@ def make_objective(ctx: SearchContext, stage: int, target: int | None = None,
         # sampling reads afresh, and alone keeps racing twins from both completing.
         _check_concurrent_workers(trial, space, candidate, target, fresh=False)
         gflops = ctx.costs.gflops(candidate.skip)
-        trial.set_user_attr("timesteps", list(candidate.timesteps))
+        trial.set_user_attr(TIMESTEPS_ATTR, list(candidate.timesteps))
         if candidate.rules:
-            trial.set_user_attr("rules", [rule.to_json() for rule in candidate.rules])
+            trial.set_user_attr(RULES_ATTR, [rule.to_json() for rule in candidate.rules])
         if stage == 2:
-            trial.set_user_attr("skip", [list(s) for s in candidate.skip])
-            trial.set_user_attr("gflops", gflops)
+            trial.set_user_attr(SKIP_ATTR, [list(s) for s in candidate.skip])
+            trial.set_user_attr(GFLOPS_ATTR, gflops)
             if max_gflops is not None:  # <= 0 is feasible; NSGA-II ranks infeasible ones last
                 trial.set_constraint("gflops", gflops - max_gflops)
         try:
             fid = score_candidate(candidate, trial)
         except FIDError as err:
-            trial.set_user_attr("fail_reason", str(err))
+            trial.set_user_attr(FAIL_REASON_ATTR, str(err))
             raise
         except optuna.TrialPruned:  # stopped early by the pruner: it counts towards the target
             _stop_at_target(trial, trial.study.get_trials(deepcopy=False), target)
             raise
+        if stage == 2 and fid_bound is not None:
+            trial.set_constraint(FID_CONSTRAINT, fid_constraint(fid, fid_bound))
         live = _check_concurrent_workers(trial, space, candidate, target=None)  # a twin won?
         _stop_at_target(trial, live, target)
         return objectives.values(stage, fid, gflops)
@@ -102,7 +127,7 @@ def _check_concurrent_workers(trial: optuna.Trial, space: CandidateSpace, candid
     number = trial.number  # a property chain: read once, not once per stored trial
     if target is not None and sum(t.number < number and not fidelity.is_carried(t)
                                   for t in live) >= target:
-        trial.set_user_attr("surplus", "the target was reached by other workers")
+        trial.set_user_attr(SURPLUS_ATTR, "the target was reached by other workers")
         trial.study.stop()
         raise optuna.TrialPruned("surplus")
     # the sampler writes canonical parameters, so a twin's are equal to the letter (a dict
@@ -112,6 +137,6 @@ def _check_concurrent_workers(trial: optuna.Trial, space: CandidateSpace, candid
         if t.params != params or t.number == number or t.state == TrialState.WAITING:
             continue
         if fidelity.is_evaluated(t) or t.number < number:
-            trial.set_user_attr("duplicate_of", t.number)
+            trial.set_user_attr(DUPLICATE_OF_ATTR, t.number)
             raise optuna.TrialPruned(f"duplicate of trial {t.number}")
     return live

@@ -18,19 +18,27 @@ from autodiff_optuna.search.encoding import Candidate, CandidateSpace, Gene
 # the cost of a skip whose images are not finite (``skip_cost``): above any measured one
 RUINOUS = 1e12
 RULE_MUTATION_PROB = 0.5  # of a child's mutation redrawing solver rules rather than steps/masks
+# Stage 2 varies masks around stage 1's settled steps (BENCHMARKS.md "Stage 2's children"): a
+# moved step, two elites' steps mixed, or a costly skip is what made most of its children worse
+# than the uniform schedule. Its mutation moves steps this often (stage 1's: always) ...
+STAGE2_STEP_MOVE_PROB = 0.2
+# ... its crossover keeps the first parent's steps and crosses the masks only, and a skip of the
+# median measured cost is turned on e ** PRIOR_SHARPNESS times less often than a free one
+PRIOR_SHARPNESS = 3.0
+FLIPS_PER_CHILD = 2.0  # mask bits a stage-2 mutation flips, on average
 
 
 def prior_weights(cost) -> np.ndarray:
     """Per (step position, layer), how much more often than average mutation turns that skip
-    on: ``exp(-cost / scale)`` with the median positive cost as the scale (a skip of median
-    cost is tried e times less than a free one, one of ten times the median e^10 times less),
-    normalised to a mean of 1 so that a candidate gets as many flips as without a prior."""
+    on: ``exp(-PRIOR_SHARPNESS * cost / scale)`` with the median positive cost as the scale (a
+    skip of median cost is tried e^3 times less than a free one), normalised to a mean of 1 so
+    that a candidate gets as many flips as without a prior."""
     cost = np.asarray(cost, dtype=float)
     # those that cost nothing are the cheap ones, and those that ruin the images the ruinous
     # ones: the scale is what lies between
     positive = cost[(cost > 0) & (cost < RUINOUS)]
     scale = float(np.median(positive)) if positive.size else 1.0
-    weights = np.exp(-cost / scale)
+    weights = np.exp(-PRIOR_SHARPNESS * cost / scale)
     return weights / weights.mean() if weights.sum() > 0 else np.ones_like(cost)
 
 
@@ -50,7 +58,7 @@ def mutate(space: CandidateSpace, parent: Candidate, rng: np.random.Generator,
     if space.solver_search and rng.random() < RULE_MUTATION_PROB:
         rules = _mutate_rules(space, rules, rng)
     else:
-        if movable and (not space.layers or rng.random() < 0.5):
+        if movable and (not space.layers or rng.random() < STAGE2_STEP_MOVE_PROB):
             genes = _mutate_steps(space, genes, rng, gene_prob)
         if space.layers:
             genes = _flip_bits(space, genes, rng, bit_flip_prob, skip_prior)
@@ -104,7 +112,7 @@ def _mutate_steps(space: CandidateSpace, genes: list[Gene], rng: np.random.Gener
 def _flip_bits(space: CandidateSpace, genes: list[Gene], rng: np.random.Generator,
                bit_flip_prob: float | None, skip_prior: np.ndarray | None = None) -> list[Gene]:
     n_bits = len(genes) * len(space.layers)
-    p = bit_flip_prob or min(0.5, 2.0 / n_bits)
+    p = bit_flip_prob or min(0.5, FLIPS_PER_CHILD / n_bits)
     if skip_prior is None:
         flips = rng.random((len(genes), len(space.layers))) < p
         if not flips.any():
@@ -131,10 +139,13 @@ def crossover(space: CandidateSpace, a: Candidate, b: Candidate,
               rng: np.random.Generator) -> Candidate:
     """Uniform crossover position by position: each step, with its mask, comes from either
     parent (so all steps come from the union of both parents' steps; a step both would give
-    twice is refilled at random); in stage 2 the mask bits of that position are then crossed
-    uniformly between the two parents."""
+    twice is refilled at random). In stage 2 every step is the first parent's, and the mask
+    bits of each position are crossed uniformly between the two parents."""
     genes = []
-    for (ta, ma), (tb, mb), take_a in zip(a.genes, b.genes, rng.random(space.steps) < 0.5):
+    takes_a = rng.random(space.steps) < 0.5
+    if space.layers:  # stage 2: the first parent's steps (see STAGE2_STEP_MOVE_PROB)
+        takes_a[:] = True
+    for (ta, ma), (tb, mb), take_a in zip(a.genes, b.genes, takes_a):
         mask = frozenset(layer for layer in space.layers
                          if (layer in ma if rng.random() < 0.5 else layer in mb))
         genes.append((ta if take_a else tb, mask))

@@ -42,12 +42,17 @@ TIMESTEPS_ATTR = "timesteps"  # its schedule's time steps
 RULES_ATTR = "rules"  # per step [order, corrector], where the solver is searched
 SKIP_ATTR = "skip"  # stage 2: per step, the layers skipped there
 GFLOPS_ATTR = "gflops"  # stage 2: its GFLOPs per image
+SPACING_ATTR = "spacing"  # stage 1, a first trial: the standard spacing it is
+SOLVER_ATTR = "solver"  # stage 1, a first trial where the solver is searched: its solver
 FAIL_REASON_ATTR = "fail_reason"  # why it failed
 SURPLUS_ATTR = "surplus"  # pruned unrun: the target was reached by other workers
 DUPLICATE_OF_ATTR = "duplicate_of"  # pruned unrun: the trial that holds its candidate
 STAGE1_TRIAL_ATTR = "stage1_trial"  # a stage-2 trial carried from stage 1: that trial's number
 CONFIRMED_ATTR = "confirmed_fid"  # prefix of a study's "confirmed_fid:<trial>" user attrs
 SKIP_COST_ATTR = "skip_cost"  # a stage-2 study's measured per-(step, layer) skip cost
+# a stage-2 study's bound on its trials' search FID: the uniform schedule's, on the same noise
+# (a trial above it is infeasible, bred from last; a study made before has none)
+FID_BOUND_ATTR = "fid_bound"
 
 DEFAULT_HEARTBEAT = 10  # seconds: the study command's --heartbeat when none is given
 
