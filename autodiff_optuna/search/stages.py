@@ -216,16 +216,17 @@ def open_stage2(ctx: SearchContext, stage1: optuna.Study, storage,
     if isinstance(storage, str) or storage is None:
         storage = open_storage(storage, writable=True)
     costs = _stored_costs(ctx, name, storage) or skip_cost.measure(ctx, elites[0])
+    bound = _fid_bound(stage1)  # one read of stage 1's trials, for the study and its elites
     study = _open(ctx, name, storage, 2, _sampler(ctx, 2, elites, costs), max_gflops=max_gflops,
                   carried=[_carried(ctx, space, c, sources[c], max_gflops,
-                                    _fid_bound(stage1).get(FID_BOUND_ATTR)) for c in elites],
+                                    bound.get(FID_BOUND_ATTR)) for c in elites],
                   extra_attrs={STAGE1_ATTR: stage1.study_name,
                                FULL_GFLOPS_ATTR: ctx.full_gflops,
                                LAYERS_ATTR: list(ctx.costs.layers),
                                LAYER_SAVINGS_ATTR: {k: v / 1e9
                                                     for k, v in ctx.costs.saving.items()},
                                SKIP_COST_ATTR: costs,
-                               **_fid_bound(stage1),
+                               **bound,
                                **_unskippable(ctx)})
     stored = study.user_attrs.get(SKIP_COST_ATTR)
     if stored is None:  # a study made before the costs were measured
