@@ -93,6 +93,7 @@ def _stage_costs(url: str, name: str, samples: int) -> dict:
     from autodiff_optuna.search import objectives
     from autodiff_optuna.search.fidelity import PRUNED_AT, is_carried, is_evaluated
     from autodiff_optuna.search.results import uniform_trial
+    from autodiff_optuna.search.skip_cost import prior_images
     from autodiff_optuna.storage.record import CONFIRMED_ATTR, SKIP_COST_ATTR
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -111,11 +112,10 @@ def _stage_costs(url: str, name: str, samples: int) -> dict:
     uniform = objectives.fid(uniform_trial(stage1))
     costs = stage2.user_attrs.get(SKIP_COST_ATTR) or {}
     cells = sum(len(row) for row in costs.get("cost", []))
-    prior_each = min(64, max(8, samples // 16))
     return {"stage1_candidates": len(evaluated1), "stage1_images": sum(map(images, evaluated1)),
             "stage2_candidates": len(own2), "stage2_images": len(own2) * samples,
             "confirmed_trials": confirmed, "confirmation_images": confirmed * samples,
-            "prior_images": (cells + 1) * prior_each if cells else 0,
+            "prior_images": (cells + 1) * prior_images(samples) if cells else 0,
             "stage2_worse_than_uniform": sum(objectives.fid(t) > uniform for t in own2),
             "uniform_search_fid": uniform}
 
