@@ -181,13 +181,19 @@ class AdmModel(DiffusionModel):
     SKIPPABLE_PREFIXES = ("input_blocks.", "middle_block.", "output_blocks.")
 
     def _bypass_for(self, module):
-        from guided_diffusion.unet import AttentionBlock, ResBlock
+        return adm_bypass_for(module)
 
-        if isinstance(module, ResBlock):
-            return _resblock_bypass(module)
-        if isinstance(module, AttentionBlock):
-            return _attention_bypass(module)
-        return None
+
+def adm_bypass_for(module):
+    """What a skipped guided-diffusion block returns instead (None: not skippable); a function
+    of the module alone, so the estimate counts the layers of an ADM built without weights."""
+    from guided_diffusion.unet import AttentionBlock, ResBlock
+
+    if isinstance(module, ResBlock):
+        return _resblock_bypass(module)
+    if isinstance(module, AttentionBlock):
+        return _attention_bypass(module)
+    return None
 
 
 def _resblock_bypass(block):

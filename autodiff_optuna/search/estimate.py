@@ -225,7 +225,12 @@ def _unet2d_cost(preset) -> ImageCost:
 def _adm_cost(preset) -> ImageCost:
     import torch
 
-    from autodiff_optuna.models.adm import AdmModel, build_classifier, build_unet
+    from autodiff_optuna.models.adm import (
+        AdmModel,
+        adm_bypass_for,
+        build_classifier,
+        build_unet,
+    )
 
     size = preset.flags["image_size"]
     label = dict(y=torch.zeros(1, dtype=torch.long, device="meta"))
@@ -241,9 +246,8 @@ def _adm_cost(preset) -> ImageCost:
         torch.log_softmax(net(x, torch.zeros(1)), -1)[:, 0].sum().backward()
 
     guided = preset.classifier is not None and preset.classifier_scale > 0
-    # the adapter's bypass reads nothing of the instance: called on none
     layers = _layers(lambda: build_unet(preset.flags), AdmModel.SKIPPABLE_PREFIXES,
-                     lambda module: AdmModel._bypass_for(None, module))
+                     adm_bypass_for)
     return ImageCost(_counted(unet), 1, _counted(classifier_gradient) if guided else 0.0,
                      0.0, *_fid_cost(preset), layers=layers)
 
