@@ -46,6 +46,15 @@ def test_pruned_trials_count_towards_the_budget(pruned_study):
 
 
 @pytest.mark.slow  # a pruned study of 14 trials (module fixture)
+def test_the_spacings_queued_first_are_never_stopped_early(pruned_study):
+    _, _, trials = pruned_study
+    # the baselines (the standard spacings and the trajectory DP's) beyond the pruner's startup
+    queued = [t for t in trials if "spacing" in t.user_attrs]
+    assert len(queued) > fidelity.STARTUP_TRIALS
+    assert all(t.state == TrialState.COMPLETE and not t.intermediate_values for t in queued)
+
+
+@pytest.mark.slow  # a pruned study of 14 trials (module fixture)
 def test_complete_trials_are_scored_like_unpruned_ones(pruned_study):
     """The prefixes are the study's own noise: a finished trial's FID is the plain FID on all
     of it, and its reports are the FIDs of the prefixes."""

@@ -19,6 +19,7 @@ from autodiff_optuna.storage.record import (
     GFLOPS_ATTR,
     RULES_ATTR,
     SKIP_ATTR,
+    SPACING_ATTR,
     SURPLUS_ATTR,
     TIMESTEPS_ATTR,
 )
@@ -50,7 +51,9 @@ def make_objective(ctx: SearchContext, stage: int, target: int | None = None,
     def score_candidate(candidate: Candidate, trial: optuna.Trial) -> float:
         if score is not None:
             return score(candidate)
-        if rungs:
+        # the spacings queued first (standard, DP) are the baselines every result is compared
+        # with: scored on all images, never stopped early
+        if rungs and SPACING_ATTR not in trial.user_attrs:
             return fidelity.score_in_rungs(trial, ctx.model, ctx.scorer, candidate, batch,
                                            ctx.solver_of(candidate), rungs, batch_size)
         return score_schedule(ctx.model, ctx.scorer, candidate.timesteps, batch,
