@@ -28,8 +28,8 @@ from dataclasses import asdict, dataclass, field
 from autodiff_optuna.errors import UsageError
 from autodiff_optuna.models.files import read_json
 from autodiff_optuna.sampling.rules import describe, fixed_solver, single_scheduler_solver
-from autodiff_optuna.search import results
 from autodiff_optuna.search.results import Point, StudyResult
+from autodiff_optuna.storage import record
 from autodiff_optuna.storage.record import FID_FEATURES_ATTR, IDENTITY_ATTR
 
 FORMAT = "autodiff-optuna-schedule/1"
@@ -64,7 +64,7 @@ def from_result(result: StudyResult, pick: Point | None = None) -> SearchedSched
     if pick is None:
         pick = result.choose()
     config = result.config
-    training_schedule = results.training_schedule(result.stage1)
+    training_schedule = record.training_schedule(result.stage1.user_attrs)
     solver = config["solver"]
     if pick.rules:  # searched per step: its name where one fixed solver runs the same rules
         solver = fixed_solver(pick.rules, len(pick.timesteps)) or pick.rules

@@ -131,3 +131,21 @@ def test_a_solver_search_queues_the_dp_spacing_of_each_dp_solver(tmp_path):
     dp = {t.user_attrs["solver"] for t in _stage1_trials(url)
           if t.user_attrs.get("spacing") == "dp"}
     assert dp == {"ddim", "dpmpp2m"}
+
+
+@pytest.mark.slow  # fits the DP teacher: about 20 s
+def test_the_dp_spacing_is_fitted_once_per_context(tmp_path, monkeypatch):
+    """The estimate's timing creates a study (and so fits the DP spacing): the study it times,
+    made with the same context, reuses that fit."""
+    from autodiff_optuna import search
+    from autodiff_optuna.search import stages
+    from autodiff_optuna.search.config import SearchConfig
+    from autodiff_optuna.search.estimate import time_bookkeeping
+
+    ctx = search.SearchContext.build(SearchConfig("digits", 3, samples=80, population=3))
+    time_bookkeeping(ctx, trials=1)
+    assert ctx.dp_fitted
+    monkeypatch.setattr(stages, "_fit_dp_candidates", lambda ctx: pytest.fail("fitted again"))
+    study = search.open_stage1(ctx, "s", f"sqlite:///{tmp_path}/s.db")
+    dp = [t for t in study.get_trials() if t.user_attrs.get("spacing") == "dp"]
+    assert len(dp) == len(ctx.dp_fitted) == 1

@@ -26,7 +26,6 @@ from autodiff_optuna.metrics.scoring import score_schedule
 from autodiff_optuna.sampling.noise import CONFIRM, draw
 from autodiff_optuna.sampling.rules import StepRule
 from autodiff_optuna.search.results import (
-    FULL_GFLOPS_ATTR,
     MIN_SAVING,
     Point,
     check_config,
@@ -36,6 +35,7 @@ from autodiff_optuna.search.results import (
     thin,
     uniform_trial,
 )
+from autodiff_optuna.storage import record
 from autodiff_optuna.storage.record import CONFIRMED_ATTR
 
 STAGE1_TOP = 3  # stage 1's best few are confirmed whatever stage 2 finds
@@ -45,9 +45,7 @@ def to_confirm(stage1: optuna.Study, stage2: optuna.Study | None,
                min_saving: float = MIN_SAVING) -> list[Point]:
     """The unconfirmed points that the result can name now, by the FIDs known so far."""
     steps = check_config(stage1)["steps"]
-    full = stage1.user_attrs.get(FULL_GFLOPS_ATTR)
-    if full is None and stage2 is not None:
-        full = stage2.user_attrs.get(FULL_GFLOPS_ATTR)
+    full = record.full_gflops(stage1.user_attrs, stage2 and stage2.user_attrs)
     points = scored_points(stage1, stage2, steps, full)
     if not points:
         return []

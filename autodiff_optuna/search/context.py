@@ -1,6 +1,6 @@
 """What a search needs from its model and metric, built once per process."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -22,6 +22,9 @@ class SearchContext:
     scorer: object
     spacings: dict
     costs: LayerCosts
+    # the trajectory DP's first candidates, once fitted (``stages.dp_candidates``): the
+    # estimate's timing creates a study too, and the study it times should not fit them again
+    dp_fitted: list | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def build(cls, config: SearchConfig, device: str = "cpu",

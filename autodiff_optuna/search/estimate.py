@@ -149,6 +149,8 @@ class StudyEstimate:
 
 def format_hours(hours: float) -> str:
     seconds = hours * 3600
+    if seconds < 1:
+        return "under 1s"
     if seconds < 90:
         return f"{seconds:.0f}s"
     if seconds < 5400:

@@ -38,6 +38,7 @@ from autodiff_optuna.storage import load_existing_study, record
 from autodiff_optuna.storage.optuna_internals import stale_trial_ids, storage_of, trial_id
 from autodiff_optuna.storage.record import (
     CONFIG_ATTR,
+    DP_SPACING,
     FID_FEATURES_ATTR,
     FULL_GFLOPS_ATTR,
     RESULT_ATTR,
@@ -46,7 +47,6 @@ from autodiff_optuna.storage.record import (
     SPACING_ATTR,
     SPACINGS_ATTR,
     TIMESTEPS_ATTR,
-    TRAINING_SCHEDULE_ATTR,
     UNSKIPPABLE_ATTR,
 )
 
@@ -119,7 +119,7 @@ def uniform_trial(stage1: optuna.Study) -> FrozenTrial | None:
 def dp_trial(stage1: optuna.Study) -> FrozenTrial | None:
     """The complete trial of the trajectory DP's spacing (the best of them where the study
     searches the solver); None where the study queued none or it did not complete."""
-    trials = [t for t in complete_trials(stage1) if t.user_attrs.get(SPACING_ATTR) == "dp"]
+    trials = [t for t in complete_trials(stage1) if t.user_attrs.get(SPACING_ATTR) == DP_SPACING]
     return min(trials, key=objectives.fid, default=None)
 
 
@@ -386,9 +386,7 @@ def study_result(study: optuna.Study, export_rule: ExportRule = DEFAULT_RULE,
         raise ValueError(f"the minimum saving must be in [0, 1), got {min_saving}")
     stage1, stage2 = linked_studies(study)
     config = check_config(stage1)
-    full = stage1.user_attrs.get(FULL_GFLOPS_ATTR)
-    if full is None and stage2 is not None:  # a stage 1 made before it recorded them
-        full = stage2.user_attrs.get(FULL_GFLOPS_ATTR)
+    full = record.full_gflops(stage1.user_attrs, stage2 and stage2.user_attrs)
     points = scored_points(stage1, stage2, config["steps"], full)
     if not points:
         raise UsageError(f"study {stage1.study_name!r} has no complete trial yet")
@@ -527,16 +525,9 @@ def thin(front: list[Point], min_gflops_saving: float) -> list[Point]:
 def store_result(result: StudyResult) -> None:
     """Keep the result in both studies' user attributes (``result``), where Optuna's own tools
     and optuna-dashboard show it; a reader recomputes it with ``study_result``."""
-    record = result.stored()
+    stored = result.stored()
     for study in filter(None, (result.stage1, result.stage2)):
-        study.set_user_attr(RESULT_ATTR, record)
-
-
-def training_schedule(stage1: optuna.Study) -> dict | None:
-    """The model's training schedule the study recorded (None: made before it was recorded,
-    and not run since)."""
-    schedule = stage1.user_attrs.get(TRAINING_SCHEDULE_ATTR)
-    return schedule if isinstance(schedule, dict) else None
+        study.set_user_attr(RESULT_ATTR, stored)
 
 
 def study_listing(storage) -> list[dict]:

@@ -27,7 +27,7 @@ from autodiff_optuna.search.context import SearchContext
 from autodiff_optuna.search.encoding import Candidate
 from autodiff_optuna.search.evolutionary import EvolutionarySampler
 from autodiff_optuna.search.results import complete_trials, stored_config, uniform_trial
-from autodiff_optuna.search.trial import FID_CONSTRAINT, fid_constraint
+from autodiff_optuna.search.trial import FID_CONSTRAINT, GFLOPS_CONSTRAINT, fid_constraint
 from autodiff_optuna.storage import (
     creation_lock,
     load_existing_study,
@@ -39,6 +39,7 @@ from autodiff_optuna.storage.optuna_internals import ga_generation_key, storage_
 from autodiff_optuna.storage.record import (
     CODE_VERSION_ATTR,
     CONFIG_ATTR,
+    DP_SPACING,
     FID_BOUND_ATTR,
     FID_FEATURES_ATTR,
     FULL_GFLOPS_ATTR,
@@ -137,13 +138,19 @@ def first_candidates(ctx: SearchContext) -> list[tuple[Candidate, dict]]:
 DP_TEACHER_SAMPLES = 128
 DP_TEACHER_BYTES = 2**30
 DP_SOLVERS = ("ddim", "dpmpp2m")  # the DP spacings of a study that searches the solver
-DP_SPACING = "dp"
 
 
 def dp_candidates(ctx: SearchContext) -> list[tuple[Candidate, dict]]:
     """The trajectory DP's spacing (``sampling.trajectory_dp``) for the study's solver, or for
     each of ``DP_SOLVERS`` where the solver is searched, fitted to a teacher on the teacher
-    noise stream of the study's seed; none where the teacher is not finite."""
+    noise stream of the study's seed; none where the teacher is not finite. Fitted once per
+    context."""
+    if ctx.dp_fitted is None:
+        ctx.dp_fitted = _fit_dp_candidates(ctx)
+    return ctx.dp_fitted
+
+
+def _fit_dp_candidates(ctx: SearchContext) -> list[tuple[Candidate, dict]]:
     import torch
 
     from autodiff_optuna.sampling.trajectory_dp import (
@@ -184,13 +191,13 @@ def _record_model(ctx: SearchContext, study: optuna.Study) -> None:
     """What readers of the stage-1 study need from the model, so that ``best`` and ``export``
     need no model files: its training schedule (its scheduler config, for an exported
     schedule's diffusers fields) and the full network's GFLOPs per image (every result is
-    compared with it). A study made before they were recorded gets them on its next run."""
-    if TRAINING_SCHEDULE_ATTR not in study.user_attrs:
-        study.set_user_attr(TRAINING_SCHEDULE_ATTR, dict(ctx.model.scheduler_config))
-    if FULL_GFLOPS_ATTR not in study.user_attrs:
-        study.set_user_attr(FULL_GFLOPS_ATTR, ctx.full_gflops)
-    if IDENTITY_ATTR not in study.user_attrs:  # what an exported schedule's apply checks
-        study.set_user_attr(IDENTITY_ATTR, model_identity(ctx.model))
+    compared with it), and its identity (what an exported schedule's ``apply`` checks). A study
+    made before they were recorded gets them on its next run."""
+    attrs = study.user_attrs
+    facts = {TRAINING_SCHEDULE_ATTR: lambda: dict(ctx.model.scheduler_config),
+             FULL_GFLOPS_ATTR: lambda: ctx.full_gflops,
+             IDENTITY_ATTR: lambda: model_identity(ctx.model)}  # computed only where missing
+    record.upgrade(study, {name: fact() for name, fact in facts.items() if name not in attrs})
 
 
 def open_stage2(ctx: SearchContext, stage1: optuna.Study, storage,
@@ -230,7 +237,7 @@ def open_stage2(ctx: SearchContext, stage1: optuna.Study, storage,
                                **_unskippable(ctx)})
     stored = study.user_attrs.get(SKIP_COST_ATTR)
     if stored is None:  # a study made before the costs were measured
-        study.set_user_attr(SKIP_COST_ATTR, costs)
+        record.upgrade(study, {SKIP_COST_ATTR: costs})
     elif stored != costs and _skip_prior(ctx, stored) is not None:
         # another worker created it a moment ago: breed by what the study holds
         study.sampler = _sampler(ctx, 2, elites, stored)
@@ -247,7 +254,7 @@ def _carried(ctx: SearchContext, space, candidate: Candidate, source: optuna.tri
              SKIP_ATTR: [[] for _ in candidate.timesteps], GFLOPS_ATTR: full}
     if candidate.rules:
         attrs[RULES_ATTR] = [rule.to_json() for rule in candidate.rules]
-    constraints = {} if max_gflops is None else {"gflops": full - max_gflops}
+    constraints = {} if max_gflops is None else {GFLOPS_CONSTRAINT: full - max_gflops}
     if fid_bound is not None:
         constraints[FID_CONSTRAINT] = fid_constraint(objectives.fid(source), fid_bound)
     return optuna.trial.create_trial(

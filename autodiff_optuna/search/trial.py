@@ -28,6 +28,7 @@ from autodiff_optuna.storage.record import (
 # a result, so NSGA-II ranks it behind every feasible one and breeds from it last (without it,
 # the front's cheap end, however ruined, is an elite, and its children are ruined too)
 FID_CONSTRAINT = "fid"
+GFLOPS_CONSTRAINT = "gflops"  # above --max-gflops: how far
 
 
 def fid_constraint(fid: float, bound: float) -> float:
@@ -81,7 +82,7 @@ def make_objective(ctx: SearchContext, stage: int, target: int | None = None,
             trial.set_user_attr(SKIP_ATTR, [list(s) for s in candidate.skip])
             trial.set_user_attr(GFLOPS_ATTR, gflops)
             if max_gflops is not None:  # <= 0 is feasible; NSGA-II ranks infeasible ones last
-                trial.set_constraint("gflops", gflops - max_gflops)
+                trial.set_constraint(GFLOPS_CONSTRAINT, gflops - max_gflops)
         try:
             fid = score_candidate(candidate, trial)
         except FIDError as err:

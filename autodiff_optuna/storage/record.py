@@ -9,7 +9,9 @@ whatever it keeps under ``config``, does not meet that by accident, and nothing 
 deletes or lists a study as ours takes one that does not.
 
 Studies made before the marker existed meet the same schema without it; they get the marker on
-their next writable open (``mark``).
+their next writable open (``mark``). A study made by an earlier version is brought up to today's
+record here too: ``upgrade`` writes the facts it lacks (computed by the caller, which has the
+model), and the readers below fall back where a fact may be missing.
 """
 
 from collections.abc import Mapping
@@ -43,6 +45,7 @@ RULES_ATTR = "rules"  # per step [order, corrector], where the solver is searche
 SKIP_ATTR = "skip"  # stage 2: per step, the layers skipped there
 GFLOPS_ATTR = "gflops"  # stage 2: its GFLOPs per image
 SPACING_ATTR = "spacing"  # stage 1, a first trial: the standard spacing it is
+DP_SPACING = "dp"  # the SPACING_ATTR of the trajectory DP's spacing
 SOLVER_ATTR = "solver"  # stage 1, a first trial where the solver is searched: its solver
 FAIL_REASON_ATTR = "fail_reason"  # why it failed
 SURPLUS_ATTR = "surplus"  # pruned unrun: the target was reached by other workers
@@ -105,6 +108,33 @@ def mark(study: optuna.Study) -> None:
     """Write the marker (on a new study, first; on one of ours made before it existed)."""
     if not is_marked(study.user_attrs):
         study.set_user_attr(MARKER_ATTR, {"schema": SCHEMA})
+
+
+def upgrade(study: optuna.Study, facts: Mapping) -> list[str]:
+    """Bring a study made by an earlier version up to today's record: each of ``facts``
+    (attribute name: value) it lacks is written; one it holds is kept as it was made. Returns
+    the names written."""
+    attrs = study.user_attrs
+    missing = [name for name in facts if name not in attrs]
+    for name in missing:
+        study.set_user_attr(name, facts[name])
+    return missing
+
+
+def full_gflops(stage1_attrs: Mapping, stage2_attrs: Mapping | None = None) -> float | None:
+    """The full network's GFLOPs per image at the study's steps: stage 1's record, else its
+    stage 2's (a stage 1 made before it recorded them); None where neither holds it."""
+    full = stage1_attrs.get(FULL_GFLOPS_ATTR)
+    if full is None and stage2_attrs is not None:
+        full = stage2_attrs.get(FULL_GFLOPS_ATTR)
+    return full
+
+
+def training_schedule(stage1_attrs: Mapping) -> dict | None:
+    """The model's training schedule (its diffusers scheduler config) stage 1 recorded; None
+    where it was made before it did and has not been run since."""
+    schedule = stage1_attrs.get(TRAINING_SCHEDULE_ATTR)
+    return schedule if isinstance(schedule, dict) else None
 
 
 def linked_stage2_name(attrs: Mapping) -> str | None:
