@@ -8,6 +8,8 @@ cheaper one, on both bundled models and three search seeds.
                                           # bench/results.json["protocol"] and the BENCHMARKS.md
                                           # section "protocol" are rewritten
     python -m bench.run protocol          # the same, as a part of ``make bench``
+    python -m bench.protocol --renoise [JOB_DIR]   # studies made before the export rule
+                                          # looked at the noise: re-confirmed, export again
 
 Each job is one ``study`` through the CLI on its own SQLite file. Measured per study:
 
@@ -44,13 +46,20 @@ SEEDS = (0, 1, 2)
 # protocol -> extra study flags (the model's preset gives everything else)
 PROTOCOLS = {
     "preset": (),
-    "cheap": ("--trials", "48", "--population", "12", "--samples", "500",
-              "--stage2-trials", "24"),
+    "cheap": ("--trials", "40", "--population", "10", "--samples", "500",
+              "--stage2-trials", "10"),
 }
 PROTOCOL_NAMES = {"preset": "the preset (100 + 80 trials, population 20, 1000 images)",
-                  "cheap": "cheap (48 + 24 trials, population 12, 500 images)"}
+                  "cheap": "cheap (40 + 10 trials, population 10, 500 images)"}
 DEFAULT_DIR = Path("/tmp/bench-protocol")
 WITHIN = 1.10  # the issues' tolerance on held-out FID
+# a run's export by today's rule (within the tolerance by more than the confirmed FIDs' noise),
+# where its study was made before the rule and re-confirmed by ``renoise`` (its export, as
+# the study made it, stays under "export")
+NOISE_RULE = "export_beyond_noise"
+# model -> stage-2 trials at which a preset study's front is measured too, before it resumes to
+# the preset's count: issue 28's digits-deep target is counted at 80 stage-2 trials
+CHECKPOINTS = {"digits-deep": 80}
 
 
 def jobs() -> list[str]:
@@ -130,19 +139,25 @@ def study_job(model: str, protocol: str, seed: int, folder: Path) -> dict:
     common = ("--model", model, "--steps", str(STEPS), "--seed", str(seed), "--storage", url,
               *PROTOCOLS[protocol])
     estimate = json.loads(_cli("study", *common, "--estimate", "--json"))
+    held = _HeldOut(model)
+    checkpoint = CHECKPOINTS.get(model) if protocol == "preset" else None
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
+    at_checkpoint, measuring = None, 0.0
+    if checkpoint:  # the same study, stopped at the checkpoint, measured, then resumed
+        _cli("study", *common, "--stage2-trials", str(checkpoint), "--quiet")
+        measured = time.perf_counter()
+        at_checkpoint = {"stage2_trials": checkpoint,
+                         **_front_summary(_best(name, url), held)}
+        measuring = time.perf_counter() - measured  # held-out scoring: not the study's time
     _cli("study", *common, "--quiet")
-    wall = time.perf_counter() - started
+    wall = time.perf_counter() - started - measuring
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-    best = json.loads(_cli("best", "--name", name, "--storage", url, "--json"))
+    best = _best(name, url)
     cost = _stage_costs(url, name, best["samples"])
-    held = _HeldOut(model)
+    summary = _front_summary(best, held)
     points = {"best": best["best"], "export": best["export"], "uniform": best["uniform"]}
-    for point in [*points.values(), *best["front"]]:
-        if point is not None:
-            point["heldout_fid"] = held.fid(point, best["solver"])
     limit = points["best"]["heldout_fid"] * WITHIN
     within = [p for p in best["front"] if p["heldout_fid"] <= limit]
     cheapest = min(within, key=lambda p: p["gflops"], default=None)
@@ -152,13 +167,55 @@ def study_job(model: str, protocol: str, seed: int, folder: Path) -> dict:
            "wall_s": wall, "cpu_s": cpu, "estimate_cpu_s": estimate["total_hours"]["cpu"] * 3600,
            "estimate_images": sum(s["images"] for s in estimate["stages"]),
            "images": images, **cost, "full_gflops": best["full_gflops"], **points,
-           "front": best["front"], "cheapest_within_10pct": cheapest, "commit": _commit()}
+           "front": best["front"], "cheapest_within_10pct": cheapest, **summary,
+           "at_checkpoint": at_checkpoint, "commit": _commit()}
     export = points["export"] or points["best"]
     print(f"  {model} {protocol} seed {seed}: best held-out {points['best']['heldout_fid']:.3f}, "
           f"export held-out {export['heldout_fid']:.3f} at {export['gflops_share']:.1%}; "
           f"{images:,} images, {wall:.0f} s (estimated {run['estimate_cpu_s']:.0f} s)",
           flush=True)
     return run
+
+
+def _best(name: str, url: str) -> dict:
+    return json.loads(_cli("best", "--name", name, "--storage", url, "--json"))
+
+
+def _front_summary(best: dict, held: _HeldOut) -> dict:
+    """Held-out FIDs of ``best``'s points (written into them), stage 1's best (the front's
+    full-compute point) and the front's cheapest point within 10% of it held out: the
+    stage-2 issue's digits-deep target."""
+    points = [best["best"], best["export"], best["uniform"], *best["front"]]
+    for point in points:
+        if point is not None and "heldout_fid" not in point:
+            point["heldout_fid"] = held.fid(point, best["solver"])
+    full = max(best["front"], key=lambda p: (p["gflops"], -p["heldout_fid"]))
+    within = [p for p in best["front"] if p["heldout_fid"] <= full["heldout_fid"] * WITHIN]
+    return {"stage1_best": full,
+            "cheapest_within_10pct_of_stage1": min(within, key=lambda p: p["gflops"])}
+
+
+def renoise(folder: Path = DEFAULT_DIR) -> None:
+    """Each kept job whose study was made before the export rule looked at the confirmed FIDs'
+    noise: its study command run again on its database (nothing left to search; confirmation
+    measures the spreads a study made before lacks), and the export ``best`` names now kept as
+    ``NOISE_RULE``, with the held-out FID its front point was scored with."""
+    for path in sorted((Path(folder) / "jobs").glob("*.json")):
+        run = json.loads(path.read_text())
+        if run.get(NOISE_RULE) is not None:
+            continue
+        db = Path(folder) / f"{run['model']}-{run['protocol']}-s{run['seed']}.db"
+        url = f"sqlite:///{db}"
+        name = f"{run['model']}-k{STEPS}"
+        _cli("study", "--model", run["model"], "--steps", str(STEPS), "--seed", str(run["seed"]),
+             "--storage", url, *run["flags"], "--quiet")
+        export = _best(name, url)["export"]
+        held = {(p["stage"], p["trial"]): p["heldout_fid"] for p in run["front"]}
+        run[NOISE_RULE] = {**export, "heldout_fid": held[(export["stage"], export["trial"])]}
+        path.write_text(json.dumps(run) + "\n")
+        print(f"  {path.stem}: export beyond the noise {export['gflops_share']:.1%}, held-out "
+              f"{run[NOISE_RULE]['heldout_fid']:.3f} (best {run['best']['heldout_fid']:.3f})",
+              flush=True)
 
 
 def collect(done: dict, machine: str) -> dict:
@@ -187,6 +244,17 @@ def _mean(values) -> str:
         f"{values[0]:.2f}"
 
 
+def _export(point: dict | None, best: dict) -> str:
+    if point is None:
+        return "-"
+    return (f"{point['gflops_share']:.1%}, {point['heldout_fid']:.2f} "
+            f"({point['heldout_fid'] / best['heldout_fid']:.2f}x)")
+
+
+def _share(point: dict | None) -> str:
+    return "-" if point is None else f"{point['gflops_share']:.1%} ({point['heldout_fid']:.2f})"
+
+
 def markdown(entry: dict) -> str:
     """The BENCHMARKS.md section from results.json's entry."""
     runs = entry["runs"]
@@ -194,36 +262,54 @@ def markdown(entry: dict) -> str:
              f"Both stages as `make study` runs them (K={entry['steps']}), one SQLite file per "
              f"study; every held-out FID on {entry['heldout_samples']} images of the held-out "
              f"noise stream of seed {entry['heldout_seed']} (no study searches or confirms on "
-             "it). Images: both stages, confirmation and the skip-cost prior.", "",
+             "it). Images: both stages, confirmation and the skip-cost prior. Wall clock: the "
+             "study processes' own (two benchmark processes shared the 2 cores, one thread "
+             "each); estimated: `study --estimate`'s projection for this machine.", "",
              "| model | protocol | seed | images | wall s (estimated) | best: search / "
-             "confirmed / held-out | export: GFLOPs share, held-out (x best) | cheapest within "
-             "10% held out | stage 2 worse than uniform | confirmation images |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "confirmed / held-out | export by the tolerance alone: GFLOPs share, held-out "
+             "(x best) | export beyond the noise (today's rule) | cheapest within 10% of stage "
+             "1's best, held out | stage 2 worse than uniform | confirmation images |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         b, e = r["best"], r["export"] or r["best"]
-        c = r["cheapest_within_10pct"]
+        c = r["cheapest_within_10pct_of_stage1"]
+        at = r.get("at_checkpoint")
         lines.append(
             f"| {r['model']} | {r['protocol']} | {r['seed']} | {r['images']:,} | "
             f"{r['wall_s']:.0f} ({r['estimate_cpu_s']:.0f}) | {b['search_fid']:.2f} / "
             f"{(b['confirmed_fid'] or b['fid']):.2f} / {b['heldout_fid']:.2f} | "
-            f"{e['gflops_share']:.1%}, {e['heldout_fid']:.2f} "
-            f"({e['heldout_fid'] / b['heldout_fid']:.2f}x) | "
-            f"{'-' if c is None else format(c['gflops_share'], '.1%')} | "
+            f"{_export(e, b)} | {_export(r.get(NOISE_RULE), b)} | {_share(c)}"
+            + (f"; at {at['stage2_trials']} stage-2 trials "
+               f"{_share(at['cheapest_within_10pct_of_stage1'])}" if at else "") + " | "
             f"{r['stage2_worse_than_uniform']}/{r['stage2_candidates']} | "
             f"{r['confirmation_images']:,} ({r['confirmation_images'] / r['images']:.1%}) |")
     lines += ["", "Per model and protocol, over the seeds:", "",
-              "| model | protocol | images per study | best held-out | export held-out / best's |",
-              "|---|---|---|---|---|"]
+              "| model | protocol | images per study | best held-out | export held-out / best's: "
+              "by the tolerance alone | beyond the noise |",
+              "|---|---|---|---|---|---|"]
     for model in MODELS:
         for protocol in PROTOCOLS:
             group = [r for r in runs if r["model"] == model and r["protocol"] == protocol]
             if group:
-                ratios = [(r["export"] or r["best"])["heldout_fid"] / r["best"]["heldout_fid"]
-                          for r in group]
+                cells = []
+                for key in ("export", NOISE_RULE):
+                    ratios = [(r.get(key) or r["best"])["heldout_fid"] / r["best"]["heldout_fid"]
+                              for r in group if key == "export" or r.get(key)]
+                    cells.append(f"{_mean(ratios)} (worst {max(ratios):.2f})" if ratios else "-")
                 lines.append(f"| {model} | {PROTOCOL_NAMES[protocol]} | "
                              f"{np.mean([r['images'] for r in group]):,.0f} | "
                              f"{_mean([r['best']['heldout_fid'] for r in group])} | "
-                             f"{_mean(ratios)} (worst {max(ratios):.2f}) |")
+                             + " | ".join(cells) + " |")
+    lines += ["", "<details><summary>Each study's front: GFLOPs share, search / confirmed / "
+              "held-out FID</summary>", ""]
+    for r in runs:
+        front = "; ".join(
+            f"{p['gflops_share']:.1%}: {p['search_fid']:.2f} / "
+            + ("-" if p["confirmed_fid"] is None else f"{p['confirmed_fid']:.2f}")
+            + f" / {p['heldout_fid']:.2f}"
+            for p in sorted(r["front"], key=lambda p: -p["gflops"]))
+        lines.append(f"- {r['model']} {r['protocol']} seed {r['seed']}: {front}")
+    lines += ["", "</details>"]
     return "\n".join(lines)
 
 
@@ -237,10 +323,23 @@ def save(entry: dict) -> None:
     write_sections({KEY: markdown(entry)})
 
 
+def _machine() -> str:
+    from bench.run import machine
+
+    return machine()
+
+
 def main() -> None:
     """``python -m bench.protocol [DIR]``: measure what is not yet in DIR."""
     os.environ.setdefault("OMP_NUM_THREADS", "2")  # a study as a user runs it: every core
-    folder = Path(sys.argv[1]) if sys.argv[1:] else DEFAULT_DIR
+    args = sys.argv[1:]
+    if args[:1] == ["--renoise"]:
+        folder = Path(args[1]) if args[1:] else DEFAULT_DIR
+        renoise(folder)
+        save(collect({p.stem: json.loads(p.read_text())
+                      for p in sorted((folder / "jobs").glob("*.json"))}, _machine()))
+        return
+    folder = Path(args[0]) if args else DEFAULT_DIR
     save(measure(folder, on_job=save))
     print(f"updated bench/results.json ({KEY}) and BENCHMARKS.md ({KEY})")
 

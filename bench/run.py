@@ -336,6 +336,10 @@ def render(results: dict) -> dict[str, str]:
         from bench.protocol import KEY, markdown
 
         sections[KEY] = markdown(results["protocol"])
+    if "reuse" in results:
+        from bench import reuse
+
+        sections[reuse.KEY] = reuse.markdown(results["reuse"])
     if "end_to_end" in results:
         sections["end-to-end"] = "\n".join(head + render_end_to_end(
             results["end_to_end"], results.get("spacings_table", {})))
@@ -626,9 +630,10 @@ def main() -> None:
     skip_sensitivity, spacings_table, samplers, multifidelity, end_to_end, deep_study,
     stage2_budgets, workers, teacher_reference, profile, solver_search: issue 27's solver
     benchmark, resumable, its jobs kept under /tmp/bench27/jobs; see bench/solvers.py;
-    protocol: whole studies, preset against a cheaper budget, see bench/protocol.py)
+    protocol: whole studies, preset against a cheaper budget, see bench/protocol.py;
+    reuse: DeepCache's reuse against the bypass, see bench/reuse.py)
     and keep the other numbers of bench/results.json."""
-    from bench import protocol, search, solvers
+    from bench import protocol, reuse, search, solvers
     from bench.profile import profile_trials
     from bench.workers import measure as workers
 
@@ -641,7 +646,7 @@ def main() -> None:
              "stage2_budgets": search.stage2_budgets, "workers": workers,
              "teacher_reference": search.teacher_reference,
              "profile": profile_trials, "solver_search": solvers.measure,
-             "protocol": protocol.measure}
+             "protocol": protocol.measure, "reuse": reuse.measure}
     wanted = sys.argv[1:] or list(parts)
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() and sys.argv[1:] else {}
     if not sys.argv[1:]:  # the machine of every part; one re-measured alone names its own

@@ -34,3 +34,17 @@ def test_non_finite_features_fail_clearly():
     feats[3, 1] = np.nan
     with pytest.raises(FIDError, match="not finite"):
         fid_from_features(feats, np.zeros(4), np.eye(4))
+
+
+def test_the_spread_of_a_fid_is_seeded_and_shrinks_with_more_images():
+    import numpy as np
+
+    from autodiff_optuna.metrics.fid import fid_spread
+
+    rng = np.random.default_rng(1)
+    reference = rng.normal(size=(4000, 8))
+    mu, sigma = reference.mean(0), np.cov(reference, rowvar=False)
+    few, many = rng.normal(size=(200, 8)) + 0.2, rng.normal(size=(3200, 8)) + 0.2
+    assert fid_spread(few, mu, sigma) == fid_spread(few, mu, sigma) > 0
+    assert fid_spread(many, mu, sigma) < fid_spread(few, mu, sigma) / 2
+    assert fid_spread(np.full((10, 8), np.nan), mu, sigma) == float("inf")

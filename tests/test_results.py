@@ -82,6 +82,39 @@ def test_export_is_the_cheapest_within_the_tolerance(storage):
     assert study_result(study, ExportRule(fid_tolerance=0.0)).fast.fid == 8.0
 
 
+def test_export_trades_quality_only_by_more_than_the_confirmed_fids_noise(storage):
+    """A cheaper point within the tolerance by less than the noise of the two confirmed FIDs
+    is not exported in place of the best; one that clears it by more is."""
+    study = make_search(storage, [(UNIFORM, 68.0), ([496, 381, 257, 101], 8.0)], [
+        ([496, 381, 257, 101], 2, 8.3, 0.110),
+        ([496, 381, 257, 90], 4, 8.7, 0.100)])
+    stage2 = optuna.load_study(study_name="s-k4-stage2", storage=storage)
+    for study_, trial, fid, spread in ((study, 1, 8.0, 0.3), (stage2, 0, 8.3, 0.3),
+                                       (stage2, 1, 8.7, 0.3)):
+        study_.set_user_attr(f"confirmed_fid:{trial}", fid)
+        study_.set_user_attr(f"confirmed_fid_spread:{trial}", spread)
+    result = study_result(study)
+    # 8.3 + 0.42 <= 8.8 clears the 10% limit by the noise; 8.7 + 0.42 does not
+    assert result.fast.fid == 8.3 and result.best.confirmed_spread == 0.3
+    assert "by more than the confirmed FIDs' noise" in result.rule()
+    stage2.set_user_attr("confirmed_fid_spread:0", 1.0)  # a noisier measurement: the best
+    assert study_result(study).fast.fid == 8.0
+    assert "8.000 ± 0.300 confirmed (search 8.000)" in study_result(study).best.describe()
+
+
+def test_a_fid_confirmed_before_spreads_were_measured_is_confirmed_again(storage):
+    from autodiff_optuna.search.confirm import to_confirm
+
+    study = make_search(storage, [(UNIFORM, 68.0), ([496, 381, 257, 101], 8.0)])
+    for trial, fid in ((0, 67.0), (1, 8.2)):
+        study.set_user_attr(f"confirmed_fid:{trial}", fid)
+    assert sorted(p.trial for p in to_confirm(study, None)) == [0, 1]
+    assert study_result(study).fast.fid == 8.2  # ranked by it meanwhile, with no margin
+    study.set_user_attr("confirmed_fid_spread:0", 2.0)
+    study.set_user_attr("confirmed_fid_spread:1", 0.5)
+    assert to_confirm(study, None) == []
+
+
 def test_a_budget_worse_than_uniform_is_refused_naming_one_that_is_not(storage):
     study = make_search(storage, [(UNIFORM, 68.0), ([496, 381, 257, 101], 8.0)], [
         ([997, 570, 496, 258], 9, 388.0, 0.090),

@@ -88,6 +88,7 @@ def test_what_the_result_names_is_confirmed_on_other_noise(searched):
     named = [result.best, *(p for p in result.front
                             if result.uniform is None or p.fid <= result.uniform.fid)]
     assert all(p.confirmed_fid is not None and p.fid == p.confirmed_fid for p in named)
+    assert all(0 < p.confirmed_spread < p.confirmed_fid for p in named)  # its noise, measured
     assert result.uniform.confirmed_fid is not None
     assert any(p.confirmed_fid != p.search_fid for p in named)  # other noise, other values
     summary = result.as_dict()["best"]

@@ -2,7 +2,13 @@
 
 import torch
 
-from autodiff_optuna.metrics.fid import FIDError, FIDScorer, to_uint8
+from autodiff_optuna.metrics.fid import (
+    FIDError,
+    FIDScorer,
+    fid_from_features,
+    fid_spread,
+    to_uint8,
+)
 from autodiff_optuna.models.base import DiffusionModel
 from autodiff_optuna.sampling import NoiseBatch, Schedule, sample
 
@@ -16,3 +22,16 @@ def score_schedule(model: DiffusionModel, scorer: FIDScorer, timesteps: Schedule
     if not torch.isfinite(images).all():
         raise FIDError("samples are not finite (NaN or inf)")
     return scorer(to_uint8(images))
+
+
+def score_with_spread(model: DiffusionModel, scorer: FIDScorer, timesteps: Schedule,
+                      batch: NoiseBatch, solver: str, batch_size: int | None = None,
+                      skip=None) -> tuple[float, float]:
+    """``score_schedule``'s FID and its spread (``fid.fid_spread``: how far another draw of as
+    many images could move it), from one sampling."""
+    images = sample(model, timesteps, batch, solver, batch_size, skip)
+    if not torch.isfinite(images).all():
+        raise FIDError("samples are not finite (NaN or inf)")
+    features = scorer.features(to_uint8(images))
+    return (fid_from_features(features, scorer.ref_mu, scorer.ref_sigma),
+            fid_spread(features, scorer.ref_mu, scorer.ref_sigma))

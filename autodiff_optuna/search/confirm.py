@@ -10,10 +10,14 @@ until nothing changes, the best and every point of the thinned front that is no 
 uniform schedule (a point worse than it is never exported) by the FIDs known so far: a
 confirmed FID can move a point off the front and another onto it, which is then confirmed too.
 
-Each confirmed FID is stored (a study user attribute ``confirmed_fid:<trial>``: Optuna keeps a
-finished trial's attributes fixed) as soon as it is computed, so a confirmation killed midway
-resumes where it stopped, and a study made before confirmation existed is confirmed on its next
-run. Confirming is the end of each stage's ``run``.
+Each confirmed FID is stored with its spread (study user attributes ``confirmed_fid:<trial>``
+and ``confirmed_fid_spread:<trial>``: Optuna keeps a finished trial's attributes fixed) as soon
+as it is computed, so a confirmation killed midway resumes where it stopped, and a study made
+before confirmation (or its spread) existed is confirmed on its next run. The spread is the
+FID's bootstrap standard deviation over the confirmation's images: on a few thousand images a
+FID moves by more than a 10% tolerance from one draw of noise to the next, and the export rule
+(``results.StudyResult.fast``) trades quality for compute only by a margin larger than that.
+Confirming is the end of each stage's ``run``.
 """
 
 import sys
@@ -22,7 +26,7 @@ import time
 import optuna
 
 from autodiff_optuna.metrics.fid import FIDError
-from autodiff_optuna.metrics.scoring import score_schedule
+from autodiff_optuna.metrics.scoring import score_with_spread
 from autodiff_optuna.sampling.noise import CONFIRM, draw
 from autodiff_optuna.sampling.rules import StepRule
 from autodiff_optuna.search.results import (
@@ -36,7 +40,7 @@ from autodiff_optuna.search.results import (
     uniform_trial,
 )
 from autodiff_optuna.storage import record
-from autodiff_optuna.storage.record import CONFIRMED_ATTR
+from autodiff_optuna.storage.record import CONFIRMED_ATTR, CONFIRMED_SPREAD_ATTR
 
 STAGE1_TOP = 3  # stage 1's best few are confirmed whatever stage 2 finds
 
@@ -59,7 +63,8 @@ def to_confirm(stage1: optuna.Study, stage2: optuna.Study | None,
     best = min(points, key=lambda p: (p.fid, p.gflops or 0.0, p.stage, p.trial))
     front = thin(pareto(points), min_saving * full) if full else []
     wanted += [best, *(p for p in front if p.fid <= max(limit, best.fid))]
-    return list({(p.stage, p.trial): p for p in wanted if p.confirmed_fid is None}.values())
+    return list({(p.stage, p.trial): p for p in wanted
+                 if p.confirmed_fid is None or p.confirmed_spread is None}.values())
 
 
 def _search_fid(point: Point) -> float:
@@ -83,16 +88,18 @@ def confirm(ctx, study: optuna.Study, progress: bool = True, batch_size: int | N
             started = time.monotonic()
             rules = [StepRule(order, corrector) for order, corrector in point.rules or []]
             try:
-                fid = score_schedule(ctx.model, ctx.scorer, point.timesteps, batch,
-                                     rules or ctx.config.solver, batch_size,
-                                     skip=[tuple(s) for s in point.skip])
+                fid, spread = score_with_spread(ctx.model, ctx.scorer, point.timesteps, batch,
+                                                rules or ctx.config.solver, batch_size,
+                                                skip=[tuple(s) for s in point.skip])
             except FIDError:  # not finite on this noise: no result to name
-                fid = float("inf")
-            studies[point.stage].set_user_attr(f"{CONFIRMED_ATTR}:{point.trial}", fid)
+                fid = spread = float("inf")
+            study = studies[point.stage]
+            study.set_user_attr(f"{CONFIRMED_ATTR}:{point.trial}", fid)
+            study.set_user_attr(f"{CONFIRMED_SPREAD_ATTR}:{point.trial}", spread)
             images += len(batch.noise)
             if progress:
                 print(f"confirm stage {point.stage} trial {point.trial:>4}  {point.timesteps}  "
                       f"skips {point.skipped:>2}  search FID {_search_fid(point):8.3f}  "
-                      f"confirmed {fid:8.3f}  ({time.monotonic() - started:.1f}s)",
+                      f"confirmed {fid:8.3f} ± {spread:.3f}  ({time.monotonic() - started:.1f}s)",
                       file=sys.stdout, flush=True)
     return images

@@ -182,6 +182,9 @@ class Point:
     rules: list | None = None  # per step [order, corrector] where the solver was searched
     search_fid: float | None = None  # the search's own FID (None: ``fid`` is it)
     confirmed_fid: float | None = None  # on the confirmation noise (None: not confirmed)
+    # how far another draw of the confirmation's images could move it (``metrics.fid_spread``;
+    # None: not confirmed, or confirmed before spreads were measured)
+    confirmed_spread: float | None = None
 
     @property
     def skipped(self) -> int:
@@ -195,7 +198,7 @@ class Point:
         return {"stage": self.stage, "study": self.study, "trial": self.trial,
                 "timesteps": self.timesteps, "skip": self.skip, "fid": self.fid,
                 "search_fid": self.fid if self.search_fid is None else self.search_fid,
-                "confirmed_fid": self.confirmed_fid,
+                "confirmed_fid": self.confirmed_fid, "confirmed_spread": self.confirmed_spread,
                 "gflops": self.gflops, "gflops_share": self.share(full_gflops),
                 **({"rules": self.rules} if self.rules else {})}
 
@@ -207,7 +210,9 @@ class Point:
             text += f" ({describe_solver(self.rules, len(self.timesteps))})"
         text += f", FID {self.fid:.3f}"
         if self.confirmed_fid is not None and self.search_fid is not None:
-            text += f" confirmed (search {self.search_fid:.3f})"
+            spread = ("" if self.confirmed_spread is None
+                      else f" ± {self.confirmed_spread:.3f}")
+            text += f"{spread} confirmed (search {self.search_fid:.3f})"
         if self.gflops is not None:
             text += f", {self.gflops:.4f} GFLOPs/image"
             share = self.share(full_gflops)
@@ -253,11 +258,13 @@ class StudyResult:
     @property
     def fast(self) -> Point:
         """The cheapest front point within the FID tolerance of the best (and no worse than
-        the uniform schedule); the best itself where nothing cheaper is that good."""
+        the uniform schedule) by more than the noise of both FIDs (``noise_margin``); the best
+        itself where nothing cheaper is that good."""
         limit = self.best.fid * (1 + self.fid_tolerance)
         if self.uniform is not None:
             limit = min(limit, max(self.uniform.fid, self.best.fid))
-        return next(p for p in self.front if p.fid <= limit)
+        return next(p for p in self.front
+                    if p is self.best or p.fid + noise_margin(p, self.best) <= limit)
 
     def choose(self) -> Point:
         """What ``export`` writes: ``fast``, or with a budget (``budget``) the lowest-FID front
@@ -314,7 +321,8 @@ class StudyResult:
         """How ``choose`` picks, in words."""
         if self.budget is not None:
             return f"the lowest FID within {self.budget} GFLOPs/image"
-        return f"the cheapest within {self.fid_tolerance:.0%} of the best FID"
+        return (f"the cheapest within {self.fid_tolerance:.0%} of the best FID, by more than "
+                "the confirmed FIDs' noise")
 
     def as_dict(self) -> dict:
         """The result as ``best --json`` and ``study --json`` print it (``export`` None, and
@@ -454,7 +462,7 @@ def scored_points(stage1, stage2, steps: int, full: float | None) -> list[Point]
     A stage-2 trial over the budget stage 2 was run with is one too: the budget steered the
     search, and ``choose`` applies it to what is exported. Stage 1's elites carried into stage
     2 are stage 1's points (the same candidates, scored there), so they appear once."""
-    confirmed = confirmed_fids(stage1)
+    confirmed = confirmations(stage1)
     points = [_point(stage1, 1, t, full, steps, confirmed) for t in complete_trials(stage1)]
     if stage2 is not None:
         points += stage2_points(stage2, steps, carried=False)
@@ -463,7 +471,7 @@ def scored_points(stage1, stage2, steps: int, full: float | None) -> list[Point]
 
 def stage2_points(stage2: optuna.Study, steps: int, carried: bool = True) -> list[Point]:
     """Stage 2's complete trials as Points (``carried``: with stage 1's elites it holds)."""
-    confirmed = confirmed_fids(stage2)
+    confirmed = confirmations(stage2)
     return [_point(stage2, 2, t, None, steps, confirmed) for t in complete_trials(stage2)
             if carried or not is_carried(t)]
 
@@ -471,10 +479,36 @@ def stage2_points(stage2: optuna.Study, steps: int, carried: bool = True) -> lis
 def confirmed_fids(study: optuna.Study) -> dict[int, float]:
     """Trial number -> its confirmed FID, for the trials of ``study`` that ``search.confirm``
     re-scored (kept as study attributes: Optuna does not write to a finished trial)."""
-    prefix = f"{record.CONFIRMED_ATTR}:"
-    return {int(key[len(prefix):]): value for key, value in study.user_attrs.items()
+    return confirmations(study)[0]
+
+
+def confirmations(study: optuna.Study) -> tuple[dict[int, float], dict[int, float]]:
+    """(``confirmed_fids``, trial number -> its confirmed FID's spread), one read."""
+    attrs = study.user_attrs
+    return (_per_trial(attrs, record.CONFIRMED_ATTR),
+            _per_trial(attrs, record.CONFIRMED_SPREAD_ATTR))
+
+
+def _per_trial(attrs: dict, name: str) -> dict[int, float]:
+    prefix = f"{name}:"
+    return {int(key[len(prefix):]): value for key, value in attrs.items()
             if key.startswith(prefix) and key[len(prefix):].isdigit()
             and isinstance(value, (int, float))}
+
+
+# how many standard deviations of the difference of two confirmed FIDs a cheaper point must
+# clear the FID tolerance by to be exported in place of the best
+NOISE_SIGMAS = 1.0
+
+
+def noise_margin(point: Point, best: Point) -> float:
+    """What ``point``'s FID must clear the tolerance by, beyond the best's: ``NOISE_SIGMAS``
+    standard deviations of the difference of their confirmed FIDs (each on its own draw of
+    noise as far as the bootstrap can tell: the root of the summed variances); 0 where either
+    has no spread (a study confirmed before spreads were measured, or not confirmed)."""
+    if point.confirmed_spread is None or best.confirmed_spread is None:
+        return 0.0
+    return NOISE_SIGMAS * math.hypot(point.confirmed_spread, best.confirmed_spread)
 
 
 def stage2_front_size(stage2: optuna.Study, min_saving: float = MIN_SAVING) -> int:
@@ -489,17 +523,18 @@ def stage2_front_size(stage2: optuna.Study, min_saving: float = MIN_SAVING) -> i
 
 
 def _point(study, stage: int, trial: FrozenTrial, full: float | None, steps: int,
-           confirmed: dict[int, float] | None = None) -> Point:
-    """``confirmed``: ``confirmed_fids(study)``, read once by a caller that makes many."""
+           confirmed: tuple[dict, dict] | None = None) -> Point:
+    """``confirmed``: ``confirmations(study)``, read once by a caller that makes many."""
     if stage == 1:
         skip, gflops = [[] for _ in range(steps)], full
     else:
         skip, gflops = trial.user_attrs.get(SKIP_ATTR), objectives.gflops(trial)
-    confirmed = confirmed_fids(study) if confirmed is None else confirmed
-    search_fid, confirmed_fid = objectives.fid(trial), confirmed.get(trial.number)
+    fids, spreads = confirmations(study) if confirmed is None else confirmed
+    search_fid, confirmed_fid = objectives.fid(trial), fids.get(trial.number)
     return Point(stage, study.study_name, trial.number, trial.user_attrs.get(TIMESTEPS_ATTR),
                  skip, search_fid if confirmed_fid is None else confirmed_fid, gflops,
-                 trial.user_attrs.get(RULES_ATTR), search_fid, confirmed_fid)
+                 trial.user_attrs.get(RULES_ATTR), search_fid, confirmed_fid,
+                 None if confirmed_fid is None else spreads.get(trial.number))
 
 
 def pareto(points: list[Point]) -> list[Point]:

@@ -52,6 +52,8 @@ SURPLUS_ATTR = "surplus"  # pruned unrun: the target was reached by other worker
 DUPLICATE_OF_ATTR = "duplicate_of"  # pruned unrun: the trial that holds its candidate
 STAGE1_TRIAL_ATTR = "stage1_trial"  # a stage-2 trial carried from stage 1: that trial's number
 CONFIRMED_ATTR = "confirmed_fid"  # prefix of a study's "confirmed_fid:<trial>" user attrs
+# prefix of "confirmed_fid_spread:<trial>": the confirmed FID's bootstrap standard deviation
+CONFIRMED_SPREAD_ATTR = "confirmed_fid_spread"
 SKIP_COST_ATTR = "skip_cost"  # a stage-2 study's measured per-(step, layer) skip cost
 # a stage-2 study's bound on its trials' search FID: the uniform schedule's, on the same noise
 # (a trial above it is infeasible, bred from last; a study made before has none)
