@@ -9,7 +9,8 @@ cheaper one, on both bundled models and three search seeds.
                                           # section "protocol" are rewritten
     python -m bench.run protocol          # the same, as a part of ``make bench``
     python -m bench.protocol --renoise [JOB_DIR]   # studies made before the export rule
-                                          # looked at the noise: re-confirmed, export again
+                                          # looked at the noise: re-confirmed, export again;
+                                          # and the digits-deep target (``stage2_target``)
 
 Each job is one ``study`` through the CLI on its own SQLite file. Measured per study:
 
@@ -218,6 +219,59 @@ def renoise(folder: Path = DEFAULT_DIR) -> None:
               flush=True)
 
 
+def stage2_target(folder: Path = DEFAULT_DIR, checkpoints=(80,)) -> None:
+    """The stage-2 issue's digits-deep target on each kept digits-deep preset study: stage 1's
+    best (its lowest FID, the full network) scored held out; then, with the first N of stage
+    2's own trials (in the order they completed) for each checkpoint N and with all of them,
+    the thinned front of both stages as it stood (ranked by today's confirmed FIDs), each point
+    held out, and the cheapest within 10% of stage 1's best held out. Kept in the job as
+    ``stage2_target``."""
+    import optuna
+
+    from autodiff_optuna.search.results import (
+        MIN_SAVING,
+        check_config,
+        pareto,
+        scored_points,
+        stage2_points,
+        thin,
+    )
+    from autodiff_optuna.storage import record
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    for path in sorted((Path(folder) / "jobs").glob("digits-deep-preset-*.json")):
+        run = json.loads(path.read_text())
+        if run.get("stage2_target") is not None:
+            continue
+        seed = run["seed"]
+        url = f"sqlite:///{Path(folder) / f'digits-deep-preset-s{seed}.db'}"
+        stage1 = optuna.load_study(study_name=f"digits-deep-k{STEPS}", storage=url)
+        stage2 = optuna.load_study(study_name=f"digits-deep-k{STEPS}-stage2", storage=url)
+        steps = check_config(stage1)["steps"]
+        full = record.full_gflops(stage1.user_attrs, stage2.user_attrs)
+        solver = check_config(stage1)["solver"]
+        held = _HeldOut("digits-deep")
+        first = scored_points(stage1, None, steps, full)
+        best1 = min(first, key=lambda p: p.fid)
+        limit = held.fid(best1.as_dict(full), solver) * WITHIN
+        done_at = {t.number: t.datetime_complete for t in stage2.get_trials(deepcopy=False)}
+        own = sorted(stage2_points(stage2, steps, carried=False), key=lambda p: done_at[p.trial])
+        target = {"stage1_best": {**best1.as_dict(full), "heldout_fid": limit / WITHIN},
+                  "at": {}}
+        for n in (*[c for c in checkpoints if c < len(own)], len(own)):
+            front = thin(pareto(first + own[:n]), MIN_SAVING * full)
+            points = [{**p.as_dict(full), "heldout_fid": held.fid(p.as_dict(full), solver)}
+                      for p in front]
+            within = [p for p in points if p["heldout_fid"] <= limit]
+            target["at"][n] = {"front": points, "cheapest_within_10pct": min(
+                within, key=lambda p: p["gflops"], default=None)}
+        run["stage2_target"] = target
+        path.write_text(json.dumps(run) + "\n")
+        print(f"  {path.stem}: stage 1's best held out {limit / WITHIN:.3f}; " + ", ".join(
+            f"{n} stage-2 trials: {_share(t['cheapest_within_10pct'])}"
+            for n, t in target["at"].items()), flush=True)
+
+
 def collect(done: dict, machine: str) -> dict:
     return {"machine": machine, "heldout_samples": HELDOUT_SAMPLES, "heldout_seed": HELDOUT_SEED,
             "steps": STEPS, "protocols": {k: list(v) for k, v in PROTOCOLS.items()},
@@ -300,6 +354,22 @@ def markdown(entry: dict) -> str:
                              f"{np.mean([r['images'] for r in group]):,.0f} | "
                              f"{_mean([r['best']['heldout_fid'] for r in group])} | "
                              + " | ".join(cells) + " |")
+    targets = [r for r in runs if r.get("stage2_target")]
+    if targets:
+        counts = sorted({int(n) for r in targets for n in r["stage2_target"]["at"]})
+        lines += ["", "The stage-2 issue's digits-deep target: the front of both stages with the "
+                  "first N of stage 2's own trials (in the order they completed; ranked by the "
+                  "final confirmed FIDs), its cheapest point within 10% of stage 1's best, all "
+                  "held out (GFLOPs share, held-out FID):", "",
+                  "| seed | stage 1's best, held out | "
+                  + " | ".join(f"{n} stage-2 trials" for n in counts) + " |",
+                  "|---|---|" + "---|" * len(counts)]
+        for r in targets:
+            target = r["stage2_target"]
+            cells = [_share(target["at"].get(str(n), target["at"].get(n, {}))
+                            .get("cheapest_within_10pct")) for n in counts]
+            lines.append(f"| {r['seed']} | {target['stage1_best']['heldout_fid']:.2f} "
+                         f"{target['stage1_best']['timesteps']} | " + " | ".join(cells) + " |")
     lines += ["", "<details><summary>Each study's front: GFLOPs share, search / confirmed / "
               "held-out FID</summary>", ""]
     for r in runs:
@@ -336,6 +406,7 @@ def main() -> None:
     if args[:1] == ["--renoise"]:
         folder = Path(args[1]) if args[1:] else DEFAULT_DIR
         renoise(folder)
+        stage2_target(folder)
         save(collect({p.stem: json.loads(p.read_text())
                       for p in sorted((folder / "jobs").glob("*.json"))}, _machine()))
         return
