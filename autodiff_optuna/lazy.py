@@ -1,6 +1,6 @@
 """A package's public names imported when first used (PEP 562), so that the commands that only
 read a study database (``best``, ``list``) do not load torch: one copy of the hooks every
-package's ``__init__`` (and ``export``, for the sampling names it keeps) installs."""
+package's ``__init__`` installs."""
 
 import importlib
 import sys

@@ -11,8 +11,8 @@ of the sample there, 1 at sigma = 0. Unweighted, the sum favours many small hops
 and one long final hop, which lands on the blurred mean of the images the state could become
 (the least L2 error, and a poor sample); an error at high noise, by contrast, leaves a valid
 sample, another one. GITS weights later hops more for the same reason (a factor per hop, its
-``coeff``); a weight by noise level does not depend on K. Held-out FID on the digits model
-(ddim and dpmpp2m): K=3 140 and 639 unweighted, 48 and 46 weighted; K=4 45 and 115, 26 and 19.
+``coeff``); a weight by noise level does not depend on K. BENCHMARKS.md compares the two
+("The solver searched with the steps").
 
 A multistep update needs the data predictions of the steps before: they are the teacher's at the
 path's earlier grid steps, the path being the best one into the hop's start (the DP keeps one

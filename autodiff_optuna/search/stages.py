@@ -193,11 +193,9 @@ def _record_model(ctx: SearchContext, study: optuna.Study) -> None:
     schedule's diffusers fields) and the full network's GFLOPs per image (every result is
     compared with it), and its identity (what an exported schedule's ``apply`` checks). A study
     made before they were recorded gets them on its next run."""
-    attrs = study.user_attrs
-    facts = {TRAINING_SCHEDULE_ATTR: lambda: dict(ctx.model.scheduler_config),
-             FULL_GFLOPS_ATTR: lambda: ctx.full_gflops,
-             IDENTITY_ATTR: lambda: model_identity(ctx.model)}  # computed only where missing
-    record.upgrade(study, {name: fact() for name, fact in facts.items() if name not in attrs})
+    record.upgrade(study, {TRAINING_SCHEDULE_ATTR: lambda: dict(ctx.model.scheduler_config),
+                           FULL_GFLOPS_ATTR: lambda: ctx.full_gflops,
+                           IDENTITY_ATTR: lambda: model_identity(ctx.model)})
 
 
 def open_stage2(ctx: SearchContext, stage1: optuna.Study, storage,
@@ -237,7 +235,7 @@ def open_stage2(ctx: SearchContext, stage1: optuna.Study, storage,
                                **_unskippable(ctx)})
     stored = study.user_attrs.get(SKIP_COST_ATTR)
     if stored is None:  # a study made before the costs were measured
-        record.upgrade(study, {SKIP_COST_ATTR: costs})
+        record.upgrade(study, {SKIP_COST_ATTR: lambda: costs})
     elif stored != costs and _skip_prior(ctx, stored) is not None:
         # another worker created it a moment ago: breed by what the study holds
         study.sampler = _sampler(ctx, 2, elites, stored)

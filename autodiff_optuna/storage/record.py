@@ -14,7 +14,7 @@ record here too: ``upgrade`` writes the facts it lacks (computed by the caller, 
 model), and the readers below fall back where a fact may be missing.
 """
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import optuna
 
@@ -112,14 +112,14 @@ def mark(study: optuna.Study) -> None:
         study.set_user_attr(MARKER_ATTR, {"schema": SCHEMA})
 
 
-def upgrade(study: optuna.Study, facts: Mapping) -> list[str]:
+def upgrade(study: optuna.Study, facts: Mapping[str, Callable[[], object]]) -> list[str]:
     """Bring a study made by an earlier version up to today's record: each of ``facts``
-    (attribute name: value) it lacks is written; one it holds is kept as it was made. Returns
-    the names written."""
+    (attribute name: a function computing its value, called only where the study lacks it) is
+    written; one it holds is kept as it was made. Returns the names written."""
     attrs = study.user_attrs
     missing = [name for name in facts if name not in attrs]
     for name in missing:
-        study.set_user_attr(name, facts[name])
+        study.set_user_attr(name, facts[name]())
     return missing
 
 
