@@ -221,6 +221,117 @@ def renoise(folder: Path = DEFAULT_DIR) -> None:
               flush=True)
 
 
+def reconfirm(folder: Path = DEFAULT_DIR, images_per_search_image: int | None = None) -> None:
+    """Each kept job's study confirmed again, from nothing, by today's ``search.confirm``: a
+    copy of its database without its confirmed FIDs, its study command run on the copy (nothing
+    is left to search, so only confirmation runs), in this process so that the confirmation's
+    image count can be varied (``images_per_search_image``, else the code's). Kept in the job
+    as ``reconfirmed`` (keyed by that count): the points confirmed and their images, the share
+    of the study's images they are, and the best and the export, each held out."""
+    import shutil
+    import sqlite3
+
+    from autodiff_optuna import cli
+    from autodiff_optuna.search import confirm
+
+    factor = images_per_search_image or confirm.IMAGES_PER_SEARCH_IMAGE
+    confirm.IMAGES_PER_SEARCH_IMAGE = factor
+    helds: dict[str, _HeldOut] = {}
+    for path in sorted((Path(folder) / "jobs").glob("*.json")):
+        run = json.loads(path.read_text())
+        if str(factor) in (run.get("reconfirmed") or {}):
+            continue
+        source = Path(folder) / f"{run['model']}-{run['protocol']}-s{run['seed']}.db"
+        if not source.exists():
+            continue
+        copy = source.with_name(f"{source.stem}-reconfirmed-x{factor}.db")
+        shutil.copyfile(source, copy)
+        with sqlite3.connect(copy) as db:
+            db.execute("DELETE FROM study_user_attributes WHERE key LIKE 'confirmed_fid%'")
+        url, name = f"sqlite:///{copy}", f"{run['model']}-k{STEPS}"
+        if cli.main(["study", "--model", run["model"], "--steps", str(STEPS), "--seed",
+                     str(run["seed"]), "--storage", url, *run["flags"], "--quiet"]):
+            raise RuntimeError(f"reconfirming {path.stem} failed")
+        best = _best(name, url)
+        held = helds.setdefault(run["model"], _HeldOut(run["model"]))
+        for point in (best["best"], best["export"]):
+            point["heldout_fid"] = held.fid(point, best["solver"])
+        cost = _stage_costs(url, name, best["samples"])
+        confirmation = cost["confirmation_images"] * factor
+        searched = sum(cost[k] for k in ("stage1_images", "stage2_images", "prior_images"))
+        run.setdefault("reconfirmed", {})[str(factor)] = {
+            "confirmed_trials": cost["confirmed_trials"], "confirmation_images": confirmation,
+            "confirmation_share": confirmation / (searched + confirmation),
+            "best": best["best"], "export": best["export"]}
+        path.write_text(json.dumps(run) + "\n")
+        export = best["export"] or best["best"]
+        print(f"  {path.stem} x{factor}: {cost['confirmed_trials']} confirmed "
+              f"({confirmation / (searched + confirmation):.1%} of the images); best held out "
+              f"{best['best']['heldout_fid']:.3f}, export {export['heldout_fid']:.3f} at "
+              f"{export['gflops_share']:.1%}", flush=True)
+
+
+def restage2(folder: Path = DEFAULT_DIR, stage2_trials: int = 80) -> None:
+    """Each kept preset job's stage 2 searched again by today's code from the same stage 1: a
+    copy of its database without its stage-2 study or any confirmed FID, its study command run
+    on the copy with ``stage2_trials`` stage-2 trials (the digits-deep target's count; digits'
+    preset runs as many). Kept in the job as ``restage2``: stage 2's candidates and how many
+    score worse than the uniform schedule, the images confirmation took and their share, the
+    best and the export, and the front, each held out, with the cheapest front point within
+    10% of stage 1's best (its lowest confirmed FID) held out."""
+    import shutil
+    import sqlite3
+
+    import optuna
+
+    from autodiff_optuna.search.results import scored_points
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    helds: dict[str, _HeldOut] = {}
+    for path in sorted((Path(folder) / "jobs").glob("*-preset-*.json")):
+        run = json.loads(path.read_text())
+        if run.get("restage2") is not None:
+            continue
+        source = Path(folder) / f"{run['model']}-{run['protocol']}-s{run['seed']}.db"
+        copy = source.with_name(f"{source.stem}-restage2.db")
+        shutil.copyfile(source, copy)
+        with sqlite3.connect(copy) as db:
+            db.execute("DELETE FROM study_user_attributes WHERE key LIKE 'confirmed_fid%'")
+        url, name = f"sqlite:///{copy}", f"{run['model']}-k{STEPS}"
+        optuna.delete_study(study_name=f"{name}-stage2", storage=url)
+        started = time.perf_counter()
+        _cli("study", "--model", run["model"], "--steps", str(STEPS), "--seed", str(run["seed"]),
+             "--storage", url, *run["flags"], "--stage2-trials", str(stage2_trials), "--quiet")
+        wall = time.perf_counter() - started
+        best = _best(name, url)
+        held = helds.setdefault(run["model"], _HeldOut(run["model"]))
+        for point in (best["best"], best["export"], *best["front"]):
+            point["heldout_fid"] = held.fid(point, best["solver"])
+        cost = _stage_costs(url, name, best["samples"])
+        stage1 = optuna.load_study(study_name=name, storage=url)
+        full = best["full_gflops"]
+        best1 = min(scored_points(stage1, None, STEPS, full), key=lambda p: p.fid)
+        limit = held.fid(best1.as_dict(full), best["solver"]) * WITHIN
+        within = [p for p in best["front"] if p["heldout_fid"] <= limit]
+        images = sum(cost[k] for k in ("stage1_images", "stage2_images", "confirmation_images",
+                                       "prior_images"))
+        run["restage2"] = {
+            "stage2_trials": stage2_trials, "wall_s": wall, **cost, "images": images,
+            "confirmation_share": cost["confirmation_images"] / images,
+            "best": best["best"], "export": best["export"], "front": best["front"],
+            "stage1_best_heldout": limit / WITHIN,
+            "cheapest_within_10pct_of_stage1": min(within, key=lambda p: p["gflops"],
+                                                   default=None)}
+        path.write_text(json.dumps(run) + "\n")
+        r = run["restage2"]
+        export = best["export"] or best["best"]
+        print(f"  {path.stem}: {cost['stage2_worse_than_uniform']}/{cost['stage2_candidates']} "
+              f"stage-2 trials worse than uniform; confirmation {r['confirmation_share']:.1%}; "
+              f"best held out {best['best']['heldout_fid']:.3f}, export "
+              f"{export['heldout_fid']:.3f} at {export['gflops_share']:.1%}; cheapest within 10% "
+              f"of stage 1's best: {_share(r['cheapest_within_10pct_of_stage1'])}", flush=True)
+
+
 def stage2_target(folder: Path = DEFAULT_DIR, checkpoints=(80,)) -> None:
     """The stage-2 issue's digits-deep target on each kept digits-deep preset study: stage 1's
     best (its lowest FID, the full network) scored held out; then, with the first N of stage
@@ -373,6 +484,7 @@ def markdown(entry: dict) -> str:
                             .get("cheapest_within_10pct")) for n in counts]
             lines.append(f"| {r['seed']} | {target['stage1_best']['heldout_fid']:.2f} "
                          f"{target['stage1_best']['timesteps']} | " + " | ".join(cells) + " |")
+    lines += _reconfirmed_table(runs) + _restage2_table(runs, RESTAGE2_VARIANTS)
     lines += ["", "<details><summary>Each study's front: GFLOPs share, search / confirmed / "
               "held-out FID</summary>", ""]
     for r in runs:
@@ -384,6 +496,74 @@ def markdown(entry: dict) -> str:
         lines.append(f"- {r['model']} {r['protocol']} seed {r['seed']}: {front}")
     lines += ["", "</details>"]
     return "\n".join(lines)
+
+
+def _reconfirmed_table(runs: list[dict]) -> list[str]:
+    """``reconfirm``'s results: each study confirmed again, by expected FIDs."""
+    done = [r for r in runs if r.get("reconfirmed")]
+    if not done:
+        return []
+    factors = sorted({int(f) for r in done for f in r["reconfirmed"]})
+    lines = ["", "Each study above confirmed again from nothing by today's `search.confirm` (a "
+             "copy of its database without its confirmed FIDs; nothing searched again; "
+             "`python -m bench.protocol --reconfirm DIR [N]`): the points are ranked by "
+             "expected FIDs, confirmed on N times the search's images (held-out FIDs; "
+             "\"was\": the columns above):", "",
+             "| model | protocol | seed | was: confirmed, share; best; export | "
+             + " | ".join(f"x{f}: confirmed, share; best; export (GFLOPs)" for f in factors)
+             + " |", "|---|---|---|---|" + "---|" * len(factors)]
+    for r in done:
+        export = r.get(NOISE_RULE) or r["export"] or r["best"]
+        cells = [f"{r['confirmed_trials']}, {r['confirmation_images'] / r['images']:.1%}; "
+                 f"{r['best']['heldout_fid']:.2f}; {export['heldout_fid']:.2f} "
+                 f"({export['gflops_share']:.1%})"]
+        for f in factors:
+            c = r["reconfirmed"].get(str(f))
+            e = c and (c["export"] or c["best"])
+            cells.append("-" if c is None else
+                         f"{c['confirmed_trials']}, {c['confirmation_share']:.1%}; "
+                         f"{c['best']['heldout_fid']:.2f}; {e['heldout_fid']:.2f} "
+                         f"({e['gflops_share']:.1%})")
+        lines.append(f"| {r['model']} | {r['protocol']} | {r['seed']} | " + " | ".join(cells)
+                     + " |")
+    return lines
+
+
+# job key -> what made that run of ``restage2`` (the last: today's code)
+RESTAGE2_VARIANTS = {
+    "restage2_local_moves": "stage-2 step moves within 5% of the training steps, confirmation by "
+                            "expected FIDs, stage 2 seeded from stage 1's best search FID",
+    "restage2_ladder": "as 3, and a skip-cost ladder among stage 2's first trials (stage 1's best "
+                       "with its cheapest skips per GFLOP saved until 10%, 20% and 30% are "
+                       "saved): tried, not adopted",
+    "restage2": "today's code: as 1, stage 2 seeded from stage 1's best confirmed FID"}
+
+
+def _restage2_table(runs: list[dict], variants: dict) -> list[str]:
+    """``restage2``'s results: each preset's stage 2 searched again from its stage 1, by each
+    variant of the code that has a run (``variants``: job key -> what it ran)."""
+    done = [(r, key) for key in variants for r in runs if r.get(key)]
+    if not done:
+        return []
+    lines = ["", "Each preset study's stage 2 searched again from the same stage 1 (`python -m "
+             "bench.protocol --restage2 DIR`: a copy without its stage 2 or any confirmed FID), "
+             "with 80 stage-2 trials (digits' preset count; digits-deep's target count); "
+             "held-out FIDs. Code: " + "; ".join(
+                 f"**{i + 1}** {what}" for i, what in enumerate(variants.values())), "",
+             "| code | model | seed | stage 2 worse than uniform | images (confirmation) | best | "
+             "export (GFLOPs) | stage 1's best | cheapest within 10% of it |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r, key in done:
+        c = r[key]
+        e = c["export"] or c["best"]
+        lines.append(
+            f"| {list(variants).index(key) + 1} | {r['model']} | {r['seed']} | "
+            f"{c['stage2_worse_than_uniform']}/"
+            f"{c['stage2_candidates']} | {c['images']:,} ({c['confirmation_share']:.1%}) | "
+            f"{c['best']['heldout_fid']:.2f} | {e['heldout_fid']:.2f} ({e['gflops_share']:.1%})"
+            f" | {c['stage1_best_heldout']:.2f} | {_share(c['cheapest_within_10pct_of_stage1'])}"
+            " |")
+    return lines
 
 
 def save(entry: dict) -> None:
@@ -410,6 +590,18 @@ def main() -> None:
         folder = Path(args[1]) if args[1:] else DEFAULT_DIR
         renoise(folder)
         stage2_target(folder)
+        save(collect({p.stem: json.loads(p.read_text())
+                      for p in sorted((folder / "jobs").glob("*.json"))}, _machine()))
+        return
+    if args[:1] == ["--restage2"]:  # --restage2 [DIR]
+        folder = Path(args[1]) if args[1:] else DEFAULT_DIR
+        restage2(folder)
+        save(collect({p.stem: json.loads(p.read_text())
+                      for p in sorted((folder / "jobs").glob("*.json"))}, _machine()))
+        return
+    if args[:1] == ["--reconfirm"]:  # --reconfirm [DIR [IMAGES_PER_SEARCH_IMAGE]]
+        folder = Path(args[1]) if args[1:] else DEFAULT_DIR
+        reconfirm(folder, int(args[2]) if args[2:] else None)
         save(collect({p.stem: json.loads(p.read_text())
                       for p in sorted((folder / "jobs").glob("*.json"))}, _machine()))
         return

@@ -28,9 +28,9 @@ def test_counts_follow_the_preset_arithmetic():
                                 min_samples=0)
     result = estimate(config, targets, "adm64-k4")
     cost = image_cost("adm64")
-    # stage 1 confirms its 3 best and the uniform baseline; stage 2 (750 trials) 8 of its front;
+    # stage 1 confirms its 3 best and the uniform baseline; stage 2 (750 trials) 12 of its front;
     # stage 2 first samples its skip-cost prior: 1 + K x L samplings of 64 images
-    extras = {1: (4, 0), 2: (8, (1 + config.steps * cost.layers) * 64)}
+    extras = {1: (4, 0), 2: (12, (1 + config.steps * cost.layers) * 64)}
     for row, candidates in zip(result.stages, (targets.trials, targets.stage2_trials)):
         images = candidates * config.samples  # the carried stage-1 elites are not sampled
         confirmed, prior = extras[row.stage]

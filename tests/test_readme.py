@@ -144,13 +144,16 @@ def shape(line: str) -> str:
     """A line with its numbers and lists of numbers as placeholders, and without what a small
     study need not print: trials stopped early (it may stop none), front points worse than the
     uniform schedule (it may find none), layer skips of a stage-2 point (its best may be stage
-    1's), a point's confirmation (which points rank among the few confirmed differs)."""
+    1's), a point's confirmation or expected FID (which points rank among the few confirmed
+    differs)."""
     line = re.sub(r"\[[\d, ]*\]", "[...]", line)
     line = re.sub(r"\s+", " ", re.sub(r"\d+(\.\d+)?", "N", line))
     line = line.replace("stopped at N images, FID there N", "FID N best N")
     line = re.sub(r"N (stopped early \(multi-fidelity\)|redundant), ", "", line)
     line = re.sub(r", N layer-steps? skipped", "", line)  # a stage-1 point skips none
     line = line.replace(" ± N confirmed (search N)", "")
+    line = line.replace(" expected (search N, not confirmed)", "")
+    line = line.replace(" expected, worse than uniform", "").replace(") expected", ")")
     return line.replace(" worse than uniform", "").strip()
 
 

@@ -115,6 +115,28 @@ def test_a_fid_confirmed_before_spreads_were_measured_is_confirmed_again(storage
     assert to_confirm(study, None) == []
 
 
+def test_an_unconfirmed_point_ranks_by_its_search_fid_plus_the_confirmed_rise(storage):
+    """Confirmed FIDs rose by a median of 2: an unconfirmed point that scored 9 on the search's
+    noise ranks as 11, behind a point confirmed at 10, and is not confirmed for that alone (the
+    cascade of confirming every point that looks better by its luck); one that scored 7 is."""
+    from autodiff_optuna.search.confirm import to_confirm
+
+    study = make_search(storage, [(UNIFORM, 68.0), ([496, 381, 257, 101], 8.0),
+                                  ([500, 381, 257, 101], 8.5), ([520, 381, 257, 101], 8.8),
+                                  ([540, 381, 257, 101], 9.0)])
+    for trial, fid in ((0, 68.0), (1, 10.0), (2, 10.5), (3, 11.0)):  # rises 0, 2, 2, 2.2
+        study.set_user_attr(f"confirmed_fid:{trial}", fid)
+        study.set_user_attr(f"confirmed_fid_spread:{trial}", 0.5)
+    result = study_result(study)
+    assert (result.best.trial, result.best.fid) == (1, 10.0)
+    assert to_confirm(study, None) == []
+    study.add_trial(create_trial(value=7.0, user_attrs={"timesteps": [560, 381, 257, 101]}))
+    lucky = study_result(study).best
+    assert (lucky.trial, lucky.fid, lucky.search_fid) == (5, 9.0, 7.0)
+    assert "FID 9.000 expected (search 7.000, not confirmed)" in lucky.describe()
+    assert [p.trial for p in to_confirm(study, None)] == [5]
+
+
 def test_a_budget_worse_than_uniform_is_refused_naming_one_that_is_not(storage):
     study = make_search(storage, [(UNIFORM, 68.0), ([496, 381, 257, 101], 8.0)], [
         ([997, 570, 496, 258], 9, 388.0, 0.090),

@@ -35,6 +35,17 @@ def test_mutation_never_turns_on_a_ruinous_skip_and_still_turns_skips_off():
     assert turned_off > 0
 
 
+def test_stage2_mutation_moves_steps_only_near_where_they_were():
+    space = CandidateSpace(4, 1000, LAYERS)
+    parent = space.candidate([900, 600, 300, 40])
+    radius = round(variation.STAGE2_STEP_RADIUS * 1000)
+    rng = np.random.default_rng(1)
+    moves = [abs(a - b) for _ in range(300)
+             for a, b in zip(variation.mutate(space, parent, rng).timesteps, parent.timesteps)]
+    assert 0 < max(moves) <= radius  # steps do move, never far
+    assert sum(m > 0 for m in moves) < 0.2 * len(moves)  # most children vary the masks only
+
+
 def test_without_a_prior_mutation_draws_as_before():
     space = CandidateSpace(2, 1000, LAYERS)
     parent = space.candidate([700, 300])

@@ -31,13 +31,17 @@ def result_lines(result: StudyResult) -> list[str]:
         return lines + ["  (no GFLOPs recorded: rerun the study command once to record them)"]
     lines.append(f"Pareto front of both stages, cheapest first (skips: layer-steps skipped; full "
                  f"network {full:.4f} GFLOPs/image{_unskippable(result)}; each point saves at "
-                 f"least {result.min_saving:.1%} of it over the next):")
+                 f"least {result.min_saving:.1%} of it over the next; FID confirmed, or as "
+                 "expected where not):")
     for point in result.front:
-        worse = (result.uniform is not None and point.fid > result.uniform.fid)
+        notes = [note for note, holds in (
+            ("expected", point.confirmed_fid is None and point.fid != point.search_fid),
+            ("worse than uniform", result.uniform is not None and point.fid > result.uniform.fid))
+            if holds]
         lines.append(f"  GFLOPs {point.gflops:.4f} ({point.share(full):6.1%})  FID "
                      f"{point.fid:8.3f}  skips {point.skipped:>2}  {point.timesteps}  (stage "
                      f"{point.stage} trial {point.trial})"
-                     + ("  worse than uniform" if worse else ""))
+                     + ("  " + ", ".join(notes) if notes else ""))
     return lines
 
 

@@ -7,8 +7,13 @@ that ``best``, ``export`` or the front can name are scored again on the confirma
 teacher's), with as many images as the search used, and ``results`` ranks them by that
 confirmed FID. Which candidates: stage 1's ``STAGE1_TOP`` best and the uniform baseline, then,
 until nothing changes, the best and every point of the thinned front that is no worse than the
-uniform schedule (a point worse than it is never exported) by the FIDs known so far: a
-confirmed FID can move a point off the front and another onto it, which is then confirmed too.
+uniform schedule (a point worse than it is never exported), by what each FID is expected to be
+on fresh noise (``results.scored_points``): a confirmed point's confirmed FID, an unconfirmed
+point's search FID plus the rise the confirmed showed (``results.expected_rise``). A confirmed
+FID can move a point off the front and another onto it, which is then confirmed too. Compared
+by their search FIDs alone, the unconfirmed would look better than the confirmed (these were
+chosen for their luck on the search's noise, and most rose when confirmed): each confirmation
+would let the next unconfirmed point onto the front, a cascade (BENCHMARKS.md, "Confirmation").
 
 Each confirmed FID is stored with its spread (study user attributes ``confirmed_fid:<trial>``
 and ``confirmed_fid_spread:<trial>``: Optuna keeps a finished trial's attributes fixed) as soon
@@ -43,6 +48,8 @@ from autodiff_optuna.storage import record
 from autodiff_optuna.storage.record import CONFIRMED_ATTR, CONFIRMED_SPREAD_ATTR
 
 STAGE1_TOP = 3  # stage 1's best few are confirmed whatever stage 2 finds
+# a confirmation's images per image the search scored a full candidate on
+IMAGES_PER_SEARCH_IMAGE = 1
 
 
 def to_confirm(stage1: optuna.Study, stage2: optuna.Study | None,
@@ -84,7 +91,8 @@ def confirm(ctx, study: optuna.Study, progress: bool = True, batch_size: int | N
             if deadline is not None and time.monotonic() >= deadline:
                 return images
             if batch is None:  # only when there is something to confirm
-                batch = draw(ctx.model, ctx.config.samples, ctx.config.seed, CONFIRM)
+                batch = draw(ctx.model, ctx.config.samples * IMAGES_PER_SEARCH_IMAGE,
+                             ctx.config.seed, CONFIRM)
             started = time.monotonic()
             rules = [StepRule(order, corrector) for order, corrector in point.rules or []]
             try:

@@ -46,11 +46,11 @@ COMPLETE_SHARE = 0.42
 # Candidates a stage confirms (``confirm.to_confirm``). Stage 1: its ``STAGE1_TOP`` best and the
 # uniform baseline (16 stage-1 digits studies of 100 candidates confirmed 3 to 12, median 4: more
 # only where confirmed FIDs reorder the top). Stage 2: its best and the points of the thinned
-# front no worse than the uniform schedule, taken as one in ten of its trials, 2 to 8 (small
-# digits studies confirmed 1 to 3; the preset's front holds 5 to 9 points within the uniform's
-# FID).
+# front no worse than the uniform schedule, taken as one in ten of its trials, 2 to 12 (ranked by
+# expected FIDs, digits' three preset studies confirmed 5, 5 and 7 stage-2 points of 80
+# trials, digits-deep's 12, 5 and 13 of 240, the cheaper protocol 1 to 4 of 10).
 STAGE2_CONFIRMED_SHARE = 0.1
-STAGE2_CONFIRMED_RANGE = (2, 8)
+STAGE2_CONFIRMED_RANGE = (2, 12)
 # This machine's timing (``time_here``): the largest batch timed (a study's larger batches are
 # extrapolated, per image), and the synthetic trials its bookkeeping is timed on
 TIMING_BATCH = 256
@@ -285,11 +285,14 @@ def _stable_diffusion_cost(preset) -> ImageCost:
 
 def stage_counts(stage: int, candidates: int, config, cost: ImageCost,
                  rungs: list[int]) -> StageEstimate:
+    from autodiff_optuna.search.confirm import IMAGES_PER_SEARCH_IMAGE
+
     at_most = candidates * config.samples
     images, samplings = searched(candidates, config.samples, rungs)
     confirmed = confirmed_candidates(stage, candidates)
     prior_samplings, prior_batch = prior_size(config, cost) if stage == 2 else (0, 0)
-    confirmation, prior = confirmed * config.samples, prior_samplings * prior_batch
+    confirmation = confirmed * config.samples * IMAGES_PER_SEARCH_IMAGE
+    prior = prior_samplings * prior_batch
     total = images + confirmation + prior
     evaluations = total * config.steps
     return StageEstimate(
@@ -523,7 +526,7 @@ def estimate(config, targets, name: str, stages=(1, 2), timing: HereTiming | Non
 
 def assumptions(config, stages, cost: ImageCost, timing: HereTiming | None,
                 gflops_per_s: float | None) -> list[str]:
-    from autodiff_optuna.search.confirm import STAGE1_TOP
+    from autodiff_optuna.search.confirm import IMAGES_PER_SEARCH_IMAGE, STAGE1_TOP
     from autodiff_optuna.search.fidelity import STARTUP_TRIALS
 
     said = [f"{cost.network:.4g} GFLOP per network call, counted on the architecture"
@@ -544,8 +547,8 @@ def assumptions(config, stages, cost: ImageCost, timing: HereTiming | None,
                      f"({STAGE2_CONFIRMED_RANGE[0]} to {STAGE2_CONFIRMED_RANGE[1]}: its best "
                      "and front)"}
     said.append("confirmation: " + ", ".join(confirming[s] for s in stages)
-                + f", each on all {config.samples} images; counted in the stage's network "
-                "evaluations, FID images and hours, not in its images")
+                + f", each on {config.samples * IMAGES_PER_SEARCH_IMAGE} images; counted in "
+                "the stage's network evaluations, FID images and hours, not in its images")
     if 2 in stages:
         samplings, batch = prior_size(config, cost)
         said.append(f"stage 2 first measures its skip-cost prior: {samplings} samplings (1 + "

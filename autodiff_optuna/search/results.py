@@ -6,7 +6,12 @@ the search's own modules, so that they all give the same answer. (The benchmarks
 record of stage 1's best and Optuna's stage-2 front, so that their rounds stay comparable.)
 
 The result of a search (``study_result``) is defined once, over the complete trials of both
-stages, which are all scored on the study's own noise and so comparable:
+stages, which are all scored on the study's own noise and so comparable. Each is ranked by what
+its FID is expected to be on fresh noise: its confirmed FID (``search.confirm``) where it has
+one, else its search FID plus the rise the confirmed showed (``expected_rise``), so that a
+candidate that merely looked good on the search's noise does not outrank one confirmed on other
+noise. ``search.confirm`` confirms until the points named below are all confirmed ones.
+
 
 - ``best``: the lowest-FID candidate;
 - ``front``: the Pareto front of FID against GFLOPs per image, thinned so that each point saves
@@ -21,7 +26,9 @@ stages, which are all scored on the study's own noise and so comparable:
   study queued one.
 """
 
+import dataclasses
 import math
+import statistics
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -170,7 +177,8 @@ def trial_counts(study: optuna.Study) -> dict[str, int]:
 class Point:
     """One scored candidate of either stage. ``fid`` is what it is ranked and chosen by: its
     confirmed FID (``search.confirm``: on noise the search never saw) where it has one, else
-    the FID the search scored it with (``search_fid``)."""
+    the FID the search scored it with (``search_fid``), raised by the study's ``expected_rise``
+    where ``scored_points`` made it."""
 
     stage: int
     study: str
@@ -213,6 +221,8 @@ class Point:
             spread = ("" if self.confirmed_spread is None
                       else f" ± {self.confirmed_spread:.3f}")
             text += f"{spread} confirmed (search {self.search_fid:.3f})"
+        elif self.search_fid is not None and self.fid != self.search_fid:
+            text += f" expected (search {self.search_fid:.3f}, not confirmed)"
         if self.gflops is not None:
             text += f", {self.gflops:.4f} GFLOPs/image"
             share = self.share(full_gflops)
@@ -400,18 +410,17 @@ def study_result(study: optuna.Study, export_rule: ExportRule = DEFAULT_RULE,
         raise UsageError(f"study {stage1.study_name!r} has no complete trial yet")
     best = min(points, key=lambda p: (p.fid, p.gflops or 0.0, p.stage, p.trial))
     front = thin(pareto(points), min_saving * full) if full else [best]
-    uniform, dp = uniform_trial(stage1), dp_trial(stage1)
+    stage1_points = {p.trial: p for p in points if p.stage == 1}
+    uniform, dp = (None if t is None else stage1_points[t.number]
+                   for t in (uniform_trial(stage1), dp_trial(stage1)))
     counts = {1: trial_counts(stage1)}
     if stage2 is not None:
         counts[2] = trial_counts(stage2)
     budget = export_rule.max_gflops
     if budget is None:  # none asked for: the budget stage 2 ran with, if any
         budget = _stage2_budget(stage2)
-    return StudyResult(stage1, stage2, config, full,
-                       None if uniform is None else _point(stage1, 1, uniform, full,
-                                                           config["steps"]),
-                       best, front, export_rule, min_saving, counts, budget,
-                       None if dp is None else _point(stage1, 1, dp, full, config["steps"]))
+    return StudyResult(stage1, stage2, config, full, uniform, best, front, export_rule,
+                       min_saving, counts, budget, dp)
 
 
 def check_config(stage1: optuna.Study) -> dict:
@@ -458,15 +467,32 @@ def _is_stage2_of(study: optuna.Study, stage1_name: str) -> bool:
 
 
 def scored_points(stage1, stage2, steps: int, full: float | None) -> list[Point]:
-    """Every complete trial of both stages as a Point (stage 1's at the full network's cost).
-    A stage-2 trial over the budget stage 2 was run with is one too: the budget steered the
-    search, and ``choose`` applies it to what is exported. Stage 1's elites carried into stage
-    2 are stage 1's points (the same candidates, scored there), so they appear once."""
+    """Every complete trial of both stages as a Point (stage 1's at the full network's cost),
+    an unconfirmed one's FID raised by ``expected_rise``. A stage-2 trial over the budget stage
+    2 was run with is one too: the budget steered the search, and ``choose`` applies it to what
+    is exported. Stage 1's elites carried into stage 2 are stage 1's points (the same
+    candidates, scored there), so they appear once."""
     confirmed = confirmations(stage1)
     points = [_point(stage1, 1, t, full, steps, confirmed) for t in complete_trials(stage1)]
     if stage2 is not None:
         points += stage2_points(stage2, steps, carried=False)
-    return points
+    rise = expected_rise(points)
+    return [p if p.confirmed_fid is not None or not rise
+            else dataclasses.replace(p, fid=p.fid + rise) for p in points]
+
+
+MIN_RISES = 3  # confirmed candidates it takes to expect a rise: fewer say little about the rest
+
+
+def expected_rise(points: list[Point]) -> float:
+    """How much an unconfirmed candidate's FID is expected to rise from the search's noise to
+    fresh noise: the median rise of the confirmed ones (0 until ``MIN_RISES`` are, or where
+    they fell). Those were confirmed for scoring low on the search's noise, as every
+    unconfirmed candidate that could rank beside them did, and all share that noise's draw."""
+    rises = [p.confirmed_fid - p.search_fid for p in points
+             if p.confirmed_fid is not None and p.search_fid is not None
+             and math.isfinite(p.confirmed_fid) and math.isfinite(p.search_fid)]
+    return max(0.0, statistics.median(rises)) if len(rises) >= MIN_RISES else 0.0
 
 
 def stage2_points(stage2: optuna.Study, steps: int, carried: bool = True) -> list[Point]:

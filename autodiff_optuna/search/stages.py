@@ -26,7 +26,12 @@ from autodiff_optuna.search.config import OPTUNA_SAMPLERS, code_version
 from autodiff_optuna.search.context import SearchContext
 from autodiff_optuna.search.encoding import Candidate
 from autodiff_optuna.search.evolutionary import EvolutionarySampler
-from autodiff_optuna.search.results import complete_trials, stored_config, uniform_trial
+from autodiff_optuna.search.results import (
+    complete_trials,
+    scored_points,
+    stored_config,
+    uniform_trial,
+)
 from autodiff_optuna.search.trial import FID_CONSTRAINT, GFLOPS_CONSTRAINT, fid_constraint
 from autodiff_optuna.storage import (
     creation_lock,
@@ -200,14 +205,18 @@ def _record_model(ctx: SearchContext, study: optuna.Study) -> None:
 
 def open_stage2(ctx: SearchContext, stage1: optuna.Study, storage,
                 max_gflops: float | None) -> optuna.Study:
-    """Create or resume stage 2. Stage 1's best distinct candidates (full network) are added to
+    """Create or resume stage 2. Stage 1's best distinct candidates (full network; ranked by
+    confirmed FIDs, as ``results`` ranks them) are added to
     it as completed trials with their stage-1 values, once, when the study is created: they
     are the first generation's known members, and its every trial scores a new candidate.
     The skip costs are measured once per study (stored; a study made before gets them)."""
     if max_gflops is not None and not ctx.min_gflops <= max_gflops:
         raise UsageError(f"--max-gflops {max_gflops} is below what any candidate can cost "
                          f"({ctx.min_gflops:.4f} GFLOPs/image with every layer skipped)")
-    ranked = sorted(complete_trials(stage1), key=objectives.fid)
+    # ranked as the result ranks them: stage 1's confirmed best first (a candidate's luck on
+    # the search's noise would otherwise decide which schedule stage 2 skips layers of)
+    fids = {p.trial: p.fid for p in scored_points(stage1, None, ctx.config.steps, None)}
+    ranked = sorted(complete_trials(stage1), key=lambda t: (fids[t.number], t.number))
     if not ranked:
         raise UsageError(f"stage-1 study {stage1.study_name!r} has no complete trial: "
                          "run stage 1 first")
