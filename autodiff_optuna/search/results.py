@@ -12,7 +12,6 @@ one, else its search FID plus the rise the confirmed showed (``expected_rise``),
 candidate that merely looked good on the search's noise does not outrank one confirmed on other
 noise. ``search.confirm`` confirms until the points named below are all confirmed ones.
 
-
 - ``best``: the lowest-FID candidate;
 - ``front``: the Pareto front of FID against GFLOPs per image, thinned so that each point saves
   at least ``min_saving`` of the full network's GFLOPs over the next better-FID point (a point

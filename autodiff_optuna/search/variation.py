@@ -99,10 +99,7 @@ def _mutate_steps(space: CandidateSpace, genes: list[Gene], rng: np.random.Gener
                   gene_prob: float) -> list[Gene]:
     steps = [t for t, _ in genes]
     k, top = len(steps), space.num_train_timesteps
-    chosen = rng.random(k) < gene_prob
-    if not chosen.any():
-        chosen[rng.integers(k)] = True
-    for i in np.flatnonzero(chosen):
+    for i in _chosen_positions(k, gene_prob, rng):
         taken = set(steps)
         upper = steps[i - 1] if i > 0 else top  # exclusive bounds keep the order
         lower = steps[i + 1] if i < k - 1 else -1
@@ -116,6 +113,14 @@ def _mutate_steps(space: CandidateSpace, genes: list[Gene], rng: np.random.Gener
     return [(t, m) for t, (_, m) in zip(steps, genes)]
 
 
+def _chosen_positions(k: int, gene_prob: float, rng: np.random.Generator) -> np.ndarray:
+    """The step positions a step mutation changes: each with ``gene_prob``, one at least."""
+    chosen = rng.random(k) < gene_prob
+    if not chosen.any():
+        chosen[rng.integers(k)] = True
+    return np.flatnonzero(chosen)
+
+
 def _nudge_steps(space: CandidateSpace, genes: list[Gene], rng: np.random.Generator,
                  gene_prob: float) -> list[Gene]:
     """Stage 2's step mutation: each step with probability ``gene_prob`` (one at least) moved
@@ -124,10 +129,7 @@ def _nudge_steps(space: CandidateSpace, genes: list[Gene], rng: np.random.Genera
     steps = [t for t, _ in genes]
     k, top = len(steps), space.num_train_timesteps
     radius = max(1, round(STAGE2_STEP_RADIUS * top))
-    chosen = rng.random(k) < gene_prob
-    if not chosen.any():
-        chosen[rng.integers(k)] = True
-    for i in np.flatnonzero(chosen):
+    for i in _chosen_positions(k, gene_prob, rng):
         upper = min(steps[i - 1] if i > 0 else top, steps[i] + radius + 1)  # exclusive bounds
         lower = max(steps[i + 1] if i < k - 1 else -1, steps[i] - radius - 1)
         free = [t for t in range(lower + 1, upper) if t != steps[i]]
