@@ -7,6 +7,9 @@ fixed few-step sampler a user could pick, our steps-only search and TPE over the
                                           # bench/results.json["solver_search"] and the
                                           # BENCHMARKS.md section "solver-search" are rewritten
     python -m bench.run solver_search     # the same, as a part of ``make bench``
+    python -m bench.solvers --shard 0/2 DIR  # every second job from the first: two shards run
+                                          # side by side on one folder without sharing a job;
+                                          # shards write only their jobs; --render DIR after
 
 Every FID is held out, as ``evaluate --samples 1797`` computes it: 1797 images of the held-out
 noise stream of seed 0 against the digits reference (no study ever searches on that stream).
@@ -16,7 +19,8 @@ noise stream of seed 0 against the digits reference (no study ever searches on t
   own 100-step uniform DDIM, the quality ceiling.
 - searches (stage 1, digits preset defaults, one SQLite file per run, through the CLI as a
   user runs it): ``--solver search`` (ours, steps and solver), ``--solver dpmpp2m`` (ours,
-  steps only), ``--sampler tpe --solver search``; each study's lowest-FID schedule exported
+  steps only), ``--solver unipc`` (steps only, with the best fixed solver at K >= 6),
+  ``--sampler tpe --solver search``; each study's lowest-FID schedule exported
   (``export --fid-tolerance 0``) and scored with ``evaluate --schedule FILE --samples 1797``.
   Cost: candidates evaluated, images sampled (a pruned candidate's ``pruned_at_samples``),
   CPU seconds of the study process.
@@ -39,7 +43,7 @@ SECTION = "solver-search"
 SAMPLES = 1797  # all of the digits reference's images; evaluate --samples 1797
 HELDOUT_SEED = 0
 FIXED_KS = (3, 4, 6, 8)
-SEARCH_KS = (3, 4)
+SEARCH_KS = (3, 4, 6, 8)
 SEEDS = (0, 1, 2)
 SPACINGS = ("uniform", "trailing", "linspace", "quadratic", "logsnr")
 SOLVERS = ("ddim", "dpmpp2m", "dpmpp3m", "unipc")
@@ -49,24 +53,29 @@ CEILING_STEPS = 100
 VARIANTS = {
     "ours": ("--solver", "search"),
     "steps_only_dpmpp2m": ("--solver", "dpmpp2m"),
+    "steps_only_unipc": ("--solver", "unipc"),
     "tpe": ("--sampler", "tpe", "--solver", "search"),
 }
 VARIANT_NAMES = {"ours": "ours, steps + solver (`--solver search`)",
                  "steps_only_dpmpp2m": "ours, steps only, DPM-Solver++(2M) (`--solver dpmpp2m`)",
+                 "steps_only_unipc": "ours, steps only, UniPC (`--solver unipc`)",
                  "tpe": "TPE, steps + solver (`--sampler tpe --solver search`)"}
 DEFAULT_DIR = Path("/tmp/bench27")
 
 
 def jobs() -> list[str]:
     """Every job, most valuable first: the fixed samplers at the searched K and the ceiling,
-    ours and steps-only at K=3 then K=4 (seed by seed, so that they pair up), the fixed
-    samplers at the other K, the DP spacing (seconds), TPE."""
+    ours and steps-only at each K (seed by seed, so that they pair up; steps-only with UniPC
+    first at K >= 6, where UniPC is the best fixed solver), the DP spacing (seconds), TPE, then
+    steps-only with UniPC at the smaller K."""
     out = [f"fixed-{k}" for k in SEARCH_KS] + ["ceiling"]
     for k in SEARCH_KS:
-        out += [f"search-{k}-{v}-{seed}" for seed in SEEDS for v in ("ours", "steps_only_dpmpp2m")]
+        variants = ("ours", "steps_only_dpmpp2m") + (("steps_only_unipc",) if k >= 6 else ())
+        out += [f"search-{k}-{v}-{seed}" for seed in SEEDS for v in variants]
     out += [f"fixed-{k}" for k in FIXED_KS if k not in SEARCH_KS]
     out += [f"dp-{k}" for k in SEARCH_KS]
     out += [f"search-{k}-tpe-{seed}" for k in SEARCH_KS for seed in SEEDS]
+    out += [f"search-{k}-steps_only_unipc-{seed}" for k in SEARCH_KS if k < 6 for seed in SEEDS]
     return out
 
 
@@ -276,9 +285,11 @@ def _commit() -> str | None:
     return head + ("+dirty" if dirty else "")
 
 
-def measure(folder: Path = DEFAULT_DIR, on_job=None) -> dict:
-    """Every job not yet in ``folder``, in ``jobs()``'s order; ``on_job(entry)`` after each."""
-    return measure_jobs(Path(folder), jobs(), run_job, collect, on_job)
+def measure(folder: Path = DEFAULT_DIR, on_job=None, shard: tuple[int, int] = (0, 1)) -> dict:
+    """Every job not yet in ``folder``, in ``jobs()``'s order; ``on_job(entry)`` after each.
+    ``shard=(i, n)``: only the jobs of ``jobs()`` whose place modulo n is i."""
+    i, n = shard
+    return measure_jobs(Path(folder), jobs()[i::n], run_job, collect, on_job)
 
 
 def measure_jobs(folder: Path, names: list[str], run_one, collect_done, on_job=None) -> dict:
@@ -519,6 +530,10 @@ def main() -> None:
         save(finished(Path(args[1]) if len(args) > 1 else DEFAULT_DIR))
         return
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    if args[:1] == ["--shard"]:  # results.json and BENCHMARKS.md are left to --render
+        i, n = (int(x) for x in args[1].split("/"))
+        measure(Path(args[2]) if len(args) > 2 else DEFAULT_DIR, shard=(i, n))
+        return
     folder = Path(args[0]) if args else DEFAULT_DIR
     save(measure(folder, on_job=save))
     print(f"updated bench/results.json ({KEY}) and BENCHMARKS.md ({SECTION})")
