@@ -235,8 +235,8 @@ def reconfirm(folder: Path) -> None:
     import shutil
     import sqlite3
 
-    from autodiff_optuna.search.config import study_name
     from autodiff_optuna.sampling.rules import describe
+    from autodiff_optuna.search.config import study_name
 
     for path in sorted((Path(folder) / "jobs").glob("search-*.json")):
         run = json.loads(path.read_text())
@@ -314,24 +314,11 @@ def collect(done: dict, machine: str) -> dict:
         elif kind == "ceiling":
             out["ceiling"] = value
         elif kind == "search":
-            out["searches"].append(_current(value))
+            out["searches"].append(value)
         elif kind == "dp":
             out["dp"][args[0]] = value
     out["searches"].sort(key=lambda r: (r["k"], list(VARIANTS).index(r["variant"]), r["seed"]))
     return out
-
-
-EXPORTED = ("timesteps", "solver", "solver_described", "fid_search", "fid_heldout")
-
-
-def _current(run: dict) -> dict:
-    """A search as today's confirmation names its result: where ``reconfirm`` confirmed it
-    again, its export then (the export the search first named kept as ``first``)."""
-    again = run.get("reconfirmed")
-    if not again:
-        return run
-    return {**run, **{key: again[key] for key in EXPORTED},
-            "first": {key: run[key] for key in EXPORTED}}
 
 
 def _commit() -> str | None:
@@ -496,7 +483,7 @@ def _render_searches(entry: dict) -> list[str]:
                 continue
             fids = [runs[s]["fid_heldout"] for s in sorted(runs)]
             per = "; ".join(f"s{s}: {runs[s]['fid_heldout']:.2f} {runs[s]['timesteps']} "
-                            f"{runs[s]['solver_described']}{_was(runs[s])}" for s in sorted(runs))
+                            f"{runs[s]['solver_described']}" for s in sorted(runs))
             out.append(
                 f"| {k} | {VARIANT_NAMES[variant]} | {_ms(fids)} | {per} | "
                 + (f"{np.mean(fids) / ceiling:.2f}x" if ceiling else "") + " | "
@@ -504,8 +491,9 @@ def _render_searches(entry: dict) -> list[str]:
                 f"{np.mean([r['images'] for r in runs.values()]):,.0f} | "
                 f"{np.mean([r['cpu_s'] for r in runs.values()]):.0f} |")
         summary += _targets(entry, k, best, ceiling)
-    return out + ["", _commits(entry), "", "Against issue 27's targets (held out; paired "
-                  "differences over the seeds both ran, mean ± standard error):", "", *summary]
+    return out + ["", _commits(entry), "", *_reconfirmed(entry),
+                  "Against issue 27's targets (held out; paired differences over the seeds both "
+                  "ran, mean ± standard error):", "", *summary]
 
 
 SHORT_NAMES = {"ours": "steps + solver", "steps_only_dpmpp2m": "steps-only 2M",
@@ -517,15 +505,34 @@ def _commits(entry: dict) -> str:
     the search did not change between them."""
     groups: dict[str, dict[int, list[str]]] = {}
     for r in entry["searches"]:
-        commit = str(r.get("commit"))
-        if r.get("reconfirmed"):
-            commit += f", confirmed again at {r['reconfirmed']['commit']}"
-        names = groups.setdefault(commit, {}).setdefault(r["k"], [])
+        names = groups.setdefault(str(r.get("commit")), {}).setdefault(r["k"], [])
         if SHORT_NAMES[r["variant"]] not in names:
             names.append(SHORT_NAMES[r["variant"]])
-    return "Code of each search: " + "; ".join(
-        f"`{commit}`: " + ", ".join(f"K={k} " + " / ".join(names) for k, names in sorted(ks.items()))
-        for commit, ks in groups.items()) + "."
+    described = [f"`{commit}`: " + ", ".join(f"K={k} " + " / ".join(names)
+                                             for k, names in sorted(ks.items()))
+                 for commit, ks in groups.items()]
+    return "Code of each search: " + "; ".join(described) + "."
+
+
+def _reconfirmed(entry: dict) -> list[str]:
+    """``reconfirm``'s measurement: what each search exports when confirmed again by the code
+    that confirmed it (a confirmation rule tried on kept searches), against what it first named."""
+    runs = [r for r in entry["searches"] if r.get("reconfirmed")]
+    if not runs:
+        return []
+    changed = [r for r in runs if (r["reconfirmed"]["timesteps"], r["reconfirmed"]["solver"])
+               != (r["timesteps"], r["solver"])]
+    first = np.mean([r["fid_heldout"] for r in runs])
+    again = np.mean([r["reconfirmed"]["fid_heldout"] for r in runs])
+    commits = sorted({r["reconfirmed"]["commit"] for r in runs})
+    lines = [f"Confirmed again (`--reconfirm`, at {', '.join(f'`{c}`' for c in commits)}): "
+             f"{len(changed)} of {len(runs)} exports changed; mean held-out FID over the "
+             f"{len(runs)} {first:.3f} as first named, {again:.3f} confirmed again."]
+    lines += [f"- K={r['k']} {SHORT_NAMES[r['variant']]} seed {r['seed']}: {r['timesteps']} "
+              f"{r['fid_heldout']:.2f} -> {r['reconfirmed']['timesteps']} "
+              f"{r['reconfirmed']['solver_described']} {r['reconfirmed']['fid_heldout']:.2f}"
+              for r in changed]
+    return lines + [""]
 
 
 def _preset_variant(k: int) -> str | None:
@@ -535,13 +542,6 @@ def _preset_variant(k: int) -> str | None:
     solver = load_preset("digits", k).get("solver")
     return next((v for v, flags in VARIANTS.items()
                  if flags == ("--solver", solver)), None)
-
-
-def _was(run: dict) -> str:
-    first = run.get("first")
-    if not first or first["timesteps"] == run["timesteps"] and first["solver"] == run["solver"]:
-        return ""
-    return f" (first named {first['fid_heldout']:.2f} {first['timesteps']})"
 
 
 STEPS_ONLY = {"steps_only_dpmpp2m": "DPM-Solver++(2M)", "steps_only_unipc": "UniPC"}

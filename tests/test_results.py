@@ -137,29 +137,6 @@ def test_an_unconfirmed_point_ranks_by_its_search_fid_plus_the_confirmed_rise(st
     assert [p.trial for p in to_confirm(study, None)] == [5]
 
 
-def test_the_best_baseline_is_confirmed_and_named_where_it_confirms_best(storage):
-    """The searched schedules rose by 2 when confirmed (their winner's curse); a standard
-    spacing, queued before the search, ranks fourth on the search's noise, below the top
-    three: it is confirmed all the same (the best of the baselines, not the worse one), and
-    where it confirms lower than every searched schedule, it is the best."""
-    from autodiff_optuna.search.confirm import to_confirm
-
-    searched = [([496, 381, 257, 101], 8.0), ([500, 381, 257, 101], 8.1),
-                ([520, 381, 257, 101], 8.2)]
-    study = make_search(storage, [(UNIFORM, 68.0), *searched])
-    for timesteps, fid, spacing in (([800, 355, 88, 0], 8.3, "quadratic"),
-                                    ([999, 749, 499, 249], 30.0, "trailing")):
-        study.add_trial(create_trial(value=fid, user_attrs={"timesteps": timesteps,
-                                                            "spacing": spacing}))
-    assert sorted(p.trial for p in to_confirm(study, None)) == [0, 1, 2, 3, 4]
-    for trial, fid in ((0, 68.0), (1, 10.0), (2, 10.1), (3, 10.2), (4, 9.0)):
-        study.set_user_attr(f"confirmed_fid:{trial}", fid)
-        study.set_user_attr(f"confirmed_fid_spread:{trial}", 0.5)
-    assert to_confirm(study, None) == []
-    best = study_result(study).best
-    assert (best.trial, best.fid, best.timesteps) == (4, 9.0, [800, 355, 88, 0])
-
-
 def test_a_budget_worse_than_uniform_is_refused_naming_one_that_is_not(storage):
     study = make_search(storage, [(UNIFORM, 68.0), ([496, 381, 257, 101], 8.0)], [
         ([997, 570, 496, 258], 9, 388.0, 0.090),

@@ -5,8 +5,7 @@ there: a small FID margin is partly that noise's luck (the winner's curse). So t
 that ``best``, ``export`` or the front can name are scored again on the confirmation stream
 (``sampling.noise.CONFIRM``, disjoint from the search's, ``evaluate``'s held-out and the
 teacher's), with as many images as the search used, and ``results`` ranks them by that
-confirmed FID. Which candidates: stage 1's ``STAGE1_TOP`` best, the uniform baseline and the
-best other baseline (a standard or DP spacing the study queued before it searched), then,
+confirmed FID. Which candidates: stage 1's ``STAGE1_TOP`` best and the uniform baseline, then,
 until nothing changes, the best and every point of the thinned front that is no worse than the
 uniform schedule (a point worse than it is never exported), by what each FID is expected to be
 on fresh noise (``results.scored_points``): a confirmed point's confirmed FID, an unconfirmed
@@ -15,12 +14,6 @@ FID can move a point off the front and another onto it, which is then confirmed 
 by their search FIDs alone, the unconfirmed would look better than the confirmed (these were
 chosen for their luck on the search's noise, and most rose when confirmed): each confirmation
 would let the next unconfirmed point onto the front, a cascade (BENCHMARKS.md, "Confirmation").
-A baseline was not chosen for its luck, so the rise overstates what it would show: unconfirmed,
-a standard spacing that confirms better than every searched schedule (common at 6 and 8 steps,
-where the search's best few are near the model's ceiling and its winner's curse is largest)
-would lose to them (BENCHMARKS.md, "The solver searched with the steps"). Confirming the best
-of the baselines as well costs one candidate's images and lets ``best`` name it where it is
-the better schedule.
 
 Each confirmed FID is stored with its spread (study user attributes ``confirmed_fid:<trial>``
 and ``confirmed_fid_spread:<trial>``: Optuna keeps a finished trial's attributes fixed) as soon
@@ -44,7 +37,6 @@ from autodiff_optuna.sampling.rules import StepRule
 from autodiff_optuna.search.results import (
     MIN_SAVING,
     Point,
-    best_baseline_trial,
     check_config,
     linked_studies,
     pareto,
@@ -70,13 +62,11 @@ def to_confirm(stage1: optuna.Study, stage2: optuna.Study | None,
         return []
     by_key = {(p.stage, p.trial): p for p in points}
     wanted = sorted((p for p in points if p.stage == 1), key=_search_fid)[:STAGE1_TOP]
-    uniform, baseline = uniform_trial(stage1), best_baseline_trial(stage1)
+    uniform = uniform_trial(stage1)
     limit = float("inf")
     if uniform is not None:
         wanted.append(by_key[(1, uniform.number)])
         limit = by_key[(1, uniform.number)].fid
-    if baseline is not None:
-        wanted.append(by_key[(1, baseline.number)])
     best = min(points, key=lambda p: (p.fid, p.gflops or 0.0, p.stage, p.trial))
     front = thin(pareto(points), min_saving * full) if full else []
     wanted += [best, *(p for p in front if p.fid <= max(limit, best.fid))]

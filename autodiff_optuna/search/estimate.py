@@ -43,10 +43,9 @@ INCEPTION_GFLOPS = 11.4  # per image at 299 px, as the same table counts it
 # model's preset measured (52% of stage 1's images sampled: rungs from 125 of 1000 images, 40th
 # percentile, 100 candidates), stopped candidates taken as all stopped at the first rung.
 COMPLETE_SHARE = 0.42
-# Candidates a stage confirms (``confirm.to_confirm``). Stage 1: its ``STAGE1_TOP`` best, the
-# uniform baseline and the best other baseline (16 stage-1 digits studies of 100 candidates
-# confirmed 3 to 12, median 4, before the other baseline was: more only where confirmed FIDs
-# reorder the top). Stage 2: its best and the points of the thinned
+# Candidates a stage confirms (``confirm.to_confirm``). Stage 1: its ``STAGE1_TOP`` best and the
+# uniform baseline (16 stage-1 digits studies of 100 candidates confirmed 3 to 12, median 4: more
+# only where confirmed FIDs reorder the top). Stage 2: its best and the points of the thinned
 # front no worse than the uniform schedule, taken as one in ten of its trials, 2 to 12 (ranked by
 # expected FIDs, digits' three preset studies confirmed 5, 5 and 7 stage-2 points of 80
 # trials, digits-deep's 12, 5 and 13 of 240, the cheaper protocol 1 to 4 of 10).
@@ -329,7 +328,7 @@ def confirmed_candidates(stage: int, candidates: int) -> int:
     from autodiff_optuna.search.confirm import STAGE1_TOP
 
     if stage == 1:
-        return min(candidates, STAGE1_TOP + 2)  # and the uniform and the best other baseline
+        return min(candidates, STAGE1_TOP + 1)  # and the uniform baseline
     low, high = STAGE2_CONFIRMED_RANGE
     return min(candidates, max(low, min(high, round(candidates * STAGE2_CONFIRMED_SHARE))))
 
@@ -543,7 +542,7 @@ def assumptions(config, stages, cost: ImageCost, timing: HereTiming | None,
                     f"candidates, {COMPLETE_SHARE:.0%} of stage 1's complete and the others "
                     "stop at the first rung (the bundled digits preset's measured 52% of its "
                     "images); a sampling and a Frechet distance per rung reached")
-    confirming = {1: f"stage 1 its {STAGE1_TOP} best, the uniform and the best other baseline",
+    confirming = {1: f"stage 1 its {STAGE1_TOP} best and the uniform baseline",
                   2: f"stage 2 one candidate in {1 / STAGE2_CONFIRMED_SHARE:.0f} of its trials "
                      f"({STAGE2_CONFIRMED_RANGE[0]} to {STAGE2_CONFIRMED_RANGE[1]}: its best "
                      "and front)"}

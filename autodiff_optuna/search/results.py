@@ -129,16 +129,6 @@ def dp_trial(stage1: optuna.Study) -> FrozenTrial | None:
     return min(trials, key=objectives.fid, default=None)
 
 
-def best_baseline_trial(stage1: optuna.Study) -> FrozenTrial | None:
-    """Of the complete trials the study queued before it searched (the standard spacings and
-    the trajectory DP's, each with a fixed solver) other than uniform (``uniform_trial``), the
-    one with the lowest search FID: the strongest sampler a user could pick without a search,
-    by the study's own measure. None where none completed."""
-    trials = [t for t in complete_trials(stage1)
-              if t.user_attrs.get(SPACING_ATTR) not in (None, "uniform")]
-    return min(trials, key=objectives.fid, default=None)
-
-
 def _fixed_rules(trial: FrozenTrial, steps: int) -> bool:
     rules = trial.user_attrs.get(RULES_ATTR)
     return rules is None or fixed_solver(rules, steps) is not None
