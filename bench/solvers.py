@@ -7,9 +7,10 @@ fixed few-step sampler a user could pick, our steps-only search and TPE over the
                                           # bench/results.json["solver_search"] and the
                                           # BENCHMARKS.md section "solver-search" are rewritten
     python -m bench.run solver_search     # the same, as a part of ``make bench``
-    python -m bench.solvers --reconfirm DIR  # each kept search confirmed again by today's code
-                                          # (stored as the job's ``reconfirmed``; the tables
-                                          # show what it exports, beside what it did)
+    python -m bench.solvers --reconfirm DIR  # each kept search confirmed again by the checkout's
+                                          # code (kept as the job's ``reconfirmed``; the section
+                                          # lists the exports that changed): a confirmation rule
+                                          # measured without searching again
     python -m bench.solvers --shard 0/2 DIR  # every second job from the first: two shards run
                                           # side by side on one folder without sharing a job;
                                           # shards write only their jobs; --render DIR after
