@@ -26,10 +26,6 @@ def searched(tmp_path_factory):
     return ctx, stage1, stage2
 
 
-def confirm_fid(study, trial: int) -> float | None:
-    return confirmed_fids(study).get(trial)
-
-
 def test_stages_are_linked(searched):
     _, stage1, stage2 = searched
     assert stage1.user_attrs["stage2_study"] == stage2.study_name
@@ -45,7 +41,7 @@ def test_stage1_elites_are_carried_with_their_scores(searched):
     fids = {p.trial: p.fid for p in scored_points(stage1, None, 3, None)}
     ranked = sorted(stage1.get_trials(states=(TrialState.COMPLETE,)),
                     key=lambda t: (fids[t.number], t.number))
-    assert fids[ranked[0].number] == confirm_fid(stage1, ranked[0].number)
+    assert fids[ranked[0].number] == confirmed_fids(stage1).get(ranked[0].number)
     first = stage2.trials[:2]
     # completed with their stage-1 values, never sampled again: generation 0's known members
     assert [t.user_attrs["stage1_trial"] for t in first] == [t.number for t in ranked[:2]]

@@ -35,7 +35,7 @@ def result_lines(result: StudyResult) -> list[str]:
                  "expected where not):")
     for point in result.front:
         notes = [note for note, holds in (
-            ("expected", point.confirmed_fid is None and point.fid != point.search_fid),
+            ("expected", point.expected),
             ("worse than uniform", result.uniform is not None and point.fid > result.uniform.fid))
             if holds]
         lines.append(f"  GFLOPs {point.gflops:.4f} ({point.share(full):6.1%})  FID "

@@ -194,6 +194,13 @@ class Point:
     confirmed_spread: float | None = None
 
     @property
+    def expected(self) -> bool:
+        """Ranked by an expected FID: not confirmed, its search FID raised by the study's
+        ``expected_rise``."""
+        return (self.confirmed_fid is None and self.search_fid is not None
+                and self.fid != self.search_fid)
+
+    @property
     def skipped(self) -> int:
         return sum(len(s) for s in self.skip)
 
@@ -220,7 +227,7 @@ class Point:
             spread = ("" if self.confirmed_spread is None
                       else f" ± {self.confirmed_spread:.3f}")
             text += f"{spread} confirmed (search {self.search_fid:.3f})"
-        elif self.search_fid is not None and self.fid != self.search_fid:
+        elif self.expected:
             text += f" expected (search {self.search_fid:.3f}, not confirmed)"
         if self.gflops is not None:
             text += f", {self.gflops:.4f} GFLOPs/image"
