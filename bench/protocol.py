@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.solvers import _cli, _commit, measure_jobs
+from bench.solvers import _cli, _commit, measure_jobs, unconfirmed_copy
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "protocol"  # results.json's key and the BENCHMARKS.md section
@@ -228,9 +228,6 @@ def reconfirm(folder: Path = DEFAULT_DIR, images_per_search_image: int | None = 
     image count can be varied (``images_per_search_image``, else the code's). Kept in the job
     as ``reconfirmed`` (keyed by that count): the points confirmed and their images, the share
     of the study's images they are, and the best and the export, each held out."""
-    import shutil
-    import sqlite3
-
     from autodiff_optuna import cli
     from autodiff_optuna.search import confirm
 
@@ -245,10 +242,7 @@ def reconfirm(folder: Path = DEFAULT_DIR, images_per_search_image: int | None = 
         if not source.exists():
             continue
         copy = source.with_name(f"{source.stem}-reconfirmed-x{factor}.db")
-        shutil.copyfile(source, copy)
-        with sqlite3.connect(copy) as db:
-            db.execute("DELETE FROM study_user_attributes WHERE key LIKE 'confirmed_fid%'")
-        url, name = f"sqlite:///{copy}", f"{run['model']}-k{STEPS}"
+        url, name = unconfirmed_copy(source, copy), f"{run['model']}-k{STEPS}"
         if cli.main(["study", "--model", run["model"], "--steps", str(STEPS), "--seed",
                      str(run["seed"]), "--storage", url, *run["flags"], "--quiet"]):
             raise RuntimeError(f"reconfirming {path.stem} failed")
@@ -279,9 +273,6 @@ def restage2(folder: Path = DEFAULT_DIR, stage2_trials: int = 80) -> None:
     score worse than the uniform schedule, the images confirmation took and their share, the
     best and the export, and the front, each held out, with the cheapest front point within
     10% of stage 1's best (its lowest confirmed FID) held out."""
-    import shutil
-    import sqlite3
-
     import optuna
 
     from autodiff_optuna.search.results import scored_points
@@ -294,10 +285,7 @@ def restage2(folder: Path = DEFAULT_DIR, stage2_trials: int = 80) -> None:
             continue
         source = Path(folder) / f"{run['model']}-{run['protocol']}-s{run['seed']}.db"
         copy = source.with_name(f"{source.stem}-restage2.db")
-        shutil.copyfile(source, copy)
-        with sqlite3.connect(copy) as db:
-            db.execute("DELETE FROM study_user_attributes WHERE key LIKE 'confirmed_fid%'")
-        url, name = f"sqlite:///{copy}", f"{run['model']}-k{STEPS}"
+        url, name = unconfirmed_copy(source, copy), f"{run['model']}-k{STEPS}"
         optuna.delete_study(study_name=f"{name}-stage2", storage=url)
         started = time.perf_counter()
         _cli("study", "--model", run["model"], "--steps", str(STEPS), "--seed", str(run["seed"]),

@@ -105,6 +105,30 @@ def _cli(*args: str, retries: int = 5) -> str:
     return proc.stdout
 
 
+def unconfirmed_copy(source: Path, copy: Path) -> str:
+    """A copy of the study database ``source`` at ``copy`` without its confirmed FIDs (so that
+    the next ``study`` run on it confirms from nothing); its storage URL."""
+    import shutil
+    import sqlite3
+
+    shutil.copyfile(source, copy)
+    with sqlite3.connect(copy) as db:
+        db.execute("DELETE FROM study_user_attributes WHERE key LIKE 'confirmed_fid%'")
+    return f"sqlite:///{copy}"
+
+
+def _export(name: str, url: str, out: Path) -> dict:
+    """The study's lowest-FID schedule (``export --fid-tolerance 0``), written to ``out``."""
+    _cli("export", "--name", name, "--storage", url, "--out", str(out), "--fid-tolerance", "0")
+    return json.loads(out.read_text())
+
+
+def _heldout(schedule: Path) -> float:
+    """The exported schedule's held-out FID, as ``evaluate`` scores it."""
+    return json.loads(_cli("evaluate", "--schedule", str(schedule), "--samples", str(SAMPLES),
+                           "--seed", str(HELDOUT_SEED), "--no-uniform", "--json"))["fid"]
+
+
 class _Scorer:
     """The model, its FID and the held-out noise, loaded once: exactly ``evaluate``'s scoring."""
 
@@ -207,10 +231,7 @@ def search(k: int, variant: str, seed: int, folder: Path) -> dict:
     complete = [t for t in evaluated if t.state == TrialState.COMPLETE]
     images = sum(config["samples"] if t.state == TrialState.COMPLETE
                  else int(t.user_attrs.get(PRUNED_AT, 0)) for t in evaluated)
-    _cli("export", "--name", name, "--storage", url, "--out", str(out), "--fid-tolerance", "0")
-    exported = json.loads(out.read_text())
-    scored = json.loads(_cli("evaluate", "--schedule", str(out), "--samples", str(SAMPLES),
-                             "--seed", str(HELDOUT_SEED), "--no-uniform", "--json"))
+    exported = _export(name, url, out)
     from autodiff_optuna.sampling.rules import describe
 
     run = {"k": k, "variant": variant, "seed": seed, "candidates": len(evaluated),
@@ -219,7 +240,7 @@ def search(k: int, variant: str, seed: int, folder: Path) -> dict:
                                                        "min_samples", "population")},
            "timesteps": exported["timesteps"], "solver": exported["solver"],
            "solver_described": describe(exported["solver"], k),
-           "fid_search": exported.get("fid"), "fid_heldout": scored["fid"],
+           "fid_search": exported.get("fid"), "fid_heldout": _heldout(out),
            "provenance": exported.get("provenance"), "commit": _commit()}
     print(f"  K={k} {variant} seed {seed}: {run['timesteps']} {run['solver_described']} "
           f"search {run['fid_search']:.3f} held-out {run['fid_heldout']:.3f}; "
@@ -233,7 +254,6 @@ def reconfirm(folder: Path) -> None:
     to search: stage 1's trials are as they were, only confirmation runs), the lowest-FID
     schedule exported and scored held out as ``search`` scores it. Kept in the job as
     ``reconfirmed``, with the confirmed candidates and the commit that confirmed them."""
-    import shutil
     import sqlite3
 
     from autodiff_optuna.sampling.rules import describe
@@ -246,21 +266,15 @@ def reconfirm(folder: Path) -> None:
         if run.get("reconfirmed") or not source.exists():
             continue
         copy, out = source.with_name(f"{tag}-reconfirmed.db"), source.with_name(f"{tag}-re.json")
-        shutil.copyfile(source, copy)
-        with sqlite3.connect(copy) as db:
-            db.execute("DELETE FROM study_user_attributes WHERE key LIKE 'confirmed_fid%'")
-        url, name = f"sqlite:///{copy}", study_name("digits", run["k"])
+        url, name = unconfirmed_copy(source, copy), study_name("digits", run["k"])
         _cli("study", "--model", "digits", "--steps", str(run["k"]), "--seed", str(run["seed"]),
              "--stage", "1", "--storage", url, "--quiet", *VARIANTS[run["variant"]])
         with sqlite3.connect(copy) as db:
             confirmed = db.execute("SELECT COUNT(*) FROM study_user_attributes WHERE key LIKE "
                                    "'confirmed_fid:%'").fetchone()[0]
-        _cli("export", "--name", name, "--storage", url, "--out", str(out), "--fid-tolerance", "0")
-        exported = json.loads(out.read_text())
+        exported = _export(name, url, out)
         same = (exported["timesteps"], exported["solver"]) == (run["timesteps"], run["solver"])
-        held = run["fid_heldout"] if same else json.loads(_cli(
-            "evaluate", "--schedule", str(out), "--samples", str(SAMPLES), "--seed",
-            str(HELDOUT_SEED), "--no-uniform", "--json"))["fid"]
+        held = run["fid_heldout"] if same else _heldout(out)
         run["reconfirmed"] = {"timesteps": exported["timesteps"], "solver": exported["solver"],
                               "solver_described": describe(exported["solver"], run["k"]),
                               "fid_search": exported.get("fid"), "fid_heldout": held,
