@@ -327,11 +327,12 @@ def render(results: dict) -> dict[str, str]:
         # a run split over processes (one seed each) names its own machine and threads
         own = [f"Machine: {budgets['machine']}.", ""] if budgets.get("machine") else head
         sections["stage2-budgets"] = "\n".join(own + render_budgets(budgets))
-    if "solver_search" in results:
-        from bench.solvers import SECTION
-        from bench.solvers import render as render_solvers
+    from bench.solvers import MODELS as SOLVER_MODELS
+    from bench.solvers import render as render_solvers
 
-        sections[SECTION] = "\n".join(render_solvers(results["solver_search"]))
+    for key, section, _ in SOLVER_MODELS.values():
+        if key in results:
+            sections[section] = "\n".join(render_solvers(results[key]))
     if "protocol" in results:
         from bench.protocol import KEY, markdown
 

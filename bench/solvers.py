@@ -14,6 +14,8 @@ fixed few-step sampler a user could pick, our steps-only search and TPE over the
     python -m bench.solvers --shard 0/2 DIR  # every second job from the first: two shards run
                                           # side by side on one folder without sharing a job;
                                           # shards write only their jobs; --render DIR after
+    python -m bench.solvers --model digits-deep ...  # any of the above on the deeper bundled
+                                          # model (its own results.json key and section)
 
 Every FID is held out, as ``evaluate --samples 1797`` computes it: 1797 images of the held-out
 noise stream of seed 0 against the digits reference (no study ever searches on that stream).
@@ -44,6 +46,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "solver_search"  # results.json's key; the BENCHMARKS.md section is "solver-search"
 SECTION = "solver-search"
+# per bundled model: its results.json key, its BENCHMARKS.md section and its default job folder
+MODELS = {"digits": (KEY, SECTION, Path("/tmp/bench27")),
+          "digits-deep": ("solver_search_deep", "solver-search-deep", Path("/tmp/bench27-deep"))}
 SAMPLES = 1797  # all of the digits reference's images; evaluate --samples 1797
 HELDOUT_SEED = 0
 FIXED_KS = (3, 4, 6, 8)
@@ -64,14 +69,15 @@ VARIANT_NAMES = {"ours": "ours, steps + solver (`--solver search`)",
                  "steps_only_dpmpp2m": "ours, steps only, DPM-Solver++(2M) (`--solver dpmpp2m`)",
                  "steps_only_unipc": "ours, steps only, UniPC (`--solver unipc`)",
                  "tpe": "TPE, steps + solver (`--sampler tpe --solver search`)"}
-DEFAULT_DIR = Path("/tmp/bench27")
+DEFAULT_DIR = MODELS["digits"][2]
 
 
-def jobs() -> list[str]:
+def jobs(model: str = "digits") -> list[str]:
     """Every job, most valuable first: the fixed samplers at the searched K and the ceiling,
     ours and steps-only at each K (seed by seed, so that they pair up; steps-only with UniPC
     first at K >= 6, where UniPC is the best fixed solver), the DP spacing (seconds), TPE, then
-    steps-only with UniPC at the smaller K."""
+    steps-only with UniPC at the smaller K. On digits-deep, no steps-only UniPC: on digits it
+    was no better than 2M at any K, and the deeper model's searches cost 1.4x as much."""
     out = [f"fixed-{k}" for k in SEARCH_KS] + ["ceiling"]
     for k in SEARCH_KS:
         variants = ("ours", "steps_only_dpmpp2m") + (("steps_only_unipc",) if k >= 6 else ())
@@ -80,7 +86,7 @@ def jobs() -> list[str]:
     out += [f"dp-{k}" for k in SEARCH_KS]
     out += [f"search-{k}-tpe-{seed}" for k in SEARCH_KS for seed in SEEDS]
     out += [f"search-{k}-steps_only_unipc-{seed}" for k in SEARCH_KS if k < 6 for seed in SEEDS]
-    return out
+    return out if model == "digits" else [job for job in out if "steps_only_unipc" not in job]
 
 
 def _env() -> dict:
@@ -124,7 +130,8 @@ def _export(name: str, url: str, out: Path) -> dict:
 
 
 def _heldout(schedule: Path) -> float:
-    """The exported schedule's held-out FID, as ``evaluate`` scores it."""
+    """The exported schedule's held-out FID, as ``evaluate`` scores it (its file names the
+    model)."""
     return json.loads(_cli("evaluate", "--schedule", str(schedule), "--samples", str(SAMPLES),
                            "--seed", str(HELDOUT_SEED), "--no-uniform", "--json"))["fid"]
 
@@ -132,12 +139,13 @@ def _heldout(schedule: Path) -> float:
 class _Scorer:
     """The model, its FID and the held-out noise, loaded once: exactly ``evaluate``'s scoring."""
 
-    def __init__(self):
+    def __init__(self, model: str):
         from autodiff_optuna.metrics import load_scorer
         from autodiff_optuna.models import load_model
         from autodiff_optuna.sampling import HELDOUT, draw
 
-        self.model, self.scorer = load_model("digits"), load_scorer("digits")
+        # both bundled models are scored against the digits reference
+        self.model, self.scorer = load_model(model), load_scorer("digits")
         self.batch = draw(self.model, SAMPLES, HELDOUT_SEED, HELDOUT)
 
     def fid(self, timesteps, solver) -> tuple[float, float]:
@@ -154,17 +162,16 @@ class _Scorer:
         return fid, time.process_time() - started
 
 
-_SCORER = None
+_SCORERS: dict[str, _Scorer] = {}
 
 
-def _scorer() -> _Scorer:
-    global _SCORER
-    if _SCORER is None:
-        _SCORER = _Scorer()
-    return _SCORER
+def _scorer(model: str) -> _Scorer:
+    if model not in _SCORERS:
+        _SCORERS[model] = _Scorer(model)
+    return _SCORERS[model]
 
 
-def fixed(k: int) -> dict:
+def fixed(k: int, model: str = "digits") -> dict:
     """Every standard spacing with every fixed solver at K; a solver that runs exactly as another
     at this K (DPM-Solver++(3M) at K <= 4, lowered to 2M by lower_order_final) is marked
     ``same_as`` and not sampled again (its samples are identical)."""
@@ -172,7 +179,7 @@ def fixed(k: int) -> dict:
     from autodiff_optuna.sampling.rules import fixed_solver
     from autodiff_optuna.search.context import alphas_cumprod
 
-    s = _scorer()
+    s = _scorer(model)
     spacings = standard_spacings(k, s.model.num_train_timesteps, alphas_cumprod(s.model))
     out = {}
     for spacing in SPACINGS:
@@ -190,11 +197,11 @@ def fixed(k: int) -> dict:
     return out
 
 
-def ceiling() -> dict:
+def ceiling(model: str = "digits") -> dict:
     from autodiff_optuna.sampling import standard_spacings
     from autodiff_optuna.search.context import alphas_cumprod
 
-    s = _scorer()
+    s = _scorer(model)
     steps = standard_spacings(CEILING_STEPS, s.model.num_train_timesteps,
                               alphas_cumprod(s.model))["uniform"]
     fid, cpu = s.fid(steps, "ddim")
@@ -203,7 +210,21 @@ def ceiling() -> dict:
             "timesteps_first_last": [int(steps[0]), int(steps[-1])]}
 
 
-def search(k: int, variant: str, seed: int, folder: Path) -> dict:
+def _study_args(model: str, k: int, seed: int, variant: str) -> list[str]:
+    """The ``study`` command of one search. A model with no preset at K (digits-deep has one at
+    K=4 only) searches with its K=4 preset's population, images and pruning, as digits does at
+    every K, rather than with the library's defaults (no pruning)."""
+    from autodiff_optuna.search.config import load_preset
+
+    args = ["study", "--model", model, "--steps", str(k), "--seed", str(seed), "--stage", "1"]
+    if not load_preset(model, k):
+        preset = load_preset(model, 4)
+        args += [item for key in ("population", "samples", "min_samples") if key in preset
+                 for item in (f"--{key.replace('_', '-')}", str(preset[key]))]
+    return args + list(VARIANTS[variant])
+
+
+def search(k: int, variant: str, seed: int, folder: Path, model: str = "digits") -> dict:
     """One stage-1 study through the CLI on its own SQLite file, its lowest-FID schedule
     exported and scored held out; its cost."""
     import optuna
@@ -217,11 +238,10 @@ def search(k: int, variant: str, seed: int, folder: Path) -> dict:
     tag = f"k{k}-{variant}-s{seed}"
     db, out = folder / f"{tag}.db", folder / f"{tag}.json"
     db.unlink(missing_ok=True)
-    url, name = f"sqlite:///{db}", study_name("digits", k)
+    url, name = f"sqlite:///{db}", study_name(model, k)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    _cli("study", "--model", "digits", "--steps", str(k), "--seed", str(seed), "--stage", "1",
-         "--storage", url, "--quiet", *VARIANTS[variant])
+    _cli(*_study_args(model, k, seed, variant), "--storage", url, "--quiet")
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
@@ -248,7 +268,7 @@ def search(k: int, variant: str, seed: int, folder: Path) -> dict:
     return run
 
 
-def reconfirm(folder: Path) -> None:
+def reconfirm(folder: Path, model: str = "digits") -> None:
     """Each kept search confirmed again by today's ``search.confirm``, from nothing: a copy of
     its database without its confirmed FIDs, its study command run on the copy (nothing is left
     to search: stage 1's trials are as they were, only confirmation runs), the lowest-FID
@@ -266,9 +286,9 @@ def reconfirm(folder: Path) -> None:
         if run.get("reconfirmed") or not source.exists():
             continue
         copy, out = source.with_name(f"{tag}-reconfirmed.db"), source.with_name(f"{tag}-re.json")
-        url, name = unconfirmed_copy(source, copy), study_name("digits", run["k"])
-        _cli("study", "--model", "digits", "--steps", str(run["k"]), "--seed", str(run["seed"]),
-             "--stage", "1", "--storage", url, "--quiet", *VARIANTS[run["variant"]])
+        url, name = unconfirmed_copy(source, copy), study_name(model, run["k"])
+        _cli(*_study_args(model, run["k"], run["seed"], run["variant"]), "--storage", url,
+             "--quiet")
         with sqlite3.connect(copy) as db:
             confirmed = db.execute("SELECT COUNT(*) FROM study_user_attributes WHERE key LIKE "
                                    "'confirmed_fid:%'").fetchone()[0]
@@ -285,12 +305,12 @@ def reconfirm(folder: Path) -> None:
               f"{run['fid_heldout']:.3f})", flush=True)
 
 
-def dp(k: int) -> dict:
+def dp(k: int, model: str = "digits") -> dict:
     """The trajectory-DP spacing for each of DP_SOLVERS at K (teacher: the library's default,
     on the teacher noise stream), scored held out with that solver; the DP's CPU time."""
     from autodiff_optuna.sampling.trajectory_dp import dp_schedule, teacher_trajectory
 
-    s = _scorer()
+    s = _scorer(model)
     started = time.process_time()
     teacher = teacher_trajectory(s.model)
     teacher_cpu = time.process_time() - started
@@ -305,22 +325,22 @@ def dp(k: int) -> dict:
     return out
 
 
-def run_job(job: str, folder: Path) -> dict:
+def run_job(job: str, folder: Path, model: str = "digits") -> dict:
     kind, *args = job.split("-")
     if kind == "fixed":
-        return fixed(int(args[0]))
+        return fixed(int(args[0]), model)
     if kind == "ceiling":
-        return ceiling()
+        return ceiling(model)
     if kind == "search":
-        return search(int(args[0]), args[1], int(args[2]), folder)
+        return search(int(args[0]), args[1], int(args[2]), folder, model)
     if kind == "dp":
-        return dp(int(args[0]))
+        return dp(int(args[0]), model)
     raise ValueError(f"unknown job {job!r}")
 
 
-def collect(done: dict, machine: str) -> dict:
+def collect(done: dict, machine: str, model: str = "digits") -> dict:
     """results.json's entry from the finished jobs (raw runs kept)."""
-    out = {"machine": machine, "commit_at_collect": _commit(), "samples": SAMPLES,
+    out = {"model": model, "machine": machine, "commit_at_collect": _commit(), "samples": SAMPLES,
            "heldout_seed": HELDOUT_SEED, "fixed": {}, "searches": [], "dp": {}}
     for job, value in done.items():
         kind, *args = job.split("-")
@@ -347,11 +367,14 @@ def _commit() -> str | None:
     return head + ("+dirty" if dirty else "")
 
 
-def measure(folder: Path = DEFAULT_DIR, on_job=None, shard: tuple[int, int] = (0, 1)) -> dict:
+def measure(folder: Path = DEFAULT_DIR, on_job=None, shard: tuple[int, int] = (0, 1),
+            model: str = "digits") -> dict:
     """Every job not yet in ``folder``, in ``jobs()``'s order; ``on_job(entry)`` after each.
     ``shard=(i, n)``: only the jobs of ``jobs()`` whose place modulo n is i."""
     i, n = shard
-    return measure_jobs(Path(folder), jobs()[i::n], run_job, collect, on_job)
+    return measure_jobs(Path(folder), jobs(model)[i::n],
+                        lambda job, where: run_job(job, where, model),
+                        lambda done, machine: collect(done, machine, model), on_job)
 
 
 def measure_jobs(folder: Path, names: list[str], run_one, collect_done, on_job=None) -> dict:
@@ -412,12 +435,14 @@ def _paired(a: dict[int, dict], b: dict[int, dict]) -> tuple[float, float, int] 
 
 
 def render(entry: dict) -> list[str]:
+    model = entry.get("model", "digits")
+    rerun = ("`python -m bench.solvers` (or `make bench PARTS=solver_search`)" if model == "digits"
+             else f"`python -m bench.solvers --model {model}`")
     lines = [f"Machine: {entry['machine']}.", "",
-             f"Held-out FID: {entry['samples']} images of the held-out noise stream of seed "
-             f"{entry['heldout_seed']} against the digits reference (`evaluate --samples "
-             f"{entry['samples']}`), one torch thread. `python -m bench.solvers` (or `make bench "
-             "PARTS=solver_search`) reruns it; raw runs in `bench/results.json` "
-             f"(`{KEY}`).", ""]
+             f"Model: `{model}`. Held-out FID: {entry['samples']} images of the held-out noise "
+             f"stream of seed {entry['heldout_seed']} against the digits reference (`evaluate "
+             f"--samples {entry['samples']}`), one torch thread. {rerun} reruns it; raw runs in "
+             f"`bench/results.json` (`{MODELS[model][0]}`).", ""]
     c = entry.get("ceiling")
     if c:
         lines += [f"Quality ceiling, the model's own {c['steps']}-step uniform DDIM on the same "
@@ -475,8 +500,10 @@ def _render_searches(entry: dict) -> list[str]:
     if not ks:
         return []
     ceiling = entry.get("ceiling", {}).get("fid")
-    out = ["Searches: stage 1 with the digits preset's defaults (100 candidates, 1000 images "
-           "each, multi-fidelity from 125), seeds " + ", ".join(map(str, SEEDS)) + "; each "
+    model = entry.get("model", "digits")
+    out = [f"Searches: stage 1 with the {model} preset's defaults (100 candidates, 1000 images "
+           "each, multi-fidelity from 125; at a K with no preset, the K=4 preset's), seeds "
+           + ", ".join(map(str, SEEDS)) + "; each "
            "study's lowest-FID schedule (`export --fid-tolerance 0`) scored with `evaluate "
            "--schedule`. Held-out FID mean ± std (sample std over seeds), then each seed's. "
            "Cost per study: candidates evaluated, images sampled (pruned candidates' "
@@ -550,11 +577,12 @@ def _reconfirmed(entry: dict) -> list[str]:
     return lines + [""]
 
 
-def _preset_variant(k: int) -> str | None:
-    """The search the digits preset at K runs (stage 1): the variant with its solver."""
-    from autodiff_optuna.search.config import load_preset
+def _preset_variant(k: int, model: str = "digits") -> str | None:
+    """The search ``make study MODEL=model STEPS=k`` runs (stage 1): the variant with its
+    solver (the library's default where the model has no preset at K)."""
+    from autodiff_optuna.search.config import DEFAULT_SOLVER, load_preset
 
-    solver = load_preset("digits", k).get("solver")
+    solver = load_preset(model, k).get("solver", DEFAULT_SOLVER)
     return next((v for v, flags in VARIANTS.items()
                  if flags == ("--solver", solver)), None)
 
@@ -579,12 +607,14 @@ def _lower(gain: float) -> str:
 
 def _targets(entry: dict, k: int, best, ceiling) -> list[str]:
     lines = []
-    preset = _preset_variant(k)
+    preset = _preset_variant(k, entry.get("model", "digits"))
     default = _runs(entry, k, preset) if preset else {}
     if best and len(default) == len(SEEDS):
         value = float(np.mean([r["fid_heldout"] for r in default.values()]))
         gain = 1 - value / best[2]
-        lines.append(f"- K={k}, the preset's search (`make study STEPS={k} STAGE=1`: "
+        model = entry.get("model", "digits")
+        command = "make study" + (f" MODEL={model}" if model != "digits" else "")
+        lines.append(f"- K={k}, the preset's search (`{command} STEPS={k} STAGE=1`: "
                      f"{VARIANT_NAMES[preset].split(' (')[0]}, {value:.2f}) against the best "
                      f"fixed sampler ({SPACING_NAMES.get(best[0], best[0])} "
                      f"{SOLVER_NAMES[best[1]]}, {best[2]:.2f}): {_lower(gain)} (target: >= 10% "
@@ -637,45 +667,55 @@ def _targets(entry: dict, k: int, best, ceiling) -> list[str]:
 
 
 def save(entry: dict) -> None:
-    """results.json's ``KEY`` and BENCHMARKS.md's section, leaving every other entry as it is."""
+    """The model's results.json key and BENCHMARKS.md section, leaving every other entry as it
+    is."""
     from bench.run import RESULTS, write_sections
 
+    key, section, _ = MODELS[entry.get("model", "digits")]
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    results[KEY] = entry
+    results[key] = entry
     RESULTS.write_text(json.dumps(results, indent=1) + "\n")
-    write_sections({SECTION: "\n".join(render(entry))})
+    write_sections({section: "\n".join(render(entry))})
 
 
-def finished(folder: Path = DEFAULT_DIR) -> dict:
+def finished(folder: Path = DEFAULT_DIR, model: str = "digits") -> dict:
     """results.json's entry from the jobs already in ``folder``, measuring nothing."""
     from bench.run import RESULTS
 
     done = {job: json.loads((Path(folder) / "jobs" / f"{job}.json").read_text())
-            for job in jobs() if (Path(folder) / "jobs" / f"{job}.json").exists()}
-    old = json.loads(RESULTS.read_text()).get(KEY, {}) if RESULTS.exists() else {}
-    return collect(done, old.get("machine") or "unknown")
+            for job in jobs(model) if (Path(folder) / "jobs" / f"{job}.json").exists()}
+    key = MODELS[model][0]
+    old = json.loads(RESULTS.read_text()).get(key, {}) if RESULTS.exists() else {}
+    return collect(done, old.get("machine") or "unknown", model)
 
 
 def main() -> None:
-    """``python -m bench.solvers [DIR]``: measure what is not yet in DIR; ``--render [DIR]``:
-    rewrite results.json's entry and the section from DIR's finished jobs alone."""
+    """``python -m bench.solvers [--model NAME] [DIR]``: measure what is not yet in DIR (a
+    bundled model, digits by default); ``--render [DIR]``: rewrite results.json's entry and the
+    section from DIR's finished jobs alone."""
     import torch
 
     args = sys.argv[1:]
+    model = "digits"
+    if "--model" in args:  # anywhere: --model NAME
+        at = args.index("--model")
+        model = args[at + 1]
+        del args[at:at + 2]
+    key, section, default_dir = MODELS[model]
     if args[:1] == ["--render"]:
-        save(finished(Path(args[1]) if len(args) > 1 else DEFAULT_DIR))
+        save(finished(Path(args[1]) if len(args) > 1 else default_dir, model))
         return
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     if args[:1] == ["--reconfirm"]:  # --reconfirm DIR, then --render DIR
-        reconfirm(Path(args[1]) if len(args) > 1 else DEFAULT_DIR)
+        reconfirm(Path(args[1]) if len(args) > 1 else default_dir, model)
         return
     if args[:1] == ["--shard"]:  # results.json and BENCHMARKS.md are left to --render
         i, n = (int(x) for x in args[1].split("/"))
-        measure(Path(args[2]) if len(args) > 2 else DEFAULT_DIR, shard=(i, n))
+        measure(Path(args[2]) if len(args) > 2 else default_dir, shard=(i, n), model=model)
         return
-    folder = Path(args[0]) if args else DEFAULT_DIR
-    save(measure(folder, on_job=save))
-    print(f"updated bench/results.json ({KEY}) and BENCHMARKS.md ({SECTION})")
+    folder = Path(args[0]) if args else default_dir
+    save(measure(folder, on_job=save, model=model))
+    print(f"updated bench/results.json ({key}) and BENCHMARKS.md ({section})")
 
 
 if __name__ == "__main__":
