@@ -631,6 +631,7 @@ def main() -> None:
     skip_sensitivity, spacings_table, samplers, multifidelity, end_to_end, deep_study,
     stage2_budgets, workers, teacher_reference, profile, solver_search: issue 27's solver
     benchmark, resumable, its jobs kept under /tmp/bench27/jobs; see bench/solvers.py;
+    solver_search_deep: the same on digits-deep, under /tmp/bench27-deep/jobs;
     protocol: whole studies, preset against a cheaper budget, see bench/protocol.py;
     reuse: DeepCache's reuse against the bypass, see bench/reuse.py)
     and keep the other numbers of bench/results.json."""
@@ -647,6 +648,8 @@ def main() -> None:
              "stage2_budgets": search.stage2_budgets, "workers": workers,
              "teacher_reference": search.teacher_reference,
              "profile": profile_trials, "solver_search": solvers.measure,
+             "solver_search_deep": lambda: solvers.measure(solvers.MODELS["digits-deep"][2],
+                                                           model="digits-deep"),
              "protocol": protocol.measure, "reuse": reuse.measure}
     wanted = sys.argv[1:] or list(parts)
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() and sys.argv[1:] else {}

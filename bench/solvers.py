@@ -436,13 +436,14 @@ def _paired(a: dict[int, dict], b: dict[int, dict]) -> tuple[float, float, int] 
 
 def render(entry: dict) -> list[str]:
     model = entry.get("model", "digits")
-    rerun = ("`python -m bench.solvers` (or `make bench PARTS=solver_search`)" if model == "digits"
-             else f"`python -m bench.solvers --model {model}`")
+    key = MODELS[model][0]
+    rerun = (f"`python -m bench.solvers{'' if model == 'digits' else f' --model {model}'}` (or "
+             f"`make bench PARTS={key}`)")
     lines = [f"Machine: {entry['machine']}.", "",
              f"Model: `{model}`. Held-out FID: {entry['samples']} images of the held-out noise "
              f"stream of seed {entry['heldout_seed']} against the digits reference (`evaluate "
              f"--samples {entry['samples']}`), one torch thread. {rerun} reruns it; raw runs in "
-             f"`bench/results.json` (`{MODELS[model][0]}`).", ""]
+             f"`bench/results.json` (`{key}`).", ""]
     c = entry.get("ceiling")
     if c:
         lines += [f"Quality ceiling, the model's own {c['steps']}-step uniform DDIM on the same "
