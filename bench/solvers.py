@@ -681,13 +681,14 @@ def save(entry: dict) -> None:
 
 def finished(folder: Path = DEFAULT_DIR, model: str = "digits") -> dict:
     """results.json's entry from the jobs already in ``folder``, measuring nothing."""
-    from bench.run import RESULTS
+    from bench.run import RESULTS, machine
 
     done = {job: json.loads((Path(folder) / "jobs" / f"{job}.json").read_text())
             for job in jobs(model) if (Path(folder) / "jobs" / f"{job}.json").exists()}
     key = MODELS[model][0]
     old = json.loads(RESULTS.read_text()).get(key, {}) if RESULTS.exists() else {}
-    return collect(done, old.get("machine") or "unknown", model)
+    # a first render names this machine, at the torch threads the jobs ran with (main sets them)
+    return collect(done, old.get("machine") or machine(), model)
 
 
 def main() -> None:
@@ -703,10 +704,10 @@ def main() -> None:
         model = args[at + 1]
         del args[at:at + 2]
     key, section, default_dir = MODELS[model]
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     if args[:1] == ["--render"]:
         save(finished(Path(args[1]) if len(args) > 1 else default_dir, model))
         return
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     if args[:1] == ["--reconfirm"]:  # --reconfirm DIR, then --render DIR
         reconfirm(Path(args[1]) if len(args) > 1 else default_dir, model)
         return
