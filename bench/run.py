@@ -648,8 +648,7 @@ def main() -> None:
              "stage2_budgets": search.stage2_budgets, "workers": workers,
              "teacher_reference": search.teacher_reference,
              "profile": profile_trials, "solver_search": solvers.measure,
-             "solver_search_deep": lambda: solvers.measure(solvers.MODELS["digits-deep"][2],
-                                                           model="digits-deep"),
+             "solver_search_deep": lambda: solvers.measure(model="digits-deep"),
              "protocol": protocol.measure, "reuse": reuse.measure}
     wanted = sys.argv[1:] or list(parts)
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() and sys.argv[1:] else {}

@@ -69,8 +69,6 @@ VARIANT_NAMES = {"ours": "ours, steps + solver (`--solver search`)",
                  "steps_only_dpmpp2m": "ours, steps only, DPM-Solver++(2M) (`--solver dpmpp2m`)",
                  "steps_only_unipc": "ours, steps only, UniPC (`--solver unipc`)",
                  "tpe": "TPE, steps + solver (`--sampler tpe --solver search`)"}
-DEFAULT_DIR = MODELS["digits"][2]
-
 
 def jobs(model: str = "digits") -> list[str]:
     """Every job, most valuable first: the fixed samplers at the searched K and the ceiling,
@@ -367,12 +365,13 @@ def _commit() -> str | None:
     return head + ("+dirty" if dirty else "")
 
 
-def measure(folder: Path = DEFAULT_DIR, on_job=None, shard: tuple[int, int] = (0, 1),
+def measure(folder: Path | None = None, on_job=None, shard: tuple[int, int] = (0, 1),
             model: str = "digits") -> dict:
-    """Every job not yet in ``folder``, in ``jobs()``'s order; ``on_job(entry)`` after each.
-    ``shard=(i, n)``: only the jobs of ``jobs()`` whose place modulo n is i."""
+    """Every job not yet in ``folder`` (default: the model's folder in ``MODELS``), in
+    ``jobs()``'s order; ``on_job(entry)`` after each. ``shard=(i, n)``: only the jobs of
+    ``jobs()`` whose place modulo n is i."""
     i, n = shard
-    return measure_jobs(Path(folder), jobs(model)[i::n],
+    return measure_jobs(Path(folder or MODELS[model][2]), jobs(model)[i::n],
                         lambda job, where: run_job(job, where, model),
                         lambda done, machine: collect(done, machine, model), on_job)
 
@@ -435,7 +434,7 @@ def _paired(a: dict[int, dict], b: dict[int, dict]) -> tuple[float, float, int] 
 
 
 def render(entry: dict) -> list[str]:
-    model = entry.get("model", "digits")
+    model = entry["model"]
     key = MODELS[model][0]
     rerun = (f"`python -m bench.solvers{'' if model == 'digits' else f' --model {model}'}` (or "
              f"`make bench PARTS={key}`)")
@@ -501,7 +500,7 @@ def _render_searches(entry: dict) -> list[str]:
     if not ks:
         return []
     ceiling = entry.get("ceiling", {}).get("fid")
-    model = entry.get("model", "digits")
+    model = entry["model"]
     out = [f"Searches: stage 1 with the {model} preset's defaults (100 candidates, 1000 images "
            "each, multi-fidelity from 125; at a K with no preset, the K=4 preset's), seeds "
            + ", ".join(map(str, SEEDS)) + "; each "
@@ -608,12 +607,12 @@ def _lower(gain: float) -> str:
 
 def _targets(entry: dict, k: int, best, ceiling) -> list[str]:
     lines = []
-    preset = _preset_variant(k, entry.get("model", "digits"))
+    model = entry["model"]
+    preset = _preset_variant(k, model)
     default = _runs(entry, k, preset) if preset else {}
     if best and len(default) == len(SEEDS):
         value = float(np.mean([r["fid_heldout"] for r in default.values()]))
         gain = 1 - value / best[2]
-        model = entry.get("model", "digits")
         command = "make study" + (f" MODEL={model}" if model != "digits" else "")
         lines.append(f"- K={k}, the preset's search (`{command} STEPS={k} STAGE=1`: "
                      f"{VARIANT_NAMES[preset].split(' (')[0]}, {value:.2f}) against the best "
@@ -672,15 +671,17 @@ def save(entry: dict) -> None:
     is."""
     from bench.run import RESULTS, write_sections
 
-    key, section, _ = MODELS[entry.get("model", "digits")]
+    key, section, _ = MODELS[entry["model"]]
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     results[key] = entry
     RESULTS.write_text(json.dumps(results, indent=1) + "\n")
     write_sections({section: "\n".join(render(entry))})
 
 
-def finished(folder: Path = DEFAULT_DIR, model: str = "digits") -> dict:
-    """results.json's entry from the jobs already in ``folder``, measuring nothing."""
+def finished(folder: Path | None = None, model: str = "digits") -> dict:
+    """results.json's entry from the jobs already in ``folder`` (default: the model's folder in
+    ``MODELS``), measuring nothing."""
+    folder = folder or MODELS[model][2]
     from bench.run import RESULTS, machine
 
     done = {job: json.loads((Path(folder) / "jobs" / f"{job}.json").read_text())
