@@ -12,7 +12,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from autodiff_optuna.sampling import schedules
-from autodiff_optuna.sampling.rules import StepRule
 from autodiff_optuna.search import variation
 from autodiff_optuna.search.children import MIN_BANDWIDTH, ParzenChild
 from autodiff_optuna.search.encoding import Candidate, CandidateSpace
@@ -99,55 +98,18 @@ def test_shift_moves_each_step_with_its_mask(k, layers, data, seed):
 
 
 def test_parzen_children_sample_around_the_better_half():
-    """Children are drawn around the better half of the ranked elites, with TPE's kernel:
-    never narrower than T / (1 + n) for a half of n members, however closely the half agrees,
-    and truncated to [0, T) rather than piled up at its ends."""
-    parzen = ParzenChild(CandidateSpace(1, T))
-    rng = np.random.default_rng(0)
-    width = T / (1 + 5)  # the floor for 5 good members, who spread over 4 steps only
-    for at in (500, 40):
-        good = [Candidate((at + d,), ((),)) for d in range(5)]
-        bad = [Candidate((900 + d,), ((),)) for d in range(5)]
-        children = np.array([parzen(good + bad, rng).timesteps[0] for _ in range(600)])
-        assert children.min() >= 0 and children.max() < T
-        if at == 500:  # as wide as TPE's kernel, around the good half
-            assert abs(np.median(children) - 502) < 0.2 * width
-            assert 0.85 * width < children.std() < 1.15 * width
-            assert np.mean(children > 850) < 0.05  # not around the worse half
-        else:  # truncated to [0, T), not clipped onto step 0
-            assert np.mean(children == 0) < 0.02
-    assert MIN_BANDWIDTH * T < width
-
-    space = CandidateSpace(3, T)  # K steps: each moves by its own draw, then they are sorted
+    """Children are drawn near the better half of the ranked elites, never near the worse
+    half, with a kernel that narrows to MIN_BANDWIDTH of T as the better half agrees."""
+    space = CandidateSpace(3, T)
     good = [space.candidate((500 + d, 300 - d, 100 + d)) for d in range(5)]
     bad = [space.candidate((900 - d, 800 - d, 700 - d)) for d in range(5)]
-    children = [ParzenChild(space)(good + bad, rng) for _ in range(300)]
-    assert all(_valid(c, 3) for c in children)
-    assert np.all(np.abs(np.median([c.timesteps for c in children], axis=0) - [500, 300, 100])
-                  < 0.5 * width)
-
-
-def test_parzen_children_draw_each_position_s_rule_from_the_better_half():
-    """In a space that searches the solver, each position's rule is a random good member's, and
-    any rule of that position comes back with TPE's prior weight 1 / (n + 1)."""
-    space = CandidateSpace(4, T, solver_search=True)
-    corrected, plain = StepRule(2, True), StepRule(2)
-    good = [space.candidate((600 + d, 400, 200, 50), rules=[StepRule(1), corrected, plain,
-                                                          StepRule(1)]) for d in range(4)]
-    good.append(space.candidate((620, 410, 210, 60), rules=[StepRule(1), plain, plain,
-                                                            StepRule(1)]))
-    bad = [space.candidate((900 - d, 800, 700, 600), rules=[StepRule(1, True), StepRule(3),
-                                                          StepRule(3), StepRule(1)])
-           for d in range(5)]
     parzen = ParzenChild(space)
-    rng = np.random.default_rng(1)
-    children = [parzen(good + bad, rng) for _ in range(600)]
-    second = [c.rules[1] for c in children]
-    prior = 1 / (1 + len(good))
-    # 4 of the 5 good members hold the corrected rule there; any rule comes back with the prior
-    assert abs(second.count(corrected) / 600 - (1 - prior) * 0.8) < 0.1
-    assert 0 < sum(r not in (corrected, plain) for r in second) / 600 < 1.5 * prior
-    assert all(c.rules == space.rules_of(c.rules) for c in children)  # bounded, canonical
+    rng = np.random.default_rng(0)
+    children = [parzen(good + bad, rng) for _ in range(300)]
+    moved = np.array([c.timesteps for c in children]) - np.array([500, 300, 100])
+    assert all(_valid(c, 3) for c in children)
+    assert np.abs(moved).max() <= 5 * MIN_BANDWIDTH * T + 4  # 5 kernel widths around the good half
+    assert 0.5 * MIN_BANDWIDTH * T < moved.std(axis=0).min()  # and not collapsed onto it
 
 
 @settings(max_examples=100, deadline=None)
@@ -211,8 +173,7 @@ def test_first_generation_fills_with_random_candidates_or_children():
 
     initial = [space.candidate(schedules.uniform(3, 60)), space.candidate((40, 20, 5))]
     sampler = EvolutionarySampler(space, population_size=8, initial=initial,
-                                  first_generation="children", gene_mutation_prob=0.2,
-                                  parzen_prob=0.0)  # as stage 2 breeds
+                                  first_generation="children", gene_mutation_prob=0.2)
     study = optuna.create_study(sampler=sampler)
     study.optimize(objective, n_trials=8)
     parents = {step for c in initial for step in c.timesteps}
@@ -379,7 +340,7 @@ def _seeded_stage2(seed: int) -> list[dict]:
 
 
 @pytest.mark.parametrize("run, seed, fingerprint", [
-    (_seeded_stage1, 0, "a3ae07231ddc9010"), (_seeded_stage1, 7, "3e8cf337ac7dbbcc"),
+    (_seeded_stage1, 0, "6912c6bcff2fce18"), (_seeded_stage1, 7, "64600a1504af1b10"),
     (_seeded_stage2, 0, "511d54d33ea1843d"), (_seeded_stage2, 7, "df4fbdab2e6be6dc")])
 def test_a_seeded_study_gives_the_same_trials(run, seed, fingerprint):
     """The parameters of every trial of seeded stage-1-like and stage-2-like studies, pinned: a

@@ -17,9 +17,6 @@ from autodiff_optuna.search.encoding import Candidate, CandidateSpace
 # The narrowest Parzen kernel, as a fraction of T: once the better half agrees on a step, its
 # spread (and Scott's bandwidth) shrinks to nothing, and children would only repeat it.
 MIN_BANDWIDTH = 0.02
-# Truncating a step's kernel to [0, T): a draw outside it is drawn again this many times at most
-# (then clipped by ``repair``), as TPE's truncated normals never leave the range.
-MAX_KERNEL_REDRAWS = 20
 
 
 class ChildStrategy(abc.ABC):
@@ -37,50 +34,21 @@ def tournament(ranked: Sequence[Candidate], rng: np.random.Generator) -> Candida
 
 
 class ParzenChild(ChildStrategy):
-    """A draw from a Parzen estimate over the better half of the parents, as TPE draws from
-    its l(x): one member, each step moved by a Gaussian truncated to [0, T), masks moving with
-    their steps; in a space that searches the solver, each position's rule that of a random
-    member of the half, or (with TPE's prior weight, one in n + 1) any rule of that position.
-
-    The kernel is as wide as Scott's rule for the half's spread on the step, and never narrower
-    than TPE's "magic clip", T / (1 + n) for a half of n members (at least ``MIN_BANDWIDTH`` of
-    T): while few schedules are good, children explore well beyond them. Narrow kernels, Scott's
-    alone, kept whole searches around generation 0's standard spacings (BENCHMARKS.md, "TPE's
-    kernel inside the evolution"). Crossover and mutation recombine and jump; this samples the
-    region the good schedules share."""
+    """A draw from a Parzen estimate over the better half of the parents: one member, each step
+    moved by a Gaussian of Scott's bandwidth for that half (at least ``MIN_BANDWIDTH`` of T);
+    masks move with their steps. Crossover and mutation recombine and jump; this samples the
+    region the good schedules share, at a scale that narrows as they agree."""
 
     def __init__(self, space: CandidateSpace) -> None:
         self._space = space
 
     def __call__(self, parents: Sequence[Candidate], rng: np.random.Generator) -> Candidate:
         good = parents[: max(2, len(parents) // 2)]
-        top = self._space.num_train_timesteps
         steps = np.array([c.timesteps for c in good], dtype=float)
-        scott = steps.std(axis=0) * len(good) ** (-1.0 / (self._space.steps + 4))
-        bandwidth = np.maximum(scott, max(MIN_BANDWIDTH * top, top / (1 + len(good))))
+        bandwidth = np.maximum(steps.std(axis=0) * len(good) ** (-1.0 / (self._space.steps + 4)),
+                               MIN_BANDWIDTH * self._space.num_train_timesteps)
         centre = good[int(rng.integers(len(good)))]
-        offsets = rng.normal(0.0, bandwidth)
-        at = np.array(centre.timesteps, dtype=float)
-        for _ in range(MAX_KERNEL_REDRAWS):
-            out = (at + offsets < 0) | (at + offsets > top - 1)
-            if not out.any():
-                break
-            offsets[out] = rng.normal(0.0, bandwidth[out])
-        child = variation.shift(self._space, centre, offsets, rng)
-        if not self._space.solver_search:
-            return child
-        return self._space.repair(child.genes, rng, self._rules(good, rng))
-
-    def _rules(self, good: Sequence[Candidate], rng: np.random.Generator) -> list:
-        """Per position, a random good member's rule, or with TPE's prior weight 1 / (n + 1) a
-        uniform draw of that position's rules (so a rule the half lacks can come back)."""
-        rules = []
-        for i, choices in enumerate(self._space.rule_choices):
-            if rng.random() < 1.0 / (len(good) + 1):
-                rules.append(choices[int(rng.integers(len(choices)))])
-            else:
-                rules.append(good[int(rng.integers(len(good)))].rules[i])
-        return rules
+        return variation.shift(self._space, centre, rng.normal(0.0, bandwidth), rng)
 
 
 class CrossoverMutationChild(ChildStrategy):

@@ -14,9 +14,8 @@ Per trial:
   (non-dominated sorting and crowding distance; plain ranking for one objective) from the previous
   generation together with its own parents, so the best candidates survive;
 - a child is either a Parzen child (``parzen_prob``): a random member of the better half of the
-  elites with every step moved by a Gaussian kernel as wide as that half's spread and at least
-  TPE's T / (1 + n), and its solver rules drawn from the half (TPE's l(x), sampled inside the
-  evolution), or made as NSGA-II makes
+  elites with every step moved by a Gaussian kernel whose width is that half's spread (TPE's
+  idea, sampling where good schedules are dense, inside the evolution), or made as NSGA-II makes
   one: crossover of two parents (``crossover_prob``, else a copy of one), then mutation of each
   step with probability 1/K (and bit flips of the masks in stage 2), so every child differs from
   its parents. It is redrawn while the study already holds it (a random candidate after
@@ -78,9 +77,8 @@ class EvolutionarySampler(BaseGASampler):
         elite_size: survivors per generation; parents are drawn from them.
         parzen_prob: chance that a child is a Parzen child: a random member of the better half
             of the ranked elites, each step moved by a Gaussian of that half's spread on the
-            step (Scott's rule, at least T / (1 + n) for n members, as TPE's), truncated to
-            [0, T); masks move with their steps, and each position's solver rule is a random
-            member's (``children.ParzenChild``).
+            step (Scott's rule, at least ``children.MIN_BANDWIDTH`` of T); masks move with
+            their steps.
         crossover_prob: chance that any other child is a crossover of two parents (else a copy
             of one) before it is mutated.
         gene_mutation_prob: chance that mutation touches each step (default 1/K; at least one
