@@ -76,7 +76,8 @@ list: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest -q -m "not readme"
 
-# the tests not marked slow (no worker processes, browser or notebook kernel): every module, ~1 min
+# the tests not marked slow (no worker processes, browser, notebook kernel or test of 1.2 s or more):
+# every module, within 90 s on an idle 2-core machine (BENCHMARKS.md, 'The test suite')
 test-fast: $(VENV)/.installed
 	$(PY) -m pytest -q -m "not slow and not readme"
 

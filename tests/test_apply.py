@@ -210,6 +210,7 @@ def _exported(tmp_path, capsys, *extra) -> dict:
     return json.loads((tmp_path / "schedule.json").read_text())
 
 
+@pytest.mark.slow  # 13.6 s on the idle machine: out of the fast subset
 def test_the_export_holds_the_scheduler_apply_builds(digits, tmp_path, capsys):
     exported = _exported(tmp_path, capsys)
     fields = exported["diffusers"]
@@ -305,6 +306,7 @@ def _fields(path) -> dict:
     return data
 
 
+@pytest.mark.slow  # 5.9 s on the idle machine: out of the fast subset
 def test_a_study_from_before_the_training_schedule_exports_without_diffusers_fields(
         tmp_path, capsys):
     import optuna

@@ -38,6 +38,7 @@ def test_bad_input_is_one_line_and_exit_2(argv, message, capsys, tmp_path):
             f"sqlite:///{tmp_path}/s.db")
 
 
+@pytest.mark.slow  # 10.3 s on the idle machine: out of the fast subset
 def test_unreachable_and_foreign_storage(capsys, tmp_path):
     junk = tmp_path / "junk.db"
     junk.write_text("not a database at all\n" * 10)
@@ -51,6 +52,7 @@ def test_unreachable_and_foreign_storage(capsys, tmp_path):
     assert "storage" in error_line(capsys)
 
 
+@pytest.mark.slow  # 3.1 s on the idle machine: out of the fast subset
 def test_best_lists_the_studies_that_exist(capsys, tmp_path):
     url = f"sqlite:///{tmp_path}/s.db"
     assert main(["study", "--model", "digits", "--steps", "2", "--trials", "2", "--storage", url]
@@ -60,6 +62,7 @@ def test_best_lists_the_studies_that_exist(capsys, tmp_path):
     assert "studies there: digits-k2" in error_line(capsys)
 
 
+@pytest.mark.slow  # 7.9 s on the idle machine: out of the fast subset
 def test_resume_and_configuration_mismatch(capsys, tmp_path):
     url = f"sqlite:///{tmp_path}/s.db"
     base = ["study", "--model", "digits", "--steps", "3", "--storage", url] + FAST
@@ -186,6 +189,7 @@ def test_evaluate_with_masks(capsys, tmp_path):
     assert "not valid JSON" in error_line(capsys)
 
 
+@pytest.mark.slow  # 6.6 s on the idle machine: out of the fast subset
 def test_export_and_sample_in_one_line(capsys, tmp_path):
     import autodiff_optuna
 

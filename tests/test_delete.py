@@ -27,6 +27,7 @@ def _delete(url: str, name: str, *flags: str) -> int:
     return main(["delete", "--storage", url, "--name", name, "--yes", *flags])
 
 
+@pytest.mark.slow  # 1.3 s on the idle machine: out of the fast subset
 def test_a_rerun_finishes_a_delete_killed_part_way(tmp_path):
     url = f"sqlite:///{tmp_path}/s.db"
     # killed with stage 2 gone (the order delete takes): the rerun deletes stage 1

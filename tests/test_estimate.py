@@ -22,6 +22,7 @@ from autodiff_optuna.search.estimate import (
 COST_LINE = re.compile(r"^# cost \(study --estimate\):.*$", re.MULTILINE)
 
 
+@pytest.mark.slow  # 1.7 s on the idle machine: out of the fast subset
 def test_counts_follow_the_preset_arithmetic():
     # the paper's budget, unpruned (the preset's comment names these flags)
     config, targets = configure("adm64", 4, trials=500, stage2_trials=750, population=50,
@@ -56,6 +57,7 @@ def test_skippable_layers_are_counted_as_the_loaded_model_finds_them():
     assert image_cost("digits-deep").layers == 18
 
 
+@pytest.mark.slow  # 1.6 s on the idle machine: out of the fast subset
 def test_flops_are_counted_on_the_architecture_without_weights():
     # guided-diffusion's ImageNet-64 UNet and SD 1.5's UNet, as bench/gpu.py measures them
     assert image_cost("adm64").network == pytest.approx(219.36, rel=1e-3)
@@ -118,6 +120,7 @@ def test_the_start_up_is_the_process_age():
     assert 1.0 <= child < 60  # its second of sleep, and its interpreter's start
 
 
+@pytest.mark.slow  # 1.4 s on the idle machine: out of the fast subset
 def test_estimate_json_needs_no_weights(capsys):
     assert main(["study", "--model", "sd15", "--steps", "4", "--estimate", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
@@ -134,6 +137,7 @@ def test_estimate_json_needs_no_weights(capsys):
     assert any("classifier-free guidance" in line for line in out["assumptions"])
 
 
+@pytest.mark.slow  # 4.3 s on the idle machine: out of the fast subset
 def test_estimate_of_one_stage_times_the_loaded_model(capsys):
     assert main(["study", "--model", "digits", "--steps", "3", "--stage", "1", "--samples",
                  "300", "--trials", "10", "--estimate"]) == 0
@@ -144,6 +148,7 @@ def test_estimate_of_one_stage_times_the_loaded_model(capsys):
     assert "  start-up: cpu " in out
 
 
+@pytest.mark.slow  # 4.0 s on the idle machine: out of the fast subset
 @pytest.mark.parametrize("path", sorted(PRESETS_DIR.glob("*.yaml")), ids=lambda p: p.stem)
 def test_preset_files_state_their_projected_cost(path):
     """Every preset whose architecture is known states its cost, and the statement is true."""

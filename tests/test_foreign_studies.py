@@ -49,6 +49,7 @@ def test_ours_marked_or_made_before_the_marker():
     assert record.is_ours({"config": {**CONFIG, "stage": 2}, "stage": 2, "stage1_study": "a"})
 
 
+@pytest.mark.slow  # 2.1 s on the idle machine: out of the fast subset
 def test_foreign_studies_are_listed_as_foreign_and_never_deleted(tmp_path, capsys, error_line):
     url = f"sqlite:///{tmp_path}/s.db"
     for kind, attrs in FOREIGN_ATTRS.items():
@@ -78,6 +79,7 @@ def test_a_foreign_study_named_as_our_stage2_is_not_deleted_with_it(tmp_path):
     assert optuna.get_all_study_names(url) == ["ours-k4-stage2"]
 
 
+@pytest.mark.slow  # 2.4 s on the idle machine: out of the fast subset
 def test_a_study_made_before_the_marker_gets_it_when_next_written(tmp_path):
     url = f"sqlite:///{tmp_path}/s.db"
     ctx = search.SearchContext.build(SearchConfig("digits", 3, samples=80, population=4))

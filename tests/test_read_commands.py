@@ -26,6 +26,7 @@ print(json.dumps({"codes": codes, "timesteps": timesteps,
 """
 
 
+@pytest.mark.slow  # 1.3 s on the idle machine: out of the fast subset
 def test_best_list_and_export_read_a_database_without_torch(tmp_path):
     """``export`` of a study that recorded no training schedule: one that did gets diffusers
     fields, whose scheduler config diffusers' own scheduler makes (and that loads torch)."""
@@ -52,6 +53,7 @@ def test_every_public_name_of_a_package_resolves(package):
         module.no_such_name  # noqa: B018 - the lookup is the test
 
 
+@pytest.mark.slow  # 2.4 s on the idle machine: out of the fast subset
 def test_search_run_stays_the_function_once_its_module_is_loaded():
     """``search.run`` names both a module and the function that runs a stage; the package
     keeps the name the function, however the module was first loaded."""

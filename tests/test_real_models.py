@@ -506,6 +506,7 @@ def test_a_study_scored_against_another_reference_names_the_flag(stored, loaded,
     assert str(err.value).endswith(f": pass {hint}")
 
 
+@pytest.mark.slow  # 2.9 s on the idle machine: out of the fast subset
 def test_short_study_on_tiny_ddpm(files, tmp_path, capsys):
     argv = _study_args(files, tmp_path, "ddpm-tiny", "--checkpoint", str(files["ddpm"]),
                        "--stage", "1")
@@ -536,6 +537,7 @@ def test_any_diffusers_unet_in_either_layout(files, tiny_unet_dir):
     assert nested.scheduler_config["beta_schedule"] == "linear"
 
 
+@pytest.mark.slow  # 2.6 s on the idle machine: out of the fast subset
 def test_a_study_of_any_diffusers_unet(files, tmp_path, capsys):
     argv = _study_args(files, tmp_path, "diffusers", "--checkpoint", str(files["ddpm"]),
                        "--stage", "1")

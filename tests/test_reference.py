@@ -207,6 +207,7 @@ def test_resolving_the_reference_folder(tmp_path, monkeypatch):
 
 # ---- the model's own samples ----------------------------------------------------------------
 
+@pytest.mark.slow  # 1.6 s on the idle machine: out of the fast subset
 def test_teacher_statistics_of_digits(digits, tmp_path, monkeypatch):
     """Any model: the bundled digits model under its own FID network (64 features)."""
     from autodiff_optuna.metrics.fid import digits_scorer

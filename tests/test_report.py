@@ -487,6 +487,7 @@ def test_the_masks_walk_the_thinned_front_from_the_exported_point(plotted):
         f"Skipped layers of stage {point.stage} trial {point.trial}: FID {point.fid:.3f}")
 
 
+@pytest.mark.slow  # 1.7 s on the idle machine: out of the fast subset
 def test_a_budget_is_the_exported_point_s_and_one_nothing_fits_is_refused(url, tmp_path):
     """``Options.export_rule``'s budget picks the exported point as ``export --max-gflops``
     does: the whole network's budget is the best point; one nothing fits is one line, nothing
@@ -543,6 +544,7 @@ def test_empty_study_is_one_line_and_exit_2(url, tmp_path, capsys):
     assert "no study named 'digits-k3'" in err and "studies there: none" in err
 
 
+@pytest.mark.slow  # 3.2 s on the idle machine: out of the fast subset
 def test_a_stage2_not_run_yet_is_a_note_on_the_stage1_page(url, tmp_path, capsys):
     from autodiff_optuna import search
     from autodiff_optuna.search.config import SearchConfig
@@ -612,6 +614,7 @@ def _rendered_plots(dom: str) -> set[str]:
                           r'.{0,600}?class="main-svg"', dom))
 
 
+@pytest.mark.slow  # 1.2 s on the idle machine: out of the fast subset
 @needs_chromium
 def test_the_checks_catch_a_broken_page(tmp_path):
     """The harness itself: an error and a blank page must fail its checks."""

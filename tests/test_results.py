@@ -239,6 +239,7 @@ def test_the_dashboard_note_is_the_result(storage):
     assert "x\\_\\[y\\]\\(z\\)" in text  # a stored name is text, not a Markdown link
 
 
+@pytest.mark.slow  # 1.5 s on the idle machine: out of the fast subset
 def test_best_export_and_list_agree_and_delete_removes_both_stages(tmp_path, capsys,
                                                                    monkeypatch):
     url = f"sqlite:///{tmp_path}/s.db"

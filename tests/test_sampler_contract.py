@@ -187,6 +187,7 @@ def test_threads_never_propose_the_same_candidate():
     assert len(candidates) == 48 and len(set(candidates)) == 48
 
 
+@pytest.mark.slow  # 1.6 s on the idle machine: out of the fast subset
 def test_a_study_created_again_is_a_new_study(tmp_path):
     """Deleted and created again under its name (SQLite may even give it the same id), a
     study is sampled as a new one: nothing comes from the deleted one's caches."""

@@ -195,6 +195,7 @@ def _images_folder(path, n, size=64):
     return path
 
 
+@pytest.mark.slow  # 1.9 s on the idle machine: out of the fast subset
 def test_scored_against_a_folder_of_images_or_its_own_samples(files, tmp_path, capsys,
                                                               monkeypatch):
     """--ref-images (clean-fid statistics of a folder, cached in the models directory) and

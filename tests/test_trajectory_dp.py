@@ -59,6 +59,7 @@ def test_first_order_dp_is_the_least_of_all_schedules(teacher):
         assert error == pytest.approx(least)
 
 
+@pytest.mark.slow  # 3.4 s on the idle machine: out of the fast subset
 def test_deterministic_for_a_seed(digits):
     def fitted(seed):
         return dp_schedule(digits, 3, "dpmpp2m", grid=GRID[::2], samples=8, seed=seed)
@@ -90,6 +91,7 @@ def _stage1_trials(url: str):
     return optuna.load_study(study_name=name, storage=url).get_trials(deepcopy=False)
 
 
+@pytest.mark.slow  # 4.5 s on the idle machine: out of the fast subset
 def test_a_new_study_queues_and_reports_the_dp_spacing(tmp_path, capsys, monkeypatch):
     import json
 
@@ -121,6 +123,7 @@ def test_a_new_study_queues_and_reports_the_dp_spacing(tmp_path, capsys, monkeyp
     assert sum(t.user_attrs.get("spacing") == "dp" for t in _stage1_trials(url)) == 1
 
 
+@pytest.mark.slow  # 3.0 s on the idle machine: out of the fast subset
 def test_a_solver_search_queues_the_dp_spacing_of_each_dp_solver(tmp_path):
     from autodiff_optuna.cli import main
 
