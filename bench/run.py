@@ -341,6 +341,10 @@ def render(results: dict) -> dict[str, str]:
         from bench import reuse
 
         sections[reuse.KEY] = reuse.markdown(results["reuse"])
+    from bench import kernel
+
+    if kernel.KEY in results:
+        sections[kernel.SECTION] = "\n".join(kernel.render(results[kernel.KEY]))
     if "end_to_end" in results:
         sections["end-to-end"] = "\n".join(head + render_end_to_end(
             results["end_to_end"], results.get("spacings_table", {})))
