@@ -76,7 +76,7 @@ list: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest -q -m "not readme"
 
-# the tests not marked slow (no worker processes, browser, notebook kernel or test of 1.2 s or more):
+# the tests not marked slow (no worker processes, browser, notebook kernel or test of ~1.2 s+):
 # every module, within 90 s on an idle 2-core machine (BENCHMARKS.md, 'The test suite')
 test-fast: $(VENV)/.installed
 	$(PY) -m pytest -q -m "not slow and not readme"
