@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.solvers import SEARCH_KS, SEEDS
+from bench.solvers import SEARCH_KS, SEEDS, _runs, finished, search_tag
 
 KEY, SECTION = "parzen_kernel", "parzen-kernel"
 VARIANTS = {"ours": "steps + solver", "steps_only_dpmpp2m": "steps only, 2M"}
@@ -41,13 +41,13 @@ def _study_best(db: Path) -> float | None:
     return min(values) if values else None
 
 
-def _run(folder: Path, k: int, variant: str, seed: int) -> dict | None:
-    job = folder / "jobs" / f"search-{k}-{variant}-{seed}.json"
-    if not job.exists():
+def _summary(folder: Path, run: dict | None) -> dict | None:
+    """What the comparison keeps of a grid search: its held-out FID, its study's lowest search
+    FID, its cost and its commit."""
+    if run is None:
         return None
-    run = json.loads(job.read_text())
-    return {"heldout": run["fid_heldout"], "search_best": _study_best(
-                folder / f"k{k}-{variant}-s{seed}.db"),
+    db = folder / f"{search_tag(run['k'], run['variant'], run['seed'])}.db"
+    return {"heldout": run["fid_heldout"], "search_best": _study_best(db),
             "images": run["images"], "cpu_s": run["cpu_s"], "commit": run.get("commit")}
 
 
@@ -59,11 +59,13 @@ def collect(pairs: dict[str, tuple[Path, Path]]) -> dict:
     grid = json.loads(RESULTS.read_text()).get("solver_search", {}) if RESULTS.exists() else {}
     entry = {"machine": grid.get("machine", "unknown")}
     for model, (before, after) in pairs.items():
+        grids = {folder: finished(folder, model) for folder in (before, after)}
         for k in SEARCH_KS:
             for seed in SEEDS:
-                tpe = _run(before, k, "tpe", seed)
+                tpe = _summary(before, _runs(grids[before], k, "tpe").get(seed))
                 for variant in VARIANTS:
-                    old, new = _run(before, k, variant, seed), _run(after, k, variant, seed)
+                    old, new = (_summary(folder, _runs(grids[folder], k, variant).get(seed))
+                                for folder in (before, after))
                     if old and new and old["commit"] != new["commit"]:
                         entry[f"{model}|{k}|{variant}|{seed}"] = {"before": old, "after": new,
                                                                    "tpe": tpe}
@@ -89,7 +91,8 @@ def _cell(run: dict | None) -> str:
 
 
 def render(entry: dict) -> list[str]:
-    lines = ["Each row one search seed, paired: the same stage-1 study (preset population, images "
+    lines = [f"Machine: {entry['machine']}; four searches shared the 2 cores.", "",
+             "Each row one search seed, paired: the same stage-1 study (preset population, images "
              "and pruning) with the sampler as committed ('before') and with TPE's kernel "
              "('after', commit 50d4d5e), and TPE over the same space (`--sampler tpe --solver "
              "search`, the grid's run). Held-out FID (1797 images of the held-out stream), and "
@@ -97,7 +100,6 @@ def render(entry: dict) -> list[str]:
              "search's own noise) where its database is kept.", "",
              "| model | K | search | seed | before | after | TPE |",
              "|---|---|---|---|---|---|---|"]
-    lines.insert(0, f"Machine: {entry['machine']}; four searches shared the 2 cores.\n")
     rows = []
     for key, r in entry.items():
         if key == "machine":

@@ -222,6 +222,11 @@ def _study_args(model: str, k: int, seed: int, variant: str) -> list[str]:
     return args + list(VARIANTS[variant])
 
 
+def search_tag(k: int, variant: str, seed: int) -> str:
+    """What a search's files in its folder are named by: <tag>.db (its study), <tag>.json."""
+    return f"k{k}-{variant}-s{seed}"
+
+
 def search(k: int, variant: str, seed: int, folder: Path, model: str = "digits") -> dict:
     """One stage-1 study through the CLI on its own SQLite file, its lowest-FID schedule
     exported and scored held out; its cost."""
@@ -233,7 +238,7 @@ def search(k: int, variant: str, seed: int, folder: Path, model: str = "digits")
     from autodiff_optuna.search.results import stored_config
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    tag = f"k{k}-{variant}-s{seed}"
+    tag = search_tag(k, variant, seed)
     db, out = folder / f"{tag}.db", folder / f"{tag}.json"
     db.unlink(missing_ok=True)
     url, name = f"sqlite:///{db}", study_name(model, k)
@@ -279,7 +284,7 @@ def reconfirm(folder: Path, model: str = "digits") -> None:
 
     for path in sorted((Path(folder) / "jobs").glob("search-*.json")):
         run = json.loads(path.read_text())
-        tag = f"k{run['k']}-{run['variant']}-s{run['seed']}"
+        tag = search_tag(run["k"], run["variant"], run["seed"])
         source = Path(folder) / f"{tag}.db"
         if run.get("reconfirmed") or not source.exists():
             continue
