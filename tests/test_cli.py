@@ -169,6 +169,29 @@ def test_stage_two_needs_stage_one(capsys, tmp_path):
     assert "no study named 'digits-k3'" in error_line(capsys)
 
 
+def test_evaluate_tells_a_margin_from_the_noise(capsys):
+    import math
+
+    assert main(["evaluate", "--model", "digits", "--timesteps", "900,300", "--samples", "300",
+                 "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["fid_spread"] > 0 and result["uniform_fid_spread"] > 0
+    assert result["difference"] == result["fid"] - result["uniform_fid"]
+    # both schedules sample the same noises, so their FIDs move together: the paired spread of
+    # the difference is below the two spreads combined as if independent
+    assert 0 < result["difference_spread"] < math.hypot(result["fid_spread"],
+                                                         result["uniform_fid_spread"])
+    assert main(["evaluate", "--model", "digits", "--timesteps", "900,300", "--samples",
+                 "300"]) == 0
+    out = capsys.readouterr().out
+    assert f"FID {result['fid']:.3f} ± {result['fid_spread']:.3f}" in out
+    word = "lower" if result["difference"] < 0 else "higher"
+    verdict = ("more than twice its spread" if abs(result["difference"])
+               > 2 * result["difference_spread"] else "not told apart at this count")
+    assert f"{abs(result['difference']):.3f} ± {result['difference_spread']:.3f} {word}" in out
+    assert verdict in out
+
+
 def test_evaluate_with_masks(capsys, tmp_path):
     good = tmp_path / "good.json"
     good.write_text(json.dumps({"skip": [["mid_block.attentions.0"], []]}))

@@ -48,3 +48,22 @@ def test_the_spread_of_a_fid_is_seeded_and_shrinks_with_more_images():
     assert fid_spread(few, mu, sigma) == fid_spread(few, mu, sigma) > 0
     assert fid_spread(many, mu, sigma) < fid_spread(few, mu, sigma) / 2
     assert fid_spread(np.full((10, 8), np.nan), mu, sigma) == float("inf")
+
+
+def test_a_paired_difference_spread_counts_the_shared_noise():
+    import math
+
+    from autodiff_optuna.metrics.fid import fid_difference_spread, fid_spread
+
+    rng = np.random.default_rng(2)
+    reference = rng.normal(size=(4000, 8))
+    mu, sigma = reference.mean(0), np.cov(reference, rowvar=False)
+    one = rng.normal(size=(400, 8)) + 0.3
+    other = one + 0.3 * rng.normal(size=one.shape)  # the same noises, sampled a little apart
+    assert fid_difference_spread(one, one, mu, sigma) == 0
+    paired = fid_difference_spread(one, other, mu, sigma)
+    assert paired == fid_difference_spread(other, one, mu, sigma)
+    assert 0 < paired < math.hypot(fid_spread(one, mu, sigma), fid_spread(other, mu, sigma)) / 2
+    with pytest.raises(ValueError, match="as many images"):
+        fid_difference_spread(one, other[:-1], mu, sigma)
+    assert fid_difference_spread(one, np.full_like(one, np.nan), mu, sigma) == float("inf")

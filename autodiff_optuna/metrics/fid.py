@@ -100,23 +100,48 @@ def fid_spread(feats: np.ndarray, ref_mu: np.ndarray, ref_sigma: np.ndarray,
                resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> float:
     """How far the FID of ``feats`` could move on another draw of as many images: the standard
     deviation of its FID over bootstrap resamples of the images (seeded: the same features give
-    the same spread). A resample's trace term is ``tr sqrt(R S R)`` with ``R`` the reference
+    the same spread)."""
+    fids = bootstrap_fids([feats], ref_mu, ref_sigma, resamples, seed)
+    return math.inf if fids is None else float(np.std(fids[:, 0], ddof=1))
+
+
+def fid_difference_spread(feats: np.ndarray, other: np.ndarray, ref_mu: np.ndarray,
+                          ref_sigma: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES,
+                          seed: int = 0) -> float:
+    """How far the difference of two FIDs could move on another draw of noise, where row i of
+    ``feats`` and of ``other`` come from the same noise (two schedules on one batch): the
+    standard deviation of the difference over bootstrap resamples that draw the same rows for
+    both. Shared noise moves both FIDs together, so this is smaller than the two spreads
+    combined as if independent: it is what says whether one schedule beats another on it."""
+    if len(feats) != len(other):
+        raise ValueError("a paired spread needs as many images of each, from the same noise")
+    fids = bootstrap_fids([feats, other], ref_mu, ref_sigma, resamples, seed)
+    return math.inf if fids is None else float(np.std(fids[:, 0] - fids[:, 1], ddof=1))
+
+
+def bootstrap_fids(feature_sets: list[np.ndarray], ref_mu: np.ndarray, ref_sigma: np.ndarray,
+                   resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> np.ndarray | None:
+    """FID of each feature set (of as many rows) over bootstrap resamples of its rows, the same
+    rows drawn for every set: shape (resamples, sets); None where a set is not finite or has
+    fewer than 2 rows. A resample's trace term is ``tr sqrt(R S R)`` with ``R`` the reference
     covariance's root, computed once: one symmetric eigendecomposition a resample instead of a
     general matrix root (the same value; the eigenvalues of S R R and R S R agree)."""
-    feats = np.asarray(feats, dtype=np.float64)
-    if not np.isfinite(feats).all() or len(feats) < 2:
-        return math.inf
+    sets = [np.asarray(f, dtype=np.float64) for f in feature_sets]
+    if any(not np.isfinite(f).all() or len(f) < 2 for f in sets):
+        return None
     values, vectors = np.linalg.eigh(np.asarray(ref_sigma, dtype=np.float64))
     root = (vectors * np.sqrt(np.clip(values, 0, None))) @ vectors.T
     rng = np.random.default_rng(seed)
-    fids = []
-    for _ in range(resamples):
-        drawn = feats[rng.integers(0, len(feats), len(feats))]
-        mu, sigma = drawn.mean(0), np.cov(drawn, rowvar=False)
-        covmean = np.sqrt(np.clip(np.linalg.eigvalsh(root @ sigma @ root), 0, None)).sum()
-        fids.append(float(np.sum((mu - ref_mu) ** 2) + np.trace(sigma) + np.trace(ref_sigma)
-                          - 2 * covmean))
-    return float(np.std(fids, ddof=1))
+    fids = np.empty((resamples, len(sets)))
+    for r in range(resamples):
+        rows = rng.integers(0, len(sets[0]), len(sets[0]))
+        for i, f in enumerate(sets):
+            drawn = f[rows]
+            mu, sigma = drawn.mean(0), np.cov(drawn, rowvar=False)
+            covmean = np.sqrt(np.clip(np.linalg.eigvalsh(root @ sigma @ root), 0, None)).sum()
+            fids[r, i] = (np.sum((mu - ref_mu) ** 2) + np.trace(sigma) + np.trace(ref_sigma)
+                          - 2 * covmean)
+    return fids
 
 
 def load_reference_stats(path: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -1,5 +1,8 @@
 """``evaluate``: one schedule's FID on held-out noise that no study searches on, with its GFLOPs
-and the uniform schedule's FID on the same noise."""
+and the uniform schedule's FID on the same noise. Each FID comes with its spread (its bootstrap
+standard deviation over the images), and the difference from uniform with the spread of that
+difference, resampling the same noises for both: what says whether the margin is more than the
+luck of this draw of noise."""
 
 from dataclasses import dataclass
 
@@ -7,8 +10,9 @@ from autodiff_optuna import runtime
 from autodiff_optuna.errors import UsageError
 from autodiff_optuna.export import SearchedSchedule
 from autodiff_optuna.metrics import load_scorer
+from autodiff_optuna.metrics.fid import fid_difference_spread, fid_from_features, fid_spread
 from autodiff_optuna.metrics.flops import layer_costs
-from autodiff_optuna.metrics.scoring import score_schedule
+from autodiff_optuna.metrics.scoring import sample_features
 from autodiff_optuna.models import load_model
 from autodiff_optuna.models.files import read_json
 from autodiff_optuna.sampling import HELDOUT, draw, validate
@@ -71,9 +75,10 @@ def evaluate(request: Request) -> dict:
     costs = layer_costs(model)
     full = costs.gflops([()] * len(timesteps))
     solver = request.solver if schedule is None else schedule.solver
+    features = sample_features(model, scorer, timesteps, batch, solver, skip=skip)
     result = {"model": name, "timesteps": list(timesteps), "solver": solver,
               "samples": samples, "seed": request.seed, "noise": HELDOUT,
-              "fid": score_schedule(model, scorer, timesteps, batch, solver, skip=skip),
+              **_scores(features, scorer),
               "gflops": costs.gflops(skip) if skip is not None else full, "full_gflops": full}
     if skip is not None:
         result["skip"] = [list(s) for s in skip]
@@ -83,9 +88,20 @@ def evaluate(request: Request) -> dict:
         same = uniform == list(timesteps) and skip is None and solver == request.solver
         result["uniform_timesteps"] = uniform
         result["uniform_solver"] = request.solver
-        result["uniform_fid"] = result["fid"] if same else score_schedule(
-            model, scorer, uniform, batch, request.solver)
+        other = features if same else sample_features(model, scorer, uniform, batch,
+                                                      request.solver)
+        scores = _scores(other, scorer)
+        result["uniform_fid"], result["uniform_fid_spread"] = scores["fid"], scores["fid_spread"]
+        result["difference"] = result["fid"] - result["uniform_fid"]
+        result["difference_spread"] = fid_difference_spread(features, other, scorer.ref_mu,
+                                                            scorer.ref_sigma)
     return result
+
+
+def _scores(features, scorer) -> dict:
+    """One schedule's FID and its spread over the images."""
+    return {"fid": fid_from_features(features, scorer.ref_mu, scorer.ref_sigma),
+            "fid_spread": fid_spread(features, scorer.ref_mu, scorer.ref_sigma)}
 
 
 def _schedule_file(request: Request, device: str) -> SearchedSchedule | None:
@@ -109,10 +125,25 @@ def lines(result: dict) -> list[str]:
     timesteps, skip, full = result["timesteps"], result.get("skip"), result["full_gflops"]
     text = [f"{result['model']} {timesteps} ({describe_solver(result['solver'], len(timesteps))}"
             + (f", {sum(map(len, skip))} layer-steps skipped" if skip is not None else "")
-            + f"): FID {result['fid']:.3f} on {result['samples']} held-out samples (seed "
-            f"{result['seed']}), {result['gflops']:.4f} GFLOPs/image "
+            + f"): FID {result['fid']:.3f} ± {result['fid_spread']:.3f} on {result['samples']} "
+            f"held-out samples (seed {result['seed']}), {result['gflops']:.4f} GFLOPs/image "
             f"({result['gflops'] / full:.1%} of the full network)"]
     if "uniform_fid" in result:
         text.append(f"uniform {result['uniform_timesteps']} ({result['uniform_solver']}): FID "
-                    f"{result['uniform_fid']:.3f} on the same noise")
+                    f"{result['uniform_fid']:.3f} ± {result['uniform_fid_spread']:.3f} on the "
+                    "same noise")
+        if result["difference"] != 0 or result["difference_spread"] != 0:
+            text.append(_margin(result["difference"], result["difference_spread"]))
+    text.append("± is the FID's bootstrap standard deviation over the images: how far another "
+                "draw of as many could move it")
     return text
+
+
+def _margin(difference: float, spread: float) -> str:
+    """The difference from uniform in words, and whether it is more than the noise (two
+    standard deviations of the paired difference)."""
+    word = "lower" if difference < 0 else "higher"
+    beyond = abs(difference) > 2 * spread
+    return (f"the schedule's FID is {abs(difference):.3f} ± {spread:.3f} {word} than uniform's on "
+            "the same noise: " + ("more than twice its spread" if beyond else
+                                  "within twice its spread, so not told apart at this count"))
