@@ -258,6 +258,11 @@ def build_parser() -> argparse.ArgumentParser:
                                          "per step")
     evaluate.add_argument("--no-uniform", action="store_true",
                           help="do not also score the uniform schedule (halves the time)")
+    evaluate.add_argument("--against-fixed", action="store_true",
+                          help="also score every standard spacing with every fixed solver on "
+                               "the same noise and compare with the best of them, the strongest "
+                               "sampler a user could pick without a search (about 20 samplings "
+                               "more)")
     _add_device(evaluate)
     _add_model_flags(evaluate)
     _add_json(evaluate, "print the scores as JSON")

@@ -110,7 +110,8 @@ def cmd_evaluate(args) -> None:
     result = evaluate(Request(
         model=args.model, timesteps=args.timesteps, schedule=args.schedule,
         samples=args.samples, seed=args.seed, solver=args.solver, skip=args.skip,
-        uniform=not args.no_uniform, device=args.device, options=model_options(args)))
+        uniform=not args.no_uniform, device=args.device, options=model_options(args),
+        fixed=args.against_fixed))
     if args.json:
         print(json.dumps(result, indent=1))
     else:

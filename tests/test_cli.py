@@ -169,10 +169,13 @@ def test_stage_two_needs_stage_one(capsys, tmp_path):
     assert "no study named 'digits-k3'" in error_line(capsys)
 
 
+@pytest.mark.slow  # 5 s on a loaded machine: out of the fast subset
 def test_evaluate_tells_a_margin_from_the_noise(capsys):
     import math
 
-    assert main(["evaluate", "--model", "digits", "--timesteps", "900,300", "--samples", "300",
+    from autodiff_optuna.reporting.evaluate import lines
+
+    assert main(["evaluate", "--model", "digits", "--timesteps", "900,300", "--samples", "100",
                  "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["fid_spread"] > 0 and result["uniform_fid_spread"] > 0
@@ -181,15 +184,42 @@ def test_evaluate_tells_a_margin_from_the_noise(capsys):
     # the difference is below the two spreads combined as if independent
     assert 0 < result["difference_spread"] < math.hypot(result["fid_spread"],
                                                          result["uniform_fid_spread"])
-    assert main(["evaluate", "--model", "digits", "--timesteps", "900,300", "--samples",
-                 "300"]) == 0
-    out = capsys.readouterr().out
+    out = "\n".join(lines(result))  # what evaluate prints without --json
     assert f"FID {result['fid']:.3f} ± {result['fid_spread']:.3f}" in out
     word = "lower" if result["difference"] < 0 else "higher"
     verdict = ("more than twice its spread" if abs(result["difference"])
                > 2 * result["difference_spread"] else "not told apart at this count")
     assert f"{abs(result['difference']):.3f} ± {result['difference_spread']:.3f} {word}" in out
     assert verdict in out
+
+
+@pytest.mark.slow  # 9 s on a loaded machine (13 samplers): out of the fast subset
+def test_evaluate_against_every_fixed_sampler(capsys):
+    from autodiff_optuna.reporting.evaluate import lines
+
+    assert main(["evaluate", "--model", "digits", "--timesteps", "900,500,100", "--samples",
+                 "100", "--solver", "dpmpp2m", "--against-fixed", "--json"]) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    fixed = result["fixed"]
+    assert f"fixed sampler {len(fixed)}/{len(fixed)}" in captured.err  # progress, on stderr
+    # DPM-Solver++(3M) runs as 2M at three steps: scored once, named beside it
+    assert not any(r["solver"] == "dpmpp3m" for r in fixed)
+    assert all("uniform dpmpp3m" in r["same_as"] for r in fixed
+               if r["spacing"] == "uniform" and r["solver"] == "dpmpp2m")
+    assert {(tuple(r["timesteps"]), r["solver"]) for r in fixed} >= {
+        (tuple(result["uniform_timesteps"]), s) for s in ("ddim", "dpmpp2m", "unipc")}
+    uniform = next(r for r in fixed if r["timesteps"] == result["uniform_timesteps"]
+                   and r["solver"] == "dpmpp2m")
+    assert uniform["fid"] == result["uniform_fid"]  # the same noise, sampled once
+    scored = [r for r in fixed if r["fid"] is not None]
+    assert result["best_fixed"] == min(scored, key=lambda r: r["fid"])
+    for r in scored:
+        assert r["difference"] == pytest.approx(result["fid"] - r["fid"], abs=1e-12)
+        assert r["difference_spread"] > 0
+    out = "\n".join(lines(result))
+    assert f"the best of {len(scored)} fixed samplers" in out
+    assert "than that best fixed sampler's on the same noise" in out
 
 
 def test_evaluate_with_masks(capsys, tmp_path):

@@ -2,8 +2,11 @@
 and the uniform schedule's FID on the same noise. Each FID comes with its spread (its bootstrap
 standard deviation over the images), and the difference from uniform with the spread of that
 difference, resampling the same noises for both: what says whether the margin is more than the
-luck of this draw of noise."""
+luck of this draw of noise. ``--against-fixed`` also scores every standard spacing with every
+fixed solver on the same noise and compares the schedule with the best of them: the strongest
+sampler a user could pick without a search."""
 
+import sys
 from dataclasses import dataclass
 
 from autodiff_optuna import runtime
@@ -19,6 +22,7 @@ from autodiff_optuna.sampling import HELDOUT, draw, validate
 from autodiff_optuna.sampling.limits import check_count, check_seed
 from autodiff_optuna.sampling.noise import check_fits
 from autodiff_optuna.sampling.rules import describe as describe_solver
+from autodiff_optuna.sampling.rules import fixed_solver
 from autodiff_optuna.sampling.schedules import uniform as uniform_spacing
 from autodiff_optuna.sampling.skipping import check_skip
 from autodiff_optuna.schedule_sampling import load_schedule
@@ -40,6 +44,7 @@ class Request:
     uniform: bool  # also score the uniform schedule on the same noise
     device: str | None  # as --device gives it (None: a GPU where there is one)
     options: object = None  # models.ModelOptions
+    fixed: bool = False  # also every standard spacing with every fixed solver on the same noise
 
 
 def evaluate_samples(model: str, steps: int, scorer) -> int:
@@ -82,6 +87,9 @@ def evaluate(request: Request) -> dict:
               "gflops": costs.gflops(skip) if skip is not None else full, "full_gflops": full}
     if skip is not None:
         result["skip"] = [list(s) for s in skip]
+    # what is sampled already, by (time steps, fixed solver as it runs): not sampled again
+    known = {} if skip is not None else {(tuple(timesteps), fixed_solver(solver, len(timesteps))):
+                                         features}
     if request.uniform:  # the baseline on the same held-out noise
         # the study's baseline spacing (standard_spacings' "uniform")
         uniform = list(uniform_spacing(len(timesteps), model.num_train_timesteps))
@@ -90,17 +98,68 @@ def evaluate(request: Request) -> dict:
         result["uniform_solver"] = request.solver
         other = features if same else sample_features(model, scorer, uniform, batch,
                                                       request.solver)
+        known[(tuple(uniform), fixed_solver(request.solver, len(timesteps)))] = other
         scores = _scores(other, scorer)
         result["uniform_fid"], result["uniform_fid_spread"] = scores["fid"], scores["fid_spread"]
         result["difference"] = result["fid"] - result["uniform_fid"]
         result["difference_spread"] = fid_difference_spread(features, other, scorer.ref_mu,
                                                             scorer.ref_sigma)
+    if request.fixed:
+        result["fixed"] = _fixed_samplers(model, scorer, batch, len(timesteps), features,
+                                          known)
+        scored = [r for r in result["fixed"] if r["fid"] is not None]
+        if scored:
+            result["best_fixed"] = min(scored, key=lambda r: r["fid"])
     return result
+
+
+def _fixed_samplers(model, scorer, batch, steps: int, features, known: dict) -> list[dict]:
+    """Every standard spacing with every fixed solver at ``steps`` steps on ``batch``, each with
+    its FID, its spread and the schedule's paired difference from it (``features``: the
+    schedule's). A sampler that runs exactly as one already scored (DPM-Solver++(3M) lowered to
+    2M at few steps, two spacings that coincide) is scored once, and one in ``known`` (time
+    steps, the solver as it runs -> features) is not sampled again; samples that are not finite
+    give a FID of None."""
+    from autodiff_optuna.metrics.fid import FIDError
+    from autodiff_optuna.sampling import standard_spacings
+    from autodiff_optuna.sampling.rules import SOLVERS
+    from autodiff_optuna.search.context import alphas_cumprod
+
+    spacings = standard_spacings(steps, model.num_train_timesteps, alphas_cumprod(model))
+    fid = _fid(features, scorer)
+    runs = {}  # (time steps, the solver as it runs) -> its spacings and solvers
+    for spacing, timesteps in spacings.items():
+        for solver in SOLVERS:
+            key = (tuple(timesteps), fixed_solver(solver, steps))
+            runs.setdefault(key, []).append((spacing, solver))
+    out = []
+    for i, (key, names) in enumerate(runs.items(), 1):
+        (timesteps, _), (spacing, solver) = key, names[0]
+        print(f"fixed sampler {i}/{len(runs)}: {spacing} {list(timesteps)} ({solver})",
+              file=sys.stderr, flush=True)
+        row = {"spacing": spacing, "solver": solver, "timesteps": list(timesteps),
+               "same_as": [f"{sp} {so}" for sp, so in names[1:]], "fid": None}
+        try:
+            other = known[key] if key in known else sample_features(model, scorer, timesteps,
+                                                                    batch, solver)
+        except FIDError:
+            out.append(row)
+            continue
+        row.update(_scores(other, scorer))
+        row["difference"] = fid - row["fid"]
+        row["difference_spread"] = fid_difference_spread(features, other, scorer.ref_mu,
+                                                         scorer.ref_sigma)
+        out.append(row)
+    return out
+
+
+def _fid(features, scorer) -> float:
+    return fid_from_features(features, scorer.ref_mu, scorer.ref_sigma)
 
 
 def _scores(features, scorer) -> dict:
     """One schedule's FID and its spread over the images."""
-    return {"fid": fid_from_features(features, scorer.ref_mu, scorer.ref_sigma),
+    return {"fid": _fid(features, scorer),
             "fid_spread": fid_spread(features, scorer.ref_mu, scorer.ref_sigma)}
 
 
@@ -134,16 +193,33 @@ def lines(result: dict) -> list[str]:
                     "same noise")
         if result["difference"] != 0 or result["difference_spread"] != 0:
             text.append(_margin(result["difference"], result["difference_spread"]))
+    if "fixed" in result:
+        text += _fixed_lines(result)
     text.append("± is the FID's bootstrap standard deviation over the images: how far another "
                 "draw of as many could move it")
     return text
 
 
-def _margin(difference: float, spread: float) -> str:
-    """The difference from uniform in words, and whether it is more than the noise (two
-    standard deviations of the paired difference)."""
+def _fixed_lines(result: dict) -> list[str]:
+    best = result.get("best_fixed")
+    scored = [r for r in result["fixed"] if r["fid"] is not None]
+    if best is None:
+        return [f"no fixed sampler of the {len(result['fixed'])} gave finite samples"]
+    head = (f"the best of {len(scored)} fixed samplers (every standard spacing with every fixed "
+            f"solver) on the same noise: {best['spacing']} {best['timesteps']} "
+            f"({best['solver']}), FID {best['fid']:.3f} ± {best['fid_spread']:.3f}")
+    if best["difference"] == 0 and best["difference_spread"] == 0:
+        return [head, "the schedule is that sampler"]
+    return [head, _margin(best["difference"], best["difference_spread"],
+                          "that best fixed sampler's")
+            + " (it was picked on this noise, which favours it)"]
+
+
+def _margin(difference: float, spread: float, against: str = "uniform's") -> str:
+    """The difference in words, and whether it is more than the noise (two standard
+    deviations of the paired difference)."""
     word = "lower" if difference < 0 else "higher"
     beyond = abs(difference) > 2 * spread
-    return (f"the schedule's FID is {abs(difference):.3f} ± {spread:.3f} {word} than uniform's on "
-            "the same noise: " + ("more than twice its spread" if beyond else
-                                  "within twice its spread, so not told apart at this count"))
+    return (f"the schedule's FID is {abs(difference):.3f} ± {spread:.3f} {word} than {against} "
+            "on the same noise: " + ("more than twice its spread" if beyond else
+                                     "within twice its spread, so not told apart at this count"))
