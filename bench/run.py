@@ -345,6 +345,10 @@ def render(results: dict) -> dict[str, str]:
 
     if kernel.KEY in results:
         sections[kernel.SECTION] = "\n".join(kernel.render(results[kernel.KEY]))
+    from bench import margins
+
+    if margins.KEY in results:
+        sections[margins.SECTION] = "\n".join(margins.render(results[margins.KEY]))
     if "end_to_end" in results:
         sections["end-to-end"] = "\n".join(head + render_end_to_end(
             results["end_to_end"], results.get("spacings_table", {})))
@@ -637,9 +641,10 @@ def main() -> None:
     benchmark, resumable, its jobs kept under /tmp/bench27/jobs; see bench/solvers.py;
     solver_search_deep: the same on digits-deep, under /tmp/bench27-deep/jobs;
     protocol: whole studies, preset against a cheaper budget, see bench/protocol.py;
-    reuse: DeepCache's reuse against the bypass, see bench/reuse.py)
+    reuse: DeepCache's reuse against the bypass, see bench/reuse.py; heldout_margins: the
+    grids' margins against the held-out batch's noise, see bench/margins.py)
     and keep the other numbers of bench/results.json."""
-    from bench import protocol, reuse, search, solvers
+    from bench import margins, protocol, reuse, search, solvers
     from bench.profile import profile_trials
     from bench.workers import measure as workers
 
@@ -653,7 +658,9 @@ def main() -> None:
              "teacher_reference": search.teacher_reference,
              "profile": profile_trials, "solver_search": solvers.measure,
              "solver_search_deep": lambda: solvers.measure(model="digits-deep"),
-             "protocol": protocol.measure, "reuse": reuse.measure}
+             "protocol": protocol.measure, "reuse": reuse.measure,
+             # after the grids: their schedules, sampled again (in a full run not yet stored)
+             "heldout_margins": lambda: margins.measure(results)}
     wanted = sys.argv[1:] or list(parts)
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() and sys.argv[1:] else {}
     if not sys.argv[1:]:  # the machine of every part; one re-measured alone names its own

@@ -1,0 +1,161 @@
+"""The headline margins of issue 27's grid (``bench/solvers.py``) against the noise of the
+held-out measurement itself: per model, K and search seed, the schedule a search exported and
+the sampler it is compared with, both scored again on the grid's held-out batch (1797 images of
+the held-out stream, seed 0), each FID with its bootstrap spread and their difference with the
+paired spread (``fid.fid_difference_spread``: the same noises resampled for both, as
+``evaluate`` reports it). Two comparisons: the preset's search (``make study STEPS=K STAGE=1``)
+against the best fixed sampler at K, and ours (steps + solver) against TPE over the same space.
+
+A margin within twice its paired spread is one the held-out batch cannot tell from the luck of
+its draw; the spread between search seeds (the grid's paired SE) is another noise, on top.
+
+``python -m bench.margins`` (or ``make bench PARTS=heldout_margins``, after the grids): reads
+both grids from results.json (``solver_search`` and ``solver_search_deep``), samples each
+schedule once, writes results.json's ``heldout_margins`` and the BENCHMARKS section
+``heldout-margins``.
+"""
+
+import json
+import os
+
+import numpy as np
+
+from bench.solvers import MODELS, SEARCH_KS, _preset_variant, _runs, _scorer, best_fixed
+
+KEY, SECTION = "heldout_margins", "heldout-margins"
+RESAMPLES = 100  # digits' 64 features: a resample costs little, and 100 pin the spread down
+NAMES = {"ours": "ours, steps + solver", "steps_only_dpmpp2m": "ours, steps only, 2M",
+         "steps_only_unipc": "ours, steps only, UniPC", "tpe": "TPE, steps + solver"}
+
+
+class _Features:
+    """Each schedule's features on the grid's held-out batch, sampled once."""
+
+    def __init__(self, model: str):
+        self.scored = _scorer(model)  # exactly the grid's model, reference and batch
+        self.cache: dict[str, np.ndarray] = {}
+
+    def of(self, timesteps, solver) -> np.ndarray:
+        from autodiff_optuna.metrics.scoring import sample_features
+
+        key = json.dumps([list(timesteps), solver])
+        if key not in self.cache:
+            s = self.scored
+            self.cache[key] = sample_features(s.model, s.scorer, tuple(timesteps), s.batch,
+                                              solver)
+        return self.cache[key]
+
+    def compare(self, a, b) -> dict:
+        """FIDs, spreads and the paired difference of two (timesteps, solver) schedules."""
+        from autodiff_optuna.metrics.fid import (
+            fid_difference_spread,
+            fid_from_features,
+            fid_spread,
+        )
+
+        mu, sigma = self.scored.scorer.ref_mu, self.scored.scorer.ref_sigma
+        fa, fb = self.of(*a), self.of(*b)
+        out = {"fid_a": fid_from_features(fa, mu, sigma), "fid_b": fid_from_features(fb, mu, sigma),
+               "spread_a": fid_spread(fa, mu, sigma, RESAMPLES),
+               "spread_b": fid_spread(fb, mu, sigma, RESAMPLES),
+               "difference_spread": fid_difference_spread(fa, fb, mu, sigma, RESAMPLES)}
+        out["difference"] = out["fid_a"] - out["fid_b"]
+        return out
+
+
+def _fixed_schedule(entry: dict, k: int) -> tuple[str, str, list]:
+    """The best fixed sampler at K (the DP spacing among them): (spacing, solver, time steps)."""
+    spacing, solver, _ = best_fixed(entry, k)
+    cell = (entry["dp"][str(k)] if spacing == "DP" else entry["fixed"][str(k)][spacing])[solver]
+    return spacing, solver, cell["timesteps"]
+
+
+def measure(results: dict | None = None) -> dict:
+    """The rows, from the grids in ``results`` (default: results.json as stored)."""
+    from bench.run import RESULTS, machine
+
+    results = results if results is not None else json.loads(RESULTS.read_text())
+    rows = []
+    for model, (key, _, _) in MODELS.items():
+        entry = results.get(key)
+        if not entry:
+            continue
+        features = _Features(model)
+        for k in SEARCH_KS:
+            if best_fixed(entry, k) is None:
+                continue
+            spacing, solver, fixed = _fixed_schedule(entry, k)
+            preset = _preset_variant(k, model)
+            pairs = [(preset, _runs(entry, k, preset), f"{spacing} {solver}", None)]
+            pairs.append(("ours", _runs(entry, k, "ours"), "tpe", _runs(entry, k, "tpe")))
+            for variant, runs, against, others in pairs:
+                for seed, run in sorted(runs.items()):
+                    other = (fixed, solver) if others is None else (
+                        (others[seed]["timesteps"], others[seed]["solver"])
+                        if seed in others else None)
+                    if other is None:
+                        continue
+                    row = {"model": model, "k": k, "seed": seed, "a": variant, "b": against,
+                           **features.compare((run["timesteps"], run["solver"]), other),
+                           "grid_fid_a": run["fid_heldout"]}
+                    rows.append(row)
+                    print(f"  {model} K={k} seed {seed} {variant} - {against}: "
+                          f"{row['difference']:+.3f} ± {row['difference_spread']:.3f}",
+                          flush=True)
+    return {"machine": machine(), "resamples": RESAMPLES, "rows": rows}
+
+
+def render(entry: dict) -> list[str]:
+    lines = [f"Machine: {entry['machine']}.", "",
+             "Per search seed: the exported schedule (a) and what it is compared with (b), both "
+             "sampled again on the grid's held-out batch (1797 images of the held-out stream, seed "
+             "0), each FID ± its bootstrap standard deviation over the images, and a - b ± the "
+             f"paired spread (the same noises resampled for both; {entry['resamples']} "
+             "resamples). 'beyond' where |a - b| is more than twice its paired spread.", "",
+             "| model | K | seed | a | b | FID a | FID b | a - b | beyond the noise |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in entry["rows"]:
+        beyond = abs(r["difference"]) > 2 * r["difference_spread"]
+        lines.append(f"| {r['model']} | {r['k']} | {r['seed']} | {NAMES.get(r['a'], r['a'])} | "
+                     f"{NAMES.get(r['b'], r['b'])} | {r['fid_a']:.2f} ± {r['spread_a']:.2f} | "
+                     f"{r['fid_b']:.2f} ± {r['spread_b']:.2f} | {r['difference']:+.2f} ± "
+                     f"{r['difference_spread']:.2f} | {'yes' if beyond else 'no'} |")
+    lines.append("")
+    for label, is_tpe in (("the preset's search against the best fixed sampler", False),
+                          ("ours against TPE", True)):
+        rows = [r for r in entry["rows"] if (r["b"] == "tpe") == is_tpe]
+        if not rows:
+            continue
+        beyond = [r for r in rows if abs(r["difference"]) > 2 * r["difference_spread"]]
+        better = [r for r in beyond if r["difference"] < 0]
+        spreads = [r["difference_spread"] for r in rows]
+        lines.append(f"- {label}: {len(beyond)} of {len(rows)} seed margins beyond twice their "
+                     f"paired spread ({len(better)} of them lower, {len(beyond) - len(better)} "
+                     f"higher); paired spread median {np.median(spreads):.2f} (range "
+                     f"{min(spreads):.2f} to {max(spreads):.2f}).")
+    return lines
+
+
+def save(entry: dict) -> None:
+    from bench.run import RESULTS, write_sections
+
+    results = json.loads(RESULTS.read_text())
+    results[KEY] = entry
+    RESULTS.write_text(json.dumps(results, indent=1) + "\n")
+    write_sections({SECTION: "\n".join(render(entry))})
+
+
+def main() -> None:
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    entry = measure()
+    mismatched = [r for r in entry["rows"] if abs(r["fid_a"] - r["grid_fid_a"]) > 1e-6]
+    if mismatched:  # the same schedule on the same batch must score as the grid scored it
+        raise SystemExit(f"{len(mismatched)} schedules scored apart from the grid's held-out FID")
+    save(entry)
+    print(f"updated bench/results.json ({KEY}) and BENCHMARKS.md ({SECTION})")
+
+
+if __name__ == "__main__":
+    main()
