@@ -252,8 +252,11 @@ def build_parser() -> argparse.ArgumentParser:
                                "FID feature dimension)")
     evaluate.add_argument("--seed", type=_noise_seed, default=0,
                           help="held-out noise stream; no study ever searches on it (default 0)")
-    evaluate.add_argument("--solver", choices=tuple(SOLVERS), default="ddim",
-                          help="the fixed solver: " + ", ".join(SOLVERS) + " (default ddim)")
+    evaluate.add_argument("--solver", choices=tuple(SOLVERS), default=None,
+                          help="the fixed solver of --timesteps (default ddim) and of the "
+                               "uniform baseline (default: --timesteps' solver, or the "
+                               "--schedule's own where it runs as one fixed solver, else "
+                               "dpmpp2m): " + ", ".join(SOLVERS))
     evaluate.add_argument("--skip", help="JSON file whose 'skip' holds one list of layer names "
                                          "per step")
     evaluate.add_argument("--no-uniform", action="store_true",

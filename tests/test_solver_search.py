@@ -110,3 +110,9 @@ def test_a_searched_study_exports_and_evaluates_its_rules(tmp_path, capsys):
     assert main(["evaluate", "--schedule", str(out), "--samples", "200", "--json"]) == 0
     scored = json.loads(capsys.readouterr().out)
     assert scored["solver"] == exported["solver"] and scored["fid"] > 0
+    # the baseline is uniform with the schedule's own solver where it is one fixed solver, else
+    # the library's default: never DDIM's weak uniform by accident
+    from autodiff_optuna.sampling.rules import fixed_solver
+
+    own = fixed_solver(exported["solver"], 3)
+    assert scored["uniform_solver"] == (own or "dpmpp2m")

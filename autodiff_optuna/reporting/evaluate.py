@@ -26,7 +26,7 @@ from autodiff_optuna.sampling.rules import fixed_solver
 from autodiff_optuna.sampling.schedules import uniform as uniform_spacing
 from autodiff_optuna.sampling.skipping import check_skip
 from autodiff_optuna.schedule_sampling import load_schedule
-from autodiff_optuna.search.config import load_preset
+from autodiff_optuna.search.config import DEFAULT_SOLVER, load_preset
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,8 @@ class Request:
     schedule: str | None  # an exported schedule file: its model, steps, solver and skips
     samples: int | None  # None: the study preset's, else what the scorer needs
     seed: int
-    solver: str  # the fixed solver of --timesteps, and of the uniform baseline
+    solver: str | None  # --timesteps' fixed solver (None: ddim) and the uniform baseline's
+    # (None: a --schedule's own where it runs as one fixed solver, else dpmpp2m)
     skip: str | None  # a JSON file whose "skip" holds one list of layer names per step
     uniform: bool  # also score the uniform schedule on the same noise
     device: str | None  # as --device gives it (None: a GPU where there is one)
@@ -79,7 +80,8 @@ def evaluate(request: Request) -> dict:
     batch = draw(model, samples, request.seed, HELDOUT)
     costs = layer_costs(model)
     full = costs.gflops([()] * len(timesteps))
-    solver = request.solver if schedule is None else schedule.solver
+    solver = (request.solver or "ddim") if schedule is None else schedule.solver
+    baseline = request.solver or fixed_solver(solver, len(timesteps)) or DEFAULT_SOLVER
     features = sample_features(model, scorer, timesteps, batch, solver, skip=skip)
     result = {"model": name, "timesteps": list(timesteps), "solver": solver,
               "samples": samples, "seed": request.seed, "noise": HELDOUT,
@@ -93,12 +95,11 @@ def evaluate(request: Request) -> dict:
     if request.uniform:  # the baseline on the same held-out noise
         # the study's baseline spacing (standard_spacings' "uniform")
         uniform = list(uniform_spacing(len(timesteps), model.num_train_timesteps))
-        same = uniform == list(timesteps) and skip is None and solver == request.solver
+        same = uniform == list(timesteps) and skip is None and solver == baseline
         result["uniform_timesteps"] = uniform
-        result["uniform_solver"] = request.solver
-        other = features if same else sample_features(model, scorer, uniform, batch,
-                                                      request.solver)
-        known[(tuple(uniform), fixed_solver(request.solver, len(timesteps)))] = other
+        result["uniform_solver"] = baseline
+        other = features if same else sample_features(model, scorer, uniform, batch, baseline)
+        known[(tuple(uniform), fixed_solver(baseline, len(timesteps)))] = other
         scores = _scores(other, scorer)
         result["uniform_fid"], result["uniform_fid_spread"] = scores["fid"], scores["fid_spread"]
         result["difference"] = result["fid"] - result["uniform_fid"]
