@@ -3,8 +3,10 @@ held-out measurement itself: per model, K and search seed, the schedule a search
 the sampler it is compared with, both scored again on the grid's held-out batch (1797 images of
 the held-out stream, seed 0), each FID with its bootstrap spread and their difference with the
 paired spread (``fid.fid_difference_spread``: the same noises resampled for both, as
-``evaluate`` reports it). Two comparisons: the preset's search (``make study STEPS=K STAGE=1``)
-against the best fixed sampler at K, and ours (steps + solver) against TPE over the same space.
+``evaluate`` reports it). Three comparisons: the preset's search (``make study STEPS=K
+STAGE=1``) against the best fixed sampler at K; ours (steps + solver) against TPE over the same
+space; and, from ``bench/protocol.py``'s studies, the cheaper protocol's export against the
+preset study's (issue 29's "within 5%").
 
 A margin within twice its paired spread is one the held-out batch cannot tell from the luck of
 its draw; the spread between search seeds (the grid's paired SE) is another noise, on top.
@@ -24,7 +26,8 @@ from bench.solvers import MODELS, SEARCH_KS, _preset_variant, _runs, _scorer, be
 
 KEY, SECTION = "heldout_margins", "heldout-margins"
 RESAMPLES = 100  # digits' 64 features: a resample costs little, and 100 pin the spread down
-NAMES = {"ours": "ours, steps + solver", "steps_only_dpmpp2m": "ours, steps only, 2M",
+NAMES = {"cheap": "the cheaper protocol (issue 29)", "preset": "the preset's study",
+         "ours": "ours, steps + solver", "steps_only_dpmpp2m": "ours, steps only, 2M",
          "steps_only_unipc": "ours, steps only, UniPC", "tpe": "TPE, steps + solver"}
 
 
@@ -35,18 +38,20 @@ class _Features:
         self.scored = _scorer(model)  # exactly the grid's model, reference and batch
         self.cache: dict[str, np.ndarray] = {}
 
-    def of(self, timesteps, solver) -> np.ndarray:
+    def of(self, timesteps, solver, skip=None) -> np.ndarray:
         from autodiff_optuna.metrics.scoring import sample_features
 
-        key = json.dumps([list(timesteps), solver])
+        key = json.dumps([list(timesteps), solver, skip])
         if key not in self.cache:
             s = self.scored
-            self.cache[key] = sample_features(s.model, s.scorer, tuple(timesteps), s.batch,
-                                              solver)
+            self.cache[key] = sample_features(
+                s.model, s.scorer, tuple(timesteps), s.batch, solver,
+                skip=[tuple(m) for m in skip] if skip else None)
         return self.cache[key]
 
     def compare(self, a, b) -> dict:
-        """FIDs, spreads and the paired difference of two (timesteps, solver) schedules."""
+        """FIDs, spreads and the paired difference of two (timesteps, solver[, skip])
+        schedules."""
         from autodiff_optuna.metrics.fid import (
             fid_difference_spread,
             fid_from_features,
@@ -102,7 +107,30 @@ def measure(results: dict | None = None) -> dict:
                     print(f"  {model} K={k} seed {seed} {variant} - {against}: "
                           f"{row['difference']:+.3f} ± {row['difference_spread']:.3f}",
                           flush=True)
+    rows += _protocol_rows(results.get("protocol", {}))
     return {"machine": machine(), "resamples": RESAMPLES, "rows": rows}
+
+
+def _protocol_rows(protocol: dict) -> list[dict]:
+    """Issue 29's comparison: per model and seed, the cheaper protocol's export against the
+    preset's (``bench/protocol.py``; both searched with DPM-Solver++(2M), the digits presets'
+    solver then), on the same held-out batch (1797 images, seed 0)."""
+    runs = {(r["model"], r["protocol"], r["seed"]): r for r in protocol.get("runs", [])}
+    rows = []
+    for (model, name, seed), cheap in sorted(runs.items()):
+        preset = runs.get((model, "preset", seed))
+        if name != "cheap" or preset is None:
+            continue
+        a, b = (r.get("export_beyond_noise") or r["export"] for r in (cheap, preset))
+        features = _Features(model)
+        row = {"model": model, "k": protocol.get("steps", 4), "seed": seed, "a": "cheap",
+               "b": "preset", **features.compare(
+                   (a["timesteps"], "dpmpp2m", a["skip"]), (b["timesteps"], "dpmpp2m", b["skip"])),
+               "grid_fid_a": a["heldout_fid"], "grid_fid_b": b["heldout_fid"]}
+        rows.append(row)
+        print(f"  {model} seed {seed} cheap - preset: {row['difference']:+.3f} ± "
+              f"{row['difference_spread']:.3f}", flush=True)
+    return rows
 
 
 def render(entry: dict) -> list[str]:
@@ -121,9 +149,12 @@ def render(entry: dict) -> list[str]:
                      f"{r['fid_b']:.2f} ± {r['spread_b']:.2f} | {r['difference']:+.2f} ± "
                      f"{r['difference_spread']:.2f} | {'yes' if beyond else 'no'} |")
     lines.append("")
-    for label, is_tpe in (("the preset's search against the best fixed sampler", False),
-                          ("ours against TPE", True)):
-        rows = [r for r in entry["rows"] if (r["b"] == "tpe") == is_tpe]
+    kinds = {"the preset's search against the best fixed sampler":
+             lambda r: r["b"] not in ("tpe", "preset"),
+             "ours against TPE": lambda r: r["b"] == "tpe",
+             "the cheaper protocol against the preset's study": lambda r: r["b"] == "preset"}
+    for label, kind in kinds.items():
+        rows = [r for r in entry["rows"] if kind(r)]
         if not rows:
             continue
         beyond = [r for r in rows if abs(r["difference"]) > 2 * r["difference_spread"]]
@@ -150,7 +181,8 @@ def main() -> None:
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     entry = measure()
-    mismatched = [r for r in entry["rows"] if abs(r["fid_a"] - r["grid_fid_a"]) > 1e-6]
+    mismatched = [r for r in entry["rows"] if abs(r["fid_a"] - r["grid_fid_a"]) > 1e-6
+                  or abs(r["fid_b"] - r.get("grid_fid_b", r["fid_b"])) > 1e-6]
     if mismatched:  # the same schedule on the same batch must score as the grid scored it
         raise SystemExit(f"{len(mismatched)} schedules scored apart from the grid's held-out FID")
     save(entry)
