@@ -264,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--against-fixed", action="store_true",
                           help="also score every standard spacing with every fixed solver on "
                                "the same noise and compare with the best of them, the strongest "
-                               "sampler a user could pick without a search (about 20 samplings "
+                               "sampler a user could pick without a search (about 15 samplings "
                                "more)")
     _add_device(evaluate)
     _add_model_flags(evaluate)

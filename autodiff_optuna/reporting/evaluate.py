@@ -95,11 +95,12 @@ def evaluate(request: Request) -> dict:
     if request.uniform:  # the baseline on the same held-out noise
         # the study's baseline spacing (standard_spacings' "uniform")
         uniform = list(uniform_spacing(len(timesteps), model.num_train_timesteps))
-        same = uniform == list(timesteps) and skip is None and solver == baseline
         result["uniform_timesteps"] = uniform
         result["uniform_solver"] = baseline
-        other = features if same else sample_features(model, scorer, uniform, batch, baseline)
-        known[(tuple(uniform), fixed_solver(baseline, len(timesteps)))] = other
+        key = (tuple(uniform), fixed_solver(baseline, len(timesteps)))
+        if key not in known:  # else the schedule is the uniform baseline itself
+            known[key] = sample_features(model, scorer, uniform, batch, baseline)
+        other = known[key]
         scores = _scores(other, scorer)
         result["uniform_fid"], result["uniform_fid_spread"] = scores["fid"], scores["fid_spread"]
         result["difference"] = result["fid"] - result["uniform_fid"]
