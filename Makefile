@@ -25,7 +25,7 @@ STUDY_ARGS := --model $(MODEL) --steps $(STEPS) --name $(STUDY_NAME) $(if $(QUIC
 # SAMPLER: stage 1's (evolutionary, tpe, cmaes, nsgaii, random; see BENCHMARKS.md)
 # ARGS: any other study flags, e.g. ARGS="--checkpoint ~/64x64_diffusion.pt --compile"
 
-.PHONY: study demo worker best export sample report dashboard list test test-readme test-fast lint bench bench-jobs train-digits train-digits-deep clean-venv
+.PHONY: study demo worker best export sample evaluate report dashboard list test test-readme test-fast lint bench bench-jobs train-digits train-digits-deep clean-venv
 
 $(VENV)/.installed: requirements.txt requirements-adm.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -57,6 +57,11 @@ SCHEDULE ?= schedule.json
 N ?= 64
 sample: $(VENV)/.installed
 	$(PY) -m autodiff_optuna sample --schedule $(SCHEDULE) --n $(N) --out $(or $(OUT),samples.png)
+
+# the exported schedule on held-out noise no study searched, beside uniform and every fixed
+# sampler a user could pick instead, each margin with its spread
+evaluate: $(VENV)/.installed
+	$(PY) -m autodiff_optuna evaluate --schedule $(SCHEDULE) --against-fixed
 
 # reports/<NAME>/index.html: Optuna's plots, the schedules, masks, sample grids, top candidates
 report: $(VENV)/.installed

@@ -137,6 +137,8 @@ def test_readme_commands_run_on_the_cpu(scratch):
     assert (scratch / "reports" / "digits-k4-quick" / "index.html").is_file()  # make demo
     assert (scratch / "reports" / "digits-k4" / "index.html").is_file()  # make report
     assert (scratch / "samples.png").read_bytes()[:4] == b"\x89PNG"
+    # make evaluate: the exported schedule beside uniform and the best of every fixed sampler
+    assert "fixed samplers (every standard spacing" in outputs["make evaluate"]
     check_example_output(outputs["make study"])
 
 
