@@ -260,11 +260,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--skip", help="JSON file whose 'skip' holds one list of layer names "
                                          "per step")
     evaluate.add_argument("--no-uniform", action="store_true",
-                          help="do not also score the uniform schedule (halves the time)")
+                          help="do not also score the uniform schedule (one sampling fewer)")
     evaluate.add_argument("--against-fixed", action="store_true",
                           help="also score every standard spacing with every fixed solver on "
                                "the same noise and compare with the best of them, the strongest "
-                               "sampler a user could pick without a search (about 15 samplings "
+                               "sampler a user could pick without a search (15 to 20 samplings "
                                "more)")
     _add_device(evaluate)
     _add_model_flags(evaluate)

@@ -108,6 +108,11 @@ def measure(results: dict | None = None) -> dict:
                           f"{row['difference']:+.3f} ± {row['difference_spread']:.3f}",
                           flush=True)
     rows += _protocol_rows(results.get("protocol", {}))
+    mismatched = [r for r in rows if abs(r["fid_a"] - r["grid_fid_a"]) > 1e-6
+                  or abs(r["fid_b"] - r.get("grid_fid_b", r["fid_b"])) > 1e-6]
+    if mismatched:  # the same schedule on the same batch must score as the grid scored it
+        raise RuntimeError(f"{len(mismatched)} schedules scored apart from their stored "
+                           "held-out FIDs")
     return {"machine": machine(), "resamples": RESAMPLES, "rows": rows}
 
 
@@ -180,12 +185,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    entry = measure()
-    mismatched = [r for r in entry["rows"] if abs(r["fid_a"] - r["grid_fid_a"]) > 1e-6
-                  or abs(r["fid_b"] - r.get("grid_fid_b", r["fid_b"])) > 1e-6]
-    if mismatched:  # the same schedule on the same batch must score as the grid scored it
-        raise SystemExit(f"{len(mismatched)} schedules scored apart from the grid's held-out FID")
-    save(entry)
+    save(measure())
     print(f"updated bench/results.json ({KEY}) and BENCHMARKS.md ({SECTION})")
 
 

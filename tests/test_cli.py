@@ -193,7 +193,7 @@ def test_evaluate_tells_a_margin_from_the_noise(capsys):
     assert verdict in out
 
 
-@pytest.mark.slow  # 9 s on a loaded machine (13 samplers): out of the fast subset
+@pytest.mark.slow  # 9 s on a loaded machine (15 fixed samplers): out of the fast subset
 def test_evaluate_against_every_fixed_sampler(capsys):
     from autodiff_optuna.reporting.evaluate import lines
 

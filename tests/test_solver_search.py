@@ -112,7 +112,8 @@ def test_a_searched_study_exports_and_evaluates_its_rules(tmp_path, capsys):
     assert scored["solver"] == exported["solver"] and scored["fid"] > 0
     # the baseline is uniform with the schedule's own solver where it is one fixed solver, else
     # the library's default: never DDIM's weak uniform by accident
-    from autodiff_optuna.sampling.rules import fixed_solver
-
-    own = fixed_solver(exported["solver"], 3)
-    assert scored["uniform_solver"] == (own or "dpmpp2m")
+    for rules, baseline in (([[1, True], [2, False], [1, False]], "dpmpp2m"), ("unipc", "unipc"),
+                            ([[2, True], [2, True], [1, False]], "unipc")):  # runs as UniPC
+        out.write_text(json.dumps({**exported, "solver": rules}))
+        assert main(["evaluate", "--schedule", str(out), "--samples", "100", "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["uniform_solver"] == baseline

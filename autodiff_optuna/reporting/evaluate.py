@@ -9,24 +9,27 @@ sampler a user could pick without a search."""
 import sys
 from dataclasses import dataclass
 
+import numpy as np
+
 from autodiff_optuna import runtime
 from autodiff_optuna.errors import UsageError
 from autodiff_optuna.export import SearchedSchedule
 from autodiff_optuna.metrics import load_scorer
-from autodiff_optuna.metrics.fid import fid_difference_spread, fid_from_features, fid_spread
+from autodiff_optuna.metrics.fid import FIDError, bootstrap_fids, fid_from_features, resamples_for
 from autodiff_optuna.metrics.flops import layer_costs
 from autodiff_optuna.metrics.scoring import sample_features
 from autodiff_optuna.models import load_model
 from autodiff_optuna.models.files import read_json
-from autodiff_optuna.sampling import HELDOUT, draw, validate
+from autodiff_optuna.sampling import HELDOUT, draw, standard_spacings, validate
 from autodiff_optuna.sampling.limits import check_count, check_seed
 from autodiff_optuna.sampling.noise import check_fits
+from autodiff_optuna.sampling.rules import SOLVERS, fixed_solver
 from autodiff_optuna.sampling.rules import describe as describe_solver
-from autodiff_optuna.sampling.rules import fixed_solver
 from autodiff_optuna.sampling.schedules import uniform as uniform_spacing
 from autodiff_optuna.sampling.skipping import check_skip
 from autodiff_optuna.schedule_sampling import load_schedule
 from autodiff_optuna.search.config import DEFAULT_SOLVER, load_preset
+from autodiff_optuna.search.context import alphas_cumprod
 
 
 @dataclass(frozen=True)
@@ -85,13 +88,14 @@ def evaluate(request: Request) -> dict:
     features = sample_features(model, scorer, timesteps, batch, solver, skip=skip)
     result = {"model": name, "timesteps": list(timesteps), "solver": solver,
               "samples": samples, "seed": request.seed, "noise": HELDOUT,
-              **_scores(features, scorer),
+              "fid": _fid(features, scorer),
               "gflops": costs.gflops(skip) if skip is not None else full, "full_gflops": full}
     if skip is not None:
         result["skip"] = [list(s) for s in skip]
     # what is sampled already, by (time steps, fixed solver as it runs): not sampled again
     known = {} if skip is not None else {(tuple(timesteps), fixed_solver(solver, len(timesteps))):
                                          features}
+    others = []  # (where its scores go, its features): each compared with the schedule
     if request.uniform:  # the baseline on the same held-out noise
         # the study's baseline spacing (standard_spacings' "uniform")
         uniform = list(uniform_spacing(len(timesteps), model.num_train_timesteps))
@@ -100,35 +104,30 @@ def evaluate(request: Request) -> dict:
         key = (tuple(uniform), fixed_solver(baseline, len(timesteps)))
         if key not in known:  # else the schedule is the uniform baseline itself
             known[key] = sample_features(model, scorer, uniform, batch, baseline)
-        other = known[key]
-        scores = _scores(other, scorer)
-        result["uniform_fid"], result["uniform_fid_spread"] = scores["fid"], scores["fid_spread"]
-        result["difference"] = result["fid"] - result["uniform_fid"]
-        result["difference_spread"] = fid_difference_spread(features, other, scorer.ref_mu,
-                                                            scorer.ref_sigma)
+        uniform_scores = {"fid": _fid(known[key], scorer)}
+        others.append((uniform_scores, known[key]))
     if request.fixed:
-        result["fixed"] = _fixed_samplers(model, scorer, batch, len(timesteps), features,
-                                          known)
+        result["fixed"] = _fixed_samplers(model, scorer, batch, len(timesteps), known, others)
+    _spreads(result, features, others, scorer)
+    if request.uniform:
+        result.update({f"uniform_{k}" if k.startswith("fid") else k: v
+                       for k, v in uniform_scores.items()})
+    if request.fixed:
         scored = [r for r in result["fixed"] if r["fid"] is not None]
         if scored:
             result["best_fixed"] = min(scored, key=lambda r: r["fid"])
     return result
 
 
-def _fixed_samplers(model, scorer, batch, steps: int, features, known: dict) -> list[dict]:
-    """Every standard spacing with every fixed solver at ``steps`` steps on ``batch``, each with
-    its FID, its spread and the schedule's paired difference from it (``features``: the
-    schedule's). A sampler that runs exactly as one already scored (DPM-Solver++(3M) lowered to
-    2M at few steps, two spacings that coincide) is scored once, and one in ``known`` (time
-    steps, the solver as it runs -> features) is not sampled again; samples that are not finite
-    give a FID of None."""
-    from autodiff_optuna.metrics.fid import FIDError
-    from autodiff_optuna.sampling import standard_spacings
-    from autodiff_optuna.sampling.rules import SOLVERS
-    from autodiff_optuna.search.context import alphas_cumprod
-
+def _fixed_samplers(model, scorer, batch, steps: int, known: dict, others: list) -> list[dict]:
+    """Every standard spacing with every fixed solver at ``steps`` steps on ``batch``, each a
+    row with its FID (its spread and difference from the schedule are added with the others',
+    ``_spreads``: each row with its features goes to ``others``). A sampler that runs exactly as
+    one already scored (DPM-Solver++(3M) lowered to 2M at few steps, two spacings that coincide)
+    is scored once, and one in ``known`` (time steps, the solver as it runs -> features) is not
+    sampled again; samples that are not finite, or a FID that cannot be computed, give a FID of
+    None."""
     spacings = standard_spacings(steps, model.num_train_timesteps, alphas_cumprod(model))
-    fid = _fid(features, scorer)
     runs = {}  # (time steps, the solver as it runs) -> its spacings and solvers
     for spacing, timesteps in spacings.items():
         for solver in SOLVERS:
@@ -141,28 +140,38 @@ def _fixed_samplers(model, scorer, batch, steps: int, features, known: dict) -> 
               file=sys.stderr, flush=True)
         row = {"spacing": spacing, "solver": solver, "timesteps": list(timesteps),
                "same_as": [f"{sp} {so}" for sp, so in names[1:]], "fid": None}
-        try:
-            other = known[key] if key in known else sample_features(model, scorer, timesteps,
-                                                                    batch, solver)
-        except FIDError:
-            out.append(row)
-            continue
-        row.update(_scores(other, scorer))
-        row["difference"] = fid - row["fid"]
-        row["difference_spread"] = fid_difference_spread(features, other, scorer.ref_mu,
-                                                         scorer.ref_sigma)
         out.append(row)
+        try:
+            features = known[key] if key in known else sample_features(model, scorer, timesteps,
+                                                                       batch, solver)
+            row["fid"] = _fid(features, scorer)
+        except FIDError:
+            continue
+        others.append((row, features))
     return out
+
+
+def _spreads(result: dict, features, others: list, scorer) -> None:
+    """The schedule's spread into ``result``, and into each of ``others``' score dicts its spread
+    and its difference from the schedule with that difference's spread: one bootstrap of the
+    same noises for them all (``fid.bootstrap_fids``)."""
+    fids = bootstrap_fids([features, *(f for _, f in others)], scorer.ref_mu, scorer.ref_sigma,
+                          resamples_for(scorer.feature_dim))
+    if fids is None:  # as fid_from_features would have said
+        raise FIDError("features are not finite (the samples hold NaN or inf)")
+    result["fid_spread"] = _std(fids[:, 0])
+    for i, (scores, _) in enumerate(others, 1):
+        scores["fid_spread"] = _std(fids[:, i])
+        scores["difference"] = result["fid"] - scores["fid"]
+        scores["difference_spread"] = _std(fids[:, 0] - fids[:, i])
+
+
+def _std(values) -> float:
+    return float(np.std(values, ddof=1))
 
 
 def _fid(features, scorer) -> float:
     return fid_from_features(features, scorer.ref_mu, scorer.ref_sigma)
-
-
-def _scores(features, scorer) -> dict:
-    """One schedule's FID and its spread over the images."""
-    return {"fid": _fid(features, scorer),
-            "fid_spread": fid_spread(features, scorer.ref_mu, scorer.ref_sigma)}
 
 
 def _schedule_file(request: Request, device: str) -> SearchedSchedule | None:
@@ -193,12 +202,15 @@ def lines(result: dict) -> list[str]:
         text.append(f"uniform {result['uniform_timesteps']} ({result['uniform_solver']}): FID "
                     f"{result['uniform_fid']:.3f} ± {result['uniform_fid_spread']:.3f} on the "
                     "same noise")
-        if result["difference"] != 0 or result["difference_spread"] != 0:
+        if result["difference"] == 0 and result["difference_spread"] == 0:
+            text.append("the schedule is the uniform baseline")
+        else:
             text.append(_margin(result["difference"], result["difference_spread"]))
     if "fixed" in result:
         text += _fixed_lines(result)
-    text.append("± is the FID's bootstrap standard deviation over the images: how far another "
-                "draw of as many could move it")
+    text.append("± is the FID's bootstrap standard deviation over the images (how far another "
+                "draw of as many could move it); a margin's, that of the difference, the same "
+                "noises resampled for both")
     return text
 
 
