@@ -2,7 +2,7 @@
 held-out measurement itself: per model, K and search seed, the schedule a search exported and
 the sampler it is compared with, both scored again on the grid's held-out batch (1797 images of
 the held-out stream, seed 0), each FID with its bootstrap spread and their difference with the
-paired spread (``fid.fid_difference_spread``: the same noises resampled for both, as
+paired spread (``fid.paired_spreads``: the same noises resampled for both, as
 ``evaluate`` reports it). Three comparisons: the preset's search (``make study STEPS=K
 STAGE=1``) against the best fixed sampler at K; ours (steps + solver) against TPE over the same
 space; and, from ``bench/protocol.py``'s studies, the cheaper protocol's export against the
@@ -52,20 +52,15 @@ class _Features:
     def compare(self, a, b) -> dict:
         """FIDs, spreads and the paired difference of two (timesteps, solver[, skip])
         schedules."""
-        from autodiff_optuna.metrics.fid import (
-            fid_difference_spread,
-            fid_from_features,
-            fid_spread,
-        )
+        from autodiff_optuna.metrics.fid import fid_from_features, paired_spreads
 
         mu, sigma = self.scored.scorer.ref_mu, self.scored.scorer.ref_sigma
         fa, fb = self.of(*a), self.of(*b)
-        out = {"fid_a": fid_from_features(fa, mu, sigma), "fid_b": fid_from_features(fb, mu, sigma),
-               "spread_a": fid_spread(fa, mu, sigma, RESAMPLES),
-               "spread_b": fid_spread(fb, mu, sigma, RESAMPLES),
-               "difference_spread": fid_difference_spread(fa, fb, mu, sigma, RESAMPLES)}
-        out["difference"] = out["fid_a"] - out["fid_b"]
-        return out
+        (spread_a, spread_b), (difference_spread,) = paired_spreads([fa, fb], mu, sigma,
+                                                                     RESAMPLES)
+        fid_a, fid_b = fid_from_features(fa, mu, sigma), fid_from_features(fb, mu, sigma)
+        return {"fid_a": fid_a, "fid_b": fid_b, "spread_a": spread_a, "spread_b": spread_b,
+                "difference_spread": difference_spread, "difference": fid_a - fid_b}
 
 
 def _fixed_schedule(entry: dict, k: int) -> tuple[str, str, list]:
@@ -121,15 +116,14 @@ def _protocol_rows(protocol: dict) -> list[dict]:
     preset's (``bench/protocol.py``; both searched with DPM-Solver++(2M), the digits presets'
     solver then), on the same held-out batch (1797 images, seed 0)."""
     runs = {(r["model"], r["protocol"], r["seed"]): r for r in protocol.get("runs", [])}
-    rows = []
+    rows, features = [], {}  # model -> its _Features
     for (model, name, seed), cheap in sorted(runs.items()):
         preset = runs.get((model, "preset", seed))
         if name != "cheap" or preset is None:
             continue
         a, b = (r.get("export_beyond_noise") or r["export"] for r in (cheap, preset))
-        features = _Features(model)
         row = {"model": model, "k": protocol.get("steps", 4), "seed": seed, "a": "cheap",
-               "b": "preset", **features.compare(
+               "b": "preset", **features.setdefault(model, _Features(model)).compare(
                    (a["timesteps"], "dpmpp2m", a["skip"]), (b["timesteps"], "dpmpp2m", b["skip"])),
                "grid_fid_a": a["heldout_fid"], "grid_fid_b": b["heldout_fid"]}
         rows.append(row)

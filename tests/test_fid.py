@@ -53,7 +53,10 @@ def test_the_spread_of_a_fid_is_seeded_and_shrinks_with_more_images():
 def test_a_paired_difference_spread_counts_the_shared_noise():
     import math
 
-    from autodiff_optuna.metrics.fid import fid_difference_spread, fid_spread
+    from autodiff_optuna.metrics.fid import fid_spread, paired_spreads
+
+    def fid_difference_spread(a, b, mu, sigma):
+        return paired_spreads([a, b], mu, sigma)[1][0]
 
     rng = np.random.default_rng(2)
     reference = rng.normal(size=(4000, 8))
@@ -64,6 +67,9 @@ def test_a_paired_difference_spread_counts_the_shared_noise():
     paired = fid_difference_spread(one, other, mu, sigma)
     assert paired == fid_difference_spread(other, one, mu, sigma)
     assert 0 < paired < math.hypot(fid_spread(one, mu, sigma), fid_spread(other, mu, sigma)) / 2
+    # each set's own spread from the one bootstrap is fid_spread's
+    assert paired_spreads([one, other], mu, sigma)[0] == [fid_spread(one, mu, sigma),
+                                                          fid_spread(other, mu, sigma)]
     with pytest.raises(ValueError, match="as many images"):
         fid_difference_spread(one, other[:-1], mu, sigma)
     assert fid_difference_spread(one, np.full_like(one, np.nan), mu, sigma) == float("inf")

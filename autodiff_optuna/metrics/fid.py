@@ -108,26 +108,28 @@ def fid_spread(feats: np.ndarray, ref_mu: np.ndarray, ref_sigma: np.ndarray,
     """How far the FID of ``feats`` could move on another draw of as many images: the standard
     deviation of its FID over bootstrap resamples of the images (seeded: the same features give
     the same spread)."""
-    fids = bootstrap_fids([feats], ref_mu, ref_sigma, resamples, seed)
-    return math.inf if fids is None else float(np.std(fids[:, 0], ddof=1))
+    return paired_spreads([feats], ref_mu, ref_sigma, resamples, seed)[0][0]
 
 
-def fid_difference_spread(feats: np.ndarray, other: np.ndarray, ref_mu: np.ndarray,
-                          ref_sigma: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES,
-                          seed: int = 0) -> float:
-    """How far the difference of two FIDs could move on another draw of noise, where row i of
-    ``feats`` and of ``other`` come from the same noise (two schedules on one batch): the
-    standard deviation of the difference over bootstrap resamples that draw the same rows for
-    both. Shared noise moves both FIDs together, so this is smaller than the two spreads
-    combined as if independent: it is what says whether one schedule beats another on it."""
-    if len(feats) != len(other):
-        raise ValueError("a paired spread needs as many images of each, from the same noise")
-    fids = bootstrap_fids([feats, other], ref_mu, ref_sigma, resamples, seed)
-    return math.inf if fids is None else float(np.std(fids[:, 0] - fids[:, 1], ddof=1))
+def paired_spreads(feature_sets: list[np.ndarray], ref_mu: np.ndarray, ref_sigma: np.ndarray,
+                   resamples: int = BOOTSTRAP_RESAMPLES,
+                   seed: int = 0) -> tuple[list[float], list[float]]:
+    """Each set's FID spread (``fid_spread``), and the spread of the first set's FID minus each
+    other set's, where row i of every set comes from the same noise (schedules sampled on one
+    batch): one bootstrap that draws the same rows for all, so the noise the sets share cancels
+    in their differences. That difference's spread is what says whether one schedule beats
+    another on this noise; for schedules far apart it need not be below the two spreads combined
+    as if independent. inf where a set is not finite or has fewer than 2 rows."""
+    fids = _bootstrap_fids(feature_sets, ref_mu, ref_sigma, resamples, seed)
+    if fids is None:
+        return [math.inf] * len(feature_sets), [math.inf] * (len(feature_sets) - 1)
+    return ([float(np.std(fids[:, i], ddof=1)) for i in range(len(feature_sets))],
+            [float(np.std(fids[:, 0] - fids[:, i], ddof=1))
+             for i in range(1, len(feature_sets))])
 
 
-def bootstrap_fids(feature_sets: list[np.ndarray], ref_mu: np.ndarray, ref_sigma: np.ndarray,
-                   resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> np.ndarray | None:
+def _bootstrap_fids(feature_sets: list[np.ndarray], ref_mu: np.ndarray, ref_sigma: np.ndarray,
+                    resamples: int, seed: int) -> np.ndarray | None:
     """FID of each feature set (of as many rows) over bootstrap resamples of its rows, the same
     rows drawn for every set: shape (resamples, sets); None where a set is not finite or has
     fewer than 2 rows. A resample's trace term is ``tr sqrt(R S R)`` with ``R`` the reference
@@ -135,7 +137,8 @@ def bootstrap_fids(feature_sets: list[np.ndarray], ref_mu: np.ndarray, ref_sigma
     general matrix root (the same value; the eigenvalues of S R R and R S R agree)."""
     sets = [np.asarray(f, dtype=np.float64) for f in feature_sets]
     if len({len(f) for f in sets}) > 1:
-        raise ValueError("bootstrap_fids draws the same rows of every set: give them as many")
+        raise ValueError("paired spreads draw the same rows of every set: give as many images "
+                         "of each, from the same noise")
     if any(not np.isfinite(f).all() or len(f) < 2 for f in sets):
         return None
     values, vectors = np.linalg.eigh(np.asarray(ref_sigma, dtype=np.float64))

@@ -9,13 +9,11 @@ sampler a user could pick without a search."""
 import sys
 from dataclasses import dataclass
 
-import numpy as np
-
 from autodiff_optuna import runtime
 from autodiff_optuna.errors import UsageError
 from autodiff_optuna.export import SearchedSchedule
 from autodiff_optuna.metrics import load_scorer
-from autodiff_optuna.metrics.fid import FIDError, bootstrap_fids, fid_from_features, resamples_for
+from autodiff_optuna.metrics.fid import FIDError, fid_from_features, paired_spreads, resamples_for
 from autodiff_optuna.metrics.flops import layer_costs
 from autodiff_optuna.metrics.scoring import sample_features
 from autodiff_optuna.models import load_model
@@ -110,8 +108,10 @@ def evaluate(request: Request) -> dict:
         result["fixed"] = _fixed_samplers(model, scorer, batch, len(timesteps), known, others)
     _spreads(result, features, others, scorer)
     if request.uniform:
-        result.update({f"uniform_{k}" if k.startswith("fid") else k: v
-                       for k, v in uniform_scores.items()})
+        result.update(uniform_fid=uniform_scores["fid"],
+                      uniform_fid_spread=uniform_scores["fid_spread"],
+                      difference=uniform_scores["difference"],
+                      difference_spread=uniform_scores["difference_spread"])
     if request.fixed:
         scored = [r for r in result["fixed"] if r["fid"] is not None]
         if scored:
@@ -154,20 +154,13 @@ def _fixed_samplers(model, scorer, batch, steps: int, known: dict, others: list)
 def _spreads(result: dict, features, others: list, scorer) -> None:
     """The schedule's spread into ``result``, and into each of ``others``' score dicts its spread
     and its difference from the schedule with that difference's spread: one bootstrap of the
-    same noises for them all (``fid.bootstrap_fids``)."""
-    fids = bootstrap_fids([features, *(f for _, f in others)], scorer.ref_mu, scorer.ref_sigma,
-                          resamples_for(scorer.feature_dim))
-    if fids is None:  # as fid_from_features would have said
-        raise FIDError("features are not finite (the samples hold NaN or inf)")
-    result["fid_spread"] = _std(fids[:, 0])
-    for i, (scores, _) in enumerate(others, 1):
-        scores["fid_spread"] = _std(fids[:, i])
-        scores["difference"] = result["fid"] - scores["fid"]
-        scores["difference_spread"] = _std(fids[:, 0] - fids[:, i])
-
-
-def _std(values) -> float:
-    return float(np.std(values, ddof=1))
+    same noises for them all (``fid.paired_spreads``)."""
+    spreads, differences = paired_spreads([features, *(f for _, f in others)], scorer.ref_mu,
+                                          scorer.ref_sigma, resamples_for(scorer.feature_dim))
+    result["fid_spread"] = spreads[0]
+    for (scores, _), spread, difference in zip(others, spreads[1:], differences, strict=True):
+        scores.update(fid_spread=spread, difference=result["fid"] - scores["fid"],
+                      difference_spread=difference)
 
 
 def _fid(features, scorer) -> float:
