@@ -25,7 +25,6 @@ import numpy as np
 from bench.solvers import MODELS, SEARCH_KS, _preset_variant, _runs, _scorer, best_fixed
 
 KEY, SECTION = "heldout_margins", "heldout-margins"
-RESAMPLES = 100  # digits' 64 features: a resample costs little, and 100 pin the spread down
 NAMES = {"cheap": "the cheaper protocol (issue 29)", "preset": "the preset's study",
          "ours": "ours, steps + solver", "steps_only_dpmpp2m": "ours, steps only, 2M",
          "steps_only_unipc": "ours, steps only, UniPC", "tpe": "TPE, steps + solver"}
@@ -35,8 +34,11 @@ class _Features:
     """Each schedule's features on the grid's held-out batch, sampled once."""
 
     def __init__(self, model: str):
+        from autodiff_optuna.metrics.fid import resamples_for
+
         self.scored = _scorer(model)  # exactly the grid's model, reference and batch
         self.cache: dict[str, np.ndarray] = {}
+        self.resamples = resamples_for(self.scored.scorer.feature_dim)  # as evaluate's
 
     def of(self, timesteps, solver, skip=None) -> np.ndarray:
         from autodiff_optuna.metrics.scoring import sample_features
@@ -56,8 +58,8 @@ class _Features:
 
         mu, sigma = self.scored.scorer.ref_mu, self.scored.scorer.ref_sigma
         fa, fb = self.of(*a), self.of(*b)
-        (spread_a, spread_b), (difference_spread,) = paired_spreads([fa, fb], mu, sigma,
-                                                                     RESAMPLES)
+        (spread_a, spread_b), (difference_spread,) = paired_spreads(
+            [fa, fb], mu, sigma, self.resamples)
         fid_a, fid_b = fid_from_features(fa, mu, sigma), fid_from_features(fb, mu, sigma)
         return {"fid_a": fid_a, "fid_b": fid_b, "spread_a": spread_a, "spread_b": spread_b,
                 "difference_spread": difference_spread, "difference": fid_a - fid_b}
@@ -108,7 +110,7 @@ def measure(results: dict | None = None) -> dict:
     if mismatched:  # the same schedule on the same batch must score as the grid scored it
         raise RuntimeError(f"{len(mismatched)} schedules scored apart from their stored "
                            "held-out FIDs")
-    return {"machine": machine(), "resamples": RESAMPLES, "rows": rows}
+    return {"machine": machine(), "resamples": _Features("digits").resamples, "rows": rows}
 
 
 def _protocol_rows(protocol: dict) -> list[dict]:
