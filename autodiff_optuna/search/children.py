@@ -3,13 +3,15 @@
 As NSGA-II's child generation strategy, a strategy is called with the parents (best first) and
 a random generator, and returns one child. ``ParzenChild`` samples where the good parents are
 dense (TPE's idea, inside the evolution); ``CrossoverMutationChild`` recombines and jumps as
-NSGA-II does; ``ChildGeneration`` picks one of the two per child.
+NSGA-II does; ``ChildGeneration`` picks one of the two per child. A ``ChildFilter``, fitted to
+the study's trials, tells the sampler which children to draw again.
 """
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
+from optuna.trial import FrozenTrial
 
 from autodiff_optuna.search import variation
 from autodiff_optuna.search.encoding import Candidate, CandidateSpace
@@ -24,6 +26,16 @@ class ChildStrategy(abc.ABC):
 
     @abc.abstractmethod
     def __call__(self, parents: Sequence[Candidate], rng: np.random.Generator) -> Candidate:
+        raise NotImplementedError
+
+
+class ChildFilter(abc.ABC):
+    """Which children to draw again, learned from the study's trials (stage 2's
+    ``damage.DamageFilter``)."""
+
+    @abc.abstractmethod
+    def fit(self, trials: Sequence[FrozenTrial]) -> Callable[[Candidate], bool] | None:
+        """What to accept, given the study's complete ``trials``; None: every child."""
         raise NotImplementedError
 
 

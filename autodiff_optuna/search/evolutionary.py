@@ -19,10 +19,12 @@ Per trial:
   one: crossover of two parents (``crossover_prob``, else a copy of one), then mutation of each
   step with probability 1/K (and bit flips of the masks in stage 2), so every child differs from
   its parents. It is redrawn while the study already holds it (a random candidate after
-  ``MAX_REDRAWS``): no trial is spent on a candidate the study has scored. (AutoDiffusion's own
-  recipe, crossover or mutation half and half, found worse schedules at the same budget on
-  digits; crossover and mutation alone, without Parzen children, settle on worse schedules than
-  TPE: see BENCHMARKS.md.)
+  ``MAX_REDRAWS``): no trial is spent on a candidate the study has scored. In stage 2 it is
+  also redrawn (``MAX_REJECTIONS`` times at most) while its summed skip costs reach the level
+  the study's own trials show to be ruinous (``child_filter``: ``damage.DamageFilter``).
+  (AutoDiffusion's own recipe, crossover or mutation half and half, found worse schedules at
+  the same budget on digits; crossover and mutation alone, without Parzen children, settle on
+  worse schedules than TPE: see BENCHMARKS.md.)
 
 As an Optuna sampler it owns the encoding's parameters and nothing else: any other parameter of
 an objective (a guidance scale, say) is drawn by ``independent_sampler``. Parameters fixed by
@@ -34,8 +36,9 @@ caches only save storage reads; a process holds no state of its own, and the sam
 and deep-copies as Optuna's own samplers do.
 
 The parts, as Optuna's NSGA-II is built: ``encoding`` (the candidates), ``variation`` (their
-operators), ``children`` (the child strategies), ``proposals`` (no candidate twice) and this
-module (the generation rule, parents and the Optuna hooks).
+operators), ``children`` (the child strategies), ``damage`` (stage 2's child filter),
+``proposals`` (no candidate twice) and this module (the generation rule, parents and the
+Optuna hooks).
 """
 
 import threading
@@ -48,7 +51,7 @@ from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseGASampler, BaseSampler, RandomSampler
 from optuna.trial import FrozenTrial, TrialState
 
-from autodiff_optuna.search.children import ChildGeneration, ChildStrategy
+from autodiff_optuna.search.children import ChildFilter, ChildGeneration, ChildStrategy
 from autodiff_optuna.search.encoding import Candidate, CandidateSpace
 from autodiff_optuna.search.fidelity import is_evaluated
 from autodiff_optuna.search.proposals import Proposals, Running, study_key
@@ -61,6 +64,7 @@ from autodiff_optuna.storage.optuna_internals import (
 )
 
 MAX_REDRAWS = 100  # a child already in the study is redrawn up to this many times
+MAX_REJECTIONS = 20  # ... and one its child_filter refuses up to this many, then kept
 
 
 class SearchSpaceExhausted(RuntimeError):
@@ -92,6 +96,9 @@ class EvolutionarySampler(BaseGASampler):
             ``children.ChildGeneration`` of the three probabilities above).
         skip_prior: per (step position, layer) the measured cost of that skip (stage 2): the
             default strategy's mutation turns cheap skips on more often than costly ones.
+        child_filter: fitted to the study's complete trials before each proposal, says which
+            children to draw again (``damage.DamageFilter``: stage 2's children that its
+            trials show to be ruinous), ``MAX_REJECTIONS`` times at most.
     """
 
     def __init__(self, space: CandidateSpace, *, population_size: int = 20,
@@ -100,7 +107,7 @@ class EvolutionarySampler(BaseGASampler):
                  gene_mutation_prob: float | None = None, first_generation: str = "random",
                  seed: int = 0, independent_sampler: BaseSampler | None = None,
                  child_generation_strategy: ChildStrategy | None = None,
-                 skip_prior=None) -> None:
+                 skip_prior=None, child_filter: ChildFilter | None = None) -> None:
         if population_size < 2:
             raise ValueError("population_size must be at least 2")
         if not 0 <= crossover_prob <= 1 or not 0 <= parzen_prob <= 1:
@@ -115,6 +122,7 @@ class EvolutionarySampler(BaseGASampler):
         self._child = child_generation_strategy or ChildGeneration(
             space, parzen_prob, crossover_prob, gene_mutation_prob, skip_prior)
         self._first_generation = first_generation
+        self._child_filter = child_filter
         self._seed = seed
         self._select_elites = nsgaii_elite_selection(self._elite_size)
         self._independent_sampler = independent_sampler or RandomSampler(seed=seed)
@@ -283,10 +291,17 @@ class EvolutionarySampler(BaseGASampler):
             if self._first_generation == "random":
                 return self._immigrant(seen, rng)
         parents = self._parents_for(study, generation)
+        accepts = (self._child_filter.fit(cached_trials(study, (TrialState.COMPLETE,)))
+                   if self._child_filter is not None else None)
+        rejected = 0
         for _ in range(MAX_REDRAWS):
             child = self._child(parents, rng)
-            if child not in seen:
-                return child
+            if child in seen:
+                continue
+            if accepts is not None and rejected < MAX_REJECTIONS and not accepts(child):
+                rejected += 1  # ruinous by the study's own trials: draw again
+                continue
+            return child
         return self._immigrant(seen, rng)
 
     def _parents_for(self, study, generation: int) -> list[Candidate]:

@@ -9,9 +9,9 @@ full covariance is singular on so few images, and costly at Inception's 2048 fea
 distance to the data, not to the full network's images, because a skip at the first step may
 change which image comes out without making it any worse. Mutation then turns a skip on with a
 probability weighted by ``exp(-cost / median cost)`` (``variation.prior_weights``): cheap skips
-are tried often, ruinous ones rarely. K x L samplings of a small batch, once per study: a
-sixteenth of a candidate's images (at most ``PRIOR_IMAGES``), so the prior costs about K x L / 16
-candidates.
+are tried often, ruinous ones rarely; ``damage`` sums them into a child's predicted harm.
+K x L samplings of a small batch, once per study: a sixteenth of a candidate's images (at most
+``PRIOR_IMAGES``), so the prior costs about K x L / 16 candidates.
 """
 
 import math

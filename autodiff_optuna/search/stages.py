@@ -5,7 +5,8 @@ second study, linked to the first, that searches the time steps jointly with a p
 mask on two objectives, FID and GFLOPs per image. Stage 1's elites (full network) enter it as
 completed trials carrying their stage-1 scores (members of its first generation, never scored
 again), and the cost of every (step, layer) skip is measured once on the stage-1 best
-(``skip_cost``), so that its mutation prefers skips the model can afford. Both are driven by
+(``skip_cost``), so that its mutation prefers skips the model can afford, and a child whose
+summed costs its own trials show to be ruinous is drawn again (``damage``). Both are driven by
 the ``EvolutionarySampler``; stage 1 may be run by one of Optuna's samplers instead
 (``--sampler``).
 """
@@ -24,6 +25,7 @@ from autodiff_optuna.sampling.rules import SOLVERS, StepRule
 from autodiff_optuna.search import fidelity, objectives, skip_cost
 from autodiff_optuna.search.config import OPTUNA_SAMPLERS, code_version
 from autodiff_optuna.search.context import SearchContext
+from autodiff_optuna.search.damage import DamageFilter
 from autodiff_optuna.search.encoding import Candidate
 from autodiff_optuna.search.evolutionary import EvolutionarySampler
 from autodiff_optuna.search.results import (
@@ -82,10 +84,13 @@ def _sampler(ctx: SearchContext, stage: int, initial: list[Candidate],
     # stage 1 starts from the textbook spacings and random candidates (as NSGA-II starts);
     # stage 2 from variations of stage 1's elites, and breeds without Parzen children: its
     # masks are bits a kernel over steps does not model (and it was measured without them).
-    # ``costs``: stage 2's measured skip costs, which weight the skips its mutation turns on
+    # ``costs``: stage 2's measured skip costs, which weight the skips its mutation turns on,
+    # and predict the damage of the children its trials show to be ruinous (``damage``)
+    prior = None if stage == 1 else _skip_prior(ctx, costs)
     breeding = (dict(first_generation="random") if stage == 1
-                else dict(first_generation="children", parzen_prob=0.0,
-                          skip_prior=_skip_prior(ctx, costs)))
+                else dict(first_generation="children", parzen_prob=0.0, skip_prior=prior,
+                          child_filter=None if prior is None
+                          else DamageFilter(ctx.space(2), prior)))
     return EvolutionarySampler(ctx.space(stage), population_size=ctx.config.population,
                                initial=initial, seed=ctx.config.stage_seed(stage),
                                **breeding)

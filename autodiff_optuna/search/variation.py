@@ -38,12 +38,17 @@ def prior_weights(cost) -> np.ndarray:
     skip of median cost is tried e^3 times less than a free one), normalised to a mean of 1 so
     that a candidate gets as many flips as without a prior."""
     cost = np.asarray(cost, dtype=float)
+    weights = np.exp(-PRIOR_SHARPNESS * cost / cost_scale(cost))
+    return weights / weights.mean() if weights.sum() > 0 else np.ones_like(cost)
+
+
+def cost_scale(cost) -> float:
+    """The unit of the measured skip costs: their median positive one (1 where none is)."""
+    cost = np.asarray(cost, dtype=float)
     # those that cost nothing are the cheap ones, and those that ruin the images the ruinous
     # ones: the scale is what lies between
     positive = cost[(cost > 0) & (cost < RUINOUS)]
-    scale = float(np.median(positive)) if positive.size else 1.0
-    weights = np.exp(-PRIOR_SHARPNESS * cost / scale)
-    return weights / weights.mean() if weights.sum() > 0 else np.ones_like(cost)
+    return float(np.median(positive)) if positive.size else 1.0
 
 
 def mutate(space: CandidateSpace, parent: Candidate, rng: np.random.Generator,

@@ -1,0 +1,79 @@
+"""Stage 2's damage filter: the edge learned from a study's own trials, and a sampler that stops
+proposing children beyond it."""
+
+import math
+
+import optuna
+import pytest
+
+from autodiff_optuna.search.damage import MIN_RUINED, DamageFilter, ruin_threshold
+from autodiff_optuna.search.encoding import CandidateSpace
+from autodiff_optuna.search.evolutionary import EvolutionarySampler
+from autodiff_optuna.search.trial import FID_CONSTRAINT
+from autodiff_optuna.search.variation import RUINOUS
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+LAYERS = ("a", "b", "c", "d")
+
+
+def test_damage_sums_the_skips_costs_in_median_costs():
+    space = CandidateSpace(2, 100, LAYERS)
+    damage = DamageFilter(space, [[0.0, 1.0, 2.0, 4.0], [0.0, 2.0, 3.0, RUINOUS]]).damage
+    assert damage(space.candidate([60, 20])) == 0.0
+    assert damage(space.candidate([60, 20], skip=[("b", "d"), ("c",)])) == pytest.approx(
+        (1 + 4 + 3) / 2.0)  # the median positive cost is 2
+    assert math.isinf(damage(space.candidate([60, 20], skip=[(), ("d",)])))
+
+
+@pytest.mark.parametrize("history, edge", [
+    # ruined children above 1, none below: the edge is 1
+    ([(0.0, False)] * 10 + [(1.0, True), (1.0, False), (2.0, True), (3.0, True)], 1.0),
+    # too few ruined above any edge
+    ([(0.0, False)] * 10 + [(1.0, True), (2.0, False), (3.0, True)], None),
+    # ruined everywhere: damage does not tell them apart, and nothing lies below the lowest
+    ([(0.0, True)] * 10, None),
+    # as ruined below as above: no contrast
+    ([(0.0, True), (0.0, False)] * 5 + [(1.0, True), (1.0, False)] * 3, None),
+    ([], None),
+])
+def test_ruin_threshold(history, edge):
+    assert ruin_threshold(history) == edge
+    assert ruin_threshold(list(reversed(history))) == edge  # the order of the trials is moot
+
+
+def _run(space, cost, child_filter, trials=60):
+    """A synthetic stage 2: a child is worse than uniform exactly where it skips a costly
+    layer-step (FID 10 against the bound's 5)."""
+    damage = DamageFilter(space, cost).damage
+    sampler = EvolutionarySampler(space, population_size=10, seed=1,
+                                  initial=[space.candidate([80, 50, 20])],
+                                  first_generation="children", parzen_prob=0.0, skip_prior=cost,
+                                  child_filter=child_filter)
+    study = optuna.create_study(directions=["minimize", "minimize"], sampler=sampler)
+
+    def objective(trial):
+        candidate = space.suggest(trial)
+        fid = 1.0 + 9.0 * (damage(candidate) > 0)
+        trial.set_constraint(FID_CONSTRAINT, fid - 5.0)
+        return fid, 10.0 - sum(len(mask) for mask in candidate.skip)
+
+    study.optimize(objective, n_trials=trials)
+    return [(damage(space.decode(t.params)), t.constraints[FID_CONSTRAINT] > 0)
+            for t in study.trials]
+
+
+def test_the_sampler_stops_proposing_children_its_trials_show_ruinous():
+    space = CandidateSpace(3, 100, LAYERS)
+    # two free skips per step, two that ruin (of the same cost: the prior alone cannot tell
+    # how many of them a child may hold)
+    cost = [[0.0, 1.0, 0.0, 1.0], [1.0, 0.0, 1.0, 0.0], [0.0, 0.0, 1.0, 1.0]]
+    unfiltered = _run(space, cost, None)
+    filtered = _run(space, cost, DamageFilter(space, cost))
+    # the same children until the first edge is learned; after it, each child is below the
+    # edge the trials before it show (unless every redraw was ruinous)
+    learned = next(n for n in range(len(filtered)) if ruin_threshold(filtered[:n]) is not None)
+    assert learned >= MIN_RUINED and filtered[:learned] == unfiltered[:learned]
+    after = [(d, ruin_threshold(filtered[:n])) for n, (d, _) in enumerate(filtered)][learned:]
+    assert sum(edge is None or d < edge for d, edge in after) >= 0.9 * len(after)
+    ruined = [sum(w for _, w in run[learned:]) for run in (unfiltered, filtered)]
+    assert ruined[1] < ruined[0] / 3
