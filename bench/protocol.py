@@ -11,6 +11,9 @@ cheaper one, on both bundled models and three search seeds.
     python -m bench.protocol --renoise [JOB_DIR]   # studies made before the export rule
                                           # looked at the noise: re-confirmed, export again;
                                           # and the digits-deep target (``stage2_target``)
+    python -m bench.protocol --restaged KEY DIR   # stage 2s restaged by hand (DIR/<model>-
+                                          # s<seed>.db: a preset's stage 1 and a stage 2 run by
+                                          # the code measured), kept under KEY in the preset runs
 
 Each job is one ``study`` through the CLI on its own SQLite file. Measured per study:
 
@@ -275,8 +278,6 @@ def restage2(folder: Path = DEFAULT_DIR, stage2_trials: int = 80) -> None:
     10% of stage 1's best (its lowest confirmed FID) held out."""
     import optuna
 
-    from autodiff_optuna.search.results import scored_points
-
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     helds: dict[str, _HeldOut] = {}
     for path in sorted((Path(folder) / "jobs").glob("*-preset-*.json")):
@@ -291,33 +292,67 @@ def restage2(folder: Path = DEFAULT_DIR, stage2_trials: int = 80) -> None:
         _cli("study", "--model", run["model"], "--steps", str(STEPS), "--seed", str(run["seed"]),
              "--storage", url, *run["flags"], "--stage2-trials", str(stage2_trials), "--quiet")
         wall = time.perf_counter() - started
-        best = _best(name, url)
-        held = helds.setdefault(run["model"], _HeldOut(run["model"]))
-        for point in (best["best"], best["export"], *best["front"]):
-            point["heldout_fid"] = held.fid(point, best["solver"])
-        cost = _stage_costs(url, name, best["samples"])
-        stage1 = optuna.load_study(study_name=name, storage=url)
-        full = best["full_gflops"]
-        best1 = min(scored_points(stage1, None, STEPS, full), key=lambda p: p.fid)
-        limit = held.fid(best1.as_dict(full), best["solver"]) * WITHIN
-        within = [p for p in best["front"] if p["heldout_fid"] <= limit]
-        images = sum(cost[k] for k in ("stage1_images", "stage2_images", "confirmation_images",
-                                       "prior_images"))
-        run["restage2"] = {
-            "stage2_trials": stage2_trials, "wall_s": wall, **cost, "images": images,
-            "confirmation_share": cost["confirmation_images"] / images,
-            "best": best["best"], "export": best["export"], "front": best["front"],
-            "stage1_best_heldout": limit / WITHIN,
-            "cheapest_within_10pct_of_stage1": min(within, key=lambda p: p["gflops"],
-                                                   default=None)}
+        run["restage2"] = _restaged(run, url, stage2_trials, wall, helds)
         path.write_text(json.dumps(run) + "\n")
-        r = run["restage2"]
-        export = best["export"] or best["best"]
-        print(f"  {path.stem}: {cost['stage2_worse_than_uniform']}/{cost['stage2_candidates']} "
-              f"stage-2 trials worse than uniform; confirmation {r['confirmation_share']:.1%}; "
-              f"best held out {best['best']['heldout_fid']:.3f}, export "
-              f"{export['heldout_fid']:.3f} at {export['gflops_share']:.1%}; cheapest within 10% "
-              f"of stage 1's best: {_share(r['cheapest_within_10pct_of_stage1'])}", flush=True)
+
+
+def _restaged(run: dict, url: str, stage2_trials: int, wall: float | None,
+              helds: dict) -> dict:
+    """What ``restage2`` keeps of the study at ``url``: a preset job's stage 1 with a stage 2
+    searched again (``helds``: model -> ``_HeldOut``, filled as needed)."""
+    import optuna
+
+    from autodiff_optuna.search.results import scored_points
+
+    name = f"{run['model']}-k{STEPS}"
+    best = _best(name, url)
+    held = helds.setdefault(run["model"], _HeldOut(run["model"]))
+    for point in (best["best"], best["export"], *best["front"]):
+        point["heldout_fid"] = held.fid(point, best["solver"])
+    cost = _stage_costs(url, name, best["samples"])
+    stage1 = optuna.load_study(study_name=name, storage=url)
+    full = best["full_gflops"]
+    best1 = min(scored_points(stage1, None, STEPS, full), key=lambda p: p.fid)
+    limit = held.fid(best1.as_dict(full), best["solver"]) * WITHIN
+    within = [p for p in best["front"] if p["heldout_fid"] <= limit]
+    images = sum(cost[k] for k in ("stage1_images", "stage2_images", "confirmation_images",
+                                   "prior_images"))
+    restaged = {
+        "stage2_trials": stage2_trials, "wall_s": wall, **cost, "images": images,
+        "confirmation_share": cost["confirmation_images"] / images,
+        "best": best["best"], "export": best["export"], "front": best["front"],
+        "stage1_best_heldout": limit / WITHIN,
+        "cheapest_within_10pct_of_stage1": min(within, key=lambda p: p["gflops"],
+                                               default=None)}
+    export = best["export"] or best["best"]
+    print(f"  {run['model']} seed {run['seed']}: {cost['stage2_worse_than_uniform']}/"
+          f"{cost['stage2_candidates']} stage-2 trials worse than uniform; confirmation "
+          f"{restaged['confirmation_share']:.1%}; best held out {best['best']['heldout_fid']:.3f}, "
+          f"export {export['heldout_fid']:.3f} at {export['gflops_share']:.1%}; cheapest within "
+          f"10% of stage 1's best: {_share(restaged['cheapest_within_10pct_of_stage1'])}",
+          flush=True)
+    return restaged
+
+
+def measure_restaged(key: str, folder: Path, stage2_trials: int = 80) -> dict:
+    """Stage-2 restages run outside ``restage2`` (each ``FOLDER/<model>-s<seed>.db``: a preset
+    study's stage 1, as ``study --stage 1`` makes it, with its stage 2 run by the code
+    measured), kept under ``key`` in results.json's preset runs; a study's wall seconds are
+    read from ``FOLDER/<model>-s<seed>.log``'s last ``wall N`` line where there is one."""
+    from bench.run import RESULTS
+
+    entry = json.loads(RESULTS.read_text())[KEY]
+    helds: dict[str, _HeldOut] = {}
+    for run in entry["runs"]:
+        db = Path(folder) / f"{run['model']}-s{run['seed']}.db"
+        if run["protocol"] != "preset" or not db.exists():
+            continue
+        log = db.with_suffix(".log")
+        walls = [float(line.split()[1]) for line in log.read_text().splitlines()
+                 if line.startswith("wall ")] if log.exists() else []
+        run[key] = _restaged(run, f"sqlite:///{db}", stage2_trials,
+                             walls[-1] if walls else None, helds)
+    return entry
 
 
 def stage2_target(folder: Path = DEFAULT_DIR, checkpoints=(80,)) -> None:
@@ -517,14 +552,18 @@ def _reconfirmed_table(runs: list[dict]) -> list[str]:
     return lines
 
 
-# job key -> what made that run of ``restage2`` (the last: today's code)
+# job key -> what made that run of ``restage2`` or ``measure_restaged`` (the last: today's code)
 RESTAGE2_VARIANTS = {
     "restage2_local_moves": "stage-2 step moves within 5% of the training steps, confirmation by "
                             "expected FIDs, stage 2 seeded from stage 1's best search FID",
     "restage2_ladder": "as 3, and a skip-cost ladder among stage 2's first trials (stage 1's best "
                        "with its cheapest skips per GFLOP saved until 10%, 20% and 30% are "
                        "saved): tried, not adopted",
-    "restage2": "today's code: as 1, stage 2 seeded from stage 1's best confirmed FID"}
+    "restage2": "as 1, stage 2 seeded from stage 1's best confirmed FID",
+    "restage2_damage": "today's code: as 3, and the damage filter (a child whose summed skip "
+                       "costs reach the edge the study's own trials show is drawn again; stage "
+                       "1 made by `study --stage 1`, stage 2 by `study`, measured by "
+                       "`python -m bench.protocol --restaged restage2_damage DIR`)"}
 
 
 def _restage2_table(runs: list[dict], variants: dict) -> list[str]:
@@ -586,6 +625,9 @@ def main() -> None:
         restage2(folder)
         save(collect({p.stem: json.loads(p.read_text())
                       for p in sorted((folder / "jobs").glob("*.json"))}, _machine()))
+        return
+    if args[:1] == ["--restaged"]:  # --restaged KEY DIR
+        save(measure_restaged(args[1], Path(args[2])))
         return
     if args[:1] == ["--reconfirm"]:  # --reconfirm [DIR [IMAGES_PER_SEARCH_IMAGE]]
         folder = Path(args[1]) if args[1:] else DEFAULT_DIR
