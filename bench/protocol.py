@@ -335,12 +335,23 @@ def _restaged(run: dict, url: str, stage2_trials: int, wall: float | None,
 
 
 def measure_restaged(key: str, folder: Path, stage2_trials: int = 80) -> dict:
-    """Stage-2 restages run outside ``restage2`` (each ``FOLDER/<model>-s<seed>.db``: a preset
-    study's stage 1, as ``study --stage 1`` makes it, with its stage 2 run by the code
-    measured), kept under ``key`` in results.json's preset runs; a study's wall seconds are
-    read from ``FOLDER/<model>-s<seed>.log``'s last ``wall N`` line where there is one."""
+    """Stage-2 restages run by hand, outside ``restage2``, kept under ``key`` (one of
+    ``RESTAGE2_VARIANTS``) in results.json's preset runs. Each ``FOLDER/<model>-s<seed>.db``
+    holds a preset study's stage 1 and a stage 2 run by the code measured::
+
+        python -m autodiff_optuna study --model M --steps 4 --seed S --stage 1 \\
+            --storage sqlite:///FOLDER/M-sS.db            # any code: stage 1 is the same
+        python -m autodiff_optuna study --model M --steps 4 --seed S --stage2-trials 80 \\
+            --storage sqlite:///FOLDER/M-sS.db            # the code measured
+
+    A study's wall seconds are read from ``FOLDER/M-sS.log``'s last ``wall N`` line where there
+    is one. The job files are not touched: ``--renoise``, ``--restage2`` and ``--reconfirm``
+    keep these keys from results.json (``_keep_restaged``)."""
     from bench.run import RESULTS
 
+    if key not in RESTAGE2_VARIANTS:
+        raise SystemExit(f"--restaged {key}: name it in bench/protocol.py's RESTAGE2_VARIANTS "
+                         f"first (its table shows only those: {', '.join(RESTAGE2_VARIANTS)})")
     entry = json.loads(RESULTS.read_text())[KEY]
     helds: dict[str, _HeldOut] = {}
     for run in entry["runs"]:
@@ -406,6 +417,21 @@ def stage2_target(folder: Path = DEFAULT_DIR, checkpoints=(80,)) -> None:
         print(f"  {path.stem}: stage 1's best held out {limit / WITHIN:.3f}; " + ", ".join(
             f"{n} stage-2 trials: {_share(t['cheapest_within_10pct'])}"
             for n, t in target["at"].items()), flush=True)
+
+
+def _keep_restaged(entry: dict) -> dict:
+    """``entry`` with each preset run's ``measure_restaged`` keys that its job lacks taken from
+    results.json's same run (same model, protocol and seed)."""
+    from bench.run import RESULTS
+
+    stored = json.loads(RESULTS.read_text()).get(KEY, {}) if RESULTS.exists() else {}
+    by_job = {(r["model"], r["protocol"], r["seed"]): r for r in stored.get("runs", [])}
+    for run in entry["runs"]:
+        old = by_job.get((run["model"], run["protocol"], run["seed"]), {})
+        for key in RESTAGE2_VARIANTS:
+            if key not in run and key in old:
+                run[key] = old[key]
+    return entry
 
 
 def collect(done: dict, machine: str) -> dict:
@@ -561,7 +587,7 @@ RESTAGE2_VARIANTS = {
                        "saved): tried, not adopted",
     "restage2": "as 1, stage 2 seeded from stage 1's best confirmed FID",
     "restage2_damage": "today's code: as 3, and the damage filter (a child whose summed skip "
-                       "costs reach the edge the study's own trials show is drawn again; stage "
+                       "costs reach the edge its earlier generations show is drawn again; stage "
                        "1 made by `study --stage 1`, stage 2 by `study`, measured by "
                        "`python -m bench.protocol --restaged restage2_damage DIR`)"}
 
@@ -609,6 +635,14 @@ def _machine() -> str:
     return machine()
 
 
+def _save_jobs(folder: Path) -> None:
+    """results.json's entry and BENCHMARKS.md's section from ``folder``'s kept jobs, with the
+    ``measure_restaged`` keys results.json holds."""
+    save(_keep_restaged(collect({p.stem: json.loads(p.read_text())
+                                 for p in sorted((folder / "jobs").glob("*.json"))},
+                                _machine())))
+
+
 def main() -> None:
     """``python -m bench.protocol [DIR]``: measure what is not yet in DIR."""
     os.environ.setdefault("OMP_NUM_THREADS", "2")  # a study as a user runs it: every core
@@ -617,14 +651,12 @@ def main() -> None:
         folder = Path(args[1]) if args[1:] else DEFAULT_DIR
         renoise(folder)
         stage2_target(folder)
-        save(collect({p.stem: json.loads(p.read_text())
-                      for p in sorted((folder / "jobs").glob("*.json"))}, _machine()))
+        _save_jobs(folder)
         return
     if args[:1] == ["--restage2"]:  # --restage2 [DIR]
         folder = Path(args[1]) if args[1:] else DEFAULT_DIR
         restage2(folder)
-        save(collect({p.stem: json.loads(p.read_text())
-                      for p in sorted((folder / "jobs").glob("*.json"))}, _machine()))
+        _save_jobs(folder)
         return
     if args[:1] == ["--restaged"]:  # --restaged KEY DIR
         save(measure_restaged(args[1], Path(args[2])))
@@ -632,8 +664,7 @@ def main() -> None:
     if args[:1] == ["--reconfirm"]:  # --reconfirm [DIR [IMAGES_PER_SEARCH_IMAGE]]
         folder = Path(args[1]) if args[1:] else DEFAULT_DIR
         reconfirm(folder, int(args[2]) if args[2:] else None)
-        save(collect({p.stem: json.loads(p.read_text())
-                      for p in sorted((folder / "jobs").glob("*.json"))}, _machine()))
+        _save_jobs(folder)
         return
     folder = Path(args[0]) if args else DEFAULT_DIR
     save(measure(folder, on_job=save))

@@ -2,15 +2,17 @@
 proposing children beyond it."""
 
 import math
+import pickle
 
 import optuna
 import pytest
 
-from autodiff_optuna.search.damage import MIN_RUINED, DamageFilter, ruin_threshold
+from autodiff_optuna.search.damage import DamageFilter, ruin_threshold
 from autodiff_optuna.search.encoding import CandidateSpace
 from autodiff_optuna.search.evolutionary import EvolutionarySampler
 from autodiff_optuna.search.trial import FID_CONSTRAINT
 from autodiff_optuna.search.variation import RUINOUS
+from autodiff_optuna.storage.record import STAGE1_TRIAL_ATTR
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 LAYERS = ("a", "b", "c", "d")
@@ -34,6 +36,14 @@ def test_damage_sums_the_skips_costs_in_median_costs():
     ([(0.0, True)] * 10, None),
     # as ruined below as above: no contrast
     ([(0.0, True), (0.0, False)] * 5 + [(1.0, True), (1.0, False)] * 3, None),
+    # clean children that only lie below ruined ones are not cut off with them
+    ([(0.0, False)] * 20 + [(0.1, False)] * 10 + [(2.0, True)] * 10, 2.0),
+    # one clean child below is little evidence: its share is smoothed to a third, and 3 of 5
+    # above is not twice that
+    ([(0.0, False), (1.0, True), (1.0, False), (2.0, True), (2.0, False), (3.0, True)], None),
+    # twenty are: 3 of 5 above is
+    ([(0.0, False)] * 20 + [(1.0, True), (1.0, False), (2.0, True), (2.0, False), (3.0, True)],
+     1.0),
     ([], None),
 ])
 def test_ruin_threshold(history, edge):
@@ -41,11 +51,14 @@ def test_ruin_threshold(history, edge):
     assert ruin_threshold(list(reversed(history))) == edge  # the order of the trials is moot
 
 
+POPULATION = 10
+
+
 def _run(space, cost, child_filter, trials=60):
     """A synthetic stage 2: a child is worse than uniform exactly where it skips a costly
-    layer-step (FID 10 against the bound's 5)."""
+    layer-step (FID 10 against the bound's 5). Its trials' (damage, worse) pairs."""
     damage = DamageFilter(space, cost).damage
-    sampler = EvolutionarySampler(space, population_size=10, seed=1,
+    sampler = EvolutionarySampler(space, population_size=POPULATION, seed=1,
                                   initial=[space.candidate([80, 50, 20])],
                                   first_generation="children", parzen_prob=0.0, skip_prior=cost,
                                   child_filter=child_filter)
@@ -69,11 +82,44 @@ def test_the_sampler_stops_proposing_children_its_trials_show_ruinous():
     cost = [[0.0, 1.0, 0.0, 1.0], [1.0, 0.0, 1.0, 0.0], [0.0, 0.0, 1.0, 1.0]]
     unfiltered = _run(space, cost, None)
     filtered = _run(space, cost, DamageFilter(space, cost))
-    # the same children until the first edge is learned; after it, each child is below the
-    # edge the trials before it show (unless every redraw was ruinous)
-    learned = next(n for n in range(len(filtered)) if ruin_threshold(filtered[:n]) is not None)
-    assert learned >= MIN_RUINED and filtered[:learned] == unfiltered[:learned]
-    after = [(d, ruin_threshold(filtered[:n])) for n, (d, _) in enumerate(filtered)][learned:]
-    assert sum(edge is None or d < edge for d, edge in after) >= 0.9 * len(after)
+    # a child's edge is learned from the generations before its own (no trial is pruned here,
+    # so trial n is of generation n // POPULATION)
+    edges = [ruin_threshold(filtered[: n // POPULATION * POPULATION])
+             for n in range(len(filtered))]
+    learned = next((n for n, edge in enumerate(edges) if edge is not None), None)
+    assert learned is not None and learned >= POPULATION
+    assert filtered[:learned] == unfiltered[:learned]  # the same children until then
+    after = list(zip(filtered, edges))[learned:]
+    assert sum(edge is None or d < edge for (d, _), edge in after) >= 0.9 * len(after)
     ruined = [sum(w for _, w in run[learned:]) for run in (unfiltered, filtered)]
     assert ruined[1] < ruined[0] / 3
+
+
+def test_fit_learns_from_the_studys_own_children_only():
+    space = CandidateSpace(2, 100, LAYERS)
+    damage_filter = DamageFilter(space, [[0.0, 1.0, 1.0, 1.0], [0.0, 1.0, 1.0, 1.0]])
+    clean, ruinous = space.candidate([60, 20]), space.candidate([60, 20], skip=[("b",), ()])
+
+    def trial(candidate, worse, **attrs):
+        return optuna.trial.create_trial(
+            values=[1.0, 1.0], params=space.encode(candidate), distributions=space.distributions(),
+            constraints=None if worse is None else {FID_CONSTRAINT: 1.0 if worse else -1.0},
+            user_attrs=attrs)
+
+    own = [trial(clean, False) for _ in range(10)] + [trial(ruinous, True) for _ in range(3)]
+    accepts = damage_filter.fit(own)
+    assert accepts is not None and accepts(clean) and not accepts(ruinous)
+    # carried stage-1 elites and trials without the constraint are not its children's evidence
+    carried = [trial(clean, True, **{STAGE1_TRIAL_ATTR: n}) for n in range(20)]
+    unconstrained = [trial(clean, None) for _ in range(20)]
+    assert damage_filter.fit(own + carried + unconstrained)(ruinous) is False
+    assert damage_filter.fit(own[:10] + carried + unconstrained) is None
+
+
+def test_a_sampler_with_a_filter_pickles():
+    space = CandidateSpace(2, 100, LAYERS)
+    cost = [[0.0, 1.0, 1.0, 1.0], [0.0, 1.0, 1.0, 1.0]]
+    sampler = EvolutionarySampler(space, skip_prior=cost, child_filter=DamageFilter(space, cost))
+    copy = pickle.loads(pickle.dumps(sampler))
+    candidate = space.candidate([60, 20], skip=[("b",), ("c",)])
+    assert copy._child_filter.damage(candidate) == sampler._child_filter.damage(candidate) == 2.0

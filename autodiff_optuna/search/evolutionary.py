@@ -64,7 +64,9 @@ from autodiff_optuna.storage.optuna_internals import (
 )
 
 MAX_REDRAWS = 100  # a child already in the study is redrawn up to this many times
-MAX_REJECTIONS = 20  # ... and one its child_filter refuses up to this many, then kept
+# ... and one its child_filter refuses up to this many times, after which the next child is
+# taken unfiltered (the filter's edge is learned, and can be wrong)
+MAX_REJECTIONS = 20
 
 
 class SearchSpaceExhausted(RuntimeError):
@@ -291,8 +293,7 @@ class EvolutionarySampler(BaseGASampler):
             if self._first_generation == "random":
                 return self._immigrant(seen, rng)
         parents = self._parents_for(study, generation)
-        accepts = (self._child_filter.fit(cached_trials(study, (TrialState.COMPLETE,)))
-                   if self._child_filter is not None else None)
+        accepts = self._filter_for(study, generation)
         rejected = 0
         for _ in range(MAX_REDRAWS):
             child = self._child(parents, rng)
@@ -303,6 +304,16 @@ class EvolutionarySampler(BaseGASampler):
                 continue
             return child
         return self._immigrant(seen, rng)
+
+    def _filter_for(self, study, generation: int):
+        """``child_filter`` fitted to the complete trials of the generations before
+        ``generation``: like its parents, what every worker proposing in it sees alike."""
+        if self._child_filter is None:
+            return None
+        attr = ga_generation_key(type(self))
+        return self._child_filter.fit([
+            t for t in cached_trials(study, (TrialState.COMPLETE,))
+            if t.system_attrs.get(attr, generation) < generation])
 
     def _parents_for(self, study, generation: int) -> list[Candidate]:
         """Ranked parents (best first); generation 0 breeds from its initial spacings."""
