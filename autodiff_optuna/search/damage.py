@@ -79,7 +79,7 @@ def ruin_threshold(history: Sequence[tuple[float, bool]]) -> float | None:
     only lies below worse ones."""
     history = sorted(history)
     ruined = {damage for damage, worse in history if worse}
-    worse_total = len([1 for _, worse in history if worse])
+    worse_total = sum(worse for _, worse in history)
     worse_below = 0
     for below, (damage, worse) in enumerate(history):
         first = below == 0 or damage != history[below - 1][0]

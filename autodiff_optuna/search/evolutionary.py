@@ -42,7 +42,7 @@ Optuna hooks).
 """
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -98,8 +98,8 @@ class EvolutionarySampler(BaseGASampler):
             ``children.ChildGeneration`` of the three probabilities above).
         skip_prior: per (step position, layer) the measured cost of that skip (stage 2): the
             default strategy's mutation turns cheap skips on more often than costly ones.
-        child_filter: fitted to the study's complete trials before each proposal, says which
-            children to draw again (``damage.DamageFilter``: stage 2's children that its
+        child_filter: fitted to the complete trials of the generations before a proposal's,
+            says which children to draw again (``damage.DamageFilter``: stage 2's children that its
             trials show to be ruinous), ``MAX_REJECTIONS`` times at most.
     """
 
@@ -305,7 +305,7 @@ class EvolutionarySampler(BaseGASampler):
             return child
         return self._immigrant(seen, rng)
 
-    def _filter_for(self, study, generation: int):
+    def _filter_for(self, study, generation: int) -> Callable[[Candidate], bool] | None:
         """``child_filter`` fitted to the complete trials of the generations before
         ``generation``: like its parents, what every worker proposing in it sees alike."""
         if self._child_filter is None:
