@@ -6,13 +6,14 @@ import pickle
 
 import optuna
 import pytest
+from optuna.trial import TrialState
 
 from autodiff_optuna.search.damage import DamageFilter, ruin_threshold
 from autodiff_optuna.search.encoding import CandidateSpace
 from autodiff_optuna.search.evolutionary import EvolutionarySampler
 from autodiff_optuna.search.trial import FID_CONSTRAINT
 from autodiff_optuna.search.variation import RUINOUS
-from autodiff_optuna.storage.record import STAGE1_TRIAL_ATTR
+from autodiff_optuna.storage.record import FAIL_REASON_ATTR, STAGE1_TRIAL_ATTR
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 LAYERS = ("a", "b", "c", "d")
@@ -100,11 +101,12 @@ def test_fit_learns_from_the_studys_own_children_only():
     damage_filter = DamageFilter(space, [[0.0, 1.0, 1.0, 1.0], [0.0, 1.0, 1.0, 1.0]])
     clean, ruinous = space.candidate([60, 20]), space.candidate([60, 20], skip=[("b",), ()])
 
-    def trial(candidate, worse, **attrs):
+    def trial(candidate, worse, state=TrialState.COMPLETE, **attrs):
+        complete = state == TrialState.COMPLETE
         return optuna.trial.create_trial(
-            values=[1.0, 1.0], params=space.encode(candidate), distributions=space.distributions(),
-            constraints=None if worse is None else {FID_CONSTRAINT: 1.0 if worse else -1.0},
-            user_attrs=attrs)
+            state=state, values=[1.0, 1.0] if complete else None, params=space.encode(candidate),
+            distributions=space.distributions(), user_attrs=attrs,
+            constraints=None if worse is None else {FID_CONSTRAINT: 1.0 if worse else -1.0})
 
     own = [trial(clean, False) for _ in range(10)] + [trial(ruinous, True) for _ in range(3)]
     accepts = damage_filter.fit(own)
@@ -114,6 +116,12 @@ def test_fit_learns_from_the_studys_own_children_only():
     unconstrained = [trial(clean, None) for _ in range(20)]
     assert damage_filter.fit(own + carried + unconstrained)(ruinous) is False
     assert damage_filter.fit(own[:10] + carried + unconstrained) is None
+    # a child whose images failed the FID is as ruined as one worse than uniform; a trial that
+    # failed for another reason (its process killed) tells nothing
+    failed = trial(ruinous, None, TrialState.FAIL, **{FAIL_REASON_ATTR: "images not finite"})
+    killed = trial(ruinous, None, TrialState.FAIL)
+    assert damage_filter.fit(own[:12] + [failed])(ruinous) is False
+    assert damage_filter.fit(own[:12] + [killed] * 5) is None
 
 
 def test_a_sampler_with_a_filter_pickles():

@@ -35,8 +35,8 @@ class ChildFilter(abc.ABC):
 
     @abc.abstractmethod
     def fit(self, trials: Sequence[FrozenTrial]) -> Callable[[Candidate], bool] | None:
-        """What to accept, given the study's complete ``trials`` (the sampler passes those of
-        the generations before the child's); None: every child."""
+        """What to accept, given the study's complete and failed ``trials`` (the sampler
+        passes those of the generations before the child's); None: every child."""
         raise NotImplementedError
 
 

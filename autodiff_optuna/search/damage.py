@@ -20,13 +20,14 @@ run each: a little, not surely.
 from collections.abc import Callable, Sequence
 
 import numpy as np
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 
 from autodiff_optuna.search.children import ChildFilter
 from autodiff_optuna.search.encoding import Candidate, CandidateSpace
 from autodiff_optuna.search.fidelity import is_carried
 from autodiff_optuna.search.trial import FID_CONSTRAINT
 from autodiff_optuna.search.variation import RUINOUS, cost_scale
+from autodiff_optuna.storage.record import FAIL_REASON_ATTR
 
 # The edge: the lowest damage of a child worse than uniform at and above which at least this
 # share of the study's own children were worse than uniform, ...
@@ -56,18 +57,27 @@ class DamageFilter(ChildFilter):
                          for i, mask in enumerate(candidate.skip) for layer in mask))
 
     def fit(self, trials: Sequence[FrozenTrial]) -> Callable[[Candidate], bool] | None:
-        """What to accept, learned from ``trials`` (stage 2's own complete trials: carried
-        stage-1 elites and trials without the FID constraint are left out); None where the
-        trials show no edge yet."""
+        """What to accept, learned from ``trials`` (stage 2's own complete and failed trials:
+        carried stage-1 elites, and trials whose outcome says nothing of their candidate, are
+        left out); None where the trials show no edge yet."""
         names = self._space.names
-        history = [(self.damage(self._space.decode(t.params)),
-                    t.constraints[FID_CONSTRAINT] > 0)
-                   for t in trials if not is_carried(t) and FID_CONSTRAINT in t.constraints
-                   and all(n in t.params for n in names)]
+        history = [(self.damage(self._space.decode(t.params)), worse)
+                   for t in trials if not is_carried(t) and all(n in t.params for n in names)
+                   for worse in [_worse_than_uniform(t)] if worse is not None]
         edge = ruin_threshold(history)
         if edge is None:
             return None
         return lambda candidate: self.damage(candidate) < edge
+
+
+def _worse_than_uniform(trial: FrozenTrial) -> bool | None:
+    """Whether ``trial``'s candidate was worse than uniform: by its FID constraint, or failed
+    for what its images were (``FAIL_REASON_ATTR``: not finite, say); None where it does not
+    tell (no constraint; failed for another reason, a killed process say)."""
+    if trial.state == TrialState.FAIL:
+        return True if FAIL_REASON_ATTR in trial.user_attrs else None
+    value = trial.constraints.get(FID_CONSTRAINT)
+    return None if value is None else value > 0
 
 
 def ruin_threshold(history: Sequence[tuple[float, bool]]) -> float | None:

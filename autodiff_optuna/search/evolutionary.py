@@ -98,9 +98,9 @@ class EvolutionarySampler(BaseGASampler):
             ``children.ChildGeneration`` of the three probabilities above).
         skip_prior: per (step position, layer) the measured cost of that skip (stage 2): the
             default strategy's mutation turns cheap skips on more often than costly ones.
-        child_filter: fitted to the complete trials of the generations before a proposal's,
-            says which children to draw again (``damage.DamageFilter``: stage 2's children that its
-            trials show to be ruinous), ``MAX_REJECTIONS`` times at most.
+        child_filter: fitted to the complete and failed trials of the generations before a
+            proposal's, says which children to draw again (``damage.DamageFilter``: stage 2's
+            children that its trials show to be ruinous), ``MAX_REJECTIONS`` times at most.
     """
 
     def __init__(self, space: CandidateSpace, *, population_size: int = 20,
@@ -306,13 +306,13 @@ class EvolutionarySampler(BaseGASampler):
         return self._immigrant(seen, rng)
 
     def _filter_for(self, study, generation: int) -> Callable[[Candidate], bool] | None:
-        """``child_filter`` fitted to the complete trials of the generations before
+        """``child_filter`` fitted to the complete and failed trials of the generations before
         ``generation``: like its parents, what every worker proposing in it sees alike."""
         if self._child_filter is None:
             return None
         attr = ga_generation_key(type(self))
         return self._child_filter.fit([
-            t for t in cached_trials(study, (TrialState.COMPLETE,))
+            t for t in cached_trials(study, (TrialState.COMPLETE, TrialState.FAIL))
             if t.system_attrs.get(attr, generation) < generation])
 
     def _parents_for(self, study, generation: int) -> list[Candidate]:
