@@ -349,9 +349,8 @@ def measure_restaged(key: str, folder: Path, stage2_trials: int = 80) -> dict:
     keep these keys from results.json (``_keep_restaged``)."""
     from bench.run import RESULTS
 
-    if key not in RESTAGE2_VARIANTS:
-        raise SystemExit(f"--restaged {key}: name it in bench/protocol.py's RESTAGE2_VARIANTS "
-                         f"first (its table shows only those: {', '.join(RESTAGE2_VARIANTS)})")
+    if key not in RESTAGE2_VARIANTS:  # its table shows only those
+        raise ValueError(f"{key!r} is not one of RESTAGE2_VARIANTS")
     entry = json.loads(RESULTS.read_text())[KEY]
     helds: dict[str, _HeldOut] = {}
     for run in entry["runs"]:
@@ -659,6 +658,11 @@ def main() -> None:
         _save_jobs(folder)
         return
     if args[:1] == ["--restaged"]:  # --restaged KEY DIR
+        if len(args) != 3 or args[1] not in RESTAGE2_VARIANTS:
+            print("usage: python -m bench.protocol --restaged KEY DIR, KEY one of bench/"
+                  f"protocol.py's RESTAGE2_VARIANTS ({', '.join(RESTAGE2_VARIANTS)})",
+                  file=sys.stderr)
+            sys.exit(2)
         save(measure_restaged(args[1], Path(args[2])))
         return
     if args[:1] == ["--reconfirm"]:  # --reconfirm [DIR [IMAGES_PER_SEARCH_IMAGE]]

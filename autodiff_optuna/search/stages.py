@@ -86,12 +86,12 @@ def _sampler(ctx: SearchContext, stage: int, initial: list[Candidate],
     # masks are bits a kernel over steps does not model (and it was measured without them).
     # ``costs``: stage 2's measured skip costs, which weight the skips its mutation turns on,
     # and predict the damage of the children its trials show to be ruinous (``damage``)
+    space = ctx.space(stage)
     prior = None if stage == 1 else _skip_prior(ctx, costs)
     breeding = (dict(first_generation="random") if stage == 1
                 else dict(first_generation="children", parzen_prob=0.0, skip_prior=prior,
-                          child_filter=None if prior is None
-                          else DamageFilter(ctx.space(2), prior)))
-    return EvolutionarySampler(ctx.space(stage), population_size=ctx.config.population,
+                          child_filter=None if prior is None else DamageFilter(space, prior)))
+    return EvolutionarySampler(space, population_size=ctx.config.population,
                                initial=initial, seed=ctx.config.stage_seed(stage),
                                **breeding)
 
