@@ -51,7 +51,7 @@ SEEDS = (0, 1, 2)
 PROTOCOLS = {
     "preset": (),
     "cheap": ("--trials", "40", "--population", "10", "--samples", "500",
-              "--stage2-trials", "10"),
+              "--stage2-trials", "10", "--min-samples", "125"),
 }
 PROTOCOL_NAMES = {"preset": "the preset (100 + 80 trials, digits-deep 100 + 240; population 20, "
                             "1000 images)",

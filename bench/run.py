@@ -345,8 +345,10 @@ def render(results: dict) -> dict[str, str]:
 
     if kernel.KEY in results:
         sections[kernel.SECTION] = "\n".join(kernel.render(results[kernel.KEY]))
-    from bench import margins
+    from bench import budget, margins
 
+    if budget.KEY in results:
+        sections[budget.SECTION] = budget.markdown(results[budget.KEY])
     if margins.KEY in results:
         sections[margins.SECTION] = "\n".join(margins.render(results[margins.KEY]))
     if "end_to_end" in results:
@@ -641,10 +643,11 @@ def main() -> None:
     benchmark, resumable, its jobs kept under /tmp/bench27/jobs; see bench/solvers.py;
     solver_search_deep: the same on digits-deep, under /tmp/bench27-deep/jobs;
     protocol: whole studies, preset against a cheaper budget, see bench/protocol.py;
-    reuse: DeepCache's reuse against the bypass, see bench/reuse.py; heldout_margins: the
-    grids' margins against the held-out batch's noise, see bench/margins.py)
+    reuse: DeepCache's reuse against the bypass, see bench/reuse.py; stage1_budget: what stage
+    1's candidates and images buy, see bench/budget.py; heldout_margins: the grids' margins
+    against the held-out batch's noise, see bench/margins.py)
     and keep the other numbers of bench/results.json."""
-    from bench import margins, protocol, reuse, search, solvers
+    from bench import budget, margins, protocol, reuse, search, solvers
     from bench.profile import profile_trials
     from bench.workers import measure as workers
 
@@ -659,6 +662,7 @@ def main() -> None:
              "profile": profile_trials, "solver_search": solvers.measure,
              "solver_search_deep": lambda: solvers.measure(model="digits-deep"),
              "protocol": protocol.measure, "reuse": reuse.measure,
+             "stage1_budget": budget.measure,
              # after the grids: their schedules, sampled again (in a full run not yet stored)
              "heldout_margins": lambda: margins.measure(results)}
     wanted = sys.argv[1:] or list(parts)

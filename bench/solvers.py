@@ -209,9 +209,9 @@ def ceiling(model: str = "digits") -> dict:
 
 
 def _study_args(model: str, k: int, seed: int, variant: str) -> list[str]:
-    """The ``study`` command of one search. A model with no preset at K (digits-deep has one at
-    K=4 only) searches with its K=4 preset's population, images and pruning, as digits does at
-    every K, rather than with the library's defaults (no pruning)."""
+    """The ``study`` command of one search. A model with no preset at K (digits-deep has them at
+    K = 4 and 8 only) searches with its K=4 preset's population, images and pruning, as digits
+    does at every K, rather than with the library's defaults (no pruning)."""
     from autodiff_optuna.search.config import load_preset
 
     args = ["study", "--model", model, "--steps", str(k), "--seed", str(seed), "--stage", "1"]
@@ -507,7 +507,8 @@ def _render_searches(entry: dict) -> list[str]:
     ceiling = entry.get("ceiling", {}).get("fid")
     model = entry["model"]
     out = [f"Searches: stage 1 with the {model} preset's defaults (100 candidates, 1000 images "
-           "each, multi-fidelity from 125; at a K with no preset, the K=4 preset's), seeds "
+           "each, multi-fidelity from 125 when these were measured, the K=4 presets from 250 "
+           "since; at a K with no preset, the K=4 preset's), seeds "
            + ", ".join(map(str, SEEDS)) + "; each "
            "study's lowest-FID schedule (`export --fid-tolerance 0`) scored with `evaluate "
            "--schedule`. Held-out FID mean ± std (sample std over seeds), then each seed's. "

@@ -40,8 +40,12 @@ MEASURED = {
 INCEPTION_GFLOPS = 11.4  # per image at 299 px, as the same table counts it
 # Multi-fidelity pruning in stage 1: after the pruner's first complete trials, the share of
 # candidates that completes; the others stop at the first rung. 0.42 is what the bundled digits
-# model's preset measured (52% of stage 1's images sampled: rungs from 125 of 1000 images, 40th
-# percentile, 100 candidates), stopped candidates taken as all stopped at the first rung.
+# model's preset measured in an earlier round (52% of stage 1's images sampled: rungs from 125
+# of 1000 images, 40th percentile, 100 candidates), stopped candidates taken as all stopped at
+# the first rung. Today's sampler is pruned more: the K=4 digits presets' stage 1 sampled 33% of
+# its images with rungs from 125 and 44% from 250 (their rungs now; this share says 59%), so the
+# estimate over-counts their stage 1 by about a third (BENCHMARKS.md, "What stage 1's
+# candidates and images buy"); a whole study, mostly stage 2, by less.
 COMPLETE_SHARE = 0.42
 # Candidates a stage confirms (``confirm.to_confirm``). Stage 1: its ``STAGE1_TOP`` best and the
 # uniform baseline (16 stage-1 digits studies of 100 candidates confirmed 3 to 12, median 4: more
