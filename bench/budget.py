@@ -32,7 +32,16 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.protocol import HELDOUT_SAMPLES, HELDOUT_SEED, MODELS, SEEDS, STEPS, _HeldOut
+from bench.protocol import (
+    HELDOUT_SAMPLES,
+    HELDOUT_SEED,
+    MODELS,
+    SEEDS,
+    STEPS,
+    _HeldOut,
+    confirmed_trials,
+    evaluated_images,
+)
 from bench.solvers import _cli, _commit, measure_jobs
 
 KEY = "stage1_budget"  # results.json's key
@@ -69,37 +78,34 @@ def jobs() -> list[str]:
             for config in CONFIGS]
 
 
-def _stage1_costs(url: str, name: str, samples: int) -> dict:
-    """Candidates evaluated, their images (a pruned one's prefix) and confirmation's images."""
+def _load(db: Path, model: str):
+    """The stage-1 study of ``model`` at K=4 in the SQLite file ``db``."""
     import optuna
-    from optuna.trial import TrialState
-
-    from autodiff_optuna.search.fidelity import PRUNED_AT, is_evaluated
-    from autodiff_optuna.storage.record import CONFIRMED_ATTR
-
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    study = optuna.load_study(study_name=name, storage=url)
-    evaluated = [t for t in study.get_trials(deepcopy=False) if is_evaluated(t)]
-    images = sum(samples if t.state == TrialState.COMPLETE else int(t.user_attrs.get(PRUNED_AT, 0))
-                 for t in evaluated)
-    confirmed = sum(key.startswith(f"{CONFIRMED_ATTR}:") for key in study.user_attrs)
-    return {"candidates": len(evaluated), "search_images": images, "confirmed_trials": confirmed,
-            "confirmation_images": confirmed * samples}
-
-
-def rung_agreement(db: Path, model: str) -> dict | None:
-    """How well the pruner's first rung ranks what it lets through: Spearman's correlation of
-    the complete trials' FID at the first rung with their FID on all images, over all of them
-    and over the better 60% (by the full FID), the ones the search breeds from. None without
-    pruning. The complete trials are the rung's survivors, so this flatters the rung."""
-    import optuna
-    from optuna.trial import TrialState
-    from scipy.stats import spearmanr
 
     from autodiff_optuna.search.config import study_name
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    study = optuna.load_study(study_name=study_name(model, STEPS), storage=f"sqlite:///{db}")
+    return optuna.load_study(study_name=study_name(model, STEPS), storage=f"sqlite:///{db}")
+
+
+def _stage1_costs(study, samples: int) -> dict:
+    """Candidates evaluated, their images (a pruned one's prefix) and confirmation's images."""
+    from autodiff_optuna.search.fidelity import is_evaluated
+
+    evaluated = [t for t in study.get_trials(deepcopy=False) if is_evaluated(t)]
+    confirmed = confirmed_trials(study)
+    return {"candidates": len(evaluated), "search_images": evaluated_images(evaluated, samples),
+            "confirmed_trials": confirmed, "confirmation_images": confirmed * samples}
+
+
+def rung_agreement(study) -> dict | None:
+    """How well the pruner's first rung ranks what it lets through: Spearman's correlation of
+    the complete trials' FID at the first rung with their FID on all images, over all of them
+    and over the better 60% (by the full FID), the ones the search breeds from. None without
+    pruning. The complete trials are the rung's survivors, so this flatters the rung."""
+    from optuna.trial import TrialState
+    from scipy.stats import spearmanr
+
     complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                 if t.intermediate_values]
     if not complete:
@@ -132,11 +138,12 @@ def study_job(model: str, config: str, seed: int, folder: Path) -> dict:
     held = _HeldOut(model)
     point = best["best"]
     point["heldout_fid"] = held.fid(point, best["solver"])
-    cost = _stage1_costs(url, name, best["samples"])
+    study = _load(db, model)
+    cost = _stage1_costs(study, best["samples"])
     run = {"model": model, "config": config, "seed": seed, "flags": list(flags),
            "cpu_s": (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime),
            **cost, "images": cost["search_images"] + cost["confirmation_images"], "best": point,
-           "first_rung": rung_agreement(db, model), "commit": _commit()}
+           "first_rung": rung_agreement(study), "commit": _commit()}
     print(f"  {model} {config} seed {seed}: {run['images']:,} images, best {point['timesteps']} "
           f"held out {point['heldout_fid']:.3f}", flush=True)
     return run
@@ -156,7 +163,7 @@ def _with_rung(path: Path) -> dict:
     run = json.loads(path.read_text())
     db = path.parents[1] / f"{run['model']}-{run['config']}-s{run['seed']}.db"
     if "first_rung" not in run and db.exists():
-        run["first_rung"] = rung_agreement(db, run["model"])
+        run["first_rung"] = rung_agreement(_load(db, run["model"]))
         path.write_text(json.dumps(run) + "\n")
     return run
 
@@ -218,13 +225,9 @@ def _agreement(runs: list[dict]) -> str:
 
 
 def save(entry: dict) -> None:
-    """results.json's ``KEY`` and BENCHMARKS.md's section, leaving every other entry as it is."""
-    from bench.run import RESULTS, write_sections
+    from bench.run import save_part
 
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    results[KEY] = entry
-    RESULTS.write_text(json.dumps(results, indent=1) + "\n")
-    write_sections({SECTION: markdown(entry)})
+    save_part(KEY, entry, SECTION, markdown(entry))
 
 
 def measure(folder: Path = DEFAULT_DIR, names: list[str] | None = None) -> dict:
@@ -235,14 +238,11 @@ def near_misses(db: Path, model: str, n: int = 15) -> None:
     """What the pruner stopped: the ``n`` pruned candidates of the study in ``db`` with the
     lowest FID at the first rung, each with its reports and its held-out FID, after the
     complete trials' first-rung FIDs (the values the pruner's percentile is taken over)."""
-    import optuna
     from optuna.trial import TrialState
 
-    from autodiff_optuna.search.config import study_name
     from autodiff_optuna.search.results import stored_config
 
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    study = optuna.load_study(study_name=study_name(model, STEPS), storage=f"sqlite:///{db}")
+    study = _load(db, model)
     trials = study.get_trials(deepcopy=False)
     first = min((step for t in trials for step in t.intermediate_values), default=None)
     if first is None:
@@ -281,10 +281,10 @@ def main() -> None:
 
         if len(args) > 2:
             _usage()
-        kept = sorted(((Path(args[1]) if args[1:] else DEFAULT_DIR) / "jobs").glob("*.json"))
+        kept_in = (Path(args[1]) if args[1:] else DEFAULT_DIR) / "jobs"
+        kept = sorted(kept_in.glob("*.json"))
         if not kept:  # nothing to show: the stored entry stays as it is
-            print(f"no kept jobs under {(Path(args[1]) if args[1:] else DEFAULT_DIR) / 'jobs'}",
-                  file=sys.stderr)
+            print(f"no kept jobs under {kept_in}", file=sys.stderr)
             sys.exit(2)
         save(collect({p.stem: _with_rung(p) for p in kept}, machine()))
         return
@@ -292,8 +292,9 @@ def main() -> None:
     if args[:1] == ["--shard"]:
         try:
             index, count = (int(x) for x in args[1].split("/"))
-            assert 0 <= index < count
-        except (IndexError, ValueError, AssertionError):
+        except (IndexError, ValueError):
+            _usage()
+        if not 0 <= index < count:
             _usage()
         names, args = names[index::count], args[2:]
     if len(args) > 1 or (args and args[0].startswith("-")):

@@ -135,12 +135,9 @@ def render(entry: dict) -> list[str]:
 
 
 def save(entry: dict) -> None:
-    from bench.run import RESULTS, write_sections
+    from bench.run import save_part
 
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    results[KEY] = entry
-    RESULTS.write_text(json.dumps(results, indent=1) + "\n")
-    write_sections({SECTION: "\n".join(render(entry))})
+    save_part(KEY, entry, SECTION, "\n".join(render(entry)))
 
 
 def main() -> None:

@@ -98,6 +98,25 @@ class _HeldOut:
         return self.cache[key]
 
 
+def evaluated_images(trials, samples: int) -> int:
+    """The images ``trials`` (evaluated candidates) sampled: ``samples`` each complete one, a
+    pruned one's prefix (``PRUNED_AT``)."""
+    from optuna.trial import TrialState
+
+    from autodiff_optuna.search.fidelity import PRUNED_AT
+
+    return sum(samples if t.state == TrialState.COMPLETE else int(t.user_attrs.get(PRUNED_AT, 0))
+               for t in trials)
+
+
+def confirmed_trials(*studies) -> int:
+    """How many trials confirmation scored in ``studies`` (one confirmed FID each)."""
+    from autodiff_optuna.storage.record import CONFIRMED_ATTR
+
+    return sum(key.startswith(f"{CONFIRMED_ATTR}:") for study in studies
+               for key in study.user_attrs)
+
+
 def _stage_costs(url: str, name: str, samples: int) -> dict:
     """Candidates and images of each stage, confirmation's and the prior's images, and the
     share of stage 2's own trials worse than the uniform schedule (search FIDs)."""
@@ -105,28 +124,23 @@ def _stage_costs(url: str, name: str, samples: int) -> dict:
     from optuna.trial import TrialState
 
     from autodiff_optuna.search import objectives
-    from autodiff_optuna.search.fidelity import PRUNED_AT, is_carried, is_evaluated
+    from autodiff_optuna.search.fidelity import is_carried, is_evaluated
     from autodiff_optuna.search.results import uniform_trial
     from autodiff_optuna.search.skip_cost import prior_images
-    from autodiff_optuna.storage.record import CONFIRMED_ATTR, SKIP_COST_ATTR
+    from autodiff_optuna.storage.record import SKIP_COST_ATTR
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     stage1 = optuna.load_study(study_name=name, storage=url)
     stage2 = optuna.load_study(study_name=f"{name}-stage2", storage=url)
-
-    def images(trial) -> int:
-        return samples if trial.state == TrialState.COMPLETE else int(
-            trial.user_attrs.get(PRUNED_AT, 0))
-
     evaluated1 = [t for t in stage1.get_trials(deepcopy=False) if is_evaluated(t)]
     own2 = [t for t in stage2.get_trials(deepcopy=False)
             if t.state == TrialState.COMPLETE and not is_carried(t)]
-    confirmed = sum(key.startswith(f"{CONFIRMED_ATTR}:")
-                    for study in (stage1, stage2) for key in study.user_attrs)
+    confirmed = confirmed_trials(stage1, stage2)
     uniform = objectives.fid(uniform_trial(stage1))
     costs = stage2.user_attrs.get(SKIP_COST_ATTR) or {}
     cells = sum(len(row) for row in costs.get("cost", []))
-    return {"stage1_candidates": len(evaluated1), "stage1_images": sum(map(images, evaluated1)),
+    return {"stage1_candidates": len(evaluated1),
+            "stage1_images": evaluated_images(evaluated1, samples),
             "stage2_candidates": len(own2), "stage2_images": len(own2) * samples,
             "confirmed_trials": confirmed, "confirmation_images": confirmed * samples,
             "prior_images": (cells + 1) * prior_images(samples) if cells else 0,
@@ -619,13 +633,9 @@ def _restage2_table(runs: list[dict], variants: dict) -> list[str]:
 
 
 def save(entry: dict) -> None:
-    """results.json's ``KEY`` and BENCHMARKS.md's section, leaving every other entry as it is."""
-    from bench.run import RESULTS, write_sections
+    from bench.run import save_part
 
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    results[KEY] = entry
-    RESULTS.write_text(json.dumps(results, indent=1) + "\n")
-    write_sections({KEY: markdown(entry)})
+    save_part(KEY, entry, KEY, markdown(entry))
 
 
 def _machine() -> str:

@@ -627,6 +627,15 @@ def render_profile(p: dict) -> list[str]:
     ]
 
 
+def save_part(key: str, entry: dict, section: str, text: str) -> None:
+    """One part's entry, kept in results.json under ``key``, and its BENCHMARKS.md section
+    ``section`` (``text``), leaving every other entry and section as it is."""
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    results[key] = entry
+    RESULTS.write_text(json.dumps(results, indent=1) + "\n")
+    write_sections({section: text})
+
+
 def save(results: dict) -> None:
     """bench/results.json, the sections of BENCHMARKS.md and the sampler plot, from ``results``."""
     RESULTS.write_text(json.dumps(results, indent=1) + "\n")
