@@ -78,14 +78,14 @@ def jobs() -> list[str]:
             for config in CONFIGS]
 
 
-def _load(db: Path, model: str):
-    """The stage-1 study of ``model`` at K=4 in the SQLite file ``db``."""
+def _load(db: Path, model: str, steps: int = STEPS):
+    """The stage-1 study of ``model`` at K=``steps`` in the SQLite file ``db``."""
     import optuna
 
     from autodiff_optuna.search.config import study_name
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    return optuna.load_study(study_name=study_name(model, STEPS), storage=f"sqlite:///{db}")
+    return optuna.load_study(study_name=study_name(model, steps), storage=f"sqlite:///{db}")
 
 
 def _stage1_costs(study, samples: int) -> dict:
@@ -123,29 +123,34 @@ def rung_agreement(study) -> dict | None:
             "spearman_all": spearman(pairs), "spearman_better": spearman(better)}
 
 
-def study_job(model: str, config: str, seed: int, folder: Path) -> dict:
+def stage1_run(model: str, steps: int, seed: int, flags, db: Path) -> dict:
+    """``study --stage 1`` of the model's K=``steps`` preset with ``flags``, in a new SQLite
+    file ``db``, measured: its CPU seconds, candidates and images, its best (by confirmed FID)
+    with its held-out FID, and its first rung's rank agreement."""
     from autodiff_optuna.search.config import study_name
 
-    db = folder / f"{model}-{config}-s{seed}.db"
     db.unlink(missing_ok=True)
-    url, name = f"sqlite:///{db}", study_name(model, STEPS)
-    flags = CONFIGS[config][0]
+    url, name = f"sqlite:///{db}", study_name(model, steps)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    _cli("study", "--model", model, "--steps", str(STEPS), "--seed", str(seed), "--storage", url,
+    _cli("study", "--model", model, "--steps", str(steps), "--seed", str(seed), "--storage", url,
          "--stage", "1", *flags, "--quiet")
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     best = json.loads(_cli("best", "--name", name, "--storage", url, "--json"))
-    held = _HeldOut(model)
     point = best["best"]
-    point["heldout_fid"] = held.fid(point, best["solver"])
-    study = _load(db, model)
+    point["heldout_fid"] = _HeldOut(model).fid(point, best["solver"])
+    study = _load(db, model, steps)
     cost = _stage1_costs(study, best["samples"])
+    return {"cpu_s": (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime),
+            **cost, "images": cost["search_images"] + cost["confirmation_images"], "best": point,
+            "first_rung": rung_agreement(study), "commit": _commit()}
+
+
+def study_job(model: str, config: str, seed: int, folder: Path) -> dict:
+    flags = CONFIGS[config][0]
     run = {"model": model, "config": config, "seed": seed, "flags": list(flags),
-           "cpu_s": (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime),
-           **cost, "images": cost["search_images"] + cost["confirmation_images"], "best": point,
-           "first_rung": rung_agreement(study), "commit": _commit()}
-    print(f"  {model} {config} seed {seed}: {run['images']:,} images, best {point['timesteps']} "
-          f"held out {point['heldout_fid']:.3f}", flush=True)
+           **stage1_run(model, STEPS, seed, flags, folder / f"{model}-{config}-s{seed}.db")}
+    print(f"  {model} {config} seed {seed}: {run['images']:,} images, best "
+          f"{run['best']['timesteps']} held out {run['best']['heldout_fid']:.3f}", flush=True)
     return run
 
 
@@ -207,12 +212,12 @@ def markdown(entry: dict) -> str:
                 f"| {model} | {what} | {' '.join(flags) or '-'} | {images:,.0f} | "
                 f"{preset_images / images:.1f} | {held} | "
                 f"{np.mean([r['best']['heldout_fid'] for r in done]):.2f} | "
-                f"{f'{max(ratios):.2f}x' if ratios else '-'} | {_agreement(done)} | "
+                f"{f'{max(ratios):.2f}x' if ratios else '-'} | {agreement_cell(done)} | "
                 f"{np.mean([r['cpu_s'] for r in done]):.0f} |")
     return "\n".join(lines)
 
 
-def _agreement(runs: list[dict]) -> str:
+def agreement_cell(runs: list[dict]) -> str:
     rungs = [r["first_rung"] for r in runs if r.get("first_rung")]
     if not rungs:
         return "no pruning"
@@ -267,6 +272,43 @@ def _usage() -> None:
     sys.exit(2)
 
 
+def kept_jobs_cli(args: list[str], all_jobs: list[str], default_dir: Path, measure, collect,
+                  save, usage, what: str) -> None:
+    """``[--shard I/N | --collect] [DIR]`` of a benchmark whose jobs are kept in DIR/jobs:
+    run every job not kept yet (or every N-th from the I-th, N processes sharing the machine),
+    then save the entry ``collect(kept, machine)`` makes of all of them (``what``: where it
+    goes); ``--collect`` saves it from the kept jobs alone. Bad input: ``usage()``."""
+    if args[:1] == ["--collect"]:
+        from bench.run import machine
+
+        if len(args) > 2:
+            usage()
+        kept_in = (Path(args[1]) if args[1:] else default_dir) / "jobs"
+        kept = sorted(kept_in.glob("*.json"))
+        if not kept:  # nothing to show: the stored entry stays as it is
+            print(f"no kept jobs under {kept_in}", file=sys.stderr)
+            sys.exit(2)
+        save(collect(kept, machine()))
+        return
+    names = all_jobs
+    if args[:1] == ["--shard"]:
+        try:
+            index, count = (int(x) for x in args[1].split("/"))
+        except (IndexError, ValueError):
+            usage()
+        if not 0 <= index < count:
+            usage()
+        names, args = names[index::count], args[2:]
+    if len(args) > 1 or (args and args[0].startswith("-")):
+        usage()
+    entry = measure(Path(args[0]) if args else default_dir, names)
+    if len(entry["runs"]) < len(names):  # a failed job is printed above; a rerun resumes
+        sys.exit(1)
+    if names == all_jobs:
+        save(entry)
+        print(f"updated {what}")
+
+
 def main() -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # as measured: two processes, a thread each
     args = sys.argv[1:]
@@ -276,36 +318,9 @@ def main() -> None:
             _usage()
         near_misses(Path(args[1]), args[2], int(args[3]) if args[3:] else 15)
         return
-    if args[:1] == ["--collect"]:
-        from bench.run import machine
-
-        if len(args) > 2:
-            _usage()
-        kept_in = (Path(args[1]) if args[1:] else DEFAULT_DIR) / "jobs"
-        kept = sorted(kept_in.glob("*.json"))
-        if not kept:  # nothing to show: the stored entry stays as it is
-            print(f"no kept jobs under {kept_in}", file=sys.stderr)
-            sys.exit(2)
-        save(collect({p.stem: _with_rung(p) for p in kept}, machine()))
-        return
-    names = jobs()
-    if args[:1] == ["--shard"]:
-        try:
-            index, count = (int(x) for x in args[1].split("/"))
-        except (IndexError, ValueError):
-            _usage()
-        if not 0 <= index < count:
-            _usage()
-        names, args = names[index::count], args[2:]
-    if len(args) > 1 or (args and args[0].startswith("-")):
-        _usage()
-    folder = Path(args[0]) if args else DEFAULT_DIR
-    entry = measure(folder, names)
-    if len(entry["runs"]) < len(names):  # a failed job is printed above; a rerun resumes
-        sys.exit(1)
-    if names == jobs():
-        save(entry)
-        print(f"updated bench/results.json ({KEY}) and BENCHMARKS.md ({SECTION})")
+    kept_jobs_cli(args, jobs(), DEFAULT_DIR, measure,
+                  lambda kept, machine: collect({p.stem: _with_rung(p) for p in kept}, machine),
+                  save, _usage, f"bench/results.json ({KEY}) and BENCHMARKS.md ({SECTION})")
 
 
 if __name__ == "__main__":

@@ -345,10 +345,12 @@ def render(results: dict) -> dict[str, str]:
 
     if kernel.KEY in results:
         sections[kernel.SECTION] = "\n".join(kernel.render(results[kernel.KEY]))
-    from bench import budget, margins
+    from bench import budget, margins, rungs
 
     if budget.KEY in results:
         sections[budget.SECTION] = budget.markdown(results[budget.KEY])
+    if rungs.KEY in results:
+        sections[rungs.SECTION] = rungs.markdown(results[rungs.KEY])
     if margins.KEY in results:
         sections[margins.SECTION] = "\n".join(margins.render(results[margins.KEY]))
     if "end_to_end" in results:
@@ -653,10 +655,11 @@ def main() -> None:
     solver_search_deep: the same on digits-deep, under /tmp/bench27-deep/jobs;
     protocol: whole studies, preset against a cheaper budget, see bench/protocol.py;
     reuse: DeepCache's reuse against the bypass, see bench/reuse.py; stage1_budget: what stage
-    1's candidates and images buy, see bench/budget.py; heldout_margins: the grids' margins
+    1's candidates and images buy, see bench/budget.py; preset_rungs: the K = 3, 6 and 8
+    presets' first pruning rung, see bench/rungs.py; heldout_margins: the grids' margins
     against the held-out batch's noise, see bench/margins.py)
     and keep the other numbers of bench/results.json."""
-    from bench import budget, margins, protocol, reuse, search, solvers
+    from bench import budget, margins, protocol, reuse, rungs, search, solvers
     from bench.profile import profile_trials
     from bench.workers import measure as workers
 
@@ -671,7 +674,7 @@ def main() -> None:
              "profile": profile_trials, "solver_search": solvers.measure,
              "solver_search_deep": lambda: solvers.measure(model="digits-deep"),
              "protocol": protocol.measure, "reuse": reuse.measure,
-             "stage1_budget": budget.measure,
+             "stage1_budget": budget.measure, "preset_rungs": rungs.measure,
              # after the grids: their schedules, sampled again (in a full run not yet stored)
              "heldout_margins": lambda: margins.measure(results)}
     wanted = sys.argv[1:] or list(parts)

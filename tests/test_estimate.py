@@ -68,12 +68,11 @@ def test_flops_are_counted_on_the_architecture_without_weights():
 
 
 def test_pruned_stage_one_samples_fewer_images_than_at_most():
-    # rungs from 125 images, as the preset pruned when the complete share was measured
-    config, targets = configure("digits", 4, min_samples=125)
+    config, targets = configure("digits", 4)  # the preset: rungs from 250 images
     stage1 = estimate(config, targets, "digits-k4", stages=(1,)).stages[0]
     assert stage1.images < stage1.images_at_most == targets.trials * config.samples
-    # the share the preset measured then (52%), from the completed share and first-rung stops
-    assert stage1.images / stage1.images_at_most == pytest.approx(0.52, abs=0.005)
+    # the K=4 presets' stage 1 sampled 44% of its images (BENCHMARKS.md, six studies)
+    assert stage1.images / stage1.images_at_most == pytest.approx(0.44, abs=0.03)
     assert stage1.fid_computations > stage1.candidates  # one per reported prefix
     assert stage1.samplings == stage1.fid_computations  # a sampling per prefix, and confirmed
     # fewer candidates than the pruner's start-up: every one completes

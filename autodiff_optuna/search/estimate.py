@@ -39,14 +39,13 @@ MEASURED = {
 }
 INCEPTION_GFLOPS = 11.4  # per image at 299 px, as the same table counts it
 # Multi-fidelity pruning in stage 1: after the pruner's first complete trials, the share of
-# candidates that completes; the others stop at the first rung. 0.42 is what the bundled digits
-# model's preset measured in an earlier round (52% of stage 1's images sampled: rungs from 125
-# of 1000 images, 40th percentile, 100 candidates), stopped candidates taken as all stopped at
-# the first rung. Today's sampler is pruned more: the K=4 digits presets' stage 1 sampled 33% of
-# its images with rungs from 125 and 44% from 250 (their rungs now; this share says 59%), so the
-# estimate over-counts their stage 1 by about a third (BENCHMARKS.md, "What stage 1's
-# candidates and images buy"); a whole study, mostly stage 2, by less.
-COMPLETE_SHARE = 0.42
+# candidates that completes; the others are counted as stopped at the first rung (some stop at a
+# later one: the share absorbs them). 0.24 is the mean over the 42 pruned digits and digits-deep
+# stage-1 studies of BENCHMARKS.md's "What stage 1's candidates and images buy" (7 budgets, from
+# 40 x 500 to 100 x 1000, rungs from 125 or 250, 3 seeds each; per study 0.11 to 0.48, median
+# 0.21). The K=4 presets' stage 1 (rungs from 250) sampled 44% of its images; this says 46%.
+# (0.42, measured on an earlier round's sampler, over-counted today's stage 1 by a third.)
+COMPLETE_SHARE = 0.24
 # Candidates a stage confirms (``confirm.to_confirm``). Stage 1: its ``STAGE1_TOP`` best and the
 # uniform baseline (16 stage-1 digits studies of 100 candidates confirmed 3 to 12, median 4: more
 # only where confirmed FIDs reorder the top). Stage 2: its best and the points of the thinned
@@ -544,8 +543,8 @@ def assumptions(config, stages, cost: ImageCost, timing: HereTiming | None,
     if config.min_samples and 1 in stages:
         said.append(f"multi-fidelity pruning: after the pruner's first {STARTUP_TRIALS} "
                     f"candidates, {COMPLETE_SHARE:.0%} of stage 1's complete and the others "
-                    "stop at the first rung (the bundled digits preset's measured 52% of its "
-                    "images); a sampling and a Frechet distance per rung reached")
+                    "stop at the first rung (measured on the bundled digits models' stage 1: "
+                    "BENCHMARKS.md); a sampling and a Frechet distance per rung reached")
     confirming = {1: f"stage 1 its {STAGE1_TOP} best and the uniform baseline",
                   2: f"stage 2 one candidate in {1 / STAGE2_CONFIRMED_SHARE:.0f} of its trials "
                      f"({STAGE2_CONFIRMED_RANGE[0]} to {STAGE2_CONFIRMED_RANGE[1]}: its best "
