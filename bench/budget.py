@@ -218,6 +218,8 @@ def markdown(entry: dict) -> str:
 
 
 def agreement_cell(runs: list[dict]) -> str:
+    """A table cell: the runs' mean first-rung rank agreement, all and better 60%, each with
+    how many studies had enough trials for it."""
     rungs = [r["first_rung"] for r in runs if r.get("first_rung")]
     if not rungs:
         return "no pruning"
@@ -236,7 +238,7 @@ def save(entry: dict) -> None:
 
 
 def measure(folder: Path = DEFAULT_DIR, names: list[str] | None = None) -> dict:
-    return measure_jobs(Path(folder), names or jobs(), _run_job, collect)
+    return measure_jobs(Path(folder), jobs() if names is None else names, _run_job, collect)
 
 
 def near_misses(db: Path, model: str, n: int = 15) -> None:

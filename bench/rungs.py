@@ -41,6 +41,7 @@ def jobs() -> list[str]:
 
 
 def _run_job(job: str, folder: Path) -> dict:
+    """One job, ``model:steps:rung:seed``: that preset's stage 1 pruning from ``rung``."""
     model, steps, rung, seed = job.split(":")
     flags = ("--min-samples", rung)
     run = {"model": model, "steps": int(steps), "rung": int(rung), "seed": int(seed),
@@ -52,11 +53,11 @@ def _run_job(job: str, folder: Path) -> dict:
 
 
 def collect(done: dict, machine: str) -> dict:
-    order = [(m, k) for m, k in PRESETS]
+    """results.json's entry from the finished jobs (``done``: job name to run)."""
     return {"machine": machine, "heldout_samples": HELDOUT_SAMPLES, "heldout_seed": HELDOUT_SEED,
             "rungs": list(RUNGS),
-            "runs": sorted(done.values(), key=lambda r: (order.index((r["model"], r["steps"])),
-                                                         r["rung"], r["seed"]))}
+            "runs": sorted(done.values(), key=lambda r: (
+                PRESETS.index((r["model"], r["steps"])), r["rung"], r["seed"]))}
 
 
 def markdown(entry: dict) -> str:
@@ -71,8 +72,8 @@ def markdown(entry: dict) -> str:
              f"confirmation's. Ratio: held-out FID against the same seed's from {base} images. "
              "Measured as two processes sharing the 2 cores, one torch thread each.", "",
              "| preset | first rung | images (mean) | best held-out, seed by seed | mean | ratio "
-             f"to {base}, seed by seed | first rung: rank agreement, all / better 60% | "
-             "CPU s (mean) |",
+             f"to {base}, seed by seed | first rung: rank agreement, all / better 60% (mean over "
+             "the studies with 5 such trials or more) | CPU s (mean) |",
              "|---|---|---|---|---|---|---|---|"]
     by = {(r["model"], r["steps"], r["rung"], r["seed"]): r for r in entry["runs"]}
     for model, steps in dict.fromkeys((r["model"], r["steps"]) for r in entry["runs"]):
@@ -103,7 +104,7 @@ def save(entry: dict) -> None:
 
 
 def measure(folder: Path = DEFAULT_DIR, names: list[str] | None = None) -> dict:
-    return measure_jobs(Path(folder), names or jobs(), _run_job, collect)
+    return measure_jobs(Path(folder), jobs() if names is None else names, _run_job, collect)
 
 
 def _usage() -> None:

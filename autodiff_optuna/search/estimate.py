@@ -41,10 +41,10 @@ INCEPTION_GFLOPS = 11.4  # per image at 299 px, as the same table counts it
 # Multi-fidelity pruning in stage 1: after the pruner's first complete trials, the share of
 # candidates that completes; the others are counted as stopped at the first rung (some stop at a
 # later one: the share absorbs them). 0.24 is the mean over the 42 pruned digits and digits-deep
-# stage-1 studies of BENCHMARKS.md's "What stage 1's candidates and images buy" (7 budgets, from
-# 40 x 500 to 100 x 1000, rungs from 125 or 250, 3 seeds each; per study 0.11 to 0.48, median
-# 0.21). The K=4 presets' stage 1 (rungs from 250) sampled 44% of its images; this says 46%.
-# (0.42, measured on an earlier round's sampler, over-counted today's stage 1 by a third.)
+# stage-1 studies of our sampler in BENCHMARKS.md's "What stage 1's candidates and images buy"
+# (7 budgets of 20,000 to 100,000 images, rungs from 125 or 250, 3 seeds each; per study 0.11
+# to 0.48, median 0.21). The K=4 presets' stage 1 (rungs from 250) sampled 44% of its images;
+# this says 46%. (0.42, measured on an earlier round's sampler, over-counted them by a third.)
 COMPLETE_SHARE = 0.24
 # Candidates a stage confirms (``confirm.to_confirm``). Stage 1: its ``STAGE1_TOP`` best and the
 # uniform baseline (16 stage-1 digits studies of 100 candidates confirmed 3 to 12, median 4: more
