@@ -67,6 +67,8 @@ CONFIGS = {
               "40 x 500, population 10, pruning from 125 (the cheaper protocol's stage 1)"),
     "tpe": (("--sampler", "tpe", *R125), "100 x 1000 driven by Optuna's TPESampler, pruning "
                                          "from 125"),
+    "tpe-250": (("--sampler", "tpe", "--min-samples", "250"),
+                "100 x 1000 driven by Optuna's TPESampler, pruning from 250 (as the preset now)"),
 }
 BASELINE = "rung-125"  # the preset when this was measured: each row's ratio is to it
 MIN_POINTS = 5  # complete trials a rank correlation needs to be reported
