@@ -4,7 +4,8 @@ The K=4 digits presets prune from 250 images since ``bench/budget.py`` measured 
 hardly ranks the better candidates (and the pruner stopped good ones). This runs the other
 digits presets' stage 1 (``study --stage 1``, one SQLite file each) with each first rung, three
 search seeds, and scores each best (by confirmed FID) on the held-out noise, as
-``bench/budget.py`` does: the evidence a preset's ``min_samples`` rests on.
+``bench/budget.py`` does: the evidence a preset's ``min_samples`` rests on (``digits-k3`` and
+``digits-deep-k8`` prune from 250 since).
 
     python -m bench.rungs [DIR]             # every job not yet kept in DIR/jobs (default
                                             # /tmp/bench-rungs); then results.json

@@ -507,8 +507,8 @@ def _render_searches(entry: dict) -> list[str]:
     ceiling = entry.get("ceiling", {}).get("fid")
     model = entry["model"]
     out = [f"Searches: stage 1 with the {model} preset's defaults (100 candidates, 1000 images "
-           "each, multi-fidelity from 125 when these were measured, the K=4 presets from 250 "
-           "since; at a K with no preset, the K=4 preset's), seeds "
+           "each, multi-fidelity from 125 when these were measured; the K = 3 and 4 presets and "
+           "digits-deep's K=8 from 250 since; at a K with no preset, the K=4 preset's), seeds "
            + ", ".join(map(str, SEEDS)) + "; each "
            "study's lowest-FID schedule (`export --fid-tolerance 0`) scored with `evaluate "
            "--schedule`. Held-out FID mean ± std (sample std over seeds), then each seed's. "
