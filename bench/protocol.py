@@ -599,10 +599,12 @@ RESTAGE2_VARIANTS = {
                        "with its cheapest skips per GFLOP saved until 10%, 20% and 30% are "
                        "saved): tried, not adopted",
     "restage2": "as 1, stage 2 seeded from stage 1's best confirmed FID",
-    "restage2_damage": "today's code: as 3, and the damage filter (a child whose summed skip "
-                       "costs reach the edge its earlier generations show is drawn again; stage "
-                       "1 made by `study --stage 1`, stage 2 by `study`, measured by "
-                       "`python -m bench.protocol --restaged restage2_damage DIR`)"}
+    "restage2_damage": "as 3, and the damage filter (a child whose summed skip costs reach the "
+                       "edge its earlier generations show is drawn again; stage 1 made by "
+                       "`study --stage 1`, stage 2 by `study`, measured by "
+                       "`python -m bench.protocol --restaged restage2_damage DIR`)",
+    "restage2_rung250": "today's code and presets: as 4, on a stage 1 pruning from 250 images, "
+                        "as the K=4 presets do since (`--restaged restage2_rung250 DIR`)"}
 
 
 def _restage2_table(runs: list[dict], variants: dict) -> list[str]:
