@@ -42,7 +42,7 @@ from bench.protocol import (
     confirmed_trials,
     evaluated_images,
 )
-from bench.solvers import _cli, _commit, measure_jobs
+from bench.solvers import _cli, _commit, kept_jobs_cli, measure_jobs
 
 KEY = "stage1_budget"  # results.json's key
 SECTION = "stage1-budget"  # BENCHMARKS.md's section
@@ -164,17 +164,6 @@ def collect(done: dict, machine: str) -> dict:
                                                          r["seed"]))}
 
 
-def _with_rung(path: Path) -> dict:
-    """A kept job, with its first rung's agreement measured from its database where the job
-    was kept before the measure existed (and written back)."""
-    run = json.loads(path.read_text())
-    db = path.parents[1] / f"{run['model']}-{run['config']}-s{run['seed']}.db"
-    if "first_rung" not in run and db.exists():
-        run["first_rung"] = rung_agreement(_load(db, run["model"]))
-        path.write_text(json.dumps(run) + "\n")
-    return run
-
-
 def _run_job(job: str, folder: Path) -> dict:
     model, config, seed = job.split(":")
     return study_job(model, config, int(seed), folder)
@@ -276,43 +265,6 @@ def _usage() -> None:
     sys.exit(2)
 
 
-def kept_jobs_cli(args: list[str], all_jobs: list[str], default_dir: Path, measure, collect,
-                  save, usage, what: str) -> None:
-    """``[--shard I/N | --collect] [DIR]`` of a benchmark whose jobs are kept in DIR/jobs:
-    run every job not kept yet (or every N-th from the I-th, N processes sharing the machine),
-    then save the entry ``collect(kept, machine)`` makes of all of them (``what``: where it
-    goes); ``--collect`` saves it from the kept jobs alone. Bad input: ``usage()``."""
-    if args[:1] == ["--collect"]:
-        from bench.run import machine
-
-        if len(args) > 2:
-            usage()
-        kept_in = (Path(args[1]) if args[1:] else default_dir) / "jobs"
-        kept = sorted(kept_in.glob("*.json"))
-        if not kept:  # nothing to show: the stored entry stays as it is
-            print(f"no kept jobs under {kept_in}", file=sys.stderr)
-            sys.exit(2)
-        save(collect(kept, machine()))
-        return
-    names = all_jobs
-    if args[:1] == ["--shard"]:
-        try:
-            index, count = (int(x) for x in args[1].split("/"))
-        except (IndexError, ValueError):
-            usage()
-        if not 0 <= index < count:
-            usage()
-        names, args = names[index::count], args[2:]
-    if len(args) > 1 or (args and args[0].startswith("-")):
-        usage()
-    entry = measure(Path(args[0]) if args else default_dir, names)
-    if len(entry["runs"]) < len(names):  # a failed job is printed above; a rerun resumes
-        sys.exit(1)
-    if names == all_jobs:
-        save(entry)
-        print(f"updated {what}")
-
-
 def main() -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # as measured: two processes, a thread each
     args = sys.argv[1:]
@@ -322,9 +274,8 @@ def main() -> None:
             _usage()
         near_misses(Path(args[1]), args[2], int(args[3]) if args[3:] else 15)
         return
-    kept_jobs_cli(args, jobs(), DEFAULT_DIR, measure,
-                  lambda kept, machine: collect({p.stem: _with_rung(p) for p in kept}, machine),
-                  save, _usage, f"bench/results.json ({KEY}) and BENCHMARKS.md ({SECTION})")
+    kept_jobs_cli(args, jobs(), DEFAULT_DIR, measure, collect, save, _usage,
+                  f"bench/results.json ({KEY}) and BENCHMARKS.md ({SECTION})")
 
 
 if __name__ == "__main__":

@@ -16,16 +16,15 @@ search seeds, and scores each best (by confirmed FID) on the held-out noise, as
 One torch thread per process (``OMP_NUM_THREADS=1``) where two share the cores.
 """
 
-import json
 import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from bench.budget import agreement_cell, kept_jobs_cli, stage1_run
+from bench.budget import agreement_cell, stage1_run
 from bench.protocol import HELDOUT_SAMPLES, HELDOUT_SEED, SEEDS
-from bench.solvers import measure_jobs
+from bench.solvers import kept_jobs_cli, measure_jobs
 
 KEY = "preset_rungs"  # results.json's key
 SECTION = "preset-rungs"  # BENCHMARKS.md's section
@@ -115,10 +114,8 @@ def _usage() -> None:
 
 def main() -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # as measured: two processes, a thread each
-    kept_jobs_cli(sys.argv[1:], jobs(), DEFAULT_DIR, measure,
-                  lambda kept, machine: collect({p.stem: json.loads(p.read_text())
-                                                 for p in kept}, machine),
-                  save, _usage, f"bench/results.json ({KEY}) and BENCHMARKS.md ({SECTION})")
+    kept_jobs_cli(sys.argv[1:], jobs(), DEFAULT_DIR, measure, collect, save, _usage,
+                  f"bench/results.json ({KEY}) and BENCHMARKS.md ({SECTION})")
 
 
 if __name__ == "__main__":

@@ -407,6 +407,44 @@ def measure_jobs(folder: Path, names: list[str], run_one, collect_done, on_job=N
     return collect_done(done, machine())
 
 
+def kept_jobs_cli(args: list[str], all_jobs: list[str], default_dir: Path, measure, collect,
+                  save, usage, what: str) -> None:
+    """``[--shard I/N | --collect] [DIR]`` of a benchmark whose jobs are kept in DIR/jobs:
+    run every job not kept yet (or every N-th from the I-th, N processes sharing the machine),
+    then save the entry ``collect(done, machine)`` makes of all of them (``what``: where it
+    goes), as ``measure_jobs`` keeps and collects them; ``--collect`` saves it from the kept
+    jobs alone. Bad input: ``usage()``."""
+    if args[:1] == ["--collect"]:
+        from bench.run import machine
+
+        if len(args) > 2:
+            usage()
+        kept_in = (Path(args[1]) if args[1:] else default_dir) / "jobs"
+        kept = sorted(kept_in.glob("*.json"))
+        if not kept:  # nothing to show: the stored entry stays as it is
+            print(f"no kept jobs under {kept_in}", file=sys.stderr)
+            sys.exit(2)
+        save(collect({p.stem: json.loads(p.read_text()) for p in kept}, machine()))
+        return
+    names = all_jobs
+    if args[:1] == ["--shard"]:
+        try:
+            index, count = (int(x) for x in args[1].split("/"))
+        except (IndexError, ValueError):
+            usage()
+        if not 0 <= index < count:
+            usage()
+        names, args = names[index::count], args[2:]
+    if len(args) > 1 or (args and args[0].startswith("-")):
+        usage()
+    entry = measure(Path(args[0]) if args else default_dir, names)
+    if len(entry["runs"]) < len(names):  # a failed job is printed above; a rerun resumes
+        sys.exit(1)
+    if names == all_jobs:
+        save(entry)
+        print(f"updated {what}")
+
+
 # ---- rendering ----------------------------------------------------------------------------
 
 SPACING_NAMES = {"uniform": "uniform", "trailing": "trailing", "linspace": "linspace",
