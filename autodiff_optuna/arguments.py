@@ -81,7 +81,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _int_list(text: str) -> list[int]:
     try:
-        return [int(part) for part in text.split(",") if part.strip()]
+        return [int(part) for part in text.split(",")]  # an empty item is a typo, not skipped
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"expected comma-separated integers, got {text!r}") from None
@@ -393,7 +393,15 @@ def _add_choice_flags(parser) -> None:
 
 
 def _add_name(parser) -> None:
-    parser.add_argument("--name", help="study name (default <model>-k<steps>)")
+    parser.add_argument("--name", type=_study_name, help="study name (default <model>-k<steps>)")
+
+
+def _study_name(text: str) -> str:
+    # an empty --name (an unset shell variable) must not quietly mean the default study
+    if not text:
+        raise argparse.ArgumentTypeError("must not be empty (leave --name out for "
+                                         "<model>-k<steps>)")
+    return text
 
 
 def _add_storage(parser) -> None:

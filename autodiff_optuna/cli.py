@@ -14,6 +14,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
 from autodiff_optuna import runtime
 from autodiff_optuna.arguments import build_parser, export_rule, model_options, study_name_of
@@ -73,10 +74,18 @@ def _print_estimate(config, targets, args, ctx=None) -> None:
     from autodiff_optuna.search.session import STAGES
 
     if ctx is None:
+        from autodiff_optuna.metrics import load_scorer
+        from autodiff_optuna.models import load_model
+
+        device, options = runtime.device(args.device), model_options(args)
+        config.check()
         try:
-            ctx = SearchContext.build(config, runtime.device(args.device), model_options(args))
+            loaded = (load_model(config.model, device, options),
+                      load_scorer(config.model, device, options))
         except UsageError:  # its files are not here: priced from the architecture alone
-            ctx = None
+            loaded = None
+        # settings the loaded model refuses (a --steps beyond its schedule) are refused here too
+        ctx = None if loaded is None else SearchContext.of(config, *loaded)
     timing = None if ctx is None else time_here(ctx)
     result = estimate(config, targets, args.name or config.default_name, STAGES[args.stage],
                       timing)
@@ -151,6 +160,9 @@ def cmd_sample(args) -> None:
     if args.n < 1:
         raise UsageError(f"--n must be at least 1, got {args.n}")
     check_count(args.n, "--n", MAX_GRID)
+    if Path(args.out).is_dir():  # before any sampling
+        raise UsageError(f"cannot write {args.out}: it is a directory; give a file, e.g. "
+                         f"{Path(args.out) / 'samples.png'}")
     device, options = runtime.device(args.device), model_options(args)
     schedule = load_schedule(args.schedule, options, device)
     check_fits(load_model(schedule.model, device, options), args.n, "--n", GRID_COPIES)
@@ -170,6 +182,9 @@ def cmd_report(args) -> None:
                       png=not args.no_png, schedule=args.schedule,
                       export_rule=export_rule(args), device=runtime.device(args.device),
                       model_options=model_options(args))
+    # refused on a read-only open first: a missing file, another program's database or a
+    # study name that is not there is never created or changed by a report
+    load_existing_study(study_name_of(args), open_storage(args.storage))
     path = build(study_name_of(args), open_storage(args.storage, writable=True), options)
     print(f"wrote {path}")
 
@@ -193,7 +208,8 @@ def cmd_delete(args) -> None:
     from autodiff_optuna.search import deletion
 
     if args.name is None and args.model is None:
-        raise UsageError("delete needs the study: --name NAME, or --model MODEL [--steps K]")
+        raise UsageError("delete needs the study: --name NAME, or --model MODEL [--steps K] "
+                         "(unlike best and export, delete has no default model)")
     studies = deletion.plan(args.storage, study_name_of(args), args.force)
     trials = sum(len(study.get_trials(deepcopy=False)) for study in studies)
     what = " and ".join(repr(study.study_name) for study in studies) + f" ({trials} trials)"

@@ -202,9 +202,14 @@ def _type_problem(schedule: SearchedSchedule) -> str | None:
         problem = _object_problem(name, fields, types)
         if problem:
             return problem
-    if schedule.diffusers is not None and "timesteps" in schedule.diffusers \
-            and not _int_list(schedule.diffusers["timesteps"]):
-        return "'diffusers' 'timesteps' must be a list of integers"
+    if schedule.diffusers is not None and "timesteps" in schedule.diffusers:
+        if not _int_list(schedule.diffusers["timesteps"]):
+            return "'diffusers' 'timesteps' must be a list of integers"
+        # export writes the same steps to both: a difference is an edit, and which of the two
+        # the user meant cannot be known
+        if schedule.diffusers["timesteps"] != list(schedule.timesteps):
+            return (f"'diffusers' 'timesteps' {schedule.diffusers['timesteps']} differ from "
+                    f"'timesteps' {list(schedule.timesteps)}: make them the same")
     return None
 
 

@@ -179,6 +179,20 @@ def test_a_device_that_cannot_run_the_model(device, message, capsys, tmp_path):
     assert not (tmp_path / "new.db").exists()
 
 
+def test_a_folder_as_the_grid_file_is_refused_before_sampling(tmp_path, capsys):
+    message = _refused(capsys, ["sample", "--schedule", str(tmp_path / "none.json"), "--out",
+                                str(tmp_path)])
+    assert message.endswith(f"{tmp_path}: it is a directory; give a file, e.g. "
+                            f"{tmp_path / 'samples.png'}")
+
+
+@pytest.mark.parametrize("steps", ["999,,0", ",999,0", "999,0,", "999;500", ""])
+def test_a_malformed_step_list_is_refused_not_shortened(steps, capsys):
+    """An empty item is a typo: "999,,0" is not the 2-step schedule [999, 0]."""
+    assert "expected comma-separated integers" in _refused(
+        capsys, ["evaluate", "--model", "digits", "--timesteps", steps, "--samples", "80"])
+
+
 def test_counts_beyond_their_bounds_are_refused_before_anything_is_made(url, tmp_path, capsys):
     huge = str(10**12)
     new = tmp_path / "new.db"
@@ -287,11 +301,13 @@ def test_an_input_that_is_no_file_to_read(path, message, capsys):
     ({"provenance": {"study": ["x"]}}, "provenance 'study' must be a string"),
     ({"timesteps": ["999", "499"]}, "a list of integers"),
     ({"skip": [[["a"]], []]}, "'skip' must be a list of lists of layer names"),
+    ({"diffusers": {"timesteps": [1, 2, 3]}}, "'diffusers' 'timesteps' [1, 2, 3] differ from"),
 ])
 def test_a_schedule_file_with_fields_of_the_wrong_type(change, message, url, tmp_path, capsys):
     schedule = _schedule_file(url, tmp_path, capsys)
-    if "provenance" in change:
-        change = {"provenance": {**schedule["provenance"], **change["provenance"]}}
+    for block in ("provenance", "diffusers"):  # one field of the block changed, the rest kept
+        if block in change:
+            change = {block: {**schedule[block], **change[block]}}
     path = tmp_path / "bad.json"
     path.write_text(json.dumps({**schedule, **change}))
     before = _dump(url)

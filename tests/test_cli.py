@@ -84,6 +84,28 @@ def test_resume_and_configuration_mismatch(capsys, tmp_path):
     assert len(optuna.load_study(study_name="digits-k3", storage=url).trials) == len(study.trials)
 
 
+@pytest.mark.slow  # a two-stage study
+def test_what_stage_2_would_refuse_is_refused_before_stage_1_runs(capsys, tmp_path):
+    """A resume whose stage 2 differs from the stored one, and a new study whose stage-2 name
+    belongs to another program, are refused before stage 1 runs a trial or is even created."""
+    url = f"sqlite:///{tmp_path}/s.db"
+    base = ["study", "--model", "digits", "--steps", "3", "--storage", url, "--samples", "80",
+            "--population", "3", "--quiet", "--solver", "ddim", "--stage2-trials", "2"]
+    assert main(base + ["--trials", "4"]) == 0
+    stage1 = optuna.load_study(study_name="digits-k3", storage=url)
+    before = (len(stage1.trials), stage1.user_attrs["target"])
+    capsys.readouterr()
+    assert main(base + ["--trials", "6", "--max-gflops", "0.05"]) == 2
+    assert "max_gflops: stored None, requested 0.05" in error_line(capsys)
+    stage1 = optuna.load_study(study_name="digits-k3", storage=url)
+    assert (len(stage1.trials), stage1.user_attrs["target"]) == before
+
+    optuna.create_study(study_name="victim-stage2", storage=url)  # another program's
+    assert main(base + ["--trials", "4", "--name", "victim"]) == 2
+    assert "'victim-stage2'" in (line := error_line(capsys)) and "not made by" in line
+    assert "victim" not in optuna.get_all_study_names(url)
+
+
 @pytest.mark.slow  # three studies
 def test_stage1_with_an_optuna_sampler_resumes_and_keeps_its_sampler(capsys, tmp_path):
     """``--sampler tpe``: Optuna's TPE drives stage 1 on the same encoding, after the same

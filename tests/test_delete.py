@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 from test_results import UNIFORM, make_search
 
 from autodiff_optuna.cli import main
-from autodiff_optuna.storage import open_storage, record
+from autodiff_optuna.storage import LOCK_MARK, open_storage, record
 from autodiff_optuna.storage.optuna_internals import trial_id
 
 
@@ -144,6 +144,21 @@ def test_read_only_commands_leave_no_wal_files(tmp_path):
         assert worker.execute("SELECT count(*) FROM studies").fetchone() == (2,)
     finally:
         worker.close()
+
+
+def test_a_users_file_under_the_lock_name_is_never_deleted(tmp_path):
+    """The creation lock removes only a lock file this program made (a killed worker's too):
+    a file of the user's that happens to be named ``<database>.lock`` is locked and kept."""
+    url = f"sqlite:///{tmp_path}/s.db"
+    _search(url)
+    mine = tmp_path / "s.db.lock"
+    mine.write_text("my notes")
+    assert _delete(url, "s-k4") == 0  # a delete takes the lock
+    assert mine.read_text() == "my notes"
+    _search(url)
+    mine.write_bytes(LOCK_MARK)  # as a worker killed while holding the lock leaves it
+    assert _delete(url, "s-k4") == 0
+    assert not mine.exists()
 
 
 def test_refused_commands_leave_no_lock_file_or_folder(tmp_path, error_line):

@@ -148,6 +148,12 @@ def test_estimate_of_one_stage_times_the_loaded_model(capsys):
     assert "  start-up: cpu " in out
 
 
+def test_the_estimate_refuses_what_the_study_refuses(error_line):
+    """A loaded model's limits hold for ``--estimate`` as for the study it prices."""
+    assert main(["study", "--model", "digits", "--steps", "1001", "--estimate"]) == 2
+    assert error_line() == "error: --steps must be in [1, 999] for digits, got 1001"
+
+
 @pytest.mark.slow  # 4.0 s on the idle machine: out of the fast subset
 @pytest.mark.parametrize("path", sorted(PRESETS_DIR.glob("*.yaml")), ids=lambda p: p.stem)
 def test_preset_files_state_their_projected_cost(path):

@@ -336,13 +336,32 @@ def test_read_only_and_newer_schema_databases(tmp_path, capsys, error_line):
         assert conn.execute(complete).fetchone()[0] == 2
 
 
-@pytest.mark.parametrize("command", ["best", "export"])
+@pytest.mark.parametrize("command", ["best", "export", "report"])
 def test_reading_commands_create_nothing(tmp_path, error_line, command):
     url = f"sqlite:///{tmp_path}/new.db"
     argv = [command, "--name", NAME, "--storage", url]
     assert main(argv + (["--out", str(tmp_path / "s.json")] if command == "export" else [])) == 2
     assert "no database at" in error_line()
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["list", "best", "report", "delete"])
+def test_a_database_of_something_else_is_refused_unchanged(tmp_path, error_line, command):
+    """An SQLite file without Optuna's tables (empty, or another program's) gets one line that
+    says so, and no command, not even a report (which writes to a study it reports), adds
+    Optuna's tables to it."""
+    empty, other = tmp_path / "empty.db", tmp_path / "other.db"
+    empty.touch()
+    with sqlite3.connect(other) as conn:
+        conn.execute("CREATE TABLE notes (text)")
+    conn.close()
+    before = other.read_bytes()
+    for db in (empty, other):
+        argv = [command, "--storage", f"sqlite:///{db}"]
+        assert main(argv + (["--name", NAME, "--yes"] if command == "delete" else [])) == 2
+        assert "holds no Optuna studies" in error_line()
+    assert empty.read_bytes() == b"" and other.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.db", "other.db"]
 
 
 @pytest.mark.slow  # 10.7 s on the idle machine: out of the fast subset

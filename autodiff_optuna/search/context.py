@@ -31,8 +31,12 @@ class SearchContext:
               options=None) -> "SearchContext":
         """``options``: a ``models.ModelOptions`` (--checkpoint, --ref-stats, ...), or None."""
         config.check()
-        model = load_model(config.model, device, options)
-        scorer = load_scorer(config.model, device, options)
+        return cls.of(config, load_model(config.model, device, options),
+                      load_scorer(config.model, device, options))
+
+    @classmethod
+    def of(cls, config: SearchConfig, model, scorer) -> "SearchContext":
+        """The context of a loaded model and scorer, the settings checked against them."""
         config.check_for(model, scorer)
         spacings = standard_spacings(config.steps, model.num_train_timesteps,
                                      alphas_cumprod(model))

@@ -215,9 +215,7 @@ def open_stage2(ctx: SearchContext, stage1: optuna.Study, storage,
     it as completed trials with their stage-1 values, once, when the study is created: they
     are the first generation's known members, and its every trial scores a new candidate.
     The skip costs are measured once per study (stored; a study made before gets them)."""
-    if max_gflops is not None and not ctx.min_gflops <= max_gflops:
-        raise UsageError(f"--max-gflops {max_gflops} is below what any candidate can cost "
-                         f"({ctx.min_gflops:.4f} GFLOPs/image with every layer skipped)")
+    _check_budget(ctx, max_gflops)
     # ranked as the result ranks them: stage 1's confirmed best first (a candidate's luck on
     # the search's noise would otherwise decide which schedule stage 2 skips layers of)
     fids = {p.trial: p.fid for p in scored_points(stage1, None, ctx.config.steps, None)}
@@ -255,6 +253,26 @@ def open_stage2(ctx: SearchContext, stage1: optuna.Study, storage,
         study.sampler = _sampler(ctx, 2, elites, stored)
     stage1.set_user_attr(STAGE2_ATTR, name)
     return study
+
+
+def check_stage2(ctx: SearchContext, stage1_name: str, storage, max_gflops: float | None) -> None:
+    """Refuse, before stage 1 runs or is even created, what stage 2 would refuse once stage 1
+    is done: a ``--max-gflops`` nothing can meet, and a ``<name>-stage2`` study that is not
+    ours or was made with another configuration. Nothing is written."""
+    _check_budget(ctx, max_gflops)
+    name = f"{stage1_name}-stage2"
+    if name not in optuna.get_all_study_names(storage):
+        return
+    study = optuna.load_study(study_name=name, storage=storage)
+    half_made = record.is_marked(study.user_attrs) and CONFIG_ATTR not in study.user_attrs
+    if not half_made:  # a half-made one is made again when stage 2 opens it
+        _refuse_other(study, stage_config(ctx, 2, max_gflops), storage)
+
+
+def _check_budget(ctx: SearchContext, max_gflops: float | None) -> None:
+    if max_gflops is not None and not ctx.min_gflops <= max_gflops:
+        raise UsageError(f"--max-gflops {max_gflops} is below what any candidate can cost "
+                         f"({ctx.min_gflops:.4f} GFLOPs/image with every layer skipped)")
 
 
 def _carried(ctx: SearchContext, space, candidate: Candidate, source: optuna.trial.FrozenTrial,
@@ -403,6 +421,13 @@ def _hint(key: str, stored: dict, wanted: dict) -> str:
 def _check_stored(study: optuna.Study, wanted: dict, stage: int, storage) -> None:
     """Refuse a study that is not ours or was made with another configuration; one of ours made
     before the marker existed gets it here (the study is opened to be written)."""
+    _refuse_other(study, wanted, storage)
+    record.mark(study)
+
+
+def _refuse_other(study: optuna.Study, wanted: dict, storage) -> None:
+    """One line for a study that is not ours, or was made with another configuration than
+    ``wanted``."""
     where = f"study {study.study_name!r} in {redact(storage.url)}"
     if not record.is_ours(study.user_attrs):
         raise UsageError(f"{where} was not made by autodiff_optuna; choose another --name")
@@ -412,4 +437,3 @@ def _check_stored(study: optuna.Study, wanted: dict, stage: int, storage) -> Non
     if diffs:
         raise UsageError(f"{where} exists with another configuration (" + "; ".join(diffs)
                          + "); rerun with the stored values or choose a new --name")
-    record.mark(study)

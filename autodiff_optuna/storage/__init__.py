@@ -7,9 +7,10 @@ database read-only and creates nothing.
 
 Workers that start together on one database take a lock while Optuna creates its tables and while
 a study is created (``creation_lock``): a PostgreSQL advisory lock, or for SQLite an exclusive
-``flock`` on a ``<database>.lock`` file beside it, removed by its holder when it is done. Both are
-released by the operating system when a process dies, so a worker killed half-way through
-creating a study never blocks the next one.
+``flock`` on a ``<database>.lock`` file beside it, removed by its holder when it is done (only
+a file this program made and marked: a file of the user's under that name is locked, never
+deleted). Both are released by the operating system when a process dies, so a worker killed
+half-way through creating a study never blocks the next one.
 
 Reading a database in SQLite's write-ahead-log mode makes SQLite create its ``-wal`` and ``-shm``
 files, which a read-only connection cannot remove when it closes. Where a read-only command
@@ -37,6 +38,9 @@ DEFAULT_STORAGE = "sqlite:///studies/autodiff.db"
 SQLITE_MAGIC = b"SQLite format 3\x00"
 SCHEMA_LOCK_KEY = 0x0AD1FF  # any fixed number; only this program's workers take it
 LOCK_SUFFIX = ".lock"
+# what a lock file this program made holds: the holder removes only such a file (one left by a
+# killed worker included), never a user's file that happens to have the lock's name
+LOCK_MARK = b"autodiff_optuna creation lock\n"
 READ_ONLY_QUERY = "?mode=ro&uri=true"  # SQLite's URI filename parameters for a read-only open
 WAL_SUFFIXES = ("-wal", "-shm")  # the files SQLite keeps beside a database in WAL mode
 # SQLite files this process found without WAL files, with its engines on them: tidied at exit
@@ -69,6 +73,7 @@ def open_storage(url: str | None = None, heartbeat: int | None = None,
         if not _has_wal_files(path):
             tidy = path
         if not writable:
+            _check_holds_studies(url, path)
             url = _read_only_sqlite_url(url, path)
         # several processes on one SQLite file wait for the lock instead of failing at once
         engine_kwargs = {"connect_args": {"timeout": 60}}
@@ -170,7 +175,8 @@ def _file_lock(database: Path):
     descriptor of the database itself would drop the POSIX locks SQLite holds on it. Where the
     lock file cannot be made (a read-only folder), nothing could be written there either, and
     the write check that follows says so. The holder removes the file before it lets go, so
-    none is left behind; a waiter that then holds the removed file's lock takes the new one."""
+    none is left behind (a waiter that then holds the removed file's lock takes the new one);
+    a file there that this program did not make is only locked, and left as it was."""
     path = f"{database}{LOCK_SUFFIX}"
     fd = _locked(path)
     if fd is None:
@@ -179,23 +185,42 @@ def _file_lock(database: Path):
     try:
         yield
     finally:
-        with suppress(OSError):
-            os.unlink(path)
+        if _ours(fd):
+            with suppress(OSError):
+                os.unlink(path)
         os.close(fd)  # releases the lock
 
 
 def _locked(path: str) -> int | None:
     """A descriptor holding the ``flock`` of the file now at ``path`` (None: it cannot be
-    made)."""
+    made or opened). A file this call makes is marked as this program's (``LOCK_MARK``)."""
     while True:
+        made = True
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            made = False
+            try:
+                fd = os.open(path, os.O_RDONLY)  # a user's file is never written to
+            except FileNotFoundError:
+                continue  # its holder removed it just now
+            except OSError:
+                return None
         except OSError:
             return None
         fcntl.flock(fd, fcntl.LOCK_EX)
         if _same_file(fd, path):
+            if made:
+                os.write(fd, LOCK_MARK)
             return fd
         os.close(fd)  # its holder removed it while this process waited
+
+
+def _ours(fd: int) -> bool:
+    """Whether the locked file is one this program made (a killed worker's included)."""
+    with suppress(OSError):
+        return os.pread(fd, len(LOCK_MARK) + 1, 0) == LOCK_MARK
+    return False
 
 
 def _has_wal_files(path: Path) -> bool:
@@ -300,6 +325,27 @@ def _check_sqlite_file(url: str, path: Path, must_exist: bool) -> None:
         raise UsageError(f"storage {url}: cannot read {path} ({err.strerror})") from None
     if header and header != SQLITE_MAGIC:
         raise UsageError(f"storage {url}: {path} is not an SQLite database")
+
+
+def _check_holds_studies(url: str, path: Path) -> None:
+    """Refuse, in one line, an SQLite file without Optuna's tables (empty, or a database of
+    something else): read-only, Optuna would try to create them and fail on a message about
+    writing, and a command that reads must not create them."""
+    if path.stat().st_size == 0:
+        tables = set()
+    else:
+        try:
+            connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            try:
+                tables = {row[0] for row in connection.execute(
+                    "SELECT name FROM sqlite_master WHERE type = 'table'")}
+            finally:
+                connection.close()
+        except sqlite3.Error as err:
+            raise UsageError(f"cannot open storage {url}: {one_line(err)}") from None
+    if "studies" not in tables:
+        raise UsageError(f"storage {url}: {path} holds no Optuna studies (no study was ever "
+                         "stored there); run a study first, or give the --storage it ran with")
 
 
 def _read_only_sqlite_url(url: str, path: Path) -> str:
