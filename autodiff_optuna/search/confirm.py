@@ -24,33 +24,65 @@ FID's bootstrap standard deviation over the confirmation's images: on a few thou
 FID moves by more than a 10% tolerance from one draw of noise to the next, and the export rule
 (``results.StudyResult.fast``) trades quality for compute only by a margin larger than that.
 Confirming is the end of each stage's ``run``.
+
+Stage 1's best are picked by screening, not by their search FIDs: the ``SCREEN_TOP`` best
+complete candidates by search FID are each scored on the first ``screen_images`` of the
+confirmation's images (a quarter), and the ``STAGE1_TOP`` lowest there are confirmed on all of
+them. The search FID ranks what the search selected poorly: it selected them for their luck on
+its noise. On the bundled models' K=4 presets this named a better schedule held out on 3 studies
+of 6 and a worse one on none, for about 2,000 more images a study (BENCHMARKS.md, "How many of
+stage 1's best to confirm"). Screened FIDs are stored like the confirmed ones
+(``screened_fid:<trial>``); a point screened and not confirmed ranks by its screened FID moved by
+the median change from screened to confirmed FIDs (``results.scored_points``). Where a quarter of
+the images is too few for the FID's features (fewer than twice its minimum: Inception's 2048
+features at 5000 images), nothing is screened and stage 1's ``STAGE1_TOP`` best by search FID are
+confirmed.
 """
 
 import sys
 import time
 
 import optuna
+from optuna.trial import FrozenTrial
 
 from autodiff_optuna.metrics.fid import FIDError
-from autodiff_optuna.metrics.scoring import score_with_spread
+from autodiff_optuna.metrics.scoring import score_schedule, score_with_spread
 from autodiff_optuna.sampling.noise import CONFIRM, draw
 from autodiff_optuna.sampling.rules import StepRule
+from autodiff_optuna.search import objectives
 from autodiff_optuna.search.results import (
     MIN_SAVING,
     Point,
     check_config,
+    complete_trials,
     linked_studies,
     pareto,
     scored_points,
+    screenings,
     thin,
     uniform_trial,
 )
 from autodiff_optuna.storage import record
-from autodiff_optuna.storage.record import CONFIRMED_ATTR, CONFIRMED_SPREAD_ATTR
+from autodiff_optuna.storage.record import (
+    CONFIRMED_ATTR,
+    CONFIRMED_SPREAD_ATTR,
+    RULES_ATTR,
+    SCREENED_ATTR,
+    TIMESTEPS_ATTR,
+)
 
 STAGE1_TOP = 3  # stage 1's best few are confirmed whatever stage 2 finds
 # a confirmation's images per image the search scored a full candidate on
 IMAGES_PER_SEARCH_IMAGE = 1
+SCREEN_TOP = 12  # stage 1's best complete candidates by search FID that screening scores
+SCREEN_FRACTION = 4  # screening's images: the first 1/SCREEN_FRACTION of the confirmation's
+
+
+def screen_images(confirmation_images: int, min_fid_images: int) -> int:
+    """Images screening scores each candidate on; 0 (no screening) where that would be under
+    twice the FID's minimum (a FID of barely more images than features is mostly noise)."""
+    n = confirmation_images // SCREEN_FRACTION
+    return n if n >= 2 * min_fid_images else 0
 
 
 def to_confirm(stage1: optuna.Study, stage2: optuna.Study | None,
@@ -62,21 +94,71 @@ def to_confirm(stage1: optuna.Study, stage2: optuna.Study | None,
     if not points:
         return []
     by_key = {(p.stage, p.trial): p for p in points}
-    wanted = sorted((p for p in points if p.stage == 1), key=_search_fid)[:STAGE1_TOP]
+    wanted = _stage1_top(points)
     uniform = uniform_trial(stage1)
     limit = float("inf")
     if uniform is not None:
         wanted.append(by_key[(1, uniform.number)])
         limit = by_key[(1, uniform.number)].fid
+    if first := _unconfirmed(wanted):
+        # these first: what the rest is expected to score on fresh noise is learnt from them
+        return first
     best = min(points, key=lambda p: (p.fid, p.gflops or 0.0, p.stage, p.trial))
     front = thin(pareto(points), min_saving * full) if full else []
-    wanted += [best, *(p for p in front if p.fid <= max(limit, best.fid))]
-    return list({(p.stage, p.trial): p for p in wanted
+    return _unconfirmed([best, *(p for p in front if p.fid <= max(limit, best.fid))])
+
+
+def _unconfirmed(points: list[Point]) -> list[Point]:
+    """``points`` not yet confirmed (or confirmed before spreads were measured), once each."""
+    return list({(p.stage, p.trial): p for p in points
                  if p.confirmed_fid is None or p.confirmed_spread is None}.values())
+
+
+def _stage1_top(points: list[Point]) -> list[Point]:
+    """Stage 1's ``STAGE1_TOP`` lowest screened FIDs; its best by search FID where nothing was
+    screened."""
+    stage1 = [p for p in points if p.stage == 1]
+    screened = [p for p in stage1 if p.screened_fid is not None]
+    if screened:
+        return sorted(screened, key=lambda p: (p.screened_fid, p.trial))[:STAGE1_TOP]
+    return sorted(stage1, key=_search_fid)[:STAGE1_TOP]
+
+
+def to_screen(stage1: optuna.Study) -> list[FrozenTrial]:
+    """Stage 1's ``SCREEN_TOP`` best complete trials by search FID not yet screened."""
+    best = sorted(complete_trials(stage1), key=lambda t: (objectives.fid(t), t.number))
+    done = screenings(stage1)
+    return [t for t in best[:SCREEN_TOP] if t.number not in done]
 
 
 def _search_fid(point: Point) -> float:
     return point.fid if point.search_fid is None else point.search_fid
+
+
+def screen(ctx, stage1: optuna.Study, batch, progress: bool = True,
+           batch_size: int | None = None, deadline: float | None = None) -> int:
+    """Score ``to_screen(stage1)`` on the first ``screen_images`` of ``batch`` (the
+    confirmation's noise), each stored as it is computed; returns the images sampled."""
+    n = screen_images(len(batch.noise), ctx.scorer.min_samples)
+    images = 0
+    for trial in to_screen(stage1) if n else []:
+        if deadline is not None and time.monotonic() >= deadline:
+            break
+        started = time.monotonic()
+        rules = [StepRule(order, corrector)
+                 for order, corrector in trial.user_attrs.get(RULES_ATTR) or []]
+        try:
+            fid = score_schedule(ctx.model, ctx.scorer, tuple(trial.user_attrs[TIMESTEPS_ATTR]),
+                                 batch.subset(0, n), rules or ctx.config.solver, batch_size)
+        except FIDError:  # not finite on this noise: it is not confirmed
+            fid = float("inf")
+        stage1.set_user_attr(f"{SCREENED_ATTR}:{trial.number}", fid)
+        images += n
+        if progress:
+            print(f"screen  stage 1 trial {trial.number:>4}  {trial.user_attrs[TIMESTEPS_ATTR]}  "
+                  f"search FID {objectives.fid(trial):8.3f}  on {n} confirmation images "
+                  f"{fid:8.3f}  ({time.monotonic() - started:.1f}s)", file=sys.stdout, flush=True)
+    return images
 
 
 def confirm(ctx, study: optuna.Study, progress: bool = True, batch_size: int | None = None,
@@ -87,13 +169,17 @@ def confirm(ctx, study: optuna.Study, progress: bool = True, batch_size: int | N
     stage1, stage2 = linked_studies(study)
     studies = {1: stage1, 2: stage2}
     batch, images = None, 0
+    if to_screen(stage1):
+        batch = _confirmation_batch(ctx)
+        images += screen(ctx, stage1, batch, progress, batch_size, deadline)
+        if deadline is not None and time.monotonic() >= deadline:
+            return images
     while points := to_confirm(stage1, stage2):
         for point in points:
             if deadline is not None and time.monotonic() >= deadline:
                 return images
             if batch is None:  # only when there is something to confirm
-                batch = draw(ctx.model, ctx.config.samples * IMAGES_PER_SEARCH_IMAGE,
-                             ctx.config.seed, CONFIRM)
+                batch = _confirmation_batch(ctx)
             started = time.monotonic()
             rules = [StepRule(order, corrector) for order, corrector in point.rules or []]
             try:
@@ -112,3 +198,7 @@ def confirm(ctx, study: optuna.Study, progress: bool = True, batch_size: int | N
                       f"confirmed {fid:8.3f} ± {spread:.3f}  ({time.monotonic() - started:.1f}s)",
                       file=sys.stdout, flush=True)
     return images
+
+
+def _confirmation_batch(ctx):
+    return draw(ctx.model, ctx.config.samples * IMAGES_PER_SEARCH_IMAGE, ctx.config.seed, CONFIRM)

@@ -192,11 +192,14 @@ class Point:
     # how far another draw of the confirmation's images could move it (``metrics.fid_spread``;
     # None: not confirmed, or confirmed before spreads were measured)
     confirmed_spread: float | None = None
+    # stage 1: on the first part of the confirmation's images (``search.confirm``'s screening;
+    # None: not screened)
+    screened_fid: float | None = None
 
     @property
     def expected(self) -> bool:
-        """Ranked by an expected FID: not confirmed, its search FID raised by the study's
-        ``expected_rise``."""
+        """Ranked by an expected FID: not confirmed, its screened FID or its search FID moved
+        by the study's ``expected_rise``."""
         return (self.confirmed_fid is None and self.search_fid is not None
                 and self.fid != self.search_fid)
 
@@ -213,6 +216,7 @@ class Point:
                 "timesteps": self.timesteps, "skip": self.skip, "fid": self.fid,
                 "search_fid": self.fid if self.search_fid is None else self.search_fid,
                 "confirmed_fid": self.confirmed_fid, "confirmed_spread": self.confirmed_spread,
+                "screened_fid": self.screened_fid,
                 "gflops": self.gflops, "gflops_share": self.share(full_gflops),
                 **({"rules": self.rules} if self.rules else {})}
 
@@ -228,7 +232,9 @@ class Point:
                       else f" ± {self.confirmed_spread:.3f}")
             text += f"{spread} confirmed (search {self.search_fid:.3f})"
         elif self.expected:
-            text += f" expected (search {self.search_fid:.3f}, not confirmed)"
+            screened = ("" if self.screened_fid is None
+                        else f", screened {self.screened_fid:.3f} on fewer images")
+            text += f" expected (search {self.search_fid:.3f}{screened}, not confirmed)"
         if self.gflops is not None:
             text += f", {self.gflops:.4f} GFLOPs/image"
             share = self.share(full_gflops)
@@ -474,31 +480,50 @@ def _is_stage2_of(study: optuna.Study, stage1_name: str) -> bool:
 
 def scored_points(stage1, stage2, steps: int, full: float | None) -> list[Point]:
     """Every complete trial of both stages as a Point (stage 1's at the full network's cost),
-    an unconfirmed one's FID raised by ``expected_rise``. A stage-2 trial over the budget stage
-    2 was run with is one too: the budget steered the search, and ``choose`` applies it to what
-    is exported. Stage 1's elites carried into stage 2 are stage 1's points (the same
-    candidates, scored there), so they appear once."""
-    confirmed = confirmations(stage1)
-    points = [_point(stage1, 1, t, full, steps, confirmed) for t in complete_trials(stage1)]
+    an unconfirmed one's FID its expected FID on fresh noise: a screened one's screened FID
+    moved by the rise from screened to confirmed FIDs, any other's search FID raised by
+    ``expected_rise``. A stage-2 trial over the budget stage 2 was run with is one too: the
+    budget steered the search, and ``choose`` applies it to what is exported. Stage 1's elites
+    carried into stage 2 are stage 1's points (the same candidates, scored there), so they
+    appear once."""
+    confirmed, screened = confirmations(stage1), screenings(stage1)
+    points = [_point(stage1, 1, t, full, steps, confirmed, screened)
+              for t in complete_trials(stage1)]
     if stage2 is not None:
         points += stage2_points(stage2, steps, carried=False)
     rise = expected_rise(points)
-    return [p if p.confirmed_fid is not None or not rise
-            else dataclasses.replace(p, fid=p.fid + rise) for p in points]
+    from_screened = expected_rise(points, "screened_fid", floor=None)
+    return [_expected(p, rise, from_screened) for p in points]
+
+
+def _expected(point: Point, rise: float, from_screened: float | None) -> Point:
+    if point.confirmed_fid is not None:
+        return point
+    if point.screened_fid is not None and from_screened is not None:
+        # a fresh measurement, if on fewer images: it knows more than the search's lucky one
+        return dataclasses.replace(point, fid=point.screened_fid + from_screened)
+    return dataclasses.replace(point, fid=point.fid + rise) if rise else point
 
 
 MIN_RISES = 3  # confirmed candidates it takes to expect a rise: fewer say little about the rest
 
 
-def expected_rise(points: list[Point]) -> float:
+def expected_rise(points: list[Point], source: str = "search_fid",
+                  floor: float | None = 0.0) -> float | None:
     """How much an unconfirmed candidate's FID is expected to rise from the search's noise to
     fresh noise: the median rise of the confirmed ones (0 until ``MIN_RISES`` are, or where
     they fell). Those were confirmed for scoring low on the search's noise, as every
-    unconfirmed candidate that could rank beside them did, and all share that noise's draw."""
-    rises = [p.confirmed_fid - p.search_fid for p in points
-             if p.confirmed_fid is not None and p.search_fid is not None
-             and math.isfinite(p.confirmed_fid) and math.isfinite(p.search_fid)]
-    return max(0.0, statistics.median(rises)) if len(rises) >= MIN_RISES else 0.0
+    unconfirmed candidate that could rank beside them did, and all share that noise's draw.
+
+    ``source="screened_fid", floor=None``: the median change from the screened FID (fewer
+    images, so higher: a negative change) to the confirmed one; None until ``MIN_RISES``
+    screened candidates are confirmed."""
+    rises = [p.confirmed_fid - getattr(p, source) for p in points
+             if p.confirmed_fid is not None and getattr(p, source) is not None
+             and math.isfinite(p.confirmed_fid) and math.isfinite(getattr(p, source))]
+    if len(rises) < MIN_RISES:
+        return None if floor is None else floor
+    return statistics.median(rises) if floor is None else max(floor, statistics.median(rises))
 
 
 def stage2_points(stage2: optuna.Study, steps: int, carried: bool = True) -> list[Point]:
@@ -519,6 +544,11 @@ def confirmations(study: optuna.Study) -> tuple[dict[int, float], dict[int, floa
     attrs = study.user_attrs
     return (_per_trial(attrs, record.CONFIRMED_ATTR),
             _per_trial(attrs, record.CONFIRMED_SPREAD_ATTR))
+
+
+def screenings(study: optuna.Study) -> dict[int, float]:
+    """Trial number -> its screened FID (``search.confirm``'s screening of stage 1)."""
+    return _per_trial(study.user_attrs, record.SCREENED_ATTR)
 
 
 def _per_trial(attrs: dict, name: str) -> dict[int, float]:
@@ -555,8 +585,10 @@ def stage2_front_size(stage2: optuna.Study, min_saving: float = MIN_SAVING) -> i
 
 
 def _point(study, stage: int, trial: FrozenTrial, full: float | None, steps: int,
-           confirmed: tuple[dict, dict] | None = None) -> Point:
-    """``confirmed``: ``confirmations(study)``, read once by a caller that makes many."""
+           confirmed: tuple[dict, dict] | None = None,
+           screened: dict[int, float] | None = None) -> Point:
+    """``confirmed``: ``confirmations(study)``, ``screened``: ``screenings(study)``, read once
+    by a caller that makes many."""
     if stage == 1:
         skip, gflops = [[] for _ in range(steps)], full
     else:
@@ -566,7 +598,8 @@ def _point(study, stage: int, trial: FrozenTrial, full: float | None, steps: int
     return Point(stage, study.study_name, trial.number, trial.user_attrs.get(TIMESTEPS_ATTR),
                  skip, search_fid if confirmed_fid is None else confirmed_fid, gflops,
                  trial.user_attrs.get(RULES_ATTR), search_fid, confirmed_fid,
-                 None if confirmed_fid is None else spreads.get(trial.number))
+                 None if confirmed_fid is None else spreads.get(trial.number),
+                 (screened or {}).get(trial.number))
 
 
 def pareto(points: list[Point]) -> list[Point]:
