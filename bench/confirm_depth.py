@@ -11,18 +11,21 @@ presets' own stage 1s (``study --stage 1``, digits and digits-deep, three seeds)
 held-out stream, which no study searches or confirms on. Then, offline, the held-out FID of
 what each rule would name:
 
-- ``top N``: the lowest confirmed FID among the N best by search FID (N = 3: today's rule);
+- ``top N``: the lowest confirmed FID among the N best by search FID (N = 3: the rule before
+  screening);
 - ``race``: every one of the ``TOP`` on the first ``RACE_IMAGES`` of the confirmation's images
-  (a quarter of the images), the ``STAGE1_TOP`` lowest there on all of them, the lowest named
-  (about as many images as today's rule, spread over more candidates).
+  (a quarter of them), the ``STAGE1_TOP`` lowest there on all of them, the lowest named.
 
-Then the rule as the product now runs it (``confirm.screen``: the race above, its screened
-FIDs stored on the study): each preset's stage 1 run again by the checkout's code (the search
-is the same for a seed, only what it confirms and names can differ), its best scored held out.
+Then the rule as the product now runs it (``confirm.screen``: the race, but on a quarter as many
+images of a stream of its own, so that what chose a candidate does not also confirm it): each
+preset's stage 1 run again by the checkout's code (the search is the same for a seed, only what
+it confirms and names can differ), its best scored held out;
+and the same stage 1 driven by Optuna's TPESampler (``--sampler tpe``), confirmed the same way,
+so that the two samplers are compared with what the product now names.
 
     python -m bench.confirm_depth [--shard I/N | --collect] [DIR]   # default /tmp/bench-confirm
 
-About 9 minutes a job on one thread of the 2-core machine (3 for a ``screened`` one); twelve
+About 9 minutes a job on one thread of the 2-core machine (3 for a ``screened`` one); 18
 jobs.
 """
 
@@ -33,7 +36,15 @@ from pathlib import Path
 import numpy as np
 
 from bench.budget import _load, stage1_run
-from bench.protocol import HELDOUT_SAMPLES, HELDOUT_SEED, MODELS, SEEDS, STEPS, _HeldOut
+from bench.protocol import (
+    HELDOUT_SAMPLES,
+    HELDOUT_SEED,
+    MODELS,
+    SEEDS,
+    STEPS,
+    _HeldOut,
+    screening_images,
+)
 from bench.solvers import kept_jobs_cli, measure_jobs
 
 KEY = "confirm_depth"  # results.json's key
@@ -46,26 +57,30 @@ RACE_IMAGES = 250  # the race's first round: images per candidate
 
 def jobs() -> list[str]:
     return ([f"{model}:{seed}" for model in MODELS for seed in SEEDS]
-            + [f"screened:{model}:{seed}" for model in MODELS for seed in SEEDS])
+            + [f"{kind}:{model}:{seed}" for kind in SCREENED for model in MODELS
+               for seed in SEEDS])
 
 
-def _screened_job(model: str, seed: int, folder: Path) -> dict:
-    """The preset's stage 1 as the checkout's code runs it: what it names, held out, and the
-    images its screening and confirmation took."""
-    from autodiff_optuna.metrics.digits_features import FEATURE_DIM
-    from autodiff_optuna.search.confirm import IMAGES_PER_SEARCH_IMAGE, screen_images
+# kind -> (stage-1 flags over the preset, what the row is)
+SCREENED = {"screened": ((), "**the product now** (`confirm.screen`: stage 1 run again, its "
+                             "own choice)"),
+            "screened-tpe": (("--sampler", "tpe"), "the same stage 1 driven by Optuna's "
+                                                   "TPESampler, confirmed the same way")}
+
+
+def _screened_job(kind: str, model: str, seed: int, folder: Path) -> dict:
+    """The preset's stage 1 (with ``kind``'s flags) as the checkout's code runs it: what it
+    names, held out, and the images its search, screening and confirmation took."""
     from autodiff_optuna.search.results import screenings, stored_config
 
-    db = folder / f"{model}-s{seed}-screened.db"
-    run = stage1_run(model, STEPS, seed, (), db)
+    db = folder / f"{model}-s{seed}-{kind}.db"
+    run = stage1_run(model, STEPS, seed, SCREENED[kind][0], db)
     study = _load(db, model)
-    # both bundled models are scored with the digits features
-    per = screen_images(stored_config(study)["samples"] * IMAGES_PER_SEARCH_IMAGE,
-                        FEATURE_DIM + 1)
-    return {"kind": "screened", "model": model, "seed": seed, "best": run["best"],
-            "screened": len(screenings(study)), "screening_images": len(screenings(study)) * per,
-            "confirmation_images": run["confirmation_images"], "images": run["images"],
-            "commit": run["commit"]}
+    screening = screening_images(study, stored_config(study)["samples"])
+    return {"kind": kind, "model": model, "seed": seed, "best": run["best"],
+            "screened": len(screenings(study)), "screening_images": screening,
+            "confirmation_images": run["confirmation_images"] - screening,
+            "images": run["images"], "commit": run["commit"]}
 
 
 def _run_job(job: str, folder: Path) -> dict:
@@ -76,9 +91,9 @@ def _run_job(job: str, folder: Path) -> dict:
     from autodiff_optuna.sampling.noise import CONFIRM, draw
     from autodiff_optuna.search.results import stored_config
 
-    if job.startswith("screened:"):
-        _, model, seed = job.split(":")
-        return _screened_job(model, int(seed), folder)
+    if job.split(":")[0] in SCREENED:
+        kind, model, seed = job.split(":")
+        return _screened_job(kind, model, int(seed), folder)
     model, seed = job.split(":")
     db = folder / f"{model}-s{seed}.db"
     run = stage1_run(model, STEPS, int(seed), (), db)
@@ -138,8 +153,8 @@ def collect(done: dict, machine: str) -> dict:
     return {"machine": machine, "heldout_samples": HELDOUT_SAMPLES, "heldout_seed": HELDOUT_SEED,
             "steps": STEPS, "top": TOP, "race_images": RACE_IMAGES,
             "runs": sorted((r for r in done.values() if "candidates" in r), key=order),
-            "screened": sorted((r for r in done.values() if r.get("kind") == "screened"),
-                               key=order)}
+            **{kind: sorted((r for r in done.values() if r.get("kind") == kind), key=order)
+               for kind in SCREENED}}
 
 
 def markdown(entry: dict) -> str:
@@ -151,9 +166,10 @@ def markdown(entry: dict) -> str:
              "study's confirmation stream (as `confirm` scores it) and on "
              f"{entry['heldout_samples']} images of the held-out stream of seed "
              f"{entry['heldout_seed']}. Each cell: the held-out FID of what the rule names. "
-             "top N: the lowest confirmed FID among the N best by search FID (top 3 is "
-             f"today's rule); race: all {entry['top']} on the first {entry['race_images']} "
-             "confirmation images, the 3 lowest there on all of them; oracle: the lowest "
+             "top N: the lowest confirmed FID among the N best by search FID (top 3: the rule "
+             f"before screening); race: all {entry['top']} on the first "
+             f"{entry['race_images']} confirmation images, the 3 lowest there on all of them "
+             "(the column counts the race's images once); oracle: the lowest "
              "held-out FID among the candidates (no rule can know it). Two processes shared "
              "the 2 cores, one torch thread each.", "",
              "| rule | confirmation images a study | " + " | ".join(
@@ -166,21 +182,24 @@ def markdown(entry: dict) -> str:
         lines.append(f"| {rule} | {rule_images(rule, runs[0]['samples']):,} | "
                      + " | ".join(f"{h:.2f}" for h in held)
                      + f" | {by_model[0]:.2f} | {by_model[1]:.2f} | {np.mean(held):.2f} |")
-    by = {(r["model"], r["seed"]): r for r in entry.get("screened", [])}
-    screened = [by.get((r["model"], r["seed"])) for r in runs]
-    if any(screened):
+    commits = set()
+    for kind, (_, what) in SCREENED.items():
+        by = {(r["model"], r["seed"]): r for r in entry.get(kind, [])}
+        screened = [by.get((r["model"], r["seed"])) for r in runs]
+        if not any(screened):
+            continue
         held = [np.nan if r is None else r["best"]["heldout_fid"] for r in screened]
         by_model = [np.nanmean([h for h, r in zip(held, runs) if r["model"] == m] or [np.nan])
                     for m in MODELS]
         images = np.mean([r["screening_images"] + r["confirmation_images"]
                           for r in screened if r])
-        lines.append("| **the product now** (`confirm.screen`: stage 1 run again, its own "
-                     f"choice) | {images:,.0f} (mean) | "
+        lines.append(f"| {what} | {images:,.0f} (mean) | "
                      + " | ".join("-" if np.isnan(h) else f"{h:.2f}" for h in held)
                      + f" | {by_model[0]:.2f} | {by_model[1]:.2f} | {np.nanmean(held):.2f} |")
-        commits = sorted({r["commit"] for r in screened if r})
-        lines += ["", f"The product's rows ran at commit {', '.join(commits)}; confirmation "
-                  "images of a study: screening's and confirmation's, uniform included."]
+        commits |= {r["commit"] for r in screened if r}
+    if commits:
+        lines += ["", f"The last rows ran at commit {', '.join(sorted(commits))}; their "
+                  "confirmation images: screening's and confirmation's, uniform included."]
     return "\n".join(lines)
 
 

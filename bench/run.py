@@ -345,8 +345,10 @@ def render(results: dict) -> dict[str, str]:
 
     if kernel.KEY in results:
         sections[kernel.SECTION] = "\n".join(kernel.render(results[kernel.KEY]))
-    from bench import budget, margins, rungs
+    from bench import budget, confirm_depth, margins, rungs
 
+    if confirm_depth.KEY in results:
+        sections[confirm_depth.SECTION] = confirm_depth.markdown(results[confirm_depth.KEY])
     if budget.KEY in results:
         sections[budget.SECTION] = budget.markdown(results[budget.KEY])
     if rungs.KEY in results:
@@ -656,10 +658,11 @@ def main() -> None:
     protocol: whole studies, preset against a cheaper budget, see bench/protocol.py;
     reuse: DeepCache's reuse against the bypass, see bench/reuse.py; stage1_budget: what stage
     1's candidates and images buy, see bench/budget.py; preset_rungs: the K = 3, 6 and 8
-    presets' first pruning rung, see bench/rungs.py; heldout_margins: the grids' margins
-    against the held-out batch's noise, see bench/margins.py)
+    presets' first pruning rung, see bench/rungs.py; confirm_depth: how many of stage 1's
+    best to confirm, see bench/confirm_depth.py; heldout_margins: the grids' margins against
+    the held-out batch's noise, see bench/margins.py)
     and keep the other numbers of bench/results.json."""
-    from bench import budget, margins, protocol, reuse, rungs, search, solvers
+    from bench import budget, confirm_depth, margins, protocol, reuse, rungs, search, solvers
     from bench.profile import profile_trials
     from bench.workers import measure as workers
 
@@ -675,6 +678,7 @@ def main() -> None:
              "solver_search_deep": lambda: solvers.measure(model="digits-deep"),
              "protocol": protocol.measure, "reuse": reuse.measure,
              "stage1_budget": budget.measure, "preset_rungs": rungs.measure,
+             "confirm_depth": confirm_depth.measure,
              # after the grids: their schedules, sampled again (in a full run not yet stored)
              "heldout_margins": lambda: margins.measure(results)}
     wanted = sys.argv[1:] or list(parts)

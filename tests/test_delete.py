@@ -161,6 +161,16 @@ def test_a_users_file_under_the_lock_name_is_never_deleted(tmp_path):
     assert not mine.exists()
 
 
+def test_a_lock_file_that_cannot_be_had_is_no_hang(tmp_path):
+    """A link to nothing under the lock's name: no lock can be had there, and the command goes
+    on without one (it used to retry forever)."""
+    url = f"sqlite:///{tmp_path}/s.db"
+    _search(url)
+    (tmp_path / "s.db.lock").symlink_to(tmp_path / "nowhere" / "lock")
+    assert _delete(url, "s-k4") == 0
+    assert (tmp_path / "s.db.lock").is_symlink()
+
+
 def test_refused_commands_leave_no_lock_file_or_folder(tmp_path, error_line):
     url = f"sqlite:///{tmp_path}/s.db"
     _search(url)

@@ -540,8 +540,13 @@ def test_empty_study_is_one_line_and_exit_2(url, tmp_path, capsys):
     assert "has no complete trial yet" in error_line(capsys)
     assert main(["report", "--name", "digits-k3", "--storage", f"sqlite:///{tmp_path}/new.db",
                  "--no-png"]) == 2
+    assert "no database at" in error_line(capsys)  # and none is made
+    assert not (tmp_path / "new.db").exists()
+    optuna.create_study(study_name="other", storage=f"sqlite:///{tmp_path}/other.db")
+    assert main(["report", "--name", "digits-k3", "--storage", f"sqlite:///{tmp_path}/other.db",
+                 "--no-png"]) == 2
     err = error_line(capsys)
-    assert "no study named 'digits-k3'" in err and "studies there: none" in err
+    assert "no study named 'digits-k3'" in err and "studies there: other" in err
 
 
 @pytest.mark.slow  # 3.2 s on the idle machine: out of the fast subset

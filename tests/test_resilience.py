@@ -10,6 +10,8 @@ import os
 import shlex
 import signal
 import sqlite3
+import subprocess
+import sys
 import time
 import uuid
 
@@ -362,6 +364,20 @@ def test_a_database_of_something_else_is_refused_unchanged(tmp_path, error_line,
         assert "holds no Optuna studies" in error_line()
     assert empty.read_bytes() == b"" and other.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.db", "other.db"]
+
+
+def test_a_wal_database_of_something_else_is_left_as_it_was(tmp_path):
+    """Checking it makes SQLite create its -wal and -shm files: they go when the command ends."""
+    other = tmp_path / "other.db"
+    conn = sqlite3.connect(other)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE notes (text)")
+    conn.commit()
+    conn.close()
+    done = subprocess.run([sys.executable, "-m", "autodiff_optuna", "list", "--storage",
+                           f"sqlite:///{other}"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "holds no Optuna studies" in done.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["other.db"]
 
 
 @pytest.mark.slow  # 10.7 s on the idle machine: out of the fast subset

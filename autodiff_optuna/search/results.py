@@ -8,9 +8,11 @@ record of stage 1's best and Optuna's stage-2 front, so that their rounds stay c
 The result of a search (``study_result``) is defined once, over the complete trials of both
 stages, which are all scored on the study's own noise and so comparable. Each is ranked by what
 its FID is expected to be on fresh noise: its confirmed FID (``search.confirm``) where it has
-one, else its search FID plus the rise the confirmed showed (``expected_rise``), so that a
-candidate that merely looked good on the search's noise does not outrank one confirmed on other
-noise. ``search.confirm`` confirms until the points named below are all confirmed ones.
+one, else its screened FID (stage 1's screening, on fewer images of other noise) or its search
+FID, moved by the change the confirmed showed from that to their confirmed FIDs
+(``expected_rise``, ``median_change``), so that a candidate that merely looked good on the
+search's noise does not outrank one confirmed on other noise. ``search.confirm`` confirms until
+the points named below are all confirmed ones.
 
 - ``best``: the lowest-FID candidate;
 - ``front``: the Pareto front of FID against GFLOPs per image, thinned so that each point saves
@@ -176,8 +178,8 @@ def trial_counts(study: optuna.Study) -> dict[str, int]:
 class Point:
     """One scored candidate of either stage. ``fid`` is what it is ranked and chosen by: its
     confirmed FID (``search.confirm``: on noise the search never saw) where it has one, else
-    the FID the search scored it with (``search_fid``), raised by the study's ``expected_rise``
-    where ``scored_points`` made it."""
+    its screened FID or the FID the search scored it with (``search_fid``), moved by the
+    study's ``expected_rise`` where ``scored_points`` made it."""
 
     stage: int
     study: str
@@ -492,11 +494,13 @@ def scored_points(stage1, stage2, steps: int, full: float | None) -> list[Point]
     if stage2 is not None:
         points += stage2_points(stage2, steps, carried=False)
     rise = expected_rise(points)
-    from_screened = expected_rise(points, "screened_fid", floor=None)
+    from_screened = median_change(points, "screened_fid")
     return [_expected(p, rise, from_screened) for p in points]
 
 
 def _expected(point: Point, rise: float, from_screened: float | None) -> Point:
+    """The point ranked by what its FID is expected to be on fresh noise (as it is where it
+    was confirmed)."""
     if point.confirmed_fid is not None:
         return point
     if point.screened_fid is not None and from_screened is not None:
@@ -508,22 +512,22 @@ def _expected(point: Point, rise: float, from_screened: float | None) -> Point:
 MIN_RISES = 3  # confirmed candidates it takes to expect a rise: fewer say little about the rest
 
 
-def expected_rise(points: list[Point], source: str = "search_fid",
-                  floor: float | None = 0.0) -> float | None:
+def expected_rise(points: list[Point]) -> float:
     """How much an unconfirmed candidate's FID is expected to rise from the search's noise to
     fresh noise: the median rise of the confirmed ones (0 until ``MIN_RISES`` are, or where
     they fell). Those were confirmed for scoring low on the search's noise, as every
-    unconfirmed candidate that could rank beside them did, and all share that noise's draw.
+    unconfirmed candidate that could rank beside them did, and all share that noise's draw."""
+    return max(0.0, median_change(points, "search_fid") or 0.0)
 
-    ``source="screened_fid", floor=None``: the median change from the screened FID (fewer
-    images, so higher: a negative change) to the confirmed one; None until ``MIN_RISES``
-    screened candidates are confirmed."""
-    rises = [p.confirmed_fid - getattr(p, source) for p in points
-             if p.confirmed_fid is not None and getattr(p, source) is not None
-             and math.isfinite(p.confirmed_fid) and math.isfinite(getattr(p, source))]
-    if len(rises) < MIN_RISES:
-        return None if floor is None else floor
-    return statistics.median(rises) if floor is None else max(floor, statistics.median(rises))
+
+def median_change(points: list[Point], source: str) -> float | None:
+    """The median of the confirmed points' confirmed FID minus their ``source`` FID
+    (``"search_fid"`` or ``"screened_fid"``: a screened FID, on fewer images, is higher, so
+    that change is negative); None until ``MIN_RISES`` confirmed points have both."""
+    changes = [p.confirmed_fid - getattr(p, source) for p in points
+               if p.confirmed_fid is not None and getattr(p, source) is not None
+               and math.isfinite(p.confirmed_fid) and math.isfinite(getattr(p, source))]
+    return statistics.median(changes) if len(changes) >= MIN_RISES else None
 
 
 def stage2_points(stage2: optuna.Study, steps: int, carried: bool = True) -> list[Point]:

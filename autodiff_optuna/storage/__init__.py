@@ -73,6 +73,8 @@ def open_storage(url: str | None = None, heartbeat: int | None = None,
         if not _has_wal_files(path):
             tidy = path
         if not writable:
+            if tidy is not None:  # the check's own read makes SQLite create them too
+                _TIDY_AT_EXIT.setdefault(tidy, [])
             _check_holds_studies(url, path)
             url = _read_only_sqlite_url(url, path)
         # several processes on one SQLite file wait for the lock instead of failing at once
@@ -193,16 +195,17 @@ def _file_lock(database: Path):
 
 def _locked(path: str) -> int | None:
     """A descriptor holding the ``flock`` of the file now at ``path`` (None: it cannot be
-    made or opened). A file this call makes is marked as this program's (``LOCK_MARK``)."""
+    made or opened). A file this call makes is marked as this program's (``LOCK_MARK``)
+    first."""
     while True:
-        made = True
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            fd = _made_marked(path)
         except FileExistsError:
-            made = False
             try:
                 fd = os.open(path, os.O_RDONLY)  # a user's file is never written to
             except FileNotFoundError:
+                if os.path.lexists(path):  # a link to nothing: no lock can be had there
+                    return None
                 continue  # its holder removed it just now
             except OSError:
                 return None
@@ -210,10 +213,23 @@ def _locked(path: str) -> int | None:
             return None
         fcntl.flock(fd, fcntl.LOCK_EX)
         if _same_file(fd, path):
-            if made:
-                os.write(fd, LOCK_MARK)
             return fd
         os.close(fd)  # its holder removed it while this process waited
+
+
+def _made_marked(path: str) -> int:
+    """A descriptor of a new file at ``path`` holding ``LOCK_MARK``: marked before it is
+    locked, so that one left by a process killed while it waited for the lock is removed by
+    the next holder. ``FileExistsError`` where there is a file (or a link) already."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        os.write(fd, LOCK_MARK)
+    except OSError:
+        os.close(fd)
+        with suppress(OSError):
+            os.unlink(path)
+        raise
+    return fd
 
 
 def _ours(fd: int) -> bool:
