@@ -41,7 +41,6 @@ from bench.protocol import (
     _HeldOut,
     confirmed_trials,
     evaluated_images,
-    screening_images,
 )
 from bench.solvers import _cli, _commit, kept_jobs_cli, measure_jobs
 
@@ -92,15 +91,13 @@ def _load(db: Path, model: str, steps: int = STEPS):
 
 
 def _stage1_costs(study, samples: int) -> dict:
-    """Candidates evaluated, their images (a pruned one's prefix) and confirmation's images
-    (screening's included)."""
+    """Candidates evaluated, their images (a pruned one's prefix) and confirmation's images."""
     from autodiff_optuna.search.fidelity import is_evaluated
 
     evaluated = [t for t in study.get_trials(deepcopy=False) if is_evaluated(t)]
     confirmed = confirmed_trials(study)
     return {"candidates": len(evaluated), "search_images": evaluated_images(evaluated, samples),
-            "confirmed_trials": confirmed,
-            "confirmation_images": confirmed * samples + screening_images(study, samples)}
+            "confirmed_trials": confirmed, "confirmation_images": confirmed * samples}
 
 
 def rung_agreement(study) -> dict | None:

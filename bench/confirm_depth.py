@@ -11,24 +11,24 @@ presets' own stage 1s (``study --stage 1``, digits and digits-deep, three seeds)
 held-out stream, which no study searches or confirms on. Then, offline, the held-out FID of
 what each rule would name:
 
-- ``top N``: the lowest confirmed FID among the N best by search FID (N = 3: the rule before
-  screening);
+- ``top N``: the lowest confirmed FID among the N best by search FID (N = 3: the rule);
 - ``race``: every one of the ``TOP`` on the first ``RACE_IMAGES`` of the confirmation's images
   (a quarter of them), the ``STAGE1_TOP`` lowest there on all of them, the lowest named.
 
-Then the rule as the product now runs it (``confirm.screen``: the race, but on a quarter as many
-images of a stream of its own, so that what chose a candidate does not also confirm it): each
-preset's stage 1 run again by the checkout's code (the search is the same for a seed, only what
-it confirms and names can differ), its best scored held out;
-and the same stage 1 driven by Optuna's TPESampler (``--sampler tpe``), confirmed the same way,
-so that the two samplers are compared with what the product now names.
+Two ways of running the race inside a study (screening) were then measured as product code, each
+preset's stage 1 run again with it (the search is the same for a seed; only what it confirms and
+names can differ), its best scored held out: screening on the first quarter of the
+confirmation's images (commit 0828a98), and on as many images of a noise stream of its own
+(commit ae4d3ee), so that what chose a candidate does not also confirm it. Neither was kept (the
+second did worse than the rule), so their rows (``VARIANTS``) are kept from results.json: the
+checkout cannot run them again.
 
     python -m bench.confirm_depth [--shard I/N | --collect] [DIR]   # default /tmp/bench-confirm
 
-About 9 minutes a job on one thread of the 2-core machine (3 for a ``screened`` one); 18
-jobs.
+About 9 minutes a job on one thread of the 2-core machine; six jobs.
 """
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -43,7 +43,6 @@ from bench.protocol import (
     SEEDS,
     STEPS,
     _HeldOut,
-    screening_images,
 )
 from bench.solvers import kept_jobs_cli, measure_jobs
 
@@ -56,31 +55,15 @@ RACE_IMAGES = 250  # the race's first round: images per candidate
 
 
 def jobs() -> list[str]:
-    return ([f"{model}:{seed}" for model in MODELS for seed in SEEDS]
-            + [f"{kind}:{model}:{seed}" for kind in SCREENED for model in MODELS
-               for seed in SEEDS])
+    return [f"{model}:{seed}" for model in MODELS for seed in SEEDS]
 
 
-# kind -> (stage-1 flags over the preset, what the row is)
-SCREENED = {"screened": ((), "**the product now** (`confirm.screen`: stage 1 run again, its "
-                             "own choice)"),
-            "screened-tpe": (("--sampler", "tpe"), "the same stage 1 driven by Optuna's "
-                                                   "TPESampler, confirmed the same way")}
-
-
-def _screened_job(kind: str, model: str, seed: int, folder: Path) -> dict:
-    """The preset's stage 1 (with ``kind``'s flags) as the checkout's code runs it: what it
-    names, held out, and the images its search, screening and confirmation took."""
-    from autodiff_optuna.search.results import screenings, stored_config
-
-    db = folder / f"{model}-s{seed}-{kind}.db"
-    run = stage1_run(model, STEPS, seed, SCREENED[kind][0], db)
-    study = _load(db, model)
-    screening = screening_images(study, stored_config(study)["samples"])
-    return {"kind": kind, "model": model, "seed": seed, "best": run["best"],
-            "screened": len(screenings(study)), "screening_images": screening,
-            "confirmation_images": run["confirmation_images"] - screening,
-            "images": run["images"], "commit": run["commit"]}
+# screening as product code once ran it (stage 1 run again; code since reverted): kind -> what
+# the row is. Its kept jobs say "kind"; a collect without them keeps results.json's rows.
+VARIANTS = {"screened-prefix": "screening, as a study ran it: the race on the confirmation's "
+                               "first quarter (commit 0828a98)",
+            "screened-own": "screening on as many images of a stream of its own (commit "
+                            "ae4d3ee)"}
 
 
 def _run_job(job: str, folder: Path) -> dict:
@@ -91,9 +74,6 @@ def _run_job(job: str, folder: Path) -> dict:
     from autodiff_optuna.sampling.noise import CONFIRM, draw
     from autodiff_optuna.search.results import stored_config
 
-    if job.split(":")[0] in SCREENED:
-        kind, model, seed = job.split(":")
-        return _screened_job(kind, model, int(seed), folder)
     model, seed = job.split(":")
     db = folder / f"{model}-s{seed}.db"
     run = stage1_run(model, STEPS, int(seed), (), db)
@@ -153,8 +133,19 @@ def collect(done: dict, machine: str) -> dict:
     return {"machine": machine, "heldout_samples": HELDOUT_SAMPLES, "heldout_seed": HELDOUT_SEED,
             "steps": STEPS, "top": TOP, "race_images": RACE_IMAGES,
             "runs": sorted((r for r in done.values() if "candidates" in r), key=order),
-            **{kind: sorted((r for r in done.values() if r.get("kind") == kind), key=order)
-               for kind in SCREENED}}
+            **_variants(done, order)}
+
+
+def _variants(done: dict, order) -> dict:
+    """The ``VARIANTS`` rows: from kept jobs, else as results.json has them."""
+    variants = {kind: sorted((r for r in done.values() if r.get("kind") == kind), key=order)
+                for kind in VARIANTS}
+    if any(variants.values()):
+        return variants
+    from bench.run import RESULTS
+
+    stored = json.loads(RESULTS.read_text()).get(KEY, {}) if RESULTS.exists() else {}
+    return {kind: stored.get(kind, []) for kind in VARIANTS}
 
 
 def markdown(entry: dict) -> str:
@@ -166,8 +157,8 @@ def markdown(entry: dict) -> str:
              "study's confirmation stream (as `confirm` scores it) and on "
              f"{entry['heldout_samples']} images of the held-out stream of seed "
              f"{entry['heldout_seed']}. Each cell: the held-out FID of what the rule names. "
-             "top N: the lowest confirmed FID among the N best by search FID (top 3: the rule "
-             f"before screening); race: all {entry['top']} on the first "
+             "top N: the lowest confirmed FID among the N best by search FID (top 3: the "
+             f"rule); race: all {entry['top']} on the first "
              f"{entry['race_images']} confirmation images, the 3 lowest there on all of them "
              "(the column counts the race's images once); oracle: the lowest "
              "held-out FID among the candidates (no rule can know it). Two processes shared "
@@ -183,7 +174,7 @@ def markdown(entry: dict) -> str:
                      + " | ".join(f"{h:.2f}" for h in held)
                      + f" | {by_model[0]:.2f} | {by_model[1]:.2f} | {np.mean(held):.2f} |")
     commits = set()
-    for kind, (_, what) in SCREENED.items():
+    for kind, what in VARIANTS.items():
         by = {(r["model"], r["seed"]): r for r in entry.get(kind, [])}
         screened = [by.get((r["model"], r["seed"])) for r in runs]
         if not any(screened):
@@ -198,8 +189,9 @@ def markdown(entry: dict) -> str:
                      + f" | {by_model[0]:.2f} | {by_model[1]:.2f} | {np.nanmean(held):.2f} |")
         commits |= {r["commit"] for r in screened if r}
     if commits:
-        lines += ["", f"The last rows ran at commit {', '.join(sorted(commits))}; their "
-                  "confirmation images: screening's and confirmation's, uniform included."]
+        lines += ["", f"The last two rows ran product code since reverted (commits "
+                  f"{', '.join(sorted(commits))}); their images: screening's and "
+                  "confirmation's, the uniform schedule's included (the rule's: 4,000)."]
     return "\n".join(lines)
 
 

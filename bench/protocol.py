@@ -117,17 +117,6 @@ def confirmed_trials(*studies) -> int:
                for key in study.user_attrs)
 
 
-def screening_images(stage1, samples: int) -> int:
-    """The images stage 1's screening sampled (``confirm.screen``; none before it existed):
-    the digits features' count a candidate, for each screened one."""
-    from autodiff_optuna.metrics.digits_features import FEATURE_DIM
-    from autodiff_optuna.search.confirm import IMAGES_PER_SEARCH_IMAGE, screen_images
-    from autodiff_optuna.search.results import screenings
-
-    per = screen_images(samples * IMAGES_PER_SEARCH_IMAGE, FEATURE_DIM + 1)
-    return len(screenings(stage1)) * per
-
-
 def _stage_costs(url: str, name: str, samples: int) -> dict:
     """Candidates and images of each stage, confirmation's and the prior's images, and the
     share of stage 2's own trials worse than the uniform schedule (search FIDs)."""
@@ -153,8 +142,7 @@ def _stage_costs(url: str, name: str, samples: int) -> dict:
     return {"stage1_candidates": len(evaluated1),
             "stage1_images": evaluated_images(evaluated1, samples),
             "stage2_candidates": len(own2), "stage2_images": len(own2) * samples,
-            "confirmed_trials": confirmed,
-            "confirmation_images": confirmed * samples + screening_images(stage1, samples),
+            "confirmed_trials": confirmed, "confirmation_images": confirmed * samples,
             "prior_images": (cells + 1) * prior_images(samples) if cells else 0,
             "stage2_worse_than_uniform": sum(objectives.fid(t) > uniform for t in own2),
             "uniform_search_fid": uniform}

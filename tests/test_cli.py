@@ -106,34 +106,6 @@ def test_what_stage_2_would_refuse_is_refused_before_stage_1_runs(capsys, tmp_pa
     assert "victim" not in optuna.get_all_study_names(url)
 
 
-@pytest.mark.slow  # a stage 1 on 520 images a candidate
-def test_stage_1_screens_its_best_and_confirms_the_lowest_screened(capsys, tmp_path):
-    """Stage 1's best complete candidates are screened on a quarter as many images as the
-    confirmation's (130 of 520), each stored as it is scored; the three lowest there (and
-    uniform) are confirmed. Then nothing is left to screen or confirm, and a rerun whose
-    screening was cut short screens the rest alone."""
-    from autodiff_optuna.search import confirm, objectives
-    from autodiff_optuna.search.results import screenings
-
-    url = f"sqlite:///{tmp_path}/s.db"
-    argv = ["study", "--model", "digits", "--steps", "2", "--storage", url, "--samples", "520",
-            "--population", "2", "--trials", "4", "--solver", "ddim", "--stage", "1", "--quiet"]
-    assert main(argv) == 0
-    study = optuna.load_study(study_name="digits-k2", storage=url)
-    screened = screenings(study)
-    complete = sorted(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)),
-                      key=lambda t: (objectives.fid(t), t.number))
-    assert sorted(screened) == sorted(t.number for t in complete[:12]) and len(screened) >= 4
-    confirmed = {int(k.split(":")[1]) for k in study.user_attrs if k.startswith("confirmed_fid:")}
-    lowest = sorted(screened, key=lambda n: (screened[n], n))[:3]
-    assert set(lowest) | {0} <= confirmed  # trial 0: the uniform spacing
-    assert confirm.to_screen(study) == [] and confirm.to_confirm(study, None) == []
-    study._storage.set_study_user_attr(study._study_id, f"screened_fid:{lowest[0]}", None)
-    assert [t.number for t in confirm.to_screen(study)] == [lowest[0]]  # as if cut short
-    assert main(argv) == 0
-    assert screenings(study)[lowest[0]] == screened[lowest[0]]  # the same noise, the same FID
-
-
 @pytest.mark.slow  # three studies
 def test_stage1_with_an_optuna_sampler_resumes_and_keeps_its_sampler(capsys, tmp_path):
     """``--sampler tpe``: Optuna's TPE drives stage 1 on the same encoding, after the same

@@ -57,19 +57,6 @@ def test_skippable_layers_are_counted_as_the_loaded_model_finds_them():
     assert image_cost("digits-deep").layers == 18
 
 
-def test_stage_1_screens_its_best_twelve_on_a_quarter_of_the_images():
-    """The digits preset: 1000 images a candidate, so 250 (at least twice the 65 the digits
-    features need) for each of its 12 best complete candidates, counted like confirmation."""
-    config, targets = configure("digits", 4)
-    stage1, stage2 = estimate(config, targets, "digits-k4").stages
-    assert (stage1.screened, stage1.screening_images) == (12, 12 * 250)
-    assert stage1.total_images == (stage1.images + stage1.screening_images
-                                   + stage1.confirmation_images)
-    assert (stage2.screened, stage2.screening_images) == (0, 0)
-    few = configure("digits", 4, trials=8, min_samples=0)  # 8 complete: all 8 screened
-    assert estimate(*few, "digits-k4").stages[0].screened == 8
-
-
 @pytest.mark.slow  # 1.6 s on the idle machine: out of the fast subset
 def test_flops_are_counted_on_the_architecture_without_weights():
     # guided-diffusion's ImageNet-64 UNet and SD 1.5's UNet, as bench/gpu.py measures them
@@ -141,10 +128,8 @@ def test_estimate_json_needs_no_weights(capsys):
     # the keys it has always had, and those added beside them
     assert {"stage", "candidates", "images", "images_at_most", "network_evaluations",
             "classifier_gradients", "decoded_images", "fid_images", "fid_computations", "gflops",
-            "hours", "confirmed", "confirmation_images", "screened", "screening_images",
-            "prior_images", "total_images", "samplings"} == set(out["stages"][1])
-    # Inception's 2048 features need more than a quarter of 5000 images: nothing is screened
-    assert out["stages"][0]["screened"] == 0 == out["stages"][0]["screening_images"]
+            "hours", "confirmed", "confirmation_images", "prior_images", "total_images",
+            "samplings"} == set(out["stages"][1])
     assert out["stages"][1]["prior_images"] > 0 == out["stages"][0]["prior_images"]
     assert out["startup_hours"] == {"cpu": 0.0}  # priced from FLOPs: nothing was loaded
     assert set(out["total_hours"]) == {"cpu", "h100", "h200"}
@@ -158,7 +143,7 @@ def test_estimate_of_one_stage_times_the_loaded_model(capsys):
                  "300", "--trials", "10", "--estimate"]) == 0
     out = capsys.readouterr().out
     assert "stage 1: 10 candidates" in out and "stage 2" not in out
-    assert "+ 1,200 confirming 4" in out and "screening" not in out  # 75 images: too few
+    assert "+ 1,200 confirming 4" in out
     assert "timed here on the loaded model" in out and "after a warm-up" in out
     assert "  start-up: cpu " in out
 

@@ -12,13 +12,7 @@ from autodiff_optuna.cli import main
 from autodiff_optuna.errors import UsageError
 from autodiff_optuna.reporting.dashboard import note
 from autodiff_optuna.search.fidelity import PRUNED_AT
-from autodiff_optuna.search.results import (
-    ExportRule,
-    describe_counts,
-    scored_points,
-    study_result,
-    thin,
-)
+from autodiff_optuna.search.results import ExportRule, describe_counts, study_result, thin
 from autodiff_optuna.storage import record
 
 FULL = 0.1295  # GFLOPs per image of the full network
@@ -141,33 +135,6 @@ def test_an_unconfirmed_point_ranks_by_its_search_fid_plus_the_confirmed_rise(st
     assert (lucky.trial, lucky.fid, lucky.search_fid) == (5, 9.0, 7.0)
     assert "FID 9.000 expected (search 7.000, not confirmed)" in lucky.describe()
     assert [p.trial for p in to_confirm(study, None)] == [5]
-
-
-def test_stage_1_confirms_its_lowest_screened_and_ranks_the_rest_by_their_screening(storage):
-    """Screening (``confirm.screen``) scored stage 1's best on part of the confirmation noise:
-    the three lowest there are confirmed, not the three best by search FID, and a point
-    screened but not confirmed ranks by its screened FID moved by the median change from
-    screened to confirmed FIDs (here -14.5): trial 1, best on the search's noise, expects
-    30 - 14.5 = 15.5 and is not confirmed (by its search FID it would expect 8.0 + 1.0)."""
-    from autodiff_optuna.search.confirm import to_confirm
-
-    study = make_search(storage, [(UNIFORM, 68.0), ([496, 381, 257, 101], 8.0),
-                                  ([500, 381, 257, 101], 8.5), ([520, 381, 257, 101], 8.8),
-                                  ([540, 381, 257, 101], 9.0), ([560, 381, 257, 101], 9.5)])
-    for trial, fid in ((0, 80.0), (1, 30.0), (2, 25.0), (3, 26.0), (4, 24.0), (5, 35.0)):
-        study.set_user_attr(f"screened_fid:{trial}", fid)
-    assert sorted(p.trial for p in to_confirm(study, None)) == [0, 2, 3, 4]
-    for trial, fid in ((0, 68.0), (2, 10.2), (3, 10.0), (4, 9.8)):
-        study.set_user_attr(f"confirmed_fid:{trial}", fid)
-        study.set_user_attr(f"confirmed_fid_spread:{trial}", 0.5)
-    assert to_confirm(study, None) == []
-    result = study_result(study)
-    assert (result.best.trial, result.best.fid) == (4, 9.8)
-    lucky = {p.trial: p for p in scored_points(study, None, 4, FULL)}[1]
-    assert lucky.fid == pytest.approx(15.5) and lucky.confirmed_fid is None
-    assert "expected (search 8.000, screened 30.000 on fewer images, not confirmed)" in \
-        lucky.describe()
-    assert result.as_dict()["best"]["screened_fid"] == 24.0
 
 
 def test_a_budget_worse_than_uniform_is_refused_naming_one_that_is_not(storage):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from autodiff_optuna.models import load_model
-from autodiff_optuna.sampling.noise import CONFIRM, HELDOUT, SCREEN, SEARCH, TEACHER, draw
+from autodiff_optuna.sampling.noise import CONFIRM, HELDOUT, SEARCH, TEACHER, draw
 from autodiff_optuna.search import variation
 from autodiff_optuna.search.encoding import CandidateSpace
 
@@ -56,7 +56,7 @@ def test_without_a_prior_mutation_draws_as_before():
 
 def test_the_confirmation_noise_is_none_of_the_others():
     model = load_model("digits", "cpu")
-    batches = {p: draw(model, 8, 5, p) for p in (SEARCH, HELDOUT, TEACHER, CONFIRM, SCREEN)}
+    batches = {p: draw(model, 8, 5, p) for p in (SEARCH, HELDOUT, TEACHER, CONFIRM)}
     for p, batch in batches.items():
         for q, other in batches.items():
             if p != q:

@@ -6,9 +6,7 @@ third stream, the teacher's, feeds the trajectory that ``trajectory_dp`` fits sc
 comes from another generator (numpy's PCG64 keyed by the seed and the stream), since torch's CPU
 generator keeps 32 bits of its seed and both parities are taken. A fourth, the confirmation
 stream, re-scores the candidates a study may name as its result (``search.confirm``) on noise the
-search never optimised: numpy's PCG64 again, keyed apart from the teacher's. A fifth, the
-screening stream, picks which of stage 1's best are confirmed (``search.confirm.screen``): apart
-from the confirmation's, so that what chose a candidate does not also confirm it.
+search never optimised: numpy's PCG64 again, keyed apart from the teacher's.
 """
 
 import math
@@ -27,11 +25,9 @@ from autodiff_optuna.sampling.limits import (  # noqa: F401 - the names samplers
     check_seed,
 )
 
-SEARCH, HELDOUT, TEACHER, CONFIRM, SCREEN = "search", "heldout", "teacher", "confirm", "screen"
+SEARCH, HELDOUT, TEACHER, CONFIRM = "search", "heldout", "teacher", "confirm"
 TEACHER_KEY = 0x7EAC4E2  # keys the teacher's generator apart from any other use of numpy's
 CONFIRM_KEY = 0xC0F1A3  # keys the confirmation stream apart from the teacher's
-SCREEN_KEY = 0x5C4EE7  # keys the screening stream apart from both
-NUMPY_KEYS = {TEACHER: TEACHER_KEY, CONFIRM: CONFIRM_KEY, SCREEN: SCREEN_KEY}
 BYTES_PER_VALUE = 4  # float32
 # the noise, the images collected from it and their uint8 copy live at once: about three float32
 # copies of the images
@@ -73,12 +69,12 @@ class NoiseBatch:
 
 
 def draw(model: DiffusionModel, n: int, seed: int, purpose: str = SEARCH) -> NoiseBatch:
-    if purpose not in (SEARCH, HELDOUT, *NUMPY_KEYS):
+    if purpose not in (SEARCH, HELDOUT, TEACHER, CONFIRM):
         raise ValueError(f"unknown noise purpose {purpose!r}")
     check_fits(model, n, "the image count")  # callers check with their flag's name first
     check_seed(seed, "the noise seed")
-    if purpose in NUMPY_KEYS:
-        return _numpy_noise(model, n, seed, NUMPY_KEYS[purpose])
+    if purpose in (TEACHER, CONFIRM):
+        return _numpy_noise(model, n, seed, TEACHER_KEY if purpose == TEACHER else CONFIRM_KEY)
     generator = torch.Generator().manual_seed(2 * seed + (purpose == HELDOUT))
     noise = torch.randn((n, *model.sample_shape), generator=generator)
     labels = None

@@ -89,11 +89,8 @@ class StageEstimate:
     # what the stage samples besides its candidates, counted in the totals above (not in images)
     confirmed: int = 0  # candidates confirmed on the confirmation noise, ``samples`` images each
     confirmation_images: int = 0
-    # stage 1: candidates screened on part of the confirmation noise, and those images
-    screened: int = 0
-    screening_images: int = 0
     prior_images: int = 0  # stage 2: the skip-cost prior's (1 + K x L small samplings)
-    total_images: int = 0  # images + screening_images + confirmation_images + prior_images
+    total_images: int = 0  # images + confirmation_images + prior_images
     samplings: int = 0  # calls of the sampler (each K network calls on one batch)
 
 
@@ -126,7 +123,6 @@ class StudyEstimate:
             saved = (f" (at most {s.images_at_most:,})" if s.images != s.images_at_most else "")
             out.append(
                 f"  stage {s.stage}: {s.candidates} candidates, {s.images:,} images{saved}"
-                + (f" + {s.screening_images:,} screening {s.screened}" if s.screened else "")
                 + (f" + {s.confirmation_images:,} confirming {s.confirmed}" if s.confirmed
                    else "")
                 + (f" + {s.prior_images:,} for the skip-cost prior" if s.prior_images else "")
@@ -297,65 +293,33 @@ def stage_counts(stage: int, candidates: int, config, cost: ImageCost,
     at_most = candidates * config.samples
     images, samplings = searched(candidates, config.samples, rungs)
     confirmed = confirmed_candidates(stage, candidates)
-    screened, per_screened = screening(stage, candidates, config, cost, rungs)
     prior_samplings, prior_batch = prior_size(config, cost) if stage == 2 else (0, 0)
     confirmation = confirmed * config.samples * IMAGES_PER_SEARCH_IMAGE
     prior = prior_samplings * prior_batch
-    total = images + screened * per_screened + confirmation + prior
+    total = images + confirmation + prior
     evaluations = total * config.steps
     return StageEstimate(
         stage=stage, candidates=candidates, images=images, images_at_most=at_most,
         network_evaluations=evaluations * cost.calls_per_step,
         classifier_gradients=evaluations if cost.classifier else 0,
         decoded_images=total if cost.decode else 0, fid_images=total,
-        # the prior's distances are diagonal: free
-        fid_computations=samplings + screened + confirmed,
+        fid_computations=samplings + confirmed,  # the prior's distances are diagonal: free
         gflops=evaluations * (cost.calls_per_step * cost.network + cost.classifier)
         + total * (cost.decode + cost.fid_gflops),
-        confirmed=confirmed, confirmation_images=confirmation, screened=screened,
-        screening_images=screened * per_screened, prior_images=prior,
-        total_images=total, samplings=samplings + screened + confirmed + prior_samplings)
-
-
-def screening(stage: int, candidates: int, config, cost: ImageCost,
-              rungs: list[int]) -> tuple[int, int]:
-    """Stage 1's screening (``confirm.screen``): the candidates it scores (its best complete
-    ones, at most ``SCREEN_TOP``) and the images each; (0, 0) where it screens nothing."""
-    from autodiff_optuna.search.confirm import SCREEN_TOP
-
-    per = screened_images(config, cost)
-    if stage != 1 or not per:
-        return 0, 0
-    return min(SCREEN_TOP, round(completed(candidates, rungs))), per
-
-
-def screened_images(config, cost: ImageCost) -> int:
-    """The images screening scores each stage-1 candidate on (0: it screens nothing)."""
-    from autodiff_optuna.metrics.digits_features import FEATURE_DIM
-    from autodiff_optuna.search.confirm import IMAGES_PER_SEARCH_IMAGE, screen_images
-
-    features = 2048 if cost.fid_network == "inception" else FEATURE_DIM
-    return screen_images(config.samples * IMAGES_PER_SEARCH_IMAGE, features + 1)
-
-
-def completed(candidates: int, rungs: list[int]) -> float:
-    """Expected complete candidates of a stage (``searched``'s rule)."""
-    from autodiff_optuna.search.fidelity import STARTUP_TRIALS
-
-    if not rungs:
-        return candidates
-    startup = min(candidates, STARTUP_TRIALS)
-    return startup + (candidates - startup) * COMPLETE_SHARE
+        confirmed=confirmed, confirmation_images=confirmation, prior_images=prior,
+        total_images=total, samplings=samplings + confirmed + prior_samplings)
 
 
 def searched(candidates: int, samples: int, rungs: list[int]) -> tuple[int, int]:
     """Expected images and samplings of a stage's candidates. With ``rungs`` (stage 1's
     multi-fidelity pruning) the pruner's first ``STARTUP_TRIALS`` complete, then
     ``COMPLETE_SHARE`` of the rest; the others stop at the first rung, one sampling in."""
+    from autodiff_optuna.search.fidelity import STARTUP_TRIALS
 
     if not rungs:
         return candidates * samples, candidates
-    complete = completed(candidates, rungs)
+    startup = min(candidates, STARTUP_TRIALS)
+    complete = startup + (candidates - startup) * COMPLETE_SHARE
     stopped = candidates - complete
     return (round(complete * samples + stopped * rungs[0]),
             round(complete * (len(rungs) + 1) + stopped))
@@ -565,7 +529,7 @@ def estimate(config, targets, name: str, stages=(1, 2), timing: HereTiming | Non
 
 def assumptions(config, stages, cost: ImageCost, timing: HereTiming | None,
                 gflops_per_s: float | None) -> list[str]:
-    from autodiff_optuna.search.confirm import IMAGES_PER_SEARCH_IMAGE, SCREEN_TOP, STAGE1_TOP
+    from autodiff_optuna.search.confirm import IMAGES_PER_SEARCH_IMAGE, STAGE1_TOP
     from autodiff_optuna.search.fidelity import STARTUP_TRIALS
 
     said = [f"{cost.network:.4g} GFLOP per network call, counted on the architecture"
@@ -588,11 +552,6 @@ def assumptions(config, stages, cost: ImageCost, timing: HereTiming | None,
     said.append("confirmation: " + ", ".join(confirming[s] for s in stages)
                 + f", each on {config.samples * IMAGES_PER_SEARCH_IMAGE} images; counted in "
                 "the stage's network evaluations, FID images and hours, not in its images")
-    if 1 in stages and screened_images(config, cost):
-        said.append(f"screening: stage 1's {SCREEN_TOP} best complete candidates by search FID "
-                    f"(fewer where fewer complete), each on {screened_images(config, cost)} of "
-                    f"the confirmation's images, pick the {STAGE1_TOP} it confirms; counted as "
-                    "confirmation is")
     if 2 in stages:
         samplings, batch = prior_size(config, cost)
         said.append(f"stage 2 first measures its skip-cost prior: {samplings} samplings (1 + "

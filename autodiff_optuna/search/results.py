@@ -8,11 +8,9 @@ record of stage 1's best and Optuna's stage-2 front, so that their rounds stay c
 The result of a search (``study_result``) is defined once, over the complete trials of both
 stages, which are all scored on the study's own noise and so comparable. Each is ranked by what
 its FID is expected to be on fresh noise: its confirmed FID (``search.confirm``) where it has
-one, else its screened FID (stage 1's screening, on fewer images of other noise) or its search
-FID, moved by the change the confirmed showed from that to their confirmed FIDs
-(``expected_rise``, ``median_change``), so that a candidate that merely looked good on the
-search's noise does not outrank one confirmed on other noise. ``search.confirm`` confirms until
-the points named below are all confirmed ones.
+one, else its search FID plus the rise the confirmed showed (``expected_rise``), so that a
+candidate that merely looked good on the search's noise does not outrank one confirmed on other
+noise. ``search.confirm`` confirms until the points named below are all confirmed ones.
 
 - ``best``: the lowest-FID candidate;
 - ``front``: the Pareto front of FID against GFLOPs per image, thinned so that each point saves
@@ -178,8 +176,8 @@ def trial_counts(study: optuna.Study) -> dict[str, int]:
 class Point:
     """One scored candidate of either stage. ``fid`` is what it is ranked and chosen by: its
     confirmed FID (``search.confirm``: on noise the search never saw) where it has one, else
-    its screened FID or the FID the search scored it with (``search_fid``), moved by the
-    study's ``expected_rise`` where ``scored_points`` made it."""
+    the FID the search scored it with (``search_fid``), raised by the study's ``expected_rise``
+    where ``scored_points`` made it."""
 
     stage: int
     study: str
@@ -194,14 +192,11 @@ class Point:
     # how far another draw of the confirmation's images could move it (``metrics.fid_spread``;
     # None: not confirmed, or confirmed before spreads were measured)
     confirmed_spread: float | None = None
-    # stage 1: on the first part of the confirmation's images (``search.confirm``'s screening;
-    # None: not screened)
-    screened_fid: float | None = None
 
     @property
     def expected(self) -> bool:
-        """Ranked by an expected FID: not confirmed, its screened FID or its search FID moved
-        by the study's ``expected_rise``."""
+        """Ranked by an expected FID: not confirmed, its search FID raised by the study's
+        ``expected_rise``."""
         return (self.confirmed_fid is None and self.search_fid is not None
                 and self.fid != self.search_fid)
 
@@ -218,7 +213,6 @@ class Point:
                 "timesteps": self.timesteps, "skip": self.skip, "fid": self.fid,
                 "search_fid": self.fid if self.search_fid is None else self.search_fid,
                 "confirmed_fid": self.confirmed_fid, "confirmed_spread": self.confirmed_spread,
-                "screened_fid": self.screened_fid,
                 "gflops": self.gflops, "gflops_share": self.share(full_gflops),
                 **({"rules": self.rules} if self.rules else {})}
 
@@ -234,9 +228,7 @@ class Point:
                       else f" ± {self.confirmed_spread:.3f}")
             text += f"{spread} confirmed (search {self.search_fid:.3f})"
         elif self.expected:
-            screened = ("" if self.screened_fid is None
-                        else f", screened {self.screened_fid:.3f} on fewer images")
-            text += f" expected (search {self.search_fid:.3f}{screened}, not confirmed)"
+            text += f" expected (search {self.search_fid:.3f}, not confirmed)"
         if self.gflops is not None:
             text += f", {self.gflops:.4f} GFLOPs/image"
             share = self.share(full_gflops)
@@ -482,31 +474,17 @@ def _is_stage2_of(study: optuna.Study, stage1_name: str) -> bool:
 
 def scored_points(stage1, stage2, steps: int, full: float | None) -> list[Point]:
     """Every complete trial of both stages as a Point (stage 1's at the full network's cost),
-    an unconfirmed one's FID its expected FID on fresh noise: a screened one's screened FID
-    moved by the rise from screened to confirmed FIDs, any other's search FID raised by
-    ``expected_rise``. A stage-2 trial over the budget stage 2 was run with is one too: the
-    budget steered the search, and ``choose`` applies it to what is exported. Stage 1's elites
-    carried into stage 2 are stage 1's points (the same candidates, scored there), so they
-    appear once."""
-    confirmed, screened = confirmations(stage1), screenings(stage1)
-    points = [_point(stage1, 1, t, full, steps, confirmed, screened)
-              for t in complete_trials(stage1)]
+    an unconfirmed one's FID raised by ``expected_rise``. A stage-2 trial over the budget stage
+    2 was run with is one too: the budget steered the search, and ``choose`` applies it to what
+    is exported. Stage 1's elites carried into stage 2 are stage 1's points (the same
+    candidates, scored there), so they appear once."""
+    confirmed = confirmations(stage1)
+    points = [_point(stage1, 1, t, full, steps, confirmed) for t in complete_trials(stage1)]
     if stage2 is not None:
         points += stage2_points(stage2, steps, carried=False)
     rise = expected_rise(points)
-    from_screened = median_change(points, "screened_fid")
-    return [_expected(p, rise, from_screened) for p in points]
-
-
-def _expected(point: Point, rise: float, from_screened: float | None) -> Point:
-    """The point ranked by what its FID is expected to be on fresh noise (as it is where it
-    was confirmed)."""
-    if point.confirmed_fid is not None:
-        return point
-    if point.screened_fid is not None and from_screened is not None:
-        # a fresh measurement, if on fewer images: it knows more than the search's lucky one
-        return dataclasses.replace(point, fid=point.screened_fid + from_screened)
-    return dataclasses.replace(point, fid=point.fid + rise) if rise else point
+    return [p if p.confirmed_fid is not None or not rise
+            else dataclasses.replace(p, fid=p.fid + rise) for p in points]
 
 
 MIN_RISES = 3  # confirmed candidates it takes to expect a rise: fewer say little about the rest
@@ -517,17 +495,10 @@ def expected_rise(points: list[Point]) -> float:
     fresh noise: the median rise of the confirmed ones (0 until ``MIN_RISES`` are, or where
     they fell). Those were confirmed for scoring low on the search's noise, as every
     unconfirmed candidate that could rank beside them did, and all share that noise's draw."""
-    return max(0.0, median_change(points, "search_fid") or 0.0)
-
-
-def median_change(points: list[Point], source: str) -> float | None:
-    """The median of the confirmed points' confirmed FID minus their ``source`` FID
-    (``"search_fid"`` or ``"screened_fid"``: a screened FID, on fewer images, is higher, so
-    that change is negative); None until ``MIN_RISES`` confirmed points have both."""
-    changes = [p.confirmed_fid - getattr(p, source) for p in points
-               if p.confirmed_fid is not None and getattr(p, source) is not None
-               and math.isfinite(p.confirmed_fid) and math.isfinite(getattr(p, source))]
-    return statistics.median(changes) if len(changes) >= MIN_RISES else None
+    rises = [p.confirmed_fid - p.search_fid for p in points
+             if p.confirmed_fid is not None and p.search_fid is not None
+             and math.isfinite(p.confirmed_fid) and math.isfinite(p.search_fid)]
+    return max(0.0, statistics.median(rises)) if len(rises) >= MIN_RISES else 0.0
 
 
 def stage2_points(stage2: optuna.Study, steps: int, carried: bool = True) -> list[Point]:
@@ -548,11 +519,6 @@ def confirmations(study: optuna.Study) -> tuple[dict[int, float], dict[int, floa
     attrs = study.user_attrs
     return (_per_trial(attrs, record.CONFIRMED_ATTR),
             _per_trial(attrs, record.CONFIRMED_SPREAD_ATTR))
-
-
-def screenings(study: optuna.Study) -> dict[int, float]:
-    """Trial number -> its screened FID (``search.confirm``'s screening of stage 1)."""
-    return _per_trial(study.user_attrs, record.SCREENED_ATTR)
 
 
 def _per_trial(attrs: dict, name: str) -> dict[int, float]:
@@ -589,10 +555,8 @@ def stage2_front_size(stage2: optuna.Study, min_saving: float = MIN_SAVING) -> i
 
 
 def _point(study, stage: int, trial: FrozenTrial, full: float | None, steps: int,
-           confirmed: tuple[dict, dict] | None = None,
-           screened: dict[int, float] | None = None) -> Point:
-    """``confirmed``: ``confirmations(study)``, ``screened``: ``screenings(study)``, read once
-    by a caller that makes many."""
+           confirmed: tuple[dict, dict] | None = None) -> Point:
+    """``confirmed``: ``confirmations(study)``, read once by a caller that makes many."""
     if stage == 1:
         skip, gflops = [[] for _ in range(steps)], full
     else:
@@ -602,8 +566,7 @@ def _point(study, stage: int, trial: FrozenTrial, full: float | None, steps: int
     return Point(stage, study.study_name, trial.number, trial.user_attrs.get(TIMESTEPS_ATTR),
                  skip, search_fid if confirmed_fid is None else confirmed_fid, gflops,
                  trial.user_attrs.get(RULES_ATTR), search_fid, confirmed_fid,
-                 None if confirmed_fid is None else spreads.get(trial.number),
-                 (screened or {}).get(trial.number))
+                 None if confirmed_fid is None else spreads.get(trial.number))
 
 
 def pareto(points: list[Point]) -> list[Point]:

@@ -54,9 +54,6 @@ STAGE1_TRIAL_ATTR = "stage1_trial"  # a stage-2 trial carried from stage 1: that
 CONFIRMED_ATTR = "confirmed_fid"  # prefix of a study's "confirmed_fid:<trial>" user attrs
 # prefix of "confirmed_fid_spread:<trial>": the confirmed FID's bootstrap standard deviation
 CONFIRMED_SPREAD_ATTR = "confirmed_fid_spread"
-# prefix of a stage-1 study's "screened_fid:<trial>": the FID on the first part of the
-# confirmation's images, which picks the candidates confirmed on all of them
-SCREENED_ATTR = "screened_fid"
 SKIP_COST_ATTR = "skip_cost"  # a stage-2 study's measured per-(step, layer) skip cost
 # a stage-2 study's bound on its trials' search FID: the uniform schedule's, on the same noise
 # (a trial above it is infeasible, bred from last; a study made before has none)
