@@ -264,8 +264,9 @@ def check_stage2(ctx: SearchContext, stage1_name: str, storage, max_gflops: floa
     if name not in optuna.get_all_study_names(storage):
         return
     study = optuna.load_study(study_name=name, storage=storage)
-    half_made = record.is_marked(study.user_attrs) and CONFIG_ATTR not in study.user_attrs
-    if not half_made:  # a half-made one is made again when stage 2 opens it
+    half_made = (record.is_marked(study.user_attrs) and CONFIG_ATTR not in study.user_attrs
+                 and not _ever_ran(study))
+    if not half_made:  # a half-made one is made again when stage 2 opens it (``_load_made``)
         _refuse_other(study, stage_config(ctx, 2, max_gflops), storage)
 
 
