@@ -168,31 +168,35 @@ def markdown(entry: dict) -> str:
              "digits-deep | mean |",
              "|---|---|" + "---|" * (len(runs) + 3)]
     for rule in rules:
-        held = [picks(r)[rule]["heldout_fid"] for r in runs]
-        by_model = [np.mean([h for h, r in zip(held, runs) if r["model"] == m]) for m in MODELS]
-        lines.append(f"| {rule} | {rule_images(rule, runs[0]['samples']):,} | "
-                     + " | ".join(f"{h:.2f}" for h in held)
-                     + f" | {by_model[0]:.2f} | {by_model[1]:.2f} | {np.mean(held):.2f} |")
+        lines.append(_row(rule, f"{rule_images(rule, runs[0]['samples']):,}",
+                          [picks(r)[rule]["heldout_fid"] for r in runs], runs))
     commits = set()
     for kind, what in VARIANTS.items():
         by = {(r["model"], r["seed"]): r for r in entry.get(kind, [])}
         screened = [by.get((r["model"], r["seed"])) for r in runs]
         if not any(screened):
             continue
-        held = [np.nan if r is None else r["best"]["heldout_fid"] for r in screened]
-        by_model = [np.nanmean([h for h, r in zip(held, runs) if r["model"] == m] or [np.nan])
-                    for m in MODELS]
         images = np.mean([r["screening_images"] + r["confirmation_images"]
                           for r in screened if r])
-        lines.append(f"| {what} | {images:,.0f} (mean) | "
-                     + " | ".join("-" if np.isnan(h) else f"{h:.2f}" for h in held)
-                     + f" | {by_model[0]:.2f} | {by_model[1]:.2f} | {np.nanmean(held):.2f} |")
+        lines.append(_row(what, f"{images:,.0f} (mean)",
+                          [np.nan if r is None else r["best"]["heldout_fid"] for r in screened],
+                          runs))
         commits |= {r["commit"] for r in screened if r}
     if commits:
         lines += ["", f"The last two rows ran product code since reverted (commits "
                   f"{', '.join(sorted(commits))}); their images: screening's and "
                   "confirmation's, the uniform schedule's included (the rule's: 4,000)."]
     return "\n".join(lines)
+
+
+def _row(label: str, images: str, held: list[float], runs: list[dict]) -> str:
+    """A table row: each run's held-out FID (nan: not measured), then the means by model and
+    over all."""
+    by_model = [np.nanmean([h for h, r in zip(held, runs) if r["model"] == m] or [np.nan])
+                for m in MODELS]
+    return (f"| {label} | {images} | " + " | ".join("-" if np.isnan(h) else f"{h:.2f}"
+                                                     for h in held)
+            + f" | {by_model[0]:.2f} | {by_model[1]:.2f} | {np.nanmean(held):.2f} |")
 
 
 def save(entry: dict) -> None:

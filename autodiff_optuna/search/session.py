@@ -20,7 +20,7 @@ from autodiff_optuna.search.progress import remaining_stage2, resume_line, stage
 from autodiff_optuna.search.results import StudyResult, study_result
 from autodiff_optuna.search.run import run
 from autodiff_optuna.search.stages import check_stage2, load_stage1, open_stage1, open_stage2
-from autodiff_optuna.storage import open_storage, record
+from autodiff_optuna.storage import record, writable_storage
 
 STAGES = {"1": (1,), "2": (2,), "both": (1, 2)}  # ``--stage``'s choices
 
@@ -44,8 +44,7 @@ def run_study(ctx: SearchContext, name: str, storage, targets: Targets,
     between trials (a line says so, and how to go on). Ctrl-C prints the command that resumes
     it, and exits 130; a database failure mid-search is one UsageError line."""
     config = ctx.config
-    if isinstance(storage, str) or storage is None:
-        storage = open_storage(storage, writable=True)
+    storage = writable_storage(storage)
     if 2 in STAGES[plan.stage]:  # refused now, not after stage 1 ran its trials
         check_stage2(ctx, name, storage, plan.max_gflops)
     stage1 = (load_stage1 if plan.stage == "2" else open_stage1)(ctx, name, storage)

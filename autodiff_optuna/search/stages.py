@@ -38,9 +38,9 @@ from autodiff_optuna.search.trial import FID_CONSTRAINT, GFLOPS_CONSTRAINT, fid_
 from autodiff_optuna.storage import (
     creation_lock,
     load_existing_study,
-    open_storage,
     record,
     redact,
+    writable_storage,
 )
 from autodiff_optuna.storage.optuna_internals import ga_generation_key, storage_of
 from autodiff_optuna.storage.record import (
@@ -107,8 +107,7 @@ def open_stage1(ctx: SearchContext, name: str, storage) -> optuna.Study:
     """Create or resume the stage-1 study. Its first trials are the standard spacings, queued
     once by whichever process creates the study, uniform (the baseline) first, then the
     trajectory DP's spacing (``dp_candidates``; fitted only where the study is new)."""
-    if isinstance(storage, str) or storage is None:
-        storage = open_storage(storage, writable=True)
+    storage = writable_storage(storage)
     first = first_candidates(ctx)
     if name not in optuna.get_all_study_names(storage):
         known = {c for c, _ in first}
@@ -230,8 +229,7 @@ def open_stage2(ctx: SearchContext, stage1: optuna.Study, storage,
                                            rules=_rules(t.user_attrs.get(RULES_ATTR))), t)
     elites = list(sources)[: max(2, ctx.config.population // 2)]
     name = f"{stage1.study_name}-stage2"
-    if isinstance(storage, str) or storage is None:
-        storage = open_storage(storage, writable=True)
+    storage = writable_storage(storage)
     costs = _stored_costs(ctx, name, storage) or skip_cost.measure(ctx, elites[0])
     bound = _fid_bound(stage1)  # one read of stage 1's trials, for the study and its elites
     study = _open(ctx, name, storage, 2, _sampler(ctx, 2, elites, costs), max_gflops=max_gflops,
@@ -264,9 +262,7 @@ def check_stage2(ctx: SearchContext, stage1_name: str, storage, max_gflops: floa
     if name not in optuna.get_all_study_names(storage):
         return
     study = optuna.load_study(study_name=name, storage=storage)
-    half_made = (record.is_marked(study.user_attrs) and CONFIG_ATTR not in study.user_attrs
-                 and not _ever_ran(study))
-    if not half_made:  # a half-made one is made again when stage 2 opens it (``_load_made``)
+    if not _half_made(study):  # a half-made one is made again when stage 2 opens it
         _refuse_other(study, stage_config(ctx, 2, max_gflops), storage)
 
 
@@ -345,8 +341,7 @@ def _open(ctx, name, storage, stage, sampler, max_gflops=None, extra_attrs=None,
     queued first trials and ``carried`` completed ones). One found without it was left
     half-made by a process that died during creation (the lock is free again): holding no
     trial that ever ran, it is made again."""
-    if isinstance(storage, str) or storage is None:
-        storage = open_storage(storage, writable=True)
+    storage = writable_storage(storage)
     wanted = stage_config(ctx, stage, max_gflops)
     # multi-fidelity pruning needs one objective (Optuna's pruners rank a single value)
     pruner = fidelity.make_pruner(ctx.config.min_samples if stage == 1 else None)
@@ -368,14 +363,19 @@ def _load_made(name, storage, sampler, pruner, locked: bool) -> optuna.Study | N
     study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
     if not locked:  # no creation lock on this database: another worker may still be writing it
         _wait_for_config(study)
-    half_made = (record.is_marked(study.user_attrs) and CONFIG_ATTR not in study.user_attrs
-                 and locked and not _ever_ran(study))
-    if not half_made:  # ours, or refused as not ours by the configuration check
+    if not (locked and _half_made(study)):  # ours, or refused as not ours by the check
         return study
     # one of ours that a process killed while making it left without its configuration (the
     # marker is written first): nothing of value in it. Anything unmarked is never deleted.
     optuna.delete_study(study_name=name, storage=storage)
     return None
+
+
+def _half_made(study: optuna.Study) -> bool:
+    """One of ours that a process killed while making it left without its configuration (the
+    marker is written first), holding no trial that ever ran."""
+    return (record.is_marked(study.user_attrs) and CONFIG_ATTR not in study.user_attrs
+            and not _ever_ran(study))
 
 
 def _ever_ran(study: optuna.Study) -> bool:

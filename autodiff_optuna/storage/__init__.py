@@ -112,6 +112,14 @@ def open_storage(url: str | None = None, heartbeat: int | None = None,
         raise UsageError(f"cannot open storage {shown}: {one_line(err)}") from err
 
 
+def writable_storage(storage: "RDBStorage | str | None") -> RDBStorage:
+    """``storage`` as an open storage to write to: opened (``open_storage``) where a URL or
+    None (the default) is given, as it is where it is open already."""
+    if isinstance(storage, str) or storage is None:
+        return open_storage(storage, writable=True)
+    return storage
+
+
 class _RDBStorage(RDBStorage):
     """Optuna's RDB storage, but a queued (WAITING) trial is popped by one worker only, on
     SQLite too (``optuna_internals.pop_waiting_trial``): two workers that asked at once would
