@@ -18,6 +18,7 @@ import uuid
 import optuna
 import pytest
 import torch
+from helpers import CEILING
 from optuna.trial import TrialState
 
 from autodiff_optuna import search
@@ -375,7 +376,7 @@ def test_a_wal_database_of_something_else_is_left_as_it_was(tmp_path):
     conn.commit()
     conn.close()
     done = subprocess.run([sys.executable, "-m", "autodiff_optuna", "list", "--storage",
-                           f"sqlite:///{other}"], capture_output=True, text=True, timeout=120)
+                           f"sqlite:///{other}"], capture_output=True, text=True, timeout=CEILING)
     assert done.returncode == 2 and "holds no Optuna studies" in done.stderr
     assert [p.name for p in tmp_path.iterdir()] == ["other.db"]
 
