@@ -87,7 +87,6 @@ def _int_list(text: str) -> list[int]:
             f"expected comma-separated integers, got {text!r}") from None
 
 
-
 def _checked_float(problem_of, name: str):
     """An argparse type (``name``, as argparse names it): a float that ``problem_of``, a
     ``*_problem`` function of ``search.results`` that ``ExportRule`` checks with too, finds
@@ -397,9 +396,10 @@ def _add_name(parser) -> None:
 
 
 def _study_name(text: str) -> str:
-    # an empty --name (an unset shell variable) must not quietly mean the default study
-    if not text:
-        raise argparse.ArgumentTypeError("must not be empty (leave --name out for "
+    # an empty --name (an unset shell variable, or one quoted with spaces around it) must not
+    # quietly mean the default study, nor make a study no one can tell from it by eye
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty or blank (leave --name out for "
                                          "<model>-k<steps>)")
     return text
 

@@ -79,16 +79,21 @@ def _print_estimate(config, targets, args, ctx=None) -> None:
 
         device, options = runtime.device(args.device), model_options(args)
         config.check()
-        try:
-            loaded = (load_model(config.model, device, options),
-                      load_scorer(config.model, device, options))
-        except UsageError:  # its files are not here: priced from the architecture alone
-            loaded = None
+        model = scorer = None
+        try:  # files not here: priced from the architecture alone (and timed only with both)
+            model = load_model(config.model, device, options)
+            scorer = load_scorer(config.model, device, options)
+        except UsageError:
+            pass
         # settings the loaded model refuses (a --steps beyond its schedule) are refused here too
-        ctx = None if loaded is None else SearchContext.of(config, *loaded)
+        if model is not None:
+            config.check_steps(model)
+        ctx = None if scorer is None else SearchContext.of(config, model, scorer)
+    else:
+        model = ctx.model
     timing = None if ctx is None else time_here(ctx)
     result = estimate(config, targets, args.name or config.default_name, STAGES[args.stage],
-                      timing)
+                      timing, None if model is None else model.architecture)
     if args.json and args.estimate:
         print(result.json())
     else:

@@ -483,6 +483,17 @@ def test_a_study_name_no_report_folder_can_have_is_refused_up_front(name, messag
     assert not new.exists()
 
 
+@pytest.mark.parametrize("name", ["", "   ", "\t"])
+def test_an_empty_or_blank_study_name_is_refused(name, tmp_path, capsys):
+    """An unset shell variable, or one quoted with blanks, must not mean the default study or
+    make one no listing tells apart from it."""
+    new = tmp_path / "new.db"
+    err = _refused(capsys, ["study", "--model", "digits", "--steps", "2", "--name", name,
+                            "--storage", f"sqlite:///{new}"])
+    assert "--name" in err and "empty or blank" in err
+    assert not new.exists()
+
+
 def test_a_stored_name_too_long_for_a_folder_is_reported_with_out(url, tmp_path, capsys,
                                                                   monkeypatch):
     from autodiff_optuna.search.config import MAX_NAME_BYTES, name_problem

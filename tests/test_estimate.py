@@ -154,6 +154,56 @@ def test_the_estimate_refuses_what_the_study_refuses(error_line):
     assert error_line() == "error: --steps must be in [1, 999] for digits, got 1001"
 
 
+def test_the_ddpm_presets_are_priced_on_the_papers_networks():
+    """google/ddpm-*'s architectures are known without their weights: Ho et al. 2020 give 35.7
+    million parameters for the CIFAR-10 network and 114 million for the LSUN ones."""
+    import torch
+    from diffusers import UNet2DModel
+
+    from autodiff_optuna.models.registry import DDPM_CIFAR10_UNET, DDPM_LSUN256_UNET
+
+    for config, millions in ((DDPM_CIFAR10_UNET, 35.7), (DDPM_LSUN256_UNET, 114)):
+        with torch.device("meta"):
+            parameters = sum(p.numel() for p in UNet2DModel(**config).parameters())
+        assert parameters / 1e6 == pytest.approx(millions, abs=0.5)
+    assert image_cost("ddpm-church256").network == image_cost("ddpm-bedroom256").network
+    assert image_cost("ddpm-cifar10").layers == 28  # 10 down, 3 mid, 15 up
+
+
+@pytest.mark.slow  # a few seconds: out of the fast subset
+def test_a_users_own_unet_is_priced_on_its_checkpoints_config(tiny_unet_dir, tmp_path,
+                                                              capsys):
+    """``--model diffusers --checkpoint DIR``: no preset knows the network, the loaded one
+    does. A study prints its cost first (it used to stop there, exit 2) and runs."""
+    import numpy as np
+    from realmodel_standins import save_standin_inception, save_stats
+
+    flags = ["--inception", str(save_standin_inception(tmp_path / "inception.pt", dim=16)),
+             "--ref-stats", str(save_stats(tmp_path / "stats.npz",
+                                           np.random.default_rng(0).normal(size=(40, 16))))]
+    base = ["study", "--model", "diffusers", "--checkpoint", str(tiny_unet_dir), "--steps", "3",
+            "--device", "cpu", "--stage", "1", "--trials", "2", "--population", "2",
+            "--samples", "40", "--storage", f"sqlite:///{tmp_path}/s.db"]
+    tiny = image_cost("diffusers", json.dumps(json.loads(
+        (tiny_unet_dir / "unet" / "config.json").read_text())))
+    capsys.readouterr()
+    assert main(base + flags) == 0
+    out = capsys.readouterr().out
+    assert f"assuming {tiny.network:.4g} GFLOP per network call, counted on the architecture" \
+        in out and "stage 1 done" in out
+    assert main(base[:-2] + ["--estimate"]) == 0  # no FID network: priced all the same
+    assert "counted on the architecture" in capsys.readouterr().out
+
+
+def test_the_estimate_checks_the_steps_of_a_model_it_loads_without_its_fid(tiny_unet_dir,
+                                                                           error_line):
+    """A model whose weights are here but whose FID network is not: the estimate is priced
+    from FLOPs, and the model's schedule still bounds --steps."""
+    assert main(["study", "--model", "diffusers", "--checkpoint", str(tiny_unet_dir),
+                 "--steps", "1001", "--estimate", "--device", "cpu"]) == 2
+    assert error_line() == "error: --steps must be in [1, 999] for diffusers, got 1001"
+
+
 @pytest.mark.slow  # 4.0 s on the idle machine: out of the fast subset
 @pytest.mark.parametrize("path", sorted(PRESETS_DIR.glob("*.yaml")), ids=lambda p: p.stem)
 def test_preset_files_state_their_projected_cost(path):

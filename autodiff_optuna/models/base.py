@@ -54,6 +54,12 @@ class DiffusionModel(abc.ABC):
     _scheduler_config: dict[str, Any]  # the training schedule, set by each adapter
 
     @property
+    def architecture(self) -> str | None:
+        """The network's configuration as JSON, where a preset may not know it (a checkpoint's
+        own ``config.json``): what ``--estimate`` counts FLOPs on. None: the preset knows it."""
+        return None
+
+    @property
     def network(self) -> torch.nn.Module | None:
         """The module whose layers are skippable (FLOP counts are attributed within it)."""
         return self.unet

@@ -1,6 +1,7 @@
 """Adapter for diffusers ``UNet2DModel`` checkpoints (the bundled digits model, google/ddpm-*, and
 any other unconditional one: ``--model diffusers --checkpoint DIR|HUB_ID``)."""
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,13 @@ class DiffusersUNetModel(DiffusionModel):
         return cls(preset.name, directory, device, clip_denoised=preset.clip_denoised,
                    precision=precision, compile=options.compile,
                    batch_size=options.batch_size, batch_size_cpu=preset.batch_size_cpu)
+
+    @property
+    def architecture(self) -> str:
+        """This checkpoint's UNet2DModel configuration (a user's own need not be a preset's)."""
+        config = {key: value for key, value in self.unet.config.items()
+                  if not key.startswith("_")}  # where it was loaded from, diffusers' version
+        return json.dumps(config, sort_keys=True)
 
     def predict_noise(self, x, t, labels=None):
         def run(x, labels):

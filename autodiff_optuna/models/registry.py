@@ -56,6 +56,8 @@ class ModelPreset:
     family: str  # which adapter loads it (ADAPTERS): "diffusers-unet" | "adm" | "stable-diffusion"
     fid: str  # which scorer: "digits" (bundled) | "inception" (clean-fid's Inception-V3)
     directory: Path | None = None  # bundled weights (digits)
+    # diffusers: the hub checkpoint's UNet2DModel config, what --estimate prices with no weights
+    unet_config: dict = field(default_factory=dict)
     # ADM: the .pt state dict; diffusers: the hub repo; None (and no directory): --checkpoint
     weights: RemoteFile | None = None
     flags: dict = field(default_factory=dict)  # ADM: guided-diffusion's create_model flags
@@ -101,15 +103,31 @@ SD_V1_VAE = dict(
     block_out_channels=(128, 256, 512, 512), norm_num_groups=32, act_fn="silu",
     sample_size=512, down_block_types=("DownEncoderBlock2D",) * 4,
     up_block_types=("UpDecoderBlock2D",) * 4)
+# google/ddpm-*'s UNet2DModel, the values of their config.json (Ho et al. 2020's networks:
+# 128 channels, two resnets a level, attention at 16x16)
+_DDPM_UNET = dict(
+    in_channels=3, out_channels=3, layers_per_block=2, attention_head_dim=None,
+    norm_num_groups=32, norm_eps=1e-6, act_fn="silu", center_input_sample=False,
+    downsample_padding=0, flip_sin_to_cos=False, freq_shift=1, mid_block_scale_factor=1,
+    time_embedding_type="positional")
+DDPM_CIFAR10_UNET = dict(
+    _DDPM_UNET, sample_size=32, block_out_channels=(128, 256, 256, 256),
+    down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"))
+DDPM_LSUN256_UNET = dict(  # church and bedroom alike
+    _DDPM_UNET, sample_size=256, block_out_channels=(128, 128, 256, 256, 512, 512),
+    down_block_types=("DownBlock2D",) * 4 + ("AttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "AttnUpBlock2D") + ("UpBlock2D",) * 4)
 
-def _ddpm(name: str, hub_id: str, stats: RemoteFile | None) -> ModelPreset:
+
+def _ddpm(name: str, hub_id: str, stats: RemoteFile | None, unet_config: dict) -> ModelPreset:
     return ModelPreset(
         name, "diffusers-unet", "inception",
         weights=RemoteFile(hub_id.split("/")[1], f"https://huggingface.co/{hub_id}",
                            flag="--checkpoint", what="diffusers model", hub_id=hub_id,
                            files=("config.json", "diffusion_pytorch_model.safetensors",
                                   "scheduler_config.json")),
-        ref_stats=stats, clip_denoised=True, batch_size_cpu=64)
+        ref_stats=stats, clip_denoised=True, batch_size_cpu=64, unet_config=unet_config)
 
 
 def _stable_diffusion(name: str, hub_id: str) -> ModelPreset:
@@ -148,11 +166,12 @@ PRESETS = {
                 flag="--ref-stats", what="FID reference statistics"),
             fid_mode="legacy_tensorflow", clip_denoised=True, batch_size_cpu=64),
         # google's DDPMs through diffusers: CIFAR-10 32x32, LSUN church and bedroom 256x256
-        _ddpm("ddpm-cifar10", "google/ddpm-cifar10-32", cleanfid_stats("cifar10", 32, "train")),
+        _ddpm("ddpm-cifar10", "google/ddpm-cifar10-32", cleanfid_stats("cifar10", 32, "train"),
+              DDPM_CIFAR10_UNET),
         _ddpm("ddpm-church256", "google/ddpm-church-256",
-              cleanfid_stats("lsun_church", 256, "train")),
+              cleanfid_stats("lsun_church", 256, "train"), DDPM_LSUN256_UNET),
         # clean-fid has no LSUN-bedroom statistics: pass --ref-stats
-        _ddpm("ddpm-bedroom256", "google/ddpm-bedroom-256", None),
+        _ddpm("ddpm-bedroom256", "google/ddpm-bedroom-256", None, DDPM_LSUN256_UNET),
         # any unconditional diffusers UNet2DModel: --checkpoint DIR|HUB_ID, and a reference
         # (--ref-stats, --ref-images or --ref-teacher); clipped where its scheduler clips
         ModelPreset("diffusers", "diffusers-unet", "inception", clip_denoised=None,

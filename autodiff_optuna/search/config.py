@@ -90,13 +90,17 @@ class SearchConfig:
         rung too) and this machine's memory can hold."""
         from autodiff_optuna.sampling.noise import check_fits  # torch: reading studies needs none
 
-        top = model.num_train_timesteps - 1
-        if not self.steps <= top:
-            raise UsageError(f"--steps must be in [1, {top}] for {self.model}, got {self.steps}")
+        self.check_steps(model)
         scorer.check_sample_count(self.samples)
         if self.min_samples is not None:
             scorer.check_sample_count(self.min_samples, "--min-samples")
         check_fits(model, self.samples, "--samples")
+
+    def check_steps(self, model) -> None:
+        """The steps against the model's schedule (what ``--estimate`` can check with no FID)."""
+        top = model.num_train_timesteps - 1
+        if not self.steps <= top:
+            raise UsageError(f"--steps must be in [1, {top}] for {self.model}, got {self.steps}")
 
     def stage_seed(self, stage: int) -> int:
         """The seed of stage ``stage``'s sampler."""

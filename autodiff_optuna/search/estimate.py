@@ -164,8 +164,9 @@ def format_hours(hours: float) -> str:
 # ---- what one image costs, from the architecture alone ------------------------------------
 
 @cache
-def image_cost(model: str) -> ImageCost:
-    """GFLOPs of one image's parts for a preset, counted on its architecture without weights."""
+def image_cost(model: str, architecture: str | None = None) -> ImageCost:
+    """GFLOPs of one image's parts for a preset, counted on its architecture without weights;
+    ``architecture``: a loaded model's own (``DiffusionModel.architecture``), where it has one."""
     from autodiff_optuna.models.registry import get_preset
 
     preset = get_preset(model)
@@ -173,7 +174,7 @@ def image_cost(model: str) -> ImageCost:
         return _adm_cost(preset)
     if preset.family == "stable-diffusion":
         return _stable_diffusion_cost(preset)
-    return _unet2d_cost(preset)
+    return _unet2d_cost(preset, architecture)
 
 
 def _counted(run) -> float:
@@ -204,17 +205,21 @@ def _fid_cost(preset) -> tuple[str, float]:
     return preset.fid, 0.0  # the bundled digits CNN: timed with the study, not priced
 
 
-def _unet2d_cost(preset) -> ImageCost:
-    if preset.directory is None:
-        raise UsageError(f"model {preset.name!r}: its architecture is in its checkpoint's "
-                         "config.json, which is not bundled; estimate a study of a preset "
-                         "with a known architecture")
+def _unet2d_cost(preset, architecture: str | None) -> ImageCost:
     import torch
     from diffusers import UNet2DModel
 
     from autodiff_optuna.models.diffusers_unet import DiffusersUNetModel, bypass_for
 
-    config = UNet2DModel.load_config(preset.directory / "unet")
+    if architecture is not None:
+        config = json.loads(architecture)
+    elif preset.directory is not None:
+        config = UNet2DModel.load_config(preset.directory / "unet")
+    elif preset.unet_config:
+        config = preset.unet_config
+    else:
+        raise UsageError(f"model {preset.name!r}: its architecture is in its checkpoint's "
+                         "config.json; pass --checkpoint to price a study of it")
 
     def run():
         unet = UNet2DModel.from_config(config)
@@ -505,13 +510,15 @@ def here_hours(stage: StageEstimate, cost: ImageCost, timing: HereTiming | None,
     return stage.gflops / gflops_per_s / 3600
 
 
-def estimate(config, targets, name: str, stages=(1, 2), timing: HereTiming | None = None
-             ) -> StudyEstimate:
-    """The cost of running ``stages`` of a study of ``config`` to ``targets``."""
+def estimate(config, targets, name: str, stages=(1, 2), timing: HereTiming | None = None,
+             architecture: str | None = None) -> StudyEstimate:
+    """The cost of running ``stages`` of a study of ``config`` to ``targets``; ``architecture``:
+    the loaded model's (``DiffusionModel.architecture``), where the preset does not know it."""
     from autodiff_optuna.search.fidelity import rungs
 
     counting = time.perf_counter()
-    cost = image_cost(config.model)  # cached: a study pays it once, before its first trial
+    # cached: a study pays it once, before its first trial
+    cost = image_cost(config.model, architecture)
     counting = time.perf_counter() - counting
     counts = {1: targets.trials, 2: targets.stage2_trials}
     rows = [stage_counts(s, counts[s], config, cost,
