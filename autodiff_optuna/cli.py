@@ -70,7 +70,7 @@ def _print_estimate(config, targets, args, ctx=None) -> None:
     """The study's cost before it runs: timed on the loaded model where there is one (``ctx``,
     or a model whose files are here), else from its FLOPs."""
     from autodiff_optuna.search import SearchContext
-    from autodiff_optuna.search.estimate import estimate, time_here
+    from autodiff_optuna.search.estimate import estimate, priced_without_weights, time_here
     from autodiff_optuna.search.session import STAGES
 
     if ctx is None:
@@ -84,7 +84,8 @@ def _print_estimate(config, targets, args, ctx=None) -> None:
             model = load_model(config.model, device, options)
             scorer = load_scorer(config.model, device, options)
         except UsageError:
-            pass
+            if model is None and not priced_without_weights(config.model):
+                raise  # only the checkpoint knows the network: why it did not load
         # settings the loaded model refuses (a --steps beyond its schedule) are refused here too
         if model is not None:
             config.check_steps(model)

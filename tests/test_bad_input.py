@@ -553,14 +553,14 @@ def test_reference_statistics_that_are_not_finite(value, tiny_unet_dir, real_fid
     assert f"FID reference statistics {stats} holds NaN or infinite values" in err
 
 
-def _with_sample_size(unet_dir: Path, tmp_path: Path, size) -> Path:
-    """A copy of a diffusers model whose UNet config says another sample_size."""
+def _with_config(unet_dir: Path, tmp_path: Path, **changes) -> Path:
+    """A copy of a diffusers model whose UNet config says ``changes`` instead."""
     import shutil
 
-    copy = tmp_path / f"unet-{size}"
+    copy = tmp_path / f"unet-{len(list(tmp_path.iterdir()))}"
     shutil.copytree(unet_dir, copy)
     config = copy / "unet" / "config.json"
-    config.write_text(json.dumps({**json.loads(config.read_text()), "sample_size": size}))
+    config.write_text(json.dumps({**json.loads(config.read_text()), **changes}))
     return copy
 
 
@@ -573,8 +573,21 @@ def _with_sample_size(unet_dir: Path, tmp_path: Path, size) -> Path:
 ])
 def test_a_unet_config_whose_sample_size_cannot_run(size, message, tiny_unet_dir,
                                                     real_fid_flags, tmp_path, capsys):
-    checkpoint = _with_sample_size(tiny_unet_dir, tmp_path, size)
+    checkpoint = _with_config(tiny_unet_dir, tmp_path, sample_size=size)
     assert message in _refused(capsys, _evaluate_diffusers(checkpoint, real_fid_flags))
+
+
+@pytest.mark.parametrize("command", ["evaluate", "estimate"])
+def test_a_unet_conditioned_on_labels_by_its_embedding_type_is_refused(command, tiny_unet_dir,
+                                                                       real_fid_flags,
+                                                                       tmp_path, capsys):
+    """``class_embed_type`` without ``num_class_embeds`` is class-conditional too: its forward
+    needs labels no study gives it (the estimate's FLOP count raised a traceback there)."""
+    checkpoint = _with_config(tiny_unet_dir, tmp_path, class_embed_type="identity")
+    argv = (_evaluate_diffusers(checkpoint, real_fid_flags) if command == "evaluate" else
+            ["study", "--model", "diffusers", "--checkpoint", str(checkpoint), "--steps", "4",
+             "--estimate", "--device", "cpu"])
+    assert "class-conditional diffusers UNets are not supported" in _refused(capsys, argv)
 
 
 def test_a_sample_shape_that_cannot_be_allocated_is_one_line(tiny_unet_dir, tmp_path):
@@ -584,7 +597,7 @@ def test_a_sample_shape_that_cannot_be_allocated_is_one_line(tiny_unet_dir, tmp_
     from autodiff_optuna.metrics.flops import layer_costs
     from autodiff_optuna.models.diffusers_unet import DiffusersUNetModel
 
-    model = DiffusersUNetModel("huge", _with_sample_size(tiny_unet_dir, tmp_path, 2**32))
+    model = DiffusersUNetModel("huge", _with_config(tiny_unet_dir, tmp_path, sample_size=2**32))
     with pytest.raises(UsageError, match=r"cannot evaluate one sample of its shape "
                                          r"1x4294967296x4294967296 \(.*overflow") as err:
         layer_costs(model)
@@ -602,7 +615,7 @@ def test_a_bin_checkpoint_in_another_pickle_protocol_loads_without_warnings(tiny
 
     from autodiff_optuna.models.diffusers_unet import DiffusersUNetModel
 
-    copy = _with_sample_size(tiny_unet_dir, tmp_path, 8)
+    copy = _with_config(tiny_unet_dir, tmp_path, sample_size=8)
     weights = copy / "unet" / "diffusion_pytorch_model.safetensors"
     torch.save(load_file(weights), copy / "unet" / "diffusion_pytorch_model.bin",
                pickle_protocol=3, _use_new_zipfile_serialization=False)

@@ -154,6 +154,14 @@ def test_the_estimate_refuses_what_the_study_refuses(error_line):
     assert error_line() == "error: --steps must be in [1, 999] for digits, got 1001"
 
 
+def test_a_checkpoint_that_does_not_load_is_why_no_estimate(tmp_path, error_line):
+    """Only its checkpoint knows a ``--model diffusers`` network: where it does not load, that
+    is the line (not "pass --checkpoint" to one who did)."""
+    assert main(["study", "--model", "diffusers", "--checkpoint", str(tmp_path / "absent"),
+                 "--steps", "4", "--estimate"]) == 2
+    assert error_line() == f"error: --checkpoint {tmp_path / 'absent'}: no such file"
+
+
 def test_the_ddpm_presets_are_priced_on_the_papers_networks():
     """google/ddpm-*'s architectures are known without their weights: Ho et al. 2020 give 35.7
     million parameters for the CIFAR-10 network and 114 million for the LSUN ones."""

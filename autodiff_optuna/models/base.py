@@ -55,8 +55,9 @@ class DiffusionModel(abc.ABC):
 
     @property
     def architecture(self) -> str | None:
-        """The network's configuration as JSON, where a preset may not know it (a checkpoint's
-        own ``config.json``): what ``--estimate`` counts FLOPs on. None: the preset knows it."""
+        """The loaded network's configuration as JSON (a checkpoint's own ``config.json``): what
+        ``--estimate`` counts FLOPs on, where a preset may not know it. None: only the preset's
+        architecture is priced (ADM, Stable Diffusion)."""
         return None
 
     @property

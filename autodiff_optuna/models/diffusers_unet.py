@@ -60,7 +60,7 @@ class DiffusersUNetModel(DiffusionModel):
             raise UsageError(f"model {name!r}: {unet_dir / 'config.json'}: sample_size must be "
                              f"a positive integer (pixels a side), got {cfg.sample_size!r}")
         self.sample_shape = (cfg.in_channels, cfg.sample_size, cfg.sample_size)
-        if cfg.num_class_embeds:
+        if cfg.num_class_embeds or cfg.class_embed_type is not None:  # labels it is never given
             raise UsageError(f"model {name!r}: class-conditional diffusers UNets are not "
                              "supported")
 

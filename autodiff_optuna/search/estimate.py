@@ -3,7 +3,9 @@ evaluations, GFLOPs and FID-network images, and the hours they take here and on 
 
 The counts are arithmetic on the study's configuration. The network's GFLOPs are counted by
 torch's FLOP counter on the preset's architecture built on the ``meta`` device: no weights, no
-memory, so a study of a model whose files are not here yet can be priced. Besides its candidates,
+memory, so a study of a model whose files are not here yet can be priced. ``--model diffusers``
+(any checkpoint) has no architecture of its own: it is priced on the loaded ``--checkpoint``'s
+(``DiffusionModel.architecture``), whose weights must be here. Besides its candidates,
 a stage samples what the search does around them: the confirmation of what the result can name
 (``confirm``: each on the study's full image count) and, in stage 2, the skip-cost prior
 (``skip_cost``); stage 2's carried stage-1 elites are never sampled again.
@@ -205,19 +207,32 @@ def _fid_cost(preset) -> tuple[str, float]:
     return preset.fid, 0.0  # the bundled digits CNN: timed with the study, not priced
 
 
+def priced_without_weights(model: str) -> bool:
+    """Whether the preset knows its network (else only a loaded checkpoint's config does)."""
+    from autodiff_optuna.models.registry import get_preset
+
+    preset = get_preset(model)
+    return preset.family != "diffusers-unet" or _known_unet(preset) is not None
+
+
+def _known_unet(preset) -> dict | None:
+    """A diffusers preset's UNet2DModel config without its weights: the bundled model's file,
+    or the hub checkpoint's values in the registry; None for ``diffusers`` (any checkpoint)."""
+    if preset.directory is not None:
+        from diffusers import UNet2DModel
+
+        return UNet2DModel.load_config(preset.directory / "unet")
+    return preset.unet_config or None
+
+
 def _unet2d_cost(preset, architecture: str | None) -> ImageCost:
     import torch
     from diffusers import UNet2DModel
 
     from autodiff_optuna.models.diffusers_unet import DiffusersUNetModel, bypass_for
 
-    if architecture is not None:
-        config = json.loads(architecture)
-    elif preset.directory is not None:
-        config = UNet2DModel.load_config(preset.directory / "unet")
-    elif preset.unet_config:
-        config = preset.unet_config
-    else:
+    config = json.loads(architecture) if architecture is not None else _known_unet(preset)
+    if config is None:
         raise UsageError(f"model {preset.name!r}: its architecture is in its checkpoint's "
                          "config.json; pass --checkpoint to price a study of it")
 
