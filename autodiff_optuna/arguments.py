@@ -4,6 +4,8 @@ input is)."""
 
 import argparse
 import math
+from contextlib import suppress
+from pathlib import Path
 
 from autodiff_optuna.errors import UsageError
 from autodiff_optuna.sampling.limits import check_seed
@@ -122,6 +124,23 @@ def _timeout(text: str) -> float:
     if not (math.isfinite(value) and value >= 0):
         raise UsageError(f"--timeout must be a number of seconds, 0 or more, got {value}")
     return value
+
+
+def _output_file(text: str) -> str:
+    """A file a command writes (export's JSON, sample's PNG): named, and never a study database
+    (``export --out studies/autodiff.db`` replaced every trial with one schedule)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must name a file, got an empty path")
+    path = Path(text)
+    if path.is_file():
+        from autodiff_optuna.storage import SQLITE_MAGIC
+
+        with suppress(OSError), path.open("rb") as f:
+            if f.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC:
+                raise argparse.ArgumentTypeError(
+                    f"{text} is an SQLite database (a study's?), which an output never "
+                    "replaces; give another file")
+    return text
 
 
 def _noise_seed(text: str) -> int:
@@ -275,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
                                         "FID, or within --max-gflops) to a JSON file that "
                                         "sample and autodiff_optuna.apply use.")
     _add_study_flags(export)
-    export.add_argument("--out", default="schedule.json",
+    export.add_argument("--out", type=_output_file, default="schedule.json",
                         help="the file to write (default schedule.json)")
     _add_choice_flags(export)
 
@@ -287,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--n", type=int, default=64, help="images in the grid (default 64)")
     sample.add_argument("--seed", type=_noise_seed, default=0,
                         help="held-out noise seed (default 0)")
-    sample.add_argument("--out", default="samples.png",
+    sample.add_argument("--out", type=_output_file, default="samples.png",
                         help="the PNG to write (default samples.png)")
     _add_device(sample)
     _add_model_flags(sample, fid=False)  # a real model's files, as the study was given them

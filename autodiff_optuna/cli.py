@@ -92,6 +92,9 @@ def _print_estimate(config, targets, args, ctx=None) -> None:
         ctx = None if scorer is None else SearchContext.of(config, model, scorer)
     else:
         model = ctx.model
+    if ctx is not None:  # many steps take minutes to time: say what is running
+        print(f"timing {ctx.config.steps}-step sampling and FID features on this machine for "
+              "the estimate...", file=sys.stderr if args.json else sys.stdout, flush=True)
     timing = None if ctx is None else time_here(ctx)
     result = estimate(config, targets, args.name or config.default_name, STAGES[args.stage],
                       timing, None if model is None else model.architecture)

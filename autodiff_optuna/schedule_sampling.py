@@ -10,6 +10,7 @@ and checks it against its model; ``save_grid`` writes images as one PNG grid (``
 ``report``).
 """
 
+import dataclasses
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,8 +55,9 @@ def load_schedule(path, options=None, device: str = "cpu") -> SearchedSchedule:
     ``device``, as ``sample`` will); a corrupt file or another model is one UsageError line."""
     path = Path(path)
     schedule = read_schedule(path)
-    _check(schedule, path, options, device)
-    return schedule
+    skip = _check(schedule, path, options, device)
+    # a layer named twice at a step is skipped once, as `evaluate --skip` reads it
+    return dataclasses.replace(schedule, skip=[list(names) for names in skip])
 
 
 def _model(schedule: SearchedSchedule, options, device: str, what: str):
@@ -65,7 +67,8 @@ def _model(schedule: SearchedSchedule, options, device: str, what: str):
     return model
 
 
-def _check(schedule: SearchedSchedule, path, options, device: str) -> None:
+def _check(schedule: SearchedSchedule, path, options, device: str) -> list[tuple[str, ...]]:
+    """Refuse what the schedule's model cannot run; its masks, each layer once, in model order."""
     try:
         step_rules(schedule.solver, len(schedule.timesteps))
     except UsageError as err:
@@ -78,7 +81,7 @@ def _check(schedule: SearchedSchedule, path, options, device: str) -> None:
     validate(schedule.timesteps, model.num_train_timesteps)
     if list(schedule.timesteps) != sorted(schedule.timesteps, reverse=True):
         raise UsageError(f"schedule {path}: time steps must be descending")
-    check_skip(schedule.skip, len(schedule.timesteps), model.skippable_layers())
+    return check_skip(schedule.skip, len(schedule.timesteps), model.skippable_layers())
 
 
 def sample(schedule: SearchedSchedule, n: int = 64, seed: int = 0, device: str = "cpu",

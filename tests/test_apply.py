@@ -79,6 +79,22 @@ def test_same_images_as_sample(digits, cls, solver, skips):
     assert torch.equal(to_uint8(images * 2 - 1), expected)
 
 
+@pytest.mark.parametrize("settings", [{"solver_type": "heun"}, {"use_karras_sigmas": True}])
+def test_the_pipeline_schedulers_own_sampler_settings_do_not_apply(digits, settings):
+    """A DPM-Solver pipeline's ``solver_type="heun"`` changed the update (36/255 off `sample`),
+    and its Karras sigmas refused the schedule's steps after the skip hooks were on the UNet
+    (left there for good). The solver is built on the training schedule alone."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    pipe = _pipeline(digits)
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config, **settings)
+    schedule = _schedule(digits, "dpmpp2m")
+    with ao.apply(pipe, schedule):
+        images = _images(pipe)
+    assert torch.equal(to_uint8(images * 2 - 1), ao.sample(schedule, n=N, seed=SEED))
+    assert (len(pipe.unet._forward_pre_hooks), len(pipe.unet._forward_hooks)) == (0, 0)
+
+
 def test_skips_are_active_at_their_steps(digits):
     pipe = _pipeline(digits)
     with ao.apply(pipe, _schedule(digits, skips=False)):

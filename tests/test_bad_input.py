@@ -685,3 +685,46 @@ def test_a_refused_study_leaves_no_wal_files(tmp_path):
     assert done.returncode == 2 and "not made by autodiff_optuna" in done.stderr
     assert sorted(os.listdir(tmp_path)) == before
     assert optuna.get_all_study_names(url) == ["theirs"]  # an empty foreign study is kept
+
+
+# -- a second adversarial run: outputs onto a database, masks named twice, an unfinished stage 1
+
+@pytest.mark.parametrize("command", ["export", "sample"])
+def test_an_output_never_replaces_a_study_database(command, url, capsys):
+    """``export --out studies/autodiff.db`` wrote the schedule over every trial."""
+    path = url[len("sqlite:///"):]
+    before = _dump(url)
+    argv = ([command, "--name", NAME, "--storage", url] if command == "export" else
+            [command, "--schedule", "absent.json"])
+    err = _refused(capsys, argv + ["--out", path])
+    assert f"{path} is an SQLite database" in err and "never replaces" in err
+    assert _dump(url) == before
+    assert "must name a file, got an empty path" in _refused(capsys, argv + ["--out", ""])
+
+
+def test_a_layer_named_twice_at_a_step_is_skipped_once(url, tmp_path, capsys):
+    """A hand-edited mask naming a layer twice: sampled as `evaluate --skip` reads it (it was a
+    traceback: the layer's forward was restored twice)."""
+    from autodiff_optuna.models import load_model
+    from autodiff_optuna.schedule_sampling import load_schedule
+
+    data = _schedule_file(url, tmp_path, capsys)
+    layer = next(iter(load_model("digits", "cpu").skippable_layers()))
+    data["skip"] = [[layer, layer]] + data["skip"][1:]
+    path = tmp_path / "twice.json"
+    path.write_text(json.dumps(data))
+    assert load_schedule(path).skip == [[layer]] + data["skip"][1:]
+    assert main(["sample", "--schedule", str(path), "--n", "2", "--out",
+                 str(tmp_path / "g.png")]) == 0
+
+
+def test_stage_2_alone_waits_for_an_unfinished_stage_1(url, capsys):
+    """Stage 1 stopped short of its run's target (Ctrl-C): stage 2 alone would breed from its
+    early elites and never see the rest."""
+    optuna.load_study(study_name=NAME, storage=url).set_user_attr(record.TARGET_ATTR, 5)
+    before = _dump(url)
+    err = _refused(capsys, ["study", "--model", "digits", "--steps", "2", "--samples", "80",
+                            "--population", "2", "--stage", "2", "--storage", url])
+    assert f"stage 1 of study '{NAME}' has 2 of the 5 trials its last run aimed at" in err
+    assert "--stage 1 --trials 2" in err
+    assert _dump(url) == before

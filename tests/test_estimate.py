@@ -154,6 +154,13 @@ def test_the_estimate_refuses_what_the_study_refuses(error_line):
     assert error_line() == "error: --steps must be in [1, 999] for digits, got 1001"
 
 
+@pytest.mark.parametrize("model", ["digits", "sd15"])
+def test_the_estimate_refuses_a_batch_size_the_study_refuses(model, error_line):
+    assert main(["study", "--model", model, "--steps", "4", "--batch-size", "0",
+                 "--estimate"]) == 2
+    assert error_line() == "error: --batch-size must be at least 1, got 0"
+
+
 def test_a_checkpoint_that_does_not_load_is_why_no_estimate(tmp_path, error_line):
     """Only its checkpoint knows a ``--model diffusers`` network: where it does not load, that
     is the line (not "pass --checkpoint" to one who did)."""

@@ -531,6 +531,18 @@ def test_bad_input_is_one_line_and_exit_2(url, tmp_path, capsys):
     assert not (tmp_path / "r").exists()  # nothing written for bad input
 
 
+@pytest.mark.parametrize("in_the_way", ["index.html", "samples-uniform.png"])
+def test_a_folder_where_the_page_writes_a_file(in_the_way, url, tmp_path, capsys):
+    """Refused before anything is written (it was IsADirectoryError, after the grids)."""
+    out = tmp_path / "r"
+    (out / in_the_way).mkdir(parents=True)
+    assert main(["report", "--name", "digits-k3", "--storage", url, "--out", str(out),
+                 "--no-png", "--heldout-samples", "0", "--grid", "2"]) == 2
+    assert f"{out / in_the_way} is a folder where the report writes a file" in \
+        error_line(capsys)
+    assert [p.name for p in out.iterdir()] == [in_the_way]
+
+
 def test_empty_study_is_one_line_and_exit_2(url, tmp_path, capsys):
     empty_url = f"sqlite:///{tmp_path}/empty.db"
     empty = optuna.create_study(study_name="digits-k3", storage=empty_url)

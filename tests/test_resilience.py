@@ -367,6 +367,25 @@ def test_a_database_of_something_else_is_refused_unchanged(tmp_path, error_line,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.db", "other.db"]
 
 
+def test_a_database_whose_first_study_stopped_making_its_tables(tmp_path, error_line):
+    """Optuna makes ``studies`` and ``version_info`` first: a first study stopped there left a
+    file every reading command called read-only ("attempt to write a readonly database")."""
+    half = tmp_path / "half.db"
+    with sqlite3.connect(half) as conn:
+        conn.execute("CREATE TABLE studies (study_id INTEGER)")
+        conn.execute("CREATE TABLE version_info (version_info_id INTEGER)")
+    conn.close()
+    assert main(["list", "--storage", f"sqlite:///{half}"]) == 2
+    assert "its tables are half made" in error_line()
+
+
+def test_an_unparsable_url_keeps_its_password_hidden(error_line):
+    url = "postgresql://user:s3cret@dbhost:5432x/db"
+    assert main(["list", "--storage", url]) == 2
+    line = error_line()
+    assert "s3cret" not in line and "not a valid storage URL: postgresql://user:***@" in line
+
+
 def test_a_wal_database_of_something_else_is_left_as_it_was(tmp_path):
     """Checking it makes SQLite create its -wal and -shm files: they go when the command ends."""
     other = tmp_path / "other.db"

@@ -33,6 +33,11 @@ def files_digest(paths) -> str:
     return hashlib.sha256(b"".join(sorted(per_file))).hexdigest()[:12]
 
 
+def check_batch_size(batch_size: int | None) -> None:
+    if batch_size is not None and batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
+
+
 class DiffusionModel(abc.ABC):
     """An epsilon-predicting diffusion model with a discrete training schedule."""
 
@@ -140,8 +145,7 @@ class DiffusionModel(abc.ABC):
             precision = "bf16" if self.device.type == "cuda" else "fp32"
         if precision not in PRECISIONS:
             raise UsageError(f"unknown precision {precision!r}; known: {', '.join(PRECISIONS)}")
-        if batch_size is not None and batch_size < 1:
-            raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
+        check_batch_size(batch_size)
         self.precision = precision
         self.compiled = bool(compile)
         self._batch_size = batch_size or (batch_size_cpu if self.device.type == "cpu" else None)

@@ -15,7 +15,7 @@ from cleanfid.downloads_helper import inception_url
 
 from autodiff_optuna.errors import UsageError
 from autodiff_optuna.models.adm import AdmModel
-from autodiff_optuna.models.base import PRECISIONS, DiffusionModel
+from autodiff_optuna.models.base import PRECISIONS, DiffusionModel, check_batch_size
 from autodiff_optuna.models.diffusers_unet import DiffusersUNetModel
 from autodiff_optuna.models.files import RemoteFile
 from autodiff_optuna.models.prompts import COCO_CAPTIONS
@@ -209,6 +209,7 @@ class ModelOptions:
     ref_teacher: int | None = None  # FID reference: the model's own samples at this many steps
 
     def __post_init__(self):
+        check_batch_size(self.batch_size)  # before anything loads (--estimate loads nothing)
         # one reference at a time: which one scored a study is recorded and checked
         given = [flag for flag, value in (("--ref-stats", self.ref_stats),
                                           ("--ref-images", self.ref_images),

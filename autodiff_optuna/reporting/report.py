@@ -119,6 +119,7 @@ def build(name: str, storage, options: Options) -> Path:
     check_fits(model, samples, "--heldout-samples")
     _check_stored_schedules(result, exported, model)
     chosen = _chosen(result, exported, schedule, options.schedule)
+    _check_nothing_in_the_way(out, ["index.html"] + [_grid_file(c) for c in chosen])
     # every refusal is above: from here on files are written and the study's cache grows
     artifacts.writable_folder(out, "--out")
     store = artifacts.store(artifacts_dir(storage.url, options.artifacts))
@@ -147,6 +148,18 @@ def build(name: str, storage, options: Options) -> Path:
     path = out / "index.html"
     path.write_text(page.page(f"Study {name}", meta, sections), encoding="utf-8")
     return path
+
+
+def _grid_file(chosen: Chosen) -> str:
+    return f"samples-{chosen.key}.png"
+
+
+def _check_nothing_in_the_way(out: Path, files: list[str]) -> None:
+    """A folder where the page writes one of its files: refused before anything is written."""
+    for name in files:
+        if (out / name).is_dir():
+            raise UsageError(f"--out {out}: {out / name} is a folder where the report writes a "
+                             "file; move it, or give another --out")
 
 
 def _check_options(options: Options) -> None:
@@ -254,7 +267,7 @@ def _grids(chosen: list[Chosen], out: Path, storage, store, options: Options) ->
         log(f"sample grid: {c.caption}")
         schedule = SearchedSchedule(model=c.model, solver=c.solver, timesteps=c.timesteps,
                                     skip=c.skip)
-        path = out / f"samples-{c.key}.png"
+        path = out / _grid_file(c)
         save_grid(sample(schedule, options.grid, options.seed, options.device,
                          options=options.model_options), path)
         if c.trial is not None:

@@ -13,10 +13,11 @@ from autodiff_optuna.models.layers import SkippableLayer
 
 @contextmanager
 def skipping(layers: dict[str, SkippableLayer], names: Iterable[str]):
-    """Within the block, the named layers run their bypass instead of their forward."""
+    """Within the block, the named layers run their bypass instead of their forward (a name given
+    twice is one layer skipped)."""
     swapped = []
     try:
-        for name in names:
+        for name in dict.fromkeys(names):
             layer = layers[name]
             layer.module.forward = layer.bypass  # an instance attribute shadows the method
             swapped.append(layer.module)

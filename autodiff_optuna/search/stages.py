@@ -31,6 +31,7 @@ from autodiff_optuna.search.evolutionary import EvolutionarySampler
 from autodiff_optuna.search.results import (
     complete_trials,
     scored_points,
+    stage_state,
     stored_config,
     uniform_trial,
 )
@@ -192,6 +193,12 @@ def load_stage1(ctx: SearchContext, name: str, storage) -> optuna.Study:
     """An existing stage-1 study, for ``--stage 2`` alone; its configuration must match."""
     study = load_existing_study(name, storage, hint="run stage 1 first (--stage 1 or both)")
     _check_stored(study, stage_config(ctx, 1, None), 1, storage)
+    state = stage_state(study)
+    if state["target"] is not None and not state["finished"]:  # its elites would be early ones
+        raise UsageError(f"stage 1 of study {name!r} has {state['evaluated']} of the "
+                         f"{state['target']} trials its last run aimed at: finish it first "
+                         "(--stage 1 or both), or take it as it is (--stage 1 --trials "
+                         f"{state['evaluated']})")
     _record_model(ctx, study)
     return study
 

@@ -22,6 +22,7 @@ import atexit
 import fcntl
 import gc
 import os
+import re
 import sqlite3
 import warnings
 from contextlib import contextmanager, nullcontext, suppress
@@ -63,6 +64,7 @@ def open_storage(url: str | None = None, heartbeat: int | None = None,
     """
     url = url or DEFAULT_STORAGE
     shown = redact(url)
+    _check_parses(url, shown)
     engine_kwargs = {}
     tidy = None  # an SQLite file whose WAL files this open will make
     if url.startswith("sqlite"):
@@ -311,8 +313,17 @@ def redact(url: str) -> str:
         return f"sqlite:///{url[len(prefix):-len(READ_ONLY_QUERY)]} (read-only)"
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url
+    except Exception:  # a URL SQLAlchemy cannot parse (a port that is no number) hides it too
+        return re.sub(r"(://[^/@:]*:).*@", r"\1***@", url)
+
+
+def _check_parses(url: str, shown: str) -> None:
+    from sqlalchemy.engine import make_url
+
+    try:
+        make_url(url)
+    except Exception as err:
+        raise UsageError(f"not a valid storage URL: {shown} ({one_line(err)})") from None
 
 
 def _sqlite_path(url: str) -> Path:
@@ -370,6 +381,10 @@ def _check_holds_studies(url: str, path: Path) -> None:
     if "studies" not in tables:
         raise UsageError(f"storage {url}: {path} holds no Optuna studies (no study was ever "
                          "stored there); run a study first, or give the --storage it ran with")
+    if "alembic_version" not in tables:  # Optuna's last table, stamped once the rest are made
+        raise UsageError(f"storage {url}: {path} holds no Optuna studies (its tables are half "
+                         "made: the first study stopped while making them); a study run on it "
+                         "makes the rest")
 
 
 def _read_only_sqlite_url(url: str, path: Path) -> str:
