@@ -53,6 +53,32 @@ def test_a_stage2_deleted_alone_leaves_its_stage1_without_it(tmp_path):
     assert all(p["stage"] == 1 for p in stage1.user_attrs["result"]["front"])
 
 
+def _half_made_stage2(url: str, stage1: optuna.Study) -> None:
+    """What a study command killed while making stage 2 leaves: the marker and the stage, no
+    configuration (written last), no link from stage 1, nothing run."""
+    study = optuna.create_study(study_name=f"{stage1.study_name}-stage2", storage=url,
+                                directions=["minimize", "minimize"])
+    record.mark(study)
+    study.set_user_attr(record.STAGE_ATTR, 2)
+    study.set_user_attr(record.STAGE1_ATTR, stage1.study_name)
+
+
+def test_a_half_made_stage2_is_listed_and_deleted_as_such(tmp_path, capsys):
+    """It was listed as foreign, and refused by delete as not made by autodiff_optuna."""
+    url = f"sqlite:///{tmp_path}/s.db"
+    for name in ("a-k4", "b-k4"):
+        stage1 = _search(url, name)
+        optuna.delete_study(study_name=f"{name}-stage2", storage=url)
+        stage1.set_user_attr(record.STAGE2_ATTR, None)
+        _half_made_stage2(url, stage1)
+    capsys.readouterr()
+    assert main(["list", "--storage", url]) == 0
+    assert "a-k4-stage2  half made" in capsys.readouterr().out
+    assert _delete(url, "a-k4-stage2") == 0  # alone
+    assert _delete(url, "b-k4") == 0  # with its stage 1
+    assert optuna.get_all_study_names(url) == ["a-k4"]
+
+
 def _running_trial(url: str, name: str, heartbeat: int = 60) -> int:
     """A trial of ``name`` RUNNING with a fresh heartbeat, as a worker's is (returns its id)."""
     storage = open_storage(url, heartbeat=heartbeat, writable=True)

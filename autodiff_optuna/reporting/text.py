@@ -95,13 +95,19 @@ def listing_lines(rows: list[dict]) -> list[str]:
     if not rows:
         return ["no studies"]
     header = ["study", "model", "steps", "stage 1", "stage 2", "best FID", "uniform FID"]
-    table = [header] + [[row["study"], "foreign" if row["foreign"] else row["model"],
+    table = [header] + [[row["study"], _model_cell(row),
                          str(row["steps"] or "-"), _stage_cell(row, 1), _stage_cell(row, 2),
                          _fid_cell(row["best_fid"]), _fid_cell(row["uniform_fid"])]
                         for row in rows]
     widths = [max(len(printable(r[i])) for r in table) for i in range(len(header))]
     return ["  ".join(printable(cell).ljust(width) for cell, width in zip(r, widths)).rstrip()
             for r in table]
+
+
+def _model_cell(row: dict) -> str:
+    if row.get("half_made"):  # a study command killed while making it: its next run remakes it
+        return "half made"
+    return "foreign" if row["foreign"] else row["model"]
 
 
 def _stage_cell(row: dict, stage: int) -> str:

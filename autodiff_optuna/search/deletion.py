@@ -3,7 +3,8 @@ worker runs it, and removed in an order a delete killed part-way can be rerun fr
 
 A stage 2 deleted alone is first unlinked from its stage 1, whose stored result is then
 recomputed without it (``keep``: the caller's keeper of a result, which also writes the
-dashboard's note).
+dashboard's note). A study a killed ``study`` command left half made is deletable too, under
+the creation lock that workers make studies under.
 """
 
 import contextlib
@@ -15,11 +16,12 @@ from autodiff_optuna.errors import UsageError
 from autodiff_optuna.search.results import (
     StudyResult,
     deletion_plan,
+    half_made,
     heartbeat_of,
     live_trials,
     study_result,
 )
-from autodiff_optuna.storage import open_storage, record
+from autodiff_optuna.storage import creation_lock, open_storage, record
 
 
 def plan(url: str | None, name: str, force: bool) -> list[optuna.Study]:
@@ -49,8 +51,17 @@ def delete(studies: list[optuna.Study], url: str | None,
            keep: Callable[[StudyResult], None]) -> None:
     """Delete ``studies`` (``plan``'s) in their order."""
     storage = open_storage(url, writable=True)
+    with creation_lock(storage):  # a half-made study is not one a worker is making right now
+        _delete(studies, storage, keep)
+
+
+def _delete(studies: list[optuna.Study], storage, keep: Callable[[StudyResult], None]) -> None:
     names = optuna.get_all_study_names(storage)
     for study in studies:
+        if half_made(study) and not half_made(optuna.load_study(
+                study_name=study.study_name, storage=storage)):
+            raise UsageError(f"study {study.study_name!r} was made meanwhile by a study "
+                             "command: not deleted")
         attrs = study.user_attrs
         if len(studies) == 1 and record.stage_of(attrs) == 2 \
                 and attrs[record.STAGE1_ATTR] in names:

@@ -615,11 +615,11 @@ def study_listing(storage) -> list[dict]:
 
 
 def _listing_row(study: optuna.Study) -> dict:
-    row = {"study": study.study_name, "foreign": True, "model": None, "steps": None,
-           "stages": [], "trials": {"other": trial_counts(study)}, "state": {},
+    row = {"study": study.study_name, "foreign": True, "half_made": False, "model": None,
+           "steps": None, "stages": [], "trials": {"other": trial_counts(study)}, "state": {},
            "best_fid": None, "uniform_fid": None}
     if not record.is_ours(study.user_attrs):
-        return row
+        return {**row, "foreign": False, "half_made": True} if half_made(study) else row
     config = stored_config(study)
     stage = record.stage_of(study.user_attrs)
     stages = {stage: study}
@@ -635,6 +635,20 @@ def _listing_row(study: optuna.Study) -> dict:
         return row
     return {**row, "best_fid": result.best.fid,
             "uniform_fid": None if result.uniform is None else result.uniform.fid}
+
+
+def half_made(study: optuna.Study) -> bool:
+    """One of ours that a process killed while making it left without its configuration (the
+    marker is written first), holding no trial that ever ran: its next study run makes it
+    again, and ``delete`` may remove it."""
+    return (record.is_marked(study.user_attrs) and CONFIG_ATTR not in study.user_attrs
+            and not _ever_ran(study))
+
+
+def _ever_ran(study: optuna.Study) -> bool:
+    # carried stage-1 trials are written at creation: they hold nothing this study computed
+    return any(t.state != TrialState.WAITING and not is_carried(t)
+               for t in study.get_trials(deepcopy=False))
 
 
 def stage_state(study: optuna.Study) -> dict:
@@ -660,6 +674,8 @@ def deletion_plan(storage, name: str) -> list[optuna.Study]:
             return [orphan]
         load_existing_study(name, storage)  # says which studies there are
     study = optuna.load_study(study_name=name, storage=storage)
+    if half_made(study):  # nothing ran in it, and nothing links to it
+        return [study]
     if not record.is_ours(study.user_attrs):
         raise UsageError(f"study {name!r} was not made by autodiff_optuna: not deleted "
                          "(Optuna's own `optuna delete-study` deletes any study)")
@@ -670,12 +686,14 @@ def deletion_plan(storage, name: str) -> list[optuna.Study]:
 
 
 def _stage2_by_name(storage, stage1_name: str, names: list[str]) -> optuna.Study | None:
-    """``<stage1_name>-stage2``, if it is there and a stage 2 of ours naming that stage 1."""
+    """``<stage1_name>-stage2``, if it is there and a stage 2 of ours naming that stage 1 (or
+    one a killed study command left half made)."""
     name = f"{stage1_name}-stage2"
     if name not in names:
         return None
     study = optuna.load_study(study_name=name, storage=storage)
-    return study if _is_stage2_of(study, stage1_name) else None
+    half = half_made(study) and study.user_attrs.get(record.STAGE1_ATTR) == stage1_name
+    return study if half or _is_stage2_of(study, stage1_name) else None
 
 
 def live_trials(studies: list[optuna.Study]) -> list[str]:

@@ -30,6 +30,7 @@ from autodiff_optuna.search.encoding import Candidate
 from autodiff_optuna.search.evolutionary import EvolutionarySampler
 from autodiff_optuna.search.results import (
     complete_trials,
+    half_made,
     scored_points,
     stage_state,
     stored_config,
@@ -269,7 +270,7 @@ def check_stage2(ctx: SearchContext, stage1_name: str, storage, max_gflops: floa
     if name not in optuna.get_all_study_names(storage):
         return
     study = optuna.load_study(study_name=name, storage=storage)
-    if not _half_made(study):  # a half-made one is made again when stage 2 opens it
+    if not half_made(study):  # a half-made one is made again when stage 2 opens it
         _refuse_other(study, stage_config(ctx, 2, max_gflops), storage)
 
 
@@ -370,25 +371,12 @@ def _load_made(name, storage, sampler, pruner, locked: bool) -> optuna.Study | N
     study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
     if not locked:  # no creation lock on this database: another worker may still be writing it
         _wait_for_config(study)
-    if not (locked and _half_made(study)):  # ours, or refused as not ours by the check
+    if not (locked and half_made(study)):  # ours, or refused as not ours by the check
         return study
     # one of ours that a process killed while making it left without its configuration (the
     # marker is written first): nothing of value in it. Anything unmarked is never deleted.
     optuna.delete_study(study_name=name, storage=storage)
     return None
-
-
-def _half_made(study: optuna.Study) -> bool:
-    """One of ours that a process killed while making it left without its configuration (the
-    marker is written first), holding no trial that ever ran."""
-    return (record.is_marked(study.user_attrs) and CONFIG_ATTR not in study.user_attrs
-            and not _ever_ran(study))
-
-
-def _ever_ran(study: optuna.Study) -> bool:
-    # carried stage-1 trials are written at creation: they hold nothing this study computed
-    return any(t.state != TrialState.WAITING and not fidelity.is_carried(t)
-               for t in study.get_trials(deepcopy=False))
 
 
 def _write_new_study(ctx, study, stage, wanted, extra_attrs, first_trials, carried=()) -> None:
