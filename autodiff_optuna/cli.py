@@ -219,14 +219,15 @@ def cmd_delete(args) -> None:
     if args.name is None and args.model is None:
         raise UsageError("delete needs the study: --name NAME, or --model MODEL [--steps K] "
                          "(unlike best and export, delete has no default model)")
-    studies = deletion.plan(args.storage, study_name_of(args), args.force)
-    trials = sum(len(study.get_trials(deepcopy=False)) for study in studies)
-    what = " and ".join(repr(study.study_name) for study in studies) + f" ({trials} trials)"
+    planned = deletion.plan(args.storage, study_name_of(args), args.force)
+    trials = sum(len(study.get_trials(deepcopy=False)) for study in planned.studies)
+    what = " and ".join(repr(study.study_name) for study in planned.studies) + \
+        f" ({trials} trials)"
     shown = redact(args.storage or DEFAULT_STORAGE)
     if not args.yes and not _confirmed(f"delete {printable(what)} from {shown}?"):
         print("nothing deleted")
         return
-    deletion.delete(studies, args.storage, keep_result)
+    deletion.delete(planned, args.storage, keep_result)
     print(f"deleted {printable(what)}")
 
 

@@ -6,11 +6,11 @@
 
 Inside the block the pipeline samples as the search scored the schedule:
 
-- its scheduler is the schedule's solver, made from the training noise schedule of the pipeline
-  scheduler's config (its own sampler settings, say Karras sigmas, left out) by the very
-  function the search samples with (``sampling.solvers.make_scheduler``: DPM-Solver++ of order
-  1, which is DDIM with eta 0, or order 2), and pinned to the schedule's time steps whatever
-  number of steps the pipeline asks for;
+- its scheduler is the schedule's solver, made from the pipeline scheduler's own config by the
+  very function the search samples with (``sampling.solvers.make_scheduler``: DPM-Solver++ of
+  order 1, which is DDIM with eta 0, or order 2; on the config's training noise schedule alone,
+  ``rules.training_schedule``), and pinned to the schedule's time steps whatever number of
+  steps the pipeline asks for;
 - the schedule's layer skips are active at their steps (the bypasses sampling uses, swapped in
   around each UNet call by forward hooks);
 - a model searched with its x0 prediction clipped to [-1, 1] (google's DDPMs) is clipped alike.
@@ -31,7 +31,6 @@ the pipeline; ``.restore()`` undoes the change); ``with`` restores it on leaving
 """
 
 import contextlib
-import inspect
 import json
 import os
 import warnings
@@ -281,8 +280,7 @@ def _solver(config: dict, schedule: SearchedSchedule, on_call: Callable[[], None
     constructor (it reads only these two attributes of a model), pinned to the schedule;
     ``on_call`` runs as a pipeline call sets its time steps."""
     timesteps = list(schedule.timesteps)
-    scheduler = make_scheduler(SimpleNamespace(scheduler_config=_training_schedule(config),
-                                               device=None),
+    scheduler = make_scheduler(SimpleNamespace(scheduler_config=config, device=None),
                                single_scheduler_solver(schedule.solver, len(timesteps)),
                                timesteps)
     set_timesteps, step = scheduler.set_timesteps, scheduler.step
@@ -304,17 +302,6 @@ def _solver(config: dict, schedule: SearchedSchedule, on_call: Callable[[], None
     scheduler.set_timesteps, scheduler.step = pinned, deterministic
     setattr(scheduler, MARK, schedule)
     return scheduler
-
-
-def _training_schedule(config: dict) -> dict:
-    """The pipeline scheduler's config less its own sampler's settings: what a DDPMScheduler
-    takes (the training noise schedule), as the search's model holds it. A DPM-Solver's
-    ``solver_type="heun"`` or Karras sigmas would otherwise change the update the search scored
-    (or refuse the schedule's time steps)."""
-    from diffusers import DDPMScheduler
-
-    accepted = inspect.signature(DDPMScheduler.__init__).parameters
-    return {key: value for key, value in config.items() if key in accepted}
 
 
 def _timestep(args, kwargs) -> int | None:

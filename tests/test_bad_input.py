@@ -726,5 +726,5 @@ def test_stage_2_alone_waits_for_an_unfinished_stage_1(url, capsys):
     err = _refused(capsys, ["study", "--model", "digits", "--steps", "2", "--samples", "80",
                             "--population", "2", "--stage", "2", "--storage", url])
     assert f"stage 1 of study '{NAME}' has 2 of the 5 trials its last run aimed at" in err
-    assert "--stage 1 --trials 2" in err
+    assert "(--stage 1 --trials 5, or both" in err and "as it is (--stage 1 --trials 2)" in err
     assert _dump(url) == before

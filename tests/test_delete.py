@@ -14,6 +14,7 @@ from optuna.trial import TrialState
 from test_results import UNIFORM, make_search
 
 from autodiff_optuna.cli import main
+from autodiff_optuna.errors import UsageError
 from autodiff_optuna.storage import LOCK_MARK, open_storage, record
 from autodiff_optuna.storage.optuna_internals import trial_id
 
@@ -53,30 +54,54 @@ def test_a_stage2_deleted_alone_leaves_its_stage1_without_it(tmp_path):
     assert all(p["stage"] == 1 for p in stage1.user_attrs["result"]["front"])
 
 
-def _half_made_stage2(url: str, stage1: optuna.Study) -> None:
-    """What a study command killed while making stage 2 leaves: the marker and the stage, no
-    configuration (written last), no link from stage 1, nothing run."""
+def _half_made_stage2(url: str, stage1: optuna.Study, names_stage1: bool) -> optuna.Study:
+    """What a study command killed while making stage 2 leaves: its marker and stage written
+    first, then (``names_stage1``) the rest but its configuration, which comes last; no link
+    from stage 1, nothing run."""
     study = optuna.create_study(study_name=f"{stage1.study_name}-stage2", storage=url,
                                 directions=["minimize", "minimize"])
     record.mark(study)
     study.set_user_attr(record.STAGE_ATTR, 2)
-    study.set_user_attr(record.STAGE1_ATTR, stage1.study_name)
+    if names_stage1:
+        study.set_user_attr(record.STAGE1_ATTR, stage1.study_name)
+    return study
+
+
+def _stage1_alone(url: str, name: str) -> optuna.Study:
+    stage1 = _search(url, name)
+    optuna.delete_study(study_name=f"{name}-stage2", storage=url)
+    stage1.set_user_attr(record.STAGE2_ATTR, None)
+    return stage1
 
 
 def test_a_half_made_stage2_is_listed_and_deleted_as_such(tmp_path, capsys):
-    """It was listed as foreign, and refused by delete as not made by autodiff_optuna."""
+    """It was listed as foreign, and refused by delete as not made by autodiff_optuna (and one
+    killed before it named its stage 1 was a KeyError)."""
     url = f"sqlite:///{tmp_path}/s.db"
-    for name in ("a-k4", "b-k4"):
-        stage1 = _search(url, name)
-        optuna.delete_study(study_name=f"{name}-stage2", storage=url)
-        stage1.set_user_attr(record.STAGE2_ATTR, None)
-        _half_made_stage2(url, stage1)
+    for name, names_stage1 in (("a-k4", False), ("b-k4", True), ("c-k4", True)):
+        _half_made_stage2(url, _stage1_alone(url, name), names_stage1)
     capsys.readouterr()
     assert main(["list", "--storage", url]) == 0
     assert "a-k4-stage2  half made" in capsys.readouterr().out
     assert _delete(url, "a-k4-stage2") == 0  # alone
-    assert _delete(url, "b-k4") == 0  # with its stage 1
-    assert optuna.get_all_study_names(url) == ["a-k4"]
+    assert _delete(url, "b-k4-stage2") == 0
+    assert _delete(url, "c-k4") == 0  # with its stage 1
+    assert optuna.get_all_study_names(url) == ["a-k4", "b-k4"]
+
+
+def test_a_half_made_study_a_worker_finished_meanwhile_is_not_deleted(tmp_path):
+    """Planned (and confirmed) while half made, then made by a study command before the delete
+    took the creation lock: left as it is now."""
+    from autodiff_optuna.search import deletion
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    stage2 = _half_made_stage2(url, _stage1_alone(url, "a-k4"), names_stage1=True)
+    planned = deletion.plan(url, "a-k4-stage2", force=False)
+    assert planned.half_made == {"a-k4-stage2"}
+    stage2.set_user_attr(record.CONFIG_ATTR, {"made": "meanwhile"})
+    with pytest.raises(UsageError, match="was made meanwhile by a study command"):
+        deletion.delete(planned, url, lambda result: None)
+    assert "a-k4-stage2" in optuna.get_all_study_names(url)
 
 
 def _running_trial(url: str, name: str, heartbeat: int = 60) -> int:

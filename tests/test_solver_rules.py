@@ -52,6 +52,18 @@ def test_fixed_solvers_are_bit_identical_to_their_scheduler(digits, solver):
     assert torch.equal(sample(digits, STEPS, batch, solver), expected)
 
 
+def test_a_checkpoints_own_sampler_settings_change_no_solver(digits, monkeypatch):
+    """A checkpoint whose scheduler_config.json is a DPM-Solver's (``solver_type="heun"``,
+    Karras sigmas: common on the hub) is searched, exported and applied with the same update
+    as any other: every solver is built on its training noise schedule alone."""
+    batch = draw(digits, 8, seed=6)
+    plain = sample(digits, STEPS, batch, "dpmpp2m")
+    settings = {"solver_type": "heun", "use_karras_sigmas": True, "solver_order": 3}
+    monkeypatch.setattr(digits, "_scheduler_config", {**digits.scheduler_config, **settings})
+    assert torch.equal(sample(digits, STEPS, batch, "dpmpp2m"), plain)
+    assert make_scheduler(digits, "dpmpp2m", STEPS).config.solver_type == "midpoint"
+
+
 @pytest.mark.parametrize("order", [1, 2])
 @pytest.mark.parametrize("steps", [None, STEPS], ids=["trailing", "custom"])
 def test_corrector_everywhere_is_diffusers_unipc(digits, order, steps):

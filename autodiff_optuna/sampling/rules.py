@@ -138,6 +138,19 @@ def describe(solver, steps: int) -> str:
                                    for r in bounded(step_rules(solver, steps)))
 
 
+def training_schedule(config: dict) -> dict:
+    """A scheduler config less its own sampler's settings: what a ``DDPMScheduler`` takes (the
+    training noise schedule). Every solver here is built on it, so that a checkpoint's or a
+    pipeline's DPM-Solver settings (``solver_type="heun"``, Karras sigmas) change neither the
+    update the search scores nor the one ``apply`` and the export hand over."""
+    import inspect
+
+    from diffusers import DDPMScheduler
+
+    accepted = inspect.signature(DDPMScheduler.__init__).parameters
+    return {key: value for key, value in config.items() if key in accepted}
+
+
 class RuleStepper:
     """Any rule's update at any step, by diffusers' own update methods.
 
@@ -153,6 +166,7 @@ class RuleStepper:
 
         common = dict(prediction_type="epsilon", thresholding=False, final_sigmas_type="zero",
                       lower_order_final=True, solver_order=max(ORDERS))
+        training_config = training_schedule(training_config)
         self.dpm = DPMSolverMultistepScheduler.from_config(
             training_config, algorithm_type="dpmsolver++", **common)
         self.unipc = UniPCMultistepScheduler.from_config(

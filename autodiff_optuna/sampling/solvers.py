@@ -17,7 +17,13 @@ import torch
 from autodiff_optuna.errors import UsageError
 from autodiff_optuna.models.base import DiffusionModel
 from autodiff_optuna.sampling.noise import NoiseBatch
-from autodiff_optuna.sampling.rules import SOLVERS, RuleStepper, run_rules, step_rules
+from autodiff_optuna.sampling.rules import (
+    SOLVERS,
+    RuleStepper,
+    run_rules,
+    step_rules,
+    training_schedule,
+)
 from autodiff_optuna.sampling.schedules import Schedule
 from autodiff_optuna.sampling.skipping import skipping
 
@@ -36,7 +42,7 @@ def _solver(training_config: dict, solver: str):
         raise UsageError(f"no DPMSolverMultistepScheduler runs solver {solver!r} (UniPC's "
                          f"corrector); those that do: {', '.join(single)}")
     return DPMSolverMultistepScheduler.from_config(
-        training_config,
+        training_schedule(training_config),
         algorithm_type="dpmsolver++",
         solver_order=rule.order,
         prediction_type="epsilon",

@@ -9,6 +9,7 @@ the creation lock that workers make studies under.
 
 import contextlib
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import optuna
 
@@ -22,16 +23,25 @@ from autodiff_optuna.search.results import (
     study_result,
 )
 from autodiff_optuna.storage import creation_lock, open_storage, record
+from autodiff_optuna.storage.optuna_internals import study_id
 
 
-def plan(url: str | None, name: str, force: bool) -> list[optuna.Study]:
+@dataclass(frozen=True)
+class Plan:
+    """What ``delete`` removes, in order, and which of them were half made when planned (a
+    killed study command's: ``results.half_made``), deleted only if they still are."""
+    studies: list[optuna.Study]
+    half_made: frozenset[str]
+
+
+def plan(url: str | None, name: str, force: bool) -> Plan:
     """The studies ``delete`` removes, in order, found and checked through read-only openings
     (a mistyped SQLite path creates no file, and a refused delete writes nothing); refused
     while a trial of them runs, unless ``force``."""
     studies = deletion_plan(open_storage(url), name)
     if not force:
         _refuse_while_running(url, studies)
-    return studies
+    return Plan(studies, frozenset(s.study_name for s in studies if half_made(s)))
 
 
 def _refuse_while_running(url: str | None, studies: list[optuna.Study]) -> None:
@@ -47,25 +57,39 @@ def _refuse_while_running(url: str | None, studies: list[optuna.Study]) -> None:
                            "worker (which then stops)")
 
 
-def delete(studies: list[optuna.Study], url: str | None,
-           keep: Callable[[StudyResult], None]) -> None:
-    """Delete ``studies`` (``plan``'s) in their order."""
+def delete(planned: Plan, url: str | None, keep: Callable[[StudyResult], None]) -> None:
+    """Delete ``planned.studies`` in their order. A half-made one is checked to be so still
+    under the creation lock: not one a study command has made since (or is making)."""
     storage = open_storage(url, writable=True)
-    with creation_lock(storage):  # a half-made study is not one a worker is making right now
-        _delete(studies, storage, keep)
+    with creation_lock(storage) as locked:
+        for study in planned.studies:
+            if study.study_name in planned.half_made:
+                _check_still_half_made(study, storage, locked)
+        _delete(planned.studies, storage, keep)
+
+
+def _check_still_half_made(planned: optuna.Study, storage, locked: bool) -> None:
+    name = planned.study_name
+    if not locked:  # no lock on this database: a worker may be making it right now
+        raise UsageError(f"study {name!r} is half made, and this database cannot be locked "
+                         "against a study command making it: not deleted (run that command, "
+                         "which finishes it)")
+    try:
+        now = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:  # deleted meanwhile
+        return
+    if study_id(now) != study_id(planned) or not half_made(now):
+        raise UsageError(f"study {name!r} was made meanwhile by a study command: not deleted "
+                         "(run delete again to delete it as it is now)")
 
 
 def _delete(studies: list[optuna.Study], storage, keep: Callable[[StudyResult], None]) -> None:
     names = optuna.get_all_study_names(storage)
     for study in studies:
-        if half_made(study) and not half_made(optuna.load_study(
-                study_name=study.study_name, storage=storage)):
-            raise UsageError(f"study {study.study_name!r} was made meanwhile by a study "
-                             "command: not deleted")
         attrs = study.user_attrs
-        if len(studies) == 1 and record.stage_of(attrs) == 2 \
-                and attrs[record.STAGE1_ATTR] in names:
-            _unlink_stage2(attrs[record.STAGE1_ATTR], study.study_name, storage, keep)
+        stage1 = attrs.get(record.STAGE1_ATTR)  # a half-made stage 2 may not name it yet
+        if len(studies) == 1 and record.stage_of(attrs) == 2 and stage1 in names:
+            _unlink_stage2(stage1, study.study_name, storage, keep)
         with contextlib.suppress(KeyError):  # deleted meanwhile by another delete
             optuna.delete_study(study_name=study.study_name, storage=storage)
 

@@ -600,7 +600,8 @@ def store_result(result: StudyResult) -> None:
 def study_listing(storage) -> list[dict]:
     """Every search in a storage, a row each (a stage-2 study is one search with its stage 1):
     model, steps, each stage's trial counts and how far it got, best and uniform FID. A study
-    not made by autodiff_optuna is listed as foreign, by name and trial counts alone."""
+    not made by autodiff_optuna is listed as foreign, and one a killed study command left half
+    made as such, by name and trial counts alone."""
     summaries = optuna.get_all_study_summaries(storage, include_best_trial=False)
     links = {s.study_name: record.linked_stage2_name(s.user_attrs) for s in summaries
              if record.is_ours(s.user_attrs) and record.stage_of(s.user_attrs) == 1}
@@ -665,8 +666,8 @@ def deletion_plan(storage, name: str) -> list[optuna.Study]:
     """What ``delete NAME`` removes, in the order to remove them: a stage-1 study's stage 2
     first, then the stage-1 study, so that a delete killed part-way never strands a stage 2
     (and a rerun finds ``<NAME>-stage2`` that names ``NAME`` as its stage 1 even when ``NAME``
-    is gone); a stage-2 name, that study alone. Only studies of ours: a missing or foreign
-    study is one UsageError line."""
+    is gone); a stage-2 name, that study alone. Only studies of ours (or one a killed study
+    command left half made): a missing or foreign study is one UsageError line."""
     names = optuna.get_all_study_names(storage)
     orphan = _stage2_by_name(storage, name, names)
     if name not in names:

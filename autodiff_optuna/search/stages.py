@@ -196,10 +196,11 @@ def load_stage1(ctx: SearchContext, name: str, storage) -> optuna.Study:
     _check_stored(study, stage_config(ctx, 1, None), 1, storage)
     state = stage_state(study)
     if state["target"] is not None and not state["finished"]:  # its elites would be early ones
-        raise UsageError(f"stage 1 of study {name!r} has {state['evaluated']} of the "
-                         f"{state['target']} trials its last run aimed at: finish it first "
-                         "(--stage 1 or both), or take it as it is (--stage 1 --trials "
-                         f"{state['evaluated']})")
+        done, target = state["evaluated"], state["target"]
+        raise UsageError(f"stage 1 of study {name!r} has {done} of the {target} trials its last "
+                         f"run aimed at: finish it first (--stage 1 --trials {target}, or both "
+                         "stages with it)" + (f", or take it as it is (--stage 1 --trials {done})"
+                                              if done else ""))
     _record_model(ctx, study)
     return study
 

@@ -22,7 +22,6 @@ import atexit
 import fcntl
 import gc
 import os
-import re
 import sqlite3
 import warnings
 from contextlib import contextmanager, nullcontext, suppress
@@ -314,7 +313,20 @@ def redact(url: str) -> str:
     try:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:  # a URL SQLAlchemy cannot parse (a port that is no number) hides it too
-        return re.sub(r"(://[^/@:]*:).*@", r"\1***@", url)
+        return _masked(url)
+
+
+def _masked(url: str) -> str:
+    """``url`` with what may be a password (after the user's name, before the last ``@``)
+    masked, however its slashes are written."""
+    scheme, colon, rest = url.partition(":")
+    userinfo, at, host = rest.rpartition("@")
+    if not at:
+        return url
+    name = userinfo.lstrip("/")
+    user, has_password, _ = name.partition(":")
+    return (f"{scheme}{colon}{userinfo[:len(userinfo) - len(name)]}{user}"
+            f"{':***' if has_password else ''}@{host}")
 
 
 def _check_parses(url: str, shown: str) -> None:
