@@ -104,6 +104,19 @@ def test_a_half_made_study_a_worker_finished_meanwhile_is_not_deleted(tmp_path):
     assert "a-k4-stage2" in optuna.get_all_study_names(url)
 
 
+def test_a_study_another_delete_removed_meanwhile_is_skipped(tmp_path):
+    """Planned, then deleted by another process before this delete ran: the rest goes, and no
+    KeyError from the gone study's attributes."""
+    from autodiff_optuna.search import deletion
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    _search(url, "a-k4")
+    planned = deletion.plan(url, "a-k4", force=False)
+    optuna.delete_study(study_name="a-k4-stage2", storage=url)
+    deletion.delete(planned, url, lambda result: None)
+    assert optuna.get_all_study_names(url) == []
+
+
 def _running_trial(url: str, name: str, heartbeat: int = 60) -> int:
     """A trial of ``name`` RUNNING with a fresh heartbeat, as a worker's is (returns its id)."""
     storage = open_storage(url, heartbeat=heartbeat, writable=True)

@@ -22,7 +22,13 @@ from autodiff_optuna.search.results import (
     live_trials,
     study_result,
 )
-from autodiff_optuna.storage import creation_lock, open_storage, record
+from autodiff_optuna.storage import (
+    DEFAULT_STORAGE,
+    creation_lock,
+    lockable,
+    open_storage,
+    record,
+)
 from autodiff_optuna.storage.optuna_internals import study_id
 
 
@@ -39,9 +45,14 @@ def plan(url: str | None, name: str, force: bool) -> Plan:
     (a mistyped SQLite path creates no file, and a refused delete writes nothing); refused
     while a trial of them runs, unless ``force``."""
     studies = deletion_plan(open_storage(url), name)
+    half = frozenset(s.study_name for s in studies if half_made(s))
     if not force:
         _refuse_while_running(url, studies)
-    return Plan(studies, frozenset(s.study_name for s in studies if half_made(s)))
+        if half and not lockable(url or DEFAULT_STORAGE):
+            raise UsageError(f"study {sorted(half)[0]!r} is half made, and this database cannot "
+                             "be locked against a study command making it: stop any study "
+                             "command on it, then pass --force")
+    return Plan(studies, half)
 
 
 def _refuse_while_running(url: str | None, studies: list[optuna.Study]) -> None:
@@ -70,10 +81,8 @@ def delete(planned: Plan, url: str | None, keep: Callable[[StudyResult], None]) 
 
 def _check_still_half_made(planned: optuna.Study, storage, locked: bool) -> None:
     name = planned.study_name
-    if not locked:  # no lock on this database: a worker may be making it right now
-        raise UsageError(f"study {name!r} is half made, and this database cannot be locked "
-                         "against a study command making it: not deleted (run that command, "
-                         "which finishes it)")
+    if not locked:  # no lock to take: plan() let it through on --force alone
+        return
     try:
         now = optuna.load_study(study_name=name, storage=storage)
     except KeyError:  # deleted meanwhile
@@ -86,6 +95,8 @@ def _check_still_half_made(planned: optuna.Study, storage, locked: bool) -> None
 def _delete(studies: list[optuna.Study], storage, keep: Callable[[StudyResult], None]) -> None:
     names = optuna.get_all_study_names(storage)
     for study in studies:
+        if study.study_name not in names:  # deleted meanwhile, by another delete
+            continue
         attrs = study.user_attrs
         stage1 = attrs.get(record.STAGE1_ATTR)  # a half-made stage 2 may not name it yet
         if len(studies) == 1 and record.stage_of(attrs) == 2 and stage1 in names:

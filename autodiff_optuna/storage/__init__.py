@@ -143,11 +143,16 @@ def creation_lock(storage: RDBStorage):
     configuration was then left half-made by a process that died, not one still writing it.
     Other databases yield False and are not locked.
     """
-    if storage.url.startswith(("sqlite", "postgresql")):
+    if lockable(storage.url):
         with _lock(storage.url, {}):
             yield True
     else:
         yield False
+
+
+def lockable(url: str) -> bool:
+    """Whether ``creation_lock`` can lock a database of this URL."""
+    return url.startswith(("sqlite", "postgresql"))
 
 
 @contextmanager
@@ -318,15 +323,16 @@ def redact(url: str) -> str:
 
 def _masked(url: str) -> str:
     """``url`` with what may be a password (after the user's name, before the last ``@``)
-    masked, however its slashes are written."""
-    scheme, colon, rest = url.partition(":")
-    userinfo, at, host = rest.rpartition("@")
+    masked; where no ``scheme://`` can be told, all that comes before the ``@`` after its first
+    colon."""
+    userinfo, at, host = url.rpartition("@")
     if not at:
         return url
-    name = userinfo.lstrip("/")
-    user, has_password, _ = name.partition(":")
-    return (f"{scheme}{colon}{userinfo[:len(userinfo) - len(name)]}{user}"
-            f"{':***' if has_password else ''}@{host}")
+    scheme, slashes, user = userinfo.partition("://")
+    if not slashes:  # a mistyped scheme: the first colon may be the password's
+        scheme, user = "", userinfo
+    name, has_password, _ = user.partition(":")
+    return f"{scheme}{slashes}{name}{':***' if has_password else ''}@{host}"
 
 
 def _check_parses(url: str, shown: str) -> None:
