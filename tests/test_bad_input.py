@@ -724,7 +724,7 @@ def test_stage_2_alone_waits_for_an_unfinished_stage_1(url, capsys):
     optuna.load_study(study_name=NAME, storage=url).set_user_attr(record.TARGET_ATTR, 5)
     before = _dump(url)
     err = _refused(capsys, ["study", "--model", "digits", "--steps", "2", "--samples", "80",
-                            "--population", "2", "--stage", "2", "--storage", url])
+                            "--population", "2", "--stage", "2", "--storage", url, "--quiet"])
     assert f"stage 1 of study '{NAME}' has 2 of the 5 trials its last run aimed at" in err
     assert "(--stage 1 --trials 5, or both" in err and "as it is (--stage 1 --trials 2)" in err
     assert _dump(url) == before

@@ -169,6 +169,7 @@ def test_a_checkpoint_that_does_not_load_is_why_no_estimate(tmp_path, error_line
     assert error_line() == f"error: --checkpoint {tmp_path / 'absent'}: no such file"
 
 
+@pytest.mark.slow  # about 1.5 s: two networks built and counted on the meta device
 def test_the_ddpm_presets_are_priced_on_the_papers_networks():
     """google/ddpm-*'s architectures are known without their weights: Ho et al. 2020 give 35.7
     million parameters for the CIFAR-10 network and 114 million for the LSUN ones."""
