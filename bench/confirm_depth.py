@@ -36,14 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.budget import _load, stage1_run
-from bench.protocol import (
-    HELDOUT_SAMPLES,
-    HELDOUT_SEED,
-    MODELS,
-    SEEDS,
-    STEPS,
-    _HeldOut,
-)
+from bench.protocol import HELDOUT_SAMPLES, HELDOUT_SEED, MODELS, SEEDS, STEPS, _HeldOut
 from bench.solvers import kept_jobs_cli, measure_jobs
 
 KEY = "confirm_depth"  # results.json's key

@@ -345,14 +345,11 @@ def _check_parses(url: str, shown: str) -> None:
 
 
 def _sqlite_path(url: str) -> Path:
-    """The file an SQLite URL names; a URL that names none (in memory) is refused: a study there
-    would be lost when the command ends."""
+    """The file an SQLite URL names (one ``open_storage`` has checked parses); a URL that names
+    none (in memory) is refused: a study there would be lost when the command ends."""
     from sqlalchemy.engine import make_url
 
-    try:
-        database = make_url(url).database
-    except Exception as err:
-        raise UsageError(f"not a valid storage URL: {url} ({one_line(err)})") from err
+    database = make_url(url).database
     if database and database.startswith("file:"):  # an SQLite URI filename (file:PATH?mode=ro)
         database = database[len("file:"):].split("?", 1)[0]
     if not database or database == ":memory:" or "mode=memory" in url:
