@@ -210,7 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--solver", choices=SOLVER_CHOICES,
                        help="search: each step's update (DPM-Solver++ order 1-3, UniPC's "
                             "corrector or not) searched with the steps; or one fixed solver: "
-                            + ", ".join(SOLVERS)
+                            + ", ".join(SOLVERS) + " (ipndm: iPNDM from the noise at the last "
+                            "training step, moved to the first by the analytical first step)"
                        + preset("solver", DEFAULT_SOLVER))
     study.add_argument("--population", type=int, help="trials per generation"
                        + preset("population", SearchConfig.population))
@@ -282,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--against-fixed", action="store_true",
                           help="also score every standard spacing with every fixed solver on "
                                "the same noise and compare with the best of them, the strongest "
-                               "sampler a user could pick without a search (15 to 20 samplings "
+                               "sampler a user could pick without a search (20 to 25 samplings "
                                "more)")
     _add_device(evaluate)
     _add_model_flags(evaluate)

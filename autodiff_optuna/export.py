@@ -27,7 +27,12 @@ from dataclasses import asdict, dataclass, field
 
 from autodiff_optuna.errors import UsageError
 from autodiff_optuna.models.files import read_json
-from autodiff_optuna.sampling.rules import describe, fixed_solver, single_scheduler_solver
+from autodiff_optuna.sampling.rules import (
+    analytic_start,
+    describe,
+    fixed_solver,
+    single_scheduler_solver,
+)
 from autodiff_optuna.search.results import Point, StudyResult
 from autodiff_optuna.storage import record
 from autodiff_optuna.storage.record import FID_FEATURES_ATTR, IDENTITY_ATTR
@@ -111,7 +116,8 @@ def diffusers_fields(training_schedule: dict, solver, timesteps, model_weights=N
     timesteps=timesteps)`` (and ``guidance_scale=`` for a text-to-image model). ``clip``: the
     model was searched with its x0 prediction clipped to [-1, 1], which the solver's dynamic
     thresholding does when its threshold can be no other than 1. Per-step rules that no single
-    scheduler runs (mixed orders, UniPC's corrector) get a ``note`` saying so instead."""
+    scheduler runs (mixed orders, UniPC's corrector), and iPNDM, get a ``note`` saying so
+    instead."""
     # torch: diffusers' scheduler makes the config, and the registry imports the adapters
     from autodiff_optuna.models.registry import guidance_of
     from autodiff_optuna.sampling.solvers import solver_config
@@ -119,7 +125,12 @@ def diffusers_fields(training_schedule: dict, solver, timesteps, model_weights=N
     fields = {"timesteps": list(timesteps),
               "num_train_timesteps": int(training_schedule["num_train_timesteps"])}
     single = single_scheduler_solver(solver, len(timesteps))
-    if single is None:
+    if single is None and analytic_start(solver):
+        fields["note"] = (f"no diffusers scheduler runs this solver ({solver}: iPNDM with the "
+                          "analytical first step): apply it to a pipeline with "
+                          "autodiff_optuna.apply(pipe, schedule), or sample with "
+                          "autodiff_optuna.sample(schedule)")
+    elif single is None:
         fields["note"] = (f"no single diffusers scheduler runs this solver "
                           f"({describe(solver, len(timesteps))}): sample with "
                           "autodiff_optuna.sample(schedule), which runs diffusers' own "
@@ -180,10 +191,11 @@ def _type_problem(schedule: SearchedSchedule) -> str | None:
     if not _is_a(schedule.model, str):
         return f"'model' must be a string, got {schedule.model!r}"
     if not (_is_a(schedule.solver, str) or _is_a(schedule.solver, list) and all(
-            _is_a(rule, list) and len(rule) == 2 and _is_a(rule[0], int)
-            and _is_a(rule[1], bool) for rule in schedule.solver)):
-        return ("'solver' must be a solver's name or a list of [order, corrector] rules, got "
-                f"{schedule.solver!r}")
+            _is_a(rule, list) and len(rule) in (2, 3) and _is_a(rule[0], int)
+            and _is_a(rule[1], bool) and all(_is_a(method, str) for method in rule[2:])
+            for rule in schedule.solver)):
+        return ("'solver' must be a solver's name or a list of [order, corrector] (or [order, "
+                f"corrector, method]) rules, got {schedule.solver!r}")
     if not _int_list(schedule.timesteps):
         return f"'timesteps' must be a list of integers, got {schedule.timesteps!r}"
     if not (_is_a(schedule.skip, list) and all(

@@ -48,9 +48,9 @@ from autodiff_optuna.models.layers import find_skippable_layers
 from autodiff_optuna.models.registry import PRESETS, guidance_of
 from autodiff_optuna.models.stable_diffusion import StableDiffusionModel, sd_bypass_for
 from autodiff_optuna.sampling import validate
-from autodiff_optuna.sampling.rules import describe, single_scheduler_solver, step_rules
+from autodiff_optuna.sampling.rules import describe, step_rules
 from autodiff_optuna.sampling.skipping import check_skip, skipping
-from autodiff_optuna.sampling.solvers import make_scheduler
+from autodiff_optuna.sampling.solvers import make_scheduler, scheduler_solver
 
 MARK = "_autodiff_optuna_schedule"  # on a scheduler apply made: the schedule it runs
 
@@ -149,6 +149,8 @@ def apply(pipe, schedule) -> Applied:
         hooks += _skip_hooks(unet, layers, dict(zip(schedule.timesteps, skip)))
     if clips(schedule.model, config):
         hooks.append(_clip_hook(unet, config))
+    if hasattr(solver, "first_input"):  # ipndm: its first evaluation sees the moved noise
+        hooks.append(_first_input_hook(unet, solver))
     setattr(pipe, parts.scheduler, solver)
     return Applied(pipe, parts, current, hooks)
 
@@ -183,7 +185,7 @@ def _check(schedule: SearchedSchedule, config: dict, layers: dict) -> list[tuple
         raise UsageError(f"that model has {trained} training steps, this pipeline's "
                          f"scheduler {steps}")
     step_rules(schedule.solver, len(schedule.timesteps))  # an unknown solver: one line
-    if single_scheduler_solver(schedule.solver, len(schedule.timesteps)) is None:
+    if scheduler_solver(schedule.solver, len(schedule.timesteps)) is None:
         raise UsageError(f"its solver ({describe(schedule.solver, len(schedule.timesteps))}) "
                          "is run by no single diffusers scheduler: sample it with "
                          "autodiff_optuna.sample(schedule)")
@@ -281,8 +283,7 @@ def _solver(config: dict, schedule: SearchedSchedule, on_call: Callable[[], None
     ``on_call`` runs as a pipeline call sets its time steps."""
     timesteps = list(schedule.timesteps)
     scheduler = make_scheduler(SimpleNamespace(scheduler_config=config, device=None),
-                               single_scheduler_solver(schedule.solver, len(timesteps)),
-                               timesteps)
+                               scheduler_solver(schedule.solver, len(timesteps)), timesteps)
     set_timesteps, step = scheduler.set_timesteps, scheduler.step
 
     def pinned(num_inference_steps=None, device=None, **ignored):
@@ -302,6 +303,21 @@ def _solver(config: dict, schedule: SearchedSchedule, on_call: Callable[[], None
     scheduler.set_timesteps, scheduler.step = pinned, deterministic
     setattr(scheduler, MARK, schedule)
     return scheduler
+
+
+def _first_input_hook(unet: torch.nn.Module, scheduler):
+    """The UNet's first call of each sampling (the scheduler has made no step since its time
+    steps were set) sees ``scheduler.first_input`` of its sample: the analytical first step,
+    which a pipeline does not ask its scheduler for."""
+    def before(module, args, kwargs):
+        if scheduler.step_index is not None:
+            return None
+        if args:
+            return (scheduler.first_input(args[0]), *args[1:]), kwargs
+        return args, {**kwargs, "sample": scheduler.first_input(kwargs["sample"])}
+
+    # first: the skip hooks see what the UNet sees
+    return unet.register_forward_pre_hook(before, with_kwargs=True, prepend=True)
 
 
 def _timestep(args, kwargs) -> int | None:

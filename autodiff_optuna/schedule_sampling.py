@@ -11,6 +11,7 @@ and checks it against its model; ``save_grid`` writes images as one PNG grid (``
 """
 
 import dataclasses
+import os
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,12 +87,16 @@ def _check(schedule: SearchedSchedule, path, options, device: str) -> list[tuple
 
 def sample(schedule: SearchedSchedule, n: int = 64, seed: int = 0, device: str = "cpu",
            batch_size: int | None = None, options=None, return_inputs: bool = False):
-    """``n`` images (uint8, (n, C, H, W)) from the schedule's model, time steps and masks;
-    ``options`` (a ``models.ModelOptions``) locate a real model's files. With
+    """``n`` images (uint8, (n, C, H, W)) from the schedule's model, time steps and masks (a
+    ``SearchedSchedule``, or an exported file's path, read as ``load_schedule`` reads it, as
+    ``apply`` takes either); ``options`` (a ``models.ModelOptions``) locate a real model's
+    files. With
     ``return_inputs``: ``(images, SampleInputs)``, the noise and prompts they were sampled
     from, which a pipeline of one's own given the schedule (``apply``) turns into the same
     images: ``pipe(prompt=inputs.prompts, latents=inputs.noise, ...)`` (Stable Diffusion),
     ``pipe(batch_size=n, generator=inputs.generator(), ...)`` (``DDPMPipeline``)."""
+    if isinstance(schedule, (str, os.PathLike)):
+        schedule = load_schedule(schedule, options, device)
     study = schedule.provenance.get("study")
     what = f"the schedule from study {study!r}" if study else "the schedule"
     model = _model(schedule, options, device, what)

@@ -52,10 +52,12 @@ PROTOCOLS = {
     "preset": (),
     "cheap": ("--trials", "40", "--population", "10", "--samples", "500",
               "--stage2-trials", "10", "--min-samples", "125"),
+    "ipndm": ("--solver", "ipndm"),
 }
 PROTOCOL_NAMES = {"preset": "the preset (100 + 80 trials, digits-deep 100 + 240; population 20, "
                             "1000 images)",
-                  "cheap": "cheap (40 + 10 trials, population 10, 500 images)"}
+                  "cheap": "cheap (40 + 10 trials, population 10, 500 images)",
+                  "ipndm": "the preset with iPNDM (`--solver ipndm`)"}
 DEFAULT_DIR = Path("/tmp/bench-protocol")
 WITHIN = 1.10  # the issues' tolerance on held-out FID
 # a run's export by today's rule (within the tolerance by more than the confirmed FIDs' noise),
@@ -159,7 +161,7 @@ def study_job(model: str, protocol: str, seed: int, folder: Path) -> dict:
               *PROTOCOLS[protocol])
     estimate = json.loads(_cli("study", *common, "--estimate", "--json"))
     held = _HeldOut(model)
-    checkpoint = CHECKPOINTS.get(model) if protocol == "preset" else None
+    checkpoint = CHECKPOINTS.get(model) if protocol != "cheap" else None
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     at_checkpoint, measuring = None, 0.0

@@ -55,19 +55,21 @@ FIXED_KS = (3, 4, 6, 8)
 SEARCH_KS = (3, 4, 6, 8)
 SEEDS = (0, 1, 2)
 SPACINGS = ("uniform", "trailing", "linspace", "quadratic", "logsnr")
-SOLVERS = ("ddim", "dpmpp2m", "dpmpp3m", "unipc")
-DP_SOLVERS = ("ddim", "dpmpp2m")
+SOLVERS = ("ddim", "dpmpp2m", "dpmpp3m", "unipc", "ipndm")
+DP_SOLVERS = ("ddim", "dpmpp2m", "ipndm")
 CEILING_STEPS = 100
 # the searches: label -> extra study flags (the preset gives everything else)
 VARIANTS = {
     "ours": ("--solver", "search"),
     "steps_only_dpmpp2m": ("--solver", "dpmpp2m"),
     "steps_only_unipc": ("--solver", "unipc"),
+    "steps_only_ipndm": ("--solver", "ipndm"),
     "tpe": ("--sampler", "tpe", "--solver", "search"),
 }
 VARIANT_NAMES = {"ours": "ours, steps + solver (`--solver search`)",
                  "steps_only_dpmpp2m": "ours, steps only, DPM-Solver++(2M) (`--solver dpmpp2m`)",
                  "steps_only_unipc": "ours, steps only, UniPC (`--solver unipc`)",
+                 "steps_only_ipndm": "ours, steps only, iPNDM (`--solver ipndm`)",
                  "tpe": "TPE, steps + solver (`--sampler tpe --solver search`)"}
 
 def jobs(model: str = "digits") -> list[str]:
@@ -77,6 +79,7 @@ def jobs(model: str = "digits") -> list[str]:
     steps-only with UniPC at the smaller K. On digits-deep, no steps-only UniPC: on digits it
     was no better than 2M at any K, and the deeper model's searches cost 1.4x as much."""
     out = [f"fixed-{k}" for k in SEARCH_KS] + ["ceiling"]
+    out += [f"search-{k}-steps_only_ipndm-{seed}" for k in SEARCH_KS for seed in SEEDS]
     for k in SEARCH_KS:
         variants = ("ours", "steps_only_dpmpp2m") + (("steps_only_unipc",) if k >= 6 else ())
         out += [f"search-{k}-{v}-{seed}" for seed in SEEDS for v in variants]
@@ -450,7 +453,7 @@ def kept_jobs_cli(args: list[str], all_jobs: list[str], default_dir: Path, measu
 SPACING_NAMES = {"uniform": "uniform", "trailing": "trailing", "linspace": "linspace",
                  "quadratic": "quadratic", "logsnr": "log-SNR"}
 SOLVER_NAMES = {"ddim": "DDIM", "dpmpp2m": "DPM++(2M)", "dpmpp3m": "DPM++(3M)",
-                "unipc": "UniPC"}
+                "unipc": "UniPC", "ipndm": "iPNDM"}
 
 
 def best_fixed(entry: dict, k: int) -> tuple[str, str, float] | None:
@@ -583,7 +586,8 @@ def _render_searches(entry: dict) -> list[str]:
 
 
 SHORT_NAMES = {"ours": "steps + solver", "steps_only_dpmpp2m": "steps-only 2M",
-               "steps_only_unipc": "steps-only UniPC", "tpe": "TPE"}
+               "steps_only_unipc": "steps-only UniPC", "steps_only_ipndm": "steps-only iPNDM",
+               "tpe": "TPE"}
 
 
 def _commits(entry: dict) -> str:
@@ -631,7 +635,8 @@ def _preset_variant(k: int, model: str = "digits") -> str | None:
                  if flags == ("--solver", solver)), None)
 
 
-STEPS_ONLY = {"steps_only_dpmpp2m": "DPM-Solver++(2M)", "steps_only_unipc": "UniPC"}
+STEPS_ONLY = {"steps_only_dpmpp2m": "DPM-Solver++(2M)", "steps_only_unipc": "UniPC",
+              "steps_only_ipndm": "iPNDM"}
 
 
 def _best_steps_only(entry: dict, k: int) -> tuple[str, dict[int, dict]] | None:

@@ -64,7 +64,7 @@ def test_the_generator_draws_the_held_out_noise(digits):
 
 
 @pytest.mark.parametrize("cls", [DDPMPipeline, DDIMPipeline])
-@pytest.mark.parametrize("solver", ["ddim", "dpmpp2m"])
+@pytest.mark.parametrize("solver", ["ddim", "dpmpp2m", "ipndm"])
 @pytest.mark.parametrize("skips", [False, True])
 def test_same_images_as_sample(digits, cls, solver, skips):
     pipe = _pipeline(digits, cls)
@@ -186,13 +186,14 @@ def test_refuses_an_unknown_pipeline(digits):
     assert "ScoreSdeVePipeline" in _refusal(pipe, _schedule(digits))
 
 
-def test_clipped_models_are_clipped(digits):
+@pytest.mark.parametrize("solver", ["dpmpp2m", "ipndm"])
+def test_clipped_models_are_clipped(digits, solver):
     """A schedule of a model searched with x0 clipping (google's DDPMs) clips in the pipeline
     too: here the digits UNet stands in for one, against the adapter with clipping on."""
     clipping = DiffusersUNetModel("digits-clipped", DIGITS_DIR, clip_denoised=True)
-    schedule = _schedule(digits, "dpmpp2m", skips=False, model="ddpm-cifar10")
-    x = sample(clipping, tuple(STEPS), draw(digits, N, SEED, HELDOUT), "dpmpp2m")
-    unclipped = sample(digits, tuple(STEPS), draw(digits, N, SEED, HELDOUT), "dpmpp2m")
+    schedule = _schedule(digits, solver, skips=False, model="ddpm-cifar10")
+    x = sample(clipping, tuple(STEPS), draw(digits, N, SEED, HELDOUT), solver)
+    unclipped = sample(digits, tuple(STEPS), draw(digits, N, SEED, HELDOUT), solver)
     assert (x - unclipped).abs().max() > 1e-3  # clipping matters on this schedule
     with pytest.warns(UserWarning, match="cannot be checked"):  # a hub model's, not here
         with ao.apply(_pipeline(digits), schedule) as pipe:
@@ -249,6 +250,19 @@ def test_the_export_holds_the_scheduler_apply_builds(digits, tmp_path, capsys):
         {k: built.config[k] for k in [*config, "lambda_min_clipped"]}
     pasted.set_timesteps(timesteps=fields["timesteps"])
     assert pasted.timesteps.tolist() == built.timesteps.tolist() == exported["timesteps"]
+
+
+@pytest.mark.slow  # a study and its export, as above
+def test_an_ipndm_export_names_apply_and_applies(digits, tmp_path, capsys):
+    """No diffusers scheduler runs iPNDM with its analytical first step: the export's note says
+    to apply it with ``apply``, which runs it as ``sample`` does."""
+    exported = _exported(tmp_path, capsys, "--solver", "ipndm")
+    assert exported["solver"] == "ipndm" and "scheduler" not in exported["diffusers"]
+    assert "autodiff_optuna.apply(pipe, schedule)" in exported["diffusers"]["note"]
+    with ao.apply(_pipeline(digits), tmp_path / "schedule.json") as pipe:
+        images = _images(pipe)
+    assert torch.equal(to_uint8(images * 2 - 1),
+                       ao.sample(tmp_path / "schedule.json", n=N, seed=SEED))
 
 
 def test_old_schedule_files_still_load_and_apply(digits, tmp_path):

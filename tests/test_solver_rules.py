@@ -128,3 +128,108 @@ def test_diffusers_order():
 def test_bad_rules(solver, message):
     with pytest.raises(UsageError, match=message):
         step_rules(solver, 4)
+
+
+# ---- iPNDM, with the analytical first step ------------------------------------------------
+
+def _ipndm_reference(model, steps, noise, max_order=3, afs=True):
+    """iPNDM as diff-sampler writes it (EDM form: x / alpha against sigma, d = eps, the
+    Adams-Bashforth buffer warmed up from order 1, AFS's d = x / sqrt(1 + sigma^2)), on the
+    model's training schedule, in float64: written apart from ``rules.run_rules``."""
+    alphas_cumprod = torch.tensor(_alphas_cumprod(model), dtype=torch.float64)
+    sigma = lambda t: float(((1 - alphas_cumprod[t]) / alphas_cumprod[t]).sqrt())  # noqa: E731
+    t_steps = [len(alphas_cumprod) - 1, *steps] if afs else list(steps)
+    sigmas = [sigma(t) for t in t_steps] + [0.0]
+    coefficients = {1: [1], 2: [3 / 2, -1 / 2], 3: [23 / 12, -16 / 12, 5 / 12]}
+    x = noise.to(torch.float64) * (1 + sigmas[0] ** 2) ** 0.5
+    buffer = []
+    with torch.inference_mode():
+        for i, t in enumerate(t_steps):
+            if afs and i == 0:
+                d = x / (1 + sigmas[0] ** 2) ** 0.5
+            else:
+                scaled = (x / (1 + sigmas[i] ** 2) ** 0.5).to(torch.float32)
+                d = model.predict_noise(scaled, torch.tensor(t)).to(torch.float64)
+            buffer.append(d)
+            order = min(max_order, len(buffer))
+            slope = sum(c * b for c, b in zip(coefficients[order], reversed(buffer)))
+            x = x + (sigmas[i + 1] - sigmas[i]) * slope
+    return x.to(torch.float32)
+
+
+def _alphas_cumprod(model):
+    from autodiff_optuna.search.context import alphas_cumprod
+
+    return alphas_cumprod(model)
+
+
+def test_ipndm_is_diff_samplers_ipndm_with_its_analytical_first_step(digits):
+    batch = draw(digits, 32, seed=3)
+    expected = digits.decode(_ipndm_reference(digits, STEPS, batch.noise))
+    torch.testing.assert_close(sample(digits, STEPS, batch, "ipndm"), expected,
+                               atol=1e-4, rtol=1e-4)
+    # per-step ipndm rules start from the noise put at their first step, as every solver but
+    # the fixed ipndm does
+    plain = digits.decode(_ipndm_reference(digits, STEPS, batch.noise, afs=False))
+    rules = [StepRule(3, method="ipndm")] * len(STEPS)
+    torch.testing.assert_close(sample(digits, STEPS, batch, rules), plain, atol=1e-4, rtol=1e-4)
+
+
+def test_ipndm_order_1_is_ddim_and_a_schedule_from_t_minus_1_has_no_analytical_step(digits):
+    batch = draw(digits, 16, seed=5)
+    first_order = [StepRule(1, method="ipndm")] * len(STEPS)
+    torch.testing.assert_close(sample(digits, STEPS, batch, first_order),
+                               sample(digits, STEPS, batch, "ddim"), atol=1e-5, rtol=1e-5)
+    from_the_top = (999, *STEPS[1:])
+    assert torch.equal(sample(digits, from_the_top, batch, "ipndm"),
+                       sample(digits, from_the_top, batch,
+                              [StepRule(3, method="ipndm")] * len(STEPS)))
+
+
+def test_ipndm_rules_names_and_refusals():
+    from autodiff_optuna.sampling.rules import describe, fixed_solver, single_scheduler_solver
+
+    assert bounded([StepRule(3, method="ipndm")] * 4) == (StepRule(3, method="ipndm"),) * 4
+    assert describe("ipndm", 4) == fixed_solver("ipndm", 4) == "ipndm"
+    assert single_scheduler_solver("ipndm", 4) is None and diffusers_order(
+        step_rules("ipndm", 4)) is None
+    assert describe([[1, True], [3, False, "ipndm"], [2, False], [1, False]], 4) \
+        == "per-step 1+C, 3i, 2, 1"
+    assert StepRule(4, method="ipndm").to_json() == [4, False, "ipndm"]
+    assert step_rules([[4, False, "ipndm"]], 1) == (StepRule(4, method="ipndm"),)
+    for rule, message in (([5, False, "ipndm"], "ipndm order must be one of"),
+                          ([2, True, "ipndm"], "takes no corrector"),
+                          ([2, False, "heun"], "method must be one of")):
+        with pytest.raises(UsageError, match=message):
+            step_rules([rule], 1)
+    with pytest.raises(UsageError, match="no DPMSolverMultistepScheduler runs solver 'ipndm'"):
+        from autodiff_optuna.sampling.solvers import solver_config
+
+        solver_config({"num_train_timesteps": 1000}, "ipndm")
+
+
+def test_the_dp_reads_ipndms_noise_predictions_off_the_teacher(digits):
+    from autodiff_optuna.sampling.trajectory_dp import (
+        _Hops,
+        fit_schedule,
+        teacher_trajectory,
+        trajectory_error,
+    )
+
+    teacher = teacher_trajectory(digits, (999, 700, 400, 200, 100, 0), samples=8, steps=6)
+    hops = _Hops(teacher)
+    node = 2  # t = 400
+    with torch.inference_mode():
+        eps = digits.predict_noise(teacher.states[node], torch.tensor(400))
+    torch.testing.assert_close(hops._noise(node), eps, atol=1e-4, rtol=1e-4)
+    # the fixed ipndm starts by the analytical first step: its path leaves the grid's first
+    # step analytically, so its 3 steps start below it; per-step ipndm rules start there
+    steps, error = fit_schedule(teacher, 3, "ipndm")
+    assert steps[0] < 999 and len(steps) == 3 and error > 0
+    assert trajectory_error(teacher, steps, "ipndm") == pytest.approx(error)
+    rules = [StepRule(3, method="ipndm")] * 3
+    steps, error = fit_schedule(teacher, 3, rules)
+    assert steps[0] == 999 and trajectory_error(teacher, steps, rules) == pytest.approx(error)
+    assert fit_schedule(teacher, 5, "ipndm")[0] == (700, 400, 200, 100, 0)
+    with pytest.raises(UsageError, match="the DP picks 1 to 5 steps"):
+        fit_schedule(teacher, 6, "ipndm")

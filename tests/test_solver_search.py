@@ -117,3 +117,28 @@ def test_a_searched_study_exports_and_evaluates_its_rules(tmp_path, capsys):
         out.write_text(json.dumps({**exported, "solver": rules}))
         assert main(["evaluate", "--schedule", str(out), "--samples", "100", "--json"]) == 0
         assert json.loads(capsys.readouterr().out)["uniform_solver"] == baseline
+
+
+def test_the_searched_rules_are_dpm_solvers_not_ipndms():
+    """iPNDM is a fixed solver (``--solver ipndm``): a per-step space has no parameter for it,
+    so a solver search neither queues it nor takes its rules silently as DPM-Solver++'s."""
+    assert not SPACE.encodes(SOLVERS["ipndm"]) and SPACE.encodes(SOLVERS["unipc"])
+    with pytest.raises(ValueError, match="searched rules are DPM-Solver"):
+        SPACE.candidate([750, 500, 250, 0], rules=[SOLVERS["ipndm"]] * 4)
+
+
+@pytest.mark.slow  # two stages and an evaluate: 20 s
+def test_an_ipndm_study_runs_both_stages_and_its_export_evaluates(tmp_path, capsys):
+    url = f"sqlite:///{tmp_path}/s.db"
+    assert main(["study", "--model", "digits", "--steps", "4", "--trials", "8", "--samples",
+                 "150", "--population", "4", "--min-samples", "0", "--stage2-trials", "4",
+                 "--solver", "ipndm", "--storage", url, "--quiet"]) == 0
+    out = tmp_path / "schedule.json"
+    assert main(["export", "--name", "digits-k4", "--storage", url, "--out", str(out)]) == 0
+    exported = json.loads(out.read_text())
+    assert exported["solver"] == "ipndm"
+    capsys.readouterr()
+    assert main(["evaluate", "--schedule", str(out), "--samples", "150", "--json"]) == 0
+    scored = json.loads(capsys.readouterr().out)
+    assert scored["uniform_solver"] == "ipndm" and scored["fid"] > 0
+    assert describe("ipndm", 4) == "ipndm"

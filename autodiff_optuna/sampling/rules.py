@@ -5,6 +5,17 @@ eta 0, 2 is DPM-Solver++(2M), 3 is DPM-Solver++(3M)) and whether UniPC's correct
 the sample that update lands on. The corrector reuses the network evaluation the next step makes
 anyway, so K steps stay K evaluations; the last step has none after it, as in UniPC.
 
+A rule of ``method="ipndm"`` is instead iPNDM's update (Zhang & Chen, ICLR 2023, "Fast sampling
+of diffusion models with exponential integrator"; the few-step solver of GITS and diff-sampler):
+the Adams-Bashforth combination of the last ``order`` (1 to 4) noise predictions, with the
+fixed coefficients of equal steps, as an Euler step in sigma of x / alpha (order 1 is DDIM). It
+keeps its order to the last step (landing on sigma = 0 is finite in that form) and takes no
+corrector. The fixed solver ``ipndm`` also starts from the noise at the training schedule's
+last step and moves it to the schedule's first by the analytical first step (AFS, Zhou et al.,
+CVPR 2024: the noise prediction of pure noise is the noise itself), so a schedule that starts
+below T - 1 starts from the marginal at its first step, not from noise put there, for no
+network evaluation.
+
 diffusers' schedulers compute every update; only the switching between them, step by step, is
 written here (``RuleStepper``): ``DPMSolverMultistepScheduler``'s
 ``dpm_solver_first_order_update`` and ``multistep_dpm_solver_second/third_order_update`` for the
@@ -17,6 +28,7 @@ update at those orders), ``disable_corrector`` listing the steps without one.
 
 from __future__ import annotations  # torch in annotations only: imported where it runs
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -27,6 +39,10 @@ if TYPE_CHECKING:  # the names and their descriptions are read without torch (``
     import torch
 
 ORDERS = (1, 2, 3)
+METHODS = ("dpm", "ipndm")
+# iPNDM's Adams-Bashforth coefficients by order, the newest noise prediction first
+IPNDM_COEFFICIENTS = {1: (1.0,), 2: (3 / 2, -1 / 2), 3: (23 / 12, -16 / 12, 5 / 12),
+                      4: (55 / 24, -59 / 24, 37 / 24, -9 / 24)}
 # diffusers lowers the order of the second-to-last step below this many steps
 # (DPMSolverMultistepScheduler's lower_order_final)
 LOWER_ORDER_FINAL_BELOW = 15
@@ -34,19 +50,27 @@ LOWER_ORDER_FINAL_BELOW = 15
 
 @dataclass(frozen=True)
 class StepRule:
-    """One step's update: DPM-Solver++ multistep of ``order``, then UniC if ``corrector``."""
+    """One step's update: DPM-Solver++ multistep of ``order``, then UniC if ``corrector``; or,
+    with ``method="ipndm"``, iPNDM of ``order``."""
 
     order: int = 1
     corrector: bool = False
+    method: str = "dpm"
 
     def __post_init__(self):
-        if self.order not in ORDERS or isinstance(self.order, bool):
-            raise UsageError(f"a step's solver order must be one of {ORDERS}, got {self.order!r}")
+        if self.method not in METHODS:
+            raise UsageError(f"a step's method must be one of {METHODS}, got {self.method!r}")
+        orders = tuple(IPNDM_COEFFICIENTS) if self.method == "ipndm" else ORDERS
+        if self.order not in orders or isinstance(self.order, bool):
+            raise UsageError(f"a step's {self.method} order must be one of {orders}, got "
+                             f"{self.order!r}")
         if not isinstance(self.corrector, bool):
             raise UsageError(f"a step's corrector must be true or false, got {self.corrector!r}")
+        if self.corrector and self.method == "ipndm":
+            raise UsageError("an ipndm step takes no corrector")
 
     def to_json(self) -> list:
-        return [self.order, self.corrector]
+        return [self.order, self.corrector, *([self.method] if self.method != "dpm" else [])]
 
 
 # the fixed solvers: one rule at every step
@@ -55,7 +79,10 @@ SOLVERS = {
     "dpmpp2m": StepRule(2),
     "dpmpp3m": StepRule(3),
     "unipc": StepRule(2, corrector=True),  # UniPCMultistepScheduler's defaults: bh2, order 2
+    "ipndm": StepRule(3, method="ipndm"),  # with the analytical first step (``analytic_start``)
 }
+# the fixed solvers that start by the analytical first step
+ANALYTIC_START = frozenset({"ipndm"})
 
 
 def step_rules(solver, steps: int) -> tuple[StepRule, ...]:
@@ -78,19 +105,32 @@ def step_rules(solver, steps: int) -> tuple[StepRule, ...]:
 def _rule(rule) -> StepRule:
     if isinstance(rule, StepRule):
         return rule
-    if isinstance(rule, Sequence) and not isinstance(rule, str) and len(rule) == 2:
+    if isinstance(rule, Sequence) and not isinstance(rule, str) and len(rule) in (2, 3):
         return StepRule(*rule)
-    raise UsageError(f"a step's rule is [order, corrector], got {rule!r}")
+    raise UsageError(f"a step's rule is [order, corrector] or [order, corrector, method], got "
+                     f"{rule!r}")
+
+
+def analytic_start(solver) -> bool:
+    """Whether ``solver`` (a name, or rules) starts by the analytical first step: a fixed
+    solver's property (``ANALYTIC_START``); rules given one per step start as DPM-Solver does,
+    from the noise put at their first step."""
+    return isinstance(solver, str) and solver in ANALYTIC_START
 
 
 def bounded(rules: Sequence[StepRule]) -> tuple[StepRule, ...]:
     """The rules as they run: step i's order is at most i + 1 (the model outputs it has), the
     last step's is 1 (it lands on sigma = 0, where only the first-order update is finite) and,
     below ``LOWER_ORDER_FINAL_BELOW`` steps, the second-to-last step's at most 2, as diffusers
-    does; no corrector after the last step (no evaluation follows it)."""
+    does; no corrector after the last step (no evaluation follows it). An ipndm step keeps its
+    order: it runs at most as many noise predictions as it has (``run_rules``), and the
+    analytical first step gives it one more than the steps before it."""
     k = len(rules)
     out = []
     for i, rule in enumerate(rules):
+        if rule.method == "ipndm":
+            out.append(rule)
+            continue
         order = min(rule.order, i + 1)
         if i == k - 1:
             order = 1
@@ -104,7 +144,7 @@ def diffusers_order(rules: Sequence[StepRule]) -> int | None:
     """The ``solver_order`` of the one ``DPMSolverMultistepScheduler`` that runs ``rules`` over
     custom time steps, or None when none does (mixed orders, or a corrector: diffusers' UniPC
     takes no custom time steps)."""
-    if any(rule.corrector for rule in rules):
+    if any(rule.corrector or rule.method != "dpm" for rule in rules):
         return None
     for order in ORDERS:
         if bounded(rules) == bounded([StepRule(order)] * len(rules)):
@@ -115,14 +155,18 @@ def diffusers_order(rules: Sequence[StepRule]) -> int | None:
 def fixed_solver(solver, steps: int) -> str | None:
     """The name of the fixed solver (``SOLVERS``) that runs ``solver`` (a name or one rule per
     step) over ``steps`` steps exactly as it runs, or None for mixed rules."""
+    if analytic_start(solver):
+        return solver
     rules = bounded(step_rules(solver, steps))
     return next((name for name, rule in SOLVERS.items()
-                 if bounded([rule] * steps) == rules), None)
+                 if name not in ANALYTIC_START and bounded([rule] * steps) == rules), None)
 
 
 def single_scheduler_solver(solver, steps: int) -> str | None:
     """The fixed solver a single ``DPMSolverMultistepScheduler`` runs ``solver`` with (over
-    custom time steps), or None where none does (mixed orders, or UniPC's corrector)."""
+    custom time steps), or None where none does (mixed orders, UniPC's corrector, iPNDM)."""
+    if analytic_start(solver):
+        return None
     order = diffusers_order(step_rules(solver, steps))
     return next((name for name, rule in SOLVERS.items()
                  if not rule.corrector and rule.order == order), None)
@@ -130,12 +174,13 @@ def single_scheduler_solver(solver, steps: int) -> str | None:
 
 def describe(solver, steps: int) -> str:
     """A solver as people read it: a fixed solver's name, else each step's order with ``+C``
-    where UniPC's corrector follows (``per-step 1+C, 2+C, 2, 1``)."""
+    where UniPC's corrector follows and ``i`` for iPNDM (``per-step 1+C, 2+C, 3i, 1``)."""
     name = fixed_solver(solver, steps)
     if name is not None:
         return name
-    return "per-step " + ", ".join(f"{r.order}{'+C' * r.corrector}"
-                                   for r in bounded(step_rules(solver, steps)))
+    return "per-step " + ", ".join(
+        f"{r.order}{'i' * (r.method == 'ipndm')}{'+C' * r.corrector}"
+        for r in bounded(step_rules(solver, steps)))
 
 
 def training_schedule(config: dict) -> dict:
@@ -201,6 +246,26 @@ class RuleStepper:
             out = self.dpm.multistep_dpm_solver_third_order_update(list(history), sample=x)
         return out.to(dtype)
 
+    @staticmethod
+    def adams_bashforth(sigma, sigma_next, order: int, noise_history: Sequence[torch.Tensor],
+                        x: torch.Tensor) -> torch.Tensor:
+        """iPNDM of ``order`` (at most the predictions there are) from ``x`` at ``sigma`` to
+        ``sigma_next``: an Euler step of x / alpha in sigma along the Adams-Bashforth
+        combination of ``noise_history`` (the network's noise predictions, the current one
+        last), computed in float32."""
+        import torch
+
+        dtype = x.dtype
+        sigma, sigma_next = float(sigma), float(sigma_next)
+        order = min(order, len(noise_history))  # the lower orders warm iPNDM up
+        slope = sum(c * e.to(torch.float32) for c, e in
+                    zip(IPNDM_COEFFICIENTS[order], reversed(noise_history[-order:])))
+        scaled = x.to(torch.float32) * math.sqrt(sigma**2 + 1) + (sigma_next - sigma) * slope
+        return (scaled / math.sqrt(sigma_next**2 + 1)).to(dtype)
+
+    def start_sigma(self, timesteps) -> float | None:
+        return start_sigma(self.dpm.alphas_cumprod, timesteps)
+
     def correct(self, sigmas: torch.Tensor, i: int, order: int, history: Sequence[torch.Tensor],
                 prediction: torch.Tensor, x_before: torch.Tensor,
                 x: torch.Tensor) -> torch.Tensor:
@@ -220,14 +285,30 @@ class RuleStepper:
         scheduler._step_index = i
 
 
+def start_sigma(alphas_cumprod, timesteps) -> float | None:
+    """The sigma the analytical first step starts from, the training schedule's last step's,
+    or None where the schedule (its ``timesteps``) starts there already."""
+    last = len(alphas_cumprod) - 1
+    if int(timesteps[0]) >= last:
+        return None
+    alpha_bar = float(alphas_cumprod[last])
+    return math.sqrt((1 - alpha_bar) / alpha_bar)
+
+
 def run_rules(stepper: RuleStepper, sigmas: torch.Tensor, rules: Sequence[StepRule], x, network,
-              record=None) -> torch.Tensor:
+              record=None, start: float | None = None) -> torch.Tensor:
     """Solve from ``x`` over the schedule whose sigmas ``sigmas`` are (``RuleStepper.schedule``)
     with ``rules`` (as ``bounded`` bounds them); ``network(i, x)`` is the model's epsilon at
     step i. ``record(i, x, prediction)``, when given, sees each step's sample and data
-    prediction."""
+    prediction. ``start``: the sigma of the noise ``x`` where it starts by the analytical first
+    step (``RuleStepper.start_sigma``); None: ``x`` is the noise put at the first step."""
     rules = bounded(rules)
-    history, x_before = [], None
+    history, noise_history, x_before = [], [], None
+    if start is not None:
+        # AFS: the noise prediction of pure noise is the noise itself, and iPNDM's history
+        # keeps it (as diff-sampler's does)
+        noise_history = [x]
+        x = stepper.adams_bashforth(start, sigmas[0], 1, noise_history, x)
     for i, rule in enumerate(rules):
         eps = network(i, x)
         prediction = stepper.data_prediction(sigmas, i, eps, x)
@@ -237,6 +318,10 @@ def run_rules(stepper: RuleStepper, sigmas: torch.Tensor, rules: Sequence[StepRu
         if record is not None:
             record(i, x, prediction)
         history = [*history[-(max(ORDERS) - 1):], prediction]
+        noise_history = [*noise_history[-(max(IPNDM_COEFFICIENTS) - 1):], eps]
         x_before = x
-        x = stepper.predict(sigmas, i, rule.order, history, x)
+        if rule.method == "ipndm":
+            x = stepper.adams_bashforth(sigmas[i], sigmas[i + 1], rule.order, noise_history, x)
+        else:
+            x = stepper.predict(sigmas, i, rule.order, history, x)
     return x

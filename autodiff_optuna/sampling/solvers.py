@@ -20,7 +20,9 @@ from autodiff_optuna.sampling.noise import NoiseBatch
 from autodiff_optuna.sampling.rules import (
     SOLVERS,
     RuleStepper,
+    analytic_start,
     run_rules,
+    single_scheduler_solver,
     step_rules,
     training_schedule,
 )
@@ -28,23 +30,25 @@ from autodiff_optuna.sampling.schedules import Schedule
 from autodiff_optuna.sampling.skipping import skipping
 
 # the solvers one DPMSolverMultistepScheduler runs (what ``make_scheduler`` builds)
-SOLVER_ORDERS = {name: rule.order for name, rule in SOLVERS.items() if not rule.corrector}
+SOLVER_ORDERS = {name: rule.order for name, rule in SOLVERS.items()
+                 if not rule.corrector and rule.method == "dpm"}
 
 
-def _solver(training_config: dict, solver: str):
+def _solver(training_config: dict, solver: str, scheduler_class=None):
     """The solver's scheduler over the model's training schedule, before any time steps: a
-    fixed solver of ``rules.SOLVERS`` that one ``DPMSolverMultistepScheduler`` runs."""
+    fixed solver of ``rules.SOLVERS`` that one ``DPMSolverMultistepScheduler`` runs (or
+    ``scheduler_class``, a subclass of it)."""
     from diffusers import DPMSolverMultistepScheduler
 
     rule = step_rules(solver, 1)[0]  # an unknown name: one line that lists the known
-    if rule.corrector:
-        single = [name for name, rule in SOLVERS.items() if not rule.corrector]
-        raise UsageError(f"no DPMSolverMultistepScheduler runs solver {solver!r} (UniPC's "
-                         f"corrector); those that do: {', '.join(single)}")
-    return DPMSolverMultistepScheduler.from_config(
+    if solver not in SOLVER_ORDERS and scheduler_class is None:
+        why = "UniPC's corrector" if rule.corrector else "iPNDM"
+        raise UsageError(f"no DPMSolverMultistepScheduler runs solver {solver!r} ({why}); "
+                         f"those that do: {', '.join(SOLVER_ORDERS)}")
+    return (scheduler_class or DPMSolverMultistepScheduler).from_config(
         training_schedule(training_config),
         algorithm_type="dpmsolver++",
-        solver_order=rule.order,
+        solver_order=SOLVER_ORDERS.get(solver, 1),
         prediction_type="epsilon",
         final_sigmas_type="zero",
         lower_order_final=True,
@@ -53,9 +57,22 @@ def _solver(training_config: dict, solver: str):
 
 
 def make_scheduler(model: DiffusionModel, solver: str, timesteps: Schedule):
-    scheduler = _solver(model.scheduler_config, solver)
+    """A scheduler that runs the fixed ``solver`` over ``timesteps`` as ``sample`` does: one
+    ``DPMSolverMultistepScheduler``, or for ``ipndm`` ours (``sampling.ipndm``), whose first
+    network evaluation must see ``first_input`` of the noise."""
+    scheduler_class = None
+    if analytic_start(solver):
+        from autodiff_optuna.sampling.ipndm import IPNDMScheduler as scheduler_class
+    scheduler = _solver(model.scheduler_config, solver, scheduler_class)
     scheduler.set_timesteps(timesteps=list(timesteps), device=model.device)
     return scheduler
+
+
+def scheduler_solver(solver, steps: int) -> str | None:
+    """The fixed solver ``make_scheduler`` builds one scheduler of to run ``solver`` (a name or
+    one rule per step) over ``steps`` steps: a single ``DPMSolverMultistepScheduler``'s, or
+    ``ipndm``; None for rules no one scheduler runs (mixed orders, UniPC's corrector)."""
+    return solver if analytic_start(solver) else single_scheduler_solver(solver, steps)
 
 
 def solver_config(training_config: dict, solver: str) -> dict:
@@ -81,7 +98,8 @@ def sample(model: DiffusionModel, timesteps: Schedule, batch: NoiseBatch, solver
     """Run the solver from ``batch.noise`` over ``timesteps``; returns images in model range
     (``model.decode`` of the final samples: a latent model's latents are decoded).
 
-    ``solver``: a name of ``rules.SOLVERS`` or one ``StepRule`` per step (``rules.step_rules``).
+    ``solver``: a name of ``rules.SOLVERS`` or one ``StepRule`` per step (``rules.step_rules``);
+    ``ipndm`` starts from the noise at the training schedule's last step (``rules``' AFS).
     ``skip`` holds, per step, the names of the layers bypassed at that step (None: full network).
     """
     rules = step_rules(solver, len(timesteps))
@@ -93,12 +111,14 @@ def sample(model: DiffusionModel, timesteps: Schedule, batch: NoiseBatch, solver
     batch_size = batch_size or model.batch_size or n
     stepper = RuleStepper(model.scheduler_config)
     steps, sigmas = stepper.schedule(timesteps, model.device)
+    noise_sigma = stepper.start_sigma(timesteps) if analytic_start(solver) else None
     outputs = []
     for start in range(0, n, batch_size):
         x = batch.noise[start:start + batch_size].to(model.device)
         labels = (None if batch.labels is None
                   else batch.labels[start:start + batch_size].to(model.device))
-        x = run_rules(stepper, sigmas, rules, x, network_at(model, steps, labels, layers, skip))
+        x = run_rules(stepper, sigmas, rules, x, network_at(model, steps, labels, layers, skip),
+                      start=noise_sigma)
         outputs.append(model.decode(x).cpu())  # a batch at a time: latents never pile up
     return torch.cat(outputs)
 

@@ -25,6 +25,10 @@ the network there; the DP would need one evaluation per hop).
 Every schedule starts at the teacher's first step (the grid's first), where the noise is exactly
 the teacher's sample: a grid whose first step is lower (a standard spacing's first, say) fits
 schedules from there, the teacher starting from the noise at that step as the sampler does.
+A solver that starts by the analytical first step (``rules.analytic_start``: ``ipndm``) is
+fitted as it samples: its path starts at the grid's first step (T - 1 on the default grid),
+whose noise prediction is the noise itself, and its first hop, to the schedule's first step,
+is that analytical step, costing no evaluation; its K steps are the path's other K nodes.
 """
 
 import math
@@ -36,7 +40,14 @@ import torch
 from autodiff_optuna.errors import UsageError
 from autodiff_optuna.models.base import DiffusionModel
 from autodiff_optuna.sampling.noise import TEACHER, NoiseBatch, draw
-from autodiff_optuna.sampling.rules import RuleStepper, StepRule, bounded, run_rules, step_rules
+from autodiff_optuna.sampling.rules import (
+    RuleStepper,
+    StepRule,
+    analytic_start,
+    bounded,
+    run_rules,
+    step_rules,
+)
 from autodiff_optuna.sampling.schedules import Schedule
 from autodiff_optuna.sampling.solvers import network_at
 
@@ -127,28 +138,36 @@ def _checked_grid(grid, model: DiffusionModel) -> Schedule:
 class _Hops:
     """One-step errors against the teacher, each computed once."""
 
-    def __init__(self, teacher: Teacher):
+    def __init__(self, teacher: Teacher, analytic: bool = False):
         self.teacher = teacher
+        self.analytic = analytic  # the path's first node is the analytical first step's start
         self.stepper = RuleStepper(teacher.scheduler_config)
         self.cache: dict = {}
 
-    def error(self, path: tuple[int, ...], target: int, rule: StepRule) -> float:
+    def error(self, path: tuple[int, ...], target: int, rule: StepRule | None) -> float:
         """The error of one ``rule`` update from the teacher's sample at ``path[-1]`` (its
-        history at the path's earlier nodes) to ``target`` (a grid index, or ``end``)."""
+        history at the path's earlier nodes) to ``target`` (a grid index, or ``end``); rule
+        None: the analytical first step."""
+        if rule is None:
+            rule = StepRule(1, method="ipndm")  # an Euler step along the noise prediction
         corrector = rule.corrector and target != self.teacher.end
         nodes = path[-rule.order:]
-        key = (nodes, target, rule.order, corrector)
+        key = (nodes, target, rule.order, corrector, rule.method)
         if key not in self.cache:
-            self.cache[key] = self._error(nodes, target, rule.order, corrector)
+            self.cache[key] = self._error(nodes, target, rule.order, corrector, rule.method)
         return self.cache[key]
 
-    def _error(self, nodes, target, order, corrector) -> float:
+    def _error(self, nodes, target, order, corrector, method="dpm") -> float:
         teacher, stepper = self.teacher, self.stepper
         sigmas = teacher.sigmas[[*nodes, target]]
         i = len(nodes) - 1
         history = [teacher.predictions[n] for n in nodes]
         x = teacher.states[nodes[-1]]
-        landed = stepper.predict(sigmas, i, order, history, x)
+        if method == "ipndm":
+            landed = stepper.adams_bashforth(sigmas[i], sigmas[i + 1], order,
+                                             [self._noise(n) for n in nodes], x)
+        else:
+            landed = stepper.predict(sigmas, i, order, history, x)
         if corrector:
             landed = stepper.correct(sigmas, i + 1, order, history,
                                      teacher.predictions[target], x, landed)
@@ -157,16 +176,34 @@ class _Hops:
         return float(distance.mean()) * alpha_bar ** WEIGHT_POWER
 
 
+    def _noise(self, node: int) -> torch.Tensor:
+        """The network's noise prediction at a node, from its sample and data prediction:
+        x / alpha = x0 + sigma * eps in diffusers' sigmas."""
+        state, prediction = self.teacher.states[node], self.teacher.predictions[node]
+        if self.analytic and node == 0:
+            return state  # pure noise's: the noise itself
+        sigma = float(self.teacher.sigmas[node])
+        return (state * math.sqrt(sigma**2 + 1) - prediction) / sigma
+
+
 def trajectory_error(teacher: Teacher, schedule: Schedule, rule="ddim") -> float:
-    """The DP's objective for ``schedule`` (steps of ``teacher.grid``, starting at its first):
-    the weighted one-step errors of its hops against the teacher, summed, with ``rule`` (a
-    solver name, a ``StepRule`` or one per step) bounded as the sampler bounds it."""
-    hops = _Hops(teacher)
-    nodes = _grid_indices(teacher, schedule)
-    rules = bounded(step_rules(rule, len(schedule)))
+    """The DP's objective for ``schedule`` (steps of ``teacher.grid``, starting at its first, or
+    below it for a solver that starts by the analytical first step): the weighted one-step
+    errors of its hops against the teacher, summed, with ``rule`` (a solver name, a
+    ``StepRule`` or one per step) bounded as the sampler bounds it."""
+    rules = _hop_rules(rule, len(schedule))
+    hops = _Hops(teacher, analytic=rules[0] is None)
+    nodes = _grid_indices(teacher, [teacher.grid[0]] * (rules[0] is None) + list(schedule))
     targets = [*nodes[1:], teacher.end]
     return sum(hops.error(tuple(nodes[:k + 1]), target, rules[k])
                for k, target in enumerate(targets))
+
+
+def _hop_rules(rule, steps: int) -> list[StepRule | None]:
+    """The rule of each hop of a schedule of ``steps`` steps, bounded; a solver that starts by
+    the analytical first step has one hop more, first, None."""
+    rules = list(bounded(step_rules(rule, steps)))
+    return [None, *rules] if analytic_start(rule) else rules
 
 
 def _grid_indices(teacher: Teacher, schedule) -> list[int]:
@@ -178,22 +215,25 @@ def _grid_indices(teacher: Teacher, schedule) -> list[int]:
 
 
 def fit_schedule(teacher: Teacher, steps: int, rule="ddim") -> tuple[Schedule, float]:
-    """The ``steps`` grid steps from ``teacher.grid[0]`` whose summed weighted one-step errors
-    with ``rule`` are the least the DP finds, and that sum (``trajectory_error`` of it)."""
+    """The ``steps`` grid steps from ``teacher.grid[0]`` (after it, for a solver that starts by
+    the analytical first step) whose summed weighted one-step errors with ``rule`` are the
+    least the DP finds, and that sum (``trajectory_error`` of it)."""
     size = len(teacher.grid)
-    if not 1 <= steps <= size:
-        raise UsageError(f"the DP picks 1 to {size} steps (the grid's), not {steps}")
-    rules = bounded(step_rules(rule, steps))
-    hops = _Hops(teacher)
+    rules = _hop_rules(rule, steps)
+    nodes = len(rules)  # the path's nodes: one per hop, each hop leaving from one
+    if not 1 <= steps <= size - (nodes - steps):
+        raise UsageError(f"the DP picks 1 to {size - (nodes - steps)} steps (the grid's), "
+                         f"not {steps}")
+    hops = _Hops(teacher, analytic=rules[0] is None)
     best = {0: (0.0, (0,))}  # grid index of the path's last step -> (error, path)
-    for k in range(1, steps):
-        last_allowed = size - (steps - k)  # room for the steps still to pick below
+    for k in range(1, nodes):
+        last_allowed = size - (nodes - k)  # room for the steps still to pick below
         best = {j: min((error + hops.error(path, j, rules[k - 1]), (*path, j))
                        for i, (error, path) in best.items() if i < j)
                 for j in range(k, last_allowed + 1)}
     error, path = min((error + hops.error(path, teacher.end, rules[-1]), path)
                       for error, path in best.values())
-    return tuple(teacher.grid[i] for i in path), error
+    return tuple(teacher.grid[i] for i in path[nodes - steps:]), error
 
 
 def dp_schedule(model: DiffusionModel, steps: int, rule="ddim", teacher: Teacher | None = None,

@@ -88,10 +88,19 @@ class CandidateSpace:
                        key=lambda r: (r.order, r.corrector))
                 for i in range(self.steps)]
 
+    @staticmethod
+    def encodes(rule: StepRule) -> bool:
+        """Whether a position's parameters hold ``rule``: DPM-Solver++'s rules (``o{i}``,
+        ``c{i}``), not iPNDM's."""
+        return rule.method == "dpm"
+
     def rules_of(self, rules: Sequence[StepRule] | None) -> tuple[StepRule, ...]:
         """The canonical rules of a candidate of this space: bounded, or () without a search."""
         if not self.solver_search:
             return ()
+        if rules and not all(self.encodes(rule) for rule in rules):
+            raise ValueError("CandidateSpace: the searched rules are DPM-Solver++'s and UniPC's "
+                             f"corrector, not {[rule.to_json() for rule in rules]}")
         return bounded(rules or [StepRule()] * self.steps)
 
     # -- encoding -------------------------------------------------------------------------------

@@ -135,6 +135,8 @@ def first_candidates(ctx: SearchContext) -> list[tuple[Candidate, dict]]:
     first = {}
     uniform = ctx.spacings["uniform"]
     for solver, rule in SOLVERS.items():
+        if not space.encodes(rule):  # ipndm: the searched rules are DPM-Solver++'s
+            continue
         first.setdefault(space.candidate(uniform, rules=[rule] * len(uniform)),
                          {SPACING_ATTR: "uniform", SOLVER_ATTR: solver})
     for name, steps in ctx.spacings.items():
