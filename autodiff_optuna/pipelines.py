@@ -301,16 +301,22 @@ def _solver(config: dict, schedule: SearchedSchedule, on_call: Callable[[], None
 
     # instance attributes shadow the methods, on a scheduler made for this pipeline alone
     scheduler.set_timesteps, scheduler.step = pinned, deterministic
+    if hasattr(scheduler, "first_input"):  # ipndm (``sampling.ipndm``): made here, not by a
+        scheduler.first_evaluation_pending = False  # pipeline's call: no sampling started
     setattr(scheduler, MARK, schedule)
     return scheduler
 
 
 def _first_input_hook(unet: torch.nn.Module, scheduler):
-    """The UNet's first call of each sampling (the scheduler has made no step since its time
-    steps were set) sees ``scheduler.first_input`` of its sample: the analytical first step,
-    which a pipeline does not ask its scheduler for."""
+    """The UNet's calls at the first time step of a sampling (after the pipeline set the time
+    steps, before the first step: both of a guided pipeline's, if it makes two) see
+    ``scheduler.first_input`` of their sample: the analytical first step, which a pipeline does
+    not ask its scheduler for. Any other call of the UNet (another pipeline sharing it, a call
+    of one's own) is left alone."""
+    first = int(scheduler.timesteps[0])
+
     def before(module, args, kwargs):
-        if scheduler.step_index is not None:
+        if not scheduler.first_evaluation_pending or _timestep(args, kwargs) != first:
             return None
         if args:
             return (scheduler.first_input(args[0]), *args[1:]), kwargs

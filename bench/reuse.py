@@ -97,7 +97,8 @@ def sample_cells(model, timesteps, batch, solver, cells: set, kind: str) -> torc
             with _layers_at(layers, i, cells, kind, kept):
                 return model.predict_noise(x, steps[i], labels)
 
-        outputs.append(model.decode(run_rules(stepper, sigmas, rules, x, network)).cpu())
+        outputs.append(model.decode(run_rules(stepper, sigmas, rules, x, network,
+                                              start=stepper.start(timesteps, solver))).cpu())
     return torch.cat(outputs)
 
 

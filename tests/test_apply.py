@@ -79,6 +79,29 @@ def test_same_images_as_sample(digits, cls, solver, skips):
     assert torch.equal(to_uint8(images * 2 - 1), expected)
 
 
+def test_ipndms_first_step_moves_only_the_applied_pipelines_first_evaluation(digits):
+    """``ipndm``'s analytical first step is handed to the UNet's first call of the applied
+    pipeline's sampling alone: a call of one's own, or another pipeline sharing the UNet, before
+    or after it, sees its own input."""
+    schedule = SearchedSchedule(model="digits", solver="ipndm", timesteps=[300, 200, 100, 40],
+                                skip=[[]] * 4)
+    x = torch.randn((2, *digits.sample_shape), generator=torch.Generator().manual_seed(0))
+    t = torch.tensor(300)
+    with torch.inference_mode():
+        own = digits.unet(x, t).sample
+    other = _pipeline(digits, DDIMPipeline)
+    before = _images(other, num_inference_steps=4)
+    pipe = _pipeline(digits)
+    with ao.apply(pipe, schedule):
+        with torch.inference_mode():
+            assert torch.equal(digits.unet(x, t).sample, own)
+        assert torch.equal(_images(other, num_inference_steps=4), before)
+        images = _images(pipe)
+        with torch.inference_mode():
+            assert torch.equal(digits.unet(x, t).sample, own)
+    assert torch.equal(to_uint8(images * 2 - 1), ao.sample(schedule, n=N, seed=SEED))
+
+
 @pytest.mark.parametrize("settings", [{"solver_type": "heun"}, {"use_karras_sigmas": True}])
 def test_the_pipeline_schedulers_own_sampler_settings_do_not_apply(digits, settings):
     """A DPM-Solver pipeline's ``solver_type="heun"`` changed the update (36/255 off `sample`),

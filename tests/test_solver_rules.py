@@ -233,3 +233,9 @@ def test_the_dp_reads_ipndms_noise_predictions_off_the_teacher(digits):
     assert fit_schedule(teacher, 5, "ipndm")[0] == (700, 400, 200, 100, 0)
     with pytest.raises(UsageError, match="the DP picks 1 to 5 steps"):
         fit_schedule(teacher, 6, "ipndm")
+    # from T - 1 the fixed ipndm makes no analytical step: the per-step rules' objective
+    assert trajectory_error(teacher, (999, 700, 400), "ipndm") == pytest.approx(
+        trajectory_error(teacher, (999, 700, 400), rules))
+    low = teacher_trajectory(digits, (900, 600, 300, 0), samples=4, steps=4)
+    with pytest.raises(UsageError, match="its DP grid must start there, not at 900"):
+        fit_schedule(low, 2, "ipndm")

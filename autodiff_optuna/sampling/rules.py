@@ -263,7 +263,12 @@ class RuleStepper:
         scaled = x.to(torch.float32) * math.sqrt(sigma**2 + 1) + (sigma_next - sigma) * slope
         return (scaled / math.sqrt(sigma_next**2 + 1)).to(dtype)
 
-    def start_sigma(self, timesteps) -> float | None:
+    def start(self, timesteps, solver) -> float | None:
+        """``run_rules``' ``start`` for ``solver`` over ``timesteps``: the sigma the analytical
+        first step starts from for a solver that starts by it (``analytic_start``), else None.
+        Every caller of ``run_rules`` for a named solver passes it, as ``sample`` does."""
+        if not analytic_start(solver):
+            return None
         return start_sigma(self.dpm.alphas_cumprod, timesteps)
 
     def correct(self, sigmas: torch.Tensor, i: int, order: int, history: Sequence[torch.Tensor],
@@ -301,7 +306,7 @@ def run_rules(stepper: RuleStepper, sigmas: torch.Tensor, rules: Sequence[StepRu
     with ``rules`` (as ``bounded`` bounds them); ``network(i, x)`` is the model's epsilon at
     step i. ``record(i, x, prediction)``, when given, sees each step's sample and data
     prediction. ``start``: the sigma of the noise ``x`` where it starts by the analytical first
-    step (``RuleStepper.start_sigma``); None: ``x`` is the noise put at the first step."""
+    step (``RuleStepper.start``); None: ``x`` is the noise put at the first step."""
     rules = bounded(rules)
     history, noise_history, x_before = [], [], None
     if start is not None:

@@ -111,7 +111,7 @@ def sample(model: DiffusionModel, timesteps: Schedule, batch: NoiseBatch, solver
     batch_size = batch_size or model.batch_size or n
     stepper = RuleStepper(model.scheduler_config)
     steps, sigmas = stepper.schedule(timesteps, model.device)
-    noise_sigma = stepper.start_sigma(timesteps) if analytic_start(solver) else None
+    noise_sigma = stepper.start(timesteps, solver)
     outputs = []
     for start in range(0, n, batch_size):
         x = batch.noise[start:start + batch_size].to(model.device)

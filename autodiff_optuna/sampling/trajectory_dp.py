@@ -191,7 +191,9 @@ def trajectory_error(teacher: Teacher, schedule: Schedule, rule="ddim") -> float
     below it for a solver that starts by the analytical first step): the weighted one-step
     errors of its hops against the teacher, summed, with ``rule`` (a solver name, a
     ``StepRule`` or one per step) bounded as the sampler bounds it."""
-    rules = _hop_rules(rule, len(schedule))
+    rules = _hop_rules(teacher, rule, len(schedule))
+    if rules[0] is None and int(schedule[0]) == teacher.grid[0]:
+        rules = rules[1:]  # a schedule from T - 1 has no analytical step, as the sampler
     hops = _Hops(teacher, analytic=rules[0] is None)
     nodes = _grid_indices(teacher, [teacher.grid[0]] * (rules[0] is None) + list(schedule))
     targets = [*nodes[1:], teacher.end]
@@ -199,11 +201,18 @@ def trajectory_error(teacher: Teacher, schedule: Schedule, rule="ddim") -> float
                for k, target in enumerate(targets))
 
 
-def _hop_rules(rule, steps: int) -> list[StepRule | None]:
+def _hop_rules(teacher: Teacher, rule, steps: int) -> list[StepRule | None]:
     """The rule of each hop of a schedule of ``steps`` steps, bounded; a solver that starts by
-    the analytical first step has one hop more, first, None."""
+    the analytical first step has one hop more, first, None (from the grid's first step, which
+    must be the training schedule's last, where the sampler starts it)."""
     rules = list(bounded(step_rules(rule, steps)))
-    return [None, *rules] if analytic_start(rule) else rules
+    if not analytic_start(rule):
+        return rules
+    last = int(teacher.scheduler_config["num_train_timesteps"]) - 1
+    if teacher.grid[0] != last:
+        raise UsageError(f"{rule} starts by the analytical first step from step {last}: its DP "
+                         f"grid must start there, not at {teacher.grid[0]}")
+    return [None, *rules]
 
 
 def _grid_indices(teacher: Teacher, schedule) -> list[int]:
@@ -219,7 +228,7 @@ def fit_schedule(teacher: Teacher, steps: int, rule="ddim") -> tuple[Schedule, f
     the analytical first step) whose summed weighted one-step errors with ``rule`` are the
     least the DP finds, and that sum (``trajectory_error`` of it)."""
     size = len(teacher.grid)
-    rules = _hop_rules(rule, steps)
+    rules = _hop_rules(teacher, rule, steps)
     nodes = len(rules)  # the path's nodes: one per hop, each hop leaving from one
     if not 1 <= steps <= size - (nodes - steps):
         raise UsageError(f"the DP picks 1 to {size - (nodes - steps)} steps (the grid's), "
