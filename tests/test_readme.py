@@ -143,13 +143,14 @@ def test_readme_commands_run_on_the_cpu(scratch):
 
 
 def shape(line: str) -> str:
-    """A line with its numbers and lists of numbers as placeholders, and without what a small
-    study need not print: trials stopped early (it may stop none), front points worse than the
-    uniform schedule (it may find none), layer skips of a stage-2 point (its best may be stage
-    1's), a point's confirmation or expected FID (which points rank among the few confirmed
-    differs)."""
+    """A line with its numbers and lists of numbers as placeholders (a share's padding aside),
+    and without what a small study need not print: trials stopped early (it may stop none),
+    front points worse than the uniform schedule (it may find none), layer skips of a stage-2
+    point (its best may be stage 1's), a point's confirmation or expected FID (which points
+    rank among the few confirmed differs)."""
     line = re.sub(r"\[[\d, ]*\]", "[...]", line)
     line = re.sub(r"\s+", " ", re.sub(r"\d+(\.\d+)?", "N", line))
+    line = line.replace("( N%)", "(N%)")  # a share padded to its width: ( 97.3%), (100.0%)
     line = line.replace("stopped at N images, FID there N", "FID N best N")
     line = re.sub(r"N (stopped early \(multi-fidelity\)|redundant), ", "", line)
     line = re.sub(r", N layer-steps? skipped", "", line)  # a stage-1 point skips none
