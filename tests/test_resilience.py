@@ -96,6 +96,23 @@ def _wait_for_running(worker, url, name, min_complete):
                          f"ran: {worker.err_path.read_text()[-2000:]}")
 
 
+def _interrupt_a_trial(spawn, args, url, name, sig, min_complete):
+    """Run ``args`` and send ``sig`` once a trial of ``name`` runs, again (the same command
+    resumes) until the signal lands inside a trial: on a loaded machine the trial seen running
+    may end before the signal arrives. The worker, and the trial the signal interrupted (read
+    after it: left running by SIGKILL, failed by Ctrl-C)."""
+    left = TrialState.RUNNING if sig == signal.SIGKILL else TrialState.FAIL
+    while True:
+        before = {t.number for t in _trials(url, name) if t.state == left}
+        worker = spawn(args)
+        _wait_for_running(worker, url, name, min_complete)
+        worker.send_signal(sig)
+        worker.wait()
+        hit = [t.number for t in _trials(url, name) if t.state == left and t.number not in before]
+        if hit:
+            return worker, hit[0]
+
+
 def _snapshot(url, name):
     return {t.number: (t.params, t.values) for t in _trials(url, name) if is_evaluated(t)}
 
@@ -136,10 +153,8 @@ def test_sigkill_during_each_stage_is_resumed_without_loss(spawn, tmp_path):
     url = f"sqlite:///{tmp_path}/kill.db"
     killed = {}
     for name in (NAME, f"{NAME}-stage2"):
-        worker = spawn(_study_args(url))
-        killed[name] = _wait_for_running(worker, url, name, min_complete=1)
-        worker.send_signal(signal.SIGKILL)
-        worker.wait()
+        _, killed[name] = _interrupt_a_trial(spawn, _study_args(url), url, name, signal.SIGKILL,
+                                             min_complete=1)
     before = {name: _snapshot(url, name) for name in killed}
     # no waiting: the rerun (the same command, in this process) waits until the killed trial's
     # heartbeat is stale
@@ -240,10 +255,9 @@ def test_a_foreign_study_with_trials_is_refused_and_kept(tmp_path, error_line):
 @pytest.mark.slow  # two worker processes
 def test_ctrl_c_marks_the_trial_and_says_how_to_resume(spawn, tmp_path):
     url = f"sqlite:///{tmp_path}/int.db"
-    worker = spawn(_study_args_stage1(url, trials=50))
-    interrupted = _wait_for_running(worker, url, NAME, min_complete=2)
-    worker.send_signal(signal.SIGINT)
-    assert worker.wait() == 130
+    worker, interrupted = _interrupt_a_trial(spawn, _study_args_stage1(url, trials=50), url,
+                                             NAME, signal.SIGINT, min_complete=2)
+    assert worker.returncode == 130
     # the one line saying how to resume, with the command: no traceback, no library warning
     assert worker.err_path.read_text().strip() == \
         f"interrupted; rerun the same command to resume study {NAME!r}: " \
