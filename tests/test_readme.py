@@ -154,6 +154,7 @@ def shape(line: str) -> str:
     line = line.replace("stopped at N images, FID there N", "FID N best N")
     line = re.sub(r"N (stopped early \(multi-fidelity\)|redundant), ", "", line)
     line = re.sub(r", N layer-steps? skipped", "", line)  # a stage-1 point skips none
+    line = line.replace("front N point;", "front N points;")  # its front may be one point
     line = line.replace(" ± N confirmed (search N)", "")
     line = line.replace(" expected (search N, not confirmed)", "")
     line = line.replace(" expected, worse than uniform", "").replace(") expected", ")")
