@@ -294,6 +294,8 @@ def _solver(config: dict, schedule: SearchedSchedule, on_call: Callable[[], None
 
     def deterministic(model_output, timestep, sample, *args, eta=0.0,
                       use_clipped_model_output=None, **kwargs):
+        # the first evaluation is over, also where this step refuses (``_first_input_hook``)
+        scheduler.first_evaluation_pending = False
         # DDIMPipeline passes DDIM's arguments; the schedule was scored with eta 0
         if eta:
             raise ValueError(f"the schedule's solver is deterministic: eta must be 0, not {eta}")
@@ -301,8 +303,9 @@ def _solver(config: dict, schedule: SearchedSchedule, on_call: Callable[[], None
 
     # instance attributes shadow the methods, on a scheduler made for this pipeline alone
     scheduler.set_timesteps, scheduler.step = pinned, deterministic
-    if hasattr(scheduler, "first_input"):  # ipndm (``sampling.ipndm``): made here, not by a
-        scheduler.first_evaluation_pending = False  # pipeline's call: no sampling started
+    # made here, not by a pipeline's call: no sampling has started (set by ``sampling.ipndm``'s
+    # set_timesteps, read by ``_first_input_hook``)
+    scheduler.first_evaluation_pending = False
     setattr(scheduler, MARK, schedule)
     return scheduler
 
@@ -316,7 +319,12 @@ def _first_input_hook(unet: torch.nn.Module, scheduler):
     first = int(scheduler.timesteps[0])
 
     def before(module, args, kwargs):
-        if not scheduler.first_evaluation_pending or _timestep(args, kwargs) != first:
+        if not scheduler.first_evaluation_pending:
+            return None
+        if _timestep(args, kwargs) != first:
+            # the applied sampling is past its first evaluation (one that raised) or another
+            # sampling runs: nothing is pending any more
+            scheduler.first_evaluation_pending = False
             return None
         if args:
             return (scheduler.first_input(args[0]), *args[1:]), kwargs

@@ -195,7 +195,7 @@ def study_job(model: str, protocol: str, seed: int, folder: Path) -> dict:
            "estimate_images": sum(s["images"] for s in estimate["stages"]),
            "images": images, **cost, "full_gflops": best["full_gflops"], **points,
            "front": best["front"], "cheapest_within_10pct": cheapest, **summary,
-           "at_checkpoint": at_checkpoint, "commit": _commit()}
+           "at_checkpoint": at_checkpoint, "export_rule": NOISE_RULE, "commit": _commit()}
     export = points["export"] or points["best"]
     print(f"  {model} {protocol} seed {seed}: best held-out {points['best']['heldout_fid']:.3f}, "
           f"export held-out {export['heldout_fid']:.3f} at {export['gflops_share']:.1%}; "
@@ -230,7 +230,7 @@ def renoise(folder: Path = DEFAULT_DIR) -> None:
     ``NOISE_RULE``, with the held-out FID its front point was scored with."""
     for path in sorted((Path(folder) / "jobs").glob("*.json")):
         run = json.loads(path.read_text())
-        if run.get(NOISE_RULE) is not None:
+        if run.get(NOISE_RULE) is not None or not _by_tolerance(run):
             continue
         db = Path(folder) / f"{run['model']}-{run['protocol']}-s{run['seed']}.db"
         url = f"sqlite:///{db}"
@@ -493,14 +493,18 @@ def _share(point: dict | None) -> str:
 
 
 def _by_tolerance(run: dict) -> bool:
-    """Whether the study's own export was made by the tolerance alone: the studies made before
-    the export rule looked at the noise, each re-exported by ``renoise`` (``NOISE_RULE``)."""
-    return NOISE_RULE in run
+    """Whether the study's own export was made by the tolerance alone: a study made before the
+    export rule looked at the noise (``study_job`` marks those made since with
+    ``export_rule``), which ``renoise`` re-exports (``NOISE_RULE``)."""
+    return run.get("export_rule") != NOISE_RULE
 
 
 def _beyond_noise(run: dict) -> dict | None:
-    """The export by today's rule: ``renoise``'s, or the study's own where it was made since."""
-    return run.get(NOISE_RULE) or (None if _by_tolerance(run) else run["export"] or run["best"])
+    """The export by today's rule: the study's own where it was made since, else ``renoise``'s
+    (None before it ran)."""
+    if not _by_tolerance(run):
+        return run["export"] or run["best"]
+    return run.get(NOISE_RULE)
 
 
 def markdown(entry: dict) -> str:

@@ -91,11 +91,15 @@ def test_ipndms_first_step_moves_only_the_applied_pipelines_first_evaluation(dig
         own = digits.unet(x, t).sample
     other = _pipeline(digits, DDIMPipeline)
     before = _images(other, num_inference_steps=4)
-    pipe = _pipeline(digits)
+    pipe = _pipeline(digits, DDIMPipeline)
     with ao.apply(pipe, schedule):
         with torch.inference_mode():
             assert torch.equal(digits.unet(x, t).sample, own)
         assert torch.equal(_images(other, num_inference_steps=4), before)
+        with pytest.raises(ValueError, match="eta must be 0"):  # after its first evaluation
+            _images(pipe, eta=0.5)
+        with torch.inference_mode():
+            assert torch.equal(digits.unet(x, t).sample, own)
         images = _images(pipe)
         with torch.inference_mode():
             assert torch.equal(digits.unet(x, t).sample, own)

@@ -108,7 +108,10 @@ def _interrupt_a_trial(spawn, args, url, name, sig, min_complete):
         _wait_for_running(worker, url, name, min_complete)
         worker.send_signal(sig)
         worker.wait()
-        hit = [t.number for t in _trials(url, name) if t.state == left and t.number not in before]
+        # a trial whose candidate was written whole: the signal may also land in the next
+        # trial's ask, before its parameters exist (that one is neither retried nor counted)
+        hit = [t.number for t in _trials(url, name) if t.state == left and t.number not in before
+               and "timesteps" in t.user_attrs]
         if hit:
             return worker, hit[0]
 
