@@ -289,6 +289,7 @@ def _solver(config: dict, schedule: SearchedSchedule, on_call: Callable[[], None
     def pinned(num_inference_steps=None, device=None, **ignored):
         # whatever a pipeline asks for: the schedule's steps (and a fresh multistep history)
         set_timesteps(timesteps=timesteps, device=device)
+        scheduler.first_evaluation_pending = True  # a sampling starts (``_first_input_hook``)
         if on_call is not None:
             on_call()
 
@@ -303,9 +304,7 @@ def _solver(config: dict, schedule: SearchedSchedule, on_call: Callable[[], None
 
     # instance attributes shadow the methods, on a scheduler made for this pipeline alone
     scheduler.set_timesteps, scheduler.step = pinned, deterministic
-    # made here, not by a pipeline's call: no sampling has started (set by ``sampling.ipndm``'s
-    # set_timesteps, read by ``_first_input_hook``)
-    scheduler.first_evaluation_pending = False
+    scheduler.first_evaluation_pending = False  # until a pipeline's call sets its time steps
     setattr(scheduler, MARK, schedule)
     return scheduler
 

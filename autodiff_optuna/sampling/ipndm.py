@@ -6,8 +6,8 @@ builds it) with iPNDM's update in ``step``: ``rules.RuleStepper.adams_bashforth`
 function ``sampling.sample`` runs. The analytical first step moves the noise to the first time
 step before the first network evaluation, which a pipeline does not ask its scheduler for:
 ``first_input`` is that sample, and ``apply`` hands it to the UNet's calls at the first time
-step while ``first_evaluation_pending`` (from ``set_timesteps`` to the first ``step``). ``step``
-is given the pipeline's own noise at the first step and moves it alike.
+step of a pipeline's sampling (``pipelines._first_input_hook``). ``step`` is given the
+pipeline's own noise at the first step and moves it alike.
 """
 
 from diffusers import DPMSolverMultistepScheduler
@@ -30,8 +30,6 @@ class IPNDMScheduler(DPMSolverMultistepScheduler):
         super().set_timesteps(*args, **kwargs)
         self.noise_history = []
         self.start_sigma = start_sigma(self.alphas_cumprod, self.timesteps)
-        # a sampling starts: its first network evaluation is still to come (``first_input``)
-        self.first_evaluation_pending = True
 
     def first_input(self, noise):
         """What the first network evaluation sees: ``noise`` moved from the training schedule's
@@ -47,7 +45,6 @@ class IPNDMScheduler(DPMSolverMultistepScheduler):
             self._init_step_index(timestep)
         i = self.step_index
         if i == 0:
-            self.first_evaluation_pending = False
             self.noise_history = [sample] if self.start_sigma is not None else []
             sample = self.first_input(sample)
         self.noise_history = [*self.noise_history[-(max(IPNDM_COEFFICIENTS) - 1):],
