@@ -43,7 +43,7 @@ FORMAT = "autodiff-optuna-schedule/1"
 @dataclass(frozen=True)
 class SearchedSchedule:
     model: str
-    solver: str | list  # a fixed solver's name, or one [order, corrector] rule per step
+    solver: str | list  # a fixed solver's name, or one [order, corrector(, method)] rule per step
     timesteps: list[int]
     skip: list[list[str]]  # per step, the layers skipped there (empty lists: full network)
     fid: float | None = None
@@ -125,8 +125,9 @@ def diffusers_fields(training_schedule: dict, solver, timesteps, model_weights=N
     fields = {"timesteps": list(timesteps),
               "num_train_timesteps": int(training_schedule["num_train_timesteps"])}
     single = single_scheduler_solver(solver, len(timesteps))
-    if single is None and analytic_start(solver):
-        fields["note"] = (f"no diffusers scheduler runs this solver ({solver}: iPNDM with the "
+    fixed = fixed_solver(solver, len(timesteps))
+    if single is None and fixed is not None and analytic_start(fixed):
+        fields["note"] = (f"no diffusers scheduler runs this solver ({fixed}: iPNDM with the "
                           "analytical first step): apply it to a pipeline with "
                           "autodiff_optuna.apply(pipe, schedule), or sample with "
                           "autodiff_optuna.sample(schedule)")

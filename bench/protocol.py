@@ -95,9 +95,8 @@ class _HeldOut:
 
     def fid(self, point: dict, solver: str) -> float:
         from autodiff_optuna.metrics.scoring import score_schedule
-        from autodiff_optuna.sampling.rules import StepRule
 
-        rules = [StepRule(o, c) for o, c in point.get("rules") or []] or solver
+        rules = point.get("rules") or solver
         key = json.dumps([point["timesteps"], point["skip"], point.get("rules"), solver])
         if key not in self.cache:
             self.cache[key] = float(score_schedule(

@@ -66,11 +66,19 @@ VARIANTS = {
     "steps_only_ipndm": ("--solver", "ipndm"),
     "tpe": ("--sampler", "tpe", "--solver", "search"),
 }
+# searches measured before their space changed, kept in results.json as they ran and never run
+# again: the per-step rules were DPM-Solver++'s and UniPC's corrector alone before iPNDM's
+# joined them (``p{i}``)
+HISTORICAL = {"ours_dpm": "ours, steps + DPM-Solver++/UniC rules (`--solver search` before "
+                          "iPNDM was a searched rule)",
+              "tpe_dpm": "TPE, steps + DPM-Solver++/UniC rules (before iPNDM was a searched "
+                         "rule)"}
 VARIANT_NAMES = {"ours": "ours, steps + solver (`--solver search`)",
                  "steps_only_dpmpp2m": "ours, steps only, DPM-Solver++(2M) (`--solver dpmpp2m`)",
                  "steps_only_unipc": "ours, steps only, UniPC (`--solver unipc`)",
                  "steps_only_ipndm": "ours, steps only, iPNDM (`--solver ipndm`)",
-                 "tpe": "TPE, steps + solver (`--sampler tpe --solver search`)"}
+                 "tpe": "TPE, steps + solver (`--sampler tpe --solver search`)",
+                 **HISTORICAL}
 
 def jobs(model: str = "digits") -> list[str]:
     """Every job, most valuable first: the fixed samplers at the searched K and the ceiling,
@@ -345,9 +353,10 @@ def run_job(job: str, folder: Path, model: str = "digits") -> dict:
 
 
 def collect(done: dict, machine: str, model: str = "digits") -> dict:
-    """results.json's entry from the finished jobs (raw runs kept)."""
+    """results.json's entry from the finished jobs (raw runs kept), with the model's
+    ``HISTORICAL`` searches as results.json holds them."""
     out = {"model": model, "machine": machine, "commit_at_collect": _commit(), "samples": SAMPLES,
-           "heldout_seed": HELDOUT_SEED, "fixed": {}, "searches": [], "dp": {}}
+           "heldout_seed": HELDOUT_SEED, "fixed": {}, "searches": _historical(model), "dp": {}}
     for job, value in done.items():
         kind, *args = job.split("-")
         if kind == "fixed":
@@ -358,8 +367,16 @@ def collect(done: dict, machine: str, model: str = "digits") -> dict:
             out["searches"].append(value)
         elif kind == "dp":
             out["dp"][args[0]] = value
-    out["searches"].sort(key=lambda r: (r["k"], list(VARIANTS).index(r["variant"]), r["seed"]))
+    out["searches"].sort(key=lambda r: (r["k"], list(VARIANT_NAMES).index(r["variant"]),
+                                        r["seed"]))
     return out
+
+
+def _historical(model: str) -> list[dict]:
+    from bench.run import RESULTS
+
+    old = json.loads(RESULTS.read_text()).get(MODELS[model][0], {}) if RESULTS.exists() else {}
+    return [r for r in old.get("searches", []) if r["variant"] in HISTORICAL]
 
 
 def _commit() -> str | None:
@@ -565,10 +582,11 @@ def _render_searches(entry: dict) -> list[str]:
             out.append(f"| {k} | best fixed: {SPACING_NAMES.get(best[0], best[0])} "
                        f"{SOLVER_NAMES[best[1]]} | {best[2]:.2f} | | "
                        + (f"{best[2] / ceiling:.2f}x" if ceiling else "") + " | no search | | |")
-        for variant in VARIANTS:
+        for variant in VARIANT_NAMES:
             runs = _runs(entry, k, variant)
-            if not runs:
+            if not runs and variant not in HISTORICAL:
                 out.append(f"| {k} | {VARIANT_NAMES[variant]} | not run | | | | | |")
+            if not runs:
                 continue
             fids = [runs[s]["fid_heldout"] for s in sorted(runs)]
             per = "; ".join(f"s{s}: {runs[s]['fid_heldout']:.2f} {runs[s]['timesteps']} "
@@ -587,7 +605,8 @@ def _render_searches(entry: dict) -> list[str]:
 
 SHORT_NAMES = {"ours": "steps + solver", "steps_only_dpmpp2m": "steps-only 2M",
                "steps_only_unipc": "steps-only UniPC", "steps_only_ipndm": "steps-only iPNDM",
-               "tpe": "TPE"}
+               "tpe": "TPE", "ours_dpm": "steps + DPM-Solver++/UniC rules",
+               "tpe_dpm": "TPE over steps + DPM-Solver++/UniC rules"}
 
 
 def _commits(entry: dict) -> str:

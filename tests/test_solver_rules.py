@@ -168,19 +168,23 @@ def test_ipndm_is_diff_samplers_ipndm_with_its_analytical_first_step(digits):
     expected = digits.decode(_ipndm_reference(digits, STEPS, batch.noise))
     torch.testing.assert_close(sample(digits, STEPS, batch, "ipndm"), expected,
                                atol=1e-4, rtol=1e-4)
-    # per-step ipndm rules start from the noise put at their first step, as every solver but
-    # the fixed ipndm does
-    plain = digits.decode(_ipndm_reference(digits, STEPS, batch.noise, afs=False))
+    # per-step rules whose first is iPNDM's start by the analytical first step too: the fixed
+    # ipndm is those rules; with a DDIM first step they start from the noise put there, and the
+    # ipndm steps after it warm up from the one noise prediction they have
     rules = [StepRule(3, method="ipndm")] * len(STEPS)
+    torch.testing.assert_close(sample(digits, STEPS, batch, rules), expected, atol=1e-4,
+                               rtol=1e-4)
+    plain = digits.decode(_ipndm_reference(digits, STEPS, batch.noise, afs=False))
+    rules = [StepRule(1), *[StepRule(3, method="ipndm")] * (len(STEPS) - 1)]
     torch.testing.assert_close(sample(digits, STEPS, batch, rules), plain, atol=1e-4, rtol=1e-4)
 
 
 def test_ipndm_order_1_is_ddim_and_a_schedule_from_t_minus_1_has_no_analytical_step(digits):
     batch = draw(digits, 16, seed=5)
-    first_order = [StepRule(1, method="ipndm")] * len(STEPS)
-    torch.testing.assert_close(sample(digits, STEPS, batch, first_order),
-                               sample(digits, STEPS, batch, "ddim"), atol=1e-5, rtol=1e-5)
     from_the_top = (999, *STEPS[1:])
+    first_order = [StepRule(1, method="ipndm")] * len(STEPS)
+    torch.testing.assert_close(sample(digits, from_the_top, batch, first_order),
+                               sample(digits, from_the_top, batch, "ddim"), atol=1e-5, rtol=1e-5)
     assert torch.equal(sample(digits, from_the_top, batch, "ipndm"),
                        sample(digits, from_the_top, batch,
                               [StepRule(3, method="ipndm")] * len(STEPS)))
@@ -189,12 +193,22 @@ def test_ipndm_order_1_is_ddim_and_a_schedule_from_t_minus_1_has_no_analytical_s
 def test_ipndm_rules_names_and_refusals():
     from autodiff_optuna.sampling.rules import describe, fixed_solver, single_scheduler_solver
 
-    assert bounded([StepRule(3, method="ipndm")] * 4) == (StepRule(3, method="ipndm"),) * 4
-    assert describe("ipndm", 4) == fixed_solver("ipndm", 4) == "ipndm"
+    ipndm = [StepRule(3, method="ipndm")] * 4
+    # its orders to the last step, at most the noise predictions there are: one more at the
+    # first step after the analytical step, which only a first ipndm step takes
+    assert bounded(ipndm) == (StepRule(2, method="ipndm"), *ipndm[1:])
+    assert bounded([StepRule(1), *ipndm[1:]]) == (
+        StepRule(1), StepRule(2, method="ipndm"), *ipndm[2:])
+    # order 1 after the first step is DDIM, written as DDIM; at the first it marks the start
+    assert bounded([StepRule(1, method="ipndm")] * 3) == (StepRule(1, method="ipndm"),
+                                                          StepRule(1), StepRule(1))
+    assert describe("ipndm", 4) == fixed_solver("ipndm", 4) == fixed_solver(ipndm, 4) == "ipndm"
     assert single_scheduler_solver("ipndm", 4) is None and diffusers_order(
         step_rules("ipndm", 4)) is None
     assert describe([[1, True], [3, False, "ipndm"], [2, False], [1, False]], 4) \
-        == "per-step 1+C, 3i, 2, 1"
+        == "per-step 1+C, 2i, 2, 1"
+    assert describe([[3, False, "ipndm"], [2, True], [3, False, "ipndm"], [1, False]], 4) \
+        == "per-step 2i, 2+C, 3i, 1"
     assert StepRule(4, method="ipndm").to_json() == [4, False, "ipndm"]
     assert step_rules([[4, False, "ipndm"]], 1) == (StepRule(4, method="ipndm"),)
     for rule, message in (([5, False, "ipndm"], "ipndm order must be one of"),
@@ -222,12 +236,14 @@ def test_the_dp_reads_ipndms_noise_predictions_off_the_teacher(digits):
     with torch.inference_mode():
         eps = digits.predict_noise(teacher.states[node], torch.tensor(400))
     torch.testing.assert_close(hops._noise(node), eps, atol=1e-4, rtol=1e-4)
-    # the fixed ipndm starts by the analytical first step: its path leaves the grid's first
-    # step analytically, so its 3 steps start below it; per-step ipndm rules start there
+    # ipndm starts by the analytical first step: its path leaves the grid's first step
+    # analytically, so its 3 steps start below it; so do per-step rules whose first is ipndm,
+    # and those with a DDIM first step start there
     steps, error = fit_schedule(teacher, 3, "ipndm")
     assert steps[0] < 999 and len(steps) == 3 and error > 0
     assert trajectory_error(teacher, steps, "ipndm") == pytest.approx(error)
-    rules = [StepRule(3, method="ipndm")] * 3
+    assert fit_schedule(teacher, 3, [StepRule(3, method="ipndm")] * 3) == (steps, error)
+    rules = [StepRule(1), StepRule(3, method="ipndm"), StepRule(3, method="ipndm")]
     steps, error = fit_schedule(teacher, 3, rules)
     assert steps[0] == 999 and trajectory_error(teacher, steps, rules) == pytest.approx(error)
     assert fit_schedule(teacher, 5, "ipndm")[0] == (700, 400, 200, 100, 0)

@@ -21,7 +21,7 @@ SPACE = CandidateSpace(4, 1000, solver_search=True)
 def test_rules_are_trial_parameters_and_decode_bounded():
     candidate = SPACE.candidate([750, 500, 250, 0], rules=[StepRule(3, True)] * 4)
     params = SPACE.encode(candidate)
-    assert {f"o{i}" for i in range(4)} | {f"c{i}" for i in range(4)} <= set(params)
+    assert {f"{kind}{i}" for i in range(4) for kind in "ocp"} <= set(params)
     # order at most the history (1 at the first step), 1 at the last; no corrector after it
     assert candidate.rules == bounded([StepRule(3, True)] * 4)
     assert candidate.rules[0].order == 1 and candidate.rules[-1] == StepRule(1, False)
@@ -36,8 +36,11 @@ def test_a_space_without_the_search_is_as_before():
 
 def test_every_position_offers_exactly_the_rules_that_differ():
     choices = SPACE.rule_choices
-    assert choices[0] == [StepRule(1, False), StepRule(1, True)]
-    assert choices[-1] == [StepRule(1, False)]
+    ipndm = [StepRule(order, method="ipndm") for order in (1, 2, 3)]
+    # the first step: DDIM with or without the corrector after it, or iPNDM's analytical start
+    # and one or two noise predictions; the last: DDIM, or iPNDM of order 2 or 3
+    assert choices[0] == [StepRule(1, False), StepRule(1, True), *ipndm[:2]]
+    assert choices[-1] == [StepRule(1, False), *ipndm[1:]]
     assert SPACE.size == CandidateSpace(4, 1000).size * np.prod([len(c) for c in choices])
 
 
@@ -100,7 +103,7 @@ def test_a_searched_study_exports_and_evaluates_its_rules(tmp_path, capsys):
     study = optuna.load_study(study_name="digits-k3", storage=url)
     first = [t for t in study.trials if t.user_attrs.get("spacing") == "uniform"]
     # uniform with each distinct fixed solver: the baselines a user could pick
-    assert {t.user_attrs["solver"] for t in first} >= {"ddim", "dpmpp2m", "unipc"}
+    assert {t.user_attrs["solver"] for t in first} >= {"ddim", "dpmpp2m", "unipc", "ipndm"}
     assert all("rules" in t.user_attrs for t in study.trials if t.state.is_finished()
                and t.state == optuna.trial.TrialState.COMPLETE)
     out = tmp_path / "schedule.json"
@@ -119,12 +122,23 @@ def test_a_searched_study_exports_and_evaluates_its_rules(tmp_path, capsys):
         assert json.loads(capsys.readouterr().out)["uniform_solver"] == baseline
 
 
-def test_the_searched_rules_are_dpm_solvers_not_ipndms():
-    """iPNDM is a fixed solver (``--solver ipndm``): a per-step space has no parameter for it,
-    so a solver search neither queues it nor takes its rules silently as DPM-Solver++'s."""
-    assert not SPACE.encodes(SOLVERS["ipndm"]) and SPACE.encodes(SOLVERS["unipc"])
-    with pytest.raises(ValueError, match="searched rules are DPM-Solver"):
-        SPACE.candidate([750, 500, 250, 0], rules=[SOLVERS["ipndm"]] * 4)
+def test_ipndm_rules_are_searched_and_a_study_made_before_decodes_as_it_ran():
+    """iPNDM is a searched rule (``p{i}``) of orders 1 to 3; a first ipndm step starts by the
+    analytical first step, so all-iPNDM rules are the fixed ``ipndm``."""
+    ipndm = SOLVERS["ipndm"]
+    assert SPACE.encodes(ipndm) and not SPACE.encodes(StepRule(4, method="ipndm"))
+    candidate = SPACE.candidate([800, 500, 250, 0], rules=[ipndm] * 4)
+    assert fixed_solver(candidate.rules, 4) == "ipndm"
+    params = SPACE.encode(candidate)
+    assert [params[f"p{i}"] for i in range(4)] == [1] * 4
+    assert SPACE.decode(params) == candidate
+    # another sampler's corrector bit on an ipndm step is ignored, not an error
+    assert SPACE.decode({**params, "c1": 1}) == candidate
+    # trials of a study made before p{i} existed: DPM-Solver++'s rules, as they ran
+    old = {k: v for k, v in params.items() if k[0] != "p"}
+    assert all(rule.method == "dpm" for rule in SPACE.decode(old).rules)
+    with pytest.raises(ValueError, match="searched rules are of order"):
+        SPACE.candidate([750, 500, 250, 0], rules=[StepRule(4, method="ipndm")] * 4)
 
 
 @pytest.mark.slow  # two stages and an evaluate: 20 s

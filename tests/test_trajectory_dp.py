@@ -134,7 +134,7 @@ def test_a_solver_search_queues_the_dp_spacing_of_each_dp_solver(tmp_path):
                  "--storage", url]) == 0
     dp = {t.user_attrs["solver"] for t in _stage1_trials(url)
           if t.user_attrs.get("spacing") == "dp"}
-    assert dp == {"ddim", "dpmpp2m"}
+    assert dp == {"ddim", "dpmpp2m", "ipndm"}
 
 
 @pytest.mark.slow  # fits the DP teacher: about 20 s

@@ -21,7 +21,7 @@ class Row:
     notes: list[str] = field(default_factory=list)
     stage: int | None = None  # None: not a trial (a schedule file)
     share: float | None = None  # its GFLOPs as a share of the full network's
-    rules: list | None = None  # per step [order, corrector] where the solver was searched
+    rules: list | None = None  # per step [order, corrector(, method)] where the solver was searched
 
     @property
     def skipped(self) -> int:

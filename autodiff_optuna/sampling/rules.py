@@ -10,11 +10,13 @@ of diffusion models with exponential integrator"; the few-step solver of GITS an
 the Adams-Bashforth combination of the last ``order`` (1 to 4) noise predictions, with the
 fixed coefficients of equal steps, as an Euler step in sigma of x / alpha (order 1 is DDIM). It
 keeps its order to the last step (landing on sigma = 0 is finite in that form) and takes no
-corrector. The fixed solver ``ipndm`` also starts from the noise at the training schedule's
-last step and moves it to the schedule's first by the analytical first step (AFS, Zhou et al.,
-CVPR 2024: the noise prediction of pure noise is the noise itself), so a schedule that starts
-below T - 1 starts from the marginal at its first step, not from noise put there, for no
-network evaluation.
+corrector. A schedule whose first step is iPNDM's (the fixed solver ``ipndm``, and per-step
+rules that start with an ipndm rule) starts from the noise at the training schedule's last step
+and moves it to the schedule's first by the analytical first step (AFS, Zhou et al., CVPR 2024:
+the noise prediction of pure noise is the noise itself), so a schedule that starts below T - 1
+starts from the marginal at its first step, not from noise put there, for no network
+evaluation; that noise prediction is one more in iPNDM's history. Rules mix freely: every step
+keeps both histories (data predictions for DPM-Solver++ and UniC, noise predictions for iPNDM).
 
 diffusers' schedulers compute every update; only the switching between them, step by step, is
 written here (``RuleStepper``): ``DPMSolverMultistepScheduler``'s
@@ -81,14 +83,14 @@ SOLVERS = {
     "unipc": StepRule(2, corrector=True),  # UniPCMultistepScheduler's defaults: bh2, order 2
     "ipndm": StepRule(3, method="ipndm"),  # with the analytical first step (``analytic_start``)
 }
-# the fixed solvers that start by the analytical first step
-ANALYTIC_START = frozenset({"ipndm"})
+# the method whose first step starts by the analytical first step (``analytic_start``)
+ANALYTIC_START_METHOD = "ipndm"
 
 
 def step_rules(solver, steps: int) -> tuple[StepRule, ...]:
     """The rules a schedule of ``steps`` steps runs, as requested: ``solver`` is a name of
     ``SOLVERS``, one ``StepRule`` for every step, or one rule per step (a ``StepRule`` or an
-    ``[order, corrector]`` pair each). Not yet bounded by the history: see ``bounded``."""
+    ``[order, corrector]`` pair or ``[order, corrector, method]`` triple each). Not yet bounded by the history: see ``bounded``."""
     if isinstance(solver, str):
         if solver not in SOLVERS:
             raise UsageError(f"unknown solver {solver!r}; known: {', '.join(SOLVERS)}")
@@ -112,24 +114,43 @@ def _rule(rule) -> StepRule:
 
 
 def analytic_start(solver) -> bool:
-    """Whether ``solver`` (a name, or rules) starts by the analytical first step: a fixed
-    solver's property (``ANALYTIC_START``); rules given one per step start as DPM-Solver does,
-    from the noise put at their first step."""
-    return isinstance(solver, str) and solver in ANALYTIC_START
+    """Whether ``solver`` (a name, a rule for every step, or one rule per step) starts by the
+    analytical first step: where its first step is iPNDM's (``ipndm``, and per-step rules that
+    start with an ipndm rule). Other schedules start as DPM-Solver does, from the noise put at
+    their first step. An unknown name or a malformed rule is not checked here."""
+    if isinstance(solver, str):
+        return solver in SOLVERS and SOLVERS[solver].method == ANALYTIC_START_METHOD
+    if isinstance(solver, Sequence):
+        if not solver:
+            return False
+        solver = solver[0]
+    rule = solver if isinstance(solver, StepRule) else _rule_or_none(solver)
+    return rule is not None and rule.method == ANALYTIC_START_METHOD
+
+
+def _rule_or_none(rule) -> StepRule | None:
+    try:
+        return _rule(rule)
+    except UsageError:
+        return None
 
 
 def bounded(rules: Sequence[StepRule]) -> tuple[StepRule, ...]:
     """The rules as they run: step i's order is at most i + 1 (the model outputs it has), the
     last step's is 1 (it lands on sigma = 0, where only the first-order update is finite) and,
     below ``LOWER_ORDER_FINAL_BELOW`` steps, the second-to-last step's at most 2, as diffusers
-    does; no corrector after the last step (no evaluation follows it). An ipndm step keeps its
-    order: it runs at most as many noise predictions as it has (``run_rules``), and the
-    analytical first step gives it one more than the steps before it."""
+    does; no corrector after the last step (no evaluation follows it). An ipndm step's order
+    is at most the noise predictions it has, i + 1, one more after the analytical first step
+    (``analytic_start``; where the schedule starts at T - 1 and takes none, ``run_rules`` runs
+    one order less there), to the last step; of order 1 after the first step it is DDIM, and is
+    written so (``StepRule(1)``): the same update is one rule."""
     k = len(rules)
+    afs = int(analytic_start(rules))
     out = []
     for i, rule in enumerate(rules):
         if rule.method == "ipndm":
-            out.append(rule)
+            order = min(rule.order, i + 1 + afs)
+            out.append(StepRule(order, method="ipndm") if order > 1 or i == 0 else StepRule(1))
             continue
         order = min(rule.order, i + 1)
         if i == k - 1:
@@ -155,11 +176,9 @@ def diffusers_order(rules: Sequence[StepRule]) -> int | None:
 def fixed_solver(solver, steps: int) -> str | None:
     """The name of the fixed solver (``SOLVERS``) that runs ``solver`` (a name or one rule per
     step) over ``steps`` steps exactly as it runs, or None for mixed rules."""
-    if analytic_start(solver):
-        return solver
     rules = bounded(step_rules(solver, steps))
-    return next((name for name, rule in SOLVERS.items()
-                 if name not in ANALYTIC_START and bounded([rule] * steps) == rules), None)
+    return next((name for name, rule in SOLVERS.items() if bounded([rule] * steps) == rules),
+                None)
 
 
 def single_scheduler_solver(solver, steps: int) -> str | None:

@@ -21,6 +21,7 @@ from autodiff_optuna.sampling.rules import (
     SOLVERS,
     RuleStepper,
     analytic_start,
+    fixed_solver,
     run_rules,
     single_scheduler_solver,
     step_rules,
@@ -72,7 +73,10 @@ def scheduler_solver(solver, steps: int) -> str | None:
     """The fixed solver ``make_scheduler`` builds one scheduler of to run ``solver`` (a name or
     one rule per step) over ``steps`` steps: a single ``DPMSolverMultistepScheduler``'s, or
     ``ipndm``; None for rules no one scheduler runs (mixed orders, UniPC's corrector)."""
-    return solver if analytic_start(solver) else single_scheduler_solver(solver, steps)
+    name = fixed_solver(solver, steps)
+    if name is not None and analytic_start(name):
+        return name
+    return single_scheduler_solver(solver, steps)
 
 
 def solver_config(training_config: dict, solver: str) -> dict:
@@ -99,7 +103,8 @@ def sample(model: DiffusionModel, timesteps: Schedule, batch: NoiseBatch, solver
     (``model.decode`` of the final samples: a latent model's latents are decoded).
 
     ``solver``: a name of ``rules.SOLVERS`` or one ``StepRule`` per step (``rules.step_rules``);
-    ``ipndm`` starts from the noise at the training schedule's last step (``rules``' AFS).
+    ``ipndm``, and rules whose first is an ipndm rule, start from the noise at the training
+    schedule's last step (``rules``' AFS).
     ``skip`` holds, per step, the names of the layers bypassed at that step (None: full network).
     """
     rules = step_rules(solver, len(timesteps))

@@ -34,7 +34,7 @@ import optuna
 from autodiff_optuna.metrics.fid import FIDError
 from autodiff_optuna.metrics.scoring import score_with_spread
 from autodiff_optuna.sampling.noise import CONFIRM, draw
-from autodiff_optuna.sampling.rules import StepRule
+from autodiff_optuna.sampling.rules import step_rules
 from autodiff_optuna.search.results import (
     MIN_SAVING,
     Point,
@@ -95,7 +95,7 @@ def confirm(ctx, study: optuna.Study, progress: bool = True, batch_size: int | N
                 batch = draw(ctx.model, ctx.config.samples * IMAGES_PER_SEARCH_IMAGE,
                              ctx.config.seed, CONFIRM)
             started = time.monotonic()
-            rules = [StepRule(order, corrector) for order, corrector in point.rules or []]
+            rules = list(step_rules(point.rules, len(point.rules))) if point.rules else []
             try:
                 fid, spread = score_with_spread(ctx.model, ctx.scorer, point.timesteps, batch,
                                                 rules or ctx.config.solver, batch_size,

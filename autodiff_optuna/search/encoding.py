@@ -4,9 +4,12 @@ A candidate is K distinct time steps out of T, visited from high to low, and for
 set of layers skipped there (stage 2; empty in stage 1). In a trial it is the integer parameters
 ``t0 .. t{K-1}`` (``t0`` the noisiest) and, in stage 2, one 0/1 parameter ``m{i}:{layer}`` per step
 and layer. A space that searches the solver too (``solver_search``) adds, per position, the
-order of its DPM-Solver++ update ``o{i}`` (1 to 3) and whether UniPC's corrector follows it
-``c{i}`` (0/1): a position's rule, bounded by the history available there
-(``sampling.rules.bounded``), so the same schedule is never two candidates. The evolutionary
+order of its update ``o{i}`` (1 to 3), whether UniPC's corrector follows it ``c{i}`` (0/1) and
+whether the update is iPNDM's rather than DPM-Solver++'s ``p{i}`` (0/1; iPNDM takes no
+corrector, and an iPNDM first step starts by the analytical first step): a position's rule,
+bounded by the history available there (``sampling.rules.bounded``), so the same schedule is
+never two candidates. A study made before ``p{i}`` existed has trials without it: DPM-Solver++
+at every position, which they were. The evolutionary
 sampler writes canonical candidates; generic Optuna samplers may not, so ``decode`` repairs
 deterministically (sort, then move a repeated step to the nearest free one), and every sampler
 is scored on the same encoding. ``CandidateSpace.suggest`` writes a candidate
@@ -81,26 +84,28 @@ class CandidateSpace:
 
     @property
     def rule_choices(self) -> list[list[StepRule]]:
-        """Per position, the distinct rules that can run there."""
-        # what bounds a position's rule is where it stands, not the other positions' rules
-        return [sorted({bounded([StepRule(order, corrector)] * self.steps)[i]
-                        for order in ORDERS for corrector in (False, True)},
-                       key=lambda r: (r.order, r.corrector))
+        """Per position, the distinct rules that can run there. An iPNDM rule's order is
+        bounded as after the analytical first step (one more noise prediction): a candidate
+        that starts otherwise runs it one order lower, its rules bounded so (``repair``)."""
+        every = [StepRule(order, corrector) for order in ORDERS for corrector in (False, True)]
+        every += [StepRule(order, method="ipndm") for order in ORDERS]
+        return [sorted({bounded([rule] * self.steps)[i] for rule in every},
+                       key=lambda r: (r.method, r.order, r.corrector))
                 for i in range(self.steps)]
 
     @staticmethod
     def encodes(rule: StepRule) -> bool:
-        """Whether a position's parameters hold ``rule``: DPM-Solver++'s rules (``o{i}``,
-        ``c{i}``), not iPNDM's."""
-        return rule.method == "dpm"
+        """Whether a position's parameters hold ``rule``: DPM-Solver++'s rules, UniPC's
+        corrector and iPNDM's of order 1 to 3 (``o{i}``, ``c{i}``, ``p{i}``)."""
+        return rule.order in ORDERS
 
     def rules_of(self, rules: Sequence[StepRule] | None) -> tuple[StepRule, ...]:
         """The canonical rules of a candidate of this space: bounded, or () without a search."""
         if not self.solver_search:
             return ()
         if rules and not all(self.encodes(rule) for rule in rules):
-            raise ValueError("CandidateSpace: the searched rules are DPM-Solver++'s and UniPC's "
-                             f"corrector, not {[rule.to_json() for rule in rules]}")
+            raise ValueError(f"CandidateSpace: the searched rules are of order {ORDERS}, not "
+                             f"{[rule.to_json() for rule in rules]}")
         return bounded(rules or [StepRule()] * self.steps)
 
     # -- encoding -------------------------------------------------------------------------------
@@ -113,7 +118,7 @@ class CandidateSpace:
     def rule_names(self) -> list[str]:
         if not self.solver_search:
             return []
-        return [f"{kind}{i}" for i in range(self.steps) for kind in ("o", "c")]
+        return [f"{kind}{i}" for i in range(self.steps) for kind in ("o", "c", "p")]
 
     @property
     def names(self) -> list[str]:
@@ -126,7 +131,7 @@ class CandidateSpace:
 
     def distributions(self) -> dict[str, IntDistribution]:
         top = self.num_train_timesteps - 1
-        highest = {"t": top, "m": 1, "o": max(ORDERS), "c": 1}
+        highest = {"t": top, "m": 1, "o": max(ORDERS), "c": 1, "p": 1}
         return {name: IntDistribution(1 if name[0] == "o" else 0, highest[name[0]])
                 for name in self.names}
 
@@ -136,7 +141,8 @@ class CandidateSpace:
             params.update({self.mask_name(i, layer): int(layer in skipped)
                            for layer in self.layers})
         for i, rule in enumerate(self.rules_of(candidate.rules)):
-            params.update({f"o{i}": rule.order, f"c{i}": int(rule.corrector)})
+            params.update({f"o{i}": rule.order, f"c{i}": int(rule.corrector),
+                           f"p{i}": int(rule.method == "ipndm")})
         return params
 
     def suggest(self, trial: optuna.Trial) -> Candidate:
@@ -186,9 +192,17 @@ class CandidateSpace:
         genes = [(params[f"t{i}"], frozenset(layer for layer in self.layers
                                              if params.get(self.mask_name(i, layer))))
                  for i in range(self.steps)]
-        rules = ([StepRule(int(params.get(f"o{i}", 1)), bool(params.get(f"c{i}", 0)))
-                  for i in range(self.steps)] if self.solver_search else None)
+        rules = ([self._decode_rule(params, i) for i in range(self.steps)]
+                 if self.solver_search else None)
         return self.repair(genes, rules=rules)
+
+    @staticmethod
+    def _decode_rule(params: dict[str, int], i: int) -> StepRule:
+        # p{i} is absent from the trials of a study made before it: DPM-Solver++'s there; an
+        # iPNDM rule takes no corrector, whatever another sampler set c{i} to
+        if params.get(f"p{i}", 0):
+            return StepRule(int(params.get(f"o{i}", 1)), method="ipndm")
+        return StepRule(int(params.get(f"o{i}", 1)), bool(params.get(f"c{i}", 0)))
 
     def candidate(self, timesteps: Sequence[int], skip: Sequence[Iterable[str]] | None = None,
                   rules: Sequence[StepRule] | None = None) -> Candidate:

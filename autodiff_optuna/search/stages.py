@@ -21,7 +21,7 @@ from autodiff_optuna.metrics.flops import unskippable_gflops
 from autodiff_optuna.metrics.scorers import features_hint
 from autodiff_optuna.models.identity import model_identity
 from autodiff_optuna.models.registry import weights_hint
-from autodiff_optuna.sampling.rules import SOLVERS, StepRule
+from autodiff_optuna.sampling.rules import SOLVERS, StepRule, step_rules
 from autodiff_optuna.search import fidelity, objectives, skip_cost
 from autodiff_optuna.search.config import OPTUNA_SAMPLERS, code_version
 from autodiff_optuna.search.context import SearchContext
@@ -122,9 +122,10 @@ def open_stage1(ctx: SearchContext, name: str, storage) -> optuna.Study:
     return study
 
 
-# where the solver is searched, every standard spacing starts with this solver's rules, and the
-# uniform spacing with every fixed solver: the baselines a user could pick without a search
-SPACING_SOLVER = "dpmpp2m"
+# where the solver is searched, every standard spacing starts with each of these solvers' rules,
+# and the uniform spacing with every fixed solver: the baselines a user could pick without a
+# search (DPM-Solver++(2M), and iPNDM, the better of the fixed solvers below 8 steps)
+SPACING_SOLVERS = ("dpmpp2m", "ipndm")
 
 
 def first_candidates(ctx: SearchContext) -> list[tuple[Candidate, dict]]:
@@ -135,14 +136,12 @@ def first_candidates(ctx: SearchContext) -> list[tuple[Candidate, dict]]:
     first = {}
     uniform = ctx.spacings["uniform"]
     for solver, rule in SOLVERS.items():
-        if not space.encodes(rule):  # ipndm: the searched rules are DPM-Solver++'s
-            continue
         first.setdefault(space.candidate(uniform, rules=[rule] * len(uniform)),
                          {SPACING_ATTR: "uniform", SOLVER_ATTR: solver})
-    for name, steps in ctx.spacings.items():
-        rules = [SOLVERS[SPACING_SOLVER]] * len(steps)
-        first.setdefault(space.candidate(steps, rules=rules),
-                         {SPACING_ATTR: name, SOLVER_ATTR: SPACING_SOLVER})
+    for solver in SPACING_SOLVERS:
+        for name, steps in ctx.spacings.items():
+            first.setdefault(space.candidate(steps, rules=[SOLVERS[solver]] * len(steps)),
+                             {SPACING_ATTR: name, SOLVER_ATTR: solver})
     return list(first.items())
 
 
@@ -150,7 +149,7 @@ def first_candidates(ctx: SearchContext) -> list[tuple[Candidate, dict]]:
 # scored on), over the DP grid's steps, and at most DP_TEACHER_BYTES of its kept trajectory
 DP_TEACHER_SAMPLES = 128
 DP_TEACHER_BYTES = 2**30
-DP_SOLVERS = ("ddim", "dpmpp2m")  # the DP spacings of a study that searches the solver
+DP_SOLVERS = ("ddim", "dpmpp2m", "ipndm")  # the DP spacings of a study that searches the solver
 
 
 def dp_candidates(ctx: SearchContext) -> list[tuple[Candidate, dict]]:
@@ -333,7 +332,7 @@ def _skip_prior(ctx: SearchContext, costs) -> list | None:
 
 
 def _rules(stored: list | None) -> list[StepRule] | None:
-    return None if stored is None else [StepRule(order, corrector) for order, corrector in stored]
+    return None if stored is None else list(step_rules(stored, len(stored)))
 
 
 def _unskippable(ctx: SearchContext) -> dict:
