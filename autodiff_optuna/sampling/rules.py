@@ -89,8 +89,9 @@ ANALYTIC_START_METHOD = "ipndm"
 
 def step_rules(solver, steps: int) -> tuple[StepRule, ...]:
     """The rules a schedule of ``steps`` steps runs, as requested: ``solver`` is a name of
-    ``SOLVERS``, one ``StepRule`` for every step, or one rule per step (a ``StepRule`` or an
-    ``[order, corrector]`` pair or ``[order, corrector, method]`` triple each). Not yet bounded by the history: see ``bounded``."""
+    ``SOLVERS``, one ``StepRule`` for every step, or one rule per step (a ``StepRule``, an
+    ``[order, corrector]`` pair or an ``[order, corrector, method]`` triple each). Not yet
+    bounded by the history: see ``bounded``."""
     if isinstance(solver, str):
         if solver not in SOLVERS:
             raise UsageError(f"unknown solver {solver!r}; known: {', '.join(SOLVERS)}")
