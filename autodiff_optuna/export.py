@@ -28,7 +28,6 @@ from dataclasses import asdict, dataclass, field
 from autodiff_optuna.errors import UsageError
 from autodiff_optuna.models.files import read_json
 from autodiff_optuna.sampling.rules import (
-    analytic_start,
     describe,
     fixed_solver,
     single_scheduler_solver,
@@ -120,15 +119,15 @@ def diffusers_fields(training_schedule: dict, solver, timesteps, model_weights=N
     instead."""
     # torch: diffusers' scheduler makes the config, and the registry imports the adapters
     from autodiff_optuna.models.registry import guidance_of
-    from autodiff_optuna.sampling.solvers import solver_config
+    from autodiff_optuna.sampling.solvers import scheduler_solver, solver_config
 
     fields = {"timesteps": list(timesteps),
               "num_train_timesteps": int(training_schedule["num_train_timesteps"])}
     single = single_scheduler_solver(solver, len(timesteps))
-    fixed = fixed_solver(solver, len(timesteps))
-    if single is None and fixed is not None and analytic_start(fixed):
-        fields["note"] = (f"no diffusers scheduler runs this solver ({fixed}: iPNDM with the "
-                          "analytical first step): apply it to a pipeline with "
+    if single is None and scheduler_solver(solver, len(timesteps)) is not None:
+        # iPNDM with the analytical first step, a scaled noise prediction: ours
+        fields["note"] = (f"no diffusers scheduler runs this solver "
+                          f"({describe(solver, len(timesteps))}): apply it to a pipeline with "
                           "autodiff_optuna.apply(pipe, schedule), or sample with "
                           "autodiff_optuna.sample(schedule)")
     elif single is None:
@@ -192,11 +191,13 @@ def _type_problem(schedule: SearchedSchedule) -> str | None:
     if not _is_a(schedule.model, str):
         return f"'model' must be a string, got {schedule.model!r}"
     if not (_is_a(schedule.solver, str) or _is_a(schedule.solver, list) and all(
-            _is_a(rule, list) and len(rule) in (2, 3) and _is_a(rule[0], int)
-            and _is_a(rule[1], bool) and all(_is_a(method, str) for method in rule[2:])
+            _is_a(rule, list) and len(rule) in (2, 3, 4) and _is_a(rule[0], int)
+            and _is_a(rule[1], bool) and all(_is_a(method, str) for method in rule[2:3])
+            and all(_is_a(scale, NUMBER) for scale in rule[3:])
             for rule in schedule.solver)):
         return ("'solver' must be a solver's name or a list of [order, corrector] (or [order, "
-                f"corrector, method]) rules, got {schedule.solver!r}")
+                f"corrector, method] or [order, corrector, method, scale]) rules, got "
+                f"{schedule.solver!r}")
     if not _int_list(schedule.timesteps):
         return f"'timesteps' must be a list of integers, got {schedule.timesteps!r}"
     if not (_is_a(schedule.skip, list) and all(

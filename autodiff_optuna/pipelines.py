@@ -48,7 +48,7 @@ from autodiff_optuna.models.layers import find_skippable_layers
 from autodiff_optuna.models.registry import PRESETS, guidance_of
 from autodiff_optuna.models.stable_diffusion import StableDiffusionModel, sd_bypass_for
 from autodiff_optuna.sampling import validate
-from autodiff_optuna.sampling.rules import describe, step_rules
+from autodiff_optuna.sampling.rules import common_scale, describe, step_rules
 from autodiff_optuna.sampling.skipping import check_skip, skipping
 from autodiff_optuna.sampling.solvers import make_scheduler, scheduler_solver
 
@@ -284,6 +284,7 @@ def _solver(config: dict, schedule: SearchedSchedule, on_call: Callable[[], None
     timesteps = list(schedule.timesteps)
     scheduler = make_scheduler(SimpleNamespace(scheduler_config=config, device=None),
                                scheduler_solver(schedule.solver, len(timesteps)), timesteps)
+    scale = common_scale(schedule.solver, len(timesteps))  # epsilon scaling, as sampling does
     set_timesteps, step = scheduler.set_timesteps, scheduler.step
 
     def pinned(num_inference_steps=None, device=None, **ignored):
@@ -300,6 +301,8 @@ def _solver(config: dict, schedule: SearchedSchedule, on_call: Callable[[], None
         # DDIMPipeline passes DDIM's arguments; the schedule was scored with eta 0
         if eta:
             raise ValueError(f"the schedule's solver is deterministic: eta must be 0, not {eta}")
+        if scale != 1:
+            model_output = model_output / scale
         return step(model_output, timestep, sample, *args, **kwargs)
 
     # instance attributes shadow the methods, on a scheduler made for this pipeline alone

@@ -255,3 +255,48 @@ def test_the_dp_reads_ipndms_noise_predictions_off_the_teacher(digits):
     low = teacher_trajectory(digits, (900, 600, 300, 0), samples=4, steps=4)
     with pytest.raises(UsageError, match="its DP grid must start there, not at 900"):
         fit_schedule(low, 2, "ipndm")
+
+
+# ---- epsilon scaling ----------------------------------------------------------------------
+
+def test_a_rules_scale_divides_the_networks_noise_prediction_at_its_step(digits):
+    from autodiff_optuna.sampling.rules import RuleStepper, run_rules
+    from autodiff_optuna.sampling.solvers import network_at
+
+    batch = draw(digits, 8, seed=2)
+    stepper = RuleStepper(digits.scheduler_config)
+    steps, sigmas = stepper.schedule(STEPS)
+    network = network_at(digits, steps, None)
+    for method, order in (("dpm", 2), ("ipndm", 3)):
+        rules = [StepRule(order, method=method, scale=s) for s in (1.02, 1.01, 1.0, 1.005)]
+        plain = [StepRule(order, method=method)] * 4
+        start = stepper.start(STEPS, rules)
+        with torch.inference_mode():
+            scaled = run_rules(stepper, sigmas, rules, batch.noise, network, start=start)
+            scales = [rule.scale for rule in rules]
+            divided = run_rules(stepper, sigmas, plain, batch.noise,
+                                lambda i, x, scales=scales: network(i, x) / scales[i],
+                                start=start)
+        assert torch.equal(scaled, divided)
+        assert not torch.allclose(scaled, run_rules(stepper, sigmas, plain, batch.noise, network,
+                                                    start=start))
+
+
+def test_scaled_rules_names_and_refusals():
+    from autodiff_optuna.sampling.rules import common_scale, describe, fixed_solver
+    from autodiff_optuna.sampling.solvers import scheduler_solver
+
+    scaled = [[3, False, "ipndm", 1.01]] * 4
+    assert step_rules(scaled, 4)[0] == StepRule(3, method="ipndm", scale=1.01)
+    assert StepRule(2, scale=1.01).to_json() == [2, False, "dpm", 1.01]
+    assert StepRule(2).to_json() == [2, False]
+    # a scaled solver is no fixed solver, and is said as one with its scale
+    assert fixed_solver(scaled, 4) is None and describe(scaled, 4) == "ipndm, noise / 1.01"
+    assert describe([[1, False, "dpm", 1.01], [2, False]], 2) == "per-step 1/1.01, 1"
+    # apply runs it with ipndm's scheduler, dividing the output by the one scale
+    assert common_scale(scaled, 4) == 1.01 and scheduler_solver(scaled, 4) == "ipndm"
+    mixed = [[2, False, "dpm", 1.01], [2, False, "dpm", 1.02]]
+    assert common_scale(mixed, 2) is None and scheduler_solver(mixed, 2) is None
+    for rule in ([2, False, "dpm", 1.5], [2, False, "dpm", True], [2, False, "dpm", "1"]):
+        with pytest.raises(UsageError, match="noise-prediction scale must be a number"):
+            step_rules([rule], 1)

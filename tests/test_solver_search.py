@@ -21,7 +21,7 @@ SPACE = CandidateSpace(4, 1000, solver_search=True)
 def test_rules_are_trial_parameters_and_decode_bounded():
     candidate = SPACE.candidate([750, 500, 250, 0], rules=[StepRule(3, True)] * 4)
     params = SPACE.encode(candidate)
-    assert {f"{kind}{i}" for i in range(4) for kind in "ocp"} <= set(params)
+    assert {f"{kind}{i}" for i in range(4) for kind in "ocp"} | {"e"} <= set(params)
     # order at most the history (1 at the first step), 1 at the last; no corrector after it
     assert candidate.rules == bounded([StepRule(3, True)] * 4)
     assert candidate.rules[0].order == 1 and candidate.rules[-1] == StepRule(1, False)
@@ -41,7 +41,7 @@ def test_every_position_offers_exactly_the_rules_that_differ():
     # and one or two noise predictions; the last: DDIM, or iPNDM of order 2 or 3
     assert choices[0] == [StepRule(1, False), StepRule(1, True), *ipndm[:2]]
     assert choices[-1] == [StepRule(1, False), *ipndm[1:]]
-    assert SPACE.size == CandidateSpace(4, 1000).size * np.prod([len(c) for c in choices])
+    assert SPACE.size == CandidateSpace(4, 1000).size * np.prod([len(c) for c in choices]) * 7
 
 
 def test_mutation_and_crossover_breed_rules_within_their_bounds():
@@ -122,6 +122,27 @@ def test_a_searched_study_exports_and_evaluates_its_rules(tmp_path, capsys):
         assert json.loads(capsys.readouterr().out)["uniform_solver"] == baseline
 
 
+def test_the_scale_is_one_parameter_bred_whole():
+    from autodiff_optuna.search.encoding import SCALES
+
+    rules = [StepRule(2, scale=1.01)] * 4
+    candidate = SPACE.candidate([750, 500, 250, 0], rules=rules)
+    params = SPACE.encode(candidate)
+    assert params["e"] == SCALES.index(1.01) and SPACE.decode(params) == candidate
+    assert all(rule.scale == 1.0 for rule in SPACE.decode(
+        {k: v for k, v in params.items() if k != "e"}).rules)  # a study made before e
+    with pytest.raises(ValueError, match="share one noise-prediction scale"):
+        SPACE.candidate([750, 500, 250, 0], rules=[StepRule(2, scale=1.01), *[StepRule(2)] * 3])
+    rng = np.random.default_rng(1)
+    a, b = candidate, SPACE.candidate([900, 600, 300, 0], rules=[SOLVERS["ipndm"]] * 4)
+    scales = set()
+    for _ in range(200):
+        child = variation.mutate(SPACE, variation.crossover(SPACE, a, b, rng), rng)
+        assert len({rule.scale for rule in child.rules}) == 1
+        scales.add(child.rules[0].scale)
+    assert scales > {1.0, 1.01} and scales <= set(SCALES)
+
+
 def test_ipndm_rules_are_searched_and_a_study_made_before_decodes_as_it_ran():
     """iPNDM is a searched rule (``p{i}``) of orders 1 to 3; a first ipndm step starts by the
     analytical first step, so all-iPNDM rules are the fixed ``ipndm``."""
@@ -137,7 +158,7 @@ def test_ipndm_rules_are_searched_and_a_study_made_before_decodes_as_it_ran():
     # trials of a study made before p{i} existed: DPM-Solver++'s rules, as they ran
     old = {k: v for k, v in params.items() if k[0] != "p"}
     assert all(rule.method == "dpm" for rule in SPACE.decode(old).rules)
-    with pytest.raises(ValueError, match="searched rules are of order"):
+    with pytest.raises(ValueError, match="searched rules are of order .* and scale"):
         SPACE.candidate([750, 500, 250, 0], rules=[StepRule(4, method="ipndm")] * 4)
 
 

@@ -18,6 +18,12 @@ starts from the marginal at its first step, not from noise put there, for no net
 evaluation; that noise prediction is one more in iPNDM's history. Rules mix freely: every step
 keeps both histories (data predictions for DPM-Solver++ and UniC, noise predictions for iPNDM).
 
+A rule's ``scale`` divides the network's noise prediction at its step before any update reads
+it: epsilon scaling (Ning et al., ICLR 2024, "Elucidating the Exposure Bias in Diffusion
+Models"), which corrects a few-step sampler's drift off the training marginals (its samples'
+noise is overestimated by the network), for no evaluation. 1 is the network's own prediction;
+the fixed solvers run with 1.
+
 diffusers' schedulers compute every update; only the switching between them, step by step, is
 written here (``RuleStepper``): ``DPMSolverMultistepScheduler``'s
 ``dpm_solver_first_order_update`` and ``multistep_dpm_solver_second/third_order_update`` for the
@@ -30,6 +36,7 @@ update at those orders), ``disable_corrector`` listing the steps without one.
 
 from __future__ import annotations  # torch in annotations only: imported where it runs
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -50,16 +57,28 @@ IPNDM_COEFFICIENTS = {1: (1.0,), 2: (3 / 2, -1 / 2), 3: (23 / 12, -16 / 12, 5 / 
 LOWER_ORDER_FINAL_BELOW = 15
 
 
+# the noise-prediction scales a rule may take: near 1, as epsilon scaling's are (1.00x)
+SCALE_RANGE = (0.9, 1.1)
+
+
 @dataclass(frozen=True)
 class StepRule:
     """One step's update: DPM-Solver++ multistep of ``order``, then UniC if ``corrector``; or,
-    with ``method="ipndm"``, iPNDM of ``order``."""
+    with ``method="ipndm"``, iPNDM of ``order``; the network's noise prediction there divided by
+    ``scale`` (epsilon scaling; 1: as it is)."""
 
     order: int = 1
     corrector: bool = False
     method: str = "dpm"
+    scale: float = 1.0
 
     def __post_init__(self):
+        low, high = SCALE_RANGE
+        if (isinstance(self.scale, bool) or not isinstance(self.scale, (int, float))
+                or not low <= self.scale <= high):
+            raise UsageError(f"a step's noise-prediction scale must be a number in [{low}, "
+                             f"{high}], got {self.scale!r}")
+        object.__setattr__(self, "scale", float(self.scale))
         if self.method not in METHODS:
             raise UsageError(f"a step's method must be one of {METHODS}, got {self.method!r}")
         orders = tuple(IPNDM_COEFFICIENTS) if self.method == "ipndm" else ORDERS
@@ -72,7 +91,14 @@ class StepRule:
             raise UsageError("an ipndm step takes no corrector")
 
     def to_json(self) -> list:
-        return [self.order, self.corrector, *([self.method] if self.method != "dpm" else [])]
+        """``[order, corrector]``, with ``method`` where it is not ``"dpm"`` or a ``scale`` follows,
+        and ``scale`` where it is not 1."""
+        tail = [self.method, self.scale] if self.scale != 1 else (
+            [self.method] if self.method != "dpm" else [])
+        return [self.order, self.corrector, *tail]
+
+    def scaled(self, scale: float) -> StepRule:
+        return dataclasses.replace(self, scale=scale)
 
 
 # the fixed solvers: one rule at every step
@@ -108,10 +134,10 @@ def step_rules(solver, steps: int) -> tuple[StepRule, ...]:
 def _rule(rule) -> StepRule:
     if isinstance(rule, StepRule):
         return rule
-    if isinstance(rule, Sequence) and not isinstance(rule, str) and len(rule) in (2, 3):
+    if isinstance(rule, Sequence) and not isinstance(rule, str) and len(rule) in (2, 3, 4):
         return StepRule(*rule)
-    raise UsageError(f"a step's rule is [order, corrector] or [order, corrector, method], got "
-                     f"{rule!r}")
+    raise UsageError(f"a step's rule is [order, corrector], [order, corrector, method] or "
+                     f"[order, corrector, method, scale], got {rule!r}")
 
 
 def analytic_start(solver) -> bool:
@@ -151,14 +177,15 @@ def bounded(rules: Sequence[StepRule]) -> tuple[StepRule, ...]:
     for i, rule in enumerate(rules):
         if rule.method == "ipndm":
             order = min(rule.order, i + 1 + afs)
-            out.append(StepRule(order, method="ipndm") if order > 1 or i == 0 else StepRule(1))
+            out.append(StepRule(order, method="ipndm", scale=rule.scale) if order > 1 or i == 0
+                       else StepRule(1, scale=rule.scale))
             continue
         order = min(rule.order, i + 1)
         if i == k - 1:
             order = 1
         elif i == k - 2 and k < LOWER_ORDER_FINAL_BELOW:
             order = min(order, 2)
-        out.append(StepRule(order, rule.corrector and i < k - 1))
+        out.append(StepRule(order, rule.corrector and i < k - 1, scale=rule.scale))
     return tuple(out)
 
 
@@ -166,7 +193,7 @@ def diffusers_order(rules: Sequence[StepRule]) -> int | None:
     """The ``solver_order`` of the one ``DPMSolverMultistepScheduler`` that runs ``rules`` over
     custom time steps, or None when none does (mixed orders, or a corrector: diffusers' UniPC
     takes no custom time steps)."""
-    if any(rule.corrector or rule.method != "dpm" for rule in rules):
+    if any(rule.corrector or rule.method != "dpm" or rule.scale != 1 for rule in rules):
         return None
     for order in ORDERS:
         if bounded(rules) == bounded([StepRule(order)] * len(rules)):
@@ -182,6 +209,13 @@ def fixed_solver(solver, steps: int) -> str | None:
                 None)
 
 
+def common_scale(solver, steps: int) -> float | None:
+    """The noise-prediction scale every step of ``solver`` takes (1 for a fixed solver's name),
+    or None where the steps' scales differ."""
+    scales = {rule.scale for rule in step_rules(solver, steps)}
+    return scales.pop() if len(scales) == 1 else None
+
+
 def single_scheduler_solver(solver, steps: int) -> str | None:
     """The fixed solver a single ``DPMSolverMultistepScheduler`` runs ``solver`` with (over
     custom time steps), or None where none does (mixed orders, UniPC's corrector, iPNDM)."""
@@ -194,13 +228,20 @@ def single_scheduler_solver(solver, steps: int) -> str | None:
 
 def describe(solver, steps: int) -> str:
     """A solver as people read it: a fixed solver's name, else each step's order with ``+C``
-    where UniPC's corrector follows and ``i`` for iPNDM (``per-step 1+C, 2+C, 3i, 1``)."""
+    where UniPC's corrector follows and ``i`` for iPNDM (``per-step 1+C, 2+C, 3i, 1``); a
+    noise-prediction scale other than 1 after it (``ipndm, noise / 1.01``), or after each
+    step's rule where they differ (``per-step 2/1.01, 1``)."""
+    rules = bounded(step_rules(solver, steps))
+    scales = {r.scale for r in rules}
+    if len(scales) == 1 and scales != {1.0}:  # one scale at every step: said once
+        scale = scales.pop()
+        return f"{describe([r.scaled(1.0) for r in rules], steps)}, noise / {scale:g}"
     name = fixed_solver(solver, steps)
     if name is not None:
         return name
     return "per-step " + ", ".join(
         f"{r.order}{'i' * (r.method == 'ipndm')}{'+C' * r.corrector}"
-        for r in bounded(step_rules(solver, steps)))
+        + (f"/{r.scale:g}" if r.scale != 1 else "") for r in rules)
 
 
 def training_schedule(config: dict) -> dict:
@@ -336,6 +377,8 @@ def run_rules(stepper: RuleStepper, sigmas: torch.Tensor, rules: Sequence[StepRu
         x = stepper.adams_bashforth(start, sigmas[0], 1, noise_history, x)
     for i, rule in enumerate(rules):
         eps = network(i, x)
+        if rule.scale != 1:
+            eps = eps / rule.scale
         prediction = stepper.data_prediction(sigmas, i, eps, x)
         if i and rules[i - 1].corrector:
             # as UniPC: the data prediction stays the one at the uncorrected sample

@@ -21,6 +21,7 @@ from autodiff_optuna.sampling.rules import (
     SOLVERS,
     RuleStepper,
     analytic_start,
+    common_scale,
     fixed_solver,
     run_rules,
     single_scheduler_solver,
@@ -72,7 +73,14 @@ def make_scheduler(model: DiffusionModel, solver: str, timesteps: Schedule):
 def scheduler_solver(solver, steps: int) -> str | None:
     """The fixed solver ``make_scheduler`` builds one scheduler of to run ``solver`` (a name or
     one rule per step) over ``steps`` steps: a single ``DPMSolverMultistepScheduler``'s, or
-    ``ipndm``; None for rules no one scheduler runs (mixed orders, UniPC's corrector)."""
+    ``ipndm``; None for rules no one scheduler runs (mixed orders, UniPC's corrector). A
+    noise-prediction scale the same at every step is the caller's to apply (``common_scale``:
+    the scheduler's ``step`` given the network's output divided by it)."""
+    scale = common_scale(solver, steps)
+    if scale is None:
+        return None
+    if scale != 1:
+        solver = [rule.scaled(1.0) for rule in step_rules(solver, steps)]
     name = fixed_solver(solver, steps)
     if name is not None and analytic_start(name):
         return name

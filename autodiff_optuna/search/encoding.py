@@ -8,8 +8,10 @@ order of its update ``o{i}`` (1 to 3), whether UniPC's corrector follows it ``c{
 whether the update is iPNDM's rather than DPM-Solver++'s ``p{i}`` (0/1; iPNDM takes no
 corrector, and an iPNDM first step starts by the analytical first step): a position's rule,
 bounded by the history available there (``sampling.rules.bounded``), so the same schedule is
-never two candidates. A study made before ``p{i}`` existed has trials without it: DPM-Solver++
-at every position, which they were. The evolutionary
+never two candidates. One more parameter ``e`` picks the candidate's noise-prediction scale
+(``SCALES``; epsilon scaling, ``sampling.rules``), the same at every step. A study made before
+``p{i}`` or ``e`` existed has trials without them: DPM-Solver++ at every position and the
+network's own noise prediction, which they ran. The evolutionary
 sampler writes canonical candidates; generic Optuna samplers may not, so ``decode`` repairs
 deterministically (sort, then move a repeated step to the nearest free one), and every sampler
 is scored on the same encoding. ``CandidateSpace.suggest`` writes a candidate
@@ -34,6 +36,9 @@ from optuna.distributions import IntDistribution
 from autodiff_optuna.sampling.rules import ORDERS, StepRule, bounded
 
 Gene = tuple[int, frozenset]  # (time step, names of the layers skipped at that step)
+# the noise-prediction scales a solver search chooses among (``e``): epsilon scaling's range for
+# few-step samplers; 1, the network's own prediction, first
+SCALES = tuple(round(1 + 0.005 * i, 3) for i in range(7))
 
 
 @dataclass(frozen=True)
@@ -79,7 +84,8 @@ class CandidateSpace:
     def size(self) -> int:
         """How many distinct candidates the space holds."""
         masks = 2 ** (self.steps * len(self.layers))
-        rules = math.prod(len(c) for c in self.rule_choices) if self.solver_search else 1
+        rules = (math.prod(len(c) for c in self.rule_choices) * len(SCALES)
+                 if self.solver_search else 1)
         return math.comb(self.num_train_timesteps, self.steps) * masks * rules
 
     @property
@@ -96,16 +102,20 @@ class CandidateSpace:
     @staticmethod
     def encodes(rule: StepRule) -> bool:
         """Whether a position's parameters hold ``rule``: DPM-Solver++'s rules, UniPC's
-        corrector and iPNDM's of order 1 to 3 (``o{i}``, ``c{i}``, ``p{i}``)."""
-        return rule.order in ORDERS
+        corrector and iPNDM's of order 1 to 3 (``o{i}``, ``c{i}``, ``p{i}``), with a scale of
+        ``SCALES`` (``e``)."""
+        return rule.order in ORDERS and rule.scale in SCALES
 
     def rules_of(self, rules: Sequence[StepRule] | None) -> tuple[StepRule, ...]:
         """The canonical rules of a candidate of this space: bounded, or () without a search."""
         if not self.solver_search:
             return ()
         if rules and not all(self.encodes(rule) for rule in rules):
-            raise ValueError(f"CandidateSpace: the searched rules are of order {ORDERS}, not "
-                             f"{[rule.to_json() for rule in rules]}")
+            raise ValueError(f"CandidateSpace: the searched rules are of order {ORDERS} and "
+                             f"scale {SCALES}, not {[rule.to_json() for rule in rules]}")
+        if rules and len({rule.scale for rule in rules}) > 1:
+            raise ValueError("CandidateSpace: a candidate's steps share one noise-prediction "
+                             f"scale, not {[rule.scale for rule in rules]}")
         return bounded(rules or [StepRule()] * self.steps)
 
     # -- encoding -------------------------------------------------------------------------------
@@ -118,7 +128,7 @@ class CandidateSpace:
     def rule_names(self) -> list[str]:
         if not self.solver_search:
             return []
-        return [f"{kind}{i}" for i in range(self.steps) for kind in ("o", "c", "p")]
+        return [f"{kind}{i}" for i in range(self.steps) for kind in ("o", "c", "p")] + ["e"]
 
     @property
     def names(self) -> list[str]:
@@ -131,7 +141,7 @@ class CandidateSpace:
 
     def distributions(self) -> dict[str, IntDistribution]:
         top = self.num_train_timesteps - 1
-        highest = {"t": top, "m": 1, "o": max(ORDERS), "c": 1, "p": 1}
+        highest = {"t": top, "m": 1, "o": max(ORDERS), "c": 1, "p": 1, "e": len(SCALES) - 1}
         return {name: IntDistribution(1 if name[0] == "o" else 0, highest[name[0]])
                 for name in self.names}
 
@@ -140,9 +150,12 @@ class CandidateSpace:
         for i, skipped in enumerate(candidate.skip):
             params.update({self.mask_name(i, layer): int(layer in skipped)
                            for layer in self.layers})
-        for i, rule in enumerate(self.rules_of(candidate.rules)):
+        rules = self.rules_of(candidate.rules)
+        for i, rule in enumerate(rules):
             params.update({f"o{i}": rule.order, f"c{i}": int(rule.corrector),
                            f"p{i}": int(rule.method == "ipndm")})
+        if rules:
+            params["e"] = SCALES.index(rules[0].scale)
         return params
 
     def suggest(self, trial: optuna.Trial) -> Candidate:
@@ -198,11 +211,13 @@ class CandidateSpace:
 
     @staticmethod
     def _decode_rule(params: dict[str, int], i: int) -> StepRule:
-        # p{i} is absent from the trials of a study made before it: DPM-Solver++'s there; an
-        # iPNDM rule takes no corrector, whatever another sampler set c{i} to
+        # p{i} and e are absent from the trials of a study made before them: DPM-Solver++'s
+        # rules and the network's own noise prediction there; an iPNDM rule takes no corrector,
+        # whatever another sampler set c{i} to
+        scale = SCALES[int(params.get("e", 0))]
         if params.get(f"p{i}", 0):
-            return StepRule(int(params.get(f"o{i}", 1)), method="ipndm")
-        return StepRule(int(params.get(f"o{i}", 1)), bool(params.get(f"c{i}", 0)))
+            return StepRule(int(params.get(f"o{i}", 1)), method="ipndm", scale=scale)
+        return StepRule(int(params.get(f"o{i}", 1)), bool(params.get(f"c{i}", 0)), scale=scale)
 
     def candidate(self, timesteps: Sequence[int], skip: Sequence[Iterable[str]] | None = None,
                   rules: Sequence[StepRule] | None = None) -> Candidate:
@@ -253,6 +268,9 @@ class CandidateSpace:
         steps = rng.choice(self.num_train_timesteps, size=self.steps, replace=False)
         masks = [frozenset(np.asarray(self.layers)[rng.random(len(self.layers)) < 0.1].tolist())
                  for _ in steps]
-        rules = ([choices[int(rng.integers(len(choices)))] for choices in self.rule_choices]
-                 if self.solver_search else None)
+        rules = None
+        if self.solver_search:
+            scale = SCALES[int(rng.integers(len(SCALES)))]
+            rules = [choices[int(rng.integers(len(choices)))].scaled(scale)
+                     for choices in self.rule_choices]
         return self.repair(list(zip(steps.tolist(), masks)), rules=rules)
