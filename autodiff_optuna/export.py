@@ -42,7 +42,8 @@ FORMAT = "autodiff-optuna-schedule/1"
 @dataclass(frozen=True)
 class SearchedSchedule:
     model: str
-    solver: str | list  # a fixed solver's name, or one [order, corrector(, method)] rule per step
+    # a fixed solver's name, or one [order, corrector(, method(, scale))] rule per step
+    solver: str | list
     timesteps: list[int]
     skip: list[list[str]]  # per step, the layers skipped there (empty lists: full network)
     fid: float | None = None

@@ -122,6 +122,47 @@ def test_a_searched_study_exports_and_evaluates_its_rules(tmp_path, capsys):
         assert json.loads(capsys.readouterr().out)["uniform_solver"] == baseline
 
 
+def test_from_t_minus_1_rules_that_run_alike_are_one_candidate():
+    """No analytical first step runs from T - 1: an ipndm first step is DDIM there, and the
+    orders after it are what the noise predictions allow. Such rules are one candidate, written
+    as the fixed solver that runs so; below T - 1 they differ."""
+    ipndm = StepRule(3, method="ipndm")
+    variants = ([StepRule(1, method="ipndm"), *[ipndm] * 3], [ipndm] * 4,
+                [StepRule(1), StepRule(2, method="ipndm"), ipndm, ipndm])
+    top = {SPACE.candidate([999, 700, 400, 100], rules=rules) for rules in variants}
+    assert len(top) == 1 and fixed_solver(top.pop().rules, 4) == "ipndm"
+    assert len({SPACE.candidate([998, 700, 400, 100], rules=rules) for rules in variants}) == 3
+    candidate = SPACE.candidate([999, 700, 400, 100], rules=variants[2])
+    assert SPACE.decode(SPACE.encode(candidate)) == candidate
+
+
+def test_a_study_made_before_p_and_e_resumes_without_repeating_a_candidate(tmp_path):
+    import sqlite3
+
+    from autodiff_optuna.search.proposals import Proposals
+
+    db = tmp_path / "s.db"
+    args = ["study", "--model", "digits", "--steps", "3", "--samples", "80", "--population",
+            "4", "--min-samples", "0", "--stage", "1", "--solver", "search", "--storage",
+            f"sqlite:///{db}", "--quiet"]
+    # the first three trials: uniform with DDIM, 2M and UniPC, as a study made before p{i}
+    # and e stored them (without those parameters)
+    assert main([*args, "--trials", "3"]) == 0
+    with sqlite3.connect(db) as con:
+        con.execute("DELETE FROM trial_params WHERE param_name = 'e' OR param_name LIKE 'p%'")
+    space = CandidateSpace(3, 1000, solver_search=True)
+    study = optuna.load_study(study_name="digits-k3", storage=f"sqlite:///{db}")
+    old = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(old) == 3 and not any("e" in t.params for t in old)
+    # each is its candidate to the sampler: not proposed again, and a parent
+    assert all(Proposals(space).candidate_of(t) == space.decode(t.params) for t in old)
+    assert main([*args, "--trials", "16"]) == 0
+    study = optuna.load_study(study_name="digits-k3", storage=f"sqlite:///{db}")
+    done = [space.decode(t.params) for t in study.trials
+            if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) >= 16 and len(set(done)) == len(done)
+
+
 def test_the_scale_is_one_parameter_bred_whole():
     from autodiff_optuna.search.encoding import SCALES
 

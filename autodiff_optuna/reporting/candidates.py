@@ -21,7 +21,8 @@ class Row:
     notes: list[str] = field(default_factory=list)
     stage: int | None = None  # None: not a trial (a schedule file)
     share: float | None = None  # its GFLOPs as a share of the full network's
-    rules: list | None = None  # per step [order, corrector(, method)] where the solver was searched
+    # per step [order, corrector(, method(, scale))] where the solver was searched
+    rules: list | None = None
 
     @property
     def skipped(self) -> int:

@@ -78,7 +78,8 @@ class Chosen:
     label: str  # its name in the schedule plot: its roles ("best = exported")
     caption: str
     model: str
-    solver: str | list  # a fixed solver's name, or one [order, corrector(, method)] rule per step
+    # a fixed solver's name, or one [order, corrector(, method(, scale))] rule per step
+    solver: str | list
     timesteps: list[int]
     skip: list[list[str]]
     study: object = None  # the study and trial the grid is attached to (None: a file)

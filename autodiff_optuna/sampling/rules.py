@@ -115,9 +115,9 @@ ANALYTIC_START_METHOD = "ipndm"
 
 def step_rules(solver, steps: int) -> tuple[StepRule, ...]:
     """The rules a schedule of ``steps`` steps runs, as requested: ``solver`` is a name of
-    ``SOLVERS``, one ``StepRule`` for every step, or one rule per step (a ``StepRule``, an
-    ``[order, corrector]`` pair or an ``[order, corrector, method]`` triple each). Not yet
-    bounded by the history: see ``bounded``."""
+    ``SOLVERS``, one ``StepRule`` for every step, or one rule per step (a ``StepRule``, or
+    ``[order, corrector]``, ``[order, corrector, method]`` or ``[order, corrector, method,
+    scale]`` each). Not yet bounded by the history: see ``bounded``."""
     if isinstance(solver, str):
         if solver not in SOLVERS:
             raise UsageError(f"unknown solver {solver!r}; known: {', '.join(SOLVERS)}")
@@ -162,23 +162,25 @@ def _rule_or_none(rule) -> StepRule | None:
         return None
 
 
-def bounded(rules: Sequence[StepRule]) -> tuple[StepRule, ...]:
+def bounded(rules: Sequence[StepRule], afs: bool | None = None) -> tuple[StepRule, ...]:
     """The rules as they run: step i's order is at most i + 1 (the model outputs it has), the
     last step's is 1 (it lands on sigma = 0, where only the first-order update is finite) and,
     below ``LOWER_ORDER_FINAL_BELOW`` steps, the second-to-last step's at most 2, as diffusers
     does; no corrector after the last step (no evaluation follows it). An ipndm step's order
     is at most the noise predictions it has, i + 1, one more after the analytical first step
     (``analytic_start``; where the schedule starts at T - 1 and takes none, ``run_rules`` runs
-    one order less there), to the last step; of order 1 after the first step it is DDIM, and is
-    written so (``StepRule(1)``): the same update is one rule."""
+    one order less there), to the last step; of order 1 it is DDIM, and is written so
+    (``StepRule(1)``: the same update is one rule), but at the first step of an analytical
+    start, which it marks. ``afs``: whether the analytical first step runs (default: where
+    ``analytic_start`` says it would; False for a schedule from T - 1, which takes none)."""
     k = len(rules)
-    afs = int(analytic_start(rules))
+    afs = int(analytic_start(rules) if afs is None else afs and analytic_start(rules))
     out = []
     for i, rule in enumerate(rules):
         if rule.method == "ipndm":
             order = min(rule.order, i + 1 + afs)
-            out.append(StepRule(order, method="ipndm", scale=rule.scale) if order > 1 or i == 0
-                       else StepRule(1, scale=rule.scale))
+            out.append(StepRule(order, method="ipndm", scale=rule.scale)
+                       if order > 1 or (i == 0 and afs) else StepRule(1, scale=rule.scale))
             continue
         order = min(rule.order, i + 1)
         if i == k - 1:
@@ -326,8 +328,8 @@ class RuleStepper:
 
     def start(self, timesteps, solver) -> float | None:
         """``run_rules``' ``start`` for ``solver`` over ``timesteps``: the sigma the analytical
-        first step starts from for a solver that starts by it (``analytic_start``), else None.
-        Every caller of ``run_rules`` for a named solver passes it, as ``sample`` does."""
+        first step starts from for a solver that starts by it (``analytic_start``: a name or
+        rules), else None. Every caller of ``run_rules`` passes it, as ``sample`` does."""
         if not analytic_start(solver):
             return None
         return start_sigma(self.dpm.alphas_cumprod, timesteps)

@@ -25,10 +25,11 @@ the network there; the DP would need one evaluation per hop).
 Every schedule starts at the teacher's first step (the grid's first), where the noise is exactly
 the teacher's sample: a grid whose first step is lower (a standard spacing's first, say) fits
 schedules from there, the teacher starting from the noise at that step as the sampler does.
-A solver that starts by the analytical first step (``rules.analytic_start``: ``ipndm``) is
-fitted as it samples: its path starts at the grid's first step (T - 1 on the default grid),
-whose noise prediction is the noise itself, and its first hop, to the schedule's first step,
-is that analytical step, costing no evaluation; its K steps are the path's other K nodes.
+A solver that starts by the analytical first step (``rules.analytic_start``: ``ipndm``, and
+rules whose first is an ipndm rule) is fitted as it samples: its path starts at the grid's
+first step (T - 1 on the default grid), whose noise prediction is the noise itself, and its
+first hop, to the schedule's first step, is that analytical step, costing no evaluation; its K
+steps are the path's other K nodes.
 """
 
 import math
@@ -45,6 +46,7 @@ from autodiff_optuna.sampling.rules import (
     StepRule,
     analytic_start,
     bounded,
+    describe,
     run_rules,
     step_rules,
 )
@@ -206,12 +208,14 @@ def _hop_rules(teacher: Teacher, rule, steps: int) -> list[StepRule | None]:
     the analytical first step has one hop more, first, None (from the grid's first step, which
     must be the training schedule's last, where the sampler starts it)."""
     rules = list(bounded(step_rules(rule, steps)))
+    if any(r.scale != 1 for r in rules):  # the hops read the teacher's predictions, unscaled
+        raise UsageError(f"the DP fits no noise-prediction scale ({describe(rule, steps)})")
     if not analytic_start(rule):
         return rules
     last = int(teacher.scheduler_config["num_train_timesteps"]) - 1
     if teacher.grid[0] != last:
-        raise UsageError(f"{rule} starts by the analytical first step from step {last}: its DP "
-                         f"grid must start there, not at {teacher.grid[0]}")
+        raise UsageError(f"{describe(rule, steps)} starts by the analytical first step from "
+                         f"step {last}: its DP grid must start there, not at {teacher.grid[0]}")
     return [None, *rules]
 
 

@@ -60,7 +60,7 @@ class DamageFilter(ChildFilter):
         """What to accept, learned from ``trials`` (stage 2's own complete and failed trials:
         carried stage-1 elites, and trials whose outcome says nothing of their candidate, are
         left out); None where the trials show no edge yet."""
-        names = self._space.names
+        names = self._space.required_names
         history = [(self.damage(self._space.decode(t.params)), worse)
                    for t in trials if not is_carried(t) and all(n in t.params for n in names)
                    for worse in [_worse_than_uniform(t)] if worse is not None]

@@ -7,8 +7,9 @@ and layer. A space that searches the solver too (``solver_search``) adds, per po
 order of its update ``o{i}`` (1 to 3), whether UniPC's corrector follows it ``c{i}`` (0/1) and
 whether the update is iPNDM's rather than DPM-Solver++'s ``p{i}`` (0/1; iPNDM takes no
 corrector, and an iPNDM first step starts by the analytical first step): a position's rule,
-bounded by the history available there (``sampling.rules.bounded``), so the same schedule is
-never two candidates. One more parameter ``e`` picks the candidate's noise-prediction scale
+bounded by the history available there (``sampling.rules.bounded``, and from T - 1, where no
+analytical first step runs, as they run: ``rules_of``), so the same schedule is never two
+candidates. One more parameter ``e`` picks the candidate's noise-prediction scale
 (``SCALES``; epsilon scaling, ``sampling.rules``), the same at every step. A study made before
 ``p{i}`` or ``e`` existed has trials without them: DPM-Solver++ at every position and the
 network's own noise prediction, which they ran. The evolutionary
@@ -33,7 +34,7 @@ import numpy as np
 import optuna
 from optuna.distributions import IntDistribution
 
-from autodiff_optuna.sampling.rules import ORDERS, StepRule, bounded
+from autodiff_optuna.sampling.rules import ORDERS, SOLVERS, StepRule, bounded
 
 Gene = tuple[int, frozenset]  # (time step, names of the layers skipped at that step)
 # the noise-prediction scales a solver search chooses among (``e``): epsilon scaling's range for
@@ -106,8 +107,13 @@ class CandidateSpace:
         ``SCALES`` (``e``)."""
         return rule.order in ORDERS and rule.scale in SCALES
 
-    def rules_of(self, rules: Sequence[StepRule] | None) -> tuple[StepRule, ...]:
-        """The canonical rules of a candidate of this space: bounded, or () without a search."""
+    def rules_of(self, rules: Sequence[StepRule] | None,
+                 first_step: int | None = None) -> tuple[StepRule, ...]:
+        """The canonical rules of a candidate of this space whose first time step is
+        ``first_step``: bounded, or () without a search. From T - 1 no analytical first step
+        runs, so rules that differ only in what it would have given run alike there: they are
+        written as the fixed solver that runs so (``sampling.rules.SOLVERS``), else as they run
+        (an ipndm first step as DDIM, each ipndm order at most the noise predictions it has)."""
         if not self.solver_search:
             return ()
         if rules and not all(self.encodes(rule) for rule in rules):
@@ -116,7 +122,15 @@ class CandidateSpace:
         if rules and len({rule.scale for rule in rules}) > 1:
             raise ValueError("CandidateSpace: a candidate's steps share one noise-prediction "
                              f"scale, not {[rule.scale for rule in rules]}")
-        return bounded(rules or [StepRule()] * self.steps)
+        rules = bounded(rules or [StepRule()] * self.steps)
+        if first_step != self.num_train_timesteps - 1:
+            return rules
+        runs = bounded(rules, afs=False)
+        for solver in SOLVERS.values():
+            fixed = bounded([solver.scaled(rules[0].scale)] * self.steps)
+            if bounded(fixed, afs=False) == runs:
+                return fixed
+        return runs
 
     # -- encoding -------------------------------------------------------------------------------
 
@@ -135,6 +149,13 @@ class CandidateSpace:
         return self.step_names + [self.mask_name(i, layer) for i in range(self.steps)
                                   for layer in self.layers] + self.rule_names
 
+    @property
+    def required_names(self) -> list[str]:
+        """The parameters a trial must hold to be a candidate of this space: all but ``p{i}``
+        and ``e``, which a study made before them lacks (``decode`` reads their absence as what
+        those trials ran)."""
+        return [name for name in self.names if name[0] not in "pe"]
+
     @staticmethod
     def mask_name(position: int, layer: str) -> str:
         return f"m{position}:{layer}"
@@ -150,7 +171,7 @@ class CandidateSpace:
         for i, skipped in enumerate(candidate.skip):
             params.update({self.mask_name(i, layer): int(layer in skipped)
                            for layer in self.layers})
-        rules = self.rules_of(candidate.rules)
+        rules = self.rules_of(candidate.rules, candidate.timesteps[0])
         for i, rule in enumerate(rules):
             params.update({f"o{i}": rule.order, f"c{i}": int(rule.corrector),
                            f"p{i}": int(rule.method == "ipndm")})
@@ -245,7 +266,7 @@ class CandidateSpace:
         ordered = sorted(taken.items(), key=lambda g: -g[0])[: self.steps]
         return Candidate(tuple(t for t, _ in ordered),
                          tuple(tuple(layer for layer in self.layers if layer in m)
-                               for _, m in ordered), self.rules_of(rules))
+                               for _, m in ordered), self.rules_of(rules, ordered[0][0]))
 
     def random_free(self, rng: np.random.Generator, taken) -> int:
         """A random step not in ``taken`` (which must leave one free)."""

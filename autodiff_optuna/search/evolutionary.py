@@ -321,7 +321,7 @@ class EvolutionarySampler(BaseGASampler):
             return list(self._initial)
         # parents are kept in trial order: rank them again (best front first)
         ranked = self._select_elites(study, self.get_parent_population(study, generation))
-        names = self._space.names  # (a user's objective may not have suggested them all)
+        names = self._space.required_names  # (a user's objective may not have suggested them all)
         return [self._space.decode(t.params) for t in ranked
                 if all(n in t.params for n in names)]
 

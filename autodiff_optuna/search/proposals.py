@@ -107,7 +107,7 @@ class Proposals:
     def candidate_of(self, trial: FrozenTrial) -> Candidate | None:
         """The candidate a stored trial holds: its parameters, else those queued for it, else
         (while it runs) those proposed to it; None if it has no complete set."""
-        names = self._space.names
+        names = self._space.required_names
         key = tuple(trial.params.items())  # a trial's parameters never change once written
         if key in self._decoded:
             return self._decoded[key]

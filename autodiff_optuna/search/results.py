@@ -186,7 +186,8 @@ class Point:
     skip: list[list[str]]  # per step, the layers skipped there (stage 1: none)
     fid: float
     gflops: float | None  # per image (None: a study made before it was recorded)
-    rules: list | None = None  # per step [order, corrector(, method)] where the solver was searched
+    # per step [order, corrector(, method(, scale))] where the solver was searched
+    rules: list | None = None
     search_fid: float | None = None  # the search's own FID (None: ``fid`` is it)
     confirmed_fid: float | None = None  # on the confirmation noise (None: not confirmed)
     # how far another draw of the confirmation's images could move it (``metrics.fid_spread``;

@@ -112,7 +112,7 @@ def run(ctx: SearchContext, study: optuna.Study, trials: int, progress: bool = T
         try:
             study.optimize(objective, callbacks=callbacks, catch=(FIDError,), timeout=left)
         except KeyboardInterrupt:
-            _requeue_interrupted(study, interrupted.get("trial"), ctx.space(stage).names)
+            _requeue_interrupted(study, interrupted.get("trial"), ctx.space(stage).required_names)
             raise
         except optuna.exceptions.UpdateFinishedTrialError:
             pass  # another worker's heartbeat check failed this (slow) trial and queued it again

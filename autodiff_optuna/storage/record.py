@@ -41,7 +41,7 @@ RESULT_ATTR = "result"  # the result as the study command last stored it (the da
 HELDOUT_FID_ATTR = "heldout_fid"  # the report's cache of held-out FIDs
 # a trial's record
 TIMESTEPS_ATTR = "timesteps"  # its schedule's time steps
-RULES_ATTR = "rules"  # per step [order, corrector(, method)], where the solver is searched
+RULES_ATTR = "rules"  # per step [order, corrector(, method(, scale))], where the solver is searched
 SKIP_ATTR = "skip"  # stage 2: per step, the layers skipped there
 GFLOPS_ATTR = "gflops"  # stage 2: its GFLOPs per image
 SPACING_ATTR = "spacing"  # stage 1, a first trial: the standard spacing it is
