@@ -213,6 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
                             + ", ".join(SOLVERS) + " (ipndm: iPNDM from the noise at the last "
                             "training step, moved to the first by the analytical first step)"
                        + preset("solver", DEFAULT_SOLVER))
+    study.add_argument("--noise-scale", type=float, dest="noise_scale",
+                       help="divide the network's noise prediction by this at every step "
+                            "(epsilon scaling, against few-step samplers' drift), 0.9 to 1.1"
+                       + preset("noise_scale", SearchConfig.noise_scale))
     study.add_argument("--population", type=int, help="trials per generation"
                        + preset("population", SearchConfig.population))
     study.add_argument("--sampler", help="stage 1's sampler: evolutionary (ours) or Optuna's "

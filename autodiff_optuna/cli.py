@@ -36,7 +36,7 @@ def cmd_study(args) -> None:
     config, targets = configure(
         args.model, args.steps, trials=args.trials, stage2_trials=args.stage2_trials,
         **{key: getattr(args, key) for key in ("samples", "seed", "solver", "population",
-                                               "min_samples", "sampler")})
+                                               "min_samples", "sampler", "noise_scale")})
     if args.max_gflops is not None and args.stage == "1":
         raise UsageError("--max-gflops applies to stage 2; use --stage 2 or both")
     name = args.name or config.default_name

@@ -31,8 +31,9 @@ from autodiff_optuna.sampling.rules import (
     describe,
     fixed_solver,
     single_scheduler_solver,
+    step_rules,
 )
-from autodiff_optuna.search.results import Point, StudyResult
+from autodiff_optuna.search.results import Point, StudyResult, study_solver
 from autodiff_optuna.storage import record
 from autodiff_optuna.storage.record import FID_FEATURES_ATTR, IDENTITY_ATTR
 
@@ -70,9 +71,11 @@ def from_result(result: StudyResult, pick: Point | None = None) -> SearchedSched
         pick = result.choose()
     config = result.config
     training_schedule = record.training_schedule(result.stage1.user_attrs)
-    solver = config["solver"]
-    if pick.rules:  # searched per step: its name where one fixed solver runs the same rules
-        solver = fixed_solver(pick.rules, len(pick.timesteps)) or pick.rules
+    # searched per step, or scaled: its name where one fixed solver runs the same rules
+    solver = study_solver(config, pick.rules)
+    if not isinstance(solver, str):
+        solver = fixed_solver(solver, len(pick.timesteps)) or [
+            rule.to_json() for rule in step_rules(solver, len(pick.timesteps))]
     return SearchedSchedule(
         model=config["model"], solver=solver, timesteps=pick.timesteps,
         skip=pick.skip, fid=pick.fid, gflops=pick.gflops, full_gflops=result.full_gflops,

@@ -64,6 +64,7 @@ VARIANTS = {
     "steps_only_dpmpp2m": ("--solver", "dpmpp2m"),
     "steps_only_unipc": ("--solver", "unipc"),
     "steps_only_ipndm": ("--solver", "ipndm"),
+    "steps_only_ipndm_scaled": ("--solver", "ipndm", "--noise-scale", "1.015"),
     "tpe": ("--sampler", "tpe", "--solver", "search"),
 }
 # searches measured before their space changed, kept in results.json as they ran and never run
@@ -77,6 +78,8 @@ VARIANT_NAMES = {"ours": "ours, steps + solver (`--solver search`)",
                  "steps_only_dpmpp2m": "ours, steps only, DPM-Solver++(2M) (`--solver dpmpp2m`)",
                  "steps_only_unipc": "ours, steps only, UniPC (`--solver unipc`)",
                  "steps_only_ipndm": "ours, steps only, iPNDM (`--solver ipndm`)",
+                 "steps_only_ipndm_scaled": "ours, steps only, iPNDM, noise / 1.015 (`--solver "
+                                            "ipndm --noise-scale 1.015`)",
                  "tpe": "TPE, steps + solver (`--sampler tpe --solver search`)",
                  **HISTORICAL}
 
@@ -88,6 +91,7 @@ def jobs(model: str = "digits") -> list[str]:
     was no better than 2M at any K, and the deeper model's searches cost 1.4x as much."""
     out = [f"fixed-{k}" for k in SEARCH_KS] + ["ceiling"]
     out += [f"search-{k}-steps_only_ipndm-{seed}" for k in SEARCH_KS for seed in SEEDS]
+    out += [f"search-{k}-steps_only_ipndm_scaled-{seed}" for k in SEARCH_KS for seed in SEEDS]
     for k in SEARCH_KS:
         variants = ("ours", "steps_only_dpmpp2m") + (("steps_only_unipc",) if k >= 6 else ())
         out += [f"search-{k}-{v}-{seed}" for seed in SEEDS for v in variants]
@@ -605,6 +609,7 @@ def _render_searches(entry: dict) -> list[str]:
 
 SHORT_NAMES = {"ours": "steps + solver", "steps_only_dpmpp2m": "steps-only 2M",
                "steps_only_unipc": "steps-only UniPC", "steps_only_ipndm": "steps-only iPNDM",
+               "steps_only_ipndm_scaled": "steps-only iPNDM, noise / 1.015",
                "tpe": "TPE", "ours_dpm": "steps + DPM-Solver++/UniC rules",
                "tpe_dpm": "TPE over steps + DPM-Solver++/UniC rules"}
 
@@ -649,13 +654,15 @@ def _preset_variant(k: int, model: str = "digits") -> str | None:
     solver (the library's default where the model has no preset at K)."""
     from autodiff_optuna.search.config import DEFAULT_SOLVER, load_preset
 
-    solver = load_preset(model, k).get("solver", DEFAULT_SOLVER)
-    return next((v for v, flags in VARIANTS.items()
-                 if flags == ("--solver", solver)), None)
+    preset = load_preset(model, k)
+    flags = ("--solver", preset.get("solver", DEFAULT_SOLVER))
+    if preset.get("noise_scale", 1.0) != 1:
+        flags += ("--noise-scale", f"{preset['noise_scale']:g}")
+    return next((v for v, known in VARIANTS.items() if known == flags), None)
 
 
 STEPS_ONLY = {"steps_only_dpmpp2m": "DPM-Solver++(2M)", "steps_only_unipc": "UniPC",
-              "steps_only_ipndm": "iPNDM"}
+              "steps_only_ipndm": "iPNDM", "steps_only_ipndm_scaled": "iPNDM, noise / 1.015"}
 
 
 def _best_steps_only(entry: dict, k: int) -> tuple[str, dict[int, dict]] | None:

@@ -21,7 +21,7 @@ from autodiff_optuna.models.files import read_json
 from autodiff_optuna.sampling import HELDOUT, draw, standard_spacings, validate
 from autodiff_optuna.sampling.limits import check_count, check_seed
 from autodiff_optuna.sampling.noise import check_fits
-from autodiff_optuna.sampling.rules import SOLVERS, fixed_solver
+from autodiff_optuna.sampling.rules import SOLVERS, common_scale, fixed_solver, step_rules
 from autodiff_optuna.sampling.rules import describe as describe_solver
 from autodiff_optuna.sampling.schedules import uniform as uniform_spacing
 from autodiff_optuna.sampling.skipping import check_skip
@@ -82,7 +82,7 @@ def evaluate(request: Request) -> dict:
     costs = layer_costs(model)
     full = costs.gflops([()] * len(timesteps))
     solver = (request.solver or "ddim") if schedule is None else schedule.solver
-    baseline = request.solver or fixed_solver(solver, len(timesteps)) or DEFAULT_SOLVER
+    baseline = request.solver or _unscaled_fixed_solver(solver, len(timesteps)) or DEFAULT_SOLVER
     features = sample_features(model, scorer, timesteps, batch, solver, skip=skip)
     result = {"model": name, "timesteps": list(timesteps), "solver": solver,
               "samples": samples, "seed": request.seed, "noise": HELDOUT,
@@ -161,6 +161,15 @@ def _spreads(result: dict, features, others: list, scorer) -> None:
     for (scores, _), spread, difference in zip(others, spreads[1:], differences, strict=True):
         scores.update(fid_spread=spread, difference=result["fid"] - scores["fid"],
                       difference_spread=difference)
+
+
+def _unscaled_fixed_solver(solver, steps: int) -> str | None:
+    """The fixed solver ``solver`` runs as, less its noise-prediction scale where every step has
+    the same one (a scaled ipndm's baseline is ipndm: the strongest a user picks without it)."""
+    scale = common_scale(solver, steps)
+    if scale is None:
+        return None
+    return fixed_solver([rule.scaled(1.0) for rule in step_rules(solver, steps)], steps)
 
 
 def _fid(features, scorer) -> float:

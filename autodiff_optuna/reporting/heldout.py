@@ -11,12 +11,13 @@ from autodiff_optuna.errors import UsageError
 from autodiff_optuna.metrics.fid import FIDError
 from autodiff_optuna.metrics.scoring import score_schedule
 from autodiff_optuna.sampling import HELDOUT, draw, validate
+from autodiff_optuna.sampling.rules import step_rules
 from autodiff_optuna.storage.record import HELDOUT_FID_ATTR
 
 
-def fill(rows, study, model, scorer, solver, samples: int, seed: int, log) -> None:
-    """Set ``heldout_fid`` on every row: from the cache, or sampled on held-out noise, with the
-    row's own rules where the study searched the solver, else ``solver``."""
+def fill(rows, study, model, scorer, solver_of, samples: int, seed: int, log) -> None:
+    """Set ``heldout_fid`` on every row: from the cache, or sampled on held-out noise, with
+    ``solver_of(row)``: what the study sampled the row's candidate with."""
     cached = [c for c in _stored(study) if isinstance(c, dict)]
     batch = None
     for i, row in enumerate(rows, 1):
@@ -25,7 +26,10 @@ def fill(rows, study, model, scorer, solver, samples: int, seed: int, log) -> No
                 "a schedule")
             row.heldout_fid = None
             continue
-        row_solver = getattr(row, "rules", None) or solver  # searched per step: its own rules
+        row_solver = solver_of(row)
+        if not isinstance(row_solver, str):  # as stored: JSON rules
+            row_solver = [rule.to_json() for rule in step_rules(row_solver,
+                                                                len(row.timesteps))]
         key = {"timesteps": row.timesteps, "skip": row.skip, "solver": row_solver,
                "samples": samples, "seed": seed, "model_weights": model.fingerprint,
                "fid_features": scorer.name}

@@ -168,16 +168,15 @@ SOLVER_GROUP = "solver"  # the bar of the searched per-step rules
 def group_importances(importances: dict[str, float], steps: int,
                       layers: list[str]) -> tuple[dict[str, float], dict[str, float]]:
     """Stage-2 parameter importances summed by layer ("time steps": t0..t{K-1}; a layer: its
-    mask bits at every step; "solver": the searched rules' orders, correctors, methods and
-    noise-prediction scale, where the study searched them) and by step ("step k": its time
-    step, its mask bits and its rule), in execution order. A parameter Optuna left out (one
+    mask bits at every step; "solver": the searched rules' orders, correctors and methods,
+    where the study searched them) and by step ("step k": its time step, its mask bits and its
+    rule), in execution order. A parameter Optuna left out (one
     no trial varied) counts 0."""
     by_layer = {"time steps": 0.0, **dict.fromkeys(layers, 0.0)}
     by_step = {f"step {k + 1}": 0.0 for k in range(steps)}
     rules = {f"{kind}{k}": k for k in range(steps) for kind in ("o", "c", "p")}
     if any(name in importances for name in rules):
-        # the noise-prediction scale ``e`` is the solver's, of no one step
-        by_layer[SOLVER_GROUP] = importances.get("e", 0.0)
+        by_layer[SOLVER_GROUP] = 0.0
         for name, k in rules.items():
             by_layer[SOLVER_GROUP] += importances.get(name, 0.0)
             by_step[f"step {k + 1}"] += importances.get(name, 0.0)

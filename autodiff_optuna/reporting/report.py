@@ -51,6 +51,8 @@ from autodiff_optuna.search.results import (
     Point,
     StudyResult,
     complete_trials,
+    solver_described,
+    study_solver,
 )
 from autodiff_optuna.storage import artifacts_dir, record
 
@@ -130,8 +132,8 @@ def build(name: str, storage, options: Options) -> Path:
     full_gflops = result.full_gflops or layer_costs(model).gflops([()] * config["steps"])
     rows = _rows(reported, exported, options.top, full_gflops, schedule)
     if scorer is not None:
-        heldout.fill(rows, reported.stage1, model, scorer, config["solver"], samples,
-                     options.seed, log)
+        heldout.fill(rows, reported.stage1, model, scorer, lambda row: _row_solver(config, row),
+                     samples, options.seed, log)
     grid_blocks = _grids(chosen, out, storage, store, options)
     figures, blocks = _figures(reported, chosen, model, exported)
     png_notice = ""
@@ -203,18 +205,25 @@ def _check_stored_schedules(result: StudyResult, exported: Point, model) -> None
                              f"the stored schedule is malformed: {err}") from None
 
 
+def _row_solver(config: dict, row):
+    """What a table row was sampled with: a schedule file's own solver, a trial's as its study
+    sampled it."""
+    return row.rules if row.stage is None else study_solver(config, row.rules)
+
+
 def _chosen(result: StudyResult, exported: Point, schedule, schedule_path) -> list[Chosen]:
     """Uniform, best, exported (a trial that is several of them once, named by all), and the
     schedule file: those present."""
     config = result.config
-    model, solver = config["model"], config["solver"]
+    model = config["model"]
     out = []
     for roles, p in candidates.by_trial(candidates.named(result, exported)):
         study = result.stage1 if p.stage == 1 else result.stage2
         trial = next(t for t in complete_trials(study) if t.number == p.trial)
         label = " = ".join(roles)
         out.append(Chosen("-".join(roles), label, f"{label}: {p.describe(result.full_gflops)}",
-                          model, p.rules or solver, p.timesteps, p.skip, study, trial))
+                          model, study_solver(config, p.rules), p.timesteps, p.skip, study,
+                          trial))
     if schedule is not None:
         fid = "" if schedule.fid is None else f": FID {schedule.fid:.3f} in its study"
         out.append(Chosen("file", "schedule file", f"{Path(schedule_path).name}{fid}",
@@ -313,7 +322,8 @@ def _counts(study) -> str:
 
 
 def _meta(reported, config: dict) -> list[str]:
-    lines = [html.escape(f"{config['model']}, {config['steps']} steps, {config['solver']}, "
+    lines = [html.escape(f"{config['model']}, {config['steps']} steps, "
+                         f"{solver_described(config)}, "
                          f"{config['samples']} samples per candidate, seed {config['seed']}")]
     if reported.stage1 not in reported.shown:
         stage1 = reported.stage1.study_name

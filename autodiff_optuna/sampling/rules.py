@@ -211,6 +211,15 @@ def fixed_solver(solver, steps: int) -> str | None:
                 None)
 
 
+def with_scale(solver, scale: float, steps: int):
+    """``solver`` (a name, or rules of scale 1) with the network's noise prediction divided by
+    ``scale`` at every step: itself where ``scale`` is 1, else one rule per step, each of that
+    scale."""
+    if scale == 1:
+        return solver
+    return [rule.scaled(scale) for rule in step_rules(solver, steps)]
+
+
 def common_scale(solver, steps: int) -> float | None:
     """The noise-prediction scale every step of ``solver`` takes (1 for a fixed solver's name),
     or None where the steps' scales differ."""

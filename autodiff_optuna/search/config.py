@@ -11,7 +11,7 @@ import yaml
 from autodiff_optuna.errors import UsageError
 from autodiff_optuna.models.files import read_text
 from autodiff_optuna.sampling.limits import check_count
-from autodiff_optuna.sampling.rules import SOLVERS
+from autodiff_optuna.sampling.rules import SCALE_RANGE, SOLVERS, describe, with_scale
 from autodiff_optuna.version import __version__
 
 # the study presets, <model>-k<steps>.yaml: package data, so that an installed copy has them
@@ -55,6 +55,9 @@ class SearchConfig:
     population: int = 20
     min_samples: int | None = None  # first rung of multi-fidelity pruning (stage 1); None: off
     sampler: str = "evolutionary"  # stage 1's; one of STAGE1_SAMPLERS
+    # the network's noise prediction divided by this at every step (epsilon scaling,
+    # ``sampling.rules``): a property of the solver, every candidate's alike
+    noise_scale: float = 1.0
 
     @property
     def solver_search(self) -> bool:
@@ -63,6 +66,19 @@ class SearchConfig:
     @property
     def default_name(self) -> str:
         return study_name(self.model, self.steps)
+
+    def solver_of(self, rules=None):
+        """What sampling runs a candidate with: its own ``rules`` where the study searches
+        them, else the study's solver; scaled by ``noise_scale``."""
+        return with_scale(rules or self.solver, self.noise_scale, self.steps)
+
+    @property
+    def solver_described(self) -> str:
+        """The study's solver as its first line says it (``ipndm, noise / 1.01``)."""
+        if self.solver_search:
+            scale = f", noise / {self.noise_scale:g}" if self.noise_scale != 1 else ""
+            return self.solver + scale
+        return describe(self.solver_of(), self.steps)
 
     def check(self) -> None:
         """Each setting's own range, before anything is loaded."""
@@ -80,6 +96,9 @@ class SearchConfig:
             raise UsageError(f"--population must be at least 2, got {self.population}")
         if not 0 <= self.seed <= MAX_STUDY_SEED:
             raise UsageError(f"--seed must be in [0, {MAX_STUDY_SEED}], got {self.seed}")
+        low, high = SCALE_RANGE
+        if not low <= self.noise_scale <= high:
+            raise UsageError(f"--noise-scale must be in [{low}, {high}], got {self.noise_scale}")
         if self.sampler not in STAGE1_SAMPLERS:
             raise UsageError(f"unknown sampler {self.sampler!r}; known: "
                              f"{', '.join(STAGE1_SAMPLERS)}")
@@ -118,7 +137,7 @@ class SearchConfig:
 
 PRESET_TYPES = {"model": str, "steps": int, "trials": int, "stage2_trials": int,
                 "population": int, "samples": int, "solver": str, "seed": int,
-                "min_samples": int, "sampler": str}
+                "min_samples": int, "sampler": str, "noise_scale": float}
 
 
 def load_preset(model: str, steps: int, directory: Path = PRESETS_DIR) -> dict:

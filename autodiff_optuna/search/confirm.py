@@ -95,10 +95,10 @@ def confirm(ctx, study: optuna.Study, progress: bool = True, batch_size: int | N
                 batch = draw(ctx.model, ctx.config.samples * IMAGES_PER_SEARCH_IMAGE,
                              ctx.config.seed, CONFIRM)
             started = time.monotonic()
-            rules = list(step_rules(point.rules, len(point.rules))) if point.rules else []
+            rules = list(step_rules(point.rules, len(point.rules))) if point.rules else None
             try:
                 fid, spread = score_with_spread(ctx.model, ctx.scorer, point.timesteps, batch,
-                                                rules or ctx.config.solver, batch_size,
+                                                ctx.config.solver_of(rules), batch_size,
                                                 skip=[tuple(s) for s in point.skip])
             except FIDError:  # not finite on this noise: no result to name
                 fid = spread = float("inf")

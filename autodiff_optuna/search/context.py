@@ -50,7 +50,7 @@ class SearchContext:
     def solver_of(self, candidate) -> object:
         """What ``sampling.sample`` runs a candidate with: its own rules where the study
         searches them, else the study's solver."""
-        return candidate.rules or self.config.solver
+        return self.config.solver_of(candidate.rules)
 
     @property
     def full_gflops(self) -> float:

@@ -9,14 +9,12 @@ whether the update is iPNDM's rather than DPM-Solver++'s ``p{i}`` (0/1; iPNDM ta
 corrector, and an iPNDM first step starts by the analytical first step): a position's rule,
 bounded by the history available there (``sampling.rules.bounded``, and from T - 1, where no
 analytical first step runs, as they run: ``rules_of``), so the same schedule is never two
-candidates. One more parameter ``e`` picks the candidate's noise-prediction scale
-(``SCALES``; epsilon scaling, ``sampling.rules``), the same at every step. A study made before
-``p{i}`` or ``e`` existed has trials without them: DPM-Solver++ at every position and the
-network's own noise prediction, which they ran. The evolutionary
-sampler writes canonical candidates; generic Optuna samplers may not, so ``decode`` repairs
-deterministically (sort, then move a repeated step to the nearest free one), and every sampler
-is scored on the same encoding. ``CandidateSpace.suggest`` writes a candidate
-into a trial and returns it decoded, for objectives of one's own.
+candidates. A study made before ``p{i}`` existed has trials without it: DPM-Solver++ at every
+position, which they ran. The evolutionary sampler writes canonical candidates; generic Optuna
+samplers may not, so ``decode`` repairs deterministically (sort, then move a repeated step to
+the nearest free one), and every sampler is scored on the same encoding.
+``CandidateSpace.suggest`` writes a candidate into a trial and returns it decoded, for
+objectives of one's own.
 
 A candidate is a list of genes, one per step: the time step and what travels with it (the
 mask). The variation operators (``variation``) move a step with everything it carries, and
@@ -37,9 +35,6 @@ from optuna.distributions import IntDistribution
 from autodiff_optuna.sampling.rules import ORDERS, SOLVERS, StepRule, bounded
 
 Gene = tuple[int, frozenset]  # (time step, names of the layers skipped at that step)
-# the noise-prediction scales a solver search chooses among (``e``): epsilon scaling's range for
-# few-step samplers; 1, the network's own prediction, first
-SCALES = tuple(round(1 + 0.005 * i, 3) for i in range(7))
 
 
 @dataclass(frozen=True)
@@ -85,8 +80,7 @@ class CandidateSpace:
     def size(self) -> int:
         """How many distinct candidates the space holds."""
         masks = 2 ** (self.steps * len(self.layers))
-        rules = (math.prod(len(c) for c in self.rule_choices) * len(SCALES)
-                 if self.solver_search else 1)
+        rules = math.prod(len(c) for c in self.rule_choices) if self.solver_search else 1
         return math.comb(self.num_train_timesteps, self.steps) * masks * rules
 
     @property
@@ -103,9 +97,9 @@ class CandidateSpace:
     @staticmethod
     def encodes(rule: StepRule) -> bool:
         """Whether a position's parameters hold ``rule``: DPM-Solver++'s rules, UniPC's
-        corrector and iPNDM's of order 1 to 3 (``o{i}``, ``c{i}``, ``p{i}``), with a scale of
-        ``SCALES`` (``e``)."""
-        return rule.order in ORDERS and rule.scale in SCALES
+        corrector and iPNDM's of order 1 to 3 (``o{i}``, ``c{i}``, ``p{i}``), on the network's
+        own noise prediction (a study's ``noise_scale`` scales every candidate alike)."""
+        return rule.order in ORDERS and rule.scale == 1
 
     def rules_of(self, rules: Sequence[StepRule] | None,
                  first_step: int | None = None) -> tuple[StepRule, ...]:
@@ -117,17 +111,14 @@ class CandidateSpace:
         if not self.solver_search:
             return ()
         if rules and not all(self.encodes(rule) for rule in rules):
-            raise ValueError(f"CandidateSpace: the searched rules are of order {ORDERS} and "
-                             f"scale {SCALES}, not {[rule.to_json() for rule in rules]}")
-        if rules and len({rule.scale for rule in rules}) > 1:
-            raise ValueError("CandidateSpace: a candidate's steps share one noise-prediction "
-                             f"scale, not {[rule.scale for rule in rules]}")
+            raise ValueError(f"CandidateSpace: the searched rules are of order {ORDERS}, "
+                             f"unscaled, not {[rule.to_json() for rule in rules]}")
         rules = bounded(rules or [StepRule()] * self.steps)
         if first_step != self.num_train_timesteps - 1:
             return rules
         runs = bounded(rules, afs=False)
         for solver in SOLVERS.values():
-            fixed = bounded([solver.scaled(rules[0].scale)] * self.steps)
+            fixed = bounded([solver] * self.steps)
             if bounded(fixed, afs=False) == runs:
                 return fixed
         return runs
@@ -142,7 +133,7 @@ class CandidateSpace:
     def rule_names(self) -> list[str]:
         if not self.solver_search:
             return []
-        return [f"{kind}{i}" for i in range(self.steps) for kind in ("o", "c", "p")] + ["e"]
+        return [f"{kind}{i}" for i in range(self.steps) for kind in ("o", "c", "p")]
 
     @property
     def names(self) -> list[str]:
@@ -151,10 +142,10 @@ class CandidateSpace:
 
     @property
     def required_names(self) -> list[str]:
-        """The parameters a trial must hold to be a candidate of this space: all but ``p{i}``
-        and ``e``, which a study made before them lacks (``decode`` reads their absence as what
-        those trials ran)."""
-        return [name for name in self.names if name[0] not in "pe"]
+        """The parameters a trial must hold to be a candidate of this space: all but ``p{i}``,
+        which a study made before it lacks (``decode`` reads its absence as what those trials
+        ran)."""
+        return [name for name in self.names if name[0] != "p"]
 
     @staticmethod
     def mask_name(position: int, layer: str) -> str:
@@ -162,7 +153,7 @@ class CandidateSpace:
 
     def distributions(self) -> dict[str, IntDistribution]:
         top = self.num_train_timesteps - 1
-        highest = {"t": top, "m": 1, "o": max(ORDERS), "c": 1, "p": 1, "e": len(SCALES) - 1}
+        highest = {"t": top, "m": 1, "o": max(ORDERS), "c": 1, "p": 1}
         return {name: IntDistribution(1 if name[0] == "o" else 0, highest[name[0]])
                 for name in self.names}
 
@@ -175,8 +166,6 @@ class CandidateSpace:
         for i, rule in enumerate(rules):
             params.update({f"o{i}": rule.order, f"c{i}": int(rule.corrector),
                            f"p{i}": int(rule.method == "ipndm")})
-        if rules:
-            params["e"] = SCALES.index(rules[0].scale)
         return params
 
     def suggest(self, trial: optuna.Trial) -> Candidate:
@@ -232,13 +221,11 @@ class CandidateSpace:
 
     @staticmethod
     def _decode_rule(params: dict[str, int], i: int) -> StepRule:
-        # p{i} and e are absent from the trials of a study made before them: DPM-Solver++'s
-        # rules and the network's own noise prediction there; an iPNDM rule takes no corrector,
-        # whatever another sampler set c{i} to
-        scale = SCALES[int(params.get("e", 0))]
+        # p{i} is absent from the trials of a study made before it: DPM-Solver++'s rules there;
+        # an iPNDM rule takes no corrector, whatever another sampler set c{i} to
         if params.get(f"p{i}", 0):
-            return StepRule(int(params.get(f"o{i}", 1)), method="ipndm", scale=scale)
-        return StepRule(int(params.get(f"o{i}", 1)), bool(params.get(f"c{i}", 0)), scale=scale)
+            return StepRule(int(params.get(f"o{i}", 1)), method="ipndm")
+        return StepRule(int(params.get(f"o{i}", 1)), bool(params.get(f"c{i}", 0)))
 
     def candidate(self, timesteps: Sequence[int], skip: Sequence[Iterable[str]] | None = None,
                   rules: Sequence[StepRule] | None = None) -> Candidate:
@@ -289,9 +276,6 @@ class CandidateSpace:
         steps = rng.choice(self.num_train_timesteps, size=self.steps, replace=False)
         masks = [frozenset(np.asarray(self.layers)[rng.random(len(self.layers)) < 0.1].tolist())
                  for _ in steps]
-        rules = None
-        if self.solver_search:
-            scale = SCALES[int(rng.integers(len(SCALES)))]
-            rules = [choices[int(rng.integers(len(choices)))].scaled(scale)
-                     for choices in self.rule_choices]
+        rules = ([choices[int(rng.integers(len(choices)))] for choices in self.rule_choices]
+                 if self.solver_search else None)
         return self.repair(list(zip(steps.tolist(), masks)), rules=rules)

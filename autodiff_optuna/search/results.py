@@ -36,7 +36,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autodiff_optuna.errors import UsageError
 from autodiff_optuna.sampling.rules import describe as describe_solver
-from autodiff_optuna.sampling.rules import fixed_solver
+from autodiff_optuna.sampling.rules import fixed_solver, with_scale
 from autodiff_optuna.search import objectives
 from autodiff_optuna.search.config import SearchConfig
 from autodiff_optuna.search.fidelity import PRUNED_AT, is_carried, n_evaluated
@@ -99,6 +99,19 @@ def stored_config(study: optuna.Study) -> dict | None:
     it lacks was added since it was made: it ran with that field's default."""
     stored = study.user_attrs.get(CONFIG_ATTR)
     return {**SearchConfig.defaults(), **stored} if isinstance(stored, dict) else None
+
+
+def study_solver(config: dict, rules=None):
+    """What a study (its ``stored_config``) sampled a candidate with: the candidate's own
+    ``rules`` where it searched them, else its solver; scaled by its ``noise_scale``
+    (``SearchConfig.solver_of``)."""
+    return with_scale(rules or config["solver"], config.get("noise_scale", 1.0), config["steps"])
+
+
+def solver_described(config: dict) -> str:
+    """A study's solver (its ``stored_config``) as its first line says it."""
+    fields = {f.name for f in dataclasses.fields(SearchConfig)}
+    return SearchConfig(**{k: v for k, v in config.items() if k in fields}).solver_described
 
 
 def complete_trials(study: optuna.Study) -> list[FrozenTrial]:

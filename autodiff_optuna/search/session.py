@@ -48,7 +48,7 @@ def run_study(ctx: SearchContext, name: str, storage, targets: Targets,
     if 2 in STAGES[plan.stage]:  # refused now, not after stage 1 ran its trials
         check_stage2(ctx, name, storage, plan.max_gflops)
     stage1 = (load_stage1 if plan.stage == "2" else open_stage1)(ctx, name, storage)
-    print(f"study {name!r}: {config.model}, {config.steps} steps, {config.solver}, "
+    print(f"study {name!r}: {config.model}, {config.steps} steps, {config.solver_described}, "
           f"{config.samples} samples/candidate; stage {plan.stage}", flush=True)
     try:
         if not _run_stages(ctx, plan, stage1, storage, targets):

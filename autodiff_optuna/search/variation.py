@@ -3,9 +3,8 @@
 Each operator works on genes (a step and what travels with it) and hands the result to
 ``CandidateSpace.repair``, so every child is a valid candidate: K distinct steps, descending.
 A step keeps its mask wherever it moves. A solver rule stays at its position (what it may use
-depends on where it stands): crossover takes each position's rule from either parent (and the
-noise-prediction scale, one per candidate, from one of them), and mutation redraws some
-positions' rules, or the scale, in a space that searches the solver. In stage 2, a skip
+depends on where it stands): crossover takes each position's rule from either parent, and
+mutation redraws some positions' rules in a space that searches the solver. In stage 2, a skip
 prior (``prior_weights`` of the measured skip costs) makes mutation turn on cheap skips more often
 than ruinous ones.
 """
@@ -14,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from autodiff_optuna.search.encoding import SCALES, Candidate, CandidateSpace, Gene
+from autodiff_optuna.search.encoding import Candidate, CandidateSpace, Gene
 
 # the cost of a skip whose images are not finite (``skip_cost``): above any measured one
 RUINOUS = 1e12
@@ -88,27 +87,17 @@ def mutate(space: CandidateSpace, parent: Candidate, rng: np.random.Generator,
 
 
 def _mutate_rules(space: CandidateSpace, rules, rng: np.random.Generator) -> list:
-    """Each position that has a choice, and the candidate's noise-prediction scale (one slot
-    more), redrawn with probability 1/K (one at least), to another of its values; a redrawn
-    position keeps the candidate's scale."""
+    """Each position that has a choice redrawn with probability 1/K (one at least), to
+    another of its rules."""
     rules = list(rules)
-    scale = rules[0].scale
-    slots = [i for i, choices in enumerate(space.rule_choices) if len(choices) > 1]
-    slots += [SCALE_SLOT] * (len(SCALES) > 1)
-    if not slots:
+    open_positions = [i for i, choices in enumerate(space.rule_choices) if len(choices) > 1]
+    if not open_positions:
         return rules
-    chosen = [i for i in slots if rng.random() < 1.0 / space.steps]
-    for i in chosen or [slots[int(rng.integers(len(slots)))]]:
-        if i == SCALE_SLOT:
-            others = [s for s in SCALES if s != scale]
-            scale = others[int(rng.integers(len(others)))]
-            continue
-        others = [r for r in space.rule_choices[i] if r != rules[i].scaled(1.0)]
+    chosen = [i for i in open_positions if rng.random() < 1.0 / space.steps]
+    for i in chosen or [open_positions[int(rng.integers(len(open_positions)))]]:
+        others = [r for r in space.rule_choices[i] if r != rules[i]]
         rules[i] = others[int(rng.integers(len(others)))]
-    return [rule.scaled(scale) for rule in rules]
-
-
-SCALE_SLOT = -1  # _mutate_rules' name for the scale among the positions
+    return rules
 
 
 def _mutate_steps(space: CandidateSpace, genes: list[Gene], rng: np.random.Generator,
@@ -194,9 +183,6 @@ def crossover(space: CandidateSpace, a: Candidate, b: Candidate,
         mask = frozenset(layer for layer in space.layers
                          if (layer in ma if rng.random() < 0.5 else layer in mb))
         genes.append((ta if take_a else tb, mask))
-    rules = None
-    if space.solver_search:  # the scale is one parent's, whole
-        scale = (a if rng.random() < 0.5 else b).rules[0].scale
-        rules = [(ra if rng.random() < 0.5 else rb).scaled(scale)
-                 for ra, rb in zip(a.rules, b.rules)]
+    rules = ([ra if rng.random() < 0.5 else rb for ra, rb in zip(a.rules, b.rules)]
+             if space.solver_search else None)
     return space.repair(genes, rng, rules)
