@@ -218,3 +218,55 @@ def test_an_ipndm_study_runs_both_stages_and_its_export_evaluates(tmp_path, caps
     scored = json.loads(capsys.readouterr().out)
     assert scored["uniform_solver"] == "ipndm" and scored["fid"] > 0
     assert describe("ipndm", 4) == "ipndm"
+
+
+def test_a_noise_scale_study_samples_exports_and_resumes_with_it(tmp_path, capsys):
+    """``--noise-scale`` divides every candidate's noise prediction (epsilon scaling): the
+    search scores with it, the export carries it, evaluate's baseline is the solver without it,
+    and a resume must name the same."""
+    from autodiff_optuna.metrics.fid import to_uint8
+    from autodiff_optuna.sampling import HELDOUT, draw
+
+    def study(url, *flags):
+        return main(["study", "--model", "digits", "--steps", "3", "--trials", "3", "--samples",
+                     "80", "--population", "4", "--min-samples", "0", "--stage", "1",
+                     "--solver", "ipndm", "--storage", url, *flags])
+
+    scaled, plain = f"sqlite:///{tmp_path}/scaled.db", f"sqlite:///{tmp_path}/plain.db"
+    assert study(scaled, "--noise-scale", "1.015", "--quiet") == 0
+    assert study(plain, "--quiet") == 0
+    first = {url: optuna.load_study(study_name="digits-k3", storage=url).trials[0]
+             for url in (scaled, plain)}
+    assert first[scaled].params == first[plain].params  # uniform, both
+    assert first[scaled].value != first[plain].value  # scored with the scale
+    out = tmp_path / "schedule.json"
+    assert main(["export", "--name", "digits-k3", "--storage", scaled, "--out", str(out)]) == 0
+    exported = json.loads(out.read_text())
+    assert exported["solver"] == [[3, False, "ipndm", 1.015]] * 3
+    assert "autodiff_optuna.apply" in exported["diffusers"]["note"]
+    capsys.readouterr()
+    assert main(["evaluate", "--schedule", str(out), "--samples", "100", "--json"]) == 0
+    scored = json.loads(capsys.readouterr().out)
+    assert scored["uniform_solver"] == "ipndm"
+    # the exported solver is the search's: ao.sample of the file samples it
+    import autodiff_optuna as ao
+    from autodiff_optuna.models import load_model
+    from autodiff_optuna.sampling import sample
+
+    model = load_model("digits")
+    x = sample(model, tuple(exported["timesteps"]), draw(model, 4, 0, HELDOUT),
+               [StepRule(3, method="ipndm", scale=1.015)] * 3)
+    assert torch_equal(ao.sample(str(out), n=4, seed=0), to_uint8(model.decode(x)))
+    # the first line says it; a resume with another scale is refused, nothing run
+    assert study(scaled, "--noise-scale", "1.015") == 0
+    assert "ipndm, noise / 1.015" in capsys.readouterr().out
+    assert study(scaled, "--noise-scale", "1.02", "--quiet") == 2
+    assert "noise_scale: stored 1.015, requested 1.02" in capsys.readouterr().err
+    assert study(scaled, "--noise-scale", "1.5", "--quiet") == 2
+    assert "--noise-scale must be in [0.9, 1.1], got 1.5" in capsys.readouterr().err
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return torch.equal(a, b)
