@@ -284,10 +284,12 @@ def test_the_export_holds_the_scheduler_apply_builds(digits, tmp_path, capsys):
 
 @pytest.mark.slow  # a study and its export, as above
 def test_an_ipndm_export_names_apply_and_applies(digits, tmp_path, capsys):
-    """No diffusers scheduler runs iPNDM with its analytical first step: the export's note says
-    to apply it with ``apply``, which runs it as ``sample`` does."""
+    """No diffusers scheduler runs iPNDM with its analytical first step, nor divides the noise
+    prediction (the digits-k4 preset's noise scale): the export's note says to apply it with
+    ``apply``, which runs it as ``sample`` does."""
     exported = _exported(tmp_path, capsys, "--solver", "ipndm")
-    assert exported["solver"] == "ipndm" and "scheduler" not in exported["diffusers"]
+    assert exported["solver"] == [[3, False, "ipndm", 1.015]] * 4
+    assert "scheduler" not in exported["diffusers"]
     assert "autodiff_optuna.apply(pipe, schedule)" in exported["diffusers"]["note"]
     with ao.apply(_pipeline(digits), tmp_path / "schedule.json") as pipe:
         images = _images(pipe)

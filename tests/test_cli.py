@@ -336,7 +336,8 @@ def test_every_command_and_flag_has_help(tmp_path):
     for flag, key in (("--trials", "trials"), ("--samples", "samples"), ("--seed", "seed"),
                       ("--population", "population"), ("--stage2-trials", "stage2_trials"),
                       ("--min-samples", "min_samples"), ("--solver", "solver"),
-                      ("--sampler", "sampler")):  # the preset's value, as configure takes it
+                      ("--sampler", "sampler"), ("--noise-scale", "noise_scale")):
+        # the preset's value, as configure takes it
         assert "default: from the model's preset" in helps[flag], flag
         assert key not in preset or f"digits-k4: {preset[key]};" in helps[flag], flag
     assert f"digits-k4: {preset['trials']}; without one, {DEFAULT_TRIALS}" in helps["--trials"]
@@ -345,6 +346,11 @@ def test_every_command_and_flag_has_help(tmp_path):
     config, targets = configure("digits", 4)
     assert (targets.trials, targets.stage2_trials, config.population) == (
         preset["trials"], preset["stage2_trials"], preset["population"])
+    # the preset's noise scale goes with its solver: another solver runs unscaled, unless asked
+    assert config.noise_scale == preset["noise_scale"] != 1
+    assert configure("digits", 4, solver=preset["solver"])[0].noise_scale == preset["noise_scale"]
+    assert configure("digits", 4, solver="dpmpp2m")[0].noise_scale == 1
+    assert configure("digits", 4, solver="dpmpp2m", noise_scale=1.01)[0].noise_scale == 1.01
     # a trial is retried once its heartbeat has been missed as often as the help says
     storage = open_storage(f"sqlite:///{tmp_path}/s.db", heartbeat=10, writable=True)
     assert f"once {storage.grace_period // 10} beats are missed" in helps["--heartbeat"]

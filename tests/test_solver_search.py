@@ -208,7 +208,7 @@ def test_an_ipndm_study_runs_both_stages_and_its_export_evaluates(tmp_path, caps
     url = f"sqlite:///{tmp_path}/s.db"
     assert main(["study", "--model", "digits", "--steps", "4", "--trials", "8", "--samples",
                  "150", "--population", "4", "--min-samples", "0", "--stage2-trials", "4",
-                 "--solver", "ipndm", "--storage", url, "--quiet"]) == 0
+                 "--solver", "ipndm", "--noise-scale", "1", "--storage", url, "--quiet"]) == 0
     out = tmp_path / "schedule.json"
     assert main(["export", "--name", "digits-k4", "--storage", url, "--out", str(out)]) == 0
     exported = json.loads(out.read_text())

@@ -214,7 +214,8 @@ def shortened(name: str, limit: int = 60) -> str:
 def configure(model: str, steps: int, trials: int | None = None,
               stage2_trials: int | None = None, **flags) -> tuple[SearchConfig, Targets]:
     """The search a ``study`` command asks for: its flags (None: not given) over the preset
-    ``<model>-k<steps>.yaml`` over the defaults. ``flags`` are SearchConfig fields."""
+    ``<model>-k<steps>.yaml`` over the defaults (a preset's ``noise_scale`` only with its own
+    solver). ``flags`` are SearchConfig fields."""
     preset = load_preset(model, steps) if steps >= 1 else {}
     values = {key: flags[key] if flags.get(key) is not None else preset.get(key)
               for key in SearchConfig.defaults()}
@@ -225,6 +226,9 @@ def configure(model: str, steps: int, trials: int | None = None,
         # --min-samples 0 turns a preset's pruning off; so does a --samples below its first rung
         values["min_samples"] = None
     values["solver"] = values["solver"] or DEFAULT_SOLVER
+    if flags.get("noise_scale") is None and values["solver"] != preset.get("solver"):
+        # a preset's noise scale was chosen for its solver: another solver runs unscaled
+        values["noise_scale"] = None
     config = SearchConfig(model, steps, **{k: v for k, v in values.items() if v is not None})
     config.check()
     trials = trials if trials is not None else preset.get("trials", DEFAULT_TRIALS)
