@@ -215,7 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
                        + preset("solver", DEFAULT_SOLVER))
     study.add_argument("--noise-scale", type=float, dest="noise_scale",
                        help="divide the network's noise prediction by this at every step "
-                            "(epsilon scaling, against few-step samplers' drift), 0.9 to 1.1"
+                            "(epsilon scaling, against few-step samplers' drift), 0.9 to 1.1; "
+                            "a preset's only with the preset's solver"
                        + preset("noise_scale", SearchConfig.noise_scale))
     study.add_argument("--population", type=int, help="trials per generation"
                        + preset("population", SearchConfig.population))

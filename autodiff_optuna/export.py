@@ -31,7 +31,6 @@ from autodiff_optuna.sampling.rules import (
     describe,
     fixed_solver,
     single_scheduler_solver,
-    step_rules,
 )
 from autodiff_optuna.search.results import Point, StudyResult, study_solver
 from autodiff_optuna.storage import record
@@ -74,8 +73,7 @@ def from_result(result: StudyResult, pick: Point | None = None) -> SearchedSched
     # searched per step, or scaled: its name where one fixed solver runs the same rules
     solver = study_solver(config, pick.rules)
     if not isinstance(solver, str):
-        solver = fixed_solver(solver, len(pick.timesteps)) or [
-            rule.to_json() for rule in step_rules(solver, len(pick.timesteps))]
+        solver = fixed_solver(solver, len(pick.timesteps)) or solver
     return SearchedSchedule(
         model=config["model"], solver=solver, timesteps=pick.timesteps,
         skip=pick.skip, fid=pick.fid, gflops=pick.gflops, full_gflops=result.full_gflops,

@@ -21,7 +21,7 @@ SPACE = CandidateSpace(4, 1000, solver_search=True)
 def test_rules_are_trial_parameters_and_decode_bounded():
     candidate = SPACE.candidate([750, 500, 250, 0], rules=[StepRule(3, True)] * 4)
     params = SPACE.encode(candidate)
-    assert {f"{kind}{i}" for i in range(4) for kind in "ocp"} | {"e"} <= set(params)
+    assert {f"{kind}{i}" for i in range(4) for kind in "ocp"} <= set(params)
     # order at most the history (1 at the first step), 1 at the last; no corrector after it
     assert candidate.rules == bounded([StepRule(3, True)] * 4)
     assert candidate.rules[0].order == 1 and candidate.rules[-1] == StepRule(1, False)
@@ -41,7 +41,7 @@ def test_every_position_offers_exactly_the_rules_that_differ():
     # and one or two noise predictions; the last: DDIM, or iPNDM of order 2 or 3
     assert choices[0] == [StepRule(1, False), StepRule(1, True), *ipndm[:2]]
     assert choices[-1] == [StepRule(1, False), *ipndm[1:]]
-    assert SPACE.size == CandidateSpace(4, 1000).size * np.prod([len(c) for c in choices]) * 7
+    assert SPACE.size == CandidateSpace(4, 1000).size * np.prod([len(c) for c in choices])
 
 
 def test_mutation_and_crossover_breed_rules_within_their_bounds():
@@ -163,27 +163,6 @@ def test_a_study_made_before_p_and_e_resumes_without_repeating_a_candidate(tmp_p
     assert len(done) >= 16 and len(set(done)) == len(done)
 
 
-def test_the_scale_is_one_parameter_bred_whole():
-    from autodiff_optuna.search.encoding import SCALES
-
-    rules = [StepRule(2, scale=1.01)] * 4
-    candidate = SPACE.candidate([750, 500, 250, 0], rules=rules)
-    params = SPACE.encode(candidate)
-    assert params["e"] == SCALES.index(1.01) and SPACE.decode(params) == candidate
-    assert all(rule.scale == 1.0 for rule in SPACE.decode(
-        {k: v for k, v in params.items() if k != "e"}).rules)  # a study made before e
-    with pytest.raises(ValueError, match="share one noise-prediction scale"):
-        SPACE.candidate([750, 500, 250, 0], rules=[StepRule(2, scale=1.01), *[StepRule(2)] * 3])
-    rng = np.random.default_rng(1)
-    a, b = candidate, SPACE.candidate([900, 600, 300, 0], rules=[SOLVERS["ipndm"]] * 4)
-    scales = set()
-    for _ in range(200):
-        child = variation.mutate(SPACE, variation.crossover(SPACE, a, b, rng), rng)
-        assert len({rule.scale for rule in child.rules}) == 1
-        scales.add(child.rules[0].scale)
-    assert scales > {1.0, 1.01} and scales <= set(SCALES)
-
-
 def test_ipndm_rules_are_searched_and_a_study_made_before_decodes_as_it_ran():
     """iPNDM is a searched rule (``p{i}``) of orders 1 to 3; a first ipndm step starts by the
     analytical first step, so all-iPNDM rules are the fixed ``ipndm``."""
@@ -199,7 +178,7 @@ def test_ipndm_rules_are_searched_and_a_study_made_before_decodes_as_it_ran():
     # trials of a study made before p{i} existed: DPM-Solver++'s rules, as they ran
     old = {k: v for k, v in params.items() if k[0] != "p"}
     assert all(rule.method == "dpm" for rule in SPACE.decode(old).rules)
-    with pytest.raises(ValueError, match="searched rules are of order .* and scale"):
+    with pytest.raises(ValueError, match="searched rules are of order .*, unscaled"):
         SPACE.candidate([750, 500, 250, 0], rules=[StepRule(4, method="ipndm")] * 4)
 
 
@@ -257,11 +236,20 @@ def test_a_noise_scale_study_samples_exports_and_resumes_with_it(tmp_path, capsy
     x = sample(model, tuple(exported["timesteps"]), draw(model, 4, 0, HELDOUT),
                [StepRule(3, method="ipndm", scale=1.015)] * 3)
     assert torch_equal(ao.sample(str(out), n=4, seed=0), to_uint8(model.decode(x)))
+    # best --json says it; the report samples its grids and held-out column with it
+    assert main(["best", "--name", "digits-k3", "--storage", scaled, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["noise_scale"] == 1.015
+    assert main(["report", "--name", "digits-k3", "--storage", scaled, "--out",
+                 str(tmp_path / "report"), "--grid", "4", "--heldout-samples", "80",
+                 "--top", "1", "--device", "cpu"]) == 0
+    assert "ipndm, noise / 1.015" in (tmp_path / "report" / "index.html").read_text()
+    capsys.readouterr()
     # the first line says it; a resume with another scale is refused, nothing run
     assert study(scaled, "--noise-scale", "1.015") == 0
     assert "ipndm, noise / 1.015" in capsys.readouterr().out
     assert study(scaled, "--noise-scale", "1.02", "--quiet") == 2
-    assert "noise_scale: stored 1.015, requested 1.02" in capsys.readouterr().err
+    assert ("noise_scale: stored 1.015, requested 1.02 (--noise-scale 1.015 resumes it)"
+            in capsys.readouterr().err)
     assert study(scaled, "--noise-scale", "1.5", "--quiet") == 2
     assert "--noise-scale must be in [0.9, 1.1], got 1.5" in capsys.readouterr().err
 

@@ -161,6 +161,8 @@ def load_preset(model: str, steps: int, directory: Path = PRESETS_DIR) -> dict:
                          f"allowed: {sorted(PRESET_TYPES)}")
     for key, value in values.items():
         wanted = PRESET_TYPES[key]
+        if wanted is float and isinstance(value, int) and not isinstance(value, bool):
+            value = values[key] = float(value)  # YAML reads 1 as an integer
         if not isinstance(value, wanted) or isinstance(value, bool):
             raise UsageError(f"study preset {path}: {key} must be {wanted.__name__}, "
                              f"got {value!r}")
@@ -226,7 +228,8 @@ def configure(model: str, steps: int, trials: int | None = None,
         # --min-samples 0 turns a preset's pruning off; so does a --samples below its first rung
         values["min_samples"] = None
     values["solver"] = values["solver"] or DEFAULT_SOLVER
-    if flags.get("noise_scale") is None and values["solver"] != preset.get("solver"):
+    if (flags.get("noise_scale") is None
+            and values["solver"] != (preset.get("solver") or DEFAULT_SOLVER)):
         # a preset's noise scale was chosen for its solver: another solver runs unscaled
         values["noise_scale"] = None
     config = SearchConfig(model, steps, **{k: v for k, v in values.items() if v is not None})

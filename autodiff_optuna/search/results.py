@@ -36,7 +36,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autodiff_optuna.errors import UsageError
 from autodiff_optuna.sampling.rules import describe as describe_solver
-from autodiff_optuna.sampling.rules import fixed_solver, with_scale
+from autodiff_optuna.sampling.rules import fixed_solver, step_rules, with_scale
 from autodiff_optuna.search import objectives
 from autodiff_optuna.search.config import SearchConfig
 from autodiff_optuna.search.fidelity import PRUNED_AT, is_carried, n_evaluated
@@ -102,10 +102,14 @@ def stored_config(study: optuna.Study) -> dict | None:
 
 
 def study_solver(config: dict, rules=None):
-    """What a study (its ``stored_config``) sampled a candidate with: the candidate's own
-    ``rules`` where it searched them, else its solver; scaled by its ``noise_scale``
-    (``SearchConfig.solver_of``)."""
-    return with_scale(rules or config["solver"], config.get("noise_scale", 1.0), config["steps"])
+    """What a study (its ``stored_config``) sampled a candidate with, as a schedule file holds
+    it: the candidate's own ``rules`` where it searched them, else its solver; scaled by its
+    ``noise_scale`` (``SearchConfig.solver_of``), one JSON rule per step."""
+    solver = with_scale(rules or config["solver"], config.get("noise_scale", 1.0),
+                        config["steps"])
+    if isinstance(solver, str):
+        return solver
+    return [rule.to_json() for rule in step_rules(solver, config["steps"])]
 
 
 def solver_described(config: dict) -> str:
@@ -364,8 +368,8 @@ class StudyResult:
         summary = {
             "study": self.name,
             "stage2_study": self.stage2.study_name if self.stage2 is not None else None,
-            **{key: config.get(key) for key in ("model", "steps", "solver", "samples", "seed",
-                                                "sampler", "model_weights")},
+            **{key: config.get(key) for key in ("model", "steps", "solver", "noise_scale",
+                                                "samples", "seed", "sampler", "model_weights")},
             "fid_features": self.stage1.user_attrs.get(FID_FEATURES_ATTR),
             "full_gflops": full,
             "fid_tolerance": self.fid_tolerance,

@@ -413,6 +413,8 @@ def _hint(key: str, stored: dict, wanted: dict) -> str:
         return f" ({weights_hint(stored[key], wanted[key], wanted['model'])})"
     if key == "fid_features" and stored.get(key) and wanted.get(key):
         return f" ({features_hint(stored[key], wanted[key])})"
+    if key == "noise_scale":
+        return f" (--noise-scale {stored[key]:g} resumes it)"
     return ""
 
 
