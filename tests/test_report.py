@@ -366,11 +366,12 @@ def test_heldout_fids_are_stored_one_by_one():
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        heldout.fill(rows(), study, model, scorer, "ddim", 65, 0, ctrl_c_at_the_second)
+        heldout.fill(rows(), study, model, scorer, lambda row: "ddim", 65, 0,
+                     ctrl_c_at_the_second)
     [first] = study.user_attrs[HELDOUT_FID_ATTR]
     assert first["timesteps"] == schedules[0] and np.isfinite(first["fid"])
     lines, again = [], rows()
-    heldout.fill(again, study, model, scorer, "ddim", 65, 0, lines.append)
+    heldout.fill(again, study, model, scorer, lambda row: "ddim", 65, 0, lines.append)
     assert [line.split(":")[0] for line in lines] == ["held-out FID 2/2"]  # 1 from the cache
     stored = study.user_attrs[HELDOUT_FID_ATTR]
     assert [c["timesteps"] for c in stored] == schedules and stored[0] == first
