@@ -82,9 +82,10 @@ def make_pruner(min_samples: int | None) -> optuna.pruners.BasePruner:
 
 def score_in_rungs(trial: optuna.Trial, model, scorer: FIDScorer, candidate: Candidate,
                    batch: NoiseBatch, solver: str, counts: list[int],
-                   batch_size: int | None = None) -> float:
+                   batch_size: int | None = None, prune: bool = True) -> float:
     """FID on all of ``batch``, reporting it at each of ``counts`` images first; raises
-    ``TrialPruned`` (after recording how many images were spent) when the pruner says so."""
+    ``TrialPruned`` (after recording how many images were spent) when the pruner says so,
+    unless not to ``prune`` (a baseline: it reports, and is never stopped)."""
     import numpy as np
     import torch
 
@@ -103,7 +104,7 @@ def score_in_rungs(trial: optuna.Trial, model, scorer: FIDScorer, candidate: Can
         fid = fid_from_features(np.concatenate(features), scorer.ref_mu, scorer.ref_sigma)
         if n < total:
             trial.report(fid, n)
-            if trial.should_prune():
+            if prune and trial.should_prune():
                 trial.set_user_attr(PRUNED_AT, n)
                 raise optuna.TrialPruned(f"FID {fid:.3f} at {n} images")
     return fid
