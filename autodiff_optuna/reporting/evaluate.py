@@ -21,7 +21,7 @@ from autodiff_optuna.models.files import read_json
 from autodiff_optuna.sampling import HELDOUT, draw, standard_spacings, validate
 from autodiff_optuna.sampling.limits import check_count, check_seed
 from autodiff_optuna.sampling.noise import check_fits
-from autodiff_optuna.sampling.rules import SOLVERS, common_scale, fixed_solver, step_rules
+from autodiff_optuna.sampling.rules import SOLVERS, fixed_solver, without_scale
 from autodiff_optuna.sampling.rules import describe as describe_solver
 from autodiff_optuna.sampling.schedules import uniform as uniform_spacing
 from autodiff_optuna.sampling.skipping import check_skip
@@ -166,10 +166,8 @@ def _spreads(result: dict, features, others: list, scorer) -> None:
 def _unscaled_fixed_solver(solver, steps: int) -> str | None:
     """The fixed solver ``solver`` runs as, less its noise-prediction scale where every step has
     the same one (a scaled ipndm's baseline is ipndm: the strongest a user picks without it)."""
-    scale = common_scale(solver, steps)
-    if scale is None:
-        return None
-    return fixed_solver([rule.scaled(1.0) for rule in step_rules(solver, steps)], steps)
+    split = without_scale(solver, steps)
+    return None if split is None else fixed_solver(split[0], steps)
 
 
 def _fid(features, scorer) -> float:

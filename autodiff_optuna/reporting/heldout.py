@@ -11,7 +11,6 @@ from autodiff_optuna.errors import UsageError
 from autodiff_optuna.metrics.fid import FIDError
 from autodiff_optuna.metrics.scoring import score_schedule
 from autodiff_optuna.sampling import HELDOUT, draw, validate
-from autodiff_optuna.sampling.rules import step_rules
 from autodiff_optuna.storage.record import HELDOUT_FID_ATTR
 
 
@@ -26,10 +25,7 @@ def fill(rows, study, model, scorer, solver_of, samples: int, seed: int, log) ->
                 "a schedule")
             row.heldout_fid = None
             continue
-        row_solver = solver_of(row)
-        if not isinstance(row_solver, str):  # as stored: JSON rules
-            row_solver = [rule.to_json() for rule in step_rules(row_solver,
-                                                                len(row.timesteps))]
+        row_solver = solver_of(row)  # a name or JSON rules, as the cache key holds them
         key = {"timesteps": row.timesteps, "skip": row.skip, "solver": row_solver,
                "samples": samples, "seed": seed, "model_weights": model.fingerprint,
                "fid_features": scorer.name}

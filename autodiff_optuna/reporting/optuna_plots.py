@@ -170,8 +170,7 @@ def group_importances(importances: dict[str, float], steps: int,
     """Stage-2 parameter importances summed by layer ("time steps": t0..t{K-1}; a layer: its
     mask bits at every step; "solver": the searched rules' orders, correctors and methods,
     where the study searched them) and by step ("step k": its time step, its mask bits and its
-    rule), in execution order. A parameter Optuna left out (one
-    no trial varied) counts 0."""
+    rule), in execution order. A parameter Optuna left out (one no trial varied) counts 0."""
     by_layer = {"time steps": 0.0, **dict.fromkeys(layers, 0.0)}
     by_step = {f"step {k + 1}": 0.0 for k in range(steps)}
     rules = {f"{kind}{k}": k for k in range(steps) for kind in ("o", "c", "p")}

@@ -227,6 +227,15 @@ def common_scale(solver, steps: int) -> float | None:
     return scales.pop() if len(scales) == 1 else None
 
 
+def without_scale(solver, steps: int) -> tuple[object, float] | None:
+    """``solver`` less the noise-prediction scale every step takes, and that scale (``with_scale``
+    undone: ``solver`` itself where it is 1); None where the steps' scales differ."""
+    scale = common_scale(solver, steps)
+    if scale is None or scale == 1:
+        return None if scale is None else (solver, 1.0)
+    return [rule.scaled(1.0) for rule in step_rules(solver, steps)], scale
+
+
 def single_scheduler_solver(solver, steps: int) -> str | None:
     """The fixed solver a single ``DPMSolverMultistepScheduler`` runs ``solver`` with (over
     custom time steps), or None where none does (mixed orders, UniPC's corrector, iPNDM)."""
@@ -242,11 +251,10 @@ def describe(solver, steps: int) -> str:
     where UniPC's corrector follows and ``i`` for iPNDM (``per-step 1+C, 2+C, 3i, 1``); a
     noise-prediction scale other than 1 after it (``ipndm, noise / 1.01``), or after each
     step's rule where they differ (``per-step 2/1.01, 1``)."""
+    split = without_scale(solver, steps)
+    if split is not None and split[1] != 1:  # one scale at every step: said once
+        return f"{describe(split[0], steps)}, noise / {split[1]:g}"
     rules = bounded(step_rules(solver, steps))
-    scales = {r.scale for r in rules}
-    if len(scales) == 1 and scales != {1.0}:  # one scale at every step: said once
-        scale = scales.pop()
-        return f"{describe([r.scaled(1.0) for r in rules], steps)}, noise / {scale:g}"
     name = fixed_solver(solver, steps)
     if name is not None:
         return name

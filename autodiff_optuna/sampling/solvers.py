@@ -21,12 +21,12 @@ from autodiff_optuna.sampling.rules import (
     SOLVERS,
     RuleStepper,
     analytic_start,
-    common_scale,
     fixed_solver,
     run_rules,
     single_scheduler_solver,
     step_rules,
     training_schedule,
+    without_scale,
 )
 from autodiff_optuna.sampling.schedules import Schedule
 from autodiff_optuna.sampling.skipping import skipping
@@ -76,11 +76,10 @@ def scheduler_solver(solver, steps: int) -> str | None:
     ``ipndm``; None for rules no one scheduler runs (mixed orders, UniPC's corrector). A
     noise-prediction scale the same at every step is the caller's to apply (``common_scale``:
     the scheduler's ``step`` given the network's output divided by it)."""
-    scale = common_scale(solver, steps)
-    if scale is None:
+    split = without_scale(solver, steps)
+    if split is None:
         return None
-    if scale != 1:
-        solver = [rule.scaled(1.0) for rule in step_rules(solver, steps)]
+    solver = split[0]
     name = fixed_solver(solver, steps)
     if name is not None and analytic_start(name):
         return name

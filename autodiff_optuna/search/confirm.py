@@ -34,7 +34,6 @@ import optuna
 from autodiff_optuna.metrics.fid import FIDError
 from autodiff_optuna.metrics.scoring import score_with_spread
 from autodiff_optuna.sampling.noise import CONFIRM, draw
-from autodiff_optuna.sampling.rules import step_rules
 from autodiff_optuna.search.results import (
     MIN_SAVING,
     Point,
@@ -95,10 +94,9 @@ def confirm(ctx, study: optuna.Study, progress: bool = True, batch_size: int | N
                 batch = draw(ctx.model, ctx.config.samples * IMAGES_PER_SEARCH_IMAGE,
                              ctx.config.seed, CONFIRM)
             started = time.monotonic()
-            rules = list(step_rules(point.rules, len(point.rules))) if point.rules else None
             try:
                 fid, spread = score_with_spread(ctx.model, ctx.scorer, point.timesteps, batch,
-                                                ctx.config.solver_of(rules), batch_size,
+                                                ctx.config.solver_of(point.rules), batch_size,
                                                 skip=[tuple(s) for s in point.skip])
             except FIDError:  # not finite on this noise: no result to name
                 fid = spread = float("inf")

@@ -36,7 +36,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autodiff_optuna.errors import UsageError
 from autodiff_optuna.sampling.rules import describe as describe_solver
-from autodiff_optuna.sampling.rules import fixed_solver, step_rules, with_scale
+from autodiff_optuna.sampling.rules import fixed_solver, step_rules
 from autodiff_optuna.search import objectives
 from autodiff_optuna.search.config import SearchConfig
 from autodiff_optuna.search.fidelity import PRUNED_AT, is_carried, n_evaluated
@@ -103,10 +103,8 @@ def stored_config(study: optuna.Study) -> dict | None:
 
 def study_solver(config: dict, rules=None):
     """What a study (its ``stored_config``) sampled a candidate with, as a schedule file holds
-    it: the candidate's own ``rules`` where it searched them, else its solver; scaled by its
-    ``noise_scale`` (``SearchConfig.solver_of``), one JSON rule per step."""
-    solver = with_scale(rules or config["solver"], config.get("noise_scale", 1.0),
-                        config["steps"])
+    it (``SearchConfig.solver_of``): a name, or one JSON rule per step."""
+    solver = _search_config(config).solver_of(rules)
     if isinstance(solver, str):
         return solver
     return [rule.to_json() for rule in step_rules(solver, config["steps"])]
@@ -114,8 +112,12 @@ def study_solver(config: dict, rules=None):
 
 def solver_described(config: dict) -> str:
     """A study's solver (its ``stored_config``) as its first line says it."""
+    return _search_config(config).solver_described
+
+
+def _search_config(config: dict) -> SearchConfig:
     fields = {f.name for f in dataclasses.fields(SearchConfig)}
-    return SearchConfig(**{k: v for k, v in config.items() if k in fields}).solver_described
+    return SearchConfig(**{k: v for k, v in config.items() if k in fields})
 
 
 def complete_trials(study: optuna.Study) -> list[FrozenTrial]:
