@@ -57,13 +57,21 @@ PROTOCOLS = {
     "ipndm": ("--solver", "ipndm"),
     "cheap_ipndm": ("--trials", "40", "--population", "10", "--samples", "500",
                     "--stage2-trials", "10", "--min-samples", "125", "--solver", "ipndm"),
+    # the presets as they ship (digits-k4: iPNDM, noise / 1.015; digits-deep-k4: the per-step
+    # search), measured after the pruner's first values were fixed (a1ef041)
+    "shipped": (),
+    "cheap_shipped": ("--trials", "40", "--population", "10", "--samples", "500",
+                      "--stage2-trials", "10", "--min-samples", "125"),
 }
 PROTOCOL_NAMES = {"preset": "the preset (100 + 80 trials, digits-deep 100 + 240; population 20, "
                             "1000 images), DPM-Solver++(2M)",
                   "cheap": "cheap (40 + 10 trials, population 10, 500 images), "
                            "DPM-Solver++(2M)",
                   "ipndm": "the preset with iPNDM (`--solver ipndm`)",
-                  "cheap_ipndm": "cheap with iPNDM"}
+                  "cheap_ipndm": "cheap with iPNDM",
+                  "shipped": "the preset as it ships (digits: iPNDM, noise / 1.015; "
+                             "digits-deep: the per-step search)",
+                  "cheap_shipped": "cheap with the preset's solver"}
 DEFAULT_DIR = Path("/tmp/bench-protocol")
 WITHIN = 1.10  # the issues' tolerance on held-out FID
 # a run's export by today's rule (within the tolerance by more than the confirmed FIDs' noise),
