@@ -31,7 +31,7 @@ def cmd_study(args) -> None:
     from autodiff_optuna.reporting.dashboard import keep_result
     from autodiff_optuna.search import SearchContext, configure, retry_stale_trial
     from autodiff_optuna.search.config import check_study_name
-    from autodiff_optuna.search.session import Plan, run_study
+    from autodiff_optuna.search.session import Plan, check_resumable, run_study
 
     config, targets = configure(
         args.model, args.steps, trials=args.trials, stage2_trials=args.stage2_trials,
@@ -49,11 +49,12 @@ def cmd_study(args) -> None:
     with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
         # checked against the model and metric before any study is created
         ctx = SearchContext.build(config, runtime.device(args.device), model_options(args))
-        if not args.quiet:
-            _print_estimate(config, targets, args, ctx)
         storage = open_storage(args.storage, heartbeat=args.heartbeat,
                                on_stale_trial=retry_stale_trial, writable=True)
         plan = Plan(args.stage, args.max_gflops, args.timeout, not args.quiet, tuple(args.argv))
+        check_resumable(ctx, name, storage, plan)  # a refused resume times nothing
+        if not args.quiet:
+            _print_estimate(config, targets, args, ctx)
         result = run_study(ctx, name, storage, targets, plan)
         if result is None:
             return  # --timeout: stopped between trials, resumable

@@ -79,8 +79,11 @@ def test_resume_and_configuration_mismatch(capsys, tmp_path):
     capsys.readouterr()
     mismatched = ["study", "--model", "digits", "--steps", "3", "--storage", url,
                   "--samples", "96", "--population", "3", "--name", "digits-k3", "--stage", "1"]
-    assert main(mismatched) == 2
-    assert "samples: stored 80, requested 96" in error_line(capsys)
+    assert main(mismatched) == 2  # not --quiet: refused before the estimate times the model
+    captured = capsys.readouterr()
+    assert "timing" not in captured.out and "estimate" not in captured.out, captured.out
+    assert captured.err.startswith("error: ") and len(captured.err.strip().splitlines()) == 1
+    assert "samples: stored 80, requested 96" in captured.err
     assert len(optuna.load_study(study_name="digits-k3", storage=url).trials) == len(study.trials)
 
 

@@ -19,7 +19,13 @@ from autodiff_optuna.search.fidelity import n_evaluated
 from autodiff_optuna.search.progress import remaining_stage2, resume_line, stage_done_line
 from autodiff_optuna.search.results import StudyResult, study_result
 from autodiff_optuna.search.run import run
-from autodiff_optuna.search.stages import check_stage2, load_stage1, open_stage1, open_stage2
+from autodiff_optuna.search.stages import (
+    check_stage1,
+    check_stage2,
+    load_stage1,
+    open_stage1,
+    open_stage2,
+)
 from autodiff_optuna.storage import record, writable_storage
 
 STAGES = {"1": (1,), "2": (2,), "both": (1, 2)}  # ``--stage``'s choices
@@ -45,8 +51,7 @@ def run_study(ctx: SearchContext, name: str, storage, targets: Targets,
     it, and exits 130; a database failure mid-search is one UsageError line."""
     config = ctx.config
     storage = writable_storage(storage)
-    if 2 in STAGES[plan.stage]:  # refused now, not after stage 1 ran its trials
-        check_stage2(ctx, name, storage, plan.max_gflops)
+    check_resumable(ctx, name, storage, plan)
     stage1 = (load_stage1 if plan.stage == "2" else open_stage1)(ctx, name, storage)
     print(f"study {name!r}: {config.model}, {config.steps} steps, {config.solver_described}, "
           f"{config.samples} samples/candidate; stage {plan.stage}", flush=True)
@@ -60,6 +65,16 @@ def run_study(ctx: SearchContext, name: str, storage, targets: Targets,
         raise UsageError(f"the study database failed during the search ({one_line(err)}); "
                          "completed trials are kept: rerun the same command to resume") from None
     return study_result(stage1)
+
+
+def check_resumable(ctx: SearchContext, name: str, storage, plan: Plan) -> None:
+    """Refuse what the stages ``plan`` asks for would refuse, before anything is timed,
+    sampled or created: a stored study of either stage that is not ours or was made with
+    another configuration, a ``--max-gflops`` nothing can meet (not after stage 1 ran its
+    trials, nor after ``study``'s estimate timed the model). Nothing is written."""
+    check_stage1(ctx, name, storage)
+    if 2 in STAGES[plan.stage]:
+        check_stage2(ctx, name, storage, plan.max_gflops)
 
 
 def _run_stages(ctx, plan: Plan, stage1, storage, targets: Targets) -> bool:

@@ -263,6 +263,16 @@ def open_stage2(ctx: SearchContext, stage1: optuna.Study, storage,
     return study
 
 
+def check_stage1(ctx: SearchContext, name: str, storage) -> None:
+    """Refuse, before anything is timed, sampled or created, a stage-1 study ``name`` that is
+    not ours or was made with another configuration. Nothing is written."""
+    if name not in optuna.get_all_study_names(storage):
+        return
+    study = optuna.load_study(study_name=name, storage=storage)
+    if not half_made(study):  # a half-made one is made again when stage 1 opens it
+        _refuse_other(study, stage_config(ctx, 1, None), storage)
+
+
 def check_stage2(ctx: SearchContext, stage1_name: str, storage, max_gflops: float | None) -> None:
     """Refuse, before stage 1 runs or is even created, what stage 2 would refuse once stage 1
     is done: a ``--max-gflops`` nothing can meet, and a ``<name>-stage2`` study that is not
