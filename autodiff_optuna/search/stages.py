@@ -145,9 +145,13 @@ def first_candidates(ctx: SearchContext) -> list[tuple[Candidate, dict]]:
     return list(first.items())
 
 
-# the teacher of the DP spacing: at most this many noises (and no more than a candidate is
-# scored on), over the DP grid's steps, and at most DP_TEACHER_BYTES of its kept trajectory
+# the teacher of the DP spacing: at most this many noises, over the DP grid's steps, and at
+# most DP_TEACHER_BYTES of its kept trajectory; and no more than a third of the images a
+# candidate is scored on: each noise runs every grid step (51 at T=1000), so in a study of few
+# small candidates a larger teacher would cost more than its search (the presets, 500 images
+# a candidate and more, fit on 128)
 DP_TEACHER_SAMPLES = 128
+DP_TEACHER_SHARE = 3  # teacher noises <= a candidate's images // this
 DP_TEACHER_BYTES = 2**30
 DP_SOLVERS = ("ddim", "dpmpp2m", "ipndm")  # the DP spacings of a study that searches the solver
 
@@ -174,7 +178,8 @@ def _fit_dp_candidates(ctx: SearchContext) -> list[tuple[Candidate, dict]]:
     space, model = ctx.space(1), ctx.model
     grid = default_grid(model.num_train_timesteps)
     per_sample = 2 * (len(grid) + 1) * 4 * torch.Size(model.sample_shape).numel()
-    samples = max(2, min(DP_TEACHER_SAMPLES, ctx.config.samples, DP_TEACHER_BYTES // per_sample))
+    samples = max(2, min(DP_TEACHER_SAMPLES, ctx.config.samples // DP_TEACHER_SHARE,
+                         DP_TEACHER_BYTES // per_sample))
     try:
         teacher = teacher_trajectory(model, grid, samples=samples, seed=ctx.config.seed,
                                      steps=len(grid))
