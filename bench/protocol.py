@@ -81,6 +81,7 @@ NOISE_RULE = "export_beyond_noise"
 # model -> stage-2 trials at which a preset study's front is measured too, before it resumes to
 # the preset's count: issue 28's digits-deep target is counted at 80 stage-2 trials
 CHECKPOINTS = {"digits-deep": 80}
+CHECKPOINT_PROTOCOLS = ("preset", "ipndm", "shipped")  # the presets' budgets, not the cheap ones
 
 
 def jobs() -> list[str]:
@@ -174,7 +175,7 @@ def study_job(model: str, protocol: str, seed: int, folder: Path) -> dict:
               *PROTOCOLS[protocol])
     estimate = json.loads(_cli("study", *common, "--estimate", "--json"))
     held = _HeldOut(model)
-    checkpoint = CHECKPOINTS.get(model) if not protocol.startswith("cheap") else None
+    checkpoint = CHECKPOINTS.get(model) if protocol in CHECKPOINT_PROTOCOLS else None
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     at_checkpoint, measuring = None, 0.0
@@ -395,12 +396,12 @@ def measure_restaged(key: str, folder: Path, stage2_trials: int = 80) -> dict:
 
 
 def stage2_target(folder: Path = DEFAULT_DIR, checkpoints=(80,)) -> None:
-    """The stage-2 issue's digits-deep target on each kept digits-deep preset study: stage 1's
-    best (its lowest FID, the full network) scored held out; then, with the first N of stage
-    2's own trials (in the order they completed) for each checkpoint N and with all of them,
-    the thinned front of both stages as it stood (ranked by today's confirmed FIDs), each point
-    held out, and the cheapest within 10% of stage 1's best held out. Kept in the job as
-    ``stage2_target``."""
+    """The stage-2 issue's digits-deep target on each kept digits-deep study of a preset's
+    budget (``CHECKPOINT_PROTOCOLS``): stage 1's best (its lowest FID, the full network) scored
+    held out; then, with the first N of stage 2's own trials (in the order they completed) for
+    each checkpoint N and with all of them, the thinned front of both stages as it stood
+    (ranked by today's confirmed FIDs), each point held out, and the cheapest within 10% of
+    stage 1's best held out. Kept in the job as ``stage2_target``."""
     import optuna
 
     from autodiff_optuna.search.results import (
@@ -414,12 +415,12 @@ def stage2_target(folder: Path = DEFAULT_DIR, checkpoints=(80,)) -> None:
     from autodiff_optuna.storage import record
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    for path in sorted((Path(folder) / "jobs").glob("digits-deep-preset-*.json")):
+    for path in sorted((Path(folder) / "jobs").glob("digits-deep-*.json")):
         run = json.loads(path.read_text())
-        if run.get("stage2_target") is not None:
+        if run.get("stage2_target") is not None or run["protocol"] not in CHECKPOINT_PROTOCOLS:
             continue
-        seed = run["seed"]
-        url = f"sqlite:///{Path(folder) / f'digits-deep-preset-s{seed}.db'}"
+        seed, protocol = run["seed"], run["protocol"]
+        url = f"sqlite:///{Path(folder) / f'digits-deep-{protocol}-s{seed}.db'}"
         stage1 = optuna.load_study(study_name=f"digits-deep-k{STEPS}", storage=url)
         stage2 = optuna.load_study(study_name=f"digits-deep-k{STEPS}-stage2", storage=url)
         steps = check_config(stage1)["steps"]
@@ -569,14 +570,15 @@ def markdown(entry: dict) -> str:
                   "first N of stage 2's own trials (in the order they completed; ranked by the "
                   "final confirmed FIDs), its cheapest point within 10% of stage 1's best, all "
                   "held out (GFLOPs share, held-out FID):", "",
-                  "| seed | stage 1's best, held out | "
+                  "| protocol | seed | stage 1's best, held out | "
                   + " | ".join(f"{n} stage-2 trials" for n in counts) + " |",
-                  "|---|---|" + "---|" * len(counts)]
+                  "|---|---|---|" + "---|" * len(counts)]
         for r in targets:
             target = r["stage2_target"]
             cells = [_share(target["at"].get(str(n), target["at"].get(n, {}))
                             .get("cheapest_within_10pct")) for n in counts]
-            lines.append(f"| {r['seed']} | {target['stage1_best']['heldout_fid']:.2f} "
+            lines.append(f"| {r['protocol']} | {r['seed']} | "
+                         f"{target['stage1_best']['heldout_fid']:.2f} "
                          f"{target['stage1_best']['timesteps']} | " + " | ".join(cells) + " |")
     lines += _reconfirmed_table(runs) + _restage2_table(runs, RESTAGE2_VARIANTS)
     lines += ["", "<details><summary>Each study's front: GFLOPs share, search / confirmed / "
