@@ -11,6 +11,8 @@ cheaper one, on both bundled models and three search seeds.
     python -m bench.protocol --renoise [JOB_DIR]   # studies made before the export rule
                                           # looked at the noise: re-confirmed, export again;
                                           # and the digits-deep target (``stage2_target``)
+    python -m bench.protocol --rescore DIR PROTOCOL...   # the kept studies of PROTOCOL scored
+                                          # held out again (a noise scale was left out before)
     python -m bench.protocol --restaged KEY DIR   # stage 2s restaged by hand (DIR/<model>-
                                           # s<seed>.db: a preset's stage 1 and a stage 2 run by
                                           # the code measured), kept under KEY in the preset runs
@@ -54,9 +56,10 @@ PROTOCOLS = {
     "preset": ("--solver", "dpmpp2m"),
     "cheap": ("--trials", "40", "--population", "10", "--samples", "500",
               "--stage2-trials", "10", "--min-samples", "125", "--solver", "dpmpp2m"),
-    "ipndm": ("--solver", "ipndm"),
+    "ipndm": ("--solver", "ipndm", "--noise-scale", "1"),
     "cheap_ipndm": ("--trials", "40", "--population", "10", "--samples", "500",
-                    "--stage2-trials", "10", "--min-samples", "125", "--solver", "ipndm"),
+                    "--stage2-trials", "10", "--min-samples", "125", "--solver", "ipndm",
+                    "--noise-scale", "1"),
     # the presets as they ship (digits-k4: iPNDM, noise / 1.015; digits-deep-k4: the per-step
     # search), measured after the pruner's first values were fixed (a1ef041)
     "shipped": (),
@@ -102,16 +105,24 @@ class _HeldOut:
         self.batch = draw(self.model, HELDOUT_SAMPLES, HELDOUT_SEED, HELDOUT)
         self.cache: dict = {}
 
-    def fid(self, point: dict, solver: str) -> float:
+    def fid(self, point: dict, solver: str, scale: float = 1.0) -> float:
+        """``point`` sampled as its study samples it: its own rules (a searched solver's) or
+        the study's ``solver``, the noise prediction divided by the study's ``scale``."""
         from autodiff_optuna.metrics.scoring import score_schedule
+        from autodiff_optuna.sampling.rules import with_scale
 
-        rules = point.get("rules") or solver
-        key = json.dumps([point["timesteps"], point["skip"], point.get("rules"), solver])
+        rules = with_scale(point.get("rules") or solver, scale, len(point["timesteps"]))
+        key = json.dumps([point["timesteps"], point["skip"], point.get("rules"), solver, scale])
         if key not in self.cache:
             self.cache[key] = float(score_schedule(
                 self.model, self.scorer, tuple(point["timesteps"]), self.batch, rules,
                 skip=[tuple(s) for s in point["skip"]]))
         return self.cache[key]
+
+
+def _scale(best: dict) -> float:
+    """The noise-prediction scale of the study ``best --json`` describes (1 before it existed)."""
+    return best.get("noise_scale", 1.0)
 
 
 def evaluated_images(trials, samples: int) -> int:
@@ -191,18 +202,14 @@ def study_job(model: str, protocol: str, seed: int, folder: Path) -> dict:
     cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     best = _best(name, url)
     cost = _stage_costs(url, name, best["samples"])
-    summary = _front_summary(best, held)
-    points = {"best": best["best"], "export": best["export"], "uniform": best["uniform"]}
-    limit = points["best"]["heldout_fid"] * WITHIN
-    within = [p for p in best["front"] if p["heldout_fid"] <= limit]
-    cheapest = min(within, key=lambda p: p["gflops"], default=None)
+    answer = _answer(best, held)
+    points = {key: answer[key] for key in ("best", "export", "uniform")}
     images = sum(cost[k] for k in ("stage1_images", "stage2_images", "confirmation_images",
                                    "prior_images"))
     run = {"model": model, "protocol": protocol, "seed": seed, "flags": list(PROTOCOLS[protocol]),
            "wall_s": wall, "cpu_s": cpu, "estimate_cpu_s": estimate["total_hours"]["cpu"] * 3600,
            "estimate_images": sum(s["images"] for s in estimate["stages"]),
-           "images": images, **cost, "full_gflops": best["full_gflops"], **points,
-           "front": best["front"], "cheapest_within_10pct": cheapest, **summary,
+           "images": images, **cost, "full_gflops": best["full_gflops"], **answer,
            "at_checkpoint": at_checkpoint, "export_rule": NOISE_RULE, "commit": _commit()}
     export = points["export"] or points["best"]
     print(f"  {model} {protocol} seed {seed}: best held-out {points['best']['heldout_fid']:.3f}, "
@@ -210,6 +217,38 @@ def study_job(model: str, protocol: str, seed: int, folder: Path) -> dict:
           f"{images:,} images, {wall:.0f} s (estimated {run['estimate_cpu_s']:.0f} s)",
           flush=True)
     return run
+
+
+def _answer(best: dict, held: _HeldOut) -> dict:
+    """What a study's ``best --json`` answers, each point scored held out: its best, export,
+    uniform and front; the front's cheapest point within 10% of the best, and
+    ``_front_summary``'s."""
+    summary = _front_summary(best, held)
+    limit = best["best"]["heldout_fid"] * WITHIN
+    within = [p for p in best["front"] if p["heldout_fid"] <= limit]
+    return {"best": best["best"], "export": best["export"], "uniform": best["uniform"],
+            "front": best["front"],
+            "cheapest_within_10pct": min(within, key=lambda p: p["gflops"], default=None),
+            **summary}
+
+
+def rescore(folder: Path, protocols: list[str]) -> None:
+    """The kept jobs of ``protocols`` scored held out again from their databases (nothing
+    searched again): a study of a noise scale was scored unscaled before ``_HeldOut`` took it
+    (the digits jobs of ``shipped`` and ``cheap_shipped``, at 40fbb31)."""
+    from autodiff_optuna.search.config import study_name
+
+    helds: dict[str, _HeldOut] = {}
+    for path in sorted((Path(folder) / "jobs").glob("*.json")):
+        run = json.loads(path.read_text())
+        db = Path(folder) / f"{run['model']}-{run['protocol']}-s{run['seed']}.db"
+        if run["protocol"] not in protocols or not db.exists():
+            continue
+        held = helds.setdefault(run["model"], _HeldOut(run["model"]))
+        best = _best(study_name(run["model"], STEPS), f"sqlite:///{db}")
+        run.update(_answer(best, held), rescored=_commit())
+        path.write_text(json.dumps(run) + "\n")
+        print(f"  {path.stem}: best held-out {run['best']['heldout_fid']:.3f}", flush=True)
 
 
 def _best(name: str, url: str) -> dict:
@@ -224,7 +263,7 @@ def _front_summary(best: dict, held: _HeldOut) -> dict:
     points = [best["best"], best["export"], best["uniform"], *best["front"]]
     for point in points:
         if point is not None and "heldout_fid" not in point:
-            point["heldout_fid"] = held.fid(point, best["solver"])
+            point["heldout_fid"] = held.fid(point, best["solver"], _scale(best))
     full = max(best["front"], key=lambda p: (p["gflops"], -p["heldout_fid"]))
     within = [p for p in best["front"] if p["heldout_fid"] <= full["heldout_fid"] * WITHIN]
     return {"stage1_best": full,
@@ -282,7 +321,7 @@ def reconfirm(folder: Path = DEFAULT_DIR, images_per_search_image: int | None = 
         best = _best(name, url)
         held = helds.setdefault(run["model"], _HeldOut(run["model"]))
         for point in (best["best"], best["export"]):
-            point["heldout_fid"] = held.fid(point, best["solver"])
+            point["heldout_fid"] = held.fid(point, best["solver"], _scale(best))
         cost = _stage_costs(url, name, best["samples"])
         confirmation = cost["confirmation_images"] * factor
         searched = sum(cost[k] for k in ("stage1_images", "stage2_images", "prior_images"))
@@ -338,12 +377,12 @@ def _restaged(run: dict, url: str, stage2_trials: int, wall: float | None,
     best = _best(name, url)
     held = helds.setdefault(run["model"], _HeldOut(run["model"]))
     for point in (best["best"], best["export"], *best["front"]):
-        point["heldout_fid"] = held.fid(point, best["solver"])
+        point["heldout_fid"] = held.fid(point, best["solver"], _scale(best))
     cost = _stage_costs(url, name, best["samples"])
     stage1 = optuna.load_study(study_name=name, storage=url)
     full = best["full_gflops"]
     best1 = min(scored_points(stage1, None, STEPS, full), key=lambda p: p.fid)
-    limit = held.fid(best1.as_dict(full), best["solver"]) * WITHIN
+    limit = held.fid(best1.as_dict(full), best["solver"], _scale(best)) * WITHIN
     within = [p for p in best["front"] if p["heldout_fid"] <= limit]
     images = sum(cost[k] for k in ("stage1_images", "stage2_images", "confirmation_images",
                                    "prior_images"))
@@ -420,23 +459,27 @@ def stage2_target(folder: Path = DEFAULT_DIR, checkpoints=(80,)) -> None:
         if run.get("stage2_target") is not None or run["protocol"] not in CHECKPOINT_PROTOCOLS:
             continue
         seed, protocol = run["seed"], run["protocol"]
-        url = f"sqlite:///{Path(folder) / f'digits-deep-{protocol}-s{seed}.db'}"
+        db = Path(folder) / f"digits-deep-{protocol}-s{seed}.db"
+        if not db.exists():  # its database removed: nothing to measure (not created here)
+            continue
+        url = f"sqlite:///{db}"
         stage1 = optuna.load_study(study_name=f"digits-deep-k{STEPS}", storage=url)
         stage2 = optuna.load_study(study_name=f"digits-deep-k{STEPS}-stage2", storage=url)
         steps = check_config(stage1)["steps"]
         full = record.full_gflops(stage1.user_attrs, stage2.user_attrs)
         solver = check_config(stage1)["solver"]
+        scale = check_config(stage1).get("noise_scale", 1.0)  # not stored before it existed
         held = _HeldOut("digits-deep")
         first = scored_points(stage1, None, steps, full)
         best1 = min(first, key=lambda p: p.fid)
-        limit = held.fid(best1.as_dict(full), solver) * WITHIN
+        limit = held.fid(best1.as_dict(full), solver, scale) * WITHIN
         done_at = {t.number: t.datetime_complete for t in stage2.get_trials(deepcopy=False)}
         own = sorted(stage2_points(stage2, steps, carried=False), key=lambda p: done_at[p.trial])
         target = {"stage1_best": {**best1.as_dict(full), "heldout_fid": limit / WITHIN},
                   "at": {}}
         for n in (*[c for c in checkpoints if c < len(own)], len(own)):
             front = thin(pareto(first + own[:n]), MIN_SAVING * full)
-            points = [{**p.as_dict(full), "heldout_fid": held.fid(p.as_dict(full), solver)}
+            points = [{**p.as_dict(full), "heldout_fid": held.fid(p.as_dict(full), solver, scale)}
                       for p in front]
             within = [p for p in points if p["heldout_fid"] <= limit]
             target["at"][n] = {"front": points, "cheapest_within_10pct": min(
@@ -697,6 +740,14 @@ def main() -> None:
         renoise(folder)
         stage2_target(folder)
         _save_jobs(folder)
+        return
+    if args[:1] == ["--rescore"]:  # --rescore DIR PROTOCOL...
+        if len(args) < 3 or not set(args[2:]) <= set(PROTOCOLS):
+            print(f"usage: python -m bench.protocol --rescore DIR PROTOCOL..., each one of "
+                  f"{', '.join(PROTOCOLS)}", file=sys.stderr)
+            sys.exit(2)
+        rescore(Path(args[1]), args[2:])
+        _save_jobs(Path(args[1]))
         return
     if args[:1] == ["--restage2"]:  # --restage2 [DIR]
         folder = Path(args[1]) if args[1:] else DEFAULT_DIR

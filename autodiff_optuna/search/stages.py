@@ -147,9 +147,9 @@ def first_candidates(ctx: SearchContext) -> list[tuple[Candidate, dict]]:
 
 # the teacher of the DP spacing: at most this many noises, over the DP grid's steps, and at
 # most DP_TEACHER_BYTES of its kept trajectory; and no more than a third of the images a
-# candidate is scored on: each noise runs every grid step (51 at T=1000), so in a study of few
-# small candidates a larger teacher would cost more than its search (the presets, 500 images
-# a candidate and more, fit on 128)
+# candidate is scored on (2 at least): each noise runs every grid step (51 at T=1000), so in a
+# study of few small candidates a larger teacher would cost more than its search (the presets,
+# 500 images a candidate and more, fit on 128)
 DP_TEACHER_SAMPLES = 128
 DP_TEACHER_SHARE = 3  # teacher noises <= a candidate's images // this
 DP_TEACHER_BYTES = 2**30
@@ -271,11 +271,7 @@ def open_stage2(ctx: SearchContext, stage1: optuna.Study, storage,
 def check_stage1(ctx: SearchContext, name: str, storage) -> None:
     """Refuse, before anything is timed, sampled or created, a stage-1 study ``name`` that is
     not ours or was made with another configuration. Nothing is written."""
-    if name not in optuna.get_all_study_names(storage):
-        return
-    study = optuna.load_study(study_name=name, storage=storage)
-    if not half_made(study):  # a half-made one is made again when stage 1 opens it
-        _refuse_other(study, stage_config(ctx, 1, None), storage)
+    _check_existing(name, storage, stage_config(ctx, 1, None))
 
 
 def check_stage2(ctx: SearchContext, stage1_name: str, storage, max_gflops: float | None) -> None:
@@ -283,12 +279,22 @@ def check_stage2(ctx: SearchContext, stage1_name: str, storage, max_gflops: floa
     is done: a ``--max-gflops`` nothing can meet, and a ``<name>-stage2`` study that is not
     ours or was made with another configuration. Nothing is written."""
     _check_budget(ctx, max_gflops)
-    name = f"{stage1_name}-stage2"
-    if name not in optuna.get_all_study_names(storage):
-        return
-    study = optuna.load_study(study_name=name, storage=storage)
-    if not half_made(study):  # a half-made one is made again when stage 2 opens it
-        _refuse_other(study, stage_config(ctx, 2, max_gflops), storage)
+    _check_existing(f"{stage1_name}-stage2", storage, stage_config(ctx, 2, max_gflops))
+
+
+def _check_existing(name: str, storage, wanted: dict) -> None:
+    """Refuse a stored study ``name`` that is not ours or was made with another configuration
+    than ``wanted``, judged as ``_open`` judges it: under the creation lock, so that a study
+    another worker is making right now is found complete (or, without a lock, once its
+    configuration is written). A half-made one is made again when its stage opens it."""
+    with creation_lock(storage) as locked:
+        if name not in optuna.get_all_study_names(storage):
+            return
+        study = optuna.load_study(study_name=name, storage=storage)
+        if not locked:
+            _wait_for_config(study)
+        if not (locked and half_made(study)):
+            _refuse_other(study, wanted, storage)
 
 
 def _check_budget(ctx: SearchContext, max_gflops: float | None) -> None:
