@@ -78,13 +78,17 @@ dashboard: $(VENV)/.installed
 list: $(VENV)/.installed
 	$(PY) -m autodiff_optuna list $(STORAGE_ARG)
 
+# the suite over every core (pytest-xdist, at most 4 workers), one module a worker (module
+# fixtures are made once) and one torch thread a worker (so workers do not oversubscribe the
+# cores): within 5 minutes on an idle 2-core machine (BENCHMARKS.md, 'The test suite')
+PYTEST_PARALLEL = -n auto --maxprocesses 4 --dist loadfile
 test: $(VENV)/.installed
-	$(PY) -m pytest -q -m "not readme"
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q $(PYTEST_PARALLEL) -m "not readme"
 
 # the tests not marked slow (no worker processes, browser, notebook kernel or test of ~1.2 s+):
 # every module, within 90 s on an idle 2-core machine (BENCHMARKS.md, 'The test suite')
 test-fast: $(VENV)/.installed
-	$(PY) -m pytest -q -m "not slow and not readme"
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q $(PYTEST_PARALLEL) -m "not slow and not readme"
 
 # README's shell commands, run in a scratch folder at a small size (tests/test_readme.py);
 # CI runs it after `make test`
