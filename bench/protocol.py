@@ -105,24 +105,22 @@ class _HeldOut:
         self.batch = draw(self.model, HELDOUT_SAMPLES, HELDOUT_SEED, HELDOUT)
         self.cache: dict = {}
 
-    def fid(self, point: dict, solver: str, scale: float = 1.0) -> float:
-        """``point`` sampled as its study samples it: its own rules (a searched solver's) or
-        the study's ``solver``, the noise prediction divided by the study's ``scale``."""
+    def fid(self, point: dict, config: dict) -> float:
+        """``point`` sampled as its study samples it (``results.study_solver``: its own rules
+        or the study's solver, with the study's noise scale); ``config``: the study's stored
+        configuration, or its ``best --json`` (the same keys; None where a study made before a
+        field has none, which then takes the field's default, as the study ran)."""
         from autodiff_optuna.metrics.scoring import score_schedule
-        from autodiff_optuna.sampling.rules import with_scale
+        from autodiff_optuna.search.results import study_solver
 
-        rules = with_scale(point.get("rules") or solver, scale, len(point["timesteps"]))
-        key = json.dumps([point["timesteps"], point["skip"], point.get("rules"), solver, scale])
+        rules = study_solver({k: v for k, v in config.items() if v is not None},
+                             point.get("rules"))
+        key = json.dumps([point["timesteps"], point["skip"], rules])
         if key not in self.cache:
             self.cache[key] = float(score_schedule(
                 self.model, self.scorer, tuple(point["timesteps"]), self.batch, rules,
                 skip=[tuple(s) for s in point["skip"]]))
         return self.cache[key]
-
-
-def _scale(best: dict) -> float:
-    """The noise-prediction scale of the study ``best --json`` describes (1 before it existed)."""
-    return best.get("noise_scale", 1.0)
 
 
 def evaluated_images(trials, samples: int) -> int:
@@ -263,7 +261,7 @@ def _front_summary(best: dict, held: _HeldOut) -> dict:
     points = [best["best"], best["export"], best["uniform"], *best["front"]]
     for point in points:
         if point is not None and "heldout_fid" not in point:
-            point["heldout_fid"] = held.fid(point, best["solver"], _scale(best))
+            point["heldout_fid"] = held.fid(point, best)
     full = max(best["front"], key=lambda p: (p["gflops"], -p["heldout_fid"]))
     within = [p for p in best["front"] if p["heldout_fid"] <= full["heldout_fid"] * WITHIN]
     return {"stage1_best": full,
@@ -321,7 +319,7 @@ def reconfirm(folder: Path = DEFAULT_DIR, images_per_search_image: int | None = 
         best = _best(name, url)
         held = helds.setdefault(run["model"], _HeldOut(run["model"]))
         for point in (best["best"], best["export"]):
-            point["heldout_fid"] = held.fid(point, best["solver"], _scale(best))
+            point["heldout_fid"] = held.fid(point, best)
         cost = _stage_costs(url, name, best["samples"])
         confirmation = cost["confirmation_images"] * factor
         searched = sum(cost[k] for k in ("stage1_images", "stage2_images", "prior_images"))
@@ -377,12 +375,12 @@ def _restaged(run: dict, url: str, stage2_trials: int, wall: float | None,
     best = _best(name, url)
     held = helds.setdefault(run["model"], _HeldOut(run["model"]))
     for point in (best["best"], best["export"], *best["front"]):
-        point["heldout_fid"] = held.fid(point, best["solver"], _scale(best))
+        point["heldout_fid"] = held.fid(point, best)
     cost = _stage_costs(url, name, best["samples"])
     stage1 = optuna.load_study(study_name=name, storage=url)
     full = best["full_gflops"]
     best1 = min(scored_points(stage1, None, STEPS, full), key=lambda p: p.fid)
-    limit = held.fid(best1.as_dict(full), best["solver"], _scale(best)) * WITHIN
+    limit = held.fid(best1.as_dict(full), best) * WITHIN
     within = [p for p in best["front"] if p["heldout_fid"] <= limit]
     images = sum(cost[k] for k in ("stage1_images", "stage2_images", "confirmation_images",
                                    "prior_images"))
@@ -465,21 +463,20 @@ def stage2_target(folder: Path = DEFAULT_DIR, checkpoints=(80,)) -> None:
         url = f"sqlite:///{db}"
         stage1 = optuna.load_study(study_name=f"digits-deep-k{STEPS}", storage=url)
         stage2 = optuna.load_study(study_name=f"digits-deep-k{STEPS}-stage2", storage=url)
-        steps = check_config(stage1)["steps"]
+        config = check_config(stage1)
+        steps = config["steps"]
         full = record.full_gflops(stage1.user_attrs, stage2.user_attrs)
-        solver = check_config(stage1)["solver"]
-        scale = check_config(stage1).get("noise_scale", 1.0)  # not stored before it existed
         held = _HeldOut("digits-deep")
         first = scored_points(stage1, None, steps, full)
         best1 = min(first, key=lambda p: p.fid)
-        limit = held.fid(best1.as_dict(full), solver, scale) * WITHIN
+        limit = held.fid(best1.as_dict(full), config) * WITHIN
         done_at = {t.number: t.datetime_complete for t in stage2.get_trials(deepcopy=False)}
         own = sorted(stage2_points(stage2, steps, carried=False), key=lambda p: done_at[p.trial])
         target = {"stage1_best": {**best1.as_dict(full), "heldout_fid": limit / WITHIN},
                   "at": {}}
         for n in (*[c for c in checkpoints if c < len(own)], len(own)):
             front = thin(pareto(first + own[:n]), MIN_SAVING * full)
-            points = [{**p.as_dict(full), "heldout_fid": held.fid(p.as_dict(full), solver, scale)}
+            points = [{**p.as_dict(full), "heldout_fid": held.fid(p.as_dict(full), config)}
                       for p in front]
             within = [p for p in points if p["heldout_fid"] <= limit]
             target["at"][n] = {"front": points, "cheapest_within_10pct": min(
