@@ -31,7 +31,7 @@ def cmd_study(args) -> None:
     from autodiff_optuna.reporting.dashboard import keep_result
     from autodiff_optuna.search import SearchContext, configure, retry_stale_trial
     from autodiff_optuna.search.config import check_study_name
-    from autodiff_optuna.search.session import Plan, check_resumable, run_study
+    from autodiff_optuna.search.session import Plan, run_study
 
     config, targets = configure(
         args.model, args.steps, trials=args.trials, stage2_trials=args.stage2_trials,
@@ -52,10 +52,8 @@ def cmd_study(args) -> None:
         storage = open_storage(args.storage, heartbeat=args.heartbeat,
                                on_stale_trial=retry_stale_trial, writable=True)
         plan = Plan(args.stage, args.max_gflops, args.timeout, not args.quiet, tuple(args.argv))
-        check_resumable(ctx, name, storage, plan)  # a refused resume times nothing
-        if not args.quiet:
-            _print_estimate(config, targets, args, ctx)
-        result = run_study(ctx, name, storage, targets, plan)
+        estimate = None if args.quiet else lambda: _print_estimate(config, targets, args, ctx)
+        result = run_study(ctx, name, storage, targets, plan, before_search=estimate)
         if result is None:
             return  # --timeout: stopped between trials, resumable
         seconds = time.monotonic() - started

@@ -231,8 +231,10 @@ def without_scale(solver, steps: int) -> tuple[object, float] | None:
     """``solver`` less the noise-prediction scale every step takes, and that scale (``with_scale``
     undone: ``solver`` itself where it is 1); None where the steps' scales differ."""
     scale = common_scale(solver, steps)
-    if scale is None or scale == 1:
-        return None if scale is None else (solver, 1.0)
+    if scale is None:
+        return None
+    if scale == 1:
+        return solver, 1.0
     return [rule.scaled(1.0) for rule in step_rules(solver, steps)], scale
 
 

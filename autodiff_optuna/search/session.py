@@ -7,6 +7,7 @@ lines that end a run early (a timeout, Ctrl-C), which go to stderr.
 
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import optuna
@@ -44,14 +45,18 @@ class Plan:
     argv: tuple[str, ...]
 
 
-def run_study(ctx: SearchContext, name: str, storage, targets: Targets,
-              plan: Plan) -> StudyResult | None:
+def run_study(ctx: SearchContext, name: str, storage, targets: Targets, plan: Plan,
+              before_search: Callable[[], None] | None = None) -> StudyResult | None:
     """Run (or resume) the search ``name``; its result, or None where ``--timeout`` stopped it
     between trials (a line says so, and how to go on). Ctrl-C prints the command that resumes
-    it, and exits 130; a database failure mid-search is one UsageError line."""
+    it, and exits 130; a database failure mid-search is one UsageError line. What the stored
+    studies refuse is refused first; then ``before_search`` runs (``study``'s estimate, which
+    times the model: a refused resume times nothing)."""
     config = ctx.config
     storage = writable_storage(storage)
-    check_resumable(ctx, name, storage, plan)
+    _check_resumable(ctx, name, storage, plan)
+    if before_search is not None:
+        before_search()
     stage1 = (load_stage1 if plan.stage == "2" else open_stage1)(ctx, name, storage)
     print(f"study {name!r}: {config.model}, {config.steps} steps, {config.solver_described}, "
           f"{config.samples} samples/candidate; stage {plan.stage}", flush=True)
@@ -67,7 +72,7 @@ def run_study(ctx: SearchContext, name: str, storage, targets: Targets,
     return study_result(stage1)
 
 
-def check_resumable(ctx: SearchContext, name: str, storage, plan: Plan) -> None:
+def _check_resumable(ctx: SearchContext, name: str, storage, plan: Plan) -> None:
     """Refuse what the stages ``plan`` asks for would refuse, before anything is timed,
     sampled or created: a stored study of either stage that is not ours or was made with
     another configuration, a ``--max-gflops`` nothing can meet (not after stage 1 ran its
