@@ -229,6 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "(default both)")
     study.add_argument("--stage2-trials", type=int, help="COMPLETE stage-2 trials to reach"
                        + preset("stage2_trials", "--trials"))
+    study.add_argument("--stage2-patience", type=int, metavar="GENERATIONS",
+                       help="end stage 2 before its trials once this many generations in a row "
+                            "found no cheaper point within the export's FID tolerance; 0: run "
+                            "them all; not with --max-gflops" + preset("stage2_patience", "0"))
     study.add_argument("--max-gflops", type=_budget, help="stage-2 budget, GFLOPs per image "
                        "(default: none)")
     _add_storage(study)

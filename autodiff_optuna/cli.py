@@ -35,6 +35,7 @@ def cmd_study(args) -> None:
 
     config, targets = configure(
         args.model, args.steps, trials=args.trials, stage2_trials=args.stage2_trials,
+        stage2_patience=args.stage2_patience,
         **{key: getattr(args, key) for key in ("samples", "seed", "solver", "population",
                                                "min_samples", "sampler", "noise_scale")})
     if args.max_gflops is not None and args.stage == "1":

@@ -122,6 +122,9 @@ def _stage_cell(row: dict, stage: int) -> str:
     else:
         progress = ("done " if state["finished"] else "") + \
             f"{state['evaluated']}/{state['target']}"
+        if state.get("stopped"):
+            progress += (f" (ended after generation {state['stopped']['after_generation']}: "
+                         "nothing cheaper within the tolerance)")
     return ", ".join([progress] + [f"{counts[k]} {text}" for k, text in OTHER_TRIALS.items()
                                    if counts.get(k)])
 

@@ -136,6 +136,7 @@ class SearchConfig:
 
 
 PRESET_TYPES = {"model": str, "steps": int, "trials": int, "stage2_trials": int,
+                "stage2_patience": int,
                 "population": int, "samples": int, "solver": str, "seed": int,
                 "min_samples": int, "sampler": str, "noise_scale": float}
 
@@ -176,11 +177,17 @@ class Targets:
 
     trials: int  # stage-1 candidates evaluated (complete, or stopped early by the pruner)
     stage2_trials: int  # complete stage-2 trials
+    # stage 2 ends before its trials where this many generations in a row found no cheaper
+    # point within the export's reach (``search.patience``); 0: it runs all its trials
+    stage2_patience: int = 0
 
     def check(self) -> None:
         for flag, value in (("--trials", self.trials), ("--stage2-trials", self.stage2_trials)):
             if value < 1:
                 raise UsageError(f"{flag} must be at least 1, got {value}")
+        if self.stage2_patience < 0:
+            raise UsageError(f"--stage2-patience must be 0 (off) or more, got "
+                             f"{self.stage2_patience}")
 
 
 DEFAULT_TRIALS = 100
@@ -214,7 +221,8 @@ def shortened(name: str, limit: int = 60) -> str:
 
 
 def configure(model: str, steps: int, trials: int | None = None,
-              stage2_trials: int | None = None, **flags) -> tuple[SearchConfig, Targets]:
+              stage2_trials: int | None = None, stage2_patience: int | None = None,
+              **flags) -> tuple[SearchConfig, Targets]:
     """The search a ``study`` command asks for: its flags (None: not given) over the preset
     ``<model>-k<steps>.yaml`` over the defaults (a preset's ``noise_scale`` only with its own
     solver). ``flags`` are SearchConfig fields."""
@@ -236,7 +244,9 @@ def configure(model: str, steps: int, trials: int | None = None,
     config.check()
     trials = trials if trials is not None else preset.get("trials", DEFAULT_TRIALS)
     targets = Targets(trials, stage2_trials if stage2_trials is not None
-                      else preset.get("stage2_trials", trials))
+                      else preset.get("stage2_trials", trials),
+                      stage2_patience if stage2_patience is not None
+                      else preset.get("stage2_patience", 0))
     targets.check()
     return config, targets
 

@@ -544,8 +544,12 @@ def estimate(config, targets, name: str, stages=(1, 2), timing: HereTiming | Non
         row.hours["cpu"] = here_hours(row, cost, timing, config.steps, gflops_per_s)
         for gpu in GPUS:
             row.hours[gpu] = gpu_hours(row, config.model, cost, gpu)
-    return StudyEstimate(name, config.steps, config.samples, rows,
-                         assumptions(config, stages, cost, timing, gflops_per_s),
+    said = assumptions(config, stages, cost, timing, gflops_per_s)
+    if 2 in stages and targets.stage2_patience:
+        said.append(f"stage 2 at all its {targets.stage2_trials} trials: at most, since it ends "
+                    f"once {targets.stage2_patience} generations in a row find nothing cheaper "
+                    "within the export's tolerance (--stage2-patience)")
+    return StudyEstimate(name, config.steps, config.samples, rows, said,
                          timing.startup_seconds + counting if timing is not None else 0.0)
 
 

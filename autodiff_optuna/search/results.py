@@ -674,12 +674,16 @@ def _ever_ran(study: optuna.Study) -> bool:
 
 def stage_state(study: optuna.Study) -> dict:
     """How far a stage got: its evaluated trials (complete, or stopped early: what counts
-    towards ``--trials``), the target its last run aimed at (None: not recorded), and whether
-    it reached it."""
+    towards ``--trials``), the target its last run aimed at (None: not recorded), whether it
+    reached it, and (stage 2) why it ended before it (``search.patience``: finished too)."""
     target = record.target_of(study.user_attrs)
     evaluated = n_evaluated(study)
+    stopped = study.user_attrs.get(record.STAGE2_STOPPED_ATTR)
+    stopped = stopped if isinstance(stopped, dict) and stopped.get("evaluated") == evaluated \
+        else None
     return {"evaluated": evaluated, "target": target,
-            "finished": target is not None and evaluated >= target}
+            "finished": target is not None and (evaluated >= target or stopped is not None),
+            "stopped": stopped}
 
 
 def deletion_plan(storage, name: str) -> list[optuna.Study]:

@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 
 from autodiff_optuna.errors import UsageError
 from autodiff_optuna.metrics.fid import FIDError
-from autodiff_optuna.search import confirm, fidelity
+from autodiff_optuna.search import confirm, fidelity, patience
 from autodiff_optuna.search.context import SearchContext
 from autodiff_optuna.search.progress import ProgressPrinter
 from autodiff_optuna.search.trial import make_objective
@@ -46,6 +46,29 @@ class _StopOnFailures:
     @property
     def tripped(self) -> bool:
         return self.count >= self.limit
+
+
+class _PatienceStop:
+    """Stage 2's ``--stage2-patience``: whether the study has run out of it
+    (``patience.stopped``), worked out again only when another generation has completed; as a
+    callback, it stops the study then."""
+
+    def __init__(self, population: int, generations: int):
+        self.population = population
+        self.generations = generations
+        self.checked_at: int | None = None  # complete generations at the last check
+        self.outcome: dict | None = None
+
+    def check(self, study) -> bool:
+        done = patience.complete_generations(study, self.population)
+        if done != self.checked_at:
+            self.checked_at = done
+            self.outcome = patience.stopped(study, self.population, self.generations)
+        return self.outcome is not None
+
+    def __call__(self, study, trial):
+        if self.check(study):
+            study.stop()
 
 
 def _stops_if_deleted(run_stage):
@@ -84,7 +107,7 @@ def run(ctx: SearchContext, study: optuna.Study, trials: int, progress: bool = T
         batch_size: int | None = None, score=None, callbacks=(),
         max_gflops: float | None = None,
         max_failures: int = MAX_CONSECUTIVE_FAILURES, later_trials: int = 0,
-        deadline: float | None = None) -> bool:
+        deadline: float | None = None, stage2_patience: int = 0) -> bool:
     """Run until ``trials`` candidates are evaluated: COMPLETE trials, plus those the
     multi-fidelity pruner stopped early (a rerun resumes). ``max_failures`` failed trials in a
     row stop it with a UsageError. ``later_trials``: those of a stage to run after this one,
@@ -92,20 +115,25 @@ def run(ctx: SearchContext, study: optuna.Study, trials: int, progress: bool = T
     after it; returns whether the target was reached (False: stopped there, a rerun resumes).
     A stage that reaches its target ends by confirming what the search can name
     (``confirm.confirm``: on noise it never searched on), unless a synthetic ``score`` stands
-    in for the model's.
+    in for the model's. ``stage2_patience`` (stage 2): generations in a row that found no
+    cheaper point within the export's reach end it before its target (``patience``; recorded
+    as the study's ``STAGE2_STOPPED_ATTR``), confirmed as at the target; 0: off.
 
     Other workers may stop this one early (their running trials make up the target); it then
     waits for them, and goes on if a trial of theirs failed or its worker died."""
     stage = study.user_attrs.get(record.STAGE_ATTR, 1)
     failures = _StopOnFailures(max_failures)
     callbacks = [failures, *callbacks]  # the objective stops the study at the target
+    stop = _PatienceStop(ctx.config.population, stage2_patience) if stage == 2 else None
+    if stop is not None:
+        callbacks.append(stop)
     if progress:
         callbacks.append(ProgressPrinter(trials, label=f"stage {stage}", later=later_trials))
     record.note_run(study, trials, _heartbeat(study))
     interrupted: dict = {}
     objective = make_objective(ctx, stage, trials, batch_size, score, max_gflops, interrupted,
                                study.user_attrs.get(record.FID_BOUND_ATTR))
-    while fidelity.n_evaluated(study) < trials:
+    while fidelity.n_evaluated(study) < trials and not (stop is not None and stop.check(study)):
         left = None if deadline is None else deadline - time.monotonic()
         if left is not None and left <= 0:
             return False
@@ -124,9 +152,26 @@ def run(ctx: SearchContext, study: optuna.Study, trials: int, progress: bool = T
         if deadline is not None and time.monotonic() >= deadline:
             return fidelity.n_evaluated(study) >= trials
         _wait_for_other_workers(study, progress)
+    if stop is not None:
+        _record_stop(study, stop.outcome if stop.check(study) else None, trials)
     if score is None:
         confirm.confirm(ctx, study, progress, batch_size, deadline)
     return True
+
+
+def _record_stop(study: optuna.Study, outcome: dict | None, trials: int) -> None:
+    """Keep why stage 2 ended before its target (``list`` shows it as done), or that it did
+    not (a rerun with more patience, or none, searched on); and say it, as stage 1's end is
+    said, ``--quiet`` or not."""
+    evaluated = fidelity.n_evaluated(study)
+    stored = {**outcome, "evaluated": evaluated} if outcome is not None else None
+    if study.user_attrs.get(record.STAGE2_STOPPED_ATTR) != stored:
+        study.set_user_attr(record.STAGE2_STOPPED_ATTR, stored)
+    if outcome is not None:
+        print(f"stage 2 ends after generation {outcome['after_generation']} ({evaluated} of "
+              f"{trials} trials): {outcome['patience']} generation"
+              f"{'s' * (outcome['patience'] != 1)} in a row found no cheaper point within the "
+              "export's FID tolerance (--stage2-patience 0 searches on)", flush=True)
 
 
 def _raise_storage_failure(err: AssertionError) -> None:

@@ -95,8 +95,10 @@ def _run_stages(ctx, plan: Plan, stage1, storage, targets: Targets) -> bool:
         print(stage_done_line(stage1, seconds), flush=True)
     if 2 in STAGES[plan.stage]:
         stage2 = open_stage2(ctx, stage1, storage, plan.max_gflops)
+        # with a budget, stage 2 searches for it: patience would end it at what it has
+        patience = targets.stage2_patience if plan.max_gflops is None else 0
         if not run(ctx, stage2, targets.stage2_trials, progress=plan.progress,
-                   max_gflops=plan.max_gflops, deadline=deadline):
+                   max_gflops=plan.max_gflops, deadline=deadline, stage2_patience=patience):
             return _timed_out(plan, stage2, targets.stage2_trials, stage1.study_name)
     return True
 

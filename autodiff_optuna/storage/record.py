@@ -25,6 +25,8 @@ STAGE_ATTR = "stage"  # 1 or 2
 STAGE1_ATTR = "stage1_study"  # a stage-2 study's stage-1 study
 STAGE2_ATTR = "stage2_study"  # a stage-1 study's stage-2 study
 TARGET_ATTR = "target"  # the evaluated trials the last run of the study aimed at
+# stage 2: why its last run ended before that target (``search.patience``); None: it did not
+STAGE2_STOPPED_ATTR = "stage2_stopped"
 HEARTBEAT_ATTR = "heartbeat"  # the longest heartbeat interval (seconds) a worker ran it with
 PRUNED_AT = "pruned_at_samples"  # a trial the pruner stopped: the images it cost
 # more of a study's record (stage 1's, stage 2's or both, as each says)

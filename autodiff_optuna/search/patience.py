@@ -1,0 +1,90 @@
+"""Stage 2 stops where it finds nothing: ``--stage2-patience`` generations in a row that put no
+new point within reach of the export.
+
+Stage 2 exists to find schedules cheaper than stage 1's best at nearly its quality. On a model
+whose every layer matters at a few steps (the bundled digits model: in the preset studies no
+stage-2 point was ever exported, and stage 2 took about 60% of the images) it can search its
+whole budget and change nothing. After each complete generation, the cheapest stage-2 point so
+far whose FID is within the export's tolerance (``results.FID_TOLERANCE`` of the best, and no
+worse than the uniform schedule) is compared with the one before it: by the FIDs the result
+ranks with (``results.scored_points``: confirmed, else the search's raised by the rise the
+confirmed showed), so a point that would only look good by the search noise's luck does not
+keep it going. ``patience`` generations without a cheaper one by ``results.MIN_SAVING`` of the
+full network end the stage; its confirmation then runs as at the target. It is read from the
+stored trials alone, so every worker and a resumed run decide alike, and a rerun with
+``--stage2-patience 0`` (or a patience the study has not run out of) searches on.
+"""
+
+import optuna
+from optuna.trial import TrialState
+
+from autodiff_optuna.search.evolutionary import EvolutionarySampler
+from autodiff_optuna.search.fidelity import is_evaluated
+from autodiff_optuna.search.results import (
+    FID_TOLERANCE,
+    MIN_SAVING,
+    check_config,
+    linked_studies,
+    scored_points,
+    uniform_trial,
+)
+from autodiff_optuna.storage import record
+from autodiff_optuna.storage.optuna_internals import cached_trials, ga_generation_key
+
+DEFAULT_PATIENCE = 2  # generations; 0: off
+
+
+def complete_generations(study: optuna.Study, population: int) -> int:
+    """How many of stage 2's generations are complete (``population`` evaluated members each,
+    stage 1's carried elites among generation 0's): they are numbered 0, 1, ... in order."""
+    attr = ga_generation_key(EvolutionarySampler)
+    members: dict[int, int] = {}
+    for t in cached_trials(study, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        if is_evaluated(t) and attr in t.system_attrs:
+            members[t.system_attrs[attr]] = members.get(t.system_attrs[attr], 0) + 1
+    done = 0
+    while members.get(done, 0) >= population:
+        done += 1
+    return done
+
+
+def cheapest_within_reach(stage1: optuna.Study, stage2: optuna.Study,
+                          generations: int) -> list[float]:
+    """After each of stage 2's first ``generations`` generations, the GFLOPs of the cheapest
+    point of stage 2 so far within the export's reach (the full network's while none is)."""
+    steps = check_config(stage1)["steps"]
+    full = record.full_gflops(stage1.user_attrs, stage2.user_attrs)
+    points = scored_points(stage1, stage2, steps, full)
+    uniform = uniform_trial(stage1)
+    limit_uniform = next((p.fid for p in points if uniform is not None and p.stage == 1
+                          and p.trial == uniform.number), float("inf"))
+    attr = ga_generation_key(EvolutionarySampler)
+    generation = {t.number: t.system_attrs.get(attr) for t in cached_trials(stage2)}
+    stage1_best = min((p.fid for p in points if p.stage == 1), default=float("inf"))
+    cheapest, out = full, []
+    for g in range(generations):
+        known = [p for p in points if p.stage == 2 and generation.get(p.trial) is not None
+                 and generation[p.trial] <= g]
+        best = min([stage1_best, *(p.fid for p in known)])
+        limit = min(best * (1 + FID_TOLERANCE), max(limit_uniform, best))
+        cheapest = min([cheapest, *(p.gflops for p in known if p.fid <= limit)])
+        out.append(cheapest)
+    return out
+
+
+def stopped(study: optuna.Study, population: int, patience: int) -> dict | None:
+    """Whether stage 2 ``study`` has run out of ``patience``: the generation after which it
+    stops and why (None: it goes on; always, at patience 0)."""
+    if patience <= 0:
+        return None
+    generations = complete_generations(study, population)
+    if generations < patience:
+        return None
+    stage1, stage2 = linked_studies(study)
+    full = record.full_gflops(stage1.user_attrs, stage2.user_attrs)
+    cheapest = [full, *cheapest_within_reach(stage1, stage2, generations)]
+    recent = cheapest[-patience - 1:]
+    if any(later < earlier - MIN_SAVING * full for earlier, later in zip(recent, recent[1:])):
+        return None
+    return {"after_generation": generations - 1, "patience": patience,
+            "gflops_share": cheapest[-1] / full}
