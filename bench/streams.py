@@ -10,7 +10,8 @@ the kindest of the five to every sampler. A FID here is the mean over the stream
 is the mean of the per-stream differences (the same noise for both sides) with its standard
 error over the streams.
 
-    python -m bench.streams [PROTOCOL_DIR [PROBE_DIR]]
+    python -m bench.streams [PROTOCOL_DIR [PROBE_DIR]]   (--render: the section again from
+                                                        results.json, nothing measured)
         # PROTOCOL_DIR (default /tmp/bench-protocol): the kept jobs' databases; PROBE_DIR
         # (default /tmp/bench-tpe): the exported schedules of the per-step search against TPE
         # (``k<K>-<ours|tpe>-s<seed>.json``); writes results.json["heldout_streams"] and the
@@ -199,7 +200,7 @@ def _ours_against_tpe(m: dict) -> list[str]:
     b = [f for s in seeds for f in tpe[s]]
     difference, error = paired(a, b)
     return [f"- ours against TPE over the per-step space (the TPE probe of \"Since: iPNDM's "
-            "rules in the per-step search\", K={STEPS}; search seeds "
+            f"rules in the per-step search\", K={STEPS}; search seeds "
             f"{', '.join(map(str, seeds))}): ours " + ", ".join(f"{_mean(ours[s]):.2f}"
                                                               for s in seeds)
             + ", TPE " + ", ".join(f"{_mean(tpe[s]):.2f}" for s in seeds)
@@ -212,8 +213,12 @@ def _per_stream(fids: list[float]) -> str:
 
 
 def main(argv: list[str]) -> None:
-    from bench.run import save_part
+    from bench.run import RESULTS, save_part
 
+    if argv[:1] == ["--render"]:  # the section again from results.json, nothing measured
+        entry = json.loads(RESULTS.read_text())[KEY]
+        save_part(KEY, entry, SECTION, markdown(entry))
+        return
     entry = measure(Path(argv[0]) if argv else DEFAULT_DIR,
                     Path(argv[1]) if len(argv) > 1 else DEFAULT_PROBE_DIR)
     save_part(KEY, entry, SECTION, markdown(entry))

@@ -133,7 +133,10 @@ def run(ctx: SearchContext, study: optuna.Study, trials: int, progress: bool = T
     interrupted: dict = {}
     objective = make_objective(ctx, stage, trials, batch_size, score, max_gflops, interrupted,
                                study.user_attrs.get(record.FID_BOUND_ATTR))
-    while fidelity.n_evaluated(study) < trials and not (stop is not None and stop.check(study)):
+    def out_of_patience() -> bool:
+        return stop is not None and stop.check(study)
+
+    while fidelity.n_evaluated(study) < trials and not out_of_patience():
         left = None if deadline is None else deadline - time.monotonic()
         if left is not None and left <= 0:
             return False
@@ -149,11 +152,11 @@ def run(ctx: SearchContext, study: optuna.Study, trials: int, progress: bool = T
         if failures.tripped:
             raise UsageError(f"{failures.count} trials in a row failed (last: "
                              f"{failures.last_reason or 'see the trials'}); the study is kept")
-        if deadline is not None and time.monotonic() >= deadline:
+        if deadline is not None and time.monotonic() >= deadline and not out_of_patience():
             return fidelity.n_evaluated(study) >= trials
         _wait_for_other_workers(study, progress)
     if stop is not None:
-        _record_stop(study, stop.outcome if stop.check(study) else None, trials)
+        _record_stop(study, stop.outcome if out_of_patience() else None, trials)
     if score is None:
         confirm.confirm(ctx, study, progress, batch_size, deadline)
     return True
@@ -164,6 +167,8 @@ def _record_stop(study: optuna.Study, outcome: dict | None, trials: int) -> None
     not (a rerun with more patience, or none, searched on); and say it, as stage 1's end is
     said, ``--quiet`` or not."""
     evaluated = fidelity.n_evaluated(study)
+    if evaluated >= trials:  # it reached its target, out of patience there or not
+        outcome = None
     stored = {**outcome, "evaluated": evaluated} if outcome is not None else None
     if study.user_attrs.get(record.STAGE2_STOPPED_ATTR) != stored:
         study.set_user_attr(record.STAGE2_STOPPED_ATTR, stored)
