@@ -234,3 +234,28 @@ def test_preset_files_state_their_projected_cost(path):
     config, targets = configure(model, int(steps))
     assert stated is not None, f"{path.name} does not state its cost"
     assert stated.group(0) == estimate(config, targets, path.stem).preset_comment()
+
+
+def test_a_stage2_patience_gives_the_earliest_end_beside_the_most():
+    # digits-k4's preset: 2 generations of 20, less stage 1's 10 elites carried into the first
+    config, targets = configure("digits", 4)
+    assert targets.stage2_patience == 2
+    timing = HereTiming(seconds_per_image=0.004, seconds_per_fid=0.002, how="given",
+                        seconds_per_sampling=0.05, seconds_per_trial=0.1,
+                        seconds_to_create=0.5, startup_seconds=20.0)
+    result = estimate(config, targets, "digits-k4", timing=timing)
+    assert [row.candidates for row in result.stages] == [targets.trials, targets.stage2_trials]
+    earliest = result.as_dict()["earliest"]
+    assert earliest["stage2_candidates"] == 2 * config.population - config.population // 2
+    shorter = estimate(config, type(targets)(targets.trials, earliest["stage2_candidates"]),
+                       "digits-k4", timing=timing)
+    for device, hours in earliest["total_hours"].items():
+        assert hours == pytest.approx(shorter.total_hours[device], rel=1e-6)
+        assert hours < result.total_hours[device]
+    assert any("total if stage 2 ends at its patience, after its first 30 candidates" in line
+               for line in result.lines())
+    # without patience, or with too few trials for it to end anything, no earliest end
+    assert "earliest" not in estimate(config, type(targets)(100, 80, 0), "d",
+                                      timing=timing).as_dict()
+    assert "earliest" not in estimate(config, type(targets)(100, 30, 2), "d",
+                                      timing=timing).as_dict()

@@ -6,7 +6,8 @@ One concept a module: ``encoding`` (candidates), ``evolutionary`` (the sampler) 
 twice), ``config`` (what defines a search), ``context`` (its model and metric),
 ``objectives`` (a study's values), ``stages`` (creating and resuming the linked studies),
 ``trial`` (the trial function), ``fidelity`` (multi-fidelity pruning), ``run`` (running a
-stage to its target), ``patience`` (stage 2 ending where it finds nothing), ``session`` (a ``study`` command's run of its stages), ``progress``,
+stage to its target), ``patience`` (stage 2 ending where it finds nothing),
+``session`` (a ``study`` command's run of its stages), ``progress``,
 ``results``, the read side that reporting, export and the benchmarks use, and ``deletion``
 (deleting a search).
 

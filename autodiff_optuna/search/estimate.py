@@ -104,6 +104,9 @@ class StudyEstimate:
     stages: list[StageEstimate]
     assumptions: list[str]
     startup_seconds: float = 0.0  # this machine's: the process's start-up, once per study command
+    # stage 2 ended at its patience as early as it can (``--stage2-patience``): its candidates,
+    # and the whole study's hours then; None: no patience, or no stage 2
+    earliest: dict | None = None
 
     @property
     def total_hours(self) -> dict:
@@ -117,7 +120,8 @@ class StudyEstimate:
         return {"name": self.name, "steps": self.steps, "samples": self.samples,
                 "stages": [asdict(s) for s in self.stages], "total_hours": self.total_hours,
                 "startup_hours": {"cpu": self.startup_seconds / 3600},
-                "assumptions": self.assumptions}
+                "assumptions": self.assumptions,
+                **({"earliest": self.earliest} if self.earliest else {})}
 
     def lines(self) -> list[str]:
         out = [f"cost of {self.name} (K={self.steps}, {self.samples} images per candidate):"]
@@ -137,6 +141,11 @@ class StudyEstimate:
             out.append(f"  start-up: cpu {format_hours(self.startup_seconds / 3600)}")
         out.append("  total: " + ", ".join(f"{d} {format_hours(h)}"
                                             for d, h in self.total_hours.items()))
+        if self.earliest:
+            hours = self.earliest["total_hours"]
+            out.append(f"  total if stage 2 ends at its patience, after its first "
+                       f"{self.earliest['stage2_candidates']} candidates: "
+                       + ", ".join(f"{d} {format_hours(h)}" for d, h in hours.items()))
         out += [f"  assuming {a}" for a in self.assumptions]
         return out
 
@@ -536,21 +545,41 @@ def estimate(config, targets, name: str, stages=(1, 2), timing: HereTiming | Non
     cost = image_cost(config.model, architecture)
     counting = time.perf_counter() - counting
     counts = {1: targets.trials, 2: targets.stage2_trials}
-    rows = [stage_counts(s, counts[s], config, cost,
-                         rungs(config.samples, config.min_samples) if s == 1 else [])
-            for s in stages]
     gflops_per_s = None if timing is not None else cpu_gflops_per_s()
-    for row in rows:
-        row.hours["cpu"] = here_hours(row, cost, timing, config.steps, gflops_per_s)
+
+    def row(stage: int, candidates: int) -> StageEstimate:
+        counted = stage_counts(stage, candidates, config, cost,
+                               rungs(config.samples, config.min_samples) if stage == 1 else [])
+        counted.hours["cpu"] = here_hours(counted, cost, timing, config.steps, gflops_per_s)
         for gpu in GPUS:
-            row.hours[gpu] = gpu_hours(row, config.model, cost, gpu)
+            counted.hours[gpu] = gpu_hours(counted, config.model, cost, gpu)
+        return counted
+
+    rows = [row(s, counts[s]) for s in stages]
     said = assumptions(config, stages, cost, timing, gflops_per_s)
-    if 2 in stages and targets.stage2_patience:
+    startup = timing.startup_seconds + counting if timing is not None else 0.0
+    result = StudyEstimate(name, config.steps, config.samples, rows, said, startup)
+    fewest = earliest_stage2(config, targets)
+    if 2 in stages and fewest < targets.stage2_trials:
         said.append(f"stage 2 at all its {targets.stage2_trials} trials: at most, since it ends "
                     f"once {targets.stage2_patience} generations in a row find nothing cheaper "
                     "within the export's tolerance (--stage2-patience)")
-    return StudyEstimate(name, config.steps, config.samples, rows, said,
-                         timing.startup_seconds + counting if timing is not None else 0.0)
+        shorter = StudyEstimate(name, config.steps, config.samples,
+                                [r if r.stage != 2 else row(2, fewest) for r in rows], said,
+                                startup)
+        result.earliest = {"stage2_candidates": fewest, "total_hours": shorter.total_hours}
+    return result
+
+
+def earliest_stage2(config, targets) -> int:
+    """The fewest stage-2 candidates a study runs before its patience can end it: its first
+    ``stage2_patience`` generations, less stage 1's elites carried into the first (as many as
+    ``stages.open_stage2`` carries where stage 1 has that many distinct complete candidates)."""
+    if not targets.stage2_patience:
+        return targets.stage2_trials
+    carried = max(2, config.population // 2)
+    return min(targets.stage2_trials,
+               max(1, targets.stage2_patience * config.population - carried))
 
 
 def assumptions(config, stages, cost: ImageCost, timing: HereTiming | None,
