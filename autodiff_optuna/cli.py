@@ -10,6 +10,7 @@ output to a pipe whose reader has gone, as Python itself exits then), 130 Ctrl-C
 """
 
 import contextlib
+import dataclasses
 import json
 import os
 import sys
@@ -96,6 +97,8 @@ def _print_estimate(config, targets, args, ctx=None) -> None:
         print(f"timing {ctx.config.steps}-step sampling and FID features on this machine for "
               "the estimate...", file=sys.stderr if args.json else sys.stdout, flush=True)
     timing = None if ctx is None else time_here(ctx)
+    if args.max_gflops is not None:  # a budget turns stage 2's patience off (``run_study``)
+        targets = dataclasses.replace(targets, stage2_patience=0)
     result = estimate(config, targets, args.name or config.default_name, STAGES[args.stage],
                       timing, None if model is None else model.architecture)
     if args.json and args.estimate:

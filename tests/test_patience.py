@@ -2,6 +2,8 @@
 cheaper within the export's reach, decides from the stored trials alone (a resume decides
 alike), and a rerun without it searches on."""
 
+import json
+
 import optuna
 import pytest
 
@@ -34,13 +36,16 @@ def stopped_early(tmp_path_factory):
 def test_stage2_ends_when_a_generation_finds_nothing_cheaper(stopped_early):
     ctx, _, stage1, stage2 = stopped_early
     evaluated = n_evaluated(stage2)
-    assert evaluated < TARGET
-    generations = patience.complete_generations(stage2, POPULATION)
+    own = patience.complete_generations(stage2, POPULATION)
+    generations = len(own)
+    # it stopped right at the end of a generation: its own candidates there, no trial more
+    assert evaluated == sum(own) < TARGET
     cheapest = patience.cheapest_within_reach(stage1, stage2, generations)
     full = ctx.full_gflops
     # the last complete generation found nothing cheaper by MIN_SAVING; every earlier one did
+    # (the FIDs confirmed since may move these a little: the decision stands, kept below)
     before = [full, *cheapest]
-    steps = [earlier - later >= MIN_SAVING * full for earlier, later in zip(before, before[1:])]
+    steps = [later < earlier - MIN_SAVING * full for earlier, later in zip(before, before[1:])]
     assert steps[-1] is False and all(steps[:-1])
     stopped = stage2.user_attrs[record.STAGE2_STOPPED_ATTR]
     assert stopped["after_generation"] == generations - 1
@@ -57,6 +62,9 @@ def test_a_resume_decides_alike_and_without_patience_searches_on(stopped_early):
     evaluated = n_evaluated(stage2)
     search.run(ctx, stage2, TARGET, progress=False, stage2_patience=1)
     assert n_evaluated(stage2) == evaluated  # nothing new: it has run out already
+    kept = stage2.user_attrs[record.STAGE2_STOPPED_ATTR]
+    assert patience.stopped(stage2, POPULATION, 1) == {k: v for k, v in kept.items()
+                                                       if k != "evaluated"}
     search.run(ctx, stage2, evaluated + 2, progress=False, stage2_patience=0)
     assert n_evaluated(stage2) == evaluated + 2
     assert stage2.user_attrs[record.STAGE2_STOPPED_ATTR] is None  # it reached its target
@@ -69,3 +77,31 @@ def test_a_negative_patience_is_one_line(capsys):
                  "--storage", "sqlite:///:memory:"]) == 2
     assert capsys.readouterr().err.strip().endswith("--stage2-patience must be 0 (off) or more, "
                                                     "got -1")
+
+
+@pytest.mark.slow
+def test_a_first_generation_of_carried_elites_alone_is_no_patience_spent(tmp_path, capsys):
+    # population 2: stage 1's 2 elites fill generation 0, and stage 2 has searched nothing yet
+    url = f"sqlite:///{tmp_path}/s.db"
+    ctx = search.SearchContext.build(SearchConfig("digits", 3, samples=80, population=2))
+    stage1 = search.open_stage1(ctx, "digits-k3", url)
+    search.run(ctx, stage1, 6, progress=False)
+    stage2 = search.open_stage2(ctx, stage1, url, max_gflops=None)
+    search.run(ctx, stage2, 20, progress=False, stage2_patience=1)
+    own = patience.complete_generations(stage2, 2)
+    assert own[0] == 0 and n_evaluated(stage2) == sum(own) >= 2
+    assert main(["list", "--storage", url]) == 0
+    out = capsys.readouterr().out
+    stopped = stage2.user_attrs[record.STAGE2_STOPPED_ATTR]
+    assert stopped["after_generation"] == len(own) - 1 >= 1
+    assert (f"done {sum(own)}/20 (ended after generation {stopped['after_generation']}: "
+            "nothing cheaper within the tolerance)") in out
+
+
+@pytest.mark.slow  # times the model twice
+def test_a_budget_turns_the_patience_off_in_the_estimate_too(capsys):
+    args = ["study", "--model", "digits", "--steps", "4", "--estimate", "--json"]
+    assert main(args) == 0
+    assert "earliest" in json.loads(capsys.readouterr().out)  # the preset's patience
+    assert main([*args, "--max-gflops", "0.1"]) == 0
+    assert "earliest" not in json.loads(capsys.readouterr().out)

@@ -578,8 +578,12 @@ def earliest_stage2(config, targets) -> int:
     if not targets.stage2_patience:
         return targets.stage2_trials
     carried = max(2, config.population // 2)
-    return min(targets.stage2_trials,
-               max(1, targets.stage2_patience * config.population - carried))
+    # generation 0 holds the carried elites and the first candidates; where they fill it,
+    # patience counts from the first generation of candidates of stage 2's own
+    first = config.population - carried
+    fewest = (first + (targets.stage2_patience - 1) * config.population if first > 0
+              else targets.stage2_patience * config.population)
+    return min(targets.stage2_trials, fewest)
 
 
 def assumptions(config, stages, cost: ImageCost, timing: HereTiming | None,

@@ -10,16 +10,19 @@ worse than the uniform schedule) is compared with the one before it: by the FIDs
 ranks with (``results.scored_points``: confirmed, else the search's raised by the rise the
 confirmed showed), so a point that would only look good by the search noise's luck does not
 keep it going. ``patience`` generations without a cheaper one by ``results.MIN_SAVING`` of the
-full network end the stage; its confirmation then runs as at the target. It is read from the
-stored trials alone, so every worker and a resumed run decide alike, and a rerun with
-``--stage2-patience 0`` (or a patience the study has not run out of) searches on.
+full network end the stage; its confirmation then runs as at the target. Only generations that
+hold candidates of stage 2's own count (a small population's first may be all stage 1's carried
+elites). It is read from the stored trials alone, so every worker decides alike, and once made
+the decision is kept on the study (``STAGE2_STOPPED_ATTR``): the confirmation that follows
+changes the FIDs it was made by, and a resume must not search on for that. A rerun with
+``--stage2-patience 0`` (or more patience than the study ran out of) searches on.
 """
 
 import optuna
 from optuna.trial import TrialState
 
 from autodiff_optuna.search.evolutionary import EvolutionarySampler
-from autodiff_optuna.search.fidelity import is_evaluated
+from autodiff_optuna.search.fidelity import is_carried, is_evaluated, n_evaluated
 from autodiff_optuna.search.results import (
     FID_TOLERANCE,
     MIN_SAVING,
@@ -29,22 +32,25 @@ from autodiff_optuna.search.results import (
     uniform_trial,
 )
 from autodiff_optuna.storage import record
-from autodiff_optuna.storage.optuna_internals import cached_trials, ga_generation_key
-
-DEFAULT_PATIENCE = 2  # generations; 0: off
+from autodiff_optuna.storage.optuna_internals import ga_generation_key
 
 
-def complete_generations(study: optuna.Study, population: int) -> int:
-    """How many of stage 2's generations are complete (``population`` evaluated members each,
-    stage 1's carried elites among generation 0's): they are numbered 0, 1, ... in order."""
+def complete_generations(study: optuna.Study, population: int) -> list[int]:
+    """Stage 2's complete generations (``population`` evaluated members each, stage 1's
+    carried elites among generation 0's), in order: how many candidates of its own each holds.
+    Read afresh: an Optuna callback's cached view still shows the trial it was called for
+    running."""
     attr = ga_generation_key(EvolutionarySampler)
     members: dict[int, int] = {}
-    for t in cached_trials(study, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+    own: dict[int, int] = {}
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
         if is_evaluated(t) and attr in t.system_attrs:
-            members[t.system_attrs[attr]] = members.get(t.system_attrs[attr], 0) + 1
-    done = 0
-    while members.get(done, 0) >= population:
-        done += 1
+            g = t.system_attrs[attr]
+            members[g] = members.get(g, 0) + 1
+            own[g] = own.get(g, 0) + (not is_carried(t))
+    done = []
+    while members.get(len(done), 0) >= population:
+        done.append(own[len(done)])
     return done
 
 
@@ -59,7 +65,7 @@ def cheapest_within_reach(stage1: optuna.Study, stage2: optuna.Study,
     limit_uniform = next((p.fid for p in points if uniform is not None and p.stage == 1
                           and p.trial == uniform.number), float("inf"))
     attr = ga_generation_key(EvolutionarySampler)
-    generation = {t.number: t.system_attrs.get(attr) for t in cached_trials(stage2)}
+    generation = {t.number: t.system_attrs.get(attr) for t in stage2.get_trials(deepcopy=False)}
     stage1_best = min((p.fid for p in points if p.stage == 1), default=float("inf"))
     cheapest, out = full, []
     for g in range(generations):
@@ -74,17 +80,23 @@ def cheapest_within_reach(stage1: optuna.Study, stage2: optuna.Study,
 
 def stopped(study: optuna.Study, population: int, patience: int) -> dict | None:
     """Whether stage 2 ``study`` has run out of ``patience``: the generation after which it
-    stops and why (None: it goes on; always, at patience 0)."""
+    stops and why (None: it goes on; always, at patience 0). A decision kept on the study
+    for as many trials as it holds now, made with no more patience, stands."""
     if patience <= 0:
         return None
-    generations = complete_generations(study, population)
-    if generations < patience:
+    kept = study.user_attrs.get(record.STAGE2_STOPPED_ATTR)
+    if (isinstance(kept, dict) and kept.get("evaluated") == n_evaluated(study)
+            and isinstance(kept.get("patience"), int) and kept["patience"] <= patience):
+        return {k: v for k, v in kept.items() if k != "evaluated"}
+    own = complete_generations(study, population)
+    searched = [g for g, n in enumerate(own) if n]  # generations with candidates of its own
+    if len(searched) < patience:
         return None
     stage1, stage2 = linked_studies(study)
     full = record.full_gflops(stage1.user_attrs, stage2.user_attrs)
-    cheapest = [full, *cheapest_within_reach(stage1, stage2, generations)]
-    recent = cheapest[-patience - 1:]
-    if any(later < earlier - MIN_SAVING * full for earlier, later in zip(recent, recent[1:])):
+    cheapest = cheapest_within_reach(stage1, stage2, len(own))
+    before = [full, *cheapest]  # before[g]: the cheapest before generation g
+    if any(cheapest[g] < before[g] - MIN_SAVING * full for g in searched[-patience:]):
         return None
-    return {"after_generation": generations - 1, "patience": patience,
+    return {"after_generation": len(own) - 1, "patience": patience,
             "gflops_share": cheapest[-1] / full}

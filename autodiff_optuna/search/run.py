@@ -136,6 +136,9 @@ def run(ctx: SearchContext, study: optuna.Study, trials: int, progress: bool = T
     def out_of_patience() -> bool:
         return stop is not None and stop.check(study)
 
+    if stop is not None and not out_of_patience():  # a rerun searches on: not done any more
+        _record_stop(study, None, trials)
+
     while fidelity.n_evaluated(study) < trials and not out_of_patience():
         left = None if deadline is None else deadline - time.monotonic()
         if left is not None and left <= 0:
@@ -159,7 +162,15 @@ def run(ctx: SearchContext, study: optuna.Study, trials: int, progress: bool = T
         _record_stop(study, stop.outcome if out_of_patience() else None, trials)
     if score is None:
         confirm.confirm(ctx, study, progress, batch_size, deadline)
+        if deadline is not None and time.monotonic() >= deadline and _unconfirmed(study):
+            return False  # stopped by the deadline while confirming: a rerun confirms the rest
     return True
+
+
+def _unconfirmed(study: optuna.Study) -> bool:
+    from autodiff_optuna.search.results import linked_studies
+
+    return bool(confirm.to_confirm(*linked_studies(study)))
 
 
 def _record_stop(study: optuna.Study, outcome: dict | None, trials: int) -> None:
