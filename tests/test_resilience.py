@@ -167,6 +167,30 @@ def test_sigkill_during_each_stage_is_resumed_without_loss(spawn, tmp_path):
         _assert_retried_once(url, name, number)
 
 
+def test_a_trial_whose_worker_died_before_its_first_heartbeat_is_retried(tmp_path):
+    """A worker killed between a trial's start and its first heartbeat leaves the trial RUNNING
+    with no beat, which Optuna's stale check passes over: a worker waiting for it fails it and
+    queues its candidate again, as for a stale one, instead of waiting for ever (a rerun in
+    ``test_sigkill_during_each_stage_is_resumed_without_loss`` once did, on a loaded machine)."""
+    from autodiff_optuna.search.run import _wait_for_other_workers, retry_stale_trial
+    from autodiff_optuna.storage.optuna_internals import trial_id, unbeaten_trial_ids
+
+    path = tmp_path / "h.db"
+    storage = open_storage(f"sqlite:///{path}", heartbeat=1, on_stale_trial=retry_stale_trial,
+                           writable=True)
+    study = optuna.create_study(study_name="s", storage=storage)
+    trial = study.ask({"x": optuna.distributions.IntDistribution(0, 3)})  # no beat recorded
+    assert unbeaten_trial_ids(study) == []  # just started: its first beat may still come
+    with sqlite3.connect(path) as db:  # started an hour ago, by the clock Optuna stamps with
+        db.execute("UPDATE trials SET datetime_start = datetime(datetime_start, '-1 hour')")
+    db.close()
+    assert unbeaten_trial_ids(study) == [trial_id(trial)]
+    _wait_for_other_workers(study, progress=False, poll=0.0)
+    first, retried = study.get_trials(deepcopy=False)
+    assert first.state == TrialState.FAIL
+    assert retried.state == TrialState.WAITING and retried.params == first.params
+
+
 def _copy_database(source, target):
     """A consistent copy of an SQLite database, its write-ahead log included."""
     with sqlite3.connect(source) as src, sqlite3.connect(target) as dst:

@@ -4,18 +4,19 @@ new point within reach of the export.
 Stage 2 exists to find schedules cheaper than stage 1's best at nearly its quality. On a model
 whose every layer matters at a few steps (the bundled digits model: of ten preset studies one
 exported a stage-2 point, at 99.5% of the GFLOPs, and stage 2 took about 60% of the images) it
-can search its whole budget and change nothing. After each complete generation, the cheapest stage-2 point so
-far whose FID is within the export's tolerance (``results.FID_TOLERANCE`` of the best, and no
-worse than the uniform schedule) is compared with the one before it: by the FIDs the result
-ranks with (``results.scored_points``: confirmed, else the search's raised by the rise the
-confirmed showed), so a point that would only look good by the search noise's luck does not
-keep it going. ``patience`` generations without a cheaper one by ``results.MIN_SAVING`` of the
-full network end the stage; its confirmation then runs as at the target. Only generations that
-hold candidates of stage 2's own count (a small population's first may be all stage 1's carried
-elites). It is read from the stored trials alone, so every worker decides alike, and once made
-the decision is kept on the study (``STAGE2_STOPPED_ATTR``): the confirmation that follows
-changes the FIDs it was made by, and a resume must not search on for that. A rerun with
-``--stage2-patience 0`` (or more patience than the study ran out of) searches on.
+can search its whole budget and change nothing. After each complete generation, the cheapest
+stage-2 point so far whose FID is within the export's tolerance (``results.FID_TOLERANCE`` of
+the best, and no worse than the uniform schedule) is compared with the one before it, by the
+FIDs the result ranks with (``results.scored_points``: confirmed, else the search's raised by
+the rise the confirmed showed), so that a point that only looks good by the search noise's luck
+does not keep it going. ``patience`` generations without one cheaper by ``results.MIN_SAVING``
+of the full network end the stage; its confirmation then runs as at the target. Only the
+generations that hold candidates of stage 2's own count (a small population's first may hold
+stage 1's carried elites alone). It is read from the stored trials, so every worker decides
+alike; once made, the decision is kept on the study (``STAGE2_STOPPED_ATTR``), since the
+confirmation that follows moves the FIDs it was made by, and a resume must not search on for
+that. A rerun with ``--stage2-patience 0`` (or more patience than the study ran out of)
+searches on.
 """
 
 import optuna

@@ -1,6 +1,7 @@
 """Running a stage to its target: failed candidates, dead workers, Ctrl-C and a database that
 fails mid-run, each handled so that a rerun of the same command resumes."""
 
+import copy
 import functools
 import sys
 import time
@@ -18,7 +19,7 @@ from autodiff_optuna.search.context import SearchContext
 from autodiff_optuna.search.progress import ProgressPrinter
 from autodiff_optuna.search.trial import make_objective
 from autodiff_optuna.storage import record
-from autodiff_optuna.storage.optuna_internals import storage_of
+from autodiff_optuna.storage.optuna_internals import storage_of, unbeaten_trial_ids
 
 MAX_CONSECUTIVE_FAILURES = 20  # failed trials in a row that stop a stage (a broken model)
 MAX_RETRIES = 3
@@ -208,7 +209,22 @@ def _wait_for_other_workers(study: optuna.Study, progress: bool, poll: float = 1
               "trial is retried once its heartbeat expires)", file=sys.stderr, flush=True)
     while study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         fail_stale_trials(study)
+        _fail_unbeaten_trials(study)
         time.sleep(poll)
+
+
+def _fail_unbeaten_trials(study: optuna.Study) -> None:
+    """``fail_stale_trials`` for the trials whose worker died before their first heartbeat
+    (``unbeaten_trial_ids``), each retried the same way (the storage's stale-trial callback)."""
+    storage = storage_of(study)
+    retry = storage.get_heartbeat_stale_trial_callback()
+    for trial_id in unbeaten_trial_ids(study):
+        try:
+            failed = storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another worker failed it first, or it just finished
+        if failed and retry is not None:
+            retry(study, copy.deepcopy(storage.get_trial(trial_id)))
 
 
 def _requeue_interrupted(study: optuna.Study, number: int | None, names) -> None:
