@@ -61,7 +61,9 @@ class _PatienceStop:
         self.outcome: dict | None = None
 
     def check(self, study) -> bool:
-        done = patience.complete_generations(study, self.population)
+        if self.generations <= 0:  # off: no storage read a trial
+            return False
+        done = len(patience.complete_generations(study, self.population))
         if done != self.checked_at:
             self.checked_at = done
             self.outcome = patience.stopped(study, self.population, self.generations)
