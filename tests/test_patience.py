@@ -65,6 +65,8 @@ def test_a_resume_decides_alike_and_without_patience_searches_on(stopped_early):
     kept = stage2.user_attrs[record.STAGE2_STOPPED_ATTR]
     assert patience.stopped(stage2, POPULATION, 1) == {k: v for k, v in kept.items()
                                                        if k != "evaluated"}
+    # out of patience 1 says nothing of 2: a rerun with more patience decides afresh
+    assert patience.stopped(stage2, POPULATION, 2) != patience.stopped(stage2, POPULATION, 1)
     search.run(ctx, stage2, evaluated + 2, progress=False, stage2_patience=0)
     assert n_evaluated(stage2) == evaluated + 2
     assert stage2.user_attrs[record.STAGE2_STOPPED_ATTR] is None  # it reached its target

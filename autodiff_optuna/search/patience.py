@@ -23,7 +23,7 @@ import optuna
 from optuna.trial import TrialState
 
 from autodiff_optuna.search.evolutionary import EvolutionarySampler
-from autodiff_optuna.search.fidelity import is_carried, is_evaluated, n_evaluated
+from autodiff_optuna.search.fidelity import is_carried, is_evaluated
 from autodiff_optuna.search.results import (
     FID_TOLERANCE,
     MIN_SAVING,
@@ -82,14 +82,15 @@ def cheapest_within_reach(stage1: optuna.Study, stage2: optuna.Study,
 def stopped(study: optuna.Study, population: int, patience: int) -> dict | None:
     """Whether stage 2 ``study`` has run out of ``patience``: the generation after which it
     stops and why (None: it goes on; always, at patience 0). A decision kept on the study
-    for as many trials as it holds now, made with no more patience, stands."""
+    stands while no generation has completed since, for as much patience as it was made with
+    or less (a study out of patience p is out of any less; more may search on)."""
     if patience <= 0:
         return None
-    kept = study.user_attrs.get(record.STAGE2_STOPPED_ATTR)
-    if (isinstance(kept, dict) and kept.get("evaluated") == n_evaluated(study)
-            and isinstance(kept.get("patience"), int) and kept["patience"] <= patience):
-        return {k: v for k, v in kept.items() if k != "evaluated"}
     own = complete_generations(study, population)
+    kept = study.user_attrs.get(record.STAGE2_STOPPED_ATTR)
+    if (isinstance(kept, dict) and kept.get("after_generation") == len(own) - 1
+            and isinstance(kept.get("patience"), int) and patience <= kept["patience"]):
+        return {k: v for k, v in kept.items() if k != "evaluated"}
     searched = [g for g, n in enumerate(own) if n]  # generations with candidates of its own
     if len(searched) < patience:
         return None

@@ -19,7 +19,11 @@ from autodiff_optuna.search.context import SearchContext
 from autodiff_optuna.search.progress import ProgressPrinter
 from autodiff_optuna.search.trial import make_objective
 from autodiff_optuna.storage import record
-from autodiff_optuna.storage.optuna_internals import storage_of, unbeaten_trial_ids
+from autodiff_optuna.storage.optuna_internals import (
+    heartbeat_grace,
+    storage_of,
+    unbeaten_trial_ids,
+)
 
 MAX_CONSECUTIVE_FAILURES = 20  # failed trials in a row that stop a stage (a broken model)
 MAX_RETRIES = 3
@@ -153,6 +157,9 @@ def run(ctx: SearchContext, study: optuna.Study, trials: int, progress: bool = T
             raise
         except optuna.exceptions.UpdateFinishedTrialError:
             pass  # another worker's heartbeat check failed this (slow) trial and queued it again
+        except ValueError as err:  # the same, noticed as Optuna tells the trial's result
+            if "Cannot tell a" not in str(err):
+                raise
         except AssertionError as err:
             _raise_storage_failure(err)
         if failures.tripped:
@@ -209,18 +216,31 @@ def _wait_for_other_workers(study: optuna.Study, progress: bool, poll: float = 1
     if running and progress:
         print(f"waiting for {len(running)} running trial(s) of other workers (a killed worker's "
               "trial is retried once its heartbeat expires)", file=sys.stderr, flush=True)
+    unbeaten: dict[int, float] = {}  # trial id -> when this process first saw it without a beat
     while study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         fail_stale_trials(study)
-        _fail_unbeaten_trials(study)
+        _fail_unbeaten_trials(study, unbeaten)
         time.sleep(poll)
 
 
-def _fail_unbeaten_trials(study: optuna.Study) -> None:
+def _fail_unbeaten_trials(study: optuna.Study, seen: dict[int, float]) -> None:
     """``fail_stale_trials`` for the trials whose worker died before their first heartbeat
-    (``unbeaten_trial_ids``), each retried the same way (the storage's stale-trial callback)."""
+    (``unbeaten_trial_ids``): one seen running without a beat for the heartbeat's grace period,
+    by this process's clock (``seen``: since when; a worker's own start stamp is its clock's),
+    is failed and retried the same way (the storage's stale-trial callback)."""
+    grace = heartbeat_grace(study)
+    if grace is None:
+        return
+    now = time.monotonic()
+    current = set(unbeaten_trial_ids(study))
+    for trial_id in list(seen):
+        if trial_id not in current:  # it beat, or ended
+            del seen[trial_id]
     storage = storage_of(study)
     retry = storage.get_heartbeat_stale_trial_callback()
-    for trial_id in unbeaten_trial_ids(study):
+    for trial_id in current:
+        if now - seen.setdefault(trial_id, now) <= grace:
+            continue
         try:
             failed = storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
         except optuna.exceptions.UpdateFinishedTrialError:

@@ -91,14 +91,11 @@ def stale_trial_ids(study: optuna.Study) -> list[int]:
 
 
 def unbeaten_trial_ids(study: optuna.Study) -> list[int]:
-    """Storage ids of the study's RUNNING trials that never recorded a heartbeat and started
-    longer ago than the storage's heartbeat grace period (by this machine's clock, as Optuna
-    stamps a trial's start): a worker killed between a trial's start and its first beat.
-    Optuna's stale check passes over a trial without beats, so such a trial would stay RUNNING,
-    and a worker waiting for it would wait for ever. [] for a storage without heartbeats. The
+    """Storage ids of the study's RUNNING trials that have not recorded a heartbeat: just
+    started, or whose worker was killed between the trial's start and its first beat (Optuna's
+    stale check passes over a trial without beats, so such a trial would stay RUNNING, and a
+    worker waiting for it would wait for ever). [] for a storage without heartbeats. The
     session and model are private to Optuna's RDB storage."""
-    from datetime import datetime, timedelta
-
     from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
     from optuna.storages._rdb import models
     from optuna.storages._rdb.storage import _create_scoped_session
@@ -108,15 +105,23 @@ def unbeaten_trial_ids(study: optuna.Study) -> list[int]:
     if not isinstance(storage, BaseHeartbeat) or not is_heartbeat_enabled(storage):
         return []
     rdb = getattr(storage, "_backend", storage)  # Optuna wraps an RDB storage in a cache
-    grace = rdb.grace_period or 2 * rdb.heartbeat_interval
-    started_before = datetime.now() - timedelta(seconds=grace)
     trials = models.TrialModel
     with _create_scoped_session(rdb.scoped_session, True) as session:
         running = (session.query(trials).options(orm.selectinload(trials.heartbeats))
                    .filter(trials.state == TrialState.RUNNING,
                            trials.study_id == study._study_id).all())
-        return [t.trial_id for t in running if not t.heartbeats
-                and t.datetime_start is not None and t.datetime_start < started_before]
+        return [t.trial_id for t in running if not t.heartbeats]
+
+
+def heartbeat_grace(study: optuna.Study) -> float | None:
+    """Seconds without a beat after which the study's storage takes a trial for dead (Optuna's
+    grace period, twice the interval by default); None without heartbeats."""
+    storage = study._storage
+    rdb = getattr(storage, "_backend", storage)
+    interval = getattr(rdb, "heartbeat_interval", None)
+    if not interval:
+        return None
+    return getattr(rdb, "grace_period", None) or 2 * interval
 
 
 def pop_waiting_trial(storage: optuna.storages.RDBStorage, trial_id: int) -> bool:
