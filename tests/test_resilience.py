@@ -167,6 +167,7 @@ def test_sigkill_during_each_stage_is_resumed_without_loss(spawn, tmp_path):
         _assert_retried_once(url, name, number)
 
 
+@pytest.mark.slow  # waits a heartbeat grace period (2 s)
 def test_a_trial_whose_worker_died_before_its_first_heartbeat_is_retried(tmp_path):
     """A worker killed between a trial's start and its first heartbeat leaves the trial RUNNING
     with no beat, which Optuna's stale check passes over: a worker waiting for it fails it and
