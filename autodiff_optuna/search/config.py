@@ -67,6 +67,12 @@ class SearchConfig:
     def default_name(self) -> str:
         return study_name(self.model, self.steps)
 
+    @property
+    def stage2_elites(self) -> int:
+        """How many of stage 1's best distinct candidates stage 2 carries into its first
+        generation (fewer where stage 1 has fewer)."""
+        return max(2, self.population // 2)
+
     def solver_of(self, rules=None):
         """What sampling runs a candidate with: its own ``rules`` where the study searches
         them, else the study's solver; scaled by ``noise_scale``."""

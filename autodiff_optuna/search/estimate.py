@@ -573,11 +573,11 @@ def estimate(config, targets, name: str, stages=(1, 2), timing: HereTiming | Non
 
 def earliest_stage2(config, targets) -> int:
     """The fewest stage-2 candidates a study runs before its patience can end it: its first
-    ``stage2_patience`` generations, less stage 1's elites carried into the first (as many as
-    ``stages.open_stage2`` carries where stage 1 has that many distinct complete candidates)."""
+    ``stage2_patience`` generations, less stage 1's elites carried into the first (all
+    ``stage2_elites``, where stage 1 has that many distinct complete candidates)."""
     if not targets.stage2_patience:
         return targets.stage2_trials
-    carried = max(2, config.population // 2)
+    carried = config.stage2_elites
     # generation 0 holds the carried elites and the first candidates; where they fill it,
     # patience counts from the first generation of candidates of stage 2's own
     first = config.population - carried

@@ -25,9 +25,9 @@ from optuna.trial import TrialState
 from autodiff_optuna.search.evolutionary import EvolutionarySampler
 from autodiff_optuna.search.fidelity import is_carried, is_evaluated
 from autodiff_optuna.search.results import (
-    FID_TOLERANCE,
     MIN_SAVING,
     check_config,
+    export_limit,
     linked_studies,
     scored_points,
     uniform_trial,
@@ -63,8 +63,8 @@ def cheapest_within_reach(stage1: optuna.Study, stage2: optuna.Study,
     full = record.full_gflops(stage1.user_attrs, stage2.user_attrs)
     points = scored_points(stage1, stage2, steps, full)
     uniform = uniform_trial(stage1)
-    limit_uniform = next((p.fid for p in points if uniform is not None and p.stage == 1
-                          and p.trial == uniform.number), float("inf"))
+    uniform_fid = next((p.fid for p in points if uniform is not None and p.stage == 1
+                        and p.trial == uniform.number), None)
     attr = ga_generation_key(EvolutionarySampler)
     generation = {t.number: t.system_attrs.get(attr) for t in stage2.get_trials(deepcopy=False)}
     stage1_best = min((p.fid for p in points if p.stage == 1), default=float("inf"))
@@ -73,7 +73,7 @@ def cheapest_within_reach(stage1: optuna.Study, stage2: optuna.Study,
         known = [p for p in points if p.stage == 2 and generation.get(p.trial) is not None
                  and generation[p.trial] <= g]
         best = min([stage1_best, *(p.fid for p in known)])
-        limit = min(best * (1 + FID_TOLERANCE), max(limit_uniform, best))
+        limit = export_limit(best, uniform_fid)
         cheapest = min([cheapest, *(p.gflops for p in known if p.fid <= limit)])
         out.append(cheapest)
     return out

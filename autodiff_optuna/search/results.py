@@ -296,9 +296,8 @@ class StudyResult:
         """The cheapest front point within the FID tolerance of the best (and no worse than
         the uniform schedule) by more than the noise of both FIDs (``noise_margin``); the best
         itself where nothing cheaper is that good."""
-        limit = self.best.fid * (1 + self.fid_tolerance)
-        if self.uniform is not None:
-            limit = min(limit, max(self.uniform.fid, self.best.fid))
+        limit = export_limit(self.best.fid, None if self.uniform is None else self.uniform.fid,
+                             self.fid_tolerance)
         return next(p for p in self.front
                     if p is self.best or p.fid + noise_margin(p, self.best) <= limit)
 
@@ -407,6 +406,14 @@ class StudyResult:
                 "uniform": ref(self.uniform) if self.uniform is not None else None,
                 "front": [ref(p) for p in self.front], "fid_tolerance": self.fid_tolerance,
                 "min_saving": self.min_saving}
+
+
+def export_limit(best_fid: float, uniform_fid: float | None,
+                 fid_tolerance: float = FID_TOLERANCE) -> float:
+    """The highest FID the export rule takes a cheaper point at: ``fid_tolerance`` above the
+    best's, and no worse than the uniform schedule's (where the best itself is not)."""
+    limit = best_fid * (1 + fid_tolerance)
+    return limit if uniform_fid is None else min(limit, max(uniform_fid, best_fid))
 
 
 def _ceil4(value: float) -> float:

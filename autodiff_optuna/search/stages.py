@@ -242,7 +242,7 @@ def open_stage2(ctx: SearchContext, stage1: optuna.Study, storage,
     for t in ranked:
         sources.setdefault(space.candidate(t.user_attrs[TIMESTEPS_ATTR],
                                            rules=_rules(t.user_attrs.get(RULES_ATTR))), t)
-    elites = list(sources)[: max(2, ctx.config.population // 2)]
+    elites = list(sources)[: ctx.config.stage2_elites]
     name = f"{stage1.study_name}-stage2"
     storage = writable_storage(storage)
     costs = _stored_costs(ctx, name, storage) or skip_cost.measure(ctx, elites[0])
