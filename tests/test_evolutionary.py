@@ -350,3 +350,83 @@ def test_a_seeded_study_gives_the_same_trials(run, seed, fingerprint):
     change of the sampler's parts that changes a single draw changes the search."""
     params = json.dumps(run(seed), sort_keys=True).encode()
     assert hashlib.sha256(params).hexdigest()[:16] == fingerprint
+
+
+# -- steps drawn and moved in noise levels -------------------------------------------------------
+
+# DDPM's linear betas, as the bundled models and google/ddpm-* use them
+LINEAR_ABAR = np.cumprod(1.0 - np.linspace(1e-4, 0.02, T))
+NOISE_LEVELS = tuple(schedules.noise_coordinates(LINEAR_ABAR).tolist())
+
+
+def test_noise_coordinates_are_edm_noise_levels():
+    u = schedules.noise_coordinates(LINEAR_ABAR)
+    sigma = np.sqrt((1 - LINEAR_ABAR) / LINEAR_ABAR)
+    assert np.allclose(u, sigma ** (1 / schedules.KARRAS_RHO))
+    assert np.all(np.diff(u) > 0)
+    # near the data a training step is a far larger move of the noise level than near the noise
+    assert u[10] - u[0] > u[760] - u[750]
+
+
+@settings(max_examples=200, deadline=None)
+@given(**ANY_CANDIDATE)
+def test_operators_in_noise_levels_make_valid_candidates(k, layers, data, seed):
+    space = CandidateSpace(k, T, layers, coordinates=NOISE_LEVELS)
+    parent, other = data.draw(_candidate(k, layers)), data.draw(_candidate(k, layers))
+    rng = np.random.default_rng(seed)
+    assert variation.shift(space, parent, np.zeros(k), rng) == parent
+    for child in (variation.mutate(space, parent, rng), space.random(rng),
+                  variation.crossover(space, parent, other, rng),
+                  variation.shift(space, parent, rng.normal(0.0, 0.05, k), rng)):
+        assert _valid(child, k, layers=layers)
+    low = data.draw(st.integers(0, T - 1))
+    high = data.draw(st.integers(low, T - 1))
+    assert low <= space.step_between(low, high, rng) <= high
+    assert space.step_at(space.coordinate(range(T))).tolist() == list(range(T))
+
+
+def test_parzen_children_move_in_noise_levels():
+    """In noise levels, the kernel that moves the noisiest step by tens of training steps moves
+    the step nearest the data by a few: a 4-step schedule survives its last step moving 5
+    steps, not 30 (BENCHMARKS.md, "Stage 1's moves in noise levels")."""
+    by_steps = CandidateSpace(4, T)
+    by_noise = CandidateSpace(4, T, coordinates=NOISE_LEVELS)
+    good = [(750 - 3 * d, 500 + 2 * d, 250 - d, 3 + d % 2) for d in range(6)]
+    children = {}
+    for space in (by_steps, by_noise):
+        parzen, rng = ParzenChild(space), np.random.default_rng(0)
+        children[space.coordinates is None] = np.array(
+            [parzen([space.candidate(g) for g in good], rng).timesteps for _ in range(300)])
+    in_steps, in_noise = children[True], children[False]
+    # the last step moved past 10: a third of the children in steps, hardly any in noise levels
+    assert np.mean(in_noise[:, 3] > 10) < 0.05 < 0.2 < np.mean(in_steps[:, 3] > 10)
+    # ... while the first still moves by tens of steps
+    assert np.median(np.abs(in_noise[:, 0] - 745)) > 10
+
+
+def test_random_candidates_in_noise_levels_reach_the_data_end():
+    """Uniform in noise levels, a random schedule ends near the data far more often than
+    uniform in steps (where the last of 4 steps lies below 10 in 4% of draws)."""
+    rng = np.random.default_rng(0)
+    last = {coords is None: [CandidateSpace(4, T, coordinates=coords).random(rng).timesteps[-1]
+                             for _ in range(500)] for coords in (None, NOISE_LEVELS)}
+    assert np.mean(np.array(last[False]) < 10) > 2 * np.mean(np.array(last[True]) < 10)
+
+
+@pytest.mark.parametrize("coordinates", [(0.0,) * T, tuple(range(T - 1)),
+                                         (float("nan"),) + NOISE_LEVELS[1:]])
+def test_candidate_space_refuses_bad_coordinates(coordinates):
+    with pytest.raises(ValueError, match="coordinates must be"):
+        CandidateSpace(4, T, coordinates=coordinates)
+
+
+def test_a_study_moves_steps_in_its_models_noise_levels():
+    from autodiff_optuna import search
+    from autodiff_optuna.search.config import SearchConfig
+    from autodiff_optuna.search.context import alphas_cumprod
+
+    ctx = search.SearchContext.build(SearchConfig("digits", 3, samples=80, population=4))
+    levels = schedules.noise_coordinates(alphas_cumprod(ctx.model))
+    for stage in (1, 2):
+        assert np.allclose(ctx.space(stage).coordinate(range(T)), levels)
+    assert ctx.space(1) == CandidateSpace(3, T)  # the same candidates, drawn otherwise

@@ -8,7 +8,8 @@ from autodiff_optuna.lazy import lazy_exports
 
 _MODULES = {"HELDOUT": ".noise", "SEARCH": ".noise", "TEACHER": ".noise", "NoiseBatch": ".noise",
             "draw": ".noise", "SOLVERS": ".rules", "StepRule": ".rules", "Schedule": ".schedules",
-            "standard_spacings": ".schedules", "validate": ".schedules",
+            "standard_spacings": ".schedules", "noise_coordinates": ".schedules",
+            "validate": ".schedules",
             "SOLVER_ORDERS": ".solvers", "sample": ".solvers"}
 
 __all__ = list(_MODULES)

@@ -74,6 +74,21 @@ def _distinct_descending(points, num_train_timesteps: int) -> Schedule:
     return tuple(out)
 
 
+# EDM's rho (Karras et al. 2022): steps evenly spaced in sigma ** (1 / rho) balance a few-step
+# sampler's errors between the noisy and the clean end
+KARRAS_RHO = 7.0
+
+
+def noise_coordinates(alphas_cumprod: np.ndarray, rho: float = KARRAS_RHO) -> np.ndarray:
+    """Each training step's noise level as EDM spaces them, ``sigma_t ** (1 / rho)`` with
+    ``sigma_t = sqrt((1 - abar_t) / abar_t)``: increasing in t, and a move of the same size there
+    changes a sample about as much near the data as near the noise, where a move of the same
+    number of steps does not (10 steps near t = 0 ruin a 4-step schedule that 50 near t = 750
+    barely change; BENCHMARKS.md, "Stage 1's moves in noise levels")."""
+    abar = np.asarray(alphas_cumprod, dtype=np.float64)
+    return (np.sqrt((1.0 - abar) / abar)) ** (1.0 / rho)
+
+
 def standard_spacings(steps: int, num_train_timesteps: int,
                       alphas_cumprod: np.ndarray) -> dict[str, Schedule]:
     """The spacings a search starts from and is compared against, "uniform" first."""

@@ -16,8 +16,9 @@ from optuna.trial import FrozenTrial
 from autodiff_optuna.search import variation
 from autodiff_optuna.search.encoding import Candidate, CandidateSpace
 
-# The narrowest Parzen kernel, as a fraction of T: once the better half agrees on a step, its
-# spread (and Scott's bandwidth) shrinks to nothing, and children would only repeat it.
+# The narrowest Parzen kernel, as a fraction of the span of the space's coordinate (of T where
+# that is the steps themselves): once the better half agrees on a step, its spread (and Scott's
+# bandwidth) shrinks to nothing, and children would only repeat it.
 MIN_BANDWIDTH = 0.02
 
 
@@ -48,18 +49,19 @@ def tournament(ranked: Sequence[Candidate], rng: np.random.Generator) -> Candida
 
 class ParzenChild(ChildStrategy):
     """A draw from a Parzen estimate over the better half of the parents: one member, each step
-    moved by a Gaussian of Scott's bandwidth for that half (at least ``MIN_BANDWIDTH`` of T);
-    masks move with their steps. Crossover and mutation recombine and jump; this samples the
-    region the good schedules share, at a scale that narrows as they agree."""
+    moved by a Gaussian of Scott's bandwidth for that half (at least ``MIN_BANDWIDTH`` of the
+    span), in the space's coordinate (the noise levels in a study); masks move with their steps.
+    Crossover and mutation recombine and jump; this samples the region the good schedules
+    share, at a scale that narrows as they agree."""
 
     def __init__(self, space: CandidateSpace) -> None:
         self._space = space
 
     def __call__(self, parents: Sequence[Candidate], rng: np.random.Generator) -> Candidate:
         good = parents[: max(2, len(parents) // 2)]
-        steps = np.array([c.timesteps for c in good], dtype=float)
+        steps = self._space.coordinate([c.timesteps for c in good])
         bandwidth = np.maximum(steps.std(axis=0) * len(good) ** (-1.0 / (self._space.steps + 4)),
-                               MIN_BANDWIDTH * self._space.num_train_timesteps)
+                               MIN_BANDWIDTH * self._space.coordinate_span)
         centre = good[int(rng.integers(len(good)))]
         return variation.shift(self._space, centre, rng.normal(0.0, bandwidth), rng)
 

@@ -7,7 +7,7 @@ import numpy as np
 from autodiff_optuna.metrics import load_scorer
 from autodiff_optuna.metrics.flops import LayerCosts, layer_costs
 from autodiff_optuna.models import load_model
-from autodiff_optuna.sampling import standard_spacings
+from autodiff_optuna.sampling import noise_coordinates, standard_spacings
 from autodiff_optuna.search.config import SearchConfig
 from autodiff_optuna.search.encoding import CandidateSpace
 
@@ -22,6 +22,8 @@ class SearchContext:
     scorer: object
     spacings: dict
     costs: LayerCosts
+    # each training step's noise level, where the sampler draws and moves steps
+    coordinates: tuple[float, ...] | None = field(default=None, repr=False)
     # the trajectory DP's first candidates, once fitted (``stages.dp_candidates``): the
     # estimate's timing creates a study too, and the study it times should not fit them again
     dp_fitted: list | None = field(default=None, repr=False, compare=False)
@@ -38,14 +40,16 @@ class SearchContext:
     def of(cls, config: SearchConfig, model, scorer) -> "SearchContext":
         """The context of a loaded model and scorer, the settings checked against them."""
         config.check_for(model, scorer)
-        spacings = standard_spacings(config.steps, model.num_train_timesteps,
-                                     alphas_cumprod(model))
-        return cls(config, model, scorer, spacings, layer_costs(model))
+        abar = alphas_cumprod(model)
+        spacings = standard_spacings(config.steps, model.num_train_timesteps, abar)
+        return cls(config, model, scorer, spacings, layer_costs(model),
+                   tuple(noise_coordinates(abar).tolist()))
 
     def space(self, stage: int) -> CandidateSpace:
         layers = self.costs.layers if stage == 2 else ()
         return CandidateSpace(self.config.steps, self.model.num_train_timesteps, layers,
-                              solver_search=self.config.solver_search)
+                              solver_search=self.config.solver_search,
+                              coordinates=self.coordinates)
 
     def solver_of(self, candidate) -> object:
         """What ``sampling.sample`` runs a candidate with: its own rules where the study

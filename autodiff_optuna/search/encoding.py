@@ -25,7 +25,7 @@ position when the steps move.
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from numbers import Integral
 
 import numpy as np
@@ -54,6 +54,10 @@ class CandidateSpace:
     num_train_timesteps: int  # T
     layers: tuple[str, ...] = ()  # skippable layers, in execution order; () in stage 1
     solver_search: bool = False  # each position's solver rule is searched too
+    # per training step, where the variation operators see it (increasing in t; e.g.
+    # ``sampling.schedules.noise_coordinates``); None: the step itself. It shapes how candidates
+    # are drawn and moved, not which are in the space
+    coordinates: tuple[float, ...] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for name in ("steps", "num_train_timesteps"):
@@ -75,6 +79,13 @@ class CandidateSpace:
         if len(set(layers)) < len(layers):
             raise ValueError(f"CandidateSpace: a layer is named twice: {layers}")
         object.__setattr__(self, "layers", layers)
+        if self.coordinates is not None:
+            coordinates = tuple(float(u) for u in self.coordinates)
+            if len(coordinates) != self.num_train_timesteps or not all(
+                    np.isfinite(coordinates)) or not all(np.diff(coordinates) > 0):
+                raise ValueError(f"CandidateSpace: coordinates must be {self.num_train_timesteps}"
+                                 f" finite values increasing with the step")
+            object.__setattr__(self, "coordinates", coordinates)
 
     @property
     def size(self) -> int:
@@ -255,12 +266,48 @@ class CandidateSpace:
                          tuple(tuple(layer for layer in self.layers if layer in m)
                                for _, m in ordered), self.rules_of(rules, ordered[0][0]))
 
+    # -- the coordinate steps are drawn and moved in -------------------------------------------
+
+    def coordinate(self, steps) -> np.ndarray:
+        """Where ``steps`` lie in the coordinate the variation operators work in."""
+        steps = np.asarray(steps, dtype=int)
+        if self.coordinates is None:
+            return steps.astype(float)
+        return np.asarray(self.coordinates)[steps]
+
+    @property
+    def coordinate_span(self) -> float:
+        """The coordinate's extent: T for the steps themselves (T cells of one step)."""
+        if self.coordinates is None:
+            return float(self.num_train_timesteps)
+        return self.coordinates[-1] - self.coordinates[0]
+
+    def step_at(self, u) -> np.ndarray:
+        """The training steps nearest to coordinates ``u``, within [0, T-1]."""
+        u = np.asarray(u, dtype=float)
+        top = self.num_train_timesteps - 1
+        if self.coordinates is None:
+            return np.clip(np.rint(u), 0, top).astype(int)
+        grid = np.asarray(self.coordinates)
+        above = np.clip(np.searchsorted(grid, u), 1, top)
+        nearer_below = np.abs(u - grid[above - 1]) <= np.abs(grid[above] - u)
+        return np.where(nearer_below, above - 1, above).astype(int)
+
+    def step_between(self, low: int, high: int, rng: np.random.Generator) -> int:
+        """A random step in [low, high], uniform in the coordinate."""
+        if self.coordinates is None:
+            return int(rng.integers(low, high + 1))
+        u = rng.uniform(self.coordinates[low], self.coordinates[high])
+        return int(np.clip(self.step_at(u), low, high))
+
     def random_free(self, rng: np.random.Generator, taken) -> int:
-        """A random step not in ``taken`` (which must leave one free)."""
+        """A random step not in ``taken`` (which must leave one free), uniform in the
+        coordinate."""
         if len(taken) >= self.num_train_timesteps:
             raise ValueError("no free time step left")
         while True:
-            t = int(rng.integers(self.num_train_timesteps))
+            t = (int(rng.integers(self.num_train_timesteps)) if self.coordinates is None
+                 else self.step_between(0, self.num_train_timesteps - 1, rng))
             if t not in taken:
                 return t
 
@@ -272,8 +319,13 @@ class CandidateSpace:
         raise ValueError("no free time step left")
 
     def random(self, rng: np.random.Generator) -> Candidate:
-        """A random immigrant: random steps; in stage 2 each layer skipped with probability 0.1."""
-        steps = rng.choice(self.num_train_timesteps, size=self.steps, replace=False)
+        """A random immigrant: random steps (uniform in the coordinate); in stage 2 each layer
+        skipped with probability 0.1."""
+        if self.coordinates is None:
+            steps = rng.choice(self.num_train_timesteps, size=self.steps, replace=False)
+        else:  # repair moves a step drawn twice to the nearest free one
+            steps = self.step_at(rng.uniform(self.coordinates[0], self.coordinates[-1],
+                                             size=self.steps))
         masks = [frozenset(np.asarray(self.layers)[rng.random(len(self.layers)) < 0.1].tolist())
                  for _ in steps]
         rules = ([choices[int(rng.integers(len(choices)))] for choices in self.rule_choices]

@@ -5,6 +5,11 @@ Generations, parents and the population all live in the study's storage (through
 (sampler seed, trial number). Any process that opens the study, a resumed one or a second worker,
 therefore continues the same evolution; nothing is held only in memory.
 
+Steps are drawn and moved in the space's coordinate (a study's: the model's noise levels as
+EDM spaces them, ``sampling.schedules.noise_coordinates``), where a move of the same size costs
+a schedule about as much at either end; in training steps, 10 near the data ruin a 4-step
+schedule that 50 near the noise barely change.
+
 Per trial:
 - generation 0 proposes the standard spacings first (uniform, trailing, ...), then random
   candidates (stage 1, as NSGA-II starts; AutoDiffusion starts from mutated copies of uniform
@@ -83,8 +88,8 @@ class EvolutionarySampler(BaseGASampler):
         elite_size: survivors per generation; parents are drawn from them.
         parzen_prob: chance that a child is a Parzen child: a random member of the better half
             of the ranked elites, each step moved by a Gaussian of that half's spread on the
-            step (Scott's rule, at least ``children.MIN_BANDWIDTH`` of T); masks move with
-            their steps.
+            step (Scott's rule, at least ``children.MIN_BANDWIDTH`` of the span), in the
+            space's coordinate (noise levels in a study); masks move with their steps.
         crossover_prob: chance that any other child is a crossover of two parents (else a copy
             of one) before it is mutated.
         gene_mutation_prob: chance that mutation touches each step (default 1/K; at least one

@@ -109,7 +109,7 @@ def _mutate_steps(space: CandidateSpace, genes: list[Gene], rng: np.random.Gener
         upper = steps[i - 1] if i > 0 else top  # exclusive bounds keep the order
         lower = steps[i + 1] if i < k - 1 else -1
         if rng.random() < 0.5 and upper - lower > 2:
-            new = int(rng.integers(lower + 1, upper))
+            new = space.step_between(lower + 1, upper - 1, rng)
             if new == steps[i]:
                 new = space.random_free(rng, taken)
         else:
@@ -164,8 +164,10 @@ def _flip_bits(space: CandidateSpace, genes: list[Gene], rng: np.random.Generato
 
 def shift(space: CandidateSpace, candidate: Candidate, offsets: Sequence[float],
           rng: np.random.Generator) -> Candidate:
-    """Each step moved by its offset (rounded), with its mask; then repaired."""
-    genes = [(int(np.rint(t + d)), m) for (t, m), d in zip(candidate.genes, offsets)]
+    """Each step moved by its offset in the space's coordinate (to the nearest step), with its
+    mask; then repaired."""
+    moved = space.step_at(space.coordinate(candidate.timesteps) + np.asarray(offsets))
+    genes = [(int(t), m) for t, (_, m) in zip(moved, candidate.genes)]
     return space.repair(genes, rng, candidate.rules)
 
 
