@@ -27,6 +27,11 @@ DEFAULT_DIR = Path("/tmp/bench-noise-moves")
 SEEDS = {"digits": (0, 1, 2, 3, 4), "digits-deep": (0, 1, 2)}
 PROTOCOLS = {"shipped": "the preset", "cheap_shipped": "cheaper"}
 BEST_FIXED = "uniform iPNDM, noise / 1.015"  # the strongest fixed sampler on both models
+# where the studies before were searched (bench/protocol.py's runs, and bench/streams.py's two
+# added seeds)
+BEFORE_CODE = "searched at `40fbb31`, digits seeds 3 and 4 at `6038412`"
+PATIENCE_NOTE = ("the digits preset's with stage 2's patience, as it ships (the same jobs at "
+                 "`d771760`, the same exports: \"Since: stage 2's patience\"), the others as run")
 
 
 def jobs() -> list[tuple[str, str, int]]:
@@ -44,7 +49,7 @@ def run_jobs(folder: Path) -> None:
 
 
 def measure(folder: Path, before: dict) -> dict:
-    entry = {"commit": _commit(), "before_commit": before["commit"],
+    entry = {"commits": [], "scored_at": _commit(),
              "streams": before["streams"], "models": {}}
     for model in SEEDS:
         streams = _Streams(model)
@@ -56,17 +61,20 @@ def measure(folder: Path, before: dict) -> dict:
             db = folder / f"{model}-{run['protocol']}-s{run['seed']}.db"
             studies[f"{run['protocol']}:{run['seed']}"] = {
                 **_study(streams, db, model), "images": run["images"], "cpu_s": run["cpu_s"]}
+            if run["commit"] not in entry["commits"]:  # the code each study ran
+                entry["commits"].append(run["commit"])
         entry["models"][model] = {"studies": studies}
     return entry
 
 
-def markdown(entry: dict, before: dict) -> str:
+def markdown(entry: dict, before: dict, images_with_patience: dict) -> str:
     lines = [f"Each FID is the mean over the {len(entry['streams'])} held-out streams of "
              f"`bench/streams.py` (1797 images each); a difference is paired stream by stream, "
              f"± its standard error over the streams. Before: the studies of \"The same answers "
-             f"on five held-out streams\" (steps moved in training steps, code "
-             f"`{entry['before_commit']}`); after: the same jobs, steps moved in noise levels "
-             f"(code `{entry['commit']}`). `python -m bench.noise_moves`.", ""]
+             f"on five held-out streams\" ({BEFORE_CODE}; steps moved in training steps); "
+             f"after: the same jobs, steps moved in noise levels (code "
+             f"{', '.join(f'`{c}`' for c in entry['commits'])}). Images before: {PATIENCE_NOTE}."
+             f" `python -m bench.noise_moves`.", ""]
     for model, m in entry["models"].items():
         old = before["models"][model]
         ceiling = statistics.mean(old["ceiling"])
@@ -86,10 +94,11 @@ def markdown(entry: dict, before: dict) -> str:
                 befores.append(statistics.mean(was["fids"]))
                 diff, se = paired(new["fids"], was["fids"])
                 vs_fixed, se_fixed = paired(new["fids"], fixed)
+                images = images_with_patience.get(f"{model}:{key}", was["images"])
                 lines.append(
                     f"| {label} | {key.split(':')[1]} | {_point(was)} | {befores[-1]:.2f} | "
                     f"{_point(new)} | {afters[-1]:.2f} | {diff:+.2f} ± {se:.2f} | "
-                    f"{vs_fixed:+.2f} ± {se_fixed:.2f} | {was['images']:,} / {new['images']:,} |")
+                    f"{vs_fixed:+.2f} ± {se_fixed:.2f} | {images:,} / {new['images']:,} |")
             if afters:
                 lines.append(f"| {label}, mean | | | {statistics.mean(befores):.2f} "
                              f"({statistics.mean(befores) / ceiling:.2f}x) | | "
@@ -116,7 +125,9 @@ def main(argv: list[str]) -> None:
         folder = Path(argv[0]) if argv else DEFAULT_DIR
         run_jobs(folder)
         entry = measure(folder, before)
-    save_part(KEY, entry, SECTION, markdown(entry, before))
+    with_patience = {f"{r['model']}:{r['protocol']}:{r['seed']}": r["images"]
+                     for r in results.get("stage2_patience", {}).get("runs", [])}
+    save_part(KEY, entry, SECTION, markdown(entry, before, with_patience))
     print(f"updated bench/results.json ({KEY}) and BENCHMARKS.md ({SECTION})")
 
 

@@ -368,6 +368,28 @@ def test_noise_coordinates_are_edm_noise_levels():
     assert u[10] - u[0] > u[760] - u[750]
 
 
+@pytest.mark.parametrize("schedule", [dict(beta_schedule="squaredcos_cap_v2"),
+                                      dict(beta_schedule="linear", rescale_betas_zero_snr=True)])
+def test_noise_coordinates_cap_a_schedule_that_ends_in_pure_noise(schedule):
+    """guided-diffusion's cosine schedule puts its last step at sigma 10^4, a zero-terminal-SNR
+    one at infinity: capped, no step takes more than a few percent of the coordinate."""
+    from diffusers import DDPMScheduler
+
+    abar = DDPMScheduler(num_train_timesteps=T, **schedule).alphas_cumprod.numpy()
+    u = schedules.noise_coordinates(abar)
+    assert np.all(np.isfinite(u)) and np.all(np.diff(u) > 0)
+    assert np.diff(u).max() < 0.05 * (u[-1] - u[0])
+    CandidateSpace(4, T, coordinates=tuple(u.tolist()))  # a valid coordinate
+
+
+def test_a_free_step_is_found_however_thin_its_share():
+    coordinates = tuple([0.0, 1e-12] + [1.0 + i for i in range(8)])
+    space = CandidateSpace(2, 10, coordinates=coordinates)
+    rng = np.random.default_rng(0)
+    assert space.random_free(rng, set(range(1, 10))) == 0
+    assert CandidateSpace(1, 1, coordinates=(0.5,)).step_at([0.0, 3.0]).tolist() == [0, 0]
+
+
 @settings(max_examples=200, deadline=None)
 @given(**ANY_CANDIDATE)
 def test_operators_in_noise_levels_make_valid_candidates(k, layers, data, seed):

@@ -77,16 +77,27 @@ def _distinct_descending(points, num_train_timesteps: int) -> Schedule:
 # EDM's rho (Karras et al. 2022): steps evenly spaced in sigma ** (1 / rho) balance a few-step
 # sampler's errors between the noisy and the clean end
 KARRAS_RHO = 7.0
+# Above this noise level (data in [-1, 1]) a sample is noise to within half a percent: DDPM's
+# linear schedule ends at 157, guided-diffusion's cosine schedule jumps to 10^4 at its last step
+# alone, and a zero-terminal-SNR schedule to infinity. Noise levels are capped there, so that
+# such a step does not take most of the coordinate (and of the draws made in it)
+SIGMA_MAX = 200.0
 
 
 def noise_coordinates(alphas_cumprod: np.ndarray, rho: float = KARRAS_RHO) -> np.ndarray:
     """Each training step's noise level as EDM spaces them, ``sigma_t ** (1 / rho)`` with
-    ``sigma_t = sqrt((1 - abar_t) / abar_t)``: increasing in t, and a move of the same size there
-    changes a sample about as much near the data as near the noise, where a move of the same
-    number of steps does not (10 steps near t = 0 ruin a 4-step schedule that 50 near t = 750
-    barely change; BENCHMARKS.md, "Stage 1's moves in noise levels")."""
+    ``sigma_t = sqrt((1 - abar_t) / abar_t)`` capped at ``SIGMA_MAX``: increasing in t (where
+    capped, by a vanishing slope), and a move of the same size there changes a sample about as
+    much near the data as near the noise, where a move of the same number of steps does not (10
+    steps near t = 0 ruin a 4-step schedule that 50 near t = 750 barely change; BENCHMARKS.md,
+    "Stage 1's moves in noise levels")."""
     abar = np.asarray(alphas_cumprod, dtype=np.float64)
-    return (np.sqrt((1.0 - abar) / abar)) ** (1.0 / rho)
+    with np.errstate(divide="ignore"):  # abar = 0: infinite noise, capped below
+        sigma = np.sqrt((1.0 - abar) / abar)
+    coordinates = np.minimum(sigma, SIGMA_MAX) ** (1.0 / rho)
+    capped = sigma >= SIGMA_MAX  # stay in order, a vanishing step apart
+    coordinates[capped] += np.arange(1, capped.sum() + 1) * 1e-9 * coordinates[capped]
+    return coordinates
 
 
 def standard_spacings(steps: int, num_train_timesteps: int,

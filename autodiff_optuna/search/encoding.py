@@ -35,6 +35,8 @@ from optuna.distributions import IntDistribution
 from autodiff_optuna.sampling.rules import ORDERS, SOLVERS, StepRule, bounded
 
 Gene = tuple[int, frozenset]  # (time step, names of the layers skipped at that step)
+# draws in the coordinate before ``random_free`` takes a free step uniformly instead
+MAX_COORDINATE_DRAWS = 1000
 
 
 @dataclass(frozen=True)
@@ -288,6 +290,8 @@ class CandidateSpace:
         top = self.num_train_timesteps - 1
         if self.coordinates is None:
             return np.clip(np.rint(u), 0, top).astype(int)
+        if top == 0:
+            return np.zeros(u.shape, dtype=int)
         grid = np.asarray(self.coordinates)
         above = np.clip(np.searchsorted(grid, u), 1, top)
         nearer_below = np.abs(u - grid[above - 1]) <= np.abs(grid[above] - u)
@@ -305,11 +309,18 @@ class CandidateSpace:
         coordinate."""
         if len(taken) >= self.num_train_timesteps:
             raise ValueError("no free time step left")
-        while True:
-            t = (int(rng.integers(self.num_train_timesteps)) if self.coordinates is None
-                 else self.step_between(0, self.num_train_timesteps - 1, rng))
+        if self.coordinates is None:
+            while True:
+                t = int(rng.integers(self.num_train_timesteps))
+                if t not in taken:
+                    return t
+        for _ in range(MAX_COORDINATE_DRAWS):
+            t = self.step_between(0, self.num_train_timesteps - 1, rng)
             if t not in taken:
                 return t
+        # the free steps hold a sliver of the coordinate: one of them, uniformly
+        free = np.setdiff1d(np.arange(self.num_train_timesteps), list(taken))
+        return int(free[rng.integers(len(free))])
 
     def _nearest_free(self, t: int, taken) -> int:
         for offset in range(1, self.num_train_timesteps):

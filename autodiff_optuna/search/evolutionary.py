@@ -5,10 +5,12 @@ Generations, parents and the population all live in the study's storage (through
 (sampler seed, trial number). Any process that opens the study, a resumed one or a second worker,
 therefore continues the same evolution; nothing is held only in memory.
 
-Steps are drawn and moved in the space's coordinate (a study's: the model's noise levels as
+Stage 1 draws and moves steps in the space's coordinate (a study's: the model's noise levels as
 EDM spaces them, ``sampling.schedules.noise_coordinates``), where a move of the same size costs
 a schedule about as much at either end; in training steps, 10 near the data ruin a 4-step
-schedule that 50 near the noise barely change.
+schedule that 50 near the noise barely change. (Stage 2 moves stage 1's settled steps by a few
+training steps at most, ``variation.STAGE2_STEP_RADIUS``; only its rare random steps are drawn
+in the coordinate.)
 
 Per trial:
 - generation 0 proposes the standard spacings first (uniform, trailing, ...), then random
