@@ -16,6 +16,7 @@ from autodiff_optuna.search.config import (
     MAX_STUDY_SEED,
     SOLVER_CHOICES,
     STAGE2_SEED_OFFSET,
+    STEP_MOVES,
     SearchConfig,
     load_preset,
     study_name,
@@ -218,6 +219,11 @@ def build_parser() -> argparse.ArgumentParser:
                             "(epsilon scaling, against few-step samplers' drift), 0.9 to 1.1; "
                             "a preset's only with the preset's solver"
                        + preset("noise_scale", SearchConfig.noise_scale))
+    study.add_argument("--step-moves", choices=STEP_MOVES, dest="step_moves",
+                       help="where our sampler draws and moves time steps: in training steps, "
+                            "or in the model's noise levels (sigma ** (1/7): a few steps near "
+                            "the data count as much as tens near the noise)"
+                       + preset("step_moves", SearchConfig.step_moves))
     study.add_argument("--population", type=int, help="trials per generation"
                        + preset("population", SearchConfig.population))
     study.add_argument("--sampler", help="stage 1's sampler: evolutionary (ours) or Optuna's "

@@ -38,7 +38,8 @@ def cmd_study(args) -> None:
         args.model, args.steps, trials=args.trials, stage2_trials=args.stage2_trials,
         stage2_patience=args.stage2_patience,
         **{key: getattr(args, key) for key in ("samples", "seed", "solver", "population",
-                                               "min_samples", "sampler", "noise_scale")})
+                                               "min_samples", "sampler", "noise_scale",
+                                               "step_moves")})
     if args.max_gflops is not None and args.stage == "1":
         raise UsageError("--max-gflops applies to stage 2; use --stage 2 or both")
     name = args.name or config.default_name

@@ -339,7 +339,8 @@ def test_every_command_and_flag_has_help(tmp_path):
     for flag, key in (("--trials", "trials"), ("--samples", "samples"), ("--seed", "seed"),
                       ("--population", "population"), ("--stage2-trials", "stage2_trials"),
                       ("--min-samples", "min_samples"), ("--solver", "solver"),
-                      ("--sampler", "sampler"), ("--noise-scale", "noise_scale")):
+                      ("--sampler", "sampler"), ("--noise-scale", "noise_scale"),
+                      ("--step-moves", "step_moves")):
         # the preset's value, as configure takes it
         assert "default: from the model's preset" in helps[flag], flag
         assert key not in preset or f"digits-k4: {preset[key]};" in helps[flag], flag

@@ -442,13 +442,21 @@ def test_candidate_space_refuses_bad_coordinates(coordinates):
         CandidateSpace(4, T, coordinates=coordinates)
 
 
-def test_a_study_moves_steps_in_its_models_noise_levels():
+def test_a_study_moves_steps_where_its_configuration_says():
     from autodiff_optuna import search
-    from autodiff_optuna.search.config import SearchConfig
+    from autodiff_optuna.search.config import SearchConfig, configure
     from autodiff_optuna.search.context import alphas_cumprod
 
-    ctx = search.SearchContext.build(SearchConfig("digits", 3, samples=80, population=4))
+    config = SearchConfig("digits", 3, samples=80, population=4, step_moves="noise")
+    ctx = search.SearchContext.build(config)
     levels = schedules.noise_coordinates(alphas_cumprod(ctx.model))
     for stage in (1, 2):
         assert np.allclose(ctx.space(stage).coordinate(range(T)), levels)
     assert ctx.space(1) == CandidateSpace(3, T)  # the same candidates, drawn otherwise
+    steps = search.SearchContext.of(SearchConfig("digits", 3, samples=80), ctx.model,
+                                    ctx.scorer)
+    assert steps.space(1).coordinates is None  # the default, and a study made before the field
+    # the digits-k4 preset moves them in noise levels; digits-deep's per-step search does not
+    assert configure("digits", 4)[0].step_moves == "noise"
+    assert configure("digits-deep", 4)[0].step_moves == "steps"
+    assert configure("digits", 4, step_moves="steps")[0].step_moves == "steps"

@@ -252,6 +252,10 @@ def test_a_noise_scale_study_samples_exports_and_resumes_with_it(tmp_path, capsy
             in capsys.readouterr().err)
     assert study(scaled, "--noise-scale", "1.5", "--quiet") == 2
     assert "--noise-scale must be in [0.9, 1.1], got 1.5" in capsys.readouterr().err
+    # ... and one whose sampler moves steps otherwise (its preset's, digits-k3's: steps)
+    assert study(scaled, "--noise-scale", "1.015", "--step-moves", "noise", "--quiet") == 2
+    assert ("step_moves: stored 'steps', requested 'noise' (--step-moves steps resumes it)"
+            in capsys.readouterr().err)
 
 
 def torch_equal(a, b) -> bool:

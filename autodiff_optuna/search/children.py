@@ -50,9 +50,9 @@ def tournament(ranked: Sequence[Candidate], rng: np.random.Generator) -> Candida
 class ParzenChild(ChildStrategy):
     """A draw from a Parzen estimate over the better half of the parents: one member, each step
     moved by a Gaussian of Scott's bandwidth for that half (at least ``MIN_BANDWIDTH`` of the
-    span), in the space's coordinate (the noise levels in a study); masks move with their steps.
-    Crossover and mutation recombine and jump; this samples the region the good schedules
-    share, at a scale that narrows as they agree."""
+    span), in the space's coordinate (the steps, or their noise levels); masks move with their
+    steps. Crossover and mutation recombine and jump; this samples the region the good
+    schedules share, at a scale that narrows as they agree."""
 
     def __init__(self, space: CandidateSpace) -> None:
         self._space = space

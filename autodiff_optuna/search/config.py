@@ -36,6 +36,12 @@ SOLVER_CHOICES = (*SOLVERS, SOLVER_SEARCH)
 # without a flag or a preset: DPM-Solver++(2M) at every step, which a steps-only search led to
 # better held-out schedules with than the per-step search, at the same cost (BENCHMARKS.md)
 DEFAULT_SOLVER = "dpmpp2m"
+# where the evolutionary sampler draws and moves steps: in training steps, or in the model's
+# noise levels (``sampling.schedules.noise_coordinates``: a few steps near the data count as
+# much as tens near the noise). Noise levels led the digits-k4 preset to better held-out
+# schedules on all five seeds, and digits-deep's per-step search to worse ones, whose best
+# schedules end far from the data (BENCHMARKS.md, "Stage 1's moves in noise levels")
+STEP_MOVES = ("steps", "noise")
 # a study's seed: less than a noise stream's (sampling.limits.MAX_SEED), for its samplers' sake
 MAX_STUDY_SEED = 2**32 - 1 - STAGE2_SEED_OFFSET
 
@@ -58,6 +64,7 @@ class SearchConfig:
     # the network's noise prediction divided by this at every step (epsilon scaling,
     # ``sampling.rules``): a property of the solver, every candidate's alike
     noise_scale: float = 1.0
+    step_moves: str = "steps"  # one of STEP_MOVES; what a study made before the field ran
 
     @property
     def solver_search(self) -> bool:
@@ -105,6 +112,9 @@ class SearchConfig:
         low, high = SCALE_RANGE
         if not low <= self.noise_scale <= high:
             raise UsageError(f"--noise-scale must be in [{low}, {high}], got {self.noise_scale}")
+        if self.step_moves not in STEP_MOVES:
+            raise UsageError(f"--step-moves must be one of {', '.join(STEP_MOVES)}, got "
+                             f"{self.step_moves!r}")
         if self.sampler not in STAGE1_SAMPLERS:
             raise UsageError(f"unknown sampler {self.sampler!r}; known: "
                              f"{', '.join(STAGE1_SAMPLERS)}")
@@ -144,7 +154,7 @@ class SearchConfig:
 PRESET_TYPES = {"model": str, "steps": int, "trials": int, "stage2_trials": int,
                 "stage2_patience": int,
                 "population": int, "samples": int, "solver": str, "seed": int,
-                "min_samples": int, "sampler": str, "noise_scale": float}
+                "min_samples": int, "sampler": str, "noise_scale": float, "step_moves": str}
 
 
 def load_preset(model: str, steps: int, directory: Path = PRESETS_DIR) -> dict:

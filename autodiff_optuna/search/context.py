@@ -22,7 +22,8 @@ class SearchContext:
     scorer: object
     spacings: dict
     costs: LayerCosts
-    # each training step's noise level, where the sampler draws and moves steps
+    # where the sampler draws and moves steps (``config.step_moves``): each training step's
+    # noise level, or None (the steps themselves)
     coordinates: tuple[float, ...] | None = field(default=None, repr=False)
     # the trajectory DP's first candidates, once fitted (``stages.dp_candidates``): the
     # estimate's timing creates a study too, and the study it times should not fit them again
@@ -42,8 +43,9 @@ class SearchContext:
         config.check_for(model, scorer)
         abar = alphas_cumprod(model)
         spacings = standard_spacings(config.steps, model.num_train_timesteps, abar)
-        return cls(config, model, scorer, spacings, layer_costs(model),
-                   tuple(noise_coordinates(abar).tolist()))
+        coordinates = (tuple(noise_coordinates(abar).tolist())
+                       if config.step_moves == "noise" else None)
+        return cls(config, model, scorer, spacings, layer_costs(model), coordinates)
 
     def space(self, stage: int) -> CandidateSpace:
         layers = self.costs.layers if stage == 2 else ()

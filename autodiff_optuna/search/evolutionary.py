@@ -5,12 +5,12 @@ Generations, parents and the population all live in the study's storage (through
 (sampler seed, trial number). Any process that opens the study, a resumed one or a second worker,
 therefore continues the same evolution; nothing is held only in memory.
 
-Stage 1 draws and moves steps in the space's coordinate (a study's: the model's noise levels as
-EDM spaces them, ``sampling.schedules.noise_coordinates``), where a move of the same size costs
-a schedule about as much at either end; in training steps, 10 near the data ruin a 4-step
-schedule that 50 near the noise barely change. (Stage 2 moves stage 1's settled steps by a few
-training steps at most, ``variation.STAGE2_STEP_RADIUS``; only its rare random steps are drawn
-in the coordinate.)
+Stage 1 draws and moves steps in the space's coordinate: the training steps themselves, or
+(``--step-moves noise``) the model's noise levels as EDM spaces them
+(``sampling.schedules.noise_coordinates``), where a move of the same size costs a schedule about
+as much at either end; in training steps, 10 near the data ruin a 4-step schedule that 50 near
+the noise barely change. (Stage 2 moves stage 1's settled steps by a few training steps at most,
+``variation.STAGE2_STEP_RADIUS``; only its rare random steps are drawn in the coordinate.)
 
 Per trial:
 - generation 0 proposes the standard spacings first (uniform, trailing, ...), then random
@@ -91,7 +91,7 @@ class EvolutionarySampler(BaseGASampler):
         parzen_prob: chance that a child is a Parzen child: a random member of the better half
             of the ranked elites, each step moved by a Gaussian of that half's spread on the
             step (Scott's rule, at least ``children.MIN_BANDWIDTH`` of the span), in the
-            space's coordinate (noise levels in a study); masks move with their steps.
+            space's coordinate; masks move with their steps.
         crossover_prob: chance that any other child is a crossover of two parents (else a copy
             of one) before it is mutated.
         gene_mutation_prob: chance that mutation touches each step (default 1/K; at least one

@@ -436,6 +436,8 @@ def _hint(key: str, stored: dict, wanted: dict) -> str:
         return f" ({features_hint(stored[key], wanted[key])})"
     if key == "noise_scale":
         return f" (--noise-scale {stored[key]:g} resumes it)"
+    if key == "step_moves":
+        return f" (--step-moves {stored[key]} resumes it)"
     return ""
 
 
