@@ -173,15 +173,17 @@ def _stage_costs(url: str, name: str, samples: int) -> dict:
             "uniform_search_fid": uniform}
 
 
-def study_job(model: str, protocol: str, seed: int, folder: Path) -> dict:
+def study_job(model: str, protocol: str, seed: int, folder: Path, extra=()) -> dict:
+    """``extra``: flags after the protocol's (kept in the run's ``flags``)."""
     from autodiff_optuna.search.config import study_name
 
     tag = f"{model}-{protocol}-s{seed}"
     db = folder / f"{tag}.db"
     db.unlink(missing_ok=True)
     url, name = f"sqlite:///{db}", study_name(model, STEPS)
+    flags = (*PROTOCOLS[protocol], *extra)
     common = ("--model", model, "--steps", str(STEPS), "--seed", str(seed), "--storage", url,
-              *PROTOCOLS[protocol])
+              *flags)
     estimate = json.loads(_cli("study", *common, "--estimate", "--json"))
     held = _HeldOut(model)
     checkpoint = CHECKPOINTS.get(model) if protocol in CHECKPOINT_PROTOCOLS else None
@@ -204,7 +206,7 @@ def study_job(model: str, protocol: str, seed: int, folder: Path) -> dict:
     points = {key: answer[key] for key in ("best", "export", "uniform")}
     images = sum(cost[k] for k in ("stage1_images", "stage2_images", "confirmation_images",
                                    "prior_images"))
-    run = {"model": model, "protocol": protocol, "seed": seed, "flags": list(PROTOCOLS[protocol]),
+    run = {"model": model, "protocol": protocol, "seed": seed, "flags": list(flags),
            "wall_s": wall, "cpu_s": cpu, "estimate_cpu_s": estimate["total_hours"]["cpu"] * 3600,
            "estimate_images": sum(s["images"] for s in estimate["stages"]),
            "images": images, **cost, "full_gflops": best["full_gflops"], **answer,

@@ -460,3 +460,7 @@ def test_a_study_moves_steps_where_its_configuration_says():
     assert configure("digits", 4)[0].step_moves == "noise"
     assert configure("digits-deep", 4)[0].step_moves == "steps"
     assert configure("digits", 4, step_moves="steps")[0].step_moves == "steps"
+    # the preset's moves go with its solver and with our sampler, as its noise scale does
+    assert configure("digits", 4, solver="search")[0].step_moves == "steps"
+    assert configure("digits", 4, sampler="tpe")[0].step_moves == "steps"
+    assert configure("digits", 4, solver="search", step_moves="noise")[0].step_moves == "noise"

@@ -38,9 +38,10 @@ SOLVER_CHOICES = (*SOLVERS, SOLVER_SEARCH)
 DEFAULT_SOLVER = "dpmpp2m"
 # where the evolutionary sampler draws and moves steps: in training steps, or in the model's
 # noise levels (``sampling.schedules.noise_coordinates``: a few steps near the data count as
-# much as tens near the noise). Noise levels led the digits-k4 preset to better held-out
-# schedules on all five seeds, and digits-deep's per-step search to worse ones, whose best
-# schedules end far from the data (BENCHMARKS.md, "Stage 1's moves in noise levels")
+# much as tens near the noise). Noise levels led the digits-k4 preset (iPNDM) to held-out FIDs
+# 1.1 to 1.3 below the best fixed sampler on all five seeds (2.07 against 2.42 on average), and
+# digits-deep's per-step solver search to worse ones (BENCHMARKS.md, "Stage 1's moves in noise
+# levels"): a preset's setting goes with its solver and with our sampler
 STEP_MOVES = ("steps", "noise")
 # a study's seed: less than a noise stream's (sampling.limits.MAX_SEED), for its samplers' sake
 MAX_STUDY_SEED = 2**32 - 1 - STAGE2_SEED_OFFSET
@@ -252,10 +253,15 @@ def configure(model: str, steps: int, trials: int | None = None,
         # --min-samples 0 turns a preset's pruning off; so does a --samples below its first rung
         values["min_samples"] = None
     values["solver"] = values["solver"] or DEFAULT_SOLVER
-    if (flags.get("noise_scale") is None
-            and values["solver"] != (preset.get("solver") or DEFAULT_SOLVER)):
+    other_solver = values["solver"] != (preset.get("solver") or DEFAULT_SOLVER)
+    if flags.get("noise_scale") is None and other_solver:
         # a preset's noise scale was chosen for its solver: another solver runs unscaled
         values["noise_scale"] = None
+    if flags.get("step_moves") is None and (
+            other_solver or (values["sampler"] or SearchConfig.sampler) != "evolutionary"):
+        # ... and its step moves for its solver, with our sampler (measured worse with the
+        # per-step solver search; another stage-1 sampler draws steps its own way)
+        values["step_moves"] = None
     config = SearchConfig(model, steps, **{k: v for k, v in values.items() if v is not None})
     config.check()
     trials = trials if trials is not None else preset.get("trials", DEFAULT_TRIALS)
