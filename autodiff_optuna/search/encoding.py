@@ -35,8 +35,9 @@ from optuna.distributions import IntDistribution
 from autodiff_optuna.sampling.rules import ORDERS, SOLVERS, StepRule, bounded
 
 Gene = tuple[int, frozenset]  # (time step, names of the layers skipped at that step)
-# draws in the coordinate before ``random_free`` takes a free step uniformly instead
-MAX_COORDINATE_DRAWS = 1000
+# draws in the coordinate before ``random_free`` takes a free step uniformly instead (a
+# free step may hold a sliver of the coordinate)
+MAX_FREE_DRAWS = 1000
 
 
 @dataclass(frozen=True)
@@ -309,12 +310,7 @@ class CandidateSpace:
         coordinate."""
         if len(taken) >= self.num_train_timesteps:
             raise ValueError("no free time step left")
-        if self.coordinates is None:
-            while True:
-                t = int(rng.integers(self.num_train_timesteps))
-                if t not in taken:
-                    return t
-        for _ in range(MAX_COORDINATE_DRAWS):
+        for _ in range(MAX_FREE_DRAWS):
             t = self.step_between(0, self.num_train_timesteps - 1, rng)
             if t not in taken:
                 return t
