@@ -144,7 +144,8 @@ def confirmed_trials(*studies) -> int:
 
 def _stage_costs(url: str, name: str, samples: int) -> dict:
     """Candidates and images of each stage, confirmation's and the prior's images, and the
-    share of stage 2's own trials worse than the uniform schedule (search FIDs)."""
+    share of stage 2's own trials worse than the uniform schedule (search FIDs); a study of
+    stage 1 alone (``--stage 1``) has no stage-2 study, and costs nothing there."""
     import optuna
     from optuna.trial import TrialState
 
@@ -156,13 +157,16 @@ def _stage_costs(url: str, name: str, samples: int) -> dict:
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     stage1 = optuna.load_study(study_name=name, storage=url)
-    stage2 = optuna.load_study(study_name=f"{name}-stage2", storage=url)
+    names = set(optuna.get_all_study_names(url))
+    stage2 = (optuna.load_study(study_name=f"{name}-stage2", storage=url)
+              if f"{name}-stage2" in names else None)
+    studies = [s for s in (stage1, stage2) if s is not None]
     evaluated1 = [t for t in stage1.get_trials(deepcopy=False) if is_evaluated(t)]
-    own2 = [t for t in stage2.get_trials(deepcopy=False)
-            if t.state == TrialState.COMPLETE and not is_carried(t)]
-    confirmed = confirmed_trials(stage1, stage2)
+    own2 = [] if stage2 is None else [t for t in stage2.get_trials(deepcopy=False)
+                                      if t.state == TrialState.COMPLETE and not is_carried(t)]
+    confirmed = confirmed_trials(*studies)
     uniform = objectives.fid(uniform_trial(stage1))
-    costs = stage2.user_attrs.get(SKIP_COST_ATTR) or {}
+    costs = (stage2.user_attrs.get(SKIP_COST_ATTR) if stage2 else None) or {}
     cells = sum(len(row) for row in costs.get("cost", []))
     return {"stage1_candidates": len(evaluated1),
             "stage1_images": evaluated_images(evaluated1, samples),

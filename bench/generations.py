@@ -1,0 +1,183 @@
+"""Stage 1's generations: the digits preset's 100 candidates bred in 10 generations of 10
+against 5 of 20, and against TPE over the same space, each answer scored on the five held-out
+streams of ``bench/streams.py``; then the preset as it ships (both stages), against the same
+preset at population 20 (``bench/noise_moves.py``'s studies).
+
+    python -m bench.generations [DIR]   # each job through ``bench.protocol.study_job`` into
+                                        # DIR/<variant>/ (default /tmp/bench-generations; kept
+                                        # as DIR/jobs/<variant>-s<seed>.json, so an interrupted
+                                        # run resumes), then results.json["generations"] and the
+                                        # BENCHMARKS.md section "generations"
+    python -m bench.generations --render   # the section again from results.json
+"""
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+from bench.protocol import STEPS, study_job
+from bench.solvers import _commit
+from bench.streams import KEY as STREAMS_KEY
+from bench.streams import _Streams, _study, paired
+
+KEY, SECTION = "generations", "generations"
+MODEL = "digits"
+DEFAULT_DIR = Path("/tmp/bench-generations")
+STAGE1_SEEDS = tuple(range(10))  # stage 1 alone is cheap: ten search seeds
+SHIPPED_SEEDS = (0, 1, 2, 3, 4)  # as bench/noise_moves.py's preset studies
+# variant -> (label, flags after the preset's); stage 1 alone, where the sampler works
+# (TPE with the preset's noise scale, which a preset gives only its own solver and sampler)
+STAGE1 = {"ours10": ("ours, 10 generations of 10", ("--stage", "1", "--population", "10")),
+          "ours20": ("ours, 5 generations of 20", ("--stage", "1", "--population", "20")),
+          "tpe": ("TPE", ("--stage", "1", "--sampler", "tpe", "--noise-scale", "1.015"))}
+SHIPPED = ("the preset as it ships (both stages)", ())
+BEST_FIXED = "uniform iPNDM, noise / 1.015"  # the strongest fixed sampler on digits
+
+
+def variants() -> dict[str, tuple[str, tuple]]:
+    return {**STAGE1, "shipped": SHIPPED}
+
+
+def seeds(variant: str) -> tuple[int, ...]:
+    return SHIPPED_SEEDS if variant == "shipped" else STAGE1_SEEDS
+
+
+def run_jobs(folder: Path) -> None:
+    (folder / "jobs").mkdir(parents=True, exist_ok=True)
+    for seed in STAGE1_SEEDS:  # seed by seed, so that the variants pair up early
+        for variant, (_, flags) in variants().items():
+            path = folder / "jobs" / f"{variant}-s{seed}.json"
+            if seed not in seeds(variant):
+                continue
+            if not path.exists():
+                (folder / variant).mkdir(exist_ok=True)
+                path.write_text(json.dumps(study_job(MODEL, "shipped", seed, folder / variant,
+                                                     flags)))
+
+
+def measure(folder: Path) -> dict:
+    streams = _Streams(MODEL)
+    entry = {"commits": [], "scored_at": _commit(), "variants": {}}
+    for variant in variants():
+        studies = {}
+        for seed in seeds(variant):
+            path = folder / "jobs" / f"{variant}-s{seed}.json"
+            if not path.exists():
+                continue
+            run = json.loads(path.read_text())
+            db = folder / variant / f"{MODEL}-shipped-s{seed}.db"
+            studies[str(seed)] = {**_study(streams, db, MODEL), "images": run["images"],
+                                  "cpu_s": run["cpu_s"]}
+            if run["commit"] not in entry["commits"]:
+                entry["commits"].append(run["commit"])
+        entry["variants"][variant] = studies
+    return entry
+
+
+def _mean(study: dict) -> float:
+    return statistics.mean(study["fids"])
+
+
+def _over_seeds(a: dict, b: dict) -> tuple[float, float, int]:
+    """The mean over the search seeds both hold of ``a`` − ``b`` (each seed's difference the
+    mean of its streams'), ± its standard error over the seeds, and the seed count: the search
+    seed is what varies between two samplers' runs, so it is the unit here."""
+    diffs = [paired(a[seed]["fids"], b[seed]["fids"])[0] for seed in a if seed in b]
+    if len(diffs) < 2:
+        return float("nan"), float("nan"), len(diffs)
+    return statistics.mean(diffs), statistics.stdev(diffs) / len(diffs) ** 0.5, len(diffs)
+
+
+def markdown(entry: dict, before: dict, noise_moves: dict) -> str:
+    old = before["models"][MODEL]
+    ceiling = statistics.mean(old["ceiling"])
+    fixed = old["fixed"][BEST_FIXED]
+    runs = entry["variants"]
+    lines = [f"Each FID is the mean over the {len(before['streams'])} held-out streams of "
+             f"`bench/streams.py` (1797 images each, against all 1797 real digits); a "
+             f"difference is paired stream by stream, ± its standard error over the streams. "
+             f"Code {', '.join(f'`{c}`' for c in entry['commits'])}. "
+             f"`python -m bench.generations`.", "",
+             f"**Stage 1 alone, digits, K={STEPS}** (the preset's 100 candidates at 1000 "
+             f"images, iPNDM with noise / 1.015, moves in noise levels; ceiling, 100-step DDIM: "
+             f"{ceiling:.2f}; {BEST_FIXED}: {statistics.mean(fixed):.2f}).", "",
+             "| seed | " + " | ".join(f"{STAGE1[v][0]}: result | mean" for v in STAGE1)
+             + " | 10 of 10 − 5 of 20 | 10 of 10 − TPE |",
+             "|---" * (2 + 2 * len(STAGE1) + 1) + "|"]
+    for seed in map(str, STAGE1_SEEDS):
+        if any(seed not in runs.get(v, {}) for v in STAGE1):
+            continue
+        cells = [f"{_steps(runs[v][seed])} | {_mean(runs[v][seed]):.2f}" for v in STAGE1]
+        gens = paired(runs["ours10"][seed]["fids"], runs["ours20"][seed]["fids"])
+        tpe = paired(runs["ours10"][seed]["fids"], runs["tpe"][seed]["fids"])
+        lines.append(f"| {seed} | " + " | ".join(cells)
+                     + f" | {gens[0]:+.2f} ± {gens[1]:.2f} | {tpe[0]:+.2f} ± {tpe[1]:.2f} |")
+    means = [statistics.mean(_mean(s) for s in runs[v].values()) if runs.get(v) else
+             float("nan") for v in STAGE1]
+    lines.append("| mean | " + " | ".join(f"| {m:.2f} ({m / ceiling:.2f}x)" for m in means)
+                 + " | | |")
+    lines.append("")
+    for other, label in (("ours20", "5 generations of 20"), ("tpe", "TPE")):
+        m, se, n = _over_seeds(runs["ours10"], runs.get(other, {}))
+        wins = sum(paired(runs["ours10"][k]["fids"], runs[other][k]["fids"])[0] < 0
+                   for k in runs["ours10"] if k in runs.get(other, {}))
+        lines.append(f"- 10 generations of 10 − {label}: {m:+.2f} ± {se:.2f} over {n} search "
+                     f"seeds (lower on {wins} of them)")
+    for variant in STAGE1:
+        studies = list(runs.get(variant, {}).values())
+        if studies:
+            images = statistics.mean(s["images"] for s in studies)
+            cpu = statistics.mean(s["cpu_s"] for s in studies)
+            lines.append(f"- {STAGE1[variant][0]}: {images:,.0f} images a study, "
+                         f"{cpu:.0f} CPU seconds")
+    shipped = runs.get("shipped", {})
+    at20 = noise_moves["models"][MODEL]["studies"]
+    if shipped:
+        lines += ["", "**The preset as it ships** (both stages; stage 2 at the same population) "
+                  "against the same preset at population 20 (\"Since: stage 1's moves in noise "
+                  "levels\"):", "",
+                  "| seed | population 20: export | mean | images | population 10: export | "
+                  "mean | images | 10 − 20 | 10 − best fixed |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for seed, study in shipped.items():
+            was = at20.get(f"shipped:{seed}")
+            if was is None:
+                continue
+            diff, se = paired(study["fids"], was["fids"])
+            vs_fixed, se_fixed = paired(study["fids"], fixed)
+            lines.append(f"| {seed} | {_steps(was)} | {_mean(was):.2f} | {was['images']:,} | "
+                         f"{_steps(study)} | {_mean(study):.2f} | {study['images']:,} | "
+                         f"{diff:+.2f} ± {se:.2f} | {vs_fixed:+.2f} ± {se_fixed:.2f} |")
+        new = statistics.mean(_mean(s) for s in shipped.values())
+        was = statistics.mean(_mean(at20[f"shipped:{s}"]) for s in shipped
+                              if f"shipped:{s}" in at20)
+        lines.append(f"| mean | | {was:.2f} ({was / ceiling:.2f}x) | | | {new:.2f} "
+                     f"({new / ceiling:.2f}x) | | | |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def _steps(study: dict) -> str:
+    steps = ", ".join(map(str, study["timesteps"]))
+    share = study["gflops_share"]
+    return f"[{steps}]" + ("" if share >= 0.9995 else f" at {share:.1%}")
+
+
+def main(argv: list[str]) -> None:
+    from bench.run import RESULTS, save_part
+
+    results = json.loads(RESULTS.read_text())
+    if argv[:1] == ["--render"]:
+        entry = results[KEY]
+    else:
+        folder = Path(argv[0]) if argv else DEFAULT_DIR
+        run_jobs(folder)
+        entry = measure(folder)
+    save_part(KEY, entry, SECTION,
+              markdown(entry, results[STREAMS_KEY], results["noise_moves"]))
+    print(f"updated bench/results.json ({KEY}) and BENCHMARKS.md ({SECTION})")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
