@@ -237,7 +237,7 @@ def test_preset_files_state_their_projected_cost(path):
 
 
 def test_a_stage2_patience_gives_the_earliest_end_beside_the_most():
-    # digits-k4's preset: 2 generations of 20, less stage 1's 10 elites carried into the first
+    # digits-k4's preset: 2 generations of 10, less stage 1's 5 elites carried into the first
     config, targets = configure("digits", 4)
     assert targets.stage2_patience == 2
     timing = HereTiming(seconds_per_image=0.004, seconds_per_fid=0.002, how="given",
@@ -252,10 +252,11 @@ def test_a_stage2_patience_gives_the_earliest_end_beside_the_most():
     for device, hours in earliest["total_hours"].items():
         assert hours == pytest.approx(shorter.total_hours[device], rel=1e-6)
         assert hours < result.total_hours[device]
-    assert any("total if stage 2 ends at its patience, after its first 30 candidates" in line
-               for line in result.lines())
+    first = earliest["stage2_candidates"]
+    assert any(f"total if stage 2 ends at its patience, after its first {first} candidates"
+               in line for line in result.lines())
     # without patience, or with too few trials for it to end anything, no earliest end
     assert "earliest" not in estimate(config, type(targets)(100, 80, 0), "d",
                                       timing=timing).as_dict()
-    assert "earliest" not in estimate(config, type(targets)(100, 30, 2), "d",
+    assert "earliest" not in estimate(config, type(targets)(100, first, 2), "d",
                                       timing=timing).as_dict()
