@@ -147,8 +147,12 @@ def stage1_run(model: str, steps: int, seed: int, flags, db: Path) -> dict:
             "first_rung": rung_agreement(study), "commit": _commit()}
 
 
+# every row bred in generations of 20, as both K=4 presets did then (digits-k4: 10 since)
+POPULATION = ("--population", "20")
+
+
 def study_job(model: str, config: str, seed: int, folder: Path) -> dict:
-    flags = CONFIGS[config][0]
+    flags = (*CONFIGS[config][0], *POPULATION)
     run = {"model": model, "config": config, "seed": seed, "flags": list(flags),
            **stage1_run(model, STEPS, seed, flags, folder / f"{model}-{config}-s{seed}.db")}
     print(f"  {model} {config} seed {seed}: {run['images']:,} images, best "

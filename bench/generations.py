@@ -45,7 +45,8 @@ def seeds(variant: str) -> tuple[int, ...]:
 
 def run_jobs(folder: Path) -> None:
     (folder / "jobs").mkdir(parents=True, exist_ok=True)
-    for seed in STAGE1_SEEDS:  # seed by seed, so that the variants pair up early
+    every = sorted(set().union(*map(seeds, variants())))
+    for seed in every:  # seed by seed, so that the variants pair up early
         for variant, (_, flags) in variants().items():
             path = folder / "jobs" / f"{variant}-s{seed}.json"
             if seed not in seeds(variant):
@@ -94,68 +95,74 @@ def markdown(entry: dict, before: dict, noise_moves: dict) -> str:
     ceiling = statistics.mean(old["ceiling"])
     fixed = old["fixed"][BEST_FIXED]
     runs = entry["variants"]
+    # only the seeds every variant holds, in the rows and in every mean (an interrupted run)
+    common = [s for s in map(str, STAGE1_SEEDS) if all(s in runs.get(v, {}) for v in STAGE1)]
     lines = [f"Each FID is the mean over the {len(before['streams'])} held-out streams of "
              f"`bench/streams.py` (1797 images each, against all 1797 real digits); a "
-             f"difference is paired stream by stream, ± its standard error over the streams. "
-             f"Code {', '.join(f'`{c}`' for c in entry['commits'])}. "
+             f"difference of one seed is paired stream by stream, ± its standard error over the "
+             f"streams; a difference over seeds is the mean of theirs, ± its standard error over "
+             f"the seeds. Code {', '.join(f'`{c}`' for c in entry['commits'])}. "
              f"`python -m bench.generations`.", "",
              f"**Stage 1 alone, digits, K={STEPS}** (the preset's 100 candidates at 1000 "
              f"images, iPNDM with noise / 1.015, moves in noise levels; ceiling, 100-step DDIM: "
              f"{ceiling:.2f}; {BEST_FIXED}: {statistics.mean(fixed):.2f}).", "",
-             "| seed | " + " | ".join(f"{STAGE1[v][0]}: result | mean" for v in STAGE1)
-             + " | 10 of 10 − 5 of 20 | 10 of 10 − TPE |",
-             "|---" * (2 + 2 * len(STAGE1) + 1) + "|"]
-    for seed in map(str, STAGE1_SEEDS):
-        if any(seed not in runs.get(v, {}) for v in STAGE1):
-            continue
-        cells = [f"{_steps(runs[v][seed])} | {_mean(runs[v][seed]):.2f}" for v in STAGE1]
+             _row(["seed", *(c for v in STAGE1 for c in (f"{STAGE1[v][0]}: result", "mean")),
+                   "10 of 10 − 5 of 20", "10 of 10 − TPE"]),
+             _row(["---"] * (3 + 2 * len(STAGE1)))]
+    for seed in common:
         gens = paired(runs["ours10"][seed]["fids"], runs["ours20"][seed]["fids"])
         tpe = paired(runs["ours10"][seed]["fids"], runs["tpe"][seed]["fids"])
-        lines.append(f"| {seed} | " + " | ".join(cells)
-                     + f" | {gens[0]:+.2f} ± {gens[1]:.2f} | {tpe[0]:+.2f} ± {tpe[1]:.2f} |")
-    means = [statistics.mean(_mean(s) for s in runs[v].values()) if runs.get(v) else
-             float("nan") for v in STAGE1]
-    lines.append("| mean | " + " | ".join(f"| {m:.2f} ({m / ceiling:.2f}x)" for m in means)
-                 + " | | |")
+        lines.append(_row([seed, *(c for v in STAGE1 for c in (_steps(runs[v][seed]),
+                                                               f"{_mean(runs[v][seed]):.2f}")),
+                           f"{gens[0]:+.2f} ± {gens[1]:.2f}", f"{tpe[0]:+.2f} ± {tpe[1]:.2f}"]))
+    if common:
+        means = [statistics.mean(_mean(runs[v][s]) for s in common) for v in STAGE1]
+        lines.append(_row(["mean", *(c for m in means
+                                     for c in ("", f"{m:.2f} ({m / ceiling:.2f}x)")), "", ""]))
     lines.append("")
     for other, label in (("ours20", "5 generations of 20"), ("tpe", "TPE")):
-        m, se, n = _over_seeds(runs["ours10"], runs.get(other, {}))
-        wins = sum(paired(runs["ours10"][k]["fids"], runs[other][k]["fids"])[0] < 0
-                   for k in runs["ours10"] if k in runs.get(other, {}))
+        pairs = {s: (runs["ours10"][s], runs[other][s]) for s in common}
+        m, se, n = _over_seeds({s: a for s, (a, _) in pairs.items()},
+                               {s: b for s, (_, b) in pairs.items()})
+        if n < 2:
+            continue
+        wins = sum(paired(a["fids"], b["fids"])[0] < 0 for a, b in pairs.values())
         lines.append(f"- 10 generations of 10 − {label}: {m:+.2f} ± {se:.2f} over {n} search "
                      f"seeds (lower on {wins} of them)")
     for variant in STAGE1:
-        studies = list(runs.get(variant, {}).values())
+        studies = [runs[variant][s] for s in common]
         if studies:
             images = statistics.mean(s["images"] for s in studies)
             cpu = statistics.mean(s["cpu_s"] for s in studies)
-            lines.append(f"- {STAGE1[variant][0]}: {images:,.0f} images a study, "
-                         f"{cpu:.0f} CPU seconds")
-    shipped = runs.get("shipped", {})
+            lines.append(f"- {STAGE1[variant][0]}: {images:,.0f} images a study (confirmation's "
+                         f"included), {cpu:.0f} CPU seconds")
     at20 = noise_moves["models"][MODEL]["studies"]
+    shipped = {s: study for s, study in runs.get("shipped", {}).items()
+               if f"shipped:{s}" in at20}
     if shipped:
         lines += ["", "**The preset as it ships** (both stages; stage 2 at the same population) "
                   "against the same preset at population 20 (\"Since: stage 1's moves in noise "
                   "levels\"):", "",
-                  "| seed | population 20: export | mean | images | population 10: export | "
-                  "mean | images | 10 − 20 | 10 − best fixed |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  _row(["seed", "population 20: export", "mean", "images",
+                        "population 10: export", "mean", "images", "10 − 20",
+                        "10 − best fixed"]), _row(["---"] * 9)]
         for seed, study in shipped.items():
-            was = at20.get(f"shipped:{seed}")
-            if was is None:
-                continue
+            was = at20[f"shipped:{seed}"]
             diff, se = paired(study["fids"], was["fids"])
             vs_fixed, se_fixed = paired(study["fids"], fixed)
-            lines.append(f"| {seed} | {_steps(was)} | {_mean(was):.2f} | {was['images']:,} | "
-                         f"{_steps(study)} | {_mean(study):.2f} | {study['images']:,} | "
-                         f"{diff:+.2f} ± {se:.2f} | {vs_fixed:+.2f} ± {se_fixed:.2f} |")
+            lines.append(_row([seed, _steps(was), f"{_mean(was):.2f}", f"{was['images']:,}",
+                               _steps(study), f"{_mean(study):.2f}", f"{study['images']:,}",
+                               f"{diff:+.2f} ± {se:.2f}", f"{vs_fixed:+.2f} ± {se_fixed:.2f}"]))
         new = statistics.mean(_mean(s) for s in shipped.values())
-        was = statistics.mean(_mean(at20[f"shipped:{s}"]) for s in shipped
-                              if f"shipped:{s}" in at20)
-        lines.append(f"| mean | | {was:.2f} ({was / ceiling:.2f}x) | | | {new:.2f} "
-                     f"({new / ceiling:.2f}x) | | | |")
+        was = statistics.mean(_mean(at20[f"shipped:{s}"]) for s in shipped)
+        lines.append(_row(["mean", "", f"{was:.2f} ({was / ceiling:.2f}x)", "", "",
+                           f"{new:.2f} ({new / ceiling:.2f}x)", "", "", ""]))
     lines.append("")
     return "\n".join(lines)
+
+
+def _row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
 
 
 def _steps(study: dict) -> str:

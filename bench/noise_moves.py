@@ -29,6 +29,8 @@ PROTOCOLS = {"shipped": "the preset", "cheap_shipped": "cheaper"}
 # every job moves steps in noise levels (at cb01cdc, where the table's ran, every study did;
 # since, only the digits-k4 preset does by itself)
 MOVES = ("--step-moves", "noise")
+# ... and the preset's jobs bred in generations of 20, as digits-k4 did until bench/generations.py
+EXTRA = {"shipped": ("--population", "20")}
 BEST_FIXED = "uniform iPNDM, noise / 1.015"  # the strongest fixed sampler on both models
 # where the studies before were searched (bench/protocol.py's runs, and bench/streams.py's two
 # added seeds)
@@ -48,7 +50,8 @@ def run_jobs(folder: Path) -> None:
     for model, protocol, seed in jobs():
         path = folder / "jobs" / f"{model}-{protocol}-s{seed}.json"
         if not path.exists():
-            path.write_text(json.dumps(study_job(model, protocol, seed, folder, MOVES)))
+            path.write_text(json.dumps(study_job(model, protocol, seed, folder,
+                                                     (*MOVES, *EXTRA.get(protocol, ())))))
 
 
 def measure(folder: Path, before: dict) -> dict:

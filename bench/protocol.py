@@ -52,11 +52,12 @@ SEEDS = (0, 1, 2)
 # protocol -> extra study flags (the model's preset gives everything else)
 # "preset" and "cheap" pin the solver the K=4 presets of both models had when they were first
 # measured (digits' is iPNDM since: the "ipndm" protocol), so that a rerun measures the same
+# (and the population both presets had then: digits-k4 breeds in generations of 10 since)
 PROTOCOLS = {
-    "preset": ("--solver", "dpmpp2m"),
+    "preset": ("--solver", "dpmpp2m", "--population", "20"),
     "cheap": ("--trials", "40", "--population", "10", "--samples", "500",
               "--stage2-trials", "10", "--min-samples", "125", "--solver", "dpmpp2m"),
-    "ipndm": ("--solver", "ipndm", "--noise-scale", "1"),
+    "ipndm": ("--solver", "ipndm", "--noise-scale", "1", "--population", "20"),
     "cheap_ipndm": ("--trials", "40", "--population", "10", "--samples", "500",
                     "--stage2-trials", "10", "--min-samples", "125", "--solver", "ipndm",
                     "--noise-scale", "1"),

@@ -234,7 +234,8 @@ def _study_args(model: str, k: int, seed: int, variant: str) -> list[str]:
         preset = load_preset(model, 4)
         args += [item for key in ("population", "samples", "min_samples") if key in preset
                  for item in (f"--{key.replace('_', '-')}", str(preset[key]))]
-    return args + list(VARIANTS[variant])
+    # every grid bred in generations of 20, as every preset did then (digits-k4: 10 since)
+    return args + ["--population", "20"] + list(VARIANTS[variant])
 
 
 def search_tag(k: int, variant: str, seed: int) -> str:

@@ -256,6 +256,10 @@ def test_a_noise_scale_study_samples_exports_and_resumes_with_it(tmp_path, capsy
     assert study(scaled, "--noise-scale", "1.015", "--step-moves", "noise", "--quiet") == 2
     assert ("step_moves: stored 'steps', requested 'noise' (--step-moves steps resumes it)"
             in capsys.readouterr().err)
+    # ... or in generations of another size
+    assert study(scaled, "--noise-scale", "1.015", "--population", "7", "--quiet") == 2
+    assert ("population: stored 4, requested 7 (--population 4 resumes it)"
+            in capsys.readouterr().err)
 
 
 def torch_equal(a, b) -> bool:

@@ -436,8 +436,8 @@ def _hint(key: str, stored: dict, wanted: dict) -> str:
         return f" ({features_hint(stored[key], wanted[key])})"
     if key == "noise_scale":
         return f" (--noise-scale {stored[key]:g} resumes it)"
-    if key == "step_moves":
-        return f" (--step-moves {stored[key]} resumes it)"
+    if key in ("step_moves", "population"):  # digits-k4 changed both since studies were made
+        return f" (--{key.replace('_', '-')} {stored[key]} resumes it)"
     return ""
 
 
