@@ -16,6 +16,7 @@ import statistics
 import sys
 from pathlib import Path
 
+from bench.noise_moves import _point as _steps
 from bench.protocol import STEPS, study_job
 from bench.solvers import _commit
 from bench.streams import KEY as STREAMS_KEY
@@ -163,12 +164,6 @@ def markdown(entry: dict, before: dict, noise_moves: dict) -> str:
 
 def _row(cells: list[str]) -> str:
     return "| " + " | ".join(cells) + " |"
-
-
-def _steps(study: dict) -> str:
-    steps = ", ".join(map(str, study["timesteps"]))
-    share = study["gflops_share"]
-    return f"[{steps}]" + ("" if share >= 0.9995 else f" at {share:.1%}")
 
 
 def main(argv: list[str]) -> None:
