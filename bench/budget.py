@@ -152,7 +152,7 @@ POPULATION = ("--population", "20")
 
 
 def study_job(model: str, config: str, seed: int, folder: Path) -> dict:
-    flags = (*CONFIGS[config][0], *POPULATION)
+    flags = (*POPULATION, *CONFIGS[config][0])  # a config's own population comes last: it wins
     run = {"model": model, "config": config, "seed": seed, "flags": list(flags),
            **stage1_run(model, STEPS, seed, flags, folder / f"{model}-{config}-s{seed}.db")}
     print(f"  {model} {config} seed {seed}: {run['images']:,} images, best "

@@ -69,7 +69,7 @@ def _run_job(job: str, folder: Path) -> dict:
 
     model, seed = job.split(":")
     db = folder / f"{model}-s{seed}.db"
-    run = stage1_run(model, STEPS, int(seed), (), db)
+    run = stage1_run(model, STEPS, int(seed), (), db)  # the preset as it ships, whatever it is now
     study = _load(db, model)
     config = stored_config(study)
     complete = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)),

@@ -62,7 +62,8 @@ PROTOCOLS = {
                     "--stage2-trials", "10", "--min-samples", "125", "--solver", "ipndm",
                     "--noise-scale", "1"),
     # the presets as they ship (digits-k4: iPNDM, noise / 1.015; digits-deep-k4: the per-step
-    # search), measured after the pruner's first values were fixed (a1ef041)
+    # search), measured after the pruner's first values were fixed (a1ef041); unpinned, so a
+    # rerun measures the preset of its day (digits-k4's step moves and population came since)
     "shipped": (),
     "cheap_shipped": ("--trials", "40", "--population", "10", "--samples", "500",
                       "--stage2-trials", "10", "--min-samples", "125"),

@@ -126,11 +126,12 @@ def sampler_run(name: str, seed: int, steps: int = 4, trials: int = 100) -> dict
 
 
 def preset_search(seed: int, steps: int, trials: int, **fields) -> dict:
-    """One stage-1 search with the digits preset's samples and population (``fields``: other
-    SearchConfig fields, else their defaults), and the held-out FID of its best schedule."""
+    """One stage-1 search with the digits preset's samples, in generations of 20 as every digits
+    preset bred when these rows were measured (``fields``: other SearchConfig fields, else
+    their defaults), and the held-out FID of its best schedule."""
     base = load_preset("digits", steps)
     config = SearchConfig("digits", steps, samples=base.get("samples", 1000), seed=seed,
-                          population=base.get("population", 20), **fields)
+                          population=20, **fields)
     run = run_search(config, trials)
     run["best_fid_heldout"] = heldout_fid(run["best_timesteps"], config.samples)
     return run

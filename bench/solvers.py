@@ -224,15 +224,15 @@ def ceiling(model: str = "digits") -> dict:
 
 
 def _study_args(model: str, k: int, seed: int, variant: str) -> list[str]:
-    """The ``study`` command of one search. A model with no preset at K (digits-deep has them at
-    K = 4 and 8 only) searches with its K=4 preset's population, images and pruning, as digits
-    does at every K, rather than with the library's defaults (no pruning)."""
+    """The ``study`` command of one search, in generations of 20. A model with no preset at K
+    (digits-deep has them at K = 4 and 8 only) searches with its K=4 preset's images and
+    pruning, as digits does at every K, rather than with the library's defaults (no pruning)."""
     from autodiff_optuna.search.config import load_preset
 
     args = ["study", "--model", model, "--steps", str(k), "--seed", str(seed), "--stage", "1"]
     if not load_preset(model, k):
         preset = load_preset(model, 4)
-        args += [item for key in ("population", "samples", "min_samples") if key in preset
+        args += [item for key in ("samples", "min_samples") if key in preset
                  for item in (f"--{key.replace('_', '-')}", str(preset[key]))]
     # every grid bred in generations of 20, as every preset did then (digits-k4: 10 since)
     return args + ["--population", "20"] + list(VARIANTS[variant])
