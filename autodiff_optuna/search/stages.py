@@ -429,15 +429,16 @@ def _wait_for_config(study: optuna.Study, seconds: float = 30.0) -> None:
 
 
 def _hint(key: str, stored: dict, wanted: dict) -> str:
-    """For the model and the FID reference, the flags that load the stored ones."""
+    """For the model and the FID reference, the flags that load the stored ones; for the
+    settings a preset changed since studies were made with them, the flag that resumes one."""
     if key == "model_weights" and stored.get(key) and wanted.get(key):
         return f" ({weights_hint(stored[key], wanted[key], wanted['model'])})"
     if key == "fid_features" and stored.get(key) and wanted.get(key):
         return f" ({features_hint(stored[key], wanted[key])})"
-    if key == "noise_scale":
-        return f" (--noise-scale {stored[key]:g} resumes it)"
-    if key in ("step_moves", "population"):  # digits-k4 changed both since studies were made
-        return f" (--{key.replace('_', '-')} {stored[key]} resumes it)"
+    if key in ("noise_scale", "step_moves", "population"):  # presets changed them since
+        value = stored[key]
+        value = f"{value:g}" if isinstance(value, float) else value
+        return f" (--{key.replace('_', '-')} {value} resumes it)"
     return ""
 
 
