@@ -426,6 +426,23 @@ def test_parzen_children_move_in_noise_levels():
     assert np.median(np.abs(in_noise[:, 0] - 745)) > 10
 
 
+def test_mutation_in_noise_levels_moves_a_step_near_where_it_was():
+    """In noise levels, four mutated steps in five move by a Gaussian of 5% of the span, and
+    the fifth jumps as in training steps (anywhere, or anywhere between its neighbours): far
+    fewer children land far from their parent (BENCHMARKS.md, "Since: local moves in noise
+    levels")."""
+    parent = (748, 471, 257, 12)
+    far = {}
+    for coords in (None, NOISE_LEVELS):
+        space, rng = CandidateSpace(4, T, coordinates=coords), np.random.default_rng(0)
+        u = space.coordinate(parent)
+        moved = [np.abs(space.coordinate(variation.mutate(
+            space, space.candidate(parent), rng, gene_prob=0.25).timesteps) - u).max()
+            for _ in range(400)]
+        far[coords is None] = np.mean(np.array(moved) > 0.15 * space.coordinate_span)
+    assert far[False] < 0.25 < 0.4 < far[True]
+
+
 def test_random_candidates_in_noise_levels_reach_the_data_end():
     """Uniform in noise levels, a random schedule ends near the data far more often than
     uniform in steps (where the last of 4 steps lies below 10 in 4% of draws)."""

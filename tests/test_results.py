@@ -137,6 +137,26 @@ def test_an_unconfirmed_point_ranks_by_its_search_fid_plus_the_confirmed_rise(st
     assert [p.trial for p in to_confirm(study, None)] == [5]
 
 
+def test_the_baseline_ranks_by_the_mean_of_its_search_and_confirmed_fids(storage):
+    """A benchmark study's case: the searched schedule scored 2.01 on the search's noise and
+    2.29 confirmed, the uniform baseline 3.22 and 2.21. The schedule was picked from many for
+    its search FID, so only its confirmed FID counts; the baseline is confirmed whatever it
+    scores, so both of its FIDs count: 2.715, and the schedule is the best."""
+    study = make_search(storage, [(UNIFORM, 3.22), ([763, 460, 259, 6], 2.01)])
+    for trial, fid in ((0, 2.21), (1, 2.29)):
+        study.set_user_attr(f"confirmed_fid:{trial}", fid)
+        study.set_user_attr(f"confirmed_fid_spread:{trial}", 0.3)
+    result = study_result(study)
+    assert (result.best.trial, result.best.fid) == (1, 2.29)
+    assert result.uniform.fid == pytest.approx(2.715) and result.uniform.pooled
+    assert ("FID 2.715 (the mean of confirmed 2.210 ± 0.300 and search 3.220)"
+            in result.uniform.describe())
+    assert not result.best.pooled
+    # a baseline whose images failed on the confirmation's noise keeps that FID
+    study.set_user_attr("confirmed_fid:0", float("inf"))
+    assert study_result(study).uniform.fid == float("inf")
+
+
 def test_a_budget_worse_than_uniform_is_refused_naming_one_that_is_not(storage):
     study = make_search(storage, [(UNIFORM, 68.0), ([496, 381, 257, 101], 8.0)], [
         ([997, 570, 496, 258], 9, 388.0, 0.090),

@@ -14,7 +14,8 @@ FID can move a point off the front and another onto it, which is then confirmed 
 by their search FIDs alone, the unconfirmed would look better than the confirmed (these were
 chosen for their luck on the search's noise, and most rose when confirmed): each confirmation
 would let the next unconfirmed point onto the front, a cascade (BENCHMARKS.md, "Since:
-confirmation by expected FIDs").
+confirmation by expected FIDs"). The uniform baseline, confirmed whatever it scored, is ranked
+by the mean of its search and confirmed FIDs (``results.pooled_baseline``).
 
 Each confirmed FID is stored with its spread (study user attributes ``confirmed_fid:<trial>``
 and ``confirmed_fid_spread:<trial>``: Optuna keeps a finished trial's attributes fixed) as soon
