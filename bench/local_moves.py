@@ -18,9 +18,8 @@ import statistics
 import sys
 from pathlib import Path
 
+from bench.generations import BEST_FIXED, MODEL, SHIPPED_SEEDS, STAGE1_SEEDS, _over_seeds, _row
 from bench.generations import KEY as GENERATIONS_KEY
-from bench.generations import MODEL, SHIPPED_SEEDS, STAGE1_SEEDS, _over_seeds, _row
-from bench.generations import BEST_FIXED
 from bench.noise_moves import _point as _steps
 from bench.protocol import STEPS, study_job
 from bench.solvers import _commit
