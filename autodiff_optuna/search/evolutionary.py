@@ -24,8 +24,9 @@ Per trial:
   elites with every step moved by a Gaussian kernel whose width is that half's spread (TPE's
   idea, sampling where good schedules are dense, inside the evolution), or made as NSGA-II makes
   one: crossover of two parents (``crossover_prob``, else a copy of one), then mutation of each
-  step with probability 1/K (and bit flips of the masks in stage 2), so every child differs from
-  its parents. It is redrawn while the study already holds it (a random candidate after
+  step with probability 1/K (in noise levels mostly a move near where it was,
+  ``variation.LOCAL_MOVE_SCALE``; and bit flips of the masks in stage 2), so every child differs
+  from its parents. It is redrawn while the study already holds it (a random candidate after
   ``MAX_REDRAWS``): no trial is spent on a candidate the study has scored. In stage 2 it is
   also redrawn (``MAX_REJECTIONS`` times at most) while its summed skip costs reach the level
   the study's own trials show to be ruinous (``child_filter``: ``damage.DamageFilter``).
