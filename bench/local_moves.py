@@ -67,10 +67,14 @@ def _mean(study: dict) -> float:
     return statistics.mean(study["fids"])
 
 
-def _versus(now: dict, before: dict, label: str) -> str:
+def _versus(now: dict, before: dict, label: str) -> list[str]:
+    """The line pairing ``now`` with ``before`` over the seeds both hold (none under two)."""
     m, se, n = _over_seeds(now, before)
+    if n < 2:
+        return []
     wins = sum(paired(now[s]["fids"], before[s]["fids"])[0] < 0 for s in now if s in before)
-    return f"- local moves − {label}: {m:+.2f} ± {se:.2f} over {n} search seeds (lower on {wins})"
+    return [f"- local moves − {label}: {m:+.2f} ± {se:.2f} over {n} search seeds (lower on "
+            f"{wins} of {n})"]
 
 
 def markdown(entry: dict, streams: dict, generations: dict) -> str:
@@ -114,10 +118,10 @@ def markdown(entry: dict, streams: dict, generations: dict) -> str:
         old_mean = statistics.mean(_mean(was[s]) for s in common)
         lines += [_row(["mean", "", f"{old_mean:.2f} ({old_mean / ceiling:.2f}x)", "",
                         f"{new:.2f} ({new / ceiling:.2f}x)", "", *([""] * bool(tpe)), "", ""]),
-                  "", _versus({s: now[s] for s in common}, was, "jumps")]
+                  "", *_versus({s: now[s] for s in common}, was, "jumps")]
         if tpe:
-            lines.append(_versus({s: now[s] for s in common if s in tpe}, tpe,
-                                 "TPE over the same space"))
+            lines += _versus({s: now[s] for s in common if s in tpe}, tpe,
+                             "TPE over the same space")
         cpu = statistics.mean(now[s]["cpu_s"] for s in common)
         cpu_was = statistics.mean(was[s]["cpu_s"] for s in common)
         lines += [f"- CPU seconds a study: {cpu_was:.0f} → {cpu:.0f}", ""]

@@ -439,8 +439,9 @@ def test_mutation_in_noise_levels_moves_a_step_near_where_it_was():
         moved = [np.abs(space.coordinate(variation.mutate(
             space, space.candidate(parent), rng, gene_prob=0.25).timesteps) - u).max()
             for _ in range(400)]
-        far[coords is None] = np.mean(np.array(moved) > 0.15 * space.coordinate_span)
-    assert far[False] < 0.25 < 0.4 < far[True]
+        far["steps" if coords is None else "noise"] = np.mean(
+            np.array(moved) > 0.15 * space.coordinate_span)
+    assert far["noise"] < 0.25 < 0.4 < far["steps"]
 
 
 def test_random_candidates_in_noise_levels_reach_the_data_end():

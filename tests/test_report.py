@@ -685,7 +685,7 @@ def test_notebook_runs_against_a_study(url, tmp_path, monkeypatch):
     result = study_result(_study(url))
     full = result.full_gflops
     for line in (f"best: {result.best.describe(full)}", result.choose().describe(full),
-                 f"uniform baseline (same step count, full network, same search noise): "
+                 f"uniform baseline (same step count, full network): "
                  f"{result.uniform.describe(full)}"):
         assert line in text
     assert [line for line in text.splitlines() if line.startswith("  front: ")] == [

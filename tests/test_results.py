@@ -151,10 +151,20 @@ def test_the_baseline_ranks_by_the_mean_of_its_search_and_confirmed_fids(storage
     assert result.uniform.fid == pytest.approx(2.715) and result.uniform.pooled
     assert ("FID 2.715 (the mean of confirmed 2.210 ± 0.300 and search 3.220)"
             in result.uniform.describe())
-    assert not result.best.pooled
+    assert not result.best.pooled and result.uniform.as_dict()["pooled"]
+    assert "pooled" not in result.best.as_dict()
+    from autodiff_optuna.search.confirm import to_confirm
+
+    assert to_confirm(study, None) == []  # the limit (uniform's FID) admits no new point
     # a baseline whose images failed on the confirmation's noise keeps that FID
     study.set_user_attr("confirmed_fid:0", float("inf"))
     assert study_result(study).uniform.fid == float("inf")
+    # uniform with several fixed solvers (--solver search): the baseline is the best of them
+    # on the search's noise, picked for its luck as the rest were, and not pooled
+    study.add_trial(create_trial(value=3.0, user_attrs={"timesteps": UNIFORM}))
+    study.set_user_attr("confirmed_fid:2", 2.2)
+    uniform = study_result(study).uniform
+    assert (uniform.trial, uniform.fid, uniform.pooled) == (2, 2.2, False)
 
 
 def test_a_budget_worse_than_uniform_is_refused_naming_one_that_is_not(storage):

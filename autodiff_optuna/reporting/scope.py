@@ -59,7 +59,8 @@ def load(name: str, storage, export_rule: ExportRule = DEFAULT_RULE) -> Reported
 
 def result_lines(result: StudyResult, exported: Point | None) -> list[str]:
     """The result in words (the report's list, the notebook's print-out): each point by stage
-    and trial, with its FID on the search noise (the uniform one's too) and its GFLOPs against
+    and trial, with its FID (``search.results.Point``: confirmed, expected, or for the uniform
+    baseline the mean of its search and confirmed FIDs) and its GFLOPs against
     the full network's. ``exported``: ``result.choose()`` (None: refused)."""
     full = result.full_gflops
     rule = result.rule() + ", and no worse than the uniform schedule"
@@ -74,7 +75,7 @@ def result_lines(result: StudyResult, exported: Point | None) -> list[str]:
     return [
         f"best: {result.best.describe(full)}",
         f"exported (what the export command writes: {rule}): {export}",
-        f"uniform baseline (same step count, full network, same search noise): {uniform}",
+        f"uniform baseline (same step count, full network): {uniform}",
         f"Pareto front of both stages: {count} point{'s' * (count != 1)}, each saving at least "
         f"{saving} over the next better-FID one",
     ]

@@ -36,6 +36,7 @@ def result_lines(result: StudyResult) -> list[str]:
     for point in result.front:
         notes = [note for note, holds in (
             ("expected", point.expected),
+            ("the mean of search and confirmed", point.pooled),
             ("worse than uniform", result.uniform is not None and point.fid > result.uniform.fid))
             if holds]
         lines.append(f"  GFLOPs {point.gflops:.4f} ({point.share(full):6.1%})  FID "

@@ -136,10 +136,15 @@ def uniform_trial(stage1: optuna.Study) -> FrozenTrial | None:
     """The complete trial of the uniform spacing with the best fixed solver (None if none
     completed): where the study searches the solver, it queued uniform with each fixed solver,
     and the strongest of them is the baseline a user could pick without searching."""
+    return min(uniform_trials(stage1), key=objectives.fid, default=None)
+
+
+def uniform_trials(stage1: optuna.Study) -> list[FrozenTrial]:
+    """The complete trials of the uniform spacing with a fixed solver: one, or one per fixed
+    solver where the study searches the solver."""
     uniform = uniform_timesteps(stage1)
-    trials = [t for t in complete_trials(stage1) if t.user_attrs.get(TIMESTEPS_ATTR) == uniform
-              and _fixed_rules(t, len(uniform))]
-    return min(trials, key=objectives.fid, default=None)
+    return [t for t in complete_trials(stage1) if t.user_attrs.get(TIMESTEPS_ATTR) == uniform
+            and _fixed_rules(t, len(uniform))]
 
 
 def dp_trial(stage1: optuna.Study) -> FrozenTrial | None:
@@ -197,7 +202,8 @@ class Point:
     """One scored candidate of either stage. ``fid`` is what it is ranked and chosen by: its
     confirmed FID (``search.confirm``: on noise the search never saw) where it has one, else
     the FID the search scored it with (``search_fid``), raised by the study's ``expected_rise``
-    where ``scored_points`` made it."""
+    where ``scored_points`` made it; the uniform baseline's, once confirmed, the mean of the
+    two (``pooled_baseline``)."""
 
     stage: int
     study: str
@@ -240,6 +246,7 @@ class Point:
                 "timesteps": self.timesteps, "skip": self.skip, "fid": self.fid,
                 "search_fid": self.fid if self.search_fid is None else self.search_fid,
                 "confirmed_fid": self.confirmed_fid, "confirmed_spread": self.confirmed_spread,
+                **({"pooled": True} if self.pooled else {}),
                 "gflops": self.gflops, "gflops_share": self.share(full_gflops),
                 **({"rules": self.rules} if self.rules else {})}
 
@@ -514,7 +521,8 @@ def _is_stage2_of(study: optuna.Study, stage1_name: str) -> bool:
 
 def scored_points(stage1, stage2, steps: int, full: float | None) -> list[Point]:
     """Every complete trial of both stages as a Point (stage 1's at the full network's cost),
-    an unconfirmed one's FID raised by ``expected_rise``. A stage-2 trial over the budget stage
+    an unconfirmed one's FID raised by ``expected_rise``, the uniform baseline's the mean of its
+    two FIDs (``pooled_baseline``). A stage-2 trial over the budget stage
     2 was run with is one too: the budget steered the search, and ``choose`` applies it to what
     is exported. Stage 1's elites carried into stage 2 are stage 1's points (the same
     candidates, scored there), so they appear once."""
@@ -525,10 +533,11 @@ def scored_points(stage1, stage2, steps: int, full: float | None) -> list[Point]
     rise = expected_rise(points)
     points = [p if p.confirmed_fid is not None or not rise
               else dataclasses.replace(p, fid=p.fid + rise) for p in points]
-    uniform = uniform_trial(stage1)
-    return points if uniform is None else [
-        pooled_baseline(p) if p.stage == 1 and p.trial == uniform.number else p
-        for p in points]
+    uniforms = uniform_trials(stage1)
+    if len(uniforms) != 1:  # none, or the best of several solvers': chosen for its luck too
+        return points
+    return [pooled_baseline(p) if p.stage == 1 and p.trial == uniforms[0].number else p
+            for p in points]
 
 
 def pooled_baseline(point: Point) -> Point:
@@ -536,10 +545,12 @@ def pooled_baseline(point: Point) -> Point:
     finite). Every other confirmed point was picked from many for its low search FID, which is
     therefore biased low (the winner's curse) and only its confirmed FID counts. The baseline
     is queued first and confirmed whatever it scores: its search FID is a second unbiased
-    measurement on as many images, and the mean halves the variance. By its confirmed FID
-    alone, one lucky draw of the confirmation's noise named it over a schedule that beat it on
-    the two streams together, 2.16 against 3.28 held out (BENCHMARKS.md, "The baseline's two
-    FIDs")."""
+    measurement on as many images, and the mean halves the variance. (Where the study searches
+    the solver, the baseline is the best of uniform with each fixed solver on the search's
+    noise, picked for that noise's luck as the rest were: ``scored_points`` leaves it alone.)
+    By its confirmed FID alone, one lucky draw of the confirmation's noise named it over a
+    schedule that beat it on the two streams together, 2.16 against 3.28 held out
+    (BENCHMARKS.md, "The baseline's two FIDs")."""
     if point.confirmed_fid is None or point.search_fid is None or not (
             math.isfinite(point.confirmed_fid) and math.isfinite(point.search_fid)):
         return point

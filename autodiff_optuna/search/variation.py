@@ -121,8 +121,8 @@ def _mutate_steps(space: CandidateSpace, genes: list[Gene], rng: np.random.Gener
         if (space.coordinates is not None and upper - lower > 2
                 and rng.random() >= JUMP_PROB):
             new = _local_move(space, steps[i], lower, upper, rng)
-            if new in taken:  # its own step included: the step jumps anywhere instead
-                new = space.random_free(rng, taken)
+            if new in taken:  # between its neighbours, only its own step: it jumps anywhere
+                new = space.random_free(rng, taken)  # (near the data, up to 9% of such moves)
         elif rng.random() < 0.5 and upper - lower > 2:
             new = space.step_between(lower + 1, upper - 1, rng)
             if new == steps[i]:
