@@ -165,8 +165,8 @@ def test_end_to_end_study_best_and_evaluate(tmp_path, capsys):
     assert best == sorted(set(best), reverse=True)
     assert summary["uniform"]["timesteps"] == [750, 500, 250, 0]
     # common random numbers: the stored search score is exactly the uniform schedule on the
-    # study's noise; the reported FID is the confirmation's, on noise the search never saw,
-    # and neither is evaluate's held-out noise
+    # study's noise; the reported FID is the mean of it and the confirmation's, on noise the
+    # search never saw, and neither is evaluate's held-out noise
     from autodiff_optuna.metrics import load_scorer
     from autodiff_optuna.metrics.scoring import score_schedule
     from autodiff_optuna.models import load_model
@@ -176,8 +176,9 @@ def test_end_to_end_study_best_and_evaluate(tmp_path, capsys):
     again = score_schedule(model, load_scorer("digits"), (750, 500, 250, 0),
                            draw(model, 80, seed=0), "ddim")
     assert again == pytest.approx(summary["uniform"]["search_fid"], rel=1e-9)
-    assert summary["uniform"]["confirmed_fid"] == summary["uniform"]["fid"] != pytest.approx(
-        again, rel=1e-6)
+    uniform = summary["uniform"]
+    assert uniform["confirmed_fid"] != pytest.approx(again, rel=1e-6) and uniform["pooled"]
+    assert uniform["fid"] == pytest.approx((uniform["confirmed_fid"] + again) / 2, rel=1e-9)
     assert main(["evaluate", "--model", "digits", "--timesteps", "750,500,250,0", "--samples",
                  "80", "--json"]) == 0
     evaluated = json.loads(capsys.readouterr().out)
