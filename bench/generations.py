@@ -59,11 +59,17 @@ def run_jobs(folder: Path) -> None:
 
 
 def measure(folder: Path) -> dict:
+    return measure_jobs(folder, {variant: seeds(variant) for variant in variants()})
+
+
+def measure_jobs(folder: Path, seeds_of: dict[str, tuple[int, ...]]) -> dict:
+    """Each kept job's study (DIR/<variant>/, per ``seeds_of`` variant) scored on every
+    held-out stream, with its images and CPU seconds; the commits the jobs ran at."""
     streams = _Streams(MODEL)
     entry = {"commits": [], "scored_at": _commit(), "variants": {}}
-    for variant in variants():
+    for variant, variant_seeds in seeds_of.items():
         studies = {}
-        for seed in seeds(variant):
+        for seed in variant_seeds:
             path = folder / "jobs" / f"{variant}-s{seed}.json"
             if not path.exists():
                 continue

@@ -18,13 +18,20 @@ import statistics
 import sys
 from pathlib import Path
 
-from bench.generations import BEST_FIXED, MODEL, SHIPPED_SEEDS, STAGE1_SEEDS, _over_seeds, _row
+from bench.generations import (
+    BEST_FIXED,
+    MODEL,
+    SHIPPED_SEEDS,
+    STAGE1_SEEDS,
+    _over_seeds,
+    _row,
+    measure_jobs,
+)
 from bench.generations import KEY as GENERATIONS_KEY
 from bench.noise_moves import _point as _steps
 from bench.protocol import STEPS, study_job
-from bench.solvers import _commit
 from bench.streams import KEY as STREAMS_KEY
-from bench.streams import _Streams, _study, paired
+from bench.streams import paired
 
 KEY, SECTION = "local_moves", "local-moves"
 DEFAULT_DIR = Path("/tmp/bench-local-moves")
@@ -45,22 +52,7 @@ def run_jobs(folder: Path) -> None:
 
 
 def measure(folder: Path) -> dict:
-    streams = _Streams(MODEL)
-    entry = {"commits": [], "scored_at": _commit(), "variants": {}}
-    for variant, (_, seeds, _) in VARIANTS.items():
-        studies = {}
-        for seed in seeds:
-            path = folder / "jobs" / f"{variant}-s{seed}.json"
-            if not path.exists():
-                continue
-            run = json.loads(path.read_text())
-            db = folder / variant / f"{MODEL}-shipped-s{seed}.db"
-            studies[str(seed)] = {**_study(streams, db, MODEL), "images": run["images"],
-                                  "cpu_s": run["cpu_s"]}
-            if run["commit"] not in entry["commits"]:
-                entry["commits"].append(run["commit"])
-        entry["variants"][variant] = studies
-    return entry
+    return measure_jobs(folder, {variant: seeds for variant, (_, seeds, _) in VARIANTS.items()})
 
 
 def _mean(study: dict) -> float:
