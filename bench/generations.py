@@ -173,18 +173,10 @@ def _row(cells: list[str]) -> str:
 
 
 def main(argv: list[str]) -> None:
-    from bench.run import RESULTS, save_part
+    from bench.run import part_main
 
-    results = json.loads(RESULTS.read_text())
-    if argv[:1] == ["--render"]:
-        entry = results[KEY]
-    else:
-        folder = Path(argv[0]) if argv else DEFAULT_DIR
-        run_jobs(folder)
-        entry = measure(folder)
-    save_part(KEY, entry, SECTION,
-              markdown(entry, results[STREAMS_KEY], results["noise_moves"]))
-    print(f"updated bench/results.json ({KEY}) and BENCHMARKS.md ({SECTION})")
+    part_main(argv, KEY, SECTION, DEFAULT_DIR, run_jobs, measure,
+              lambda entry, results: markdown(entry, results[STREAMS_KEY], results["noise_moves"]))
 
 
 if __name__ == "__main__":

@@ -121,18 +121,11 @@ def markdown(entry: dict, streams: dict, generations: dict) -> str:
 
 
 def main(argv: list[str]) -> None:
-    from bench.run import RESULTS, save_part
+    from bench.run import part_main
 
-    results = json.loads(RESULTS.read_text())
-    if argv[:1] == ["--render"]:
-        entry = results[KEY]
-    else:
-        folder = Path(argv[0]) if argv else DEFAULT_DIR
-        run_jobs(folder)
-        entry = measure(folder)
-    save_part(KEY, entry, SECTION,
-              markdown(entry, results[STREAMS_KEY], results[GENERATIONS_KEY]))
-    print(f"updated bench/results.json ({KEY}) and BENCHMARKS.md ({SECTION})")
+    part_main(argv, KEY, SECTION, DEFAULT_DIR, run_jobs, measure,
+              lambda entry, results: markdown(entry, results[STREAMS_KEY],
+                                              results[GENERATIONS_KEY]))
 
 
 if __name__ == "__main__":

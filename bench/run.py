@@ -640,6 +640,22 @@ def save_part(key: str, entry: dict, section: str, text: str) -> None:
     write_sections({section: text})
 
 
+def part_main(argv: list[str], key: str, section: str, default_dir: Path, run_jobs, measure,
+              markdown_of) -> None:
+    """``python -m bench.<part> [DIR]`` (run the part's missing jobs into DIR, then measure
+    them) or ``--render`` (its section again from results.json): results.json[``key``] and the
+    BENCHMARKS.md section ``section``, ``markdown_of(entry, results)``."""
+    results = json.loads(RESULTS.read_text())
+    if argv[:1] == ["--render"]:
+        entry = results[key]
+    else:
+        folder = Path(argv[0]) if argv else default_dir
+        run_jobs(folder)
+        entry = measure(folder)
+    save_part(key, entry, section, markdown_of(entry, results))
+    print(f"updated bench/results.json ({key}) and BENCHMARKS.md ({section})")
+
+
 def save(results: dict) -> None:
     """bench/results.json, the sections of BENCHMARKS.md and the sampler plot, from ``results``."""
     RESULTS.write_text(json.dumps(results, indent=1) + "\n")
