@@ -12,8 +12,10 @@ import pytest
 from autodiff_optuna.cli import main
 from autodiff_optuna.search.config import PRESETS_DIR, configure
 from autodiff_optuna.search.estimate import (
+    COMPLETE_SHARE,
     HereTiming,
     _linear_fit,
+    complete_share,
     estimate,
     image_cost,
     process_seconds,
@@ -78,6 +80,9 @@ def test_pruned_stage_one_samples_fewer_images_than_at_most():
     deep, deep_targets = configure("digits-deep", 4)  # training steps
     deep1 = estimate(deep, deep_targets, "digits-deep-k4", stages=(1,)).stages[0]
     assert deep1.images / deep1.images_at_most == pytest.approx(0.44, abs=0.03)
+    # TPE in noise levels: not the mutation the share in noise levels was measured on
+    tpe, _ = configure("digits", 4, sampler="tpe", step_moves="noise")
+    assert complete_share(tpe) == COMPLETE_SHARE < complete_share(config)
     assert stage1.fid_computations > stage1.candidates  # one per reported prefix
     assert stage1.samplings == stage1.fid_computations  # a sampling per prefix, and confirmed
     # fewer candidates than the pruner's start-up: every one completes
