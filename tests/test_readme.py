@@ -147,7 +147,7 @@ def shape(line: str) -> str:
     and without what a small study need not print: trials stopped early (it may stop none),
     front points worse than the uniform schedule (it may find none), layer skips of a stage-2
     point (its best may be stage 1's), a point's confirmation or expected FID (which points
-    rank among the few confirmed differs)."""
+    rank among the few confirmed differs, and so whether the uniform one is best)."""
     line = re.sub(r"\[[\d, ]*\]", "[...]", line)
     line = re.sub(r"\s+", " ", re.sub(r"\d+(\.\d+)?", "N", line))
     line = line.replace("( N%)", "(N%)")  # a share padded to its width: ( 97.3%), (100.0%)
@@ -156,6 +156,9 @@ def shape(line: str) -> str:
     line = re.sub(r", N layer-steps? skipped", "", line)  # a stage-1 point skips none
     line = line.replace("front N point;", "front N points;")  # its front may be one point
     line = line.replace(" ± N confirmed (search N)", "")
+    # the uniform baseline's FID once confirmed (the best, where it is the lowest)
+    line = line.replace(" (the mean of confirmed N ± N and search N)", "")
+    line = line.replace(" the mean of search and confirmed", "")
     line = line.replace(" expected (search N, not confirmed)", "")
     line = line.replace(" expected, worse than uniform", "").replace(") expected", ")")
     return line.replace(" worse than uniform", "").strip()
