@@ -71,9 +71,8 @@ TIMING_TRIALS = 6
 def complete_share(config) -> float:
     """Stage 1's share of complete candidates after the pruner's first few: by how our sampler
     moves its steps (another sampler's: ``COMPLETE_SHARE``)."""
-    ours = getattr(config, "sampler", "evolutionary") == "evolutionary"
-    noise = getattr(config, "step_moves", "steps") == "noise"
-    return NOISE_MOVES_COMPLETE_SHARE if ours and noise else COMPLETE_SHARE
+    ours_in_noise = config.sampler == "evolutionary" and config.step_moves == "noise"
+    return NOISE_MOVES_COMPLETE_SHARE if ours_in_noise else COMPLETE_SHARE
 
 
 @dataclass(frozen=True)

@@ -139,11 +139,14 @@ def uniform_trial(stage1: optuna.Study) -> FrozenTrial | None:
     return min(uniform_trials(stage1), key=objectives.fid, default=None)
 
 
-def uniform_trials(stage1: optuna.Study) -> list[FrozenTrial]:
+def uniform_trials(stage1: optuna.Study,
+                   complete: list[FrozenTrial] | None = None) -> list[FrozenTrial]:
     """The complete trials of the uniform spacing with a fixed solver: one, or one per fixed
-    solver where the study searches the solver."""
+    solver where the study searches the solver. ``complete``: stage 1's complete trials, where
+    the caller has read them already."""
     uniform = uniform_timesteps(stage1)
-    return [t for t in complete_trials(stage1) if t.user_attrs.get(TIMESTEPS_ATTR) == uniform
+    trials = complete_trials(stage1) if complete is None else complete
+    return [t for t in trials if t.user_attrs.get(TIMESTEPS_ATTR) == uniform
             and _fixed_rules(t, len(uniform))]
 
 
@@ -526,14 +529,14 @@ def scored_points(stage1, stage2, steps: int, full: float | None) -> list[Point]
     2 was run with is one too: the budget steered the search, and ``choose`` applies it to what
     is exported. Stage 1's elites carried into stage 2 are stage 1's points (the same
     candidates, scored there), so they appear once."""
-    confirmed = confirmations(stage1)
-    points = [_point(stage1, 1, t, full, steps, confirmed) for t in complete_trials(stage1)]
+    confirmed, complete = confirmations(stage1), complete_trials(stage1)
+    points = [_point(stage1, 1, t, full, steps, confirmed) for t in complete]
     if stage2 is not None:
         points += stage2_points(stage2, steps, carried=False)
     rise = expected_rise(points)
     points = [p if p.confirmed_fid is not None or not rise
               else dataclasses.replace(p, fid=p.fid + rise) for p in points]
-    uniforms = uniform_trials(stage1)
+    uniforms = uniform_trials(stage1, complete)  # the trials read above, not read again
     if len(uniforms) != 1:  # none, or the best of several solvers': chosen for its luck too
         return points
     return [pooled_baseline(p) if p.stage == 1 and p.trial == uniforms[0].number else p
