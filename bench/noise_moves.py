@@ -27,7 +27,7 @@ DEFAULT_DIR = Path("/tmp/bench-noise-moves")
 SEEDS = {"digits": (0, 1, 2, 3, 4), "digits-deep": (0, 1, 2)}
 PROTOCOLS = {"shipped": "the preset", "cheap_shipped": "cheaper"}
 # every job moves steps in noise levels (at cb01cdc, where the table's ran, every study did;
-# since, only the digits-k4 preset does by itself)
+# since, only the digits-k3 and digits-k4 presets do by themselves)
 MOVES = ("--step-moves", "noise")
 # ... and the preset's jobs bred in generations of 20, as digits-k4 did until bench/generations.py
 EXTRA = {"shipped": ("--population", "20")}

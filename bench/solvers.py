@@ -54,6 +54,9 @@ HELDOUT_SEED = 0
 FIXED_KS = (3, 4, 6, 8)
 SEARCH_KS = (3, 4, 6, 8)
 SEEDS = (0, 1, 2)
+GRID_POPULATION = 20  # every grid search bred in generations of 20 (``_study_args``)
+# where the searches of the presets this grid no longer runs are measured (``_preset_variant``)
+PRESET_BENCHES = {("digits", 3): "bench/three_steps.py", ("digits", 4): "bench/local_moves.py"}
 SPACINGS = ("uniform", "trailing", "linspace", "quadratic", "logsnr")
 SOLVERS = ("ddim", "dpmpp2m", "dpmpp3m", "unipc", "ipndm")
 DP_SOLVERS = ("ddim", "dpmpp2m", "ipndm")
@@ -234,8 +237,14 @@ def _study_args(model: str, k: int, seed: int, variant: str) -> list[str]:
         preset = load_preset(model, 4)
         args += [item for key in ("samples", "min_samples") if key in preset
                  for item in (f"--{key.replace('_', '-')}", str(preset[key]))]
-    # every grid bred in generations of 20, as every preset did then (digits-k4: 10 since)
-    return args + ["--population", "20"] + list(VARIANTS[variant])
+    # every grid bred in generations of 20 and moved steps in training steps, unscaled unless
+    # the variant says, as every preset did then (digits-k3 and digits-k4 since take 10, noise
+    # levels and 1.015: pinned here, so that a rerun searches as the grid's searches did)
+    flags = list(VARIANTS[variant])
+    pinned = ["--population", str(GRID_POPULATION), "--step-moves", "steps"]
+    if "--noise-scale" not in flags:
+        pinned += ["--noise-scale", "1"]
+    return args + pinned + flags
 
 
 def search_tag(k: int, variant: str, seed: int) -> str:
@@ -651,11 +660,18 @@ def _reconfirmed(entry: dict) -> list[str]:
 
 
 def _preset_variant(k: int, model: str = "digits") -> str | None:
-    """The search ``make study MODEL=model STEPS=k`` runs (stage 1): the variant with its
-    solver (the library's default where the model has no preset at K)."""
-    from autodiff_optuna.search.config import DEFAULT_SOLVER, load_preset
+    """The grid's search that is the one ``make study MODEL=model STEPS=k`` runs (stage 1): the
+    variant with its solver (the library's default where the model has no preset at K) and
+    noise scale. None where the preset breeds or moves steps otherwise than every grid search
+    did (``_study_args``: generations of 20, steps moved in training steps): the grid did not
+    run that search (``digits-k3`` and ``digits-k4`` since; ``bench/three_steps.py`` and
+    ``bench/local_moves.py`` measure them)."""
+    from autodiff_optuna.search.config import DEFAULT_SOLVER, SearchConfig, load_preset
 
     preset = load_preset(model, k)
+    if (preset.get("population", GRID_POPULATION) != GRID_POPULATION
+            or preset.get("step_moves", SearchConfig.step_moves) != SearchConfig.step_moves):
+        return None
     flags = ("--solver", preset.get("solver", DEFAULT_SOLVER))
     if preset.get("noise_scale", 1.0) != 1:
         flags += ("--noise-scale", f"{preset['noise_scale']:g}")
@@ -695,6 +711,11 @@ def _targets(entry: dict, k: int, best, ceiling) -> list[str]:
                      f"fixed sampler ({SPACING_NAMES.get(best[0], best[0])} "
                      f"{SOLVER_NAMES[best[1]]}, {best[2]:.2f}): {_lower(gain)} (target: >= 10% "
                      f"lower): **{'met' if gain >= 0.10 else 'not met'}**.")
+    elif best and preset is None:
+        where = PRESET_BENCHES.get((model, k))
+        lines.append(f"- K={k}, the preset's search: not one of this grid's (the preset breeds "
+                     "in generations of 10 and moves steps in noise levels since"
+                     + (f": `{where}` measures it)." if where else ")."))
     ours = _runs(entry, k, "ours")
     if not ours:
         return lines

@@ -30,11 +30,14 @@ from bench.streams import _Streams, paired
 KEY, SECTION = "three_steps", "three-steps"
 DEFAULT_DIR = Path("/tmp/bench-three-steps")
 MODEL, STEPS, SEEDS = "digits", 3, tuple(range(20))
-# variant -> (label, flags after ``study --stage 1``): the same 100 candidates at 1000 images
+# variant -> (label, flags after ``study --stage 1``): the same 100 candidates at 1000 images,
+# each variant's settings pinned, so that it measures the same whatever the preset says later
 VARIANTS = {"before": ("as it was: 5 generations of 20, training steps, unscaled",
                        ("--population", "20", "--step-moves", "steps", "--noise-scale", "1")),
-            "now": ("the preset now: 10 of 10, noise levels, noise / 1.015", ()),
-            "unscaled": ("the same, unscaled", ("--noise-scale", "1"))}
+            "now": ("the preset now: 10 of 10, noise levels, noise / 1.015",
+                    ("--population", "10", "--step-moves", "noise", "--noise-scale", "1.015")),
+            "unscaled": ("the same, unscaled",
+                         ("--population", "10", "--step-moves", "noise", "--noise-scale", "1"))}
 SEEDS_OF = {"unscaled": SEEDS[:5]}  # an ablation: five seeds
 # the fixed samplers: each standard spacing with each solver (noise scale 1, and iPNDM's 1.015)
 SOLVERS = (("ddim", 1.0), ("dpmpp2m", 1.0), ("unipc", 1.0), ("ipndm", 1.0), ("ipndm", 1.015))
@@ -117,20 +120,17 @@ def _answer(db: Path, fids) -> tuple[dict, dict | None]:
     import optuna
 
     from autodiff_optuna.search.config import study_name
-    from autodiff_optuna.search.results import check_config, dp_trial, study_result, study_solver
-    from autodiff_optuna.storage.record import TIMESTEPS_ATTR
+    from autodiff_optuna.search.results import check_config, study_result, study_solver
 
     study = optuna.load_study(study_name=study_name(MODEL, STEPS), storage=f"sqlite:///{db}")
     result = study_result(study)
-    config, best = check_config(result.stage1), result.best
-    answer = {"timesteps": best.timesteps, "rules": best.rules, "gflops_share": 1.0,
-              "fids": fids(best.timesteps, study_solver(config, best.rules), best.skip)}
-    trial = dp_trial(result.stage1)
-    if trial is None:
-        return answer, None
-    timesteps = trial.user_attrs[TIMESTEPS_ATTR]
-    return answer, {"timesteps": timesteps,
-                    "fids": fids(timesteps, study_solver(config, trial.user_attrs.get("rules")))}
+    config = check_config(result.stage1)
+
+    def scored(point) -> dict:  # stage 1's points skip nothing
+        return {"timesteps": point.timesteps, "rules": point.rules, "gflops_share": 1.0,
+                "fids": fids(point.timesteps, study_solver(config, point.rules))}
+
+    return scored(result.best), None if result.dp is None else scored(result.dp)
 
 
 def _solver_label(solver: str, scale: float) -> str:
@@ -156,10 +156,11 @@ def markdown(entry: dict, streams: dict) -> str:
              f"over the seeds. Code {', '.join(f'`{c}`' for c in entry['commits'])}. "
              f"`python -m bench.three_steps`.", "",
              f"**Stage 1 alone, digits, K={STEPS}** (100 candidates, 1000 images each; ceiling, "
-             f"100-step DDIM: {ceiling:.2f}; the strongest fixed sampler, {best_fixed}: "
-             f"{_mean(fixed[best_fixed]):.2f}).", "",
+             f"100-step DDIM: {ceiling:.2f}; the strongest standard spacing with a fixed "
+             f"solver, {best_fixed}: {_mean(fixed[best_fixed]):.2f}).", "",
              _row(["seed", "as it was: result", "mean", "now: result", "mean", "now − was",
-                   "now − strongest fixed", "images (was → now)", "DP spacing (now's study)"]),
+                   "now − strongest standard", "images (was → now)",
+                   "DP spacing (now's study)"]),
              _row(["---"] * 9)]
     for seed in common:
         a, b = runs["now"][seed], runs["before"][seed]
@@ -181,6 +182,11 @@ def markdown(entry: dict, streams: dict) -> str:
         cpu = [statistics.mean(runs[v][s]["cpu_s"] for s in common) for v in ("before", "now")]
         lines += ["", f"- now − as it was: {m:+.2f} ± {se:.2f} over {n} search seeds (lower on "
                   f"{wins} of {n})", f"- CPU seconds a study: {cpu[0]:.0f} → {cpu[1]:.0f}"]
+        dps = {s: entry["dp"][f"now:{s}"] for s in common if f"now:{s}" in entry["dp"]}
+        m, se, n = _over_seeds({s: runs["now"][s] for s in dps}, dps)
+        if n >= 2:
+            lines.append(f"- now − its study's DP spacing (a fixed sampler, fitted without "
+                         f"reference images): {m:+.2f} ± {se:.2f} over {n} search seeds")
         unscaled = runs.get("unscaled", {})
         m, se, n = _over_seeds({s: runs["now"][s] for s in common}, unscaled)
         if n >= 2:
@@ -188,11 +194,11 @@ def markdown(entry: dict, streams: dict) -> str:
             lines.append(f"- now − {VARIANTS['unscaled'][0]} ({mean:.2f} over those seeds): "
                          f"{m:+.2f} ± {se:.2f} over {n} search seeds")
     ranked = sorted(fixed, key=lambda label: _mean(fixed[label]))
-    lines += ["", "Fixed samplers at K=3, held out (the five lowest, and uniform with each "
-              "solver): " + "; ".join(
+    shown = dict.fromkeys(ranked[:5] + [x for x in ranked if x.startswith("uniform")])
+    lines += ["", f"Standard spacings with a fixed solver at K={STEPS}, held out (the five "
+              "lowest, and uniform with each solver): " + "; ".join(
                   f"{label} {fixed[label]['timesteps']} {_mean(fixed[label]):.2f}"
-                  for label in dict.fromkeys(ranked[:5] + [x for x in ranked
-                                                          if x.startswith("uniform")])), ""]
+                  for label in shown), ""]
     return "\n".join(lines)
 
 
