@@ -713,9 +713,9 @@ def _targets(entry: dict, k: int, best, ceiling) -> list[str]:
                      f"lower): **{'met' if gain >= 0.10 else 'not met'}**.")
     elif best and preset is None:
         where = PRESET_BENCHES.get((model, k))
-        lines.append(f"- K={k}, the preset's search: not one of this grid's (the preset breeds "
-                     "in generations of 10 and moves steps in noise levels since"
-                     + (f": `{where}` measures it)." if where else ")."))
+        lines.append(f"- K={k}, the preset's search: not one of this grid's (its population, "
+                     "its step moves or its solver differ from the grid's searches'"
+                     + (f"; `{where}` measures it)." if where else ")."))
     ours = _runs(entry, k, "ours")
     if not ours:
         return lines
