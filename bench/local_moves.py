@@ -23,6 +23,7 @@ from bench.generations import (
     MODEL,
     SHIPPED_SEEDS,
     STAGE1_SEEDS,
+    _mean,
     _over_seeds,
     _row,
     measure_jobs,
@@ -53,10 +54,6 @@ def run_jobs(folder: Path) -> None:
 
 def measure(folder: Path) -> dict:
     return measure_jobs(folder, {variant: seeds for variant, (_, seeds, _) in VARIANTS.items()})
-
-
-def _mean(study: dict) -> float:
-    return statistics.mean(study["fids"])
 
 
 def _versus(now: dict, before: dict, label: str) -> list[str]:

@@ -20,10 +20,10 @@ import sys
 import time
 from pathlib import Path
 
-from bench.generations import _over_seeds, _row
+from bench.generations import _mean, _over_seeds, _row
 from bench.noise_moves import _point as _steps
 from bench.protocol import _stage_costs
-from bench.solvers import _cli, _commit
+from bench.solvers import SOLVER_NAMES, _cli, _commit
 from bench.streams import KEY as STREAMS_KEY
 from bench.streams import _Streams, paired
 
@@ -134,12 +134,7 @@ def _answer(db: Path, fids) -> tuple[dict, dict | None]:
 
 
 def _solver_label(solver: str, scale: float) -> str:
-    names = {"ddim": "DDIM", "dpmpp2m": "DPM-Solver++(2M)", "unipc": "UniPC", "ipndm": "iPNDM"}
-    return names[solver] + (f", noise / {scale:g}" if scale != 1 else "")
-
-
-def _mean(study: dict) -> float:
-    return statistics.mean(study["fids"])
+    return SOLVER_NAMES[solver] + (f", noise / {scale:g}" if scale != 1 else "")
 
 
 def markdown(entry: dict, streams: dict) -> str:

@@ -260,14 +260,11 @@ class Point:
         if self.rules:
             text += f" ({describe_solver(self.rules, len(self.timesteps))})"
         text += f", FID {self.fid:.3f}"
+        spread = "" if self.confirmed_spread is None else f" ± {self.confirmed_spread:.3f}"
         if self.pooled:
-            spread = ("" if self.confirmed_spread is None
-                      else f" ± {self.confirmed_spread:.3f}")
             text += (f" (the mean of confirmed {self.confirmed_fid:.3f}{spread} and search "
                      f"{self.search_fid:.3f})")
         elif self.confirmed_fid is not None and self.search_fid is not None:
-            spread = ("" if self.confirmed_spread is None
-                      else f" ± {self.confirmed_spread:.3f}")
             text += f"{spread} confirmed (search {self.search_fid:.3f})"
         elif self.expected:
             text += f" expected (search {self.search_fid:.3f}, not confirmed)"
