@@ -40,7 +40,8 @@ VARIANTS = {"before": ("as it was: 5 generations of 20, training steps, unscaled
                          ("--population", "10", "--step-moves", "noise", "--noise-scale", "1"))}
 SEEDS_OF = {"unscaled": SEEDS[:5]}  # an ablation: five seeds
 # the fixed samplers: each standard spacing with each solver (noise scale 1, and iPNDM's 1.015)
-SOLVERS = (("ddim", 1.0), ("dpmpp2m", 1.0), ("unipc", 1.0), ("ipndm", 1.0), ("ipndm", 1.015))
+SOLVERS = (("ddim", 1.0), ("dpmpp2m", 1.0), ("dpmpp3m", 1.0), ("unipc", 1.0), ("ipndm", 1.0),
+           ("ipndm", 1.015))
 
 
 def run_jobs(folder: Path) -> None:
