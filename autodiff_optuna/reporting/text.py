@@ -25,6 +25,8 @@ def result_lines(result: StudyResult) -> list[str]:
     if result.dp is not None:
         lines.append(f"  dp       {result.dp.describe(full)}")
     lines.append(f"  best     {result.best.describe(full)}")
+    if result.set_aside:
+        lines.append(f"  set aside  {_set_aside(result)}")
     lines.append(f"  export   {pick.describe(full)}  ({rule}: what export writes)"
                  if pick is not None else f"  export   none: {rule}")
     if full is None:
@@ -44,6 +46,15 @@ def result_lines(result: StudyResult) -> list[str]:
                      f"{point.stage} trial {point.trial})"
                      + ("  " + ", ".join(notes) if notes else ""))
     return lines
+
+
+def _set_aside(result: StudyResult) -> str:
+    """The stage-2 points only the confirmation's noise ranks ahead of stage 1's best
+    (``results.offered``): how many, and the lowest of them."""
+    lowest, count = result.set_aside[0], len(result.set_aside)
+    return (f"{count} stage-2 point{'s' * (count != 1)} ahead of stage 1's best on the "
+            f"confirmation's noise but not on the search's, not offered as a result; the lowest: "
+            f"{lowest.describe(result.full_gflops)}")
 
 
 def _unskippable(result: StudyResult) -> str:

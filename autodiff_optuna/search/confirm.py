@@ -40,7 +40,9 @@ from autodiff_optuna.search.results import (
     Point,
     check_config,
     linked_studies,
+    offered,
     pareto,
+    ranked,
     scored_points,
     thin,
     uniform_trial,
@@ -58,25 +60,21 @@ def to_confirm(stage1: optuna.Study, stage2: optuna.Study | None,
     """The unconfirmed points that the result can name now, by the FIDs known so far."""
     steps = check_config(stage1)["steps"]
     full = record.full_gflops(stage1.user_attrs, stage2 and stage2.user_attrs)
-    points = scored_points(stage1, stage2, steps, full)
+    points = offered(scored_points(stage1, stage2, steps, full))
     if not points:
         return []
     by_key = {(p.stage, p.trial): p for p in points}
-    wanted = sorted((p for p in points if p.stage == 1), key=_search_fid)[:STAGE1_TOP]
+    wanted = sorted((p for p in points if p.stage == 1), key=lambda p: p.searched)[:STAGE1_TOP]
     uniform = uniform_trial(stage1)
     limit = float("inf")
     if uniform is not None:
         wanted.append(by_key[(1, uniform.number)])
         limit = by_key[(1, uniform.number)].fid
-    best = min(points, key=lambda p: (p.fid, p.gflops or 0.0, p.stage, p.trial))
+    best = min(points, key=ranked)
     front = thin(pareto(points), min_saving * full) if full else []
     wanted += [best, *(p for p in front if p.fid <= max(limit, best.fid))]
     return list({(p.stage, p.trial): p for p in wanted
                  if p.confirmed_fid is None or p.confirmed_spread is None}.values())
-
-
-def _search_fid(point: Point) -> float:
-    return point.fid if point.search_fid is None else point.search_fid
 
 
 def confirm(ctx, study: optuna.Study, progress: bool = True, batch_size: int | None = None,
@@ -107,7 +105,7 @@ def confirm(ctx, study: optuna.Study, progress: bool = True, batch_size: int | N
             images += len(batch.noise)
             if progress:
                 print(f"confirm stage {point.stage} trial {point.trial:>4}  {point.timesteps}  "
-                      f"skips {point.skipped:>2}  search FID {_search_fid(point):8.3f}  "
+                      f"skips {point.skipped:>2}  search FID {point.searched:8.3f}  "
                       f"confirmed {fid:8.3f} ± {spread:.3f}  ({time.monotonic() - started:.1f}s)",
                       file=sys.stdout, flush=True)
     return images

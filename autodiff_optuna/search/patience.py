@@ -8,15 +8,15 @@ can search its whole budget and change nothing. After each complete generation, 
 stage-2 point so far whose FID is within the export's tolerance (``results.FID_TOLERANCE`` of
 the best, and no worse than the uniform schedule) is compared with the one before it, by the
 FIDs the result ranks with (``results.scored_points``: confirmed, else the search's raised by
-the rise the confirmed showed), so that a point that only looks good by the search noise's luck
-does not keep it going. ``patience`` generations without one cheaper by ``results.MIN_SAVING``
-of the full network end the stage; its confirmation then runs as at the target. Only the
-generations that hold candidates of stage 2's own count (a small population's first may hold
-stage 1's carried elites alone). It is read from the stored trials, so every worker decides
-alike; once made, the decision is kept on the study (``STAGE2_STOPPED_ATTR``), since the
-confirmation that follows moves the FIDs it was made by, and a resume must not search on for
-that. A rerun with ``--stage2-patience 0`` (or more patience than the study ran out of)
-searches on.
+the rise the confirmed showed), among the points it offers (``results.offered``), so that a
+point that only looks good by one noise's luck does not keep it going. ``patience`` generations
+without one cheaper by ``results.MIN_SAVING`` of the full network end the stage; its
+confirmation then runs as at the target. Only the generations that hold candidates of stage 2's
+own count (a small population's first may hold stage 1's carried elites alone). It is read from
+the stored trials, so every worker decides alike; once made, the decision is kept on the study
+(``STAGE2_STOPPED_ATTR``), since the confirmation that follows moves the FIDs it was made by,
+and a resume must not search on for that. A rerun with ``--stage2-patience 0`` (or more
+patience than the study ran out of) searches on.
 """
 
 import optuna
@@ -29,6 +29,7 @@ from autodiff_optuna.search.results import (
     check_config,
     export_limit,
     linked_studies,
+    offered,
     scored_points,
     uniform_trial,
 )
@@ -61,7 +62,7 @@ def cheapest_within_reach(stage1: optuna.Study, stage2: optuna.Study,
     point of stage 2 so far within the export's reach (the full network's while none is)."""
     steps = check_config(stage1)["steps"]
     full = record.full_gflops(stage1.user_attrs, stage2.user_attrs)
-    points = scored_points(stage1, stage2, steps, full)
+    points = offered(scored_points(stage1, stage2, steps, full))
     uniform = uniform_trial(stage1)
     uniform_fid = next((p.fid for p in points if uniform is not None and p.stage == 1
                         and p.trial == uniform.number), None)
