@@ -223,7 +223,7 @@ def _summary(studies: dict) -> list[str]:
                      + f"; {sum(d < 0 for d in diffs)} lower held out)")
         more = sum(s["confirmed"]["now"] - s["confirmed"]["before"] for s in mine.values())
         lines.append(text + f"; the resumes confirmed {more} more point{'s' * (more != 1)} in "
-                     f"all, {1000 * more:,} images (each confirmation: 1000).")
+                     f"all, {1000 * more:,} images.")
         for reading in ("before", "now"):
             exports = [_mean(s[reading]["export"]) for s in mine.values()]
             ratios = [e / _mean(s[reading]["stage1_best"]) for e, s in zip(exports, mine.values())]
