@@ -471,7 +471,8 @@ def study_result(study: optuna.Study, export_rule: ExportRule = DEFAULT_RULE,
     if not points:
         raise UsageError(f"study {stage1.study_name!r} has no complete trial yet")
     kept = offered(points)
-    set_aside = sorted((p for p in points if p not in kept), key=ranked)
+    offered_keys = {(p.stage, p.trial) for p in kept}  # by key: a NaN FID equals nothing
+    set_aside = sorted((p for p in points if (p.stage, p.trial) not in offered_keys), key=ranked)
     points = kept
     best = min(points, key=ranked)
     front = thin(pareto(points), min_saving * full) if full else [best]
