@@ -193,12 +193,21 @@ def test_a_stage2_point_ahead_on_the_confirmation_noise_alone_is_not_offered(sto
         ahead = name == "both-k4"
         assert (result.best.stage, result.best.fid) == ((2, 2.34) if ahead else (1, 2.50))
         assert [p.stage for p in result.front] == ([2] if ahead else [1])
-        assert to_confirm(study, None) == []
+        stage2 = optuna.load_study(study_name=f"{name}-stage2", storage=storage)
+        assert to_confirm(study, stage2) == []
         assert (2, 0) in {(p.stage, p.trial) for p in scored(result)}
         aside = [(p["stage"], p["trial"]) for p in result.as_dict()["set_aside"]]
         assert aside == ([] if ahead else [(2, 0)])
         assert any(line.startswith("  set aside  1 stage-2 point ahead of stage 1's best")
                    for line in result_lines(result)) != ahead
+    # not yet confirmed, ranked ahead by its expected FID: confirmed first, as the best
+    study = make_search(storage, [(UNIFORM, 4.0), (steps, 2.20)],
+                        [(steps, 2, 2.25, 0.1283)], name="unconfirmed-k4")
+    _confirm(study, {0: 4.2, 1: 2.50})
+    stage2 = optuna.load_study(study_name="unconfirmed-k4-stage2", storage=storage)
+    result = study_result(study)
+    assert (result.best.stage, result.set_aside) == (2, [])
+    assert [(p.stage, p.trial) for p in to_confirm(study, stage2)] == [(2, 0)]
 
 
 def test_a_budget_worse_than_uniform_is_refused_naming_one_that_is_not(storage):

@@ -49,11 +49,11 @@ def result_lines(result: StudyResult) -> list[str]:
 
 
 def _set_aside(result: StudyResult) -> str:
-    """The stage-2 points only the confirmation's noise ranks ahead of stage 1's best
+    """The stage-2 points only their confirmed FID ranks ahead of stage 1's best
     (``results.offered``): how many, and the lowest of them."""
     lowest, count = result.set_aside[0], len(result.set_aside)
-    return (f"{count} stage-2 point{'s' * (count != 1)} ahead of stage 1's best on the "
-            f"confirmation's noise but not on the search's, not offered as a result; the lowest: "
+    return (f"{count} stage-2 point{'s' * (count != 1)} ahead of stage 1's best by the "
+            f"confirmed FID but not on the search's noise, not offered as a result; the lowest: "
             f"{lowest.describe(result.full_gflops)}")
 
 

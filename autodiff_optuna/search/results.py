@@ -12,8 +12,8 @@ one, else its search FID plus the rise the confirmed showed (``expected_rise``),
 candidate that merely looked good on the search's noise does not outrank one confirmed on other
 noise. ``search.confirm`` confirms until the points named below are all confirmed ones. The
 uniform baseline alone is ranked by the mean of its two FIDs (``pooled_baseline``). A stage-2
-point that only one of the two noises ranks ahead of stage 1's best is not offered as a result
-(``offered``).
+point that its confirmed FID ranks ahead of stage 1's best, but the search's noise behind it,
+is not offered as a result (``offered``).
 
 - ``best``: the lowest-FID candidate;
 - ``front``: the Pareto front of FID against GFLOPs per image, thinned so that each point saves
@@ -254,7 +254,7 @@ class Point:
     def as_dict(self, full_gflops: float | None = None) -> dict:
         return {"stage": self.stage, "study": self.study, "trial": self.trial,
                 "timesteps": self.timesteps, "skip": self.skip, "fid": self.fid,
-                "search_fid": self.fid if self.search_fid is None else self.search_fid,
+                "search_fid": self.searched,
                 "confirmed_fid": self.confirmed_fid, "confirmed_spread": self.confirmed_spread,
                 **({"pooled": True} if self.pooled else {}),
                 "gflops": self.gflops, "gflops_share": self.share(full_gflops),
@@ -559,11 +559,12 @@ def ranked(point: Point) -> tuple:
 
 
 def offered(points: list[Point]) -> list[Point]:
-    """``points`` (``scored_points``) less the stage-2 points the two noises disagree on: ranked
-    ahead of stage 1's best by the FID they are ranked by, but behind it on the search's noise,
-    where both were scored on the same images. Stage 2 confirms every point its front may name,
-    often tens of them, and the lowest of tens of confirmed FIDs is partly the luck of the
-    confirmation's draw, as the lowest search FID was the search's. A stage-2 point that beat
+    """``points`` (``scored_points``) less the stage-2 points the two noises disagree on:
+    confirmed, and ranked ahead of stage 1's best by their confirmed FID, but behind it on the
+    search's noise, where both were scored on the same images. (An unconfirmed one is
+    confirmed first, as the best.) Stage 2 confirms every point its front may name, and the
+    lowest of several confirmed FIDs is partly the luck of the confirmation's draw, as the
+    lowest search FID was the search's. A stage-2 point that beat
     stage 1's best on the confirmation's noise alone scored 2.66 held out against its 1.87
     (BENCHMARKS.md, "A stage-2 point ahead on one noise only"). Nothing is lost: such a point
     stays a trial of the study (the report plots it, ``best`` names it), it is only not
@@ -572,7 +573,8 @@ def offered(points: list[Point]) -> list[Point]:
     if not stage1:
         return points
     lead = min(stage1, key=ranked)
-    return [p for p in points if not (p.stage == 2 and ranked(p) < ranked(lead)
+    return [p for p in points if not (p.stage == 2 and p.confirmed_fid is not None
+                                       and ranked(p) < ranked(lead)
                                        and p.searched >= lead.searched)]
 
 
