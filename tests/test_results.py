@@ -200,6 +200,7 @@ def test_a_stage2_point_ahead_on_the_confirmation_noise_alone_is_not_offered(sto
         assert aside == ([] if ahead else [(2, 0)])
         assert any(line.startswith("  set aside  1 stage-2 point ahead of stage 1's best")
                    for line in result_lines(result)) != ahead
+        assert ("**set aside**" in note(result)) != ahead
     # not yet confirmed, ranked ahead by its expected FID: confirmed first, as the best
     study = make_search(storage, [(UNIFORM, 4.0), (steps, 2.20)],
                         [(steps, 2, 2.25, 0.1283)], name="unconfirmed-k4")

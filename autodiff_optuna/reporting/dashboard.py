@@ -10,6 +10,7 @@ from wsgiref.simple_server import WSGIServer, make_server
 
 from autodiff_optuna.errors import UsageError, one_line
 from autodiff_optuna.reporting.artifacts import writable_folder
+from autodiff_optuna.reporting.text import set_aside_text
 from autodiff_optuna.storage import DEFAULT_STORAGE, artifacts_dir, open_storage
 
 HOST = "127.0.0.1"  # the dashboard can edit studies: loopback unless the user says otherwise
@@ -105,6 +106,8 @@ def note(result) -> str:
         lines.append(line("uniform", result.uniform))
     exported, rule = result.exported()
     lines.append(line("best", result.best))
+    if result.set_aside:
+        lines.append(f"- **set aside**: {_md(set_aside_text(result))}")
     lines.append(line(f"export ({rule})", exported) if exported is not None else
                  f"- **export**: none: {_md(rule)}")
     lines.append("")

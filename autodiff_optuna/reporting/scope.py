@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import optuna
 
 from autodiff_optuna.errors import UsageError
+from autodiff_optuna.reporting.text import set_aside_text
 from autodiff_optuna.search.fidelity import is_carried
 from autodiff_optuna.search.results import (
     CONFIG_ATTR,
@@ -72,8 +73,9 @@ def result_lines(result: StudyResult, exported: Point | None) -> list[str]:
     if full:
         saving += f" ({result.min_saving * full:.4f} GFLOPs/image)"
     count = len(result.front)
+    aside = [f"set aside: {set_aside_text(result)}"] if result.set_aside else []
     return [
-        f"best: {result.best.describe(full)}",
+        f"best: {result.best.describe(full)}", *aside,
         f"exported (what the export command writes: {rule}): {export}",
         f"uniform baseline (same step count, full network): {uniform}",
         f"Pareto front of both stages: {count} point{'s' * (count != 1)}, each saving at least "

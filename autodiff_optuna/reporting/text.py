@@ -26,7 +26,7 @@ def result_lines(result: StudyResult) -> list[str]:
         lines.append(f"  dp       {result.dp.describe(full)}")
     lines.append(f"  best     {result.best.describe(full)}")
     if result.set_aside:
-        lines.append(f"  set aside  {_set_aside(result)}")
+        lines.append(f"  set aside  {set_aside_text(result)}")
     lines.append(f"  export   {pick.describe(full)}  ({rule}: what export writes)"
                  if pick is not None else f"  export   none: {rule}")
     if full is None:
@@ -48,7 +48,7 @@ def result_lines(result: StudyResult) -> list[str]:
     return lines
 
 
-def _set_aside(result: StudyResult) -> str:
+def set_aside_text(result: StudyResult) -> str:
     """The stage-2 points only their confirmed FID ranks ahead of stage 1's best
     (``results.offered``): how many, and the lowest of them."""
     lowest, count = result.set_aside[0], len(result.set_aside)
