@@ -471,7 +471,7 @@ def study_result(study: optuna.Study, export_rule: ExportRule = DEFAULT_RULE,
     if not points:
         raise UsageError(f"study {stage1.study_name!r} has no complete trial yet")
     kept = offered(points)
-    offered_keys = {(p.stage, p.trial) for p in kept}  # by key: a NaN FID equals nothing
+    offered_keys = {(p.stage, p.trial) for p in kept}  # by trial, not every field compared
     set_aside = sorted((p for p in points if (p.stage, p.trial) not in offered_keys), key=ranked)
     points = kept
     best = min(points, key=ranked)
