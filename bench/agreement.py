@@ -28,7 +28,7 @@ import time
 from contextlib import closing, contextmanager
 from pathlib import Path
 
-from bench.generations import _row
+from bench.generations import _mean, _row
 from bench.solvers import _cli, _commit
 from bench.streams import _Streams, paired
 
@@ -96,10 +96,10 @@ def measure(folder: Path) -> dict:
             run = json.loads(path.read_text())
             db = folder / f"k{steps}" / f"s{seed}.db"
             with _every_point_offered():
-                before = _picks(db, fids)
+                before = _picks(db, steps, fids)
             now = _resumed(db, steps, seed)
             entry["studies"][f"k{steps}:{seed}"] = {
-                "before": before, "now": _picks(now, fids), "wall_s": run["wall_s"],
+                "before": before, "now": _picks(now, steps, fids), "wall_s": run["wall_s"],
                 "confirmed": {"before": _confirmed(db), "now": _confirmed(now)}}
             if run["commit"] not in entry["commits"]:
                 entry["commits"].append(run["commit"])
@@ -134,11 +134,12 @@ def _confirmed(db: Path) -> int:
                for name in optuna.get_all_study_names(url))
 
 
-def _picks(db: Path, fids) -> dict:
+def _picks(db: Path, steps: int, fids) -> dict:
     """The study's best, exported point and stage 1's best, each with its scores and held-out
     FIDs."""
     import optuna
 
+    from autodiff_optuna.search.config import study_name
     from autodiff_optuna.search.results import (
         check_config,
         ranked,
@@ -147,9 +148,8 @@ def _picks(db: Path, fids) -> dict:
         study_solver,
     )
 
-    url = f"sqlite:///{db}"
-    result = study_result(optuna.load_study(
-        study_name=min(optuna.get_all_study_names(url), key=len), storage=url))
+    result = study_result(optuna.load_study(study_name=study_name(MODEL, steps),
+                                            storage=f"sqlite:///{db}"))
     config = check_config(result.stage1)
     stage1 = [p for p in scored_points(result.stage1, result.stage2, config["steps"],
                                        result.full_gflops) if p.stage == 1]
@@ -160,10 +160,6 @@ def _picks(db: Path, fids) -> dict:
                    "search_fid": p.searched, "confirmed_fid": p.confirmed_fid,
                    "fids": fids(p.timesteps, study_solver(config, p.rules), p.skip)}
             for role, p in points.items()}
-
-
-def _mean(pick: dict) -> float:
-    return statistics.mean(pick["fids"])
 
 
 def _same(a: dict, b: dict) -> bool:

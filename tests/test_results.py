@@ -187,13 +187,13 @@ def test_a_stage2_point_ahead_on_the_confirmation_noise_alone_is_not_offered(sto
     for name, search, confirmed in (("one-k4", 3.09, 2.34), ("both-k4", 2.15, 2.34)):
         study = make_search(storage, [(UNIFORM, 4.0), (steps, 2.20)],
                             [(steps, 2, search, 0.1283)], name=name)
+        stage2 = optuna.load_study(study_name=f"{name}-stage2", storage=storage)
         _confirm(study, {0: 4.2, 1: 2.50})
-        _confirm(optuna.load_study(study_name=f"{name}-stage2", storage=storage), {0: confirmed})
+        _confirm(stage2, {0: confirmed})
         result = study_result(study)
         ahead = name == "both-k4"
         assert (result.best.stage, result.best.fid) == ((2, 2.34) if ahead else (1, 2.50))
         assert [p.stage for p in result.front] == ([2] if ahead else [1])
-        stage2 = optuna.load_study(study_name=f"{name}-stage2", storage=storage)
         assert to_confirm(study, stage2) == []
         assert (2, 0) in {(p.stage, p.trial) for p in scored(result)}
         aside = [(p["stage"], p["trial"]) for p in result.as_dict()["set_aside"]]

@@ -561,14 +561,13 @@ def ranked(point: Point) -> tuple:
 def offered(points: list[Point]) -> list[Point]:
     """``points`` (``scored_points``) less the stage-2 points the two noises disagree on:
     confirmed, and ranked ahead of stage 1's best by their confirmed FID, but behind it on the
-    search's noise, where both were scored on the same images. (An unconfirmed one is
-    confirmed first, as the best.) Stage 2 confirms every point its front may name, and the
-    lowest of several confirmed FIDs is partly the luck of the confirmation's draw, as the
-    lowest search FID was the search's. A stage-2 point that beat
-    stage 1's best on the confirmation's noise alone scored 2.66 held out against its 1.87
-    (BENCHMARKS.md, "A stage-2 point ahead on one noise only"). Nothing is lost: such a point
-    stays a trial of the study (the report plots it, ``best`` names it), it is only not
-    offered as a result."""
+    search's noise, where both were scored on the same images. (An unconfirmed one is confirmed
+    first, as the best.) Stage 2 confirms every point its front may name, and the lowest of several
+    confirmed FIDs is partly the luck of the confirmation's draw, as the lowest search FID was the
+    search's. A stage-2 point that beat stage 1's best on the confirmation's noise alone scored
+    2.66 held out against its 1.87 (BENCHMARKS.md, "A stage-2 point ahead on one noise only").
+    Nothing is lost: such a point stays a trial of the study (the report plots it, ``best`` names
+    it), it is only not offered as a result."""
     stage1 = [p for p in points if p.stage == 1]
     if not stage1:
         return points
