@@ -187,12 +187,18 @@ def markdown(entry: dict) -> str:
             continue
         agree = best["search_fid"] < first["search_fid"]
         lines.append(_row([name.replace(":", " seed "), f"{best['search_fid']:.2f}",
-                           f"{best['confirmed_fid']:.2f}", f"{first['search_fid']:.2f}",
-                           f"{first['confirmed_fid']:.2f}", "yes" if agree else "**no**",
+                           _confirmed_fid(best), f"{first['search_fid']:.2f}",
+                           _confirmed_fid(first), "yes" if agree else "**no**",
                            f"{_mean(best):.2f}", f"{_mean(first):.2f}",
                            _export(before["export"]), _export(now["export"])]))
     lines += [""] + _summary(studies)
     return "\n".join(lines) + "\n"
+
+
+def _confirmed_fid(pick: dict) -> str:
+    """A pick's confirmed FID (a study's best is confirmed where it finished; one interrupted
+    may name a best that is not yet)."""
+    return "not confirmed" if pick["confirmed_fid"] is None else f"{pick['confirmed_fid']:.2f}"
 
 
 def _export(pick: dict) -> str:

@@ -19,9 +19,10 @@ FULL = 0.1295  # GFLOPs per image of the full network
 UNIFORM = [750, 500, 250, 0]
 
 
-def make_search(storage, stage1, stage2=(), max_gflops=None, name="s-k4"):
+def make_search(storage, stage1, stage2=(), max_gflops=None, name="s-k4", system_attrs=None):
     """A two-stage search as the study command stores it, with these trials: stage 1
-    ``(timesteps, fid)``, stage 2 ``(timesteps, skipped layer-steps, fid, gflops)``."""
+    ``(timesteps, fid)``, stage 2 ``(timesteps, skipped layer-steps, fid, gflops)``, each with
+    ``system_attrs`` (the sampler's, e.g. its generation)."""
     config = {"model": "digits", "steps": 4, "solver": "ddim", "samples": 100, "seed": 0}
     s1 = optuna.create_study(study_name=name, storage=storage)
     for key, value in {"stage": 1, "full_gflops": FULL, "spacings": {"uniform": UNIFORM},
@@ -39,7 +40,8 @@ def make_search(storage, stage1, stage2=(), max_gflops=None, name="s-k4"):
     for timesteps, skipped, fid, gflops in stage2:
         skip = [["mid"] * skipped] + [[] for _ in range(3)]
         s2.add_trial(create_trial(values=[fid, gflops], user_attrs={
-            "timesteps": timesteps, "skip": skip, "gflops": gflops}))
+            "timesteps": timesteps, "skip": skip, "gflops": gflops},
+            system_attrs=system_attrs or {}))
     s1.set_user_attr("stage2_study", s2.study_name)
     return s1
 
@@ -179,14 +181,20 @@ def test_a_stage2_point_ahead_on_the_confirmation_noise_alone_is_not_offered(sto
     scored 2.66 held out against 1.87: not the best, not on the front, not confirmed again,
     though it stays a trial the report plots. A stage-2 point ahead on both noises is the
     best."""
+    from autodiff_optuna.reporting import optuna_plots
     from autodiff_optuna.reporting.candidates import scored
+    from autodiff_optuna.reporting.plots import SET_ASIDE_LEGEND
     from autodiff_optuna.reporting.text import result_lines
     from autodiff_optuna.search.confirm import to_confirm
+    from autodiff_optuna.search.evolutionary import EvolutionarySampler
+    from autodiff_optuna.search.patience import cheapest_within_reach
+    from autodiff_optuna.storage.optuna_internals import ga_generation_key
 
     steps = [712, 441, 241, 8]
     for name, search, confirmed in (("one-k4", 3.09, 2.34), ("both-k4", 2.15, 2.34)):
         study = make_search(storage, [(UNIFORM, 4.0), (steps, 2.20)],
-                            [(steps, 2, search, 0.1283)], name=name)
+                            [(steps, 2, search, 0.1283)], name=name,
+                            system_attrs={ga_generation_key(EvolutionarySampler): 0})
         stage2 = optuna.load_study(study_name=f"{name}-stage2", storage=storage)
         _confirm(study, {0: 4.2, 1: 2.50})
         _confirm(stage2, {0: confirmed})
@@ -201,6 +209,13 @@ def test_a_stage2_point_ahead_on_the_confirmation_noise_alone_is_not_offered(sto
         assert any(line.startswith("  set aside  1 stage-2 point ahead of stage 1's best")
                    for line in result_lines(result)) != ahead
         assert ("**set aside**" in note(result)) != ahead
+        # the report's Pareto plot crosses it, at its confirmed FID, both FIDs in its hover
+        pareto = optuna_plots.pareto_panel(result, result.choose()).figure
+        crossed = [t for t in pareto.data if t.name == SET_ASIDE_LEGEND]
+        assert [(t.y, t.marker.symbol) for t in crossed] == ([] if ahead else [((2.34,), "x")])
+        assert ahead or "(confirmed 2.340, search 3.090)" in crossed[0].text[0]
+        # stage 2's patience counts it within reach only where it is offered
+        assert cheapest_within_reach(study, stage2, 1) == [0.1283 if ahead else FULL]
     # not yet confirmed, ranked ahead by its expected FID: confirmed first, as the best
     study = make_search(storage, [(UNIFORM, 4.0), (steps, 2.20)],
                         [(steps, 2, 2.25, 0.1283)], name="unconfirmed-k4")

@@ -47,7 +47,7 @@ def panels(study: optuna.Study, result: StudyResult | None = None,
             made = _stage2(study, uniform)
             if result is not None:  # ours first: the search's result and its masks
                 exported = exported if exported is not None else result.exported()[0]
-                made[:0] = [_pareto(result, exported), _masks(study, result, exported)]
+                made[:0] = [pareto_panel(result, exported), _masks(study, result, exported)]
     for panel in made:
         panel.slug = prefix + panel.slug
     return made
@@ -107,13 +107,14 @@ def _history(study: optuna.Study, uniform: Point | None, title: str, **target) -
     return Panel("history", title, plots.fid_axis(figure, uniform))
 
 
-def _pareto(result: StudyResult, exported: Point | None) -> Panel:
+def pareto_panel(result: StudyResult, exported: Point | None) -> Panel:
     """Ours rather than Optuna's plot_pareto_front, which marks stage 2's own unthinned front:
     this one marks the front of both stages that ``best`` and ``export`` read."""
     marked = candidates.by_trial([(role, p) for role, p in (("best", result.best),
                                                             ("exported", exported)) if p])
     figure = plots.pareto_figure(candidates.scored(result), result.front, marked,
-                                 result.uniform, result.full_gflops, result.min_saving)
+                                 result.uniform, result.full_gflops, result.min_saving,
+                                 result.set_aside)
     return Panel("pareto", "Pareto front of both stages", figure)
 
 

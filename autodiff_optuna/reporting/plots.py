@@ -46,15 +46,19 @@ def schedule_figure(schedules: dict[str, list[int]], alphas_cumprod: np.ndarray)
 
 # the marker of a point the page singles out, by its (first) role
 MARKS = {"best": ("star", "#ff9f1c"), "exported": ("diamond", "#d62728")}
+SET_ASIDE_LEGEND = "set aside: ahead on the confirmation's noise only"
 
 
 def pareto_figure(points: list[Point], front: list[Point],
                   marked: list[tuple[list[str], Point]], uniform: Point | None,
-                  full_gflops: float | None, min_saving: float) -> go.Figure:
+                  full_gflops: float | None, min_saving: float,
+                  set_aside: list[Point] = ()) -> go.Figure:
     """FID against GFLOPs per image: every complete trial of both stages faint, the thinned
     front (cheapest first) as a line, the ``marked`` points ((roles, point): the best, the
-    exported, one marker a trial) large, the uniform schedule's FID as a dashed line, on a log
-    FID axis. ``min_saving``: the share of the full network's GFLOPs the thinning asked for."""
+    exported, one marker a trial) large, the ``set_aside`` ones (``results.offered``) crossed,
+    the uniform schedule's FID as a dashed line, on a log FID axis. Each point at the FID it is
+    ranked by (confirmed, else expected). ``min_saving``: the share of the full network's
+    GFLOPs the thinning asked for."""
     fig = go.Figure()
     for stage, color in ((1, "#7f7f7f"), (2, "#1f77b4")):
         trials = [p for p in points if p.stage == stage]
@@ -68,6 +72,15 @@ def pareto_figure(points: list[Point], front: list[Point],
         name="Pareto front (thinned)", line=dict(color="#17306b", width=2),
         marker=dict(size=9, color="#17306b"), text=[_hover(p, full_gflops) for p in front],
         hoverinfo="text"))
+    if set_aside:
+        # below the front, unexplained, a set-aside point would look like a result the page
+        # forgot: it is one only the confirmation's draw of noise ranks there
+        fig.add_trace(go.Scatter(
+            x=[p.gflops for p in set_aside], y=[p.fid for p in set_aside], mode="markers",
+            name=SET_ASIDE_LEGEND,
+            marker=dict(size=11, symbol="x", color="#9467bd", line=dict(width=1, color="#222")),
+            text=[f"set aside: ahead of stage 1's best by its confirmed FID alone<br>"
+                  f"{_hover(p, full_gflops)}" for p in set_aside], hoverinfo="text"))
     for roles, p in marked:
         symbol, color = MARKS.get(roles[0], ("square", "#2ca02c"))
         label = " = ".join(roles)
@@ -79,7 +92,8 @@ def pareto_figure(points: list[Point], front: list[Point],
     fig.update_layout(title=f"Pareto front of both stages: FID against compute<br><sup>thinned: "
                             f"each point saves >= {min_saving:.1%} of the full network's GFLOPs "
                             "over the next better-FID one</sup>",
-                      xaxis_title="GFLOPs per image", yaxis_title="FID on the search noise",
+                      xaxis_title="GFLOPs per image",
+                      yaxis_title="FID: confirmed, else expected from the search's",
                       height=600, legend=dict(orientation="h", yanchor="top", y=-0.15))
     return fid_axis(fig, uniform)
 
@@ -87,6 +101,10 @@ def pareto_figure(points: list[Point], front: list[Point],
 def _hover(p: Point, full_gflops: float | None) -> str:
     """Stage, trial, scores and time steps; the stored time steps as text (see ``plain``)."""
     text = f"stage {p.stage} trial {p.trial}<br>FID {p.fid:.3f}"
+    if p.confirmed_fid is not None:
+        text += f" (confirmed {p.confirmed_fid:.3f}, search {p.searched:.3f})"
+    elif p.expected:
+        text += f" expected (search {p.searched:.3f}, not confirmed)"
     if p.gflops is not None:
         share = p.share(full_gflops)
         text += f"<br>{p.gflops:.4f} GFLOPs/image" + (f" ({share:.1%})" if share else "")
