@@ -444,6 +444,28 @@ def test_mutation_in_noise_levels_moves_a_step_near_where_it_was():
     assert far["noise"] < 0.25 < 0.4 < far["steps"]
 
 
+def test_a_stretch_moves_every_step_and_keeps_the_schedule_s_shape():
+    """One step mutation in ``1 / STRETCH_PROB`` (in noise levels only) scales every step's
+    distance from the data end by one factor: all steps move the same way, in proportion. In
+    training steps no mutation does."""
+    parent = (460, 300, 180, 40)
+    share = {}
+    for coords in (None, NOISE_LEVELS):
+        space, rng = CandidateSpace(4, T, coordinates=coords), np.random.default_rng(0)
+        low = space.coordinate([0])[0]
+        u = space.coordinate(parent) - low
+        ratios = np.array([(space.coordinate(variation.mutate(
+            space, space.candidate(parent), rng, gene_prob=0.25).timesteps) - low) / u
+            for _ in range(400)])
+        # all one way and in proportion, to the nearest step (coarser near the data)
+        stretched = ratios[((ratios > 1).all(axis=1) | (ratios < 1).all(axis=1))
+                           & (np.abs(ratios[:, :3] - ratios[:, :1]).max(axis=1) < 0.02)]
+        share[coords is None] = len(stretched) / len(ratios)
+        if coords is not None:
+            assert 0.05 < np.std(np.log(stretched[:, 0])) < 0.15
+    assert share[True] < 0.01 and abs(share[False] - variation.STRETCH_PROB) < 0.06
+
+
 def test_random_candidates_in_noise_levels_reach_the_data_end():
     """Uniform in noise levels, a random schedule ends near the data far more often than
     uniform in steps (where the last of 4 steps lies below 10 in 4% of draws)."""
