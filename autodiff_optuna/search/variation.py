@@ -1,4 +1,4 @@
-"""Variation operators over candidates: mutation, crossover and shift.
+"""Variation operators over candidates: mutation (with its stretch), crossover and shift.
 
 Each operator works on genes (a step and what travels with it) and hands the result to
 ``CandidateSpace.repair``, so every child is a valid candidate: K distinct steps, descending.
@@ -73,10 +73,11 @@ def mutate(space: CandidateSpace, parent: Candidate, rng: np.random.Generator,
            skip_prior: np.ndarray | None = None) -> Candidate:
     """Step mutation (each step with probability ``gene_prob``: replaced by an unused step
     anywhere, or shifted between its neighbours; in a space with coordinates, four times in
-    five moved near where it was, ``LOCAL_MOVE_SCALE``; in stage 2, in one mutation in
-    ``1 / STAGE2_STEP_MOVE_PROB``, ``_nudge_steps``) and, in stage 2, bit-flip mutation of the
-    masks (each bit with ``bit_flip_prob``, default two flips per candidate; with
-    ``skip_prior``, ``prior_weights`` per (step position, layer), a skip is turned on with
+    five moved near where it was, ``LOCAL_MOVE_SCALE``, and in one mutation in
+    ``1 / STRETCH_PROB`` every step stretched together instead, ``_stretch``; in stage 2, in
+    one mutation in ``1 / STAGE2_STEP_MOVE_PROB``, ``_nudge_steps``) and, in stage 2, bit-flip
+    mutation of the masks (each bit with ``bit_flip_prob``, default two flips per candidate;
+    with ``skip_prior``, ``prior_weights`` per (step position, layer), a skip is turned on with
     that probability times its weight, turned off as before). The child always differs from
     the parent."""
     if space.size < 2:
