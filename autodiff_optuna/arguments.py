@@ -222,7 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--step-moves", choices=STEP_MOVES, dest="step_moves",
                        help="where our sampler draws and moves time steps: in training steps, "
                             "or in the model's noise levels (sigma ** (1/7): a few steps near "
-                            "the data count as much as tens near the noise)"
+                            "the data count as much as tens near the noise); stretch: in noise "
+                            "levels, and one mutation in five stretches the whole schedule"
                        + preset("step_moves", SearchConfig.step_moves))
     study.add_argument("--population", type=int, help="trials per generation"
                        + preset("population", SearchConfig.population))

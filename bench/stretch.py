@@ -1,7 +1,7 @@
-"""Stage 1's stretch move (``search.variation.STRETCH_PROB``): the presets' stage 1 with it and
-without it (``STRETCH_PROB`` 0, which draws nothing: the search as it was), ``digits`` at K = 3
-and 4, twenty search seeds each, each study's best scored on the five held-out streams of
-``bench/streams.py``.
+"""Stage 1's stretch move (``--step-moves stretch``, ``search.variation.STRETCH_PROB``): the
+digits presets' stage 1 with it and with the moves in noise levels alone (``--step-moves
+noise``), at K = 3 and 4, twenty search seeds each, each study's best scored on the five
+held-out streams of ``bench/streams.py``.
 
     python -m bench.stretch [DIR]   # each missing job (DIR/jobs/k<K>-<variant>-s<seed>.json,
                                     # its study DIR/k<K>-<variant>/s<seed>.db: an interrupted run
@@ -14,7 +14,6 @@ and 4, twenty search seeds each, each study's best scored on the five held-out s
 import json
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -22,49 +21,49 @@ from pathlib import Path
 from bench.generations import _mean, _over_seeds, _row
 from bench.noise_moves import _point as _steps
 from bench.protocol import _stage_costs
-from bench.solvers import ROOT, _commit, _env
+from bench.solvers import _cli, _commit
 from bench.streams import KEY as STREAMS_KEY
 from bench.streams import _Streams, paired
 
 KEY, SECTION = "stretch", "stretch"
 DEFAULT_DIR = Path("/tmp/bench-stretch")
 MODEL, PRESET_STEPS, SEEDS = "digits", (3, 4), tuple(range(20))
-# variant -> (label, STRETCH_PROB in the job's process: None, the code's own)
-VARIANTS = {"off": ("without the stretch move", 0.0), "on": ("with it (the presets now)", None)}
+# K=4's lanes were stopped once ten seeds had shown the move does not help there (seed 11's two
+# jobs had finished; seed 10's had not)
+SEEDS_OF = {4: (*range(10), 11)}
+# variant -> (label, its flags after ``study --stage 1``; the rest is the preset's)
+VARIANTS = {"off": ("moves in noise levels alone", ("--step-moves", "noise")),
+            "on": ("with the stretch move", ("--step-moves", "stretch"))}
 
 
 def run_jobs(folder: Path) -> None:
     (folder / "jobs").mkdir(parents=True, exist_ok=True)
     for seed in SEEDS:  # seed by seed, so that the variants pair up early
         for steps in PRESET_STEPS:
-            for variant, (_, prob) in VARIANTS.items():
+            if seed not in SEEDS_OF.get(steps, SEEDS):
+                continue
+            for variant, (_, flags) in VARIANTS.items():
                 path = folder / "jobs" / f"k{steps}-{variant}-s{seed}.json"
                 if not path.exists():
                     (folder / f"k{steps}-{variant}").mkdir(exist_ok=True)
                     db = folder / f"k{steps}-{variant}" / f"s{seed}.db"
-                    path.write_text(json.dumps(_job(db, steps, seed, prob)))
+                    path.write_text(json.dumps(_job(db, steps, seed, flags)))
 
 
-def _job(db: Path, steps: int, seed: int, prob: float | None) -> dict:
-    """``study --stage 1`` of the preset, in a process of its own whose ``STRETCH_PROB`` is
-    ``prob`` (None: as the code sets it)."""
+def _job(db: Path, steps: int, seed: int, flags) -> dict:
     from autodiff_optuna.search.config import study_name
 
     db.unlink(missing_ok=True)
     url, name = f"sqlite:///{db}", study_name(MODEL, steps)
-    patch = "" if prob is None else f"variation.STRETCH_PROB = {prob!r}; "
-    code = ("import sys; from autodiff_optuna.search import variation; " + patch
-            + "from autodiff_optuna.cli import main; sys.exit(main(sys.argv[1:]))")
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-c", code, "study", "--model", MODEL, "--steps", str(steps),
-                    "--stage", "1", "--seed", str(seed), "--storage", url, "--quiet"],
-                   check=True, cwd=ROOT, env=_env())
+    _cli("study", "--model", MODEL, "--steps", str(steps), "--stage", "1", "--seed", str(seed),
+         "--storage", url, "--quiet", *flags)
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cost = _stage_costs(url, name, 1000)
     print(f"  {db.parent.name} seed {seed}: {wall:.0f} s", flush=True)
-    return {"seed": seed, "steps": steps, "stretch_prob": prob, "wall_s": wall,
+    return {"seed": seed, "steps": steps, "flags": list(flags), "wall_s": wall,
             "cpu_s": (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime),
             "images": cost["stage1_images"] + cost["confirmation_images"], "commit": _commit()}
 
@@ -83,6 +82,8 @@ def measure(folder: Path) -> dict:
     entry = {"commits": [], "scored_at": _commit(), "studies": {}}
     for path in sorted((folder / "jobs").glob("k*-s*.json")):
         run = json.loads(path.read_text())
+        if run["seed"] not in SEEDS_OF.get(run["steps"], SEEDS):
+            continue
         variant = path.stem.split("-")[1]
         db = folder / f"k{run['steps']}-{variant}" / f"s{run['seed']}.db"
         study = optuna.load_study(study_name=study_name(MODEL, run["steps"]),

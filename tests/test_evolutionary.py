@@ -445,13 +445,15 @@ def test_mutation_in_noise_levels_moves_a_step_near_where_it_was():
 
 
 def test_a_stretch_moves_every_step_and_keeps_the_schedule_s_shape():
-    """One step mutation in ``1 / STRETCH_PROB`` (in noise levels only) scales every step's
-    distance from the data end by one factor: all steps move the same way, in proportion. In
-    training steps no mutation does."""
+    """With ``--step-moves stretch``, one step mutation in ``1 / STRETCH_PROB`` scales every
+    step's distance from the data end (in noise levels) by one factor: all steps move the same
+    way, in proportion. In noise levels without it, or in training steps, none does."""
     parent = (460, 300, 180, 40)
     share = {}
-    for coords in (None, NOISE_LEVELS):
-        space, rng = CandidateSpace(4, T, coordinates=coords), np.random.default_rng(0)
+    for moves, coords, stretch in (("steps", None, False), ("noise", NOISE_LEVELS, False),
+                                   ("stretch", NOISE_LEVELS, True)):
+        space = CandidateSpace(4, T, coordinates=coords, stretch=stretch)
+        rng = np.random.default_rng(0)
         low = space.coordinate([0])[0]
         u = space.coordinate(parent) - low
         ratios = np.array([(space.coordinate(variation.mutate(
@@ -460,10 +462,13 @@ def test_a_stretch_moves_every_step_and_keeps_the_schedule_s_shape():
         # all one way and in proportion, to the nearest step (coarser near the data)
         stretched = ratios[((ratios > 1).all(axis=1) | (ratios < 1).all(axis=1))
                            & (np.abs(ratios[:, :3] - ratios[:, :1]).max(axis=1) < 0.02)]
-        share[coords is None] = len(stretched) / len(ratios)
-        if coords is not None:
+        share[moves] = len(stretched) / len(ratios)
+        if stretch:
             assert 0.05 < np.std(np.log(stretched[:, 0])) < 0.15
-    assert share[True] < 0.01 and abs(share[False] - variation.STRETCH_PROB) < 0.06
+    assert share["steps"] < 0.01 and share["noise"] < 0.01
+    assert abs(share["stretch"] - variation.STRETCH_PROB) < 0.06
+    with pytest.raises(ValueError, match="a stretch scales steps in a coordinate"):
+        CandidateSpace(4, T, stretch=True)
 
 
 def test_random_candidates_in_noise_levels_reach_the_data_end():
@@ -496,8 +501,15 @@ def test_a_study_moves_steps_where_its_configuration_says():
     steps = search.SearchContext.of(SearchConfig("digits", 3, samples=80), ctx.model,
                                     ctx.scorer)
     assert steps.space(1).coordinates is None  # the default, and a study made before the field
-    # the digits-k4 preset moves them in noise levels; digits-deep's per-step search does not
+    # the digits-k4 preset moves them in noise levels, digits-k3's stretches them too (one
+    # space, drawn otherwise again); digits-deep's per-step search does neither
     assert configure("digits", 4)[0].step_moves == "noise"
+    assert configure("digits", 3)[0].step_moves == "stretch"
+    stretched = search.SearchContext.of(SearchConfig("digits", 3, samples=80,
+                                                     step_moves="stretch"), ctx.model, ctx.scorer)
+    assert stretched.space(1).stretch and not ctx.space(1).stretch
+    assert stretched.space(1) == CandidateSpace(3, T)
+    assert stretched.space(1).coordinates == ctx.space(1).coordinates
     assert configure("digits-deep", 4)[0].step_moves == "steps"
     assert configure("digits", 4, step_moves="steps")[0].step_moves == "steps"
     # the preset's moves go with its solver and with our sampler, as its noise scale does

@@ -252,9 +252,9 @@ def test_a_noise_scale_study_samples_exports_and_resumes_with_it(tmp_path, capsy
             in capsys.readouterr().err)
     assert study(scaled, "--noise-scale", "1.5", "--quiet") == 2
     assert "--noise-scale must be in [0.9, 1.1], got 1.5" in capsys.readouterr().err
-    # ... and one whose sampler moves steps otherwise (its preset's, digits-k3's: noise)
-    assert study(scaled, "--noise-scale", "1.015", "--step-moves", "steps", "--quiet") == 2
-    assert ("step_moves: stored 'noise', requested 'steps' (--step-moves noise resumes it)"
+    # ... and one whose sampler moves steps otherwise (its preset's, digits-k3's: stretch)
+    assert study(scaled, "--noise-scale", "1.015", "--step-moves", "noise", "--quiet") == 2
+    assert ("step_moves: stored 'stretch', requested 'noise' (--step-moves stretch resumes it)"
             in capsys.readouterr().err)
     # ... or in generations of another size
     assert study(scaled, "--noise-scale", "1.015", "--population", "7", "--quiet") == 2

@@ -41,8 +41,12 @@ DEFAULT_SOLVER = "dpmpp2m"
 # much as tens near the noise). Noise levels led the digits-k4 preset (iPNDM) to held-out FIDs
 # 1.1 to 1.3 below the best fixed sampler on all five seeds (2.07 against 2.42 on average), and
 # digits-deep's per-step solver search to worse ones (BENCHMARKS.md, "Stage 1's moves in noise
-# levels"): a preset's setting goes with its solver and with our sampler
-STEP_MOVES = ("steps", "noise")
+# levels"): a preset's setting goes with its solver and with our sampler. "stretch": in noise
+# levels, and one step mutation in five stretches the whole schedule instead
+# (``variation.STRETCH_PROB``): the digits-k3 preset's stage 1 held out 2.84 against 3.09 in
+# noise levels alone, twenty seeds (BENCHMARKS.md, "Stage 1's stretch move")
+STEP_MOVES = ("steps", "noise", "stretch")
+NOISE_MOVES = ("noise", "stretch")  # the step moves made in noise levels
 # a study's seed: less than a noise stream's (sampling.limits.MAX_SEED), for its samplers' sake
 MAX_STUDY_SEED = 2**32 - 1 - STAGE2_SEED_OFFSET
 

@@ -8,7 +8,7 @@ from autodiff_optuna.metrics import load_scorer
 from autodiff_optuna.metrics.flops import LayerCosts, layer_costs
 from autodiff_optuna.models import load_model
 from autodiff_optuna.sampling import noise_coordinates, standard_spacings
-from autodiff_optuna.search.config import SearchConfig
+from autodiff_optuna.search.config import NOISE_MOVES, SearchConfig
 from autodiff_optuna.search.encoding import CandidateSpace
 
 
@@ -44,14 +44,15 @@ class SearchContext:
         abar = alphas_cumprod(model)
         spacings = standard_spacings(config.steps, model.num_train_timesteps, abar)
         coordinates = (tuple(noise_coordinates(abar).tolist())
-                       if config.step_moves == "noise" else None)
+                       if config.step_moves in NOISE_MOVES else None)
         return cls(config, model, scorer, spacings, layer_costs(model), coordinates)
 
     def space(self, stage: int) -> CandidateSpace:
         layers = self.costs.layers if stage == 2 else ()
         return CandidateSpace(self.config.steps, self.model.num_train_timesteps, layers,
                               solver_search=self.config.solver_search,
-                              coordinates=self.coordinates)
+                              coordinates=self.coordinates,
+                              stretch=self.config.step_moves == "stretch")
 
     def solver_of(self, candidate) -> object:
         """What ``sampling.sample`` runs a candidate with: its own rules where the study

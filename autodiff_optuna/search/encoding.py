@@ -61,6 +61,8 @@ class CandidateSpace:
     # ``sampling.schedules.noise_coordinates``); None: the step itself. It shapes how candidates
     # are drawn and moved, not which are in the space
     coordinates: tuple[float, ...] | None = field(default=None, repr=False, compare=False)
+    # with coordinates: mutation also stretches whole schedules (``variation._stretch``)
+    stretch: bool = field(default=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for name in ("steps", "num_train_timesteps"):
@@ -89,6 +91,8 @@ class CandidateSpace:
                 raise ValueError(f"CandidateSpace: coordinates must be {self.num_train_timesteps}"
                                  f" finite values increasing with the step")
             object.__setattr__(self, "coordinates", coordinates)
+        if self.stretch and self.coordinates is None:
+            raise ValueError("CandidateSpace: a stretch scales steps in a coordinate; give one")
 
     @property
     def size(self) -> int:

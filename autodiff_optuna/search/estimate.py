@@ -71,7 +71,9 @@ TIMING_TRIALS = 6
 def complete_share(config) -> float:
     """Stage 1's share of complete candidates after the pruner's first few: by how our sampler
     moves its steps (another sampler's: ``COMPLETE_SHARE``)."""
-    ours_in_noise = config.sampler == "evolutionary" and config.step_moves == "noise"
+    from autodiff_optuna.search.config import NOISE_MOVES
+
+    ours_in_noise = config.sampler == "evolutionary" and config.step_moves in NOISE_MOVES
     return NOISE_MOVES_COMPLETE_SHARE if ours_in_noise else COMPLETE_SHARE
 
 

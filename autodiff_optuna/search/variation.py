@@ -27,9 +27,9 @@ LOCAL_MOVE_SCALE = 0.05
 # schedules (BENCHMARKS.md, "Since: local moves in noise levels"). In training steps a move of
 # one size costs a schedule more near the data than near the noise: such a space jumps always.
 JUMP_PROB = 0.2
-# Stage 1 in noise levels: one step mutation in this many stretches the whole schedule instead,
-# each step's distance from the data (in the coordinate) scaled by one factor, e ** N(0,
-# STRETCH_SCALE). Good few-step schedules lie along a narrow valley in which the steps move
+# Stage 1 with --step-moves stretch: one step mutation in this many stretches the whole schedule
+# instead, each step's distance from the data (in the coordinate) scaled by one factor, e **
+# N(0, STRETCH_SCALE). Good few-step schedules lie along a narrow valley in which the steps move
 # together: at K=3 a search seeded near the trajectory DP's [460, 300, 180] stayed there, since
 # moving its first step alone to 630 scored 20.8, while stretched by 1.1, [529, 368, 232], it
 # scored 2.13 on the same noise (BENCHMARKS.md, "Stage 1's stretch move")
@@ -88,9 +88,7 @@ def mutate(space: CandidateSpace, parent: Candidate, rng: np.random.Generator,
         rules = _mutate_rules(space, rules, rng)
     else:
         if movable and not space.layers:
-            # (STRETCH_PROB 0 draws nothing: the mutation stream of a search without it)
-            if (space.coordinates is not None and STRETCH_PROB
-                    and rng.random() < STRETCH_PROB):
+            if space.stretch and rng.random() < STRETCH_PROB:
                 genes = _stretch(space, genes, rng)
             else:
                 genes = _mutate_steps(space, genes, rng, gene_prob)
@@ -149,7 +147,8 @@ def _mutate_steps(space: CandidateSpace, genes: list[Gene], rng: np.random.Gener
 
 def _stretch(space: CandidateSpace, genes: list[Gene], rng: np.random.Generator) -> list[Gene]:
     """Every step's distance from the data end of the coordinate scaled by one factor
-    (``STRETCH_SCALE``): the schedule keeps its shape and moves toward the noise or the data."""
+    (``STRETCH_SCALE``): the schedule keeps its shape and moves toward the noise or the data
+    (a step that lands on another's is moved off it by ``CandidateSpace.repair``)."""
     data_end = space.coordinate([0])[0]
     u = space.coordinate([t for t, _ in genes])
     moved = space.step_at(data_end + (u - data_end) * np.exp(rng.normal(0.0, STRETCH_SCALE)))
