@@ -12,16 +12,14 @@ held-out streams of ``bench/streams.py``.
 """
 
 import json
-import resource
 import statistics
 import sys
-import time
 from pathlib import Path
 
+from bench import three_steps
 from bench.generations import _mean, _over_seeds, _row
 from bench.noise_moves import _point as _steps
-from bench.protocol import _stage_costs
-from bench.solvers import _cli, _commit
+from bench.solvers import _commit
 from bench.streams import KEY as STREAMS_KEY
 from bench.streams import _Streams, paired
 
@@ -51,21 +49,7 @@ def run_jobs(folder: Path) -> None:
 
 
 def _job(db: Path, steps: int, seed: int, flags) -> dict:
-    from autodiff_optuna.search.config import study_name
-
-    db.unlink(missing_ok=True)
-    url, name = f"sqlite:///{db}", study_name(MODEL, steps)
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    started = time.perf_counter()
-    _cli("study", "--model", MODEL, "--steps", str(steps), "--stage", "1", "--seed", str(seed),
-         "--storage", url, "--quiet", *flags)
-    wall = time.perf_counter() - started
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cost = _stage_costs(url, name, 1000)
-    print(f"  {db.parent.name} seed {seed}: {wall:.0f} s", flush=True)
-    return {"seed": seed, "steps": steps, "flags": list(flags), "wall_s": wall,
-            "cpu_s": (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime),
-            "images": cost["stage1_images"] + cost["confirmation_images"], "commit": _commit()}
+    return {**three_steps._job(db, seed, flags, steps), "steps": steps}
 
 
 def measure(folder: Path) -> dict:

@@ -55,14 +55,16 @@ def run_jobs(folder: Path) -> None:
                 path.write_text(json.dumps(job))
 
 
-def _job(db: Path, seed: int, flags) -> dict:
+def _job(db: Path, seed: int, flags, steps: int = STEPS) -> dict:
+    """``study --stage 1`` of the ``digits-k<steps>`` preset with ``flags`` into ``db``: what it
+    cost (wall and CPU seconds, images with confirmation's) and the code that ran it."""
     from autodiff_optuna.search.config import study_name
 
     db.unlink(missing_ok=True)
-    url, name = f"sqlite:///{db}", study_name(MODEL, STEPS)
+    url, name = f"sqlite:///{db}", study_name(MODEL, steps)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    _cli("study", "--model", MODEL, "--steps", str(STEPS), "--stage", "1", "--seed", str(seed),
+    _cli("study", "--model", MODEL, "--steps", str(steps), "--stage", "1", "--seed", str(seed),
          "--storage", url, "--quiet", *flags)
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
