@@ -56,7 +56,7 @@ SEARCH_KS = (3, 4, 6, 8)
 SEEDS = (0, 1, 2)
 GRID_POPULATION = 20  # every grid search bred in generations of 20 (``_study_args``)
 # where the searches of the presets this grid no longer runs are measured (``_preset_variant``)
-PRESET_BENCHES = {("digits", 3): "bench/three_steps.py", ("digits", 4): "bench/local_moves.py"}
+PRESET_BENCHES = {("digits", 3): "bench/stretch.py", ("digits", 4): "bench/local_moves.py"}
 SPACINGS = ("uniform", "trailing", "linspace", "quadratic", "logsnr")
 SOLVERS = ("ddim", "dpmpp2m", "dpmpp3m", "unipc", "ipndm")
 DP_SOLVERS = ("ddim", "dpmpp2m", "ipndm")

@@ -1,6 +1,6 @@
 """Stage 1's stretch move (``--step-moves stretch``, ``search.variation.STRETCH_PROB``): the
 digits presets' stage 1 with it and with the moves in noise levels alone (``--step-moves
-noise``), at K = 3 and 4, twenty search seeds each, each study's best scored on the five
+noise``), at K = 3 (twenty search seeds) and 4 (eleven), each study's best scored on the five
 held-out streams of ``bench/streams.py``.
 
     python -m bench.stretch [DIR]   # each missing job (DIR/jobs/k<K>-<variant>-s<seed>.json,

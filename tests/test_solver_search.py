@@ -256,6 +256,13 @@ def test_a_noise_scale_study_samples_exports_and_resumes_with_it(tmp_path, capsy
     assert study(scaled, "--noise-scale", "1.015", "--step-moves", "noise", "--quiet") == 2
     assert ("step_moves: stored 'stretch', requested 'noise' (--step-moves stretch resumes it)"
             in capsys.readouterr().err)
+    # a digits-k3 study made before the preset stretched: the flag that resumes it, nothing run
+    before = f"sqlite:///{tmp_path}/before.db"
+    assert study(before, "--noise-scale", "1.015", "--step-moves", "noise", "--quiet") == 0
+    capsys.readouterr()
+    assert study(before, "--noise-scale", "1.015", "--quiet") == 2
+    assert ("step_moves: stored 'noise', requested 'stretch' (--step-moves noise resumes it)"
+            in capsys.readouterr().err)
     # ... or in generations of another size
     assert study(scaled, "--noise-scale", "1.015", "--population", "7", "--quiet") == 2
     assert ("population: stored 4, requested 7 (--population 4 resumes it)"

@@ -15,7 +15,7 @@ class Row:
     trial: int | None
     timesteps: list[int]
     skip: list[list[str]]  # per step, the layers skipped there
-    fid: float | None  # on the study's search noise (None: not a trial of a study)
+    fid: float | None  # what the result ranks it by: confirmed, else expected (None: no trial)
     gflops: float | None
     heldout_fid: float | None = None  # on held-out noise, filled in by heldout.fill
     notes: list[str] = field(default_factory=list)

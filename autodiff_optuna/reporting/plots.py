@@ -93,7 +93,7 @@ def pareto_figure(points: list[Point], front: list[Point],
                             f"each point saves >= {min_saving:.1%} of the full network's GFLOPs "
                             "over the next better-FID one</sup>",
                       xaxis_title="GFLOPs per image",
-                      yaxis_title="FID: confirmed, else expected from the search's",
+                      yaxis_title="FID (confirmed; else expected from the search FID)",
                       height=600, legend=dict(orientation="h", yanchor="top", y=-0.15))
     return fid_axis(fig, uniform)
 
@@ -101,7 +101,10 @@ def pareto_figure(points: list[Point], front: list[Point],
 def _hover(p: Point, full_gflops: float | None) -> str:
     """Stage, trial, scores and time steps; the stored time steps as text (see ``plain``)."""
     text = f"stage {p.stage} trial {p.trial}<br>FID {p.fid:.3f}"
-    if p.confirmed_fid is not None:
+    if p.pooled:
+        text += (f" (the mean of confirmed {p.confirmed_fid:.3f} and search "
+                 f"{p.searched:.3f})")
+    elif p.confirmed_fid is not None:
         text += f" (confirmed {p.confirmed_fid:.3f}, search {p.searched:.3f})"
     elif p.expected:
         text += f" expected (search {p.searched:.3f}, not confirmed)"

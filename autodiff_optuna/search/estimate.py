@@ -48,7 +48,8 @@ INCEPTION_GFLOPS = 11.4  # per image at 299 px, as the same table counts it
 # to 0.48, median 0.21). The K=4 presets' stage 1 (rungs from 250) sampled 44% of its images;
 # this says 46%. (0.42, measured on an earlier round's sampler, over-counted them by a third.)
 COMPLETE_SHARE = 0.24
-# ... and where our sampler moves steps in noise levels (``--step-moves noise``), whose mutation
+# ... and where our sampler moves steps in noise levels (``--step-moves noise`` or ``stretch``),
+# whose mutation
 # moves most steps near where they were: fewer ruinous children, more complete. 0.30 fits the
 # stage-1 images of the ten digits-k4 studies of "Since: local moves in noise levels" (54,050 a
 # study with confirmation's, about 50,050 without, against the 45,850 that 0.24 says; 21 to 39

@@ -6,7 +6,7 @@ Generations, parents and the population all live in the study's storage (through
 therefore continues the same evolution; nothing is held only in memory.
 
 Stage 1 draws and moves steps in the space's coordinate: the training steps themselves, or
-(``--step-moves noise``) the model's noise levels as EDM spaces them
+(``--step-moves noise`` or ``stretch``) the model's noise levels as EDM spaces them
 (``sampling.schedules.noise_coordinates``), where a move of the same size costs a schedule about
 as much at either end; in training steps, 10 near the data ruin a 4-step schedule that 50 near
 the noise barely change. (Stage 2 moves stage 1's settled steps by a few training steps at most,

@@ -73,8 +73,9 @@ def mutate(space: CandidateSpace, parent: Candidate, rng: np.random.Generator,
            skip_prior: np.ndarray | None = None) -> Candidate:
     """Step mutation (each step with probability ``gene_prob``: replaced by an unused step
     anywhere, or shifted between its neighbours; in a space with coordinates, four times in
-    five moved near where it was, ``LOCAL_MOVE_SCALE``, and in one mutation in
-    ``1 / STRETCH_PROB`` every step stretched together instead, ``_stretch``; in stage 2, in
+    five moved near where it was, ``LOCAL_MOVE_SCALE``, and in a stage-1 space that stretches
+    (``CandidateSpace.stretch``) one mutation in ``1 / STRETCH_PROB`` every step stretched
+    together instead, ``_stretch``; in stage 2, in
     one mutation in ``1 / STAGE2_STEP_MOVE_PROB``, ``_nudge_steps``) and, in stage 2, bit-flip
     mutation of the masks (each bit with ``bit_flip_prob``, default two flips per candidate;
     with ``skip_prior``, ``prior_weights`` per (step position, layer), a skip is turned on with
@@ -148,7 +149,8 @@ def _mutate_steps(space: CandidateSpace, genes: list[Gene], rng: np.random.Gener
 def _stretch(space: CandidateSpace, genes: list[Gene], rng: np.random.Generator) -> list[Gene]:
     """Every step's distance from the data end of the coordinate scaled by one factor
     (``STRETCH_SCALE``): the schedule keeps its shape and moves toward the noise or the data
-    (a step that lands on another's is moved off it by ``CandidateSpace.repair``)."""
+    (a step that lands on another's, or on an end, is redrawn by ``CandidateSpace.repair``: a
+    jump; none did in 2000 stretches of the presets' schedules)."""
     data_end = space.coordinate([0])[0]
     u = space.coordinate([t for t, _ in genes])
     moved = space.step_at(data_end + (u - data_end) * np.exp(rng.normal(0.0, STRETCH_SCALE)))
