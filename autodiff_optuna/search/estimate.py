@@ -49,11 +49,10 @@ INCEPTION_GFLOPS = 11.4  # per image at 299 px, as the same table counts it
 # this says 46%. (0.42, measured on an earlier round's sampler, over-counted them by a third.)
 COMPLETE_SHARE = 0.24
 # ... and where our sampler moves steps in noise levels (``--step-moves noise`` or ``stretch``),
-# whose mutation
-# moves most steps near where they were: fewer ruinous children, more complete. 0.30 fits the
-# stage-1 images of the ten digits-k4 studies of "Since: local moves in noise levels" (54,050 a
-# study with confirmation's, about 50,050 without, against the 45,850 that 0.24 says; 21 to 39
-# of 100 candidates complete, counted in their databases).
+# whose mutation moves most steps near where they were: fewer ruinous children, more complete.
+# 0.30 fits the stage-1 images of the ten digits-k4 studies of "Since: local moves in noise
+# levels" (54,050 a study with confirmation's, about 50,050 without, against the 45,850 that
+# 0.24 says; 21 to 39 of 100 candidates complete, counted in their databases).
 NOISE_MOVES_COMPLETE_SHARE = 0.30
 # Candidates a stage confirms (``confirm.to_confirm``). Stage 1: its ``STAGE1_TOP`` best and the
 # uniform baseline (16 stage-1 digits studies of 100 candidates confirmed 3 to 12, median 4: more
