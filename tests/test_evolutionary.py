@@ -471,6 +471,21 @@ def test_a_stretch_moves_every_step_and_keeps_the_schedule_s_shape():
         CandidateSpace(4, T, stretch=True)
 
 
+def test_a_space_that_does_not_stretch_breeds_as_before(monkeypatch):
+    """Without ``stretch`` the mutation draws nothing for it: a study made with ``--step-moves
+    noise`` resumes on the same stream of children whatever ``STRETCH_PROB`` is."""
+    space, parent = CandidateSpace(4, T, coordinates=NOISE_LEVELS), (460, 300, 180, 40)
+
+    def children():
+        rng = np.random.default_rng(3)
+        return [variation.mutate(space, space.candidate(parent), rng).timesteps
+                for _ in range(50)]
+
+    before = children()
+    monkeypatch.setattr(variation, "STRETCH_PROB", 0.9)
+    assert children() == before
+
+
 def test_random_candidates_in_noise_levels_reach_the_data_end():
     """Uniform in noise levels, a random schedule ends near the data far more often than
     uniform in steps (where the last of 4 steps lies below 10 in 4% of draws)."""
