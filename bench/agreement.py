@@ -78,15 +78,7 @@ def _every_point_offered():
 
 def measure(folder: Path) -> dict:
     """Each kept job's picks under both readings, scored held out (kept in DIR/heldout.json)."""
-    streams = _Streams(MODEL)
-    kept = folder / "heldout.json"
-    streams.cache = json.loads(kept.read_text()) if kept.exists() else {}
-
-    def fids(timesteps, solver, skip):
-        scored = streams.fids(timesteps, solver, skip)
-        kept.write_text(json.dumps(streams.cache))
-        return scored
-
+    fids = _Streams(MODEL, folder / "heldout.json").fids
     entry = {"commits": [], "scored_at": _commit(), "studies": {}}
     for steps in PRESET_STEPS:
         for seed in SEEDS:

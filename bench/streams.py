@@ -43,7 +43,9 @@ FIXED = (("uniform DDIM", "ddim", 1.0), ("uniform DPM-Solver++(2M)", "dpmpp2m", 
 class _Streams:
     """One model's scorer and its held-out streams, loaded once; each schedule sampled once."""
 
-    def __init__(self, model_name: str):
+    def __init__(self, model_name: str, kept: Path | None = None):
+        """``kept``: a JSON file of FIDs scored before, read here and written after each new one
+        (a long measurement that stops resumes without sampling them again)."""
         from autodiff_optuna.metrics import load_scorer
         from autodiff_optuna.models import load_model
         from autodiff_optuna.sampling import HELDOUT, draw
@@ -51,7 +53,9 @@ class _Streams:
         self.model_name = model_name
         self.model, self.scorer = load_model(model_name), load_scorer(model_name)
         self.batches = [draw(self.model, SAMPLES, seed, HELDOUT) for seed in STREAMS]
-        self.cache: dict[str, list[float]] = {}
+        self.kept = kept
+        self.cache: dict[str, list[float]] = (
+            json.loads(kept.read_text()) if kept is not None and kept.exists() else {})
 
     def fids(self, timesteps, solver, skip=None) -> list[float]:
         """Per stream, the FID of ``timesteps`` sampled by ``solver`` (a name, or JSON rules)."""
@@ -63,6 +67,8 @@ class _Streams:
             self.cache[key] = [float(score_schedule(self.model, self.scorer, tuple(timesteps),
                                                     batch, solver, skip=skip))
                                for batch in self.batches]
+            if self.kept is not None:
+                self.kept.write_text(json.dumps(self.cache))
         return self.cache[key]
 
     def fixed(self, solver: str, scale: float, steps: int) -> list[float]:

@@ -60,9 +60,7 @@ def measure(folder: Path) -> dict:
     from autodiff_optuna.search.results import check_config, study_result, study_solver
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    streams = _Streams(MODEL)
-    kept = folder / "heldout.json"
-    streams.cache = json.loads(kept.read_text()) if kept.exists() else {}
+    streams = _Streams(MODEL, folder / "heldout.json")
     entry = {"commits": [], "scored_at": _commit(), "studies": {}}
     for path in sorted((folder / "jobs").glob("k*-s*.json")):
         run = json.loads(path.read_text())
@@ -75,7 +73,6 @@ def measure(folder: Path) -> dict:
         result = study_result(study)
         best, config = result.best, check_config(result.stage1)
         fids = streams.fids(best.timesteps, study_solver(config, best.rules))
-        kept.write_text(json.dumps(streams.cache))
         entry["studies"].setdefault(f"k{run['steps']}-{variant}", {})[str(run["seed"])] = {
             "timesteps": best.timesteps, "rules": best.rules, "gflops_share": 1.0,
             "search_fid": best.searched, "confirmed_fid": best.confirmed_fid, "fids": fids,

@@ -82,15 +82,8 @@ def measure(folder: Path) -> dict:
     from autodiff_optuna.search.context import alphas_cumprod
     from autodiff_optuna.search.results import study_solver
 
-    streams = _Streams(MODEL)
-    kept = folder / "heldout.json"
-    streams.cache = json.loads(kept.read_text()) if kept.exists() else {}
-
-    def fids(timesteps, solver, skip=None):
-        scored = streams.fids(timesteps, solver, skip)
-        kept.write_text(json.dumps(streams.cache))
-        return scored
-
+    streams = _Streams(MODEL, folder / "heldout.json")
+    fids = streams.fids
     entry = {"commits": [], "scored_at": _commit(), "variants": {}, "fixed": {}, "dp": {}}
     spacings = standard_spacings(STEPS, streams.model.num_train_timesteps,
                                  alphas_cumprod(streams.model))

@@ -75,8 +75,8 @@ def mutate(space: CandidateSpace, parent: Candidate, rng: np.random.Generator,
     anywhere, or shifted between its neighbours; in a space with coordinates, four times in
     five moved near where it was, ``LOCAL_MOVE_SCALE``, and in a stage-1 space that stretches
     (``CandidateSpace.stretch``) one mutation in ``1 / STRETCH_PROB`` every step stretched
-    together instead, ``_stretch``; in stage 2, in
-    one mutation in ``1 / STAGE2_STEP_MOVE_PROB``, ``_nudge_steps``) and, in stage 2, bit-flip
+    together instead, ``_stretch``; in stage 2, in one mutation in
+    ``1 / STAGE2_STEP_MOVE_PROB``, ``_nudge_steps``) and, in stage 2, bit-flip
     mutation of the masks (each bit with ``bit_flip_prob``, default two flips per candidate;
     with ``skip_prior``, ``prior_weights`` per (step position, layer), a skip is turned on with
     that probability times its weight, turned off as before). The child always differs from
@@ -153,8 +153,14 @@ def _stretch(space: CandidateSpace, genes: list[Gene], rng: np.random.Generator)
     jump; none did in 2000 stretches of the presets' schedules)."""
     data_end = space.coordinate([0])[0]
     u = space.coordinate([t for t, _ in genes])
-    moved = space.step_at(data_end + (u - data_end) * np.exp(rng.normal(0.0, STRETCH_SCALE)))
-    return [(int(t), m) for t, (_, m) in zip(moved, genes)]
+    return _at_coordinates(space, genes,
+                           data_end + (u - data_end) * np.exp(rng.normal(0.0, STRETCH_SCALE)))
+
+
+def _at_coordinates(space: CandidateSpace, genes: list[Gene], u) -> list[Gene]:
+    """``genes`` with each step moved to the training step nearest coordinate ``u[i]``, its
+    mask with it (not yet repaired)."""
+    return [(int(t), m) for t, (_, m) in zip(space.step_at(u), genes)]
 
 
 def _local_move(space: CandidateSpace, step: int, lower: int, upper: int,
@@ -213,9 +219,8 @@ def shift(space: CandidateSpace, candidate: Candidate, offsets: Sequence[float],
           rng: np.random.Generator) -> Candidate:
     """Each step moved by its offset in the space's coordinate (to the nearest step), with its
     mask; then repaired."""
-    moved = space.step_at(space.coordinate(candidate.timesteps) + np.asarray(offsets))
-    genes = [(int(t), m) for t, (_, m) in zip(moved, candidate.genes)]
-    return space.repair(genes, rng, candidate.rules)
+    u = space.coordinate(candidate.timesteps) + np.asarray(offsets)
+    return space.repair(_at_coordinates(space, candidate.genes, u), rng, candidate.rules)
 
 
 def crossover(space: CandidateSpace, a: Candidate, b: Candidate,
