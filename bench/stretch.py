@@ -61,7 +61,9 @@ def measure(folder: Path) -> dict:
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     streams = _Streams(MODEL, folder / "heldout.json")
-    entry = {"commits": [], "scored_at": _commit(), "studies": {}}
+    from bench.run import machine
+
+    entry = {"commits": [], "scored_at": _commit(), "machine": machine(), "studies": {}}
     for path in sorted((folder / "jobs").glob("k*-s*.json")):
         run = json.loads(path.read_text())
         if run["seed"] not in SEEDS_OF.get(run["steps"], SEEDS):
@@ -84,7 +86,9 @@ def measure(folder: Path) -> dict:
 
 def markdown(entry: dict, streams: dict) -> str:
     ceiling = statistics.mean(streams["models"][MODEL]["ceiling"])
-    lines = [f"Each FID is the mean over the {len(streams['streams'])} held-out streams of "
+    lines = [f"Machine: {entry.get('machine', 'this CPU')} (the scoring); the studies ran one "
+             "torch thread each, two at a time on its 2 cores.", "",
+             f"Each FID is the mean over the {len(streams['streams'])} held-out streams of "
              f"`bench/streams.py` (1797 images each, against all 1797 real digits; the "
              f"100-step DDIM ceiling {ceiling:.2f}); a seed's difference is paired stream by "
              f"stream, ± its standard error over the streams; over seeds, the mean of the "
